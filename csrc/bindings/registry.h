@@ -1,0 +1,19 @@
+// Each kernel family registers its Python functions from its own file in csrc/bindings.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+namespace kg {
+namespace bind {
+
+void register_system(pybind11::module_& m);
+void register_matmul(pybind11::module_& m);
+void register_peak(pybind11::module_& m);
+
+// Throws ValueError unless `version` is one of `names` (used to pick naive / fast kernels).
+int version_index(const std::string& version, std::initializer_list<const char*> names,
+                  const char* fn);
+
+}  // namespace bind
+}  // namespace kg

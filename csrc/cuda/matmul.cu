@@ -1,0 +1,99 @@
+// matmul on the GPU: C = op(A) @ op(B) (+ bias) (+ C), float32, row-major (see matmul.h).
+//
+// version 0: naive, one thread per output element, operands read from global memory.
+// version 1: shared-memory tiling: a 32x32 block of threads stages 32x32 tiles of op(A) and
+//            op(B) in shared memory so that each global value is read once per tile.
+// (The register-blocked, vectorised and tensor-core versions belong to the CUDA backend.)
+#include "cuda/common.cuh"
+#include "cuda/cuda_kernels.h"
+
+namespace kg {
+namespace cuda {
+
+struct MatmulShape {
+  const float* a;
+  const float* b;
+  const float* bias;
+  float* c;
+  int64_t m, n, k, sa, sb, sc;
+  bool trans_a, trans_b, accumulate;
+};
+
+__device__ inline float a_at(const MatmulShape& p, const float* a, int64_t i, int64_t kk) {
+  return p.trans_a ? a[kk * p.m + i] : a[i * p.k + kk];
+}
+__device__ inline float b_at(const MatmulShape& p, const float* b, int64_t kk, int64_t j) {
+  return p.trans_b ? b[j * p.k + kk] : b[kk * p.n + j];
+}
+
+__global__ void matmul_naive(MatmulShape p) {
+  int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  int64_t i = blockIdx.y * (int64_t)blockDim.y + threadIdx.y;
+  int64_t bi = blockIdx.z;
+  if (i >= p.m || j >= p.n) return;
+  const float* a = p.a + bi * p.sa;
+  const float* b = p.b + bi * p.sb;
+  float sum = 0.0f;
+  for (int64_t kk = 0; kk < p.k; ++kk) sum += a_at(p, a, i, kk) * b_at(p, b, kk, j);
+  if (p.bias) sum += p.bias[j];
+  float* c = p.c + bi * p.sc + i * p.n + j;
+  *c = p.accumulate ? *c + sum : sum;
+}
+
+constexpr int kTile = 32;
+
+__global__ void matmul_tiled(MatmulShape p) {
+  __shared__ float as[kTile][kTile + 1];
+  __shared__ float bs[kTile][kTile + 1];
+  int tx = threadIdx.x, ty = threadIdx.y;
+  int64_t j = blockIdx.x * (int64_t)kTile + tx;
+  int64_t i = blockIdx.y * (int64_t)kTile + ty;
+  int64_t bi = blockIdx.z;
+  const float* a = p.a + bi * p.sa;
+  const float* b = p.b + bi * p.sb;
+  float sum = 0.0f;
+  for (int64_t k0 = 0; k0 < p.k; k0 += kTile) {
+    int64_t ai = blockIdx.y * (int64_t)kTile + ty, ak = k0 + tx;
+    as[ty][tx] = (ai < p.m && ak < p.k) ? a_at(p, a, ai, ak) : 0.0f;
+    int64_t bk = k0 + ty, bj = j;
+    bs[ty][tx] = (bk < p.k && bj < p.n) ? b_at(p, b, bk, bj) : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTile; ++kk) sum += as[ty][kk] * bs[kk][tx];
+    __syncthreads();
+  }
+  if (i < p.m && j < p.n) {
+    if (p.bias) sum += p.bias[j];
+    float* c = p.c + bi * p.sc + i * p.n + j;
+    *c = p.accumulate ? *c + sum : sum;
+  }
+}
+
+void matmul(int version, const float* a, const float* b, const float* bias, float* c,
+            int64_t batch, int64_t m, int64_t n, int64_t k, int64_t batch_stride_a,
+            int64_t batch_stride_b, int64_t batch_stride_c, bool trans_a, bool trans_b,
+            bool accumulate, uintptr_t stream) {
+  MatmulShape p{a, b, bias, c, m, n, k, batch_stride_a, batch_stride_b, batch_stride_c,
+                trans_a, trans_b, accumulate};
+  if (batch > 65535) throw std::runtime_error("matmul (cuda): batch larger than 65535");
+  dim3 block(kTile, kTile);
+  dim3 grid((unsigned)((n + kTile - 1) / kTile), (unsigned)((m + kTile - 1) / kTile),
+            (unsigned)batch);
+  if (version == 0)
+    matmul_naive<<<grid, block, 0, as_stream(stream)>>>(p);
+  else
+    matmul_tiled<<<grid, block, 0, as_stream(stream)>>>(p);
+  check(cudaGetLastError(), "matmul (cuda) launch");
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+}  // namespace cuda
+}  // namespace kg

@@ -1,0 +1,395 @@
+// matmul: C = op(A) @ op(B) (+ bias) (+ C), float32.  Shapes in matmul.h.
+//
+// version 1 (naive): the textbook triple loop, one dot product per output, one thread.
+// version 2 (blocked): the BLIS/GotoBLAS structure. Written for row-major C, it keeps a
+//   thin sliver of A (MR rows x KC) in L1 and streams slivers of B (KC x NR) from a block
+//   packed into L2; the MR x NR register tile is the "microkernel": per k it loads NR/W
+//   vectors of B, broadcasts MR scalars of A and issues MR*NR/W independent FMAs.
+//     loop 1  M in blocks of MB  (packed A panel, MB x KC, lives in L3)
+//     loop 2  K in blocks of KC
+//     loop 3  N in blocks of NB  (packed B block, KC x NB, lives in L2)
+//     loop 4  A slivers of MR rows (one stays in L1)
+//     loop 5  B slivers of NR columns -> microkernel
+//   so each operand is packed once when M <= MB.
+//   Packing makes both operands contiguous in exactly the order the microkernel reads them
+//   and absorbs the transposes (trans_a / trans_b cost nothing in the hot loop) and the
+//   ragged edges (zero padding). Threads share the packed A panel and split the columns
+//   (or, for narrow C, take disjoint row ranges).
+//   Small M (matrix-vector products, decoding one token) skips packing: see gemv_rows.
+#include "kernels/matmul.h"
+
+#include <cstdlib>
+
+#include "common/simd.h"
+#include "common/threading.h"
+
+KG_BEGIN_ISA_NAMESPACE
+namespace {
+
+using namespace simd;
+
+// ---- version 1: naive ------------------------------------------------------------------
+void matmul_naive(const MatmulArgs& p) {
+  for (int64_t bi = 0; bi < p.batch; ++bi) {
+    const float* a = p.a + bi * p.batch_stride_a;
+    const float* b = p.b + bi * p.batch_stride_b;
+    float* c = p.c + bi * p.batch_stride_c;
+    for (int64_t i = 0; i < p.m; ++i) {
+      for (int64_t j = 0; j < p.n; ++j) {
+        float sum = 0.0f;
+        for (int64_t kk = 0; kk < p.k; ++kk) {
+          float aik = p.trans_a ? a[kk * p.m + i] : a[i * p.k + kk];
+          float bkj = p.trans_b ? b[j * p.k + kk] : b[kk * p.n + j];
+          sum += aik * bkj;
+        }
+        if (p.bias) sum += p.bias[j];
+        c[i * p.n + j] = p.accumulate ? c[i * p.n + j] + sum : sum;
+      }
+    }
+  }
+}
+
+// ---- version 2: blocked ------------------------------------------------------------------
+#ifndef KG_MM_MR
+#if defined(__AVX512F__)
+#define KG_MM_MR 8  // 8 x 3 accumulators + 3 B vectors + 1 broadcast = 28 of 32 zmm
+#define KG_MM_NV 3  // (measured here: 8x48 beats 14x32, 12x32 and 6x64 by 3-10%)
+#else
+#define KG_MM_MR 6  // 6 x 2 accumulators + 2 + 1 = 15 of 16 registers
+#define KG_MM_NV 2
+#endif
+#endif
+#ifndef KG_MM_KC
+#define KG_MM_KC 384
+#endif
+#ifndef KG_MM_NB
+#define KG_MM_NB 480
+#endif
+constexpr int MR = KG_MM_MR;
+constexpr int NV = KG_MM_NV;  // vectors per microkernel row
+constexpr int NR = NV * kWidth;
+constexpr int64_t KC = KG_MM_KC;
+constexpr int64_t NB = NR * (KG_MM_NB / NR);  // ~480 columns: KC x NB floats = 720 KiB of L2
+constexpr int64_t MB = MR * (4200 / MR);
+
+// A grow-only, 64-byte aligned buffer per thread, reused across calls so that a matmul in a
+// loop does not pay for fresh pages every time.
+struct Workspace {
+  float* data = nullptr;
+  size_t capacity = 0;
+  ~Workspace() { std::free(data); }
+  float* get(size_t floats) {
+    if (floats > capacity) {
+      std::free(data);
+      size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+      data = static_cast<float*>(std::aligned_alloc(64, bytes));
+      capacity = data ? floats : 0;
+    }
+    return data;
+  }
+};
+thread_local Workspace tl_pack_a, tl_pack_b;
+
+// Packs op(A)[i0:i0+mc, k0:k0+kc] into slivers of MR rows: sliver s holds, for each k, the
+// MR values A(i0+s*MR+r, k0+k) r=0..MR-1 contiguously; rows past mc are zero. Only the
+// slivers s0 <= s < s1 are written (threads pack disjoint slivers of a shared panel).
+void pack_a(const MatmulArgs& p, const float* a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+            int64_t s0, int64_t s1, float* out) {
+  for (int64_t s = s0; s < s1; ++s) {
+    float* dst = out + s * MR * kc;
+    int64_t row0 = s * MR, rows = mc - row0 < MR ? mc - row0 : MR;
+    if (p.trans_a) {  // A stored [K, M]: each k gives MR contiguous values
+      for (int64_t kk = 0; kk < kc; ++kk) {
+        const float* src = a + (k0 + kk) * p.m + i0 + row0;
+        for (int64_t r = 0; r < rows; ++r) dst[kk * MR + r] = src[r];
+        for (int64_t r = rows; r < MR; ++r) dst[kk * MR + r] = 0.0f;
+      }
+    } else if (rows == MR) {  // MR row streams in, one contiguous stream out
+      const float* src[MR];
+      for (int r = 0; r < MR; ++r) src[r] = a + (i0 + row0 + r) * p.k + k0;
+      for (int64_t kk = 0; kk < kc; ++kk)
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) dst[kk * MR + r] = src[r][kk];
+    } else {
+      for (int64_t kk = 0; kk < kc; ++kk)
+        for (int64_t r = 0; r < MR; ++r)
+          dst[kk * MR + r] = r < rows ? a[(i0 + row0 + r) * p.k + k0 + kk] : 0.0f;
+    }
+  }
+}
+
+// Packs op(B)[k0:k0+kc, j0:j0+nc] into slivers of NR columns (zero padded).
+void pack_b(const MatmulArgs& p, const float* b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+            float* out) {
+  for (int64_t s = 0; s < nc; s += NR) {
+    int64_t cols = nc - s < NR ? nc - s : NR;
+    if (p.trans_b) {  // B stored [N, K]
+      for (int64_t cc = 0; cc < cols; ++cc) {
+        const float* src = b + (j0 + s + cc) * p.k + k0;
+        for (int64_t kk = 0; kk < kc; ++kk) out[kk * NR + cc] = src[kk];
+      }
+      for (int64_t cc = cols; cc < NR; ++cc)
+        for (int64_t kk = 0; kk < kc; ++kk) out[kk * NR + cc] = 0.0f;
+    } else {
+      for (int64_t kk = 0; kk < kc; ++kk) {
+        const float* src = b + (k0 + kk) * p.n + j0 + s;
+        float* dst = out + kk * NR;
+        if (cols == NR) {
+          for (int v = 0; v < NV; ++v) store(dst + v * kWidth, load(src + v * kWidth));
+        } else {
+          for (int64_t cc = 0; cc < cols; ++cc) dst[cc] = src[cc];
+          for (int64_t cc = cols; cc < NR; ++cc) dst[cc] = 0.0f;
+        }
+      }
+    }
+    out += kc * NR;
+  }
+}
+
+// The register tile: C[0:MR, 0:NR] (row stride ldc) = init + sum_k ap[k, :]^T bp[k, :],
+// where init is C itself (load_c), the bias row, or zero.
+__attribute__((always_inline)) inline void microkernel(int64_t kc, const float* __restrict ap,
+                                                       const float* __restrict bp,
+                                                       float* __restrict c, int64_t ldc,
+                                                       bool load_c, const float* bias) {
+  vfloat acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = load_c ? load(c + r * ldc + v * kWidth)
+                         : (bias ? load(bias + v * kWidth) : zero());
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    vfloat b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = load(bp + v * kWidth);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      vfloat a = broadcast(ap[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+    ap += MR;
+    bp += NR;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) store(c + r * ldc + v * kWidth, acc[r][v]);
+}
+
+// Loops 4 and 5 over one packed A panel (mc x kc) and one packed B block (kc x nc).
+void macro_kernel(const MatmulArgs& p, const float* packed_a, const float* packed_b, float* c,
+                  int64_t mc, int64_t nc, int64_t kc, bool load_c, const float* bias) {
+  alignas(64) float tile[MR * NR];
+  for (int64_t ir = 0; ir < mc; ir += MR) {
+    const float* ap = packed_a + ir * kc;
+    int64_t rows = mc - ir < MR ? mc - ir : MR;
+    for (int64_t jr = 0; jr < nc; jr += NR) {
+      const float* bp = packed_b + jr * kc;
+      int64_t cols = nc - jr < NR ? nc - jr : NR;
+      float* cij = c + ir * p.n + jr;
+      const float* bias_j = bias ? bias + jr : nullptr;
+      if (rows == MR && cols == NR) {
+        microkernel(kc, ap, bp, cij, p.n, load_c, bias_j);
+        continue;
+      }
+      // Ragged edge: run the full tile on a local copy, keep the valid part.
+      for (int64_t r = 0; r < MR; ++r)
+        for (int64_t cc = 0; cc < NR; ++cc) {
+          float init = 0.0f;
+          if (r < rows && cc < cols)
+            init = load_c ? cij[r * p.n + cc] : (bias_j ? bias_j[cc] : 0.0f);
+          tile[r * NR + cc] = init;
+        }
+      microkernel(kc, ap, bp, tile, NR, true, nullptr);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t cc = 0; cc < cols; ++cc) cij[r * p.n + cc] = tile[r * NR + cc];
+    }
+  }
+}
+
+// C[i0:i0+m_len, j0:j0+n_len] of one batch entry on `threads` threads that share each packed
+// A panel (packed cooperatively, sliver by sliver) and split the columns between them, each
+// packing its own B blocks. With threads == 1 this is the plain single-threaded algorithm.
+void gemm_region(const MatmulArgs& p, const float* a, const float* b, float* c, int64_t i0,
+                 int64_t m_len, int64_t j0, int64_t n_len, int threads) {
+  int64_t panel_rows = m_len < MB ? (m_len + MR - 1) / MR * MR : MB;
+  int64_t k_blocks = (p.k + KC - 1) / KC;
+  int64_t kc_step = (p.k + k_blocks - 1) / k_blocks;  // equal K blocks: 576 -> 288 + 288
+  float* packed_a = tl_pack_a.get(panel_rows * kc_step);  // shared by the team
+  if (!packed_a) return;
+  parallel_region(threads, [&](int t, int count) {
+    float* packed_b = tl_pack_b.get(KC * NB);
+    // This thread's columns, cut on NR boundaries.
+    int64_t col_units = (n_len + NR - 1) / NR;
+    int64_t my_j0 = j0 + col_units * t / count * NR;
+    int64_t my_j1 = j0 + col_units * (t + 1) / count * NR;
+    if (my_j1 > j0 + n_len) my_j1 = j0 + n_len;
+    for (int64_t ic = i0; ic < i0 + m_len; ic += MB) {
+      int64_t mc = i0 + m_len - ic < MB ? i0 + m_len - ic : MB;
+      int64_t slivers = (mc + MR - 1) / MR;
+      for (int64_t pc = 0; pc < p.k; pc += kc_step) {
+        int64_t kc = p.k - pc < kc_step ? p.k - pc : kc_step;
+        bool first_k = pc == 0;
+        bool load_c = !first_k || p.accumulate;
+        const float* bias = first_k && !p.accumulate ? p.bias : nullptr;
+        pack_a(p, a, ic, mc, pc, kc, slivers * t / count, slivers * (t + 1) / count, packed_a);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        if (packed_b)
+          for (int64_t jc = my_j0; jc < my_j1; jc += NB) {
+            int64_t nc = my_j1 - jc < NB ? my_j1 - jc : NB;
+            pack_b(p, b, pc, kc, jc, nc, packed_b);
+            macro_kernel(p, packed_a, packed_b, c + ic * p.n + jc, mc, nc, kc, load_c,
+                         bias ? bias + jc : nullptr);
+          }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+      }
+    }
+  });
+}
+
+// Few rows (M <= 4): no packing. Each output row is a weighted sum of B's rows (B [K, N]) or
+// a set of dot products with B's rows (trans_b, B [N, K]). Threads split the columns.
+constexpr int64_t kGemvMaxRows = 4;
+
+void gemv_rows(const MatmulArgs& p, const float* a, const float* b, float* c, int64_t j0,
+               int64_t j1) {
+  float a_rows[kGemvMaxRows];  // unused when !trans_a
+  (void)a_rows;
+  for (int64_t i = 0; i < p.m; ++i) {
+    // row i of op(A), strided when trans_a
+    auto a_at = [&](int64_t kk) { return p.trans_a ? a[kk * p.m + i] : a[i * p.k + kk]; };
+    float* crow = c + i * p.n;
+    if (p.trans_b) {
+      int64_t j = j0;
+      for (; j + 4 <= j1; j += 4) {  // four dot products share each load of A
+        const float* b0 = b + j * p.k;
+        vfloat s0 = zero(), s1 = zero(), s2 = zero(), s3 = zero();
+        int64_t kk = 0;
+        if (!p.trans_a) {
+          const float* arow = a + i * p.k;
+          for (; kk + kWidth <= p.k; kk += kWidth) {
+            vfloat av = load(arow + kk);
+            s0 += av * load(b0 + kk);
+            s1 += av * load(b0 + p.k + kk);
+            s2 += av * load(b0 + 2 * p.k + kk);
+            s3 += av * load(b0 + 3 * p.k + kk);
+          }
+        }
+        float t[4] = {reduce_add(s0), reduce_add(s1), reduce_add(s2), reduce_add(s3)};
+        for (; kk < p.k; ++kk) {
+          float av = a_at(kk);
+          for (int q = 0; q < 4; ++q) t[q] += av * b0[q * p.k + kk];
+        }
+        for (int q = 0; q < 4; ++q) {
+          float v = t[q] + (p.bias ? p.bias[j + q] : 0.0f);
+          crow[j + q] = p.accumulate ? crow[j + q] + v : v;
+        }
+      }
+      for (; j < j1; ++j) {
+        const float* brow = b + j * p.k;
+        float s = 0.0f;
+        for (int64_t kk = 0; kk < p.k; ++kk) s += a_at(kk) * brow[kk];
+        s += p.bias ? p.bias[j] : 0.0f;
+        crow[j] = p.accumulate ? crow[j] + s : s;
+      }
+    } else {
+      // Columns in chunks of 8 vectors held in registers across the whole K loop.
+      constexpr int64_t kChunk = 8 * kWidth;
+      for (int64_t jc = j0; jc < j1; jc += kChunk) {
+        int64_t width = j1 - jc < kChunk ? j1 - jc : kChunk;
+        if (width == kChunk) {
+          vfloat acc[8];
+#pragma GCC unroll 8
+          for (int v = 0; v < 8; ++v) acc[v] = zero();
+          for (int64_t kk = 0; kk < p.k; ++kk) {
+            vfloat av = broadcast(a_at(kk));
+            const float* brow = b + kk * p.n + jc;
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; ++v) acc[v] += av * load(brow + v * kWidth);
+          }
+#pragma GCC unroll 8
+          for (int v = 0; v < 8; ++v) {
+            vfloat r = acc[v];
+            if (p.bias) r += load(p.bias + jc + v * kWidth);
+            if (p.accumulate) r += load(crow + jc + v * kWidth);
+            store(crow + jc + v * kWidth, r);
+          }
+        } else {
+          float acc[kChunk] = {};
+          for (int64_t kk = 0; kk < p.k; ++kk) {
+            float av = a_at(kk);
+            const float* brow = b + kk * p.n + jc;
+            for (int64_t cc = 0; cc < width; ++cc) acc[cc] += av * brow[cc];
+          }
+          for (int64_t cc = 0; cc < width; ++cc) {
+            float r = acc[cc] + (p.bias ? p.bias[jc + cc] : 0.0f);
+            crow[jc + cc] = p.accumulate ? crow[jc + cc] + r : r;
+          }
+        }
+      }
+    }
+  }
+}
+
+void matmul_blocked(const MatmulArgs& p) {
+  const int64_t flops_per_batch = p.m * p.n * p.k;
+  const int64_t kMinWorkPerThread = (int64_t)48 * 48 * 48;
+  const bool gemv = p.m <= kGemvMaxRows;
+  if (p.batch >= num_threads() || flops_per_batch < kMinWorkPerThread) {
+    // Whole batch entries per thread.
+    int64_t min_batches = (kMinWorkPerThread + flops_per_batch - 1) / flops_per_batch;
+    parallel_for(p.batch, min_batches, [&](int64_t b0, int64_t b1) {
+      for (int64_t bi = b0; bi < b1; ++bi) {
+        const float* a = p.a + bi * p.batch_stride_a;
+        const float* b = p.b + bi * p.batch_stride_b;
+        float* c = p.c + bi * p.batch_stride_c;
+        if (gemv)
+          gemv_rows(p, a, b, c, 0, p.n);
+        else
+          gemm_region(p, a, b, c, 0, p.m, 0, p.n, 1);
+      }
+    });
+    return;
+  }
+  for (int64_t bi = 0; bi < p.batch; ++bi) {
+    const float* a = p.a + bi * p.batch_stride_a;
+    const float* b = p.b + bi * p.batch_stride_b;
+    float* c = p.c + bi * p.batch_stride_c;
+    if (gemv) {
+      parallel_for(p.n, 64, [&](int64_t j0, int64_t j1) { gemv_rows(p, a, b, c, j0, j1); });
+      continue;
+    }
+    int nt = threads_for(flops_per_batch, kMinWorkPerThread);
+    int64_t col_units = (p.n + NR - 1) / NR;
+    if (col_units >= 2 * nt) {
+      gemm_region(p, a, b, c, 0, p.m, 0, p.n, nt);  // threads split the columns
+    } else {
+      // Few columns: threads take disjoint row ranges, each on its own.
+      int64_t row_units = (p.m + MR - 1) / MR;
+      parallel_for(row_units, 1, [&](int64_t u0, int64_t u1) {
+        int64_t r0 = u0 * MR, r1 = u1 * MR < p.m ? u1 * MR : p.m;
+        gemm_region(p, a, b, c, r0, r1 - r0, 0, p.n, 1);
+      });
+    }
+  }
+}
+
+}  // namespace
+
+#if defined(__AVX512F__)
+#define KG_MATMUL_PATH "8x48 AVX-512 FMA microkernel, packed A/B"
+#elif defined(__AVX2__)
+#define KG_MATMUL_PATH "6x16 AVX2 FMA microkernel, packed A/B"
+#else
+#define KG_MATMUL_PATH "6x8 SSE microkernel, packed A/B"
+#endif
+
+extern const MatmulKernels matmul_kernels = {matmul_naive, matmul_blocked, KG_MATMUL_PATH};
+
+KG_END_ISA_NAMESPACE
