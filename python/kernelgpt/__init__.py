@@ -1,0 +1,66 @@
+"""kernelgpt: every step of a modern LLM as code you can read, run and measure.
+
+    >>> import numpy as np, kernelgpt
+    >>> from kernelgpt import ops
+    >>> a = np.random.rand(128, 576).astype(np.float32)
+    >>> b = np.random.rand(576, 1536).astype(np.float32)
+    >>> c = ops.matmul(a, b)                    # our blocked AVX-512 kernel
+    >>> c_ref = ops.matmul(a, b, backend="numpy")  # the numpy baseline / oracle
+
+`kernelgpt.cpu_features()` says what the CPU offers and which code path each kernel family
+runs; `kernelgpt.set_num_threads(n)` sets how many threads the kernels use.
+"""
+from __future__ import annotations
+
+from . import _C, ops, reference
+from ._version import __version__
+
+__all__ = [
+    "ops",
+    "reference",
+    "cpu_features",
+    "set_num_threads",
+    "get_num_threads",
+    "set_isa",
+    "get_isa",
+    "available_isas",
+    "__version__",
+]
+
+
+def cpu_features() -> dict:
+    """What the CPU supports, which instruction-set copy of the kernels runs, and the path
+    each kernel family takes (e.g. ``{"matmul": "8x48 AVX-512 FMA microkernel, ..."}``)."""
+    info = dict(_C.cpu_info())
+    info["num_threads"] = _C.get_num_threads()
+    info["kernels"] = ops.kernel_paths()
+    return info
+
+
+def set_num_threads(n: int) -> None:
+    """Number of threads every native kernel uses (default: the CPUs this process may use)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return _C.get_num_threads()
+
+
+def available_isas() -> list:
+    """Instruction-set levels compiled in *and* supported by this CPU, lowest first."""
+    info = _C.cpu_info()
+    order = ["generic", "avx2", "avx512", "avx512bf16"]
+    best = order.index(info["best_isa"])
+    return [isa for isa in info["compiled_isas"] if order.index(isa) <= best]
+
+
+def set_isa(name: str) -> None:
+    """Run the kernels compiled for a lower instruction-set level (for testing and
+    benchmarking the portable paths); ``set_isa(cpu_features()["best_isa"])`` restores."""
+    _C.set_isa(name)
+
+
+def get_isa() -> str:
+    return _C.get_isa()

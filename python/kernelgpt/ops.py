@@ -1,0 +1,99 @@
+"""The kernel API: one function per kernel, forward and backward.
+
+Every function takes numpy float32 arrays (CuPy arrays run the CUDA kernels, see
+``kernelgpt._cuda``) and returns new arrays, or writes into ``out=`` when given. The
+``backend=`` argument picks the implementation:
+
+    "auto"    the fastest native kernel for the array type (default)
+    "naive"   the naive C++ version: plain loops a student can read in one sitting
+    "numpy"   the numpy reference in ``kernelgpt.reference``: the baseline and the oracle
+    other     a named version of that kernel family (e.g. matmul: "blocked")
+
+Arguments are checked before any kernel runs (``kernelgpt._C`` does it, so the checks also
+guard direct calls): float arrays must be float32 (TypeError otherwise, nothing is cast
+behind your back), C-contiguous and non-empty (ValueError), shapes must agree (ValueError
+naming the argument and the expected shape), ``out=`` must not overlap an input. Ids must be
+in range. NaN and inf in inputs propagate as IEEE arithmetic says (a NaN in a softmax row
+makes that row NaN); they never crash a kernel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C, reference
+
+__all__ = ["matmul", "linear", "kernel_paths"]
+
+_BACKENDS = ("auto", "fast", "naive", "numpy")
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def _native_version(backend: str, fast: str) -> str:
+    """Maps backend= to the C++ version name (the C++ side rejects unknown names)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend in ("auto", "fast"):
+        return fast
+    return backend
+
+
+def _into(out, result):
+    """Puts a reference result into out= (if given) with the same checks as the kernels."""
+    result = np.asarray(result, dtype=np.float32)
+    if out is None:
+        return result
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise TypeError("out must be a float32 numpy array")
+    if out.shape != result.shape:
+        raise ValueError(f"out has shape {out.shape}, expected {result.shape}")
+    out[...] = result
+    return out
+
+
+def _cuda():
+    from . import _cuda as cuda_ops
+
+    return cuda_ops
+
+
+# ---- matmul ---------------------------------------------------------------------------------
+
+def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False,
+           backend="auto"):
+    """C = op(a) @ op(b) (+ bias) (+ out if accumulate), float32.
+
+    a: [M, K] or [B, M, K] (stored [.., K, M] when trans_a)
+    b: [K, N] or [B, K, N] (stored [.., N, K] when trans_b, like nn.Linear's weight)
+    bias: [N] or None.  Returns [M, N] or [B, M, N].
+
+    The transposed forms are what backpropagation needs: for y = x @ W^T + b,
+    dx = dy @ W (``matmul(dy, W)``) and dW = dy^T @ x (``matmul(dy, x, trans_a=True)``).
+    ``accumulate=True`` adds into ``out`` (gradient accumulation without a temporary).
+    """
+    if _is_cupy(a) or _is_cupy(b):
+        return _cuda().matmul(a, b, bias, trans_a=trans_a, trans_b=trans_b, out=out,
+                              accumulate=accumulate, backend=backend)
+    if backend == "numpy":
+        result = reference.matmul(a, b, bias, trans_a=trans_a, trans_b=trans_b)
+        if accumulate:
+            if out is None:
+                raise ValueError("matmul: accumulate=True needs out= (the array to add to)")
+            result = out + result
+        return _into(out, result)
+    return _C.matmul(a, b, bias, out, bool(trans_a), bool(trans_b), bool(accumulate),
+                     _native_version(backend, "blocked"))
+
+
+def linear(x, weight, bias=None, *, out=None, backend="auto"):
+    """y = x @ weight^T + bias, with x [..., in] and weight [out, in] (PyTorch's layout)."""
+    if x.ndim not in (2, 3):
+        raise ValueError(f"linear: x must be 2-D or 3-D, got shape {x.shape}")
+    return matmul(x, weight, bias, trans_b=True, out=out, backend=backend)
+
+
+def kernel_paths() -> dict:
+    """The code path each kernel family's fast version takes on this CPU."""
+    return {"matmul": _C.matmul_path()}

@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+
+from kernelgpt import ops
+from conftest import randn
+
+SHAPES = [  # (M, K, N): ones, odd, primes, tile edges, large
+    (1, 1, 1), (1, 7, 5), (3, 17, 33), (8, 48, 48), (9, 49, 47), (13, 384, 97),
+    (31, 385, 61), (64, 64, 64), (101, 211, 127), (128, 576, 1536), (2, 1000, 999),
+    (4, 777, 1031), (5, 64, 3),
+]
+
+
+def ref64(a, b, bias, ta, tb):
+    A = np.swapaxes(a, -1, -2) if ta else a
+    B = np.swapaxes(b, -1, -2) if tb else b
+    c = A.astype(np.float64) @ B.astype(np.float64)
+    scale = np.abs(A.astype(np.float64)) @ np.abs(B.astype(np.float64))
+    if bias is not None:
+        c = c + bias
+        scale = scale + np.abs(bias)
+    return c, scale
+
+
+def check(c, a, b, bias=None, ta=False, tb=False, base=None):
+    expected, scale = ref64(a, b, bias, ta, tb)
+    if base is not None:
+        expected = expected + base
+        scale = scale + np.abs(base)
+    assert c.dtype == np.float32 and c.shape == expected.shape
+    assert not np.isnan(c).any()
+    err = np.abs(c - expected)
+    assert (err <= 1e-4 * scale + 1e-30).all(), f"max rel err {(err / scale).max():.3g}"
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("backend", ["auto", "naive"])
+def test_matmul_2d(rng, isa, m, k, n, ta, tb, backend):
+    if backend == "naive" and m * n * k > 2e7:
+        pytest.skip("naive is slow")
+    a = randn(rng, *((k, m) if ta else (m, k)))
+    b = randn(rng, *((n, k) if tb else (k, n)))
+    check(ops.matmul(a, b, trans_a=ta, trans_b=tb, backend=backend), a, b, None, ta, tb)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 5, 7), (17, 33, 65), (64, 300, 100), (3, 1024, 4)])
+def test_matmul_bias_out_accumulate(rng, isa, m, k, n):
+    a, b, bias = randn(rng, m, k), randn(rng, n, k), randn(rng, n)
+    out = np.empty((m, n), np.float32)
+    r = ops.matmul(a, b, bias, trans_b=True, out=out)
+    assert r is out or np.shares_memory(r, out)
+    check(out, a, b, bias, tb=True)
+    base = randn(rng, m, n)
+    acc = base.copy()
+    ops.matmul(a, b, trans_b=True, out=acc, accumulate=True)
+    check(acc, a, b, None, tb=True, base=base)
+
+
+@pytest.mark.parametrize("bsz,m,k,n", [(1, 3, 4, 5), (12, 64, 64, 64), (3, 17, 31, 29), (2, 130, 70, 50)])
+def test_matmul_batched(rng, isa, bsz, m, k, n):
+    a, b = randn(rng, bsz, m, k), randn(rng, bsz, k, n)
+    check(ops.matmul(a, b), a, b)
+    w = randn(rng, k, n)  # one weight for every batch entry
+    check(ops.matmul(a, w), a, w)
+    bt = randn(rng, bsz, n, k)
+    check(ops.matmul(a, bt, trans_b=True), a, bt, tb=True)
+    at = randn(rng, bsz, k, m)
+    check(ops.matmul(at, b, trans_a=True), at, b, ta=True)
+
+
+def test_matmul_large(rng):
+    a, b = randn(rng, 300, 2049), randn(rng, 2049, 259)
+    check(ops.matmul(a, b), a, b)
+
+
+def test_matmul_matches_numpy_backend(rng):
+    a, b, bias = randn(rng, 7, 11), randn(rng, 11, 13), randn(rng, 13)
+    np.testing.assert_allclose(ops.matmul(a, b, bias), ops.matmul(a, b, bias, backend="numpy"),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_threads_deterministic(rng):
+    import kernelgpt
+    a, b = randn(rng, 200, 300), randn(rng, 300, 400)
+    c1 = ops.matmul(a, b)
+    c2 = ops.matmul(a, b)
+    assert np.array_equal(c1, c2)
+    n = kernelgpt.get_num_threads()
+    try:
+        kernelgpt.set_num_threads(1)
+        c3 = ops.matmul(a, b)
+    finally:
+        kernelgpt.set_num_threads(n)
+    check(c3, a, b)
+
+
+def test_matmul_nan_inf_propagate(rng):
+    a, b = randn(rng, 20, 30), randn(rng, 30, 40)
+    a[3, 5] = np.nan
+    b[7, 9] = np.inf
+    c = ops.matmul(a, b)
+    assert np.isnan(c[3]).all()
+    assert not np.isnan(np.delete(c, 3, axis=0)[:, np.arange(40) != 9]).any()
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+def test_matmul_bad_dtype(rng):
+    a = rng.standard_normal((3, 4))  # float64
+    with pytest.raises(TypeError, match="a must be float32"):
+        ops.matmul(a, randn(rng, 4, 5))
+    with pytest.raises(TypeError, match="numpy array"):
+        ops.matmul([[1.0]], randn(rng, 1, 1))
+    with pytest.raises(TypeError, match="None"):
+        ops.matmul(None, randn(rng, 1, 1))
+
+
+def test_matmul_bad_shapes(rng):
+    with pytest.raises(ValueError, match="inner dimensions"):
+        ops.matmul(randn(rng, 3, 4), randn(rng, 5, 6))
+    with pytest.raises(ValueError, match="2-D or 3-D"):
+        ops.matmul(randn(rng, 3), randn(rng, 3, 2))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        ops.matmul(randn(rng, 2, 3, 4), randn(rng, 3, 4, 5))
+    with pytest.raises(ValueError, match="bias"):
+        ops.matmul(randn(rng, 3, 4), randn(rng, 4, 5), randn(rng, 4))
+    with pytest.raises(ValueError, match="zero-size"):
+        ops.matmul(np.zeros((0, 4), np.float32), randn(rng, 4, 5))
+    with pytest.raises(ValueError, match="out has shape"):
+        ops.matmul(randn(rng, 3, 4), randn(rng, 4, 5), out=np.empty((3, 4), np.float32))
+
+
+def test_matmul_non_contiguous_and_aliasing(rng):
+    a = randn(rng, 8, 8)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops.matmul(a.T, a)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops.matmul(a[:, ::2], randn(rng, 4, 3))
+    with pytest.raises(ValueError, match="overlap"):
+        ops.matmul(a, a.copy(), out=a)
+    ro = np.empty((8, 8), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        ops.matmul(a, a.copy(), out=ro)
+    with pytest.raises(ValueError, match="accumulate"):
+        ops.matmul(a, a.copy(), accumulate=True)
+    with pytest.raises(ValueError, match="unknown version"):
+        ops.matmul(a, a.copy(), backend="bogus")
