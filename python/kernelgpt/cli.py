@@ -1,0 +1,49 @@
+"""The `kernelgpt` command.
+
+Each subcommand lives in the module that does the work and registers itself here through
+`_COMMANDS`: (name, help, "module:function that adds arguments", "module:function to run").
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+_COMMANDS = [
+    ("bench", "benchmark the kernels against numpy (and PyTorch if installed)",
+     "kernelgpt.bench:add_arguments", "kernelgpt.bench:main"),
+]
+
+
+def _resolve(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kernelgpt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text, add_args, run in _COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _resolve(add_args)(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(_resolve(args._run)(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        print(f"kernelgpt {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

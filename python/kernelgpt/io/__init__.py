@@ -1,0 +1,1 @@
+"""Reading and fetching files: model formats (GGUF, safetensors) and pip-delivered data."""
