@@ -171,7 +171,8 @@ class GPT:
 
     ``GPT(config, seed=0)`` initializes like GPT-2 / nanoGPT: normal(0, 0.02) for weights and
     embeddings, residual projections scaled by 1/sqrt(2 * n_layer), zeros for biases, ones for
-    norm weights.
+    norm weights. ``seed=None`` leaves every parameter 0 (for loading); ``params=`` adopts a
+    flat float32 buffer as the parameters.
     """
 
     def __init__(self, config: GPTConfig, seed: Optional[int] = 0, params: Optional[np.ndarray] = None):
@@ -182,8 +183,8 @@ class GPT:
         self.n_decayed = sum(int(np.prod(s)) for _, s, d in layout if d)
         self.grads: Optional[FlatBuffer] = None
         self._acts: Optional[_Activations] = None
-        if params is None:
-            self.init_weights(seed if seed is not None else 0)
+        if params is None and seed is not None:
+            self.init_weights(seed)  # seed=None: all zeros (to be loaded)
         self._sin_cache: Dict[int, np.ndarray] = {}
 
     # ---- parameters ------------------------------------------------------------------------
@@ -463,6 +464,61 @@ class GPT:
         ops.embedding_backward(d_res, idx.reshape(-1), c.vocab_size, out=G["wte"], accumulate=True)
         if c.positions == "learned":
             G["wpe"][:T] += d_res.reshape(B, T, -1).sum(axis=0)
+
+
+    # ---- inference with a KV cache ---------------------------------------------------------
+
+    def new_cache(self, max_len: Optional[int] = None, batch: int = 1):
+        from .kv_cache import KVCache
+        c = self.config
+        return KVCache(c.n_layer, c.n_kv_head, c.head_dim, max_len or c.block_size, batch)
+
+    def forward_cached(self, ids: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
+        """Runs ids [B, T] (the tokens after the cached ones) through the model, appending their
+        keys and values to the cache. Returns the logits of the last position [B, V], or of
+        every position [B, T, V] with all_logits=True. One batched pass for a whole prompt
+        (prefill), one token at a time while generating (decode)."""
+        c, P = self.config, self.params
+        ids, _ = self._check_batch(ids, None)
+        B, T = ids.shape
+        t0 = cache.length
+        if t0 + T > min(c.block_size, cache.max_len):
+            raise ValueError(f"context of {t0 + T} tokens exceeds the model's block_size "
+                             f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
+                                                  f" / the cache's max_len {cache.max_len}"))
+        x = ops.embedding(ids.reshape(-1), P["wte"])
+        pos = self._positions_table(t0, T)
+        if pos is not None:
+            x.reshape(B, T, -1)[...] += pos
+        for i in range(c.n_layer):
+            L = f"h.{i}."
+            h = self._norm(x, i, "ln_1")
+            qkv = ops.linear(h, P[L + "attn.c_attn.weight"], P.views.get(L + "attn.c_attn.bias"))
+            q, k, v = self._split_heads(qkv, B, T)
+            if c.positions == "rope":
+                q, k = self._rope(q, t0), self._rope(k, t0)
+            cache.write(i, k, v)
+            y = ops.attention(q, cache.k[i], cache.v[i], causal=True, kv_length=t0 + T)
+            x += ops.linear(self._merge_heads(y), P[L + "attn.c_proj.weight"],
+                            P.views.get(L + "attn.c_proj.bias"))
+            h = self._norm(x, i, "ln_2")
+            h = ops.linear(h, P[L + "mlp.c_fc.weight"], P.views.get(L + "mlp.c_fc.bias"))
+            a = self._activate(h, out=None)
+            x += ops.linear(a, P[L + "mlp.c_proj.weight"], P.views.get(L + "mlp.c_proj.bias"))
+        cache.advance(ids[0])
+        x = x.reshape(B, T, -1)
+        if not all_logits:
+            x = np.ascontiguousarray(x[:, -1])
+        xf = self._norm(x.reshape(-1, c.n_embd), None, None)
+        logits = ops.linear(xf, self.lm_head)
+        return logits.reshape(B, T, -1) if all_logits else logits
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits of every position of ids [B, T] (no cache kept): [B, T, V]."""
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        return self.forward_cached(ids, self.new_cache(ids.shape[1], ids.shape[0]), all_logits=True)
 
 
 class _Activations:

@@ -1,0 +1,66 @@
+"""The KV cache: what attention remembers between generated tokens.
+
+Generating token t+1 needs the keys and values of tokens 0..t at every layer. Recomputing
+them would make every step cost as much as the whole prompt; keeping them makes a step cost
+one token. The cache holds, per layer, preallocated K and V buffers [B, Hkv, max_len, head_dim]
+filled left to right, and the token ids they came from, so a new prompt that starts with the
+same tokens (the next turn of a chat) only computes the part that is new (prompt caching).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+
+__all__ = ["KVCache"]
+
+
+class KVCache:
+    def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, max_len: int, batch: int = 1):
+        if min(n_layer, n_kv_head, head_dim, max_len, batch) < 1:
+            raise ValueError("KVCache: every dimension must be >= 1")
+        self.max_len = max_len
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.k: List[np.ndarray] = [np.zeros(shape, np.float32) for _ in range(n_layer)]
+        self.v: List[np.ndarray] = [np.zeros(shape, np.float32) for _ in range(n_layer)]
+        self.length = 0          # positions filled (the same for every layer)
+        self.tokens: List[int] = []  # the ids at those positions (batch entry 0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+
+    def write(self, layer: int, k_new: np.ndarray, v_new: np.ndarray) -> None:
+        """Stores k_new, v_new [B, Hkv, T, hd] at positions length .. length+T-1 of a layer
+        (call ``advance(T)`` once every layer has written)."""
+        T = k_new.shape[2]
+        if self.length + T > self.max_len:
+            raise ValueError(f"KV cache full: {self.length} + {T} tokens > max_len {self.max_len}")
+        self.k[layer][:, :, self.length: self.length + T] = k_new
+        self.v[layer][:, :, self.length: self.length + T] = v_new
+
+    def advance(self, token_ids: Sequence[int]) -> None:
+        n = len(token_ids)
+        if self.length + n > self.max_len:
+            raise ValueError(f"KV cache full: {self.length} + {n} tokens > max_len {self.max_len}")
+        self.length += n
+        self.tokens.extend(int(t) for t in token_ids)
+
+    def truncate(self, length: int) -> None:
+        """Forgets every position from `length` on (the buffers are reused, not cleared)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"truncate: length must be in [0, {self.length}], got {length}")
+        self.length = length
+        del self.tokens[length:]
+
+    def reset(self) -> None:
+        self.truncate(0)
+
+    def common_prefix(self, token_ids: Sequence[int]) -> int:
+        """How many leading tokens of token_ids are already cached."""
+        n = 0
+        for cached, new in zip(self.tokens, token_ids):
+            if cached != int(new):
+                break
+            n += 1
+        return n

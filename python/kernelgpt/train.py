@@ -1,0 +1,376 @@
+"""Training: data, the loop, the schedule, clipping, evaluation and checkpoints.
+
+    kernelgpt train --data shakespeare --out runs/shakespeare
+    kernelgpt train --resume --out runs/shakespeare      # continue exactly where it stopped
+
+One step: for each of ``grad_accum`` micro-batches, forward + backward (model.forward_backward
+adds gradients); clip the global gradient norm; AdamW with linear warmup then cosine decay of
+the learning rate. Every ``eval_interval`` steps the validation loss is estimated and a
+checkpoint written; a CSV log and a loss-curve PNG sit beside it.
+
+Checkpoints are directories ``OUT/ckpt-000500/`` holding model.safetensors (loadable by
+safetensors.numpy and PyTorch), optimizer.safetensors, config.json and state.json (step, the
+data sampler's RNG state, the log). ``OUT/latest`` names the newest complete one; it is
+replaced atomically only after the directory is fully written and fsynced, so a kill at any
+moment leaves the previous checkpoint usable. A resumed run continues bit-identically: the
+same losses as an uninterrupted run, for the same thread count.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import ops
+from .data import CharTokenizer, TokenData, read_texts, save_json
+from .io import safetensors
+from .io.atomic import atomic_write_bytes, fsync_dir
+from .model import GPT, GPTConfig
+
+__all__ = ["TrainConfig", "train", "load_checkpoint", "save_checkpoint", "latest_checkpoint"]
+
+
+@dataclass
+class TrainConfig:
+    data: List[str] = field(default_factory=lambda: ["shakespeare"])
+    tokenizer: str = "char"          # "char" | "bpe" (trained on the data) | "cl100k_base"
+    bpe_vocab_size: int = 1024
+    out: str = "runs/kernelgpt"
+    batch_size: int = 12
+    grad_accum: int = 1
+    max_iters: int = 2000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: Optional[int] = None  # None: = max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0           # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    keep_checkpoints: int = 2
+    seed: int = 1337
+    val_fraction: float = 0.1
+    progress: bool = True
+    plot: bool = True
+
+    def validate(self):
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.max_iters >= 0, "max_iters must be >= 0"),
+            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate must be > 0"),
+            (0 <= self.min_lr <= self.learning_rate, "min_lr must be in [0, learning_rate]"),
+            (self.warmup_iters >= 0, "warmup_iters must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0"),
+            (self.eval_interval >= 1 and self.eval_iters >= 1, "eval_interval, eval_iters >= 1"),
+            (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
+            (self.tokenizer in ("char", "bpe", "cl100k_base"), f"unknown tokenizer {self.tokenizer!r}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+        return self
+
+
+def learning_rate(step: int, tc: TrainConfig) -> float:
+    """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters."""
+    decay_iters = tc.lr_decay_iters or tc.max_iters
+    if step < tc.warmup_iters:
+        return tc.learning_rate * (step + 1) / (tc.warmup_iters + 1)
+    if step >= decay_iters:
+        return tc.min_lr
+    ratio = (step - tc.warmup_iters) / max(1, decay_iters - tc.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return tc.min_lr + coeff * (tc.learning_rate - tc.min_lr)
+
+
+# ---- tokenizers ---------------------------------------------------------------------------------
+
+def make_tokenizer(kind: str, text: str, vocab_size: int):
+    if kind == "char":
+        return CharTokenizer.from_text(text)
+    if kind == "bpe":
+        from . import tokenizer as bpe
+        return bpe.train([text], vocab_size)
+    from .tokenizer import get_encoding
+    return get_encoding(kind)
+
+
+def tokenizer_to_dict(tok) -> dict:
+    if isinstance(tok, CharTokenizer):
+        return tok.to_dict()
+    if getattr(tok, "name", None) == "cl100k_base":
+        return {"kind": "tiktoken", "name": "cl100k_base"}
+    return {"kind": "bpe", "tiktoken_file": "tokenizer.tiktoken", "pattern": tok._pat_str,
+            "special_tokens": dict(tok._special_tokens)}
+
+
+def tokenizer_from_dict(d: dict, directory: Path):
+    if d["kind"] == "char":
+        return CharTokenizer(d["chars"])
+    from . import tokenizer as bpe
+    if d["kind"] == "tiktoken":
+        return bpe.get_encoding(d["name"])
+    return bpe.Encoding.from_tiktoken_file(directory / d["tiktoken_file"], d["pattern"],
+                                           d.get("special_tokens", {}))
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+def latest_checkpoint(path) -> Path:
+    """The checkpoint directory `path` names: itself if it holds model.safetensors, else the
+    one its `latest` file points to."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    pointer = path / "latest"
+    if not pointer.exists():
+        raise FileNotFoundError(f"no checkpoint in {path} (no model.safetensors, no latest)")
+    target = path / pointer.read_text().strip()
+    if not (target / "model.safetensors").exists():
+        raise FileNotFoundError(f"{pointer} names {target}, which holds no model.safetensors")
+    return target
+
+
+def save_checkpoint(out: Path, model: GPT, tc: TrainConfig, tokenizer, state: dict,
+                    m: np.ndarray, v: np.ndarray, keep: int = 2) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{state['step']:06d}"
+    final = out / name
+    tmp = out / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors = {n: model.params[n] for n in model.params.names()}
+    safetensors.save(tensors, tmp / "model.safetensors", metadata={"format": "np"})
+    safetensors.save({"m": m, "v": v}, tmp / "optimizer.safetensors")
+    tok = tokenizer_to_dict(tokenizer)
+    if tok["kind"] == "bpe":
+        tokenizer.save(tmp / tok["tiktoken_file"])
+    save_json(tmp / "config.json", {"model": model.config.to_dict(),
+                                    "train": dataclasses.asdict(tc), "tokenizer": tok})
+    save_json(tmp / "state.json", state)
+    fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(out)
+    atomic_write_bytes(out / "latest", (name + "\n").encode())
+    # prune older checkpoints only once `latest` points at the new one
+    old = sorted(p for p in out.glob("ckpt-*") if p.is_dir() and p.name != name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path, with_optimizer: bool = False):
+    """(model, tokenizer, config dict, state, (m, v) or None) from a checkpoint directory."""
+    ckpt = latest_checkpoint(path)
+    try:
+        cfg = json.loads((ckpt / "config.json").read_text())
+        state = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{ckpt}: corrupt checkpoint metadata ({err})") from None
+    config = GPTConfig.from_dict(cfg["model"])
+    tensors, _ = safetensors.load(ckpt / "model.safetensors")
+    model = GPT(config, seed=None)  # zeros, filled below
+    for name in model.params.names():
+        if name not in tensors:
+            raise ValueError(f"{ckpt}: parameter {name!r} missing")
+        t = tensors[name]
+        if t.shape != model.params[name].shape:
+            raise ValueError(f"{ckpt}: parameter {name!r} has shape {t.shape}, "
+                             f"expected {model.params[name].shape}")
+        model.params[name][...] = t.astype(np.float32)
+    tokenizer = tokenizer_from_dict(cfg["tokenizer"], ckpt)
+    opt = None
+    if with_optimizer:
+        o, _ = safetensors.load(ckpt / "optimizer.safetensors")
+        opt = (o["m"].astype(np.float32), o["v"].astype(np.float32))
+    return model, tokenizer, cfg, state, opt
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+def _prepare_data(tc: TrainConfig, out: Path, tokenizer=None):
+    """Tokenizes the training text into OUT/tokens.bin once (reused on resume)."""
+    token_file = out / "tokens.bin"
+    if tokenizer is None:
+        text = read_texts(tc.data)
+        tokenizer = make_tokenizer(tc.tokenizer, text, tc.bpe_vocab_size)
+        ids = tokenizer.encode(text) if tc.tokenizer == "char" else tokenizer.encode_ordinary(text)
+        TokenData.write(token_file, ids, tokenizer.n_vocab)
+    elif not token_file.exists():
+        text = read_texts(tc.data)
+        ids = tokenizer.encode(text) if tc.tokenizer == "char" else tokenizer.encode_ordinary(text)
+        TokenData.write(token_file, ids, tokenizer.n_vocab)
+    return tokenizer, TokenData(token_file, tokenizer.n_vocab, tc.val_fraction)
+
+
+def estimate_loss(model: GPT, data: TokenData, tc: TrainConfig, block: int, seed: int) -> Dict[str, float]:
+    """Mean loss over eval_iters batches of each split, drawn with a fixed seed (the same
+    batches every time, so the curve is comparable and resuming does not perturb training)."""
+    out = {}
+    for split in ("train", "val"):
+        rng = np.random.default_rng([seed, 1 if split == "train" else 2])
+        losses = [model.loss(*data.batch(split, tc.batch_size, block, rng)) for _ in range(tc.eval_iters)]
+        out[split] = float(np.mean(losses))
+    return out
+
+
+def _plot(log_rows: List[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    steps = [r["step"] for r in log_rows if r.get("loss") not in (None, "")]
+    losses = [float(r["loss"]) for r in log_rows if r.get("loss") not in (None, "")]
+    vsteps = [r["step"] for r in log_rows if r.get("val_loss") not in (None, "")]
+    vloss = [float(r["val_loss"]) for r in log_rows if r.get("val_loss") not in (None, "")]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, losses, label="train (batch)", lw=0.8, alpha=0.7)
+    if vsteps:
+        ax.plot(vsteps, vloss, "o-", label="validation", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: bool = False,
+          stop_after: Optional[int] = None, max_iters: Optional[int] = None) -> dict:
+    """Trains (or resumes from tc.out) and returns a summary dict. On resume the saved
+    training settings are used; max_iters, if given, extends or shortens the run.
+    stop_after: stop after that many steps of this call (for tests and for splitting a run)."""
+    if max_iters is not None:
+        tc = dataclasses.replace(tc, max_iters=max_iters)
+    tc.validate()
+    out = Path(tc.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        model, tokenizer, cfg, state, (m, v) = load_checkpoint(out, with_optimizer=True)
+        tc = dataclasses.replace(TrainConfig(**cfg["train"]), out=str(out), progress=tc.progress,
+                                 plot=tc.plot)
+        tokenizer, data = _prepare_data(tc, out, tokenizer)
+        if max_iters is not None:
+            tc = dataclasses.replace(tc, max_iters=max_iters)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        step = state["step"]
+        log_rows = state.get("log", [])
+    else:
+        tokenizer, data = _prepare_data(tc, out)
+        if model_config is None:
+            model_config = GPTConfig(vocab_size=tokenizer.n_vocab)
+        if model_config.vocab_size < tokenizer.n_vocab:
+            model_config = dataclasses.replace(model_config, vocab_size=tokenizer.n_vocab)
+        model = GPT(model_config, seed=tc.seed)
+        m = np.zeros(model.params.size, np.float32)
+        v = np.zeros(model.params.size, np.float32)
+        rng = np.random.default_rng(tc.seed)
+        step = 0
+        log_rows = []
+    c = model.config
+    block = c.block_size
+    nd = model.n_decayed
+    P, Mom, Var = model.params.data, m, v
+    csv_path = out / "log.csv"
+    fields = ["step", "loss", "val_loss", "train_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
+    tokens_per_step = tc.batch_size * block * tc.grad_accum
+    progress = None
+    if tc.progress:
+        try:
+            from tqdm import tqdm
+            progress = tqdm(total=tc.max_iters, initial=step, unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+        except ImportError:
+            progress = None
+    t_start = time.perf_counter()
+    steps_this_call = 0
+    last_loss = float("nan")
+
+    def checkpoint(evaluate: bool):
+        row = {"step": step}
+        if evaluate:
+            losses = estimate_loss(model, data, tc, block, tc.seed)
+            row.update(val_loss=losses["val"], train_loss=losses["train"])
+            log_rows.append(row)
+            if progress is not None:
+                progress.set_postfix(loss=f"{last_loss:.4f}", val=f"{losses['val']:.4f}")
+        state = {"step": step, "rng": rng.bit_generator.state, "log": log_rows,
+                 "tokens_seen": step * tokens_per_step}
+        save_checkpoint(out, model, tc, tokenizer, state, m, v, tc.keep_checkpoints)
+        _write_csv(csv_path, fields, log_rows)
+        if tc.plot:
+            _plot(log_rows, out / "loss.png")
+
+    while step < tc.max_iters and (stop_after is None or steps_this_call < stop_after):
+        t0 = time.perf_counter()
+        lr = learning_rate(step, tc)
+        model.zero_grad()
+        loss = 0.0
+        for _ in range(tc.grad_accum):
+            x, y = data.batch("train", tc.batch_size, block, rng)
+            loss += model.forward_backward(x, y, grad_scale=1.0 / tc.grad_accum) / tc.grad_accum
+        G = model.grads.data
+        gnorm = ops.clip_grad_norm(G, tc.grad_clip) if tc.grad_clip > 0 else ops.grad_norm(G)
+        ops.adamw_step(P[:nd], G[:nd], Mom[:nd], Var[:nd], step=step + 1, lr=lr, beta1=tc.beta1,
+                       beta2=tc.beta2, eps=1e-8, weight_decay=tc.weight_decay)
+        if nd < P.size:
+            ops.adamw_step(P[nd:], G[nd:], Mom[nd:], Var[nd:], step=step + 1, lr=lr,
+                           beta1=tc.beta1, beta2=tc.beta2, eps=1e-8, weight_decay=0.0)
+        dt = time.perf_counter() - t0
+        step += 1
+        steps_this_call += 1
+        last_loss = loss
+        if not math.isfinite(loss):
+            raise RuntimeError(f"training diverged at step {step}: loss {loss}")
+        if step % tc.log_interval == 0 or step == 1:
+            log_rows.append({"step": step, "loss": loss, "lr": lr, "grad_norm": float(gnorm),
+                             "tokens_per_s": tokens_per_step / dt,
+                             "elapsed_s": time.perf_counter() - t_start})
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
+        if step % tc.eval_interval == 0 or step == tc.max_iters:
+            checkpoint(evaluate=True)
+    if steps_this_call and step % tc.eval_interval != 0 and step != tc.max_iters:
+        checkpoint(evaluate=False)  # stopped early (stop_after): keep the progress
+    if progress is not None:
+        progress.close()
+    vals = [r["val_loss"] for r in log_rows if "val_loss" in r]
+    return {"step": step, "loss": last_loss, "val_loss": vals[-1] if vals else None,
+            "out": str(out), "seconds": time.perf_counter() - t_start, "log": log_rows}
+
+
+def _write_csv(path: Path, fields, rows) -> None:
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    atomic_write_bytes(path, buf.getvalue().encode())
