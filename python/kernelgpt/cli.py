@@ -12,6 +12,10 @@ import sys
 _COMMANDS = [
     ("bench", "benchmark the kernels against numpy (and PyTorch if installed)",
      "kernelgpt.bench:add_arguments", "kernelgpt.bench:main"),
+    ("train", "train a GPT on text (default: Shakespeare, character-level)",
+     "kernelgpt.train:add_arguments", "kernelgpt.train:main"),
+    ("sample", "generate text from a checkpoint (default: the shipped Shakespeare model)",
+     "kernelgpt.generate:add_sample_arguments", "kernelgpt.generate:sample_main"),
 ]
 
 
