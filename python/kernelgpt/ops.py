@@ -96,4 +96,54 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
 
 def kernel_paths() -> dict:
     """The code path each kernel family's fast version takes on this CPU."""
-    return {"matmul": _C.matmul_path()}
+    paths = {"matmul": _C.matmul_path()}
+    paths["attention"] = _C.attention_path()
+    return paths
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+__all__ += ["attention", "attention_backward"]
+
+
+def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, backend="auto"):
+    """Scaled dot-product attention: softmax(scale * q k^T + mask) v, float32.
+
+    q: [B, H, T, D]; k, v: [B, Hkv, S, D] with H a multiple of Hkv (grouped-query attention:
+    query head h reads kv head h // (H // Hkv); Hkv == H is ordinary multi-head attention).
+    scale: defaults to 1 / sqrt(D); must be finite and > 0.
+    causal: query i sees keys j <= i + (S - T), i.e. the T queries are the last T positions of
+    the sequence (a KV cache: T new tokens against S cached ones; T == S is the usual causal
+    mask). causal with S < T is a ValueError.
+    Returns out [B, H, T, D], or (out, lse) with return_lse=True, where lse [B, H, T] is the
+    natural-log logsumexp of each query's scaled, masked scores (attention_backward needs it).
+
+    backend: "auto" ("decode" when T == 1, else "flash"), "flash" (tiled, online softmax),
+    "decode" (split-K over the keys, for few queries against a long cache), "naive" (the full
+    score matrix, plain loops), "numpy" (kernelgpt.reference.attention).
+    NaN or inf in q, k or v gives NaN in the rows whose scores it touches.
+    """
+    if backend == "numpy":
+        result, lse = reference.attention(q, k, v, causal, scale)
+        result = _into(out, result)
+        return (result, np.asarray(lse, np.float32)) if return_lse else result
+    version = _native_version(backend, "flash")
+    if backend == "auto" and isinstance(q, np.ndarray) and q.ndim == 4 and q.shape[2] == 1:
+        version = "decode"
+    return _C.attention(q, k, v, out, bool(causal), scale, bool(return_lse), version)
+
+
+def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, backend="auto"):
+    """Gradients of attention: returns (dq [B, H, T, D], dk [B, Hkv, S, D], dv [B, Hkv, S, D]).
+
+    dout: [B, H, T, D], the gradient of the loss with respect to out; q, k, v, causal, scale as
+    given to attention; out and lse: what attention(..., return_lse=True) returned. dk and dv
+    are summed over the query heads that share a kv head.
+    backend: "auto"/"flash" (flash-attention-2 style: recomputes the probabilities tile by tile
+    from lse, O(T) extra memory), "naive", "numpy" (kernelgpt.reference.attention_backward).
+    """
+    if backend == "numpy":
+        grads = reference.attention_backward(dout, q, k, v, out, lse, causal, scale)
+        return tuple(np.asarray(g, np.float32) for g in grads)
+    return _C.attention_backward(dout, q, k, v, out, lse, bool(causal), scale,
+                                 _native_version(backend, "flash"))
