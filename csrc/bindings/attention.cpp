@@ -44,9 +44,11 @@ AttentionShape check_qkv(const char* fn, const Array& q, const Array& k, const A
                 " (q.shape[2]) and S = " + std::to_string(a.s) + " (k.shape[2])");
   double scale = 1.0 / std::sqrt(static_cast<double>(a.d));
   if (!scale_obj.is_none()) {
-    if (PyBool_Check(scale_obj.ptr()))
-      type_error(std::string(fn) + ": scale must be a number or None, got bool");
-    scale = py::float_(py::reinterpret_borrow<py::object>(scale_obj));  // TypeError if not a number
+    if (PyBool_Check(scale_obj.ptr()) || !PyNumber_Check(scale_obj.ptr()) ||
+        PyComplex_Check(scale_obj.ptr()))
+      type_error(std::string(fn) + ": scale must be a real number or None, got " +
+                 std::string(py::str(py::type::handle_of(scale_obj).attr("__name__"))));
+    scale = py::float_(py::reinterpret_borrow<py::object>(scale_obj));
     float as_float = static_cast<float>(scale);
     if (!(as_float > 0.0f) || !std::isfinite(as_float))  // also rejects NaN and float32 0/inf
       value_error(std::string(fn) + ": scale must be finite and > 0, got " +
