@@ -284,7 +284,13 @@ constexpr int64_t kMinFlopsPerThread = int64_t(1) << 21;
 
 // ---- version 2: flash forward ------------------------------------------------------------
 constexpr int64_t BQ = NV * kWidth;  // queries per block: the lanes of one tile row
-constexpr int64_t BK = 8 * MR;       // keys per block (64 with AVX-512)
+#ifndef KG_ATT_BK
+#define KG_ATT_BK (8 * MR)
+#endif
+#ifndef KG_ATT_BQB
+#define KG_ATT_BQB 64
+#endif
+constexpr int64_t BK = KG_ATT_BK;    // keys per block (64 with AVX-512)
 
 // One block of `rows` <= BQ queries of head (b, h), starting at query i0. Scratch: Qt and Ot
 // [D][BQ], St [BK][BQ] (queries in the lanes everywhere).
@@ -387,7 +393,7 @@ void attention_flash(const AttentionArgs& p) {
 // ---- version 2: flash backward -----------------------------------------------------------
 // Keys in the lanes: a key block is one tile row wide.
 constexpr int64_t BKB = NV * kWidth;  // keys per block (48 with AVX-512)
-constexpr int64_t BQB = 64;           // queries per step inside a key block
+constexpr int64_t BQB = KG_ATT_BQB;   // queries per step inside a key block
 
 struct BackwardScratch {
   float *kt, *vt, *kp, *dkt, *dvt, *prob, *dsc;
@@ -476,6 +482,13 @@ void flash_backward_key_block(const AttentionBackwardArgs& p, int64_t b, int64_t
     }
 }
 
+// Threads: the key blocks of one (batch, kv head) group are independent (each owns its dK, dV
+// rows), but they all add into the group's dQ. Two static schemes, both deterministic:
+//   by group     - with enough groups to go round evenly, each thread takes whole groups and
+//                  writes their dQ directly;
+//   cooperative  - otherwise the threads split each group's key blocks (cost-balanced: early
+//                  key blocks are seen by more causal queries), accumulate dQ in private
+//                  partials and sum them in thread order, one group after the other.
 void attention_flash_backward(const AttentionBackwardArgs& p) {
   const int64_t T = p.t, S = p.s, D = p.d, G = p.heads / p.kv_heads, offset = S - T;
   const int64_t Dp = round_up(D, kWidth), k_blocks = (S + BKB - 1) / BKB;
@@ -488,7 +501,9 @@ void attention_flash_backward(const AttentionBackwardArgs& p) {
   int64_t total = 0;
   for (int64_t kb = 0; kb < k_blocks; ++kb) total += cost(kb);
   const int64_t flops = 10 * D * BKB * total * p.batch * p.heads;
-  const int nt = threads_for(min64(flops / kMinFlopsPerThread, k_blocks), 1);
+  int nt = threads_for(flops, kMinFlopsPerThread);
+  const bool by_group = groups >= nt && (groups % nt == 0 || groups >= 4 * nt || k_blocks < nt);
+  nt = static_cast<int>(min64(nt, by_group ? groups : k_blocks));
 
   const int64_t scratch_floats = BackwardScratch::floats(D, Dp);
   const int64_t dq_floats = round_up(G * T * Dp, 16);
@@ -509,9 +524,22 @@ void attention_flash_backward(const AttentionBackwardArgs& p) {
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
+    const int64_t rows = G * T;  // dq rows of one group
+    if (by_group) {
+      for (int64_t gi = groups * t / count; gi < groups * (t + 1) / count; ++gi) {
+        const int64_t b = gi / p.kv_heads, kvh = gi % p.kv_heads;
+        for (int64_t i = 0; i < rows * Dp; ++i) my_dq[i] = 0.0f;
+        for (int64_t kb = 0; kb < k_blocks; ++kb)
+          flash_backward_key_block(p, b, kvh, kb * BKB, delta, my_dq, scratch);
+        float* dq = p.dq + (b * p.heads + kvh * G) * T * D;
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t d = 0; d < D; ++d) dq[r * D + d] = my_dq[r * Dp + d];
+      }
+      return;
+    }
     for (int64_t gi = 0; gi < groups; ++gi) {
       const int64_t b = gi / p.kv_heads, kvh = gi % p.kv_heads;
-      for (int64_t i = 0; i < G * T * Dp; ++i) my_dq[i] = 0.0f;
+      for (int64_t i = 0; i < rows * Dp; ++i) my_dq[i] = 0.0f;
       for_my_share(k_blocks, t, count, cost, [&](int64_t kb) {
         flash_backward_key_block(p, b, kvh, kb * BKB, delta, my_dq, scratch);
       });
@@ -519,7 +547,6 @@ void attention_flash_backward(const AttentionBackwardArgs& p) {
 #pragma omp barrier
 #endif
       // dq of the group's query heads = the threads' partials, summed in thread order
-      const int64_t rows = G * T;
       float* dq = p.dq + (b * p.heads + kvh * G) * T * D;
       for (int64_t r = rows * t / count; r < rows * (t + 1) / count; ++r)
         for (int64_t d = 0; d < D; ++d) {
@@ -539,6 +566,7 @@ constexpr int64_t kDecodeRows = 8;     // query rows processed together (heads o
 constexpr int64_t kDecodeKeys = 256;   // keys per chunk of scores
 constexpr int64_t kDecodeMinKeysPerSplit = 256;
 constexpr int64_t kDecodeMaxSplits = 64;
+constexpr int64_t kDecodePrefetch = 4 * kWidth;  // keys ahead
 
 // Lane j of the result = sum of the lanes of x[j]: kWidth horizontal sums at once.
 inline vfloat reduce_add_each(const vfloat* x) {
@@ -587,6 +615,50 @@ struct DecodeScratch {
   }
 };
 
+// Lane jj (< n <= kWidth) of the result = q . k_jj for the n keys at kj (rows of D floats);
+// q is zero padded to a whole number of vectors. kWidth independent FMA chains, then one
+// transpose-reduce. kD > 0 fixes D at compile time (the key offsets become constants, which
+// saves kWidth address registers); kD == 0 takes it from `D`.
+template <int64_t kD>
+inline vfloat dot_keys(const float* q, const float* kj, int64_t n, int64_t D_runtime) {
+  const int64_t D = kD > 0 ? kD : D_runtime;
+  const int64_t dvecs = D / kWidth, dtail = D - dvecs * kWidth;
+  vfloat dots[kWidth];
+  if (n == kWidth) {
+#pragma GCC unroll 16
+    for (int jj = 0; jj < kWidth; ++jj) dots[jj] = zero();
+    for (int64_t u = 0; u < dvecs; ++u) {
+      const vfloat qv = load(q + u * kWidth);
+#pragma GCC unroll 16
+      for (int jj = 0; jj < kWidth; ++jj) dots[jj] += qv * load(kj + jj * D + u * kWidth);
+    }
+    if (dtail) {
+      const vfloat qv = load(q + dvecs * kWidth);
+#pragma GCC unroll 16
+      for (int jj = 0; jj < kWidth; ++jj)
+        dots[jj] += qv * load_partial(kj + jj * D + dvecs * kWidth, dtail);
+    }
+  } else {  // the last few keys of a chunk
+    for (int64_t jj = 0; jj < kWidth; ++jj) {
+      vfloat s = zero();
+      for (int64_t u = 0; jj < n && u < dvecs; ++u)
+        s += load(q + u * kWidth) * load(kj + jj * D + u * kWidth);
+      if (jj < n && dtail)
+        s += load(q + dvecs * kWidth) * load_partial(kj + jj * D + dvecs * kWidth, dtail);
+      dots[jj] = s;
+    }
+  }
+  return reduce_add_each(dots);
+}
+
+inline vfloat dot_keys_any(const float* q, const float* kj, int64_t n, int64_t D) {
+  switch (D) {
+    case 64: return dot_keys<64>(q, kj, n, D);
+    case 128: return dot_keys<128>(q, kj, n, D);
+    default: return dot_keys<0>(q, kj, n, D);
+  }
+}
+
 void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int64_t nrows,
                  int64_t k0, int64_t k1, DecodeScratch& w) {
   const int64_t T = p.t, S = p.s, D = p.d, G = p.heads / p.kv_heads, offset = S - T;
@@ -607,28 +679,25 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
   for (int64_t c0 = k0; c0 < k1; c0 += kDecodeKeys) {
     const int64_t c1 = min64(k1, c0 + kDecodeKeys), nk = c1 - c0;
     float alpha[kDecodeRows];
-    for (int64_t r = 0; r < nrows; ++r) {
-      float* sc = w.scores + r * kDecodeKeys;
-      const float* qr = w.qp + r * Dp;
-      // 1. scores of this row against keys c0..c1, kWidth keys at a time
-      for (int64_t j = c0; j < c1; j += kWidth) {
-        const int64_t n = min64(kWidth, c1 - j);
-        vfloat dots[kWidth];
-        for (int64_t jj = 0; jj < kWidth; ++jj) {
-          vfloat s = zero();
-          if (jj < n) {
-            const float* kr = k + (j + jj) * D;
-            for (int64_t u = 0; u < dvecs; ++u) s += load(qr + u * kWidth) * load(kr + u * kWidth);
-            if (dtail) s += load(qr + dvecs * kWidth) * load_partial(kr + dvecs * kWidth, dtail);
-          }
-          dots[jj] = s;
-        }
-        vfloat s = reduce_add_each(dots);
+    // 1. scores of every row against keys c0..c1, kWidth keys at a time; the rows share each
+    //    group of keys while it is in L1. The keys a few groups ahead are prefetched (this
+    //    loop is too short for the hardware prefetcher to get far enough ahead on its own).
+    for (int64_t j = c0; j < c1; j += kWidth) {
+      const int64_t n = min64(kWidth, c1 - j);
+      if (j + kDecodePrefetch + n <= k1) {
+        const char* ahead = reinterpret_cast<const char*>(k + (j + kDecodePrefetch) * D);
+        for (int64_t x = 0; x < n * D * 4; x += 64) __builtin_prefetch(ahead + x, 0, 3);
+      }
+      for (int64_t r = 0; r < nrows; ++r) {
+        vfloat s = dot_keys_any(w.qp + r * Dp, k + j * D, n, D);
         // hidden: past the chunk, or past this row's causal limit
         const vfloat limit = broadcast(static_cast<float>(min64(key_end[r], c1) - j));
         s = lane.v[0] < limit ? s : broadcast(-INFINITY);
-        store(sc + (j - c0), s);  // j - c0 + kWidth <= kDecodeKeys: a multiple of kWidth
+        store(w.scores + r * kDecodeKeys + (j - c0), s);  // j - c0 + kWidth <= kDecodeKeys
       }
+    }
+    for (int64_t r = 0; r < nrows; ++r) {
+      float* sc = w.scores + r * kDecodeKeys;
       // 2. online softmax over the chunk (a row that sees none of it is left as it was)
       alpha[r] = 1.0f;
       if (key_end[r] <= c0) {
