@@ -256,6 +256,31 @@ void gemm_rows(int64_t rows, int64_t kc, const float* a, int64_t lda, const floa
   }
 }
 
+// exp(x) for the softmax, where x = score - max <= 0 (or -inf for a hidden key): the same
+// range reduction and degree-7 polynomial as simd::exp, but with AVX-512 the 2^n scaling is
+// one vscalefps, which also flushes exp(x < -104) to 0 and needs no overflow checks. NaN
+// stays NaN. Other levels use simd::exp.
+inline vfloat softmax_exp(vfloat x) {
+#if defined(__AVX512F__)
+  const vfloat kRound = broadcast(12582912.0f);  // 1.5 * 2^23
+  vfloat xc = x < -104.0f ? broadcast(-104.0f) : x;  // (not max(): keeps NaN)
+  vfloat n = (xc * 1.44269504088896341f + kRound) - kRound;
+  vfloat r = xc - n * 0.693145751953125f;
+  r = r - n * 1.428606765330187045e-06f;
+  vfloat p = broadcast(1.0f / 5040);
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)n);
+#else
+  return exp(x);
+#endif
+}
+
 // Vectors of lane indices 0, 1, ..., NV * kWidth - 1 (as floats), for masks.
 struct LaneIndex {
   vfloat v[kMaxVecs];
@@ -336,13 +361,13 @@ void flash_forward_block(const AttentionArgs& p, int64_t b, int64_t h, int64_t i
     for (int64_t jj = 0; jj < kb; ++jj)
       for (int u = 0; u < NV; ++u) m_new[u] = max(m_new[u], load(st + jj * BQ + u * kWidth));
     for (int u = 0; u < NV; ++u) {
-      alpha[u] = exp(m[u] - m_new[u]);  // exp(-inf) = 0 on the first block
+      alpha[u] = softmax_exp(m[u] - m_new[u]);  // exp(-inf) = 0 on the first block
       m[u] = m_new[u];
       sum[u] = zero();
     }
     for (int64_t jj = 0; jj < kb; ++jj)
       for (int u = 0; u < NV; ++u) {
-        vfloat e = exp(load(st + jj * BQ + u * kWidth) - m[u]);
+        vfloat e = softmax_exp(load(st + jj * BQ + u * kWidth) - m[u]);
         store(st + jj * BQ + u * kWidth, e);
         sum[u] += e;
       }
@@ -453,7 +478,7 @@ void flash_backward_key_block(const AttentionBackwardArgs& p, int64_t b, int64_t
         for (int u = 0; u < NV; ++u) {
           float* pr = w.prob + r * BKB + u * kWidth;
           float* ds = w.dsc + r * BKB + u * kWidth;
-          vfloat pv = exp(load(pr) - lse_i);
+          vfloat pv = softmax_exp(load(pr) - lse_i);
           if (last < BKB - 1) pv = lane.v[u] <= last_v ? pv : zero();
           store(pr, pv);
           store(ds, pv * (load(ds) - delta_i) * p.scale);
@@ -713,7 +738,7 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
       vfloat sum = zero();
       const vfloat mb = broadcast(m_new);
       for (jj = 0; jj + kWidth <= nk; jj += kWidth) {
-        vfloat e = exp(load(sc + jj) - mb);
+        vfloat e = softmax_exp(load(sc + jj) - mb);
         store(sc + jj, e);
         sum += e;
       }
