@@ -16,15 +16,17 @@
 //   the lanes: per (batch, kv head) the key blocks are split between the threads, each block
 //   accumulates its dK, dV over every query (and every query head of the group) in L1, and
 //   dQ goes to a per-thread partial, summed in thread order afterwards (deterministic).
-// version 3 (decode): few queries (T == 1, a new token) against a long KV cache. The query
+// version 3 (decode): few queries (T == 1: the next token) against a long KV cache. The query
 //   heads that share a kv head are processed together so K and V are read once; scores are
-//   dot products (keys in lanes after a transpose-reduce); when there are fewer (batch, kv
-//   head) pairs than threads the keys are split between threads (split-K) and the partial
-//   (max, sum, output) triples are merged in a fixed order.
+//   dot products (keys in the lanes after a transpose-reduce); when there are fewer (batch,
+//   kv head) pairs than threads the keys are split between threads (split-K) and the partial
+//   (max, sum, output) triples are merged in a fixed order. Correct for any T, fast for small.
 //
-// NaN/inf: a NaN or inf in q, k or v makes the rows whose scores it touches NaN (IEEE
-// arithmetic); finite input never produces NaN (a fully masked tile is skipped or gives
-// exp(-inf) = 0, never -inf - -inf).
+// NaN/inf: finite input never gives NaN or inf (hidden keys get exp(-inf) = 0 and every query
+// sees key 0, so no running max stays -inf). A NaN in q or k makes NaN the query rows whose
+// visible scores it reaches; an inf does too (inf - inf) unless its score is -inf (weight 0).
+// A NaN or inf in v reaches the rows that weight it, and possibly rows of the same tile that
+// mask it (0 * NaN = NaN), as in the naive version and the numpy reference.
 #include "kernels/attention.h"
 
 #include <cmath>

@@ -121,7 +121,9 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, b
     backend: "auto" ("decode" when T <= 16, else "flash"), "flash" (tiled, online softmax),
     "decode" (split-K over the keys, for few queries against a long cache), "naive" (the full
     score matrix, plain loops), "numpy" (kernelgpt.reference.attention).
-    NaN or inf in q, k or v gives NaN in the rows whose scores it touches.
+    Finite input never gives NaN. A NaN in q or k makes NaN the rows whose (visible) scores it
+    reaches, as does an inf unless its score is -inf (then that key gets weight 0); a NaN or
+    inf in v reaches the rows that weight it, and may reach rows that mask it (0 * NaN).
     """
     if backend == "numpy":
         result, lse = reference.attention(q, k, v, causal, scale)
