@@ -338,6 +338,18 @@ def test_attention_bad_shapes(rng):
         ops.attention(q, k, v, backend="fused")
 
 
+def test_attention_numpy_backend_checks(rng):
+    q, k, v = make_inputs(rng, 2, 6, 2, 5, 7, 8)
+    with pytest.raises(ValueError, match="causal attention needs"):
+        ops.attention(q, k[:, :, :3], v[:, :, :3], backend="numpy")
+    with pytest.raises(ValueError, match="multiple of the number of kv heads"):
+        ops.attention(q, randn(rng, 2, 4, 7, 8), randn(rng, 2, 4, 7, 8), backend="numpy")
+    with pytest.raises(ValueError, match="scale must be finite"):
+        ops.attention(q, k, v, scale=-1.0, backend="numpy")
+    with pytest.raises(ValueError, match="4-D"):
+        ops.attention(q[0], k, v, backend="numpy")
+
+
 def test_attention_backward_bad_shapes(rng):
     q, k, v = make_inputs(rng, 2, 6, 2, 5, 7, 8)
     out, lse = ops.attention(q, k, v, return_lse=True)

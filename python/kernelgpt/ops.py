@@ -106,6 +106,30 @@ def kernel_paths() -> dict:
 __all__ += ["attention", "attention_backward"]
 
 
+def _check_attention_numpy(fn, q, k, v, causal, scale):
+    """The native kernels' argument checks, for backend="numpy" (which has no C++ side)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{fn}: {name} must be a numpy array, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{fn}: {name} must be 4-D, got shape {x.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"{fn}: k and v must have the same shape [B, Hkv, S, D], got k "
+                         f"{k.shape} and v {v.shape}")
+    B, H, T, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"{fn}: k and v must have shape [B, Hkv, S, D] = [{B}, Hkv, S, {D}] "
+                         f"to match q {q.shape}, got {k.shape}")
+    if H % k.shape[1] != 0:
+        raise ValueError(f"{fn}: the number of query heads (q.shape[1] = {H}) must be a multiple "
+                         f"of the number of kv heads (k.shape[1] = {k.shape[1]})")
+    if causal and k.shape[2] < T:
+        raise ValueError(f"{fn}: causal attention needs at least as many keys as queries, got "
+                         f"T = {T} (q.shape[2]) and S = {k.shape[2]} (k.shape[2])")
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
+
+
 def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, backend="auto"):
     """Scaled dot-product attention: softmax(scale * q k^T + mask) v, float32.
 
@@ -126,6 +150,7 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, b
     inf in v reaches the rows that weight it, and may reach rows that mask it (0 * NaN).
     """
     if backend == "numpy":
+        _check_attention_numpy("attention", q, k, v, causal, scale)
         result, lse = reference.attention(q, k, v, causal, scale)
         result = _into(out, result)
         return (result, np.asarray(lse, np.float32)) if return_lse else result
@@ -145,6 +170,7 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, back
     from lse, O(T) extra memory), "naive", "numpy" (kernelgpt.reference.attention_backward).
     """
     if backend == "numpy":
+        _check_attention_numpy("attention_backward", q, k, v, causal, scale)
         grads = reference.attention_backward(dout, q, k, v, out, lse, causal, scale)
         return tuple(np.asarray(g, np.float32) for g in grads)
     return _C.attention_backward(dout, q, k, v, out, lse, bool(causal), scale,
