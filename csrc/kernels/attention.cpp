@@ -590,7 +590,7 @@ void attention_flash_backward(const AttentionBackwardArgs& p) {
 }
 
 // ---- version 3: decode -------------------------------------------------------------------
-constexpr int64_t kDecodeRows = 8;     // query rows processed together (heads of one kv head)
+constexpr int64_t kDecodeRows = 16;    // query rows processed together (heads of one kv head)
 constexpr int64_t kDecodeKeys = 256;   // keys per chunk of scores
 constexpr int64_t kDecodeMinKeysPerSplit = 256;
 constexpr int64_t kDecodeMaxSplits = 64;
