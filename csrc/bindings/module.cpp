@@ -26,4 +26,5 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_matmul(m);
   kg::bind::register_peak(m);
   kg::bind::register_cuda(m);
+  kg::bind::register_attention(m);
 }
