@@ -453,3 +453,36 @@ def test_attention_unusual_head_dims(rng, isa, d):
     grads = ops.attention_backward(dout, q, k, v, out64.astype(np.float32),
                                    lse64.astype(np.float32))
     check_grads(grads, refs)
+
+
+# ---- reading a KV cache in place (kv_length) ------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["naive", "flash", "decode", "auto"])
+@pytest.mark.parametrize("T,S,cap", [(1, 1, 8), (1, 37, 64), (5, 40, 41), (17, 100, 128), (64, 64, 300)])
+def test_attention_kv_length_reads_cache_prefix(isa, backend, T, S, cap):
+    from kernelgpt import ops as kops
+    rng = np.random.default_rng(T * 1000 + S)
+    B, H, Hkv, D = 2, 6, 2, 16
+    q = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    kc = rng.standard_normal((B, Hkv, cap, D)).astype(np.float32)
+    vc = rng.standard_normal((B, Hkv, cap, D)).astype(np.float32)
+    got, lse = kops.attention(q, kc, vc, causal=True, kv_length=S, return_lse=True, backend=backend)
+    k = np.ascontiguousarray(kc[:, :, :S])
+    v = np.ascontiguousarray(vc[:, :, :S])
+    want, want_lse = kops.attention(q, k, v, causal=True, return_lse=True, backend="numpy")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kv_length_bad():
+    from kernelgpt import ops as kops
+    q = np.ones((1, 2, 3, 4), np.float32) * 0.5
+    kc = np.ones((1, 2, 8, 4), np.float32) * 0.25
+    with pytest.raises(ValueError, match="kv_length"):
+        kops.attention(q, kc, kc.copy(), kv_length=9)
+    with pytest.raises(ValueError, match="kv_length"):
+        kops.attention(q, kc, kc.copy(), kv_length=0)
+    with pytest.raises(ValueError, match="causal"):
+        kops.attention(q, kc, kc.copy(), kv_length=2)
+    with pytest.raises(TypeError, match="kv_length"):
+        kops.attention(q, kc, kc.copy(), kv_length=2.5)

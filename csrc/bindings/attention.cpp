@@ -60,13 +60,25 @@ AttentionShape check_qkv(const char* fn, const Array& q, const Array& k, const A
 
 py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle out_obj,
                      bool causal, py::handle scale_obj, bool return_lse,
-                     const std::string& version) {
+                     const std::string& version, py::handle kv_length_obj) {
   const char* fn = "attention";
   int ver = version_index(version, {"naive", "flash", "decode"}, fn);
   Array q = f32(q_obj, fn, "q", {4});
   Array k = f32(k_obj, fn, "k", {4});
   Array v = f32(v_obj, fn, "v", {4});
-  AttentionShape sh = check_qkv(fn, q, k, v, causal, scale_obj);
+  // kv_length: only the first kv_length of the S rows of k and v are keys (a KV cache)
+  int64_t capacity = k.dim(2), kv_length = capacity;
+  if (!kv_length_obj.is_none()) {
+    if (PyBool_Check(kv_length_obj.ptr()) || !PyLong_Check(kv_length_obj.ptr()))
+      type_error(std::string(fn) + ": kv_length must be an int or None");
+    kv_length = py::cast<int64_t>(kv_length_obj);
+    if (kv_length < 1 || kv_length > capacity)
+      value_error(std::string(fn) + ": kv_length must be in [1, " + std::to_string(capacity) +
+                  "] (k.shape[2]), got " + std::to_string(kv_length));
+  }
+  Array k_used = k, v_used = v;
+  k_used.shape[2] = v_used.shape[2] = kv_length;
+  AttentionShape sh = check_qkv(fn, q, k_used, v_used, causal, scale_obj);
   Array out = output(out_obj, q.shape, fn, {&q, &k, &v});
   Array lse;
   if (return_lse) lse = output(py::none(), {sh.batch, sh.heads, sh.t}, fn, {});
@@ -85,6 +97,7 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::h
   args.d = sh.d;
   args.scale = sh.scale;
   args.causal = causal;
+  args.kv_capacity = capacity;
   const AttentionKernels& kernels = KG_DISPATCH(attention_kernels);
   AttentionFn kernel = ver == 0 ? kernels.naive : ver == 1 ? kernels.flash : kernels.decode;
   {
@@ -146,7 +159,8 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
 void register_attention(py::module_& m) {
   m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out") = py::none(), py::arg("causal") = true, py::arg("scale") = py::none(),
-        py::arg("return_lse") = false, py::arg("version") = "flash");
+        py::arg("return_lse") = false, py::arg("version") = "flash",
+        py::arg("kv_length") = py::none());
   m.def("attention_backward", &attention_backward, py::arg("dout"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("causal") = true,
         py::arg("scale") = py::none(), py::arg("version") = "flash");

@@ -72,8 +72,8 @@ void attention_naive(const AttentionArgs& p) {
   for (int64_t b = 0; b < p.batch; ++b) {
     for (int64_t h = 0; h < p.heads; ++h) {
       const float* q = p.q + (b * p.heads + h) * T * D;
-      const float* k = p.k + (b * p.kv_heads + h / group) * S * D;
-      const float* v = p.v + (b * p.kv_heads + h / group) * S * D;
+      const float* k = p.k + (b * p.kv_heads + h / group) * p.kv_rows() * D;
+      const float* v = p.v + (b * p.kv_heads + h / group) * p.kv_rows() * D;
       float* out = p.out + (b * p.heads + h) * T * D;
       // 1. scores[i][j] = scale * q_i . k_j, or -inf where the causal mask hides key j
       for (int64_t i = 0; i < T; ++i) {
@@ -324,8 +324,8 @@ void flash_forward_block(const AttentionArgs& p, int64_t b, int64_t h, int64_t i
   const int64_t T = p.t, S = p.s, D = p.d, group = p.heads / p.kv_heads;
   const int64_t offset = S - T, rows = min64(BQ, T - i0);
   const float* q = p.q + ((b * p.heads + h) * T + i0) * D;
-  const float* k = p.k + (b * p.kv_heads + h / group) * S * D;
-  const float* v = p.v + (b * p.kv_heads + h / group) * S * D;
+  const float* k = p.k + (b * p.kv_heads + h / group) * p.kv_rows() * D;
+  const float* v = p.v + (b * p.kv_heads + h / group) * p.kv_rows() * D;
   float* qt = scratch;       // Qt[d][i] = scale * q[i][d]  (0 for the lanes past `rows`)
   float* ot = qt + D * BQ;   // Ot[d][i]: unnormalised output
   float* st = ot + D * BQ;   // St[j][i]: scores, then probabilities, of one key block
@@ -691,8 +691,8 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
                  int64_t k0, int64_t k1, DecodeScratch& w) {
   const int64_t T = p.t, S = p.s, D = p.d, G = p.heads / p.kv_heads, offset = S - T;
   const int64_t Dp = round_up(D, kWidth), dvecs = D / kWidth, dtail = D - dvecs * kWidth;
-  const float* k = p.k + (b * p.kv_heads + kvh) * S * D;
-  const float* v = p.v + (b * p.kv_heads + kvh) * S * D;
+  const float* k = p.k + (b * p.kv_heads + kvh) * p.kv_rows() * D;
+  const float* v = p.v + (b * p.kv_heads + kvh) * p.kv_rows() * D;
   int64_t key_end[kDecodeRows];  // row r sees keys < key_end[r]
   for (int64_t r = 0; r < nrows; ++r) {
     int64_t g = (r0 + r) / T, i = (r0 + r) % T;

@@ -22,8 +22,12 @@ struct AttentionArgs {
   float* out = nullptr;
   float* lse = nullptr;  // may be null: not wanted
   int64_t batch = 1, heads = 1, kv_heads = 1, t = 0, s = 0, d = 0;
+  // Rows allocated per kv head in k and v (>= s): a KV cache [B, Hkv, capacity, D] of which
+  // only the first s positions are filled. 0 means s.
+  int64_t kv_capacity = 0;
   float scale = 1.0f;
   bool causal = false;
+  int64_t kv_rows() const { return kv_capacity ? kv_capacity : s; }
 };
 
 struct AttentionBackwardArgs {

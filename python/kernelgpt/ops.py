@@ -130,7 +130,8 @@ def _check_attention_numpy(fn, q, k, v, causal, scale):
         raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
 
 
-def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, backend="auto"):
+def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, kv_length=None,
+              backend="auto"):
     """Scaled dot-product attention: softmax(scale * q k^T + mask) v, float32.
 
     q: [B, H, T, D]; k, v: [B, Hkv, S, D] with H a multiple of Hkv (grouped-query attention:
@@ -141,6 +142,8 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, b
     mask). causal with S < T is a ValueError.
     Returns out [B, H, T, D], or (out, lse) with return_lse=True, where lse [B, H, T] is the
     natural-log logsumexp of each query's scaled, masked scores (attention_backward needs it).
+    kv_length: use only the first kv_length rows of k and v (S = kv_length): k and v can then be
+    the preallocated buffers of a KV cache [B, Hkv, capacity, D], read in place.
 
     backend: "auto" ("decode" when T <= 16, else "flash"), "flash" (tiled, online softmax),
     "decode" (split-K over the keys, for few queries against a long cache), "naive" (the full
@@ -150,6 +153,8 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, b
     inf in v reaches the rows that weight it, and may reach rows that mask it (0 * NaN).
     """
     if backend == "numpy":
+        if kv_length is not None:
+            k, v = k[:, :, :kv_length], v[:, :, :kv_length]
         _check_attention_numpy("attention", q, k, v, causal, scale)
         result, lse = reference.attention(q, k, v, causal, scale)
         result = _into(out, result)
@@ -157,7 +162,7 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, b
     version = _native_version(backend, "flash")
     if backend == "auto" and isinstance(q, np.ndarray) and q.ndim == 4 and q.shape[2] <= 16:
         version = "decode"  # measured: faster than "flash" up to T = 16 queries per head
-    return _C.attention(q, k, v, out, bool(causal), scale, bool(return_lse), version)
+    return _C.attention(q, k, v, out, bool(causal), scale, bool(return_lse), version, kv_length)
 
 
 def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, backend="auto"):
