@@ -1,0 +1,371 @@
+// Activations (relu, sigmoid, tanh, silu, gelu, swiglu), forward and backward, float32.
+// Formulas in activation.h.
+//
+// version 1 (naive): a scalar loop over a scalar function written with std:: math, one
+//   thread. The exact gelu uses std::erfc in float64.
+// version 2 (fast): the same formulas on simd.h vectors, threads over contiguous chunks;
+//   one read of each input and one write of each output (memory-bound on large arrays).
+//
+// Numerics, shared by both versions (each is accurate to ~1e-6 relative over all floats):
+// - Never 1 - sigmoid(z) or 1 + tanh(u): they cancel. sigmoid(-z) = 1 - sigmoid(z) and
+//   e = exp(-|z|) give both halves without overflow or cancellation, so
+//   gelu_tanh(x) = 0.5 x (1 + tanh(u)) is computed as x * sigmoid(2u), and
+//   tanh'(x) = 1 - tanh(x)^2 as 4e / (1 + e)^2 with e = exp(-2|x|).
+// - Phi(x) for x < 0 is 0.5 erfc(-x / sqrt(2)), which keeps its relative accuracy where
+//   Phi is tiny. The fast version evaluates erfc with the Numerical Recipes formula
+//   erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2) (relative error < 1.2e-7 for all z >= 0),
+//   with -z^2 = -x^2/2 split into an exact part and a small remainder so that the large
+//   exponent loses nothing to rounding.
+// - Inputs beyond +-100 are clamped where the formula would otherwise meet inf * 0 = NaN
+//   (silu(-inf), gelu(-inf), and every derivative at +-inf); beyond that point the functions
+//   already equal their limits in float32. NaN stays NaN (the clamps compare, NaN fails).
+#include "kernels/activation.h"
+
+#include <cmath>
+
+#include "common/simd.h"
+#include "common/threading.h"
+
+KG_BEGIN_ISA_NAMESPACE
+namespace {
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCubic = 0.044715f;
+constexpr double kInvSqrt2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1 / sqrt(2 pi)
+constexpr float kSaturate = 100.0f;                      // see "Inputs beyond +-100" above
+
+// ---- version 1: naive ------------------------------------------------------------------
+
+float clamp_below(float x, float lo) { return x < lo ? lo : x; }  // NaN stays NaN
+float clamp_abs(float x, float hi) { return x < -hi ? -hi : (x > hi ? hi : x); }
+
+float relu(float x) { return x < 0.0f ? 0.0f : x; }
+float relu_grad(float x) { return x > 0.0f ? 1.0f : (x <= 0.0f ? 0.0f : x); }
+
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+float sigmoid_grad(float x) { return sigmoid(x) * sigmoid(-x); }
+
+float tanh_grad(float x) {  // 1 - tanh(x)^2, without the cancellation near |x| large
+  float e = std::exp(-2.0f * std::fabs(x));
+  return 4.0f * e / ((1.0f + e) * (1.0f + e));
+}
+
+float silu(float x) {
+  x = clamp_below(x, -kSaturate);
+  return x * sigmoid(x);
+}
+float silu_grad(float x) {
+  x = clamp_abs(x, kSaturate);
+  return sigmoid(x) * (1.0f + x * sigmoid(-x));
+}
+
+float gelu_tanh(float x) {
+  x = clamp_below(x, -kSaturate);
+  float u = kSqrt2OverPi * (x + kGeluCubic * x * x * x);
+  return x * sigmoid(2.0f * u);  // = 0.5 x (1 + tanh(u))
+}
+float gelu_tanh_grad(float x) {
+  x = clamp_abs(x, kSaturate);
+  float u = kSqrt2OverPi * (x + kGeluCubic * x * x * x);
+  float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
+  return sigmoid(2.0f * u) * (1.0f + x * sigmoid(-2.0f * u) * 2.0f * du);
+}
+
+float gelu_erf(float x) {
+  double xd = clamp_below(x, -kSaturate);
+  return (float)(0.5 * xd * std::erfc(-xd * kInvSqrt2));  // x * Phi(x)
+}
+float gelu_erf_grad(float x) {
+  double xd = clamp_abs(x, kSaturate);
+  double cdf = 0.5 * std::erfc(-xd * kInvSqrt2);
+  double pdf = std::exp(-0.5 * xd * xd) * kInvSqrt2Pi;
+  return (float)(cdf + xd * pdf);
+}
+
+float forward_scalar(Activation kind, float x) {
+  switch (kind) {
+    case Activation::relu: return relu(x);
+    case Activation::sigmoid: return sigmoid(x);
+    case Activation::tanh: return std::tanh(x);
+    case Activation::silu: return silu(x);
+    case Activation::gelu_tanh: return gelu_tanh(x);
+    case Activation::gelu_erf: return gelu_erf(x);
+  }
+  return x;
+}
+
+float grad_scalar(Activation kind, float x) {
+  switch (kind) {
+    case Activation::relu: return relu_grad(x);
+    case Activation::sigmoid: return sigmoid_grad(x);
+    case Activation::tanh: return tanh_grad(x);
+    case Activation::silu: return silu_grad(x);
+    case Activation::gelu_tanh: return gelu_tanh_grad(x);
+    case Activation::gelu_erf: return gelu_erf_grad(x);
+  }
+  return x;
+}
+
+void activation_naive(const ActivationArgs& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.out[i] = forward_scalar(p.kind, p.x[i]);
+}
+
+void activation_backward_naive(const ActivationArgs& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.out[i] = p.dy[i] * grad_scalar(p.kind, p.x[i]);
+}
+
+void swiglu_naive(const SwigluArgs& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.out[i] = silu(p.gate[i]) * p.up[i];
+}
+
+void swiglu_backward_naive(const SwigluArgs& p) {
+  for (int64_t i = 0; i < p.n; ++i) {
+    p.dgate[i] = p.dy[i] * p.up[i] * silu_grad(p.gate[i]);
+    p.dup[i] = p.dy[i] * silu(p.gate[i]);
+  }
+}
+
+// ---- version 2: fast -------------------------------------------------------------------
+
+using namespace simd;
+
+inline vfloat clamp_below(vfloat x, float lo) { return x < lo ? broadcast(lo) : x; }
+inline vfloat clamp_abs(vfloat x, float hi) {
+  return x < -hi ? broadcast(-hi) : (x > hi ? broadcast(hi) : x);
+}
+
+// sigmoid(z) and sigmoid(-z) = 1 - sigmoid(z), both without overflow or cancellation.
+struct SigmoidPair {
+  vfloat pos, neg;
+};
+inline SigmoidPair sigmoid_pair(vfloat z) {
+  vfloat e = exp(-abs(z));        // in [0, 1]
+  vfloat r = 1.0f / (1.0f + e);   // sigmoid(|z|)
+  vfloat er = e * r;              // sigmoid(-|z|)
+  return {z >= 0.0f ? r : er, z >= 0.0f ? er : r};
+}
+
+// The standard normal CDF Phi(x) and density phi(x), accurate where they are tiny.
+// Phi(x) = 0.5 erfc(|x| / sqrt 2) for x < 0 and 1 - that for x >= 0, where
+// erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2) (Numerical Recipes' erfcc), and
+// -z^2 = -x^2 / 2 = a + b: a from x with its 12 low mantissa bits cleared (so a is exact),
+// b the small rest. exp(a) * exp(b + P) then has no rounding error amplified by |a| ~ 100.
+struct Normal {
+  vfloat cdf, pdf;
+};
+template <bool kWantPdf>
+inline Normal normal_parts(vfloat x) {
+  x = clamp_abs(x, 30.0f);  // Phi(30) = 1 and phi(30) = 0 in float32
+  vfloat xh = (vfloat)((vint)x & (int32_t)0xFFFFF000u);  // 12 significant bits: xh^2 exact
+  vfloat xl = x - xh;
+  vfloat a = (xh * xh) * -0.5f;
+  vfloat b = (xl * (x + xh)) * -0.5f;  // a + b = -x^2 / 2
+  vfloat z = abs(x) * (float)kInvSqrt2;
+  vfloat t = 1.0f / (1.0f + 0.5f * z);
+  vfloat p = broadcast(0.17087277f);
+  p = p * t + -0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t + -1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t + -0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t + -1.26551223f;
+  vfloat ea = exp(a);
+  vfloat half_erfc = 0.5f * t * ea * exp(b + p);  // Phi(-|x|)
+  Normal r;
+  r.cdf = x < 0.0f ? half_erfc : 1.0f - half_erfc;
+  r.pdf = kWantPdf ? ea * exp(b) * (float)kInvSqrt2Pi : zero();
+  return r;
+}
+
+inline vfloat gelu_tanh_u(vfloat x) { return kSqrt2OverPi * (x + kGeluCubic * x * x * x); }
+
+// One functor per activation: f(x) and f'(x) on a vector.
+struct Relu {
+  static vfloat f(vfloat x) { return x < 0.0f ? zero() : x; }
+  static vfloat df(vfloat x) {
+    return x > 0.0f ? broadcast(1.0f) : (x <= 0.0f ? zero() : x);
+  }
+};
+struct Sigmoid {
+  static vfloat f(vfloat x) { return simd::sigmoid(x); }
+  static vfloat df(vfloat x) {  // sigmoid(x) sigmoid(-x) = e / (1 + e)^2, e = exp(-|x|)
+    vfloat e = exp(-abs(x));
+    vfloat r = 1.0f / (1.0f + e);
+    return e * r * r;
+  }
+};
+struct Tanh {
+  static vfloat f(vfloat x) { return simd::tanh(x); }
+  static vfloat df(vfloat x) {  // 1 - tanh^2 = 4e / (1 + e)^2, e = exp(-2|x|)
+    vfloat e = exp(-2.0f * abs(x));
+    vfloat r = 1.0f / (1.0f + e);
+    return 4.0f * e * r * r;
+  }
+};
+struct Silu {
+  static vfloat f(vfloat x) {
+    x = clamp_below(x, -kSaturate);
+    return x * sigmoid_pair(x).pos;
+  }
+  static vfloat df(vfloat x) {
+    x = clamp_abs(x, kSaturate);
+    SigmoidPair s = sigmoid_pair(x);
+    return s.pos * (1.0f + x * s.neg);
+  }
+};
+struct GeluTanh {
+  static vfloat f(vfloat x) {
+    x = clamp_below(x, -kSaturate);
+    return x * sigmoid_pair(2.0f * gelu_tanh_u(x)).pos;
+  }
+  static vfloat df(vfloat x) {
+    x = clamp_abs(x, kSaturate);
+    vfloat du = kSqrt2OverPi * (1.0f + (3.0f * kGeluCubic) * x * x);
+    SigmoidPair s = sigmoid_pair(2.0f * gelu_tanh_u(x));
+    return s.pos * (1.0f + x * s.neg * (2.0f * du));
+  }
+};
+struct GeluErf {
+  static vfloat f(vfloat x) {
+    x = clamp_below(x, -kSaturate);
+    return x * normal_parts<false>(x).cdf;
+  }
+  static vfloat df(vfloat x) {
+    x = clamp_abs(x, kSaturate);
+    Normal n = normal_parts<true>(x);
+    return n.cdf + x * n.pdf;
+  }
+};
+
+// Threads split [0, n) into contiguous chunks on 64-float (cache line multiple) boundaries.
+constexpr int64_t kChunk = 64;
+constexpr int64_t kMinChunksPerThread = 256;  // 16k floats: worth waking a thread for
+
+template <class Body>
+void parallel_chunks(int64_t n, Body body) {
+  int64_t chunks = (n + kChunk - 1) / kChunk;
+  parallel_for(chunks, kMinChunksPerThread, [&](int64_t c0, int64_t c1) {
+    int64_t i1 = c1 * kChunk < n ? c1 * kChunk : n;
+    body(c0 * kChunk, i1);
+  });
+}
+
+template <class Fn>
+void forward_fast(const ActivationArgs& p) {
+  parallel_chunks(p.n, [&](int64_t i, int64_t i1) {
+    for (; i + kWidth <= i1; i += kWidth) store(p.out + i, Fn::f(load(p.x + i)));
+    if (i < i1) store_partial(p.out + i, Fn::f(load_partial(p.x + i, i1 - i)), i1 - i);
+  });
+}
+
+template <class Fn>
+void backward_fast(const ActivationArgs& p) {
+  parallel_chunks(p.n, [&](int64_t i, int64_t i1) {
+    for (; i + kWidth <= i1; i += kWidth)
+      store(p.out + i, load(p.dy + i) * Fn::df(load(p.x + i)));
+    if (i < i1) {
+      int64_t m = i1 - i;
+      store_partial(p.out + i, load_partial(p.dy + i, m) * Fn::df(load_partial(p.x + i, m)), m);
+    }
+  });
+}
+
+void activation_fast(const ActivationArgs& p) {
+  switch (p.kind) {
+    case Activation::relu: return forward_fast<Relu>(p);
+    case Activation::sigmoid: return forward_fast<Sigmoid>(p);
+    case Activation::tanh: return forward_fast<Tanh>(p);
+    case Activation::silu: return forward_fast<Silu>(p);
+    case Activation::gelu_tanh: return forward_fast<GeluTanh>(p);
+    case Activation::gelu_erf: return forward_fast<GeluErf>(p);
+  }
+}
+
+void activation_backward_fast(const ActivationArgs& p) {
+  switch (p.kind) {
+    case Activation::relu: return backward_fast<Relu>(p);
+    case Activation::sigmoid: return backward_fast<Sigmoid>(p);
+    case Activation::tanh: return backward_fast<Tanh>(p);
+    case Activation::silu: return backward_fast<Silu>(p);
+    case Activation::gelu_tanh: return backward_fast<GeluTanh>(p);
+    case Activation::gelu_erf: return backward_fast<GeluErf>(p);
+  }
+}
+
+void swiglu_fast(const SwigluArgs& p) {
+  parallel_chunks(p.n, [&](int64_t i, int64_t i1) {
+    for (; i < i1; i += kWidth) {
+      int64_t m = i1 - i;
+      if (m >= kWidth)
+        store(p.out + i, Silu::f(load(p.gate + i)) * load(p.up + i));
+      else
+        store_partial(p.out + i, Silu::f(load_partial(p.gate + i, m)) * load_partial(p.up + i, m),
+                      m);
+    }
+  });
+}
+
+// dgate = dy * up * silu'(gate), dup = dy * silu(gate), sharing one exp per element.
+inline void swiglu_grad(vfloat dy, vfloat gate, vfloat up, vfloat& dgate, vfloat& dup) {
+  vfloat g = clamp_abs(gate, kSaturate);
+  SigmoidPair s = sigmoid_pair(g);  // for gate > 100, s = (1, 0) exactly
+  dgate = dy * up * (s.pos * (1.0f + g * s.neg));
+  dup = dy * (clamp_below(gate, -kSaturate) * s.pos);
+}
+
+void swiglu_backward_fast(const SwigluArgs& p) {
+  parallel_chunks(p.n, [&](int64_t i, int64_t i1) {
+    vfloat dg, du;
+    for (; i + kWidth <= i1; i += kWidth) {
+      swiglu_grad(load(p.dy + i), load(p.gate + i), load(p.up + i), dg, du);
+      store(p.dgate + i, dg);
+      store(p.dup + i, du);
+    }
+    if (i < i1) {
+      int64_t m = i1 - i;
+      swiglu_grad(load_partial(p.dy + i, m), load_partial(p.gate + i, m),
+                  load_partial(p.up + i, m), dg, du);
+      store_partial(p.dgate + i, dg, m);
+      store_partial(p.dup + i, du, m);
+    }
+  });
+}
+
+// ---- the simd.h math on its own, for the accuracy tests ----------------------------------
+
+template <class F>
+void map_simd(const float* x, float* y, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) store(y + i, f(load(x + i)));
+  if (i < n) store_partial(y + i, f(load_partial(x + i, n - i)), n - i);
+}
+
+void simd_math(SimdMath fn, const float* x, float* y, int64_t n) {
+  switch (fn) {
+    case SimdMath::exp: return map_simd(x, y, n, [](vfloat v) { return simd::exp(v); });
+    case SimdMath::tanh: return map_simd(x, y, n, [](vfloat v) { return simd::tanh(v); });
+    case SimdMath::sigmoid: return map_simd(x, y, n, [](vfloat v) { return simd::sigmoid(v); });
+  }
+}
+
+}  // namespace
+
+#if defined(__AVX512F__)
+#define KG_ACTIVATION_PATH "AVX-512 (16 lanes), polynomial exp / erfc, chunks over threads"
+#elif defined(__AVX2__)
+#define KG_ACTIVATION_PATH "AVX2 (8 lanes), polynomial exp / erfc, chunks over threads"
+#else
+#define KG_ACTIVATION_PATH "SSE2 (4 lanes), polynomial exp / erfc, chunks over threads"
+#endif
+
+extern const ActivationKernels activation_kernels = {
+    {activation_naive, activation_backward_naive, swiglu_naive, swiglu_backward_naive},
+    {activation_fast, activation_backward_fast, swiglu_fast, swiglu_backward_fast},
+    KG_ACTIVATION_PATH,
+    simd_math};
+
+KG_END_ISA_NAMESPACE
