@@ -16,7 +16,7 @@
 //   erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2) (relative error < 1.2e-7 for all z >= 0),
 //   with -z^2 = -x^2/2 split into an exact part and a small remainder so that the large
 //   exponent loses nothing to rounding.
-// - Inputs beyond +-100 are clamped where the formula would otherwise meet inf * 0 = NaN
+// - Inputs beyond +-200 are clamped where the formula would otherwise meet inf * 0 = NaN
 //   (silu(-inf), gelu(-inf), and every derivative at +-inf); beyond that point the functions
 //   already equal their limits in float32. NaN stays NaN (the clamps compare, NaN fails).
 #include "kernels/activation.h"
@@ -31,9 +31,11 @@ namespace {
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCubic = 0.044715f;
+constexpr double kSqrt2OverPi_d = 0.79788456080286535588;
+constexpr double kGeluCubic_d = 0.044715;
 constexpr double kInvSqrt2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1 / sqrt(2 pi)
-constexpr float kSaturate = 100.0f;                      // see "Inputs beyond +-100" above
+constexpr float kSaturate = 200.0f;                      // see "Inputs beyond +-200" above
 
 // ---- version 1: naive ------------------------------------------------------------------
 
@@ -60,16 +62,19 @@ float silu_grad(float x) {
   return sigmoid(x) * (1.0f + x * sigmoid(-x));
 }
 
+// In float64: for x << 0 the result is ~ x exp(-2|u|), and a float32 u's rounding error
+// times |2u| (up to ~90) would be a 1e-5 relative error.
 float gelu_tanh(float x) {
-  x = clamp_below(x, -kSaturate);
-  float u = kSqrt2OverPi * (x + kGeluCubic * x * x * x);
-  return x * sigmoid(2.0f * u);  // = 0.5 x (1 + tanh(u))
+  double xd = clamp_below(x, -kSaturate);
+  double u = kSqrt2OverPi_d * (xd + kGeluCubic_d * xd * xd * xd);
+  return (float)(xd / (1.0 + std::exp(-2.0 * u)));  // = 0.5 x (1 + tanh(u))
 }
 float gelu_tanh_grad(float x) {
-  x = clamp_abs(x, kSaturate);
-  float u = kSqrt2OverPi * (x + kGeluCubic * x * x * x);
-  float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
-  return sigmoid(2.0f * u) * (1.0f + x * sigmoid(-2.0f * u) * 2.0f * du);
+  double xd = clamp_abs(x, kSaturate);
+  double u = kSqrt2OverPi_d * (xd + kGeluCubic_d * xd * xd * xd);
+  double du = kSqrt2OverPi_d * (1.0 + 3.0 * kGeluCubic_d * xd * xd);
+  double s = 1.0 / (1.0 + std::exp(-2.0 * u)), one_minus_s = 1.0 / (1.0 + std::exp(2.0 * u));
+  return (float)(s * (1.0 + xd * one_minus_s * 2.0 * du));
 }
 
 float gelu_erf(float x) {
@@ -181,8 +186,6 @@ inline Normal normal_parts(vfloat x) {
   return r;
 }
 
-inline vfloat gelu_tanh_u(vfloat x) { return kSqrt2OverPi * (x + kGeluCubic * x * x * x); }
-
 // One functor per activation: f(x) and f'(x) on a vector.
 struct Relu {
   static vfloat f(vfloat x) { return x < 0.0f ? zero() : x; }
@@ -217,16 +220,44 @@ struct Silu {
     return s.pos * (1.0f + x * s.neg);
   }
 };
+
+// gelu_tanh(x) = x * sigmoid(z) with z = 2u = 2 sqrt(2/pi) (x + 0.044715 x^3). For x << 0,
+// sigmoid(z) ~ exp(-|z|) with |z| up to ~90 before it underflows, and a float z would carry
+// ~4 roundings (2 ulp of constants among them): times |z| that is a 1e-5 relative error in
+// the result. So z and the reduction z = n ln2 + r are done in float64 (kWidth doubles, two
+// registers), the rest in float32. Returns exp(-|z|), accurate to a few float32 ulp (0 for
+// |z| > 110, NaN stays NaN); z has the sign of x.
+inline vfloat gelu_tanh_exp_neg_abs_z(vfloat x) {
+  typedef double vdouble __attribute__((vector_size(kWidth * 8)));
+  const double kRound = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  vdouble xd = __builtin_convertvector(x, vdouble);
+  vdouble z = 1.5957691216057308 * (xd + 0.044715 * (xd * xd * xd));  // 2 sqrt(2/pi) = 1.59..
+  z = z < 0.0 ? -z : z;
+  z = z > 110.0 ? vdouble{} + 110.0 : z;
+  vdouble t = z * 1.4426950408889634 + kRound;
+  vdouble n = t - kRound;  // round(z / ln2), 0..159
+  vfloat r = __builtin_convertvector(z - n * 0.6931471805599453, vfloat);  // |r| <= ln2 / 2
+  vint ni = __builtin_convertvector(n, vint);
+  vint half = ni >> 1;  // 2^-n in two factors, so that denormal results come out right
+  vfloat scale_a = (vfloat)((127 - half) << 23);
+  vfloat scale_b = (vfloat)((127 - (ni - half)) << 23);
+  return exp(-r) * scale_a * scale_b;
+}
+
 struct GeluTanh {
   static vfloat f(vfloat x) {
     x = clamp_below(x, -kSaturate);
-    return x * sigmoid_pair(2.0f * gelu_tanh_u(x)).pos;
+    vfloat e = gelu_tanh_exp_neg_abs_z(x);
+    vfloat r = 1.0f / (1.0f + e);
+    return x * (x >= 0.0f ? r : e * r);  // x * sigmoid(z); z has the sign of x
   }
-  static vfloat df(vfloat x) {
+  static vfloat df(vfloat x) {  // s + x s (1 - s) dz/dx, s = sigmoid(z)
     x = clamp_abs(x, kSaturate);
-    vfloat du = kSqrt2OverPi * (1.0f + (3.0f * kGeluCubic) * x * x);
-    SigmoidPair s = sigmoid_pair(2.0f * gelu_tanh_u(x));
-    return s.pos * (1.0f + x * s.neg * (2.0f * du));
+    vfloat e = gelu_tanh_exp_neg_abs_z(x);
+    vfloat r = 1.0f / (1.0f + e);
+    vfloat s = x >= 0.0f ? r : e * r, one_minus_s = x >= 0.0f ? e * r : r;
+    vfloat dz = (2.0f * kSqrt2OverPi) * (1.0f + (3.0f * kGeluCubic) * x * x);
+    return s * (1.0f + x * one_minus_s * dz);
   }
 };
 struct GeluErf {

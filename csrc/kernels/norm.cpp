@@ -8,7 +8,8 @@
 //     one block of 4 vectors at a time (the block's own mean and M2 come from registers;
 //     the merge is Chan's parallel-variance formula). Unlike sum(x^2) - sum(x)^2 this has
 //     no cancellation, and the values are first shifted by the row's first element so that
-//     a large common offset (x = 1000 + noise) costs no precision in the mean either.
+//     a large common offset (x = 1000 + noise) costs no precision in the mean either (when
+//     that element is an outlier, the stats are redone with the mean as the shift).
 //   - rmsnorm: sum of squares in 4 independent vector accumulators.
 //   - the output pass is one fused multiply-add per element.
 //   - backward: one pass for the row sums mean(g), mean(g * xhat) while adding dy * xhat and
@@ -204,8 +205,14 @@ void layernorm_rows(const LayerNormArgs& p, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* x = p.x + r * C;
     float* y = p.y + r * C;
-    const float shift = x[0];
+    float shift = x[0];
     RowStats st = shifted_row_stats(x, C, shift);
+    if (st.mean * st.mean > 256.0 * (st.m2 / C)) {
+      // x[0] is an outlier (mean more than 16 std away): x - shift rounded away the low bits
+      // of the other values. Rare; redo the stats (from L1) shifted by the mean instead.
+      shift = (float)(shift + st.mean);
+      st = shifted_row_stats(x, C, shift);
+    }
     const float rstd = (float)(1.0 / std::sqrt(st.m2 / C + p.eps));
     const float mean_d = (float)st.mean;  // mean of x - shift
     if (p.mean) p.mean[r] = (float)(shift + st.mean);
