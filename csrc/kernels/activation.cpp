@@ -25,6 +25,7 @@
 
 #include "common/simd.h"
 #include "common/threading.h"
+#include "kernels/stream_store.h"
 
 KG_BEGIN_ISA_NAMESPACE
 namespace {
@@ -140,14 +141,65 @@ inline vfloat clamp_abs(vfloat x, float hi) {
   return x < -hi ? broadcast(-hi) : (x > hi ? broadcast(hi) : x);
 }
 
+inline bool any_greater(vfloat v, float t) {  // is some lane > t?
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask((__m512)v, _mm512_set1_ps(t), _CMP_GT_OQ) != 0;
+#elif defined(__AVX2__)
+  return _mm256_movemask_ps((__m256)(v > t)) != 0;
+#elif defined(__SSE2__)
+  return _mm_movemask_ps((__m128)(v > t)) != 0;
+#else
+  for (int i = 0; i < kWidth; ++i)
+    if (v[i] > t) return true;
+  return false;
+#endif
+}
+
+// p * 2^-n for integer-valued n in [0, 160] (denormal results come out right).
+inline vfloat scale_pow2_neg(vfloat p, vfloat n) {
+#if defined(__AVX512F__)
+  return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)(-n));
+#else
+  vint ni = (vint)(n + 12582912.0f) - (vint)broadcast(12582912.0f);  // n as an integer
+  vint half = ni >> 1;  // two factors 2^-(n/2): each stays a normal float
+  vfloat scale_a = (vfloat)((127 - half) << 23);
+  vfloat scale_b = (vfloat)((127 - (ni - half)) << 23);
+  return p * scale_a * scale_b;
+#endif
+}
+
+// exp(-r) * 2^-n for |r| <= ln2 / 2: the Taylor series of simd::exp, then the scaling.
+inline vfloat exp_reduced_neg(vfloat r, vfloat n) {
+  r = -r;
+  vfloat p = broadcast(1.0f / 5040);
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  return scale_pow2_neg(p, n);
+}
+
+// exp(-a) for -0.3 <= a <= 110 (every use here has a >= 0 or nearly): simd::exp's method
+// without its overflow handling, which a >= 0 does not need. NaN stays NaN.
+inline vfloat exp_neg_upto110(vfloat a) {
+  vfloat n = (a * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(a / ln2)
+  vfloat r = (a - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;  // ln2 in 2 parts
+  return exp_reduced_neg(r, n);
+}
+// exp(-a) for a >= -0.3, any size (0 beyond 110).
+inline vfloat exp_neg(vfloat a) { return exp_neg_upto110(a > 110.0f ? broadcast(110.0f) : a); }
+
 // sigmoid(z) and sigmoid(-z) = 1 - sigmoid(z), both without overflow or cancellation.
 struct SigmoidPair {
   vfloat pos, neg;
 };
 inline SigmoidPair sigmoid_pair(vfloat z) {
-  vfloat e = exp(-abs(z));        // in [0, 1]
-  vfloat r = 1.0f / (1.0f + e);   // sigmoid(|z|)
-  vfloat er = e * r;              // sigmoid(-|z|)
+  vfloat e = exp_neg(abs(z));         // in [0, 1]
+  vfloat r = 1.0f / (1.0f + e);    // sigmoid(|z|)
+  vfloat er = e * r;                  // sigmoid(-|z|)
   return {z >= 0.0f ? r : er, z >= 0.0f ? er : r};
 }
 
@@ -164,8 +216,8 @@ inline Normal normal_parts(vfloat x) {
   x = clamp_abs(x, 30.0f);  // Phi(30) = 1 and phi(30) = 0 in float32
   vfloat xh = (vfloat)((vint)x & (int32_t)0xFFFFF000u);  // 12 significant bits: xh^2 exact
   vfloat xl = x - xh;
-  vfloat a = (xh * xh) * -0.5f;
-  vfloat b = (xl * (x + xh)) * -0.5f;  // a + b = -x^2 / 2
+  vfloat minus_a = (xh * xh) * 0.5f;       // >= 0
+  vfloat minus_b = (xl * (x + xh)) * 0.5f;  // >= 0, and -(a + b) = x^2 / 2
   vfloat z = abs(x) * (float)kInvSqrt2;
   vfloat t = 1.0f / (1.0f + 0.5f * z);
   vfloat p = broadcast(0.17087277f);
@@ -177,13 +229,74 @@ inline Normal normal_parts(vfloat x) {
   p = p * t + 0.09678418f;
   p = p * t + 0.37409196f;
   p = p * t + 1.00002368f;
-  p = p * t + -1.26551223f;
-  vfloat ea = exp(a);
-  vfloat half_erfc = 0.5f * t * ea * exp(b + p);  // Phi(-|x|)
+  p = p * t + -1.26551223f;  // P(t) in [-1.27, 3e-8]
+  vfloat ea = exp_neg(minus_a);
+  vfloat half_erfc = 0.5f * t * ea * exp_neg(minus_b - p);  // Phi(-|x|)
   Normal r;
   r.cdf = x < 0.0f ? half_erfc : 1.0f - half_erfc;
-  r.pdf = kWantPdf ? ea * exp(b) * (float)kInvSqrt2Pi : zero();
+  r.pdf = kWantPdf ? ea * exp_neg(minus_b) * (float)kInvSqrt2Pi : zero();
   return r;
+}
+
+// gelu_tanh(x) = x * sigmoid(z) with z = 2u = 2 sqrt(2/pi) (x + 0.044715 x^3). For x << 0,
+// sigmoid(z) ~ exp(-|z|) with |z| up to ~100 before it underflows, and the rounding error of
+// a float z (~3 roundings) times |z| becomes the relative error of the result: 1e-5 at
+// |z| = 90. So when a vector holds any |x| > 3 (|z| > 6.1), z and the reduction
+// |z| = n ln2 + r are done in float64, as two halves of kWidth / 2 doubles (one register
+// each); vectors with all |x| <= 3, the common case, stay in float32 (error <= ~1e-6).
+constexpr float kGeluFloatMaxX = 3.0f;
+constexpr double kGeluZ1 = 1.5957691216057308;  // 2 sqrt(2/pi): |z| = kGeluZ1 |x| + kGeluZ3 |x|^3
+constexpr double kGeluZ3 = 0.071354816271363;   // 2 sqrt(2/pi) 0.044715
+
+constexpr int kHalf = kWidth / 2;
+typedef float vhalf __attribute__((vector_size(kHalf * 4)));
+typedef double vdouble __attribute__((vector_size(kHalf * 8)));
+
+inline void split_halves(vfloat v, vhalf& lo, vhalf& hi) {
+#if defined(__AVX512F__)
+  lo = (vhalf)_mm512_castps512_ps256((__m512)v);
+  hi = (vhalf)_mm512_extractf32x8_ps((__m512)v, 1);
+#elif defined(__AVX2__)
+  lo = (vhalf)_mm256_castps256_ps128((__m256)v);
+  hi = (vhalf)_mm256_extractf128_ps((__m256)v, 1);
+#else
+  lo = vhalf{v[0], v[1]};
+  hi = vhalf{v[2], v[3]};
+#endif
+}
+
+inline vfloat join_halves(vhalf lo, vhalf hi) {
+#if defined(__AVX512F__)
+  return (vfloat)_mm512_insertf32x8(_mm512_castps256_ps512((__m256)lo), (__m256)hi, 1);
+#elif defined(__AVX2__)
+  return (vfloat)_mm256_insertf128_ps(_mm256_castps128_ps256((__m128)lo), (__m128)hi, 1);
+#else
+  return vfloat{lo[0], lo[1], hi[0], hi[1]};
+#endif
+}
+
+// |z| = n ln2 + r (|r| <= ln2 / 2) for one half, in float64; returns r and n as floats.
+inline void gelu_tanh_reduce(vhalf ax, vhalf& r, vhalf& n) {
+  const double kRound = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  vdouble xd = __builtin_convertvector(ax, vdouble);
+  vdouble z = xd * (kGeluZ1 + kGeluZ3 * (xd * xd));
+  vdouble nd = (z * 1.4426950408889634 + kRound) - kRound;  // round(z / ln2)
+  r = __builtin_convertvector(z - nd * 0.6931471805599453, vhalf);
+  n = __builtin_convertvector(nd, vhalf);  // exact: 0..159
+}
+
+// exp(-|z|), accurate to a few float32 ulp beyond |x| = 3 and ~1e-6 below
+// (0 for |x| > 10.9, NaN stays NaN).
+inline vfloat gelu_tanh_exp_neg_abs_z(vfloat x) {
+  vfloat ax = abs(x);
+  if (!any_greater(ax, kGeluFloatMaxX))  // float32: |z| <= 6.1
+    return exp_neg_upto110(ax * ((float)kGeluZ1 + (float)kGeluZ3 * (ax * ax)));
+  ax = ax > 10.9f ? broadcast(10.9f) : ax;  // |z(10.9)| = 110: exp(-110) = 0 in float32
+  vhalf x_lo, x_hi, r_lo, n_lo, r_hi, n_hi;
+  split_halves(ax, x_lo, x_hi);
+  gelu_tanh_reduce(x_lo, r_lo, n_lo);
+  gelu_tanh_reduce(x_hi, r_hi, n_hi);
+  return exp_reduced_neg(join_halves(r_lo, r_hi), join_halves(n_lo, n_hi));
 }
 
 // One functor per activation: f(x) and f'(x) on a vector.
@@ -194,9 +307,9 @@ struct Relu {
   }
 };
 struct Sigmoid {
-  static vfloat f(vfloat x) { return simd::sigmoid(x); }
+  static vfloat f(vfloat x) { return sigmoid_pair(x).pos; }
   static vfloat df(vfloat x) {  // sigmoid(x) sigmoid(-x) = e / (1 + e)^2, e = exp(-|x|)
-    vfloat e = exp(-abs(x));
+    vfloat e = exp_neg(abs(x));
     vfloat r = 1.0f / (1.0f + e);
     return e * r * r;
   }
@@ -204,7 +317,7 @@ struct Sigmoid {
 struct Tanh {
   static vfloat f(vfloat x) { return simd::tanh(x); }
   static vfloat df(vfloat x) {  // 1 - tanh^2 = 4e / (1 + e)^2, e = exp(-2|x|)
-    vfloat e = exp(-2.0f * abs(x));
+    vfloat e = exp_neg(2.0f * abs(x));
     vfloat r = 1.0f / (1.0f + e);
     return 4.0f * e * r * r;
   }
@@ -220,30 +333,6 @@ struct Silu {
     return s.pos * (1.0f + x * s.neg);
   }
 };
-
-// gelu_tanh(x) = x * sigmoid(z) with z = 2u = 2 sqrt(2/pi) (x + 0.044715 x^3). For x << 0,
-// sigmoid(z) ~ exp(-|z|) with |z| up to ~90 before it underflows, and a float z would carry
-// ~4 roundings (2 ulp of constants among them): times |z| that is a 1e-5 relative error in
-// the result. So z and the reduction z = n ln2 + r are done in float64 (kWidth doubles, two
-// registers), the rest in float32. Returns exp(-|z|), accurate to a few float32 ulp (0 for
-// |z| > 110, NaN stays NaN); z has the sign of x.
-inline vfloat gelu_tanh_exp_neg_abs_z(vfloat x) {
-  typedef double vdouble __attribute__((vector_size(kWidth * 8)));
-  const double kRound = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
-  vdouble xd = __builtin_convertvector(x, vdouble);
-  vdouble z = 1.5957691216057308 * (xd + 0.044715 * (xd * xd * xd));  // 2 sqrt(2/pi) = 1.59..
-  z = z < 0.0 ? -z : z;
-  z = z > 110.0 ? vdouble{} + 110.0 : z;
-  vdouble t = z * 1.4426950408889634 + kRound;
-  vdouble n = t - kRound;  // round(z / ln2), 0..159
-  vfloat r = __builtin_convertvector(z - n * 0.6931471805599453, vfloat);  // |r| <= ln2 / 2
-  vint ni = __builtin_convertvector(n, vint);
-  vint half = ni >> 1;  // 2^-n in two factors, so that denormal results come out right
-  vfloat scale_a = (vfloat)((127 - half) << 23);
-  vfloat scale_b = (vfloat)((127 - (ni - half)) << 23);
-  return exp(-r) * scale_a * scale_b;
-}
-
 struct GeluTanh {
   static vfloat f(vfloat x) {
     x = clamp_below(x, -kSaturate);
@@ -285,23 +374,26 @@ void parallel_chunks(int64_t n, Body body) {
   });
 }
 
+// Outputs larger than the last-level cache are written with streaming stores
+// (kernels/stream_store.h): that saves the read of every output line.
 template <class Fn>
 void forward_fast(const ActivationArgs& p) {
-  parallel_chunks(p.n, [&](int64_t i, int64_t i1) {
-    for (; i + kWidth <= i1; i += kWidth) store(p.out + i, Fn::f(load(p.x + i)));
-    if (i < i1) store_partial(p.out + i, Fn::f(load_partial(p.x + i, i1 - i)), i1 - i);
+  const bool stream = use_streaming(p.out, p.n * (int64_t)sizeof(float));
+  parallel_chunks(p.n, [&](int64_t i0, int64_t i1) {
+    store_range(p.out, i0, i1, stream,
+                [&](int64_t i, int64_t n) { return Fn::f(load_upto(p.x + i, n)); });
+    if (stream) stream_fence();
   });
 }
 
 template <class Fn>
 void backward_fast(const ActivationArgs& p) {
-  parallel_chunks(p.n, [&](int64_t i, int64_t i1) {
-    for (; i + kWidth <= i1; i += kWidth)
-      store(p.out + i, load(p.dy + i) * Fn::df(load(p.x + i)));
-    if (i < i1) {
-      int64_t m = i1 - i;
-      store_partial(p.out + i, load_partial(p.dy + i, m) * Fn::df(load_partial(p.x + i, m)), m);
-    }
+  const bool stream = use_streaming(p.out, p.n * (int64_t)sizeof(float));
+  parallel_chunks(p.n, [&](int64_t i0, int64_t i1) {
+    store_range(p.out, i0, i1, stream, [&](int64_t i, int64_t n) {
+      return load_upto(p.dy + i, n) * Fn::df(load_upto(p.x + i, n));
+    });
+    if (stream) stream_fence();
   });
 }
 
@@ -328,15 +420,12 @@ void activation_backward_fast(const ActivationArgs& p) {
 }
 
 void swiglu_fast(const SwigluArgs& p) {
-  parallel_chunks(p.n, [&](int64_t i, int64_t i1) {
-    for (; i < i1; i += kWidth) {
-      int64_t m = i1 - i;
-      if (m >= kWidth)
-        store(p.out + i, Silu::f(load(p.gate + i)) * load(p.up + i));
-      else
-        store_partial(p.out + i, Silu::f(load_partial(p.gate + i, m)) * load_partial(p.up + i, m),
-                      m);
-    }
+  const bool stream = use_streaming(p.out, p.n * (int64_t)sizeof(float));
+  parallel_chunks(p.n, [&](int64_t i0, int64_t i1) {
+    store_range(p.out, i0, i1, stream, [&](int64_t i, int64_t n) {
+      return Silu::f(load_upto(p.gate + i, n)) * load_upto(p.up + i, n);
+    });
+    if (stream) stream_fence();
   });
 }
 
@@ -349,8 +438,30 @@ inline void swiglu_grad(vfloat dy, vfloat gate, vfloat up, vfloat& dgate, vfloat
 }
 
 void swiglu_backward_fast(const SwigluArgs& p) {
+  // Two outputs: stream only when one head piece aligns both (always, for numpy's arrays).
+  const bool stream = use_streaming(p.dgate, 2 * p.n * (int64_t)sizeof(float)) &&
+                      use_streaming(p.dup, 2 * p.n * (int64_t)sizeof(float)) &&
+                      (p.dup - p.dgate) % kWidth == 0;
   parallel_chunks(p.n, [&](int64_t i, int64_t i1) {
     vfloat dg, du;
+    if (stream) {
+      int64_t head = (-(int64_t)(reinterpret_cast<uintptr_t>(p.dgate + i) / sizeof(float))) &
+                     (kWidth - 1);
+      if (head > i1 - i) head = i1 - i;
+      if (head > 0) {
+        swiglu_grad(load_partial(p.dy + i, head), load_partial(p.gate + i, head),
+                    load_partial(p.up + i, head), dg, du);
+        store_partial(p.dgate + i, dg, head);
+        store_partial(p.dup + i, du, head);
+        i += head;
+      }
+      for (; i + kWidth <= i1; i += kWidth) {
+        swiglu_grad(load(p.dy + i), load(p.gate + i), load(p.up + i), dg, du);
+        store_stream(p.dgate + i, dg);
+        store_stream(p.dup + i, du);
+      }
+      stream_fence();
+    }
     for (; i + kWidth <= i1; i += kWidth) {
       swiglu_grad(load(p.dy + i), load(p.gate + i), load(p.up + i), dg, du);
       store(p.dgate + i, dg);

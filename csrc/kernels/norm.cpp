@@ -23,6 +23,7 @@
 
 #include "common/simd.h"
 #include "common/threading.h"
+#include "kernels/stream_store.h"
 
 KG_BEGIN_ISA_NAMESPACE
 namespace {
@@ -120,10 +121,7 @@ void rmsnorm_backward_naive(const RMSNormBackwardArgs& p) {
 
 // ---- version 2: fast -------------------------------------------------------------------
 
-// A whole vector when n >= kWidth, else the first n lanes (the masked tail).
-inline vfloat load_upto(const float* p, int64_t n) {
-  return n >= kWidth ? load(p) : load_partial(p, n);
-}
+// Stores a whole vector when n >= kWidth, else the first n lanes (the masked tail).
 inline void store_upto(float* p, vfloat v, int64_t n) {
   if (n >= kWidth)
     store(p, v);
@@ -200,7 +198,7 @@ RowStats shifted_row_stats(const float* x, int64_t C, float shift) {
 }
 
 template <bool kHasBias>
-void layernorm_rows(const LayerNormArgs& p, int64_t r0, int64_t r1) {
+void layernorm_rows(const LayerNormArgs& p, int64_t r0, int64_t r1, bool stream) {
   const int64_t C = p.cols;
   for (int64_t r = r0; r < r1; ++r) {
     const float* x = p.x + r * C;
@@ -217,34 +215,32 @@ void layernorm_rows(const LayerNormArgs& p, int64_t r0, int64_t r1) {
     const float mean_d = (float)st.mean;  // mean of x - shift
     if (p.mean) p.mean[r] = (float)(shift + st.mean);
     if (p.rstd) p.rstd[r] = rstd;
-    // y = ((x - shift) - mean_d) * rstd * w + b
+    // y = ((x - shift) - mean_d) * rstd * w + b, while the next row is fetched into cache
     const vfloat sv = broadcast(shift), mv = broadcast(mean_d), rv = broadcast(rstd);
-    int64_t j = 0;
-    for (; j + kWidth <= C; j += kWidth) {
-      vfloat v = ((load(x + j) - sv) - mv) * rv * load(p.weight + j);
-      if (kHasBias) v += load(p.bias + j);
-      store(y + j, v);
-    }
-    if (j < C) {
-      int64_t n = C - j;
-      vfloat v = ((load_partial(x + j, n) - sv) - mv) * rv * load_partial(p.weight + j, n);
-      if (kHasBias) v += load_partial(p.bias + j, n);
-      store_partial(y + j, v, n);
-    }
+    const float* next = r + 1 < r1 ? x + C : x;
+    store_range(y, 0, C, stream, [&](int64_t j, int64_t n) {
+      __builtin_prefetch(next + j);
+      vfloat v = ((load_upto(x + j, n) - sv) - mv) * rv * load_upto(p.weight + j, n);
+      if (kHasBias) v += load_upto(p.bias + j, n);
+      return v;
+    });
   }
 }
 
 void layernorm_fast(const LayerNormArgs& p) {
+  const bool stream = use_streaming(p.y, p.rows * p.cols * (int64_t)sizeof(float));
   parallel_for(p.rows, min_rows_per_thread(p.cols), [&](int64_t r0, int64_t r1) {
     if (p.bias)
-      layernorm_rows<true>(p, r0, r1);
+      layernorm_rows<true>(p, r0, r1, stream);
     else
-      layernorm_rows<false>(p, r0, r1);
+      layernorm_rows<false>(p, r0, r1, stream);
+    if (stream) stream_fence();
   });
 }
 
 void rmsnorm_fast(const RMSNormArgs& p) {
   const int64_t C = p.cols;
+  const bool stream = use_streaming(p.y, p.rows * C * (int64_t)sizeof(float));
   parallel_for(p.rows, min_rows_per_thread(C), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = p.x + r * C;
@@ -271,13 +267,13 @@ void rmsnorm_fast(const RMSNormArgs& p) {
       const float rstd = (float)(1.0 / std::sqrt(sq / C + p.eps));
       if (p.rstd) p.rstd[r] = rstd;
       const vfloat rv = broadcast(rstd);
-      for (j = 0; j + kWidth <= C; j += kWidth)
-        store(y + j, load(x + j) * rv * load(p.weight + j));
-      if (j < C) {
-        int64_t n = C - j;
-        store_partial(y + j, load_partial(x + j, n) * rv * load_partial(p.weight + j, n), n);
-      }
+      const float* next = r + 1 < r1 ? x + C : x;  // fetched while this row is written
+      store_range(y, 0, C, stream, [&](int64_t j, int64_t n) {
+        __builtin_prefetch(next + j);
+        return load_upto(x + j, n) * rv * load_upto(p.weight + j, n);
+      });
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -320,6 +316,7 @@ void rows_with_column_sums(int64_t rows, int64_t C, void* partials, int max_thre
       for (int64_t r = rb; r < re; ++r) row_fn(r, w.block);
       fold_block(w, n);
     }
+    stream_fence();  // in case row_fn streamed its stores
   });
   float* outs[2] = {out0, out1};
   for (int k = 0; k < n_out; ++k)
@@ -332,6 +329,7 @@ void rows_with_column_sums(int64_t rows, int64_t C, void* partials, int max_thre
 
 void layernorm_backward_fast(const LayerNormBackwardArgs& p) {
   const int64_t C = p.cols;
+  const bool stream = use_streaming(p.dx, p.rows * C * (int64_t)sizeof(float));
   auto row = [&](int64_t r, float* block) {
     const float* dy = p.dy + r * C;
     const float* x = p.x + r * C;
@@ -366,18 +364,21 @@ void layernorm_backward_fast(const LayerNormBackwardArgs& p) {
     }
     const vfloat a = broadcast(reduce_add(sg0 + sg1) / (float)C);
     const vfloat b = broadcast(reduce_add(sgx0 + sgx1) / (float)C);
-    for (j = 0; j < C; j += kWidth) {
-      int64_t n = C - j;
+    const int64_t next = r + 1 < p.rows ? C : 0;  // the next row, fetched meanwhile
+    store_range(dx, 0, C, stream, [&](int64_t j, int64_t n) {
+      __builtin_prefetch(x + next + j);
+      __builtin_prefetch(dy + next + j);
       vfloat xh = (load_upto(x + j, n) - mv) * rv;
       vfloat g = load_upto(dy + j, n) * load_upto(p.weight + j, n);
-      store_upto(dx + j, ((g - a) - xh * b) * rv, n);
-    }
+      return ((g - a) - xh * b) * rv;
+    });
   };
   rows_with_column_sums(p.rows, C, p.partials, p.max_threads, 2, p.dweight, p.dbias, row);
 }
 
 void rmsnorm_backward_fast(const RMSNormBackwardArgs& p) {
   const int64_t C = p.cols;
+  const bool stream = use_streaming(p.dx, p.rows * C * (int64_t)sizeof(float));
   auto row = [&](int64_t r, float* bw) {
     const float* dy = p.dy + r * C;
     const float* x = p.x + r * C;
@@ -401,12 +402,14 @@ void rmsnorm_backward_fast(const RMSNormBackwardArgs& p) {
       store_upto(bw + j, load_upto(bw + j, n) + dyv * xh, n);
     }
     const vfloat b = broadcast(reduce_add(sgx0 + sgx1) / (float)C);
-    for (j = 0; j < C; j += kWidth) {
-      int64_t n = C - j;
+    const int64_t next = r + 1 < p.rows ? C : 0;  // the next row, fetched meanwhile
+    store_range(dx, 0, C, stream, [&](int64_t j, int64_t n) {
+      __builtin_prefetch(x + next + j);
+      __builtin_prefetch(dy + next + j);
       vfloat xh = load_upto(x + j, n) * rv;
       vfloat g = load_upto(dy + j, n) * load_upto(p.weight + j, n);
-      store_upto(dx + j, (g - xh * b) * rv, n);
-    }
+      return (g - xh * b) * rv;
+    });
   };
   rows_with_column_sums(p.rows, C, p.partials, p.max_threads, 1, p.dweight, nullptr, row);
 }
