@@ -384,3 +384,21 @@ def test_bad_layout_and_aliasing(rng):
         ops.layernorm(x, w, b, backend="blocked")
     with pytest.raises(ValueError, match="unknown version"):
         ops.rmsnorm_backward(x, x, w, np.ones(8, np.float32), backend="bogus")
+
+
+def test_streaming_stores_large_outputs(rng, isa):
+    """Outputs over 32 MiB use streaming stores; odd C puts every row at a new alignment."""
+    rows, C = 2203, 4099  # 36 MB
+    x, w, b = ln_inputs(rng, (rows, C))
+    buf = np.empty(rows * C + 8, np.float32)
+    out = buf[5:5 + rows * C].reshape(rows, C)
+    y, mean, rstd = ops.layernorm(x, w, b, return_stats=True, out=out)
+    assert y is out
+    check_layernorm(x, w, b, 1e-5, y, mean, rstd)
+    y, rstd = ops.rmsnorm(x, w, return_stats=True, out=out)
+    check_rmsnorm(x, w, 1e-6, y, rstd)
+    dy = randn(rng, rows, C)
+    _, mean, rstd = ops.layernorm(x, w, b, return_stats=True)
+    check_layernorm_backward(dy, x, w, mean, rstd, *ops.layernorm_backward(dy, x, w, mean, rstd))
+    _, rstd = ops.rmsnorm(x, w, return_stats=True)
+    check_rmsnorm_backward(dy, x, w, rstd, *ops.rmsnorm_backward(dy, x, w, rstd))

@@ -215,11 +215,12 @@ void layernorm_rows(const LayerNormArgs& p, int64_t r0, int64_t r1, bool stream)
     const float mean_d = (float)st.mean;  // mean of x - shift
     if (p.mean) p.mean[r] = (float)(shift + st.mean);
     if (p.rstd) p.rstd[r] = rstd;
-    // y = ((x - shift) - mean_d) * rstd * w + b, while the next row is fetched into cache
+    // y = ((x - shift) - mean_d) * rstd * w + b, while the next row is fetched into L2
+    // (into L2, not L1: L1 still holds this row)
     const vfloat sv = broadcast(shift), mv = broadcast(mean_d), rv = broadcast(rstd);
     const float* next = r + 1 < r1 ? x + C : x;
     store_range(y, 0, C, stream, [&](int64_t j, int64_t n) {
-      __builtin_prefetch(next + j);
+      __builtin_prefetch(next + j, 0, 2);
       vfloat v = ((load_upto(x + j, n) - sv) - mv) * rv * load_upto(p.weight + j, n);
       if (kHasBias) v += load_upto(p.bias + j, n);
       return v;
@@ -269,7 +270,7 @@ void rmsnorm_fast(const RMSNormArgs& p) {
       const vfloat rv = broadcast(rstd);
       const float* next = r + 1 < r1 ? x + C : x;  // fetched while this row is written
       store_range(y, 0, C, stream, [&](int64_t j, int64_t n) {
-        __builtin_prefetch(next + j);
+        __builtin_prefetch(next + j, 0, 2);
         return load_upto(x + j, n) * rv * load_upto(p.weight + j, n);
       });
     }
@@ -366,8 +367,8 @@ void layernorm_backward_fast(const LayerNormBackwardArgs& p) {
     const vfloat b = broadcast(reduce_add(sgx0 + sgx1) / (float)C);
     const int64_t next = r + 1 < p.rows ? C : 0;  // the next row, fetched meanwhile
     store_range(dx, 0, C, stream, [&](int64_t j, int64_t n) {
-      __builtin_prefetch(x + next + j);
-      __builtin_prefetch(dy + next + j);
+      __builtin_prefetch(x + next + j, 0, 2);
+      __builtin_prefetch(dy + next + j, 0, 2);
       vfloat xh = (load_upto(x + j, n) - mv) * rv;
       vfloat g = load_upto(dy + j, n) * load_upto(p.weight + j, n);
       return ((g - a) - xh * b) * rv;
@@ -404,8 +405,8 @@ void rmsnorm_backward_fast(const RMSNormBackwardArgs& p) {
     const vfloat b = broadcast(reduce_add(sgx0 + sgx1) / (float)C);
     const int64_t next = r + 1 < p.rows ? C : 0;  // the next row, fetched meanwhile
     store_range(dx, 0, C, stream, [&](int64_t j, int64_t n) {
-      __builtin_prefetch(x + next + j);
-      __builtin_prefetch(dy + next + j);
+      __builtin_prefetch(x + next + j, 0, 2);
+      __builtin_prefetch(dy + next + j, 0, 2);
       vfloat xh = load_upto(x + j, n) * rv;
       vfloat g = load_upto(dy + j, n) * load_upto(p.weight + j, n);
       return (g - xh * b) * rv;
