@@ -65,8 +65,8 @@ class StreamPeak:
         self.dst = np.empty_like(self.src)
         self.bytes = 2 * self.src.nbytes
 
-    def measure(self):
-        return self.bytes / median_time(lambda: _C.stream_scale(self.src, self.dst), 5) / 1e9
+    def measure(self, repeats=5):
+        return self.bytes / median_time(lambda: _C.stream_scale(self.src, self.dst), repeats) / 1e9
 
 
 def run_case(title, nbytes, impls, peak, repeats=None):
@@ -87,3 +87,21 @@ def run_case(title, nbytes, impls, peak, repeats=None):
         gbs = nbytes / t / 1e9
         print(f"  {name:22s} {t * 1e3:9.2f} {speedup} {gbs:7.1f} {100 * gbs / gbs_peak:6.0f}%")
     return results
+
+
+def paired_fraction_of_peak(title, nbytes, fn, peak, rounds=11):
+    """Alternates short stream / kernel measurements and reports the median of the per-pair
+    ratios: robust to the slow drifts of this machine's bandwidth."""
+    ratios, kernel_gbs, peaks = [], [], []
+    fn()
+    for _ in range(rounds):
+        p = peak.measure(repeats=3)
+        time.sleep(0.05)
+        g = nbytes / median_time(fn, 3) / 1e9
+        peaks.append(p)
+        kernel_gbs.append(g)
+        ratios.append(g / p)
+    ratios.sort()
+    print(f"  {title:44s} {statistics.median(kernel_gbs):6.1f} GB/s vs stream "
+          f"{statistics.median(peaks):5.1f} GB/s: median {100 * statistics.median(ratios):4.0f}% of "
+          f"peak (pairs range {100 * ratios[0]:.0f}-{100 * ratios[-1]:.0f}%)")

@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 from kernelgpt import ops, reference
-from _timing import StreamPeak, run_case, setup_threads, torch_or_none
+from _timing import StreamPeak, paired_fraction_of_peak, run_case, setup_threads, torch_or_none
 
 NAMES = ["gelu", "gelu_erf", "relu", "sigmoid", "tanh", "silu", "swiglu"]
 
@@ -109,6 +109,11 @@ def main():
         shape = f"[{R}, {args.cols}]"
         run_case(f"{name} forward {shape}", fwd_bytes, fwd, peak)
         run_case(f"{name} backward {shape}", bwd_bytes, bwd, peak)
+        fast_fwd = dict((k, f) for k, f, _ in fwd)["fast"]
+        fast_bwd = dict((k, f) for k, f, _ in bwd).get("fast", dict((k, f) for k, f, _ in bwd).get("fast (allocates both)"))
+        print("fast vs the streaming bandwidth, alternating short measurements of each:")
+        paired_fraction_of_peak(f"{name} forward (out=)", fwd_bytes, fast_fwd, peak)
+        paired_fraction_of_peak(f"{name} backward", bwd_bytes, fast_bwd, peak)
 
 
 if __name__ == "__main__":

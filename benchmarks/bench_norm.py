@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 from kernelgpt import ops, reference
-from _timing import StreamPeak, run_case, setup_threads, torch_or_none
+from _timing import StreamPeak, paired_fraction_of_peak, run_case, setup_threads, torch_or_none
 
 
 def main():
@@ -86,6 +86,17 @@ def main():
                       lambda: ops.rmsnorm_backward(dy, x, w, rstd, backend="naive"), reps_naive))
     impls.append(("fast", lambda: ops.rmsnorm_backward(dy, x, w, rstd), reps_fast))
     run_case(f"rmsnorm backward [{R}, {C}] (dx, dweight)", 3 * n_bytes, impls, peak)
+
+    print("\nfast vs the streaming bandwidth, alternating short measurements of each:")
+    _, mean, rstd = ops.layernorm(x, w, b, return_stats=True)
+    paired_fraction_of_peak("layernorm forward (out=)", 2 * n_bytes,
+                            lambda: ops.layernorm(x, w, b, out=y), peak)
+    paired_fraction_of_peak("layernorm backward (allocates dx)", 3 * n_bytes,
+                            lambda: ops.layernorm_backward(dy, x, w, mean, rstd), peak)
+    paired_fraction_of_peak("rmsnorm forward (out=)", 2 * n_bytes,
+                            lambda: ops.rmsnorm(x, w, out=y), peak)
+    paired_fraction_of_peak("rmsnorm backward (allocates dx)", 3 * n_bytes,
+                            lambda: ops.rmsnorm_backward(dy, x, w, rstd), peak)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@
 //   - gelu_tanh: float64 only for the vectors that need it (below).
 //
 // Numerics, shared by both versions (max relative error over all floats about 2e-7, gelu
-// tanh-form fast 8e-7; the derivatives of silu and gelu cross zero at x = -1.28 and
+// tanh-form fast 2e-6; the derivatives of silu and gelu cross zero at x = -1.28 and
 // x = -0.75, where the error is ~2e-7 absolute):
 // - Never 1 - sigmoid(z) or 1 + tanh(u): they cancel. sigmoid(-z) = 1 - sigmoid(z) and
 //   e = exp(-|z|) give both halves without overflow or cancellation, so
@@ -21,7 +21,7 @@
 //   tanh'(x) = 1 - tanh(x)^2 as 4e / (1 + e)^2 with e = exp(-2|x|).
 // - gelu_tanh for x << 0 is ~ x exp(-|2u|), and the rounding error of a float32 2u times
 //   |2u| (up to ~100) is the relative error of the result; so 2u is formed in float64
-//   whenever |x| > 3.
+//   for x < -5.
 // - Phi(x) for x < 0 is 0.5 erfc(-x / sqrt(2)), which keeps its relative accuracy where
 //   Phi is tiny. The fast version evaluates erfc with the Numerical Recipes formula
 //   erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2) (relative error < 1.2e-7 for all z >= 0),
@@ -249,13 +249,15 @@ inline Normal normal_parts(vfloat x) {
   return r;
 }
 
-// gelu_tanh(x) = x * sigmoid(z) with z = 2u = 2 sqrt(2/pi) (x + 0.044715 x^3). For x << 0,
-// sigmoid(z) ~ exp(-|z|) with |z| up to ~100 before it underflows, and the rounding error of
-// a float z (~3 roundings) times |z| becomes the relative error of the result: 1e-5 at
-// |z| = 90. So when a vector holds any |x| > 3 (|z| > 6.1), z and the reduction
-// |z| = n ln2 + r are done in float64, as two halves of kWidth / 2 doubles (one register
-// each); vectors with all |x| <= 3, the common case, stay in float32 (error <= ~1e-6).
-constexpr float kGeluFloatMaxX = 3.0f;
+// gelu_tanh(x) = x * sigmoid(z) with z = 2u = 2 sqrt(2/pi) (x + 0.044715 x^3), and
+// sigmoid(z) = 1 / (1 + e) for x >= 0, e / (1 + e) for x < 0, with e = exp(-|z|). A float z
+// carries ~3 roundings (relative error d ~ 1.2e-7), which become a relative error |z| d in e:
+// - for x >= 0 that hardly matters: y = x / (1 + e) moves by at most e |z| d <= 0.37 d;
+// - for x < 0, y ~ x e, |z| reaches ~90 before e underflows: 1e-5 relative error.
+// So when a vector holds any x < -5 (|z| > 17), z and the reduction |z| = n ln2 + r are done
+// in float64, as two halves of kWidth / 2 doubles (one register each); vectors with all
+// x >= -5, nearly all of them in practice, stay in float32 (error <= 2e-6).
+constexpr float kGeluFloatMinX = -5.0f;
 constexpr double kGeluZ1 = 1.5957691216057308;  // 2 sqrt(2/pi): |z| = kGeluZ1 |x| + kGeluZ3 |x|^3
 constexpr double kGeluZ3 = 0.071354816271363;   // 2 sqrt(2/pi) 0.044715
 
@@ -296,12 +298,11 @@ inline void gelu_tanh_reduce(vhalf ax, vhalf& r, vhalf& n) {
   n = __builtin_convertvector(nd, vhalf);  // exact: 0..159
 }
 
-// exp(-|z|), accurate to a few float32 ulp beyond |x| = 3 and ~1e-6 below
-// (0 for |x| > 10.9, NaN stays NaN).
+// exp(-|z|) (0 for |x| > 10.9, NaN stays NaN); see above for its accuracy.
 inline vfloat gelu_tanh_exp_neg_abs_z(vfloat x) {
   vfloat ax = abs(x);
-  if (!any_greater(ax, kGeluFloatMaxX))  // float32: |z| <= 6.1
-    return exp_neg_upto110(ax * ((float)kGeluZ1 + (float)kGeluZ3 * (ax * ax)));
+  if (!any_greater(-x, -kGeluFloatMinX))  // float32 (x = inf or 1e20 gives z = inf: clamped)
+    return exp_neg(ax * ((float)kGeluZ1 + (float)kGeluZ3 * (ax * ax)));
   ax = ax > 10.9f ? broadcast(10.9f) : ax;  // |z(10.9)| = 110: exp(-110) = 0 in float32
   vhalf x_lo, x_hi, r_lo, n_lo, r_hi, n_hi;
   split_halves(ax, x_lo, x_hi);
