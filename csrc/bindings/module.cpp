@@ -27,4 +27,6 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_peak(m);
   kg::bind::register_cuda(m);
   kg::bind::register_attention(m);
+  kg::bind::register_norm(m);
+  kg::bind::register_activation(m);
 }

@@ -94,11 +94,13 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
     return matmul(x, weight, bias, trans_b=True, out=out, backend=backend)
 
 
+# Kernel families whose fast path kernel_paths() reports (each has _C.<family>_path()).
+_FAMILIES = ["matmul", "attention", "norm", "activation"]
+
+
 def kernel_paths() -> dict:
     """The code path each kernel family's fast version takes on this CPU."""
-    paths = {"matmul": _C.matmul_path()}
-    paths["attention"] = _C.attention_path()
-    return paths
+    return {name: getattr(_C, name + "_path")() for name in _FAMILIES}
 
 
 # ---- attention ------------------------------------------------------------------------------
@@ -180,3 +182,187 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, back
         return tuple(np.asarray(g, np.float32) for g in grads)
     return _C.attention_backward(dout, q, k, v, out, lse, bool(causal), scale,
                                  _native_version(backend, "flash"))
+
+
+# ---- normalization: layernorm, rmsnorm -------------------------------------------------------
+#
+# Over the last axis of x [..., C]; the statistics (mean, rstd) have shape x.shape[:-1].
+# NaN or inf anywhere in a row makes that row of y and its rstd NaN (mean: inf or NaN). With
+# eps = 0 a constant row has variance 0 and gives inf rstd and NaN y. The fast kernels sum in
+# float32 (after a shift by the row's first value for layernorm), so |x| must stay below ~1e19
+# (x^2 overflows float32 beyond that).
+
+__all__ += ["layernorm", "layernorm_backward", "rmsnorm", "rmsnorm_backward"]
+
+
+def _check_eps(eps, fn):
+    """eps must be a real number, finite and >= 0 (TypeError / ValueError naming eps)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: eps must be a float, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (0.0 <= eps <= float(np.finfo(np.float32).max)):
+        raise ValueError(f"{fn}: eps must be a finite number >= 0, got {eps}")
+    return eps
+
+
+def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, backend="auto"):
+    """Layer normalization over the last axis (PyTorch's LayerNorm, biased variance).
+
+    x: [..., C], weight: [C], bias: [C] or None.  Returns y [..., C], or (y, mean, rstd) with
+    return_stats=True, mean and rstd float32 of shape x.shape[:-1]:
+        y = (x - mean) * rstd * weight + bias,  rstd = 1 / sqrt(var + eps)
+    eps: a finite float >= 0.  The statistics are what layernorm_backward needs.
+    """
+    eps = _check_eps(eps, "layernorm")
+    if backend == "numpy":
+        y, mean, rstd = reference.layernorm(x, weight, bias, eps)
+        y = _into(out, y)
+        if return_stats:
+            return y, np.asarray(mean, np.float32), np.asarray(rstd, np.float32)
+        return y
+    return _C.layernorm(x, weight, bias, eps, out, bool(return_stats),
+                        _native_version(backend, "fast"))
+
+
+def layernorm_backward(dy, x, weight, mean, rstd, *, backend="auto"):
+    """Gradients of layernorm: returns (dx [..., C], dweight [C], dbias [C]).
+
+    dy, x: [..., C]; weight: [C]; mean, rstd: x.shape[:-1] (from layernorm(...,
+    return_stats=True)). dweight and dbias sum over all rows (per-thread partial sums in float64,
+    added in a fixed order: bit-identical for a given thread count).
+    """
+    if backend == "numpy":
+        dx, dw, db = reference.layernorm_backward(dy, x, weight, mean, rstd)
+        return (np.asarray(dx, np.float32), np.asarray(dw, np.float32),
+                np.asarray(db, np.float32))
+    return _C.layernorm_backward(dy, x, weight, mean, rstd, _native_version(backend, "fast"))
+
+
+def rmsnorm(x, weight, eps=1e-6, *, return_stats=False, out=None, backend="auto"):
+    """RMS normalization over the last axis (Llama's RMSNorm).
+
+    x: [..., C], weight: [C].  Returns y [..., C], or (y, rstd) with return_stats=True, rstd
+    float32 of shape x.shape[:-1]:
+        y = x * rstd * weight,  rstd = 1 / sqrt(mean(x^2) + eps)
+    """
+    eps = _check_eps(eps, "rmsnorm")
+    if backend == "numpy":
+        y, rstd = reference.rmsnorm(x, weight, eps)
+        y = _into(out, y)
+        return (y, np.asarray(rstd, np.float32)) if return_stats else y
+    return _C.rmsnorm(x, weight, eps, out, bool(return_stats), _native_version(backend, "fast"))
+
+
+def rmsnorm_backward(dy, x, weight, rstd, *, backend="auto"):
+    """Gradients of rmsnorm: returns (dx [..., C], dweight [C]).
+
+    dy, x: [..., C]; weight: [C]; rstd: x.shape[:-1] (from rmsnorm(..., return_stats=True)).
+    """
+    if backend == "numpy":
+        dx, dw = reference.rmsnorm_backward(dy, x, weight, rstd)
+        return np.asarray(dx, np.float32), np.asarray(dw, np.float32)
+    return _C.rmsnorm_backward(dy, x, weight, rstd, _native_version(backend, "fast"))
+
+
+# ---- activations: relu, sigmoid, tanh, silu, gelu, swiglu -----------------------------------
+#
+# Elementwise on any shape; the backward functions take the forward's INPUT x and dy and
+# return dx = dy * f'(x) (same shape). Accurate to 2e-6 relative over the whole float range
+# (most to 2e-7; where a derivative crosses zero, silu' at -1.28 and gelu' at -0.75, to
+# 2e-7 absolute). Outputs over 32 MiB are written with streaming (cache-bypassing) stores.
+# NaN in x gives NaN; +-inf in x gives the limit (relu(inf) = inf, sigmoid(-inf) = 0,
+# silu(-inf) = gelu(-inf) = -0, every derivative at +-inf is its limit 0 or 1). dy is simply
+# multiplied in: NaN or inf in dy gives NaN or inf (inf * 0 = NaN where f'(x) = 0).
+
+__all__ += ["relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+            "silu", "silu_backward", "gelu", "gelu_backward", "swiglu", "swiglu_backward"]
+
+
+def _check_approximate(approximate, fn):
+    if not isinstance(approximate, str) or approximate not in ("tanh", "none"):
+        raise ValueError(f"{fn}: approximate must be 'tanh' or 'none', got {approximate!r}")
+
+
+def _forward(name, x, out, backend, approximate="tanh"):
+    if backend == "numpy":
+        ref = getattr(reference, name)
+        return _into(out, ref(x, approximate) if name == "gelu" else ref(x))
+    return _C.activation(x, name, approximate, out, _native_version(backend, "fast"))
+
+
+def _backward(name, dy, x, out, backend, approximate="tanh"):
+    if backend == "numpy":
+        ref = getattr(reference, name + "_backward")
+        return _into(out, ref(dy, x, approximate) if name == "gelu" else ref(dy, x))
+    return _C.activation_backward(dy, x, name, approximate, out, _native_version(backend, "fast"))
+
+
+def relu(x, *, out=None, backend="auto"):
+    """max(x, 0). x: any shape; returns the same shape."""
+    return _forward("relu", x, out, backend)
+
+
+def relu_backward(dy, x, *, out=None, backend="auto"):
+    """dy * (x > 0). dy, x: the same shape (x: the forward's input)."""
+    return _backward("relu", dy, x, out, backend)
+
+
+def sigmoid(x, *, out=None, backend="auto"):
+    """1 / (1 + exp(-x)). x: any shape; returns the same shape."""
+    return _forward("sigmoid", x, out, backend)
+
+
+def sigmoid_backward(dy, x, *, out=None, backend="auto"):
+    """dy * sigmoid(x) * (1 - sigmoid(x)). dy, x: the same shape (x: the forward's input)."""
+    return _backward("sigmoid", dy, x, out, backend)
+
+
+def tanh(x, *, out=None, backend="auto"):
+    """tanh(x). x: any shape; returns the same shape."""
+    return _forward("tanh", x, out, backend)
+
+
+def tanh_backward(dy, x, *, out=None, backend="auto"):
+    """dy * (1 - tanh(x)^2). dy, x: the same shape (x: the forward's input)."""
+    return _backward("tanh", dy, x, out, backend)
+
+
+def silu(x, *, out=None, backend="auto"):
+    """x * sigmoid(x) (a.k.a. swish). x: any shape; returns the same shape."""
+    return _forward("silu", x, out, backend)
+
+
+def silu_backward(dy, x, *, out=None, backend="auto"):
+    """dy * (s + x s (1 - s)), s = sigmoid(x). dy, x: the same shape (x: the forward's input)."""
+    return _backward("silu", dy, x, out, backend)
+
+
+def gelu(x, *, approximate="tanh", out=None, backend="auto"):
+    """GELU. x: any shape; returns the same shape.
+
+    approximate="tanh" (GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)));
+    approximate="none": the exact x * Phi(x), Phi the standard normal CDF (erf form).
+    """
+    _check_approximate(approximate, "gelu")
+    return _forward("gelu", x, out, backend, approximate)
+
+
+def gelu_backward(dy, x, *, approximate="tanh", out=None, backend="auto"):
+    """dy * gelu'(x) for the same `approximate` as the forward. dy, x: the same shape."""
+    _check_approximate(approximate, "gelu_backward")
+    return _backward("gelu", dy, x, out, backend, approximate)
+
+
+def swiglu(gate, up, *, out=None, backend="auto"):
+    """silu(gate) * up (Llama's gated MLP). gate, up: the same shape; returns that shape."""
+    if backend == "numpy":
+        return _into(out, reference.swiglu(gate, up))
+    return _C.swiglu(gate, up, out, _native_version(backend, "fast"))
+
+
+def swiglu_backward(dy, gate, up, *, backend="auto"):
+    """Returns (dgate, dup) = (dy * up * silu'(gate), dy * silu(gate)); all the same shape."""
+    if backend == "numpy":
+        dgate, dup = reference.swiglu_backward(dy, gate, up)
+        return np.asarray(dgate, np.float32), np.asarray(dup, np.float32)
+    return _C.swiglu_backward(dy, gate, up, _native_version(backend, "fast"))

@@ -6,6 +6,8 @@ comment says otherwise. Shapes follow ``kernelgpt.ops``.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["matmul"]
@@ -84,3 +86,146 @@ def attention_backward(dout, q, k, v, out, lse, causal=True, scale=None):
     dq = ds @ k[:, :, None]
     dk = (np.swapaxes(ds, -1, -2) @ qg).sum(axis=2)
     return dq.reshape(B, H, T, D), dk, dv
+# ---- normalization (layernorm, rmsnorm) --------------------------------------------------
+__all__ += ["layernorm", "layernorm_backward", "rmsnorm", "rmsnorm_backward"]
+
+
+def layernorm(x, weight, bias=None, eps=1e-5):
+    """y = (x - mean) * rstd * weight + bias over the last axis, rstd = 1 / sqrt(var + eps)
+    with the biased variance. Returns (y, mean, rstd); mean and rstd have shape x.shape[:-1]."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = (x - mean) * rstd * weight
+    if bias is not None:
+        y = y + bias
+    return y, mean[..., 0], rstd[..., 0]
+
+
+def layernorm_backward(dy, x, weight, mean, rstd):
+    """(dx, dweight, dbias) from the forward's mean and rstd. With xhat = (x - mean) * rstd and
+    g = dy * weight: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (means over the last
+    axis), dweight = sum of dy * xhat and dbias = sum of dy over all other axes."""
+    mean, rstd = mean[..., None], rstd[..., None]
+    xhat = (x - mean) * rstd
+    g = dy * weight
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
+                 - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    C = x.shape[-1]
+    dweight = (dy * xhat).reshape(-1, C).sum(axis=0)
+    dbias = dy.reshape(-1, C).sum(axis=0)
+    return dx, dweight, dbias
+
+
+def rmsnorm(x, weight, eps=1e-6):
+    """y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps) over the last axis (Llama's
+    RMSNorm). Returns (y, rstd)."""
+    rstd = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    return x * rstd * weight, rstd[..., 0]
+
+
+def rmsnorm_backward(dy, x, weight, rstd):
+    """(dx, dweight): with xhat = x * rstd and g = dy * weight,
+    dx = rstd * (g - xhat * mean(g * xhat)), dweight = sum of dy * xhat."""
+    rstd = rstd[..., None]
+    xhat = x * rstd
+    g = dy * weight
+    dx = rstd * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dweight = (dy * xhat).reshape(-1, x.shape[-1]).sum(axis=0)
+    return dx, dweight
+
+
+# ---- activations -----------------------------------------------------------------------
+# Written to stay accurate over the whole float range: 1 - sigmoid(x) is sigmoid(-x) (no
+# cancellation when sigmoid(x) ~ 1), and exp is only ever called on -|x| (no overflow).
+__all__ += ["relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
+            "silu", "silu_backward", "gelu", "gelu_backward", "swiglu", "swiglu_backward"]
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, x):
+    return dy * (x > 0)
+
+
+def sigmoid(x):
+    e = np.exp(-np.abs(x))  # in (0, 1]
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid_backward(dy, x):
+    return dy * sigmoid(x) * sigmoid(-x)  # sigmoid' = s (1 - s)
+
+
+def tanh(x):
+    return np.tanh(x)
+
+
+def tanh_backward(dy, x):
+    # 1 - tanh(x)^2 = 4e / (1 + e)^2 with e = exp(-2|x|); the left side loses all relative
+    # accuracy once tanh(x) rounds to +-1 (|x| > 9 in float32).
+    e = np.exp(-2 * np.abs(x))
+    return dy * (4 * e / ((1 + e) * (1 + e)))
+
+
+def silu(x):
+    return x * sigmoid(x)
+
+
+def silu_backward(dy, x):
+    s = sigmoid(x)
+    return dy * s * (1 + x * sigmoid(-x))  # s + x s (1 - s)
+
+
+def _check_approximate(approximate):
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+
+
+def _erfc(z):
+    """erfc elementwise, in float64 (numpy has no erf; math.erfc is accurate to an ulp)."""
+    return np.vectorize(math.erfc, otypes=[np.float64])(np.asarray(z, dtype=np.float64))
+
+
+def _normal_cdf(x):
+    """Phi(x) = 0.5 erfc(-x / sqrt(2)): erfc keeps the relative accuracy for x << 0."""
+    return 0.5 * _erfc(-np.asarray(x, dtype=np.float64) / math.sqrt(2.0))
+
+
+def gelu(x, approximate="tanh"):
+    """approximate="tanh": GPT-2's 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3),
+    computed as x * sigmoid(2u) (the same number; 1 + tanh(u) cancels for x << 0).
+    approximate="none": x * Phi(x), Phi the standard normal CDF (float64 inside)."""
+    _check_approximate(approximate)
+    if approximate == "tanh":
+        u = _SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)
+        return x * sigmoid(2 * u)
+    return (x * _normal_cdf(x)).astype(np.result_type(x, np.float32))
+
+
+def gelu_backward(dy, x, approximate="tanh"):
+    """dy * gelu'(x). tanh form: s + x s (1 - s) 2u' with s = sigmoid(2u);
+    exact form: Phi(x) + x phi(x)."""
+    _check_approximate(approximate)
+    if approximate == "tanh":
+        u = _SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)
+        du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+        return dy * sigmoid(2 * u) * (1 + x * sigmoid(-2 * u) * 2 * du)
+    x64 = np.asarray(x, dtype=np.float64)
+    pdf = np.exp(-0.5 * x64 * x64) / math.sqrt(2 * math.pi)
+    grad = _normal_cdf(x64) + x64 * pdf
+    return (dy * grad).astype(np.result_type(dy, x, np.float32))
+
+
+def swiglu(gate, up):
+    """silu(gate) * up (the gated MLP of Llama)."""
+    return silu(gate) * up
+
+
+def swiglu_backward(dy, gate, up):
+    """(dgate, dup) = (dy * up * silu'(gate), dy * silu(gate))."""
+    return silu_backward(dy * up, gate), dy * silu(gate)

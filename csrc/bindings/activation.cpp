@@ -1,0 +1,160 @@
+#include "kernels/activation.h"
+
+#include "bindings/args.h"
+#include "bindings/registry.h"
+#include "common/cpu.h"
+
+namespace kg {
+namespace bind {
+
+// "relu", "sigmoid", "tanh", "silu", or "gelu" with approximate "tanh" / "none".
+static Activation parse_activation(const std::string& name, const std::string& approximate,
+                                   const std::string& fn) {
+  if (name == "relu") return Activation::relu;
+  if (name == "sigmoid") return Activation::sigmoid;
+  if (name == "tanh") return Activation::tanh;
+  if (name == "silu") return Activation::silu;
+  if (name == "gelu") {
+    if (approximate == "tanh") return Activation::gelu_tanh;
+    if (approximate == "none") return Activation::gelu_erf;
+    value_error(fn + ": approximate must be 'tanh' or 'none', got '" + approximate + "'");
+  }
+  value_error(fn + ": unknown activation '" + name +
+              "', expected 'relu', 'sigmoid', 'tanh', 'silu' or 'gelu'");
+}
+
+static const ActivationVersion& activation_version(const std::string& version,
+                                                   const std::string& fn) {
+  int v = version_index(version, {"naive", "fast"}, fn.c_str());
+  const ActivationKernels& k = KG_DISPATCH(activation_kernels);
+  return v == 0 ? k.naive : k.fast;
+}
+
+static py::array activation(py::handle x_obj, const std::string& name,
+                            const std::string& approximate, py::handle out_obj,
+                            const std::string& version) {
+  const std::string fn = name;
+  Activation kind = parse_activation(name, approximate, fn);
+  const ActivationVersion& kernels = activation_version(version, fn);
+  Array x = f32(x_obj, fn.c_str(), "x");
+  Array y = output(out_obj, x.shape, fn.c_str(), {&x});
+  ActivationArgs args;
+  args.x = x.cf32();
+  args.out = y.f32();
+  args.n = x.size;
+  args.kind = kind;
+  {
+    py::gil_scoped_release release;
+    kernels.forward(args);
+  }
+  return y.array;
+}
+
+static py::array activation_backward(py::handle dy_obj, py::handle x_obj, const std::string& name,
+                                     const std::string& approximate, py::handle out_obj,
+                                     const std::string& version) {
+  const std::string fn = name + "_backward";
+  Activation kind = parse_activation(name, approximate, fn);
+  const ActivationVersion& kernels = activation_version(version, fn);
+  Array dy = f32(dy_obj, fn.c_str(), "dy");
+  Array x = f32(x_obj, fn.c_str(), "x");
+  expect_shape(dy, x.shape, fn.c_str(), "dy");
+  Array dx = output(out_obj, x.shape, fn.c_str(), {&dy, &x});
+  ActivationArgs args;
+  args.x = x.cf32();
+  args.dy = dy.cf32();
+  args.out = dx.f32();
+  args.n = x.size;
+  args.kind = kind;
+  {
+    py::gil_scoped_release release;
+    kernels.backward(args);
+  }
+  return dx.array;
+}
+
+static py::array swiglu(py::handle gate_obj, py::handle up_obj, py::handle out_obj,
+                        const std::string& version) {
+  const std::string fn = "swiglu";
+  const ActivationVersion& kernels = activation_version(version, fn);
+  Array gate = f32(gate_obj, fn.c_str(), "gate");
+  Array up = f32(up_obj, fn.c_str(), "up");
+  expect_shape(up, gate.shape, fn.c_str(), "up");
+  Array y = output(out_obj, gate.shape, fn.c_str(), {&gate, &up});
+  SwigluArgs args;
+  args.gate = gate.cf32();
+  args.up = up.cf32();
+  args.out = y.f32();
+  args.n = gate.size;
+  {
+    py::gil_scoped_release release;
+    kernels.swiglu(args);
+  }
+  return y.array;
+}
+
+static py::tuple swiglu_backward(py::handle dy_obj, py::handle gate_obj, py::handle up_obj,
+                                 const std::string& version) {
+  const std::string fn = "swiglu_backward";
+  const ActivationVersion& kernels = activation_version(version, fn);
+  Array dy = f32(dy_obj, fn.c_str(), "dy");
+  Array gate = f32(gate_obj, fn.c_str(), "gate");
+  Array up = f32(up_obj, fn.c_str(), "up");
+  expect_shape(up, gate.shape, fn.c_str(), "up");
+  expect_shape(dy, gate.shape, fn.c_str(), "dy");
+  Array dgate = output(py::none(), gate.shape, fn.c_str(), {});
+  Array dup = output(py::none(), gate.shape, fn.c_str(), {});
+  SwigluArgs args;
+  args.dy = dy.cf32();
+  args.gate = gate.cf32();
+  args.up = up.cf32();
+  args.dgate = dgate.f32();
+  args.dup = dup.f32();
+  args.n = gate.size;
+  {
+    py::gil_scoped_release release;
+    kernels.swiglu_backward(args);
+  }
+  return py::make_tuple(dgate.array, dup.array);
+}
+
+static py::array simd_math(const std::string& name, py::handle x_obj) {
+  const char* fn = "simd_math";
+  SimdMath which;
+  if (name == "exp")
+    which = SimdMath::exp;
+  else if (name == "tanh")
+    which = SimdMath::tanh;
+  else if (name == "sigmoid")
+    which = SimdMath::sigmoid;
+  else
+    value_error(std::string(fn) + ": name must be 'exp', 'tanh' or 'sigmoid', got '" + name + "'");
+  Array x = f32(x_obj, fn, "x");
+  Array y = output(py::none(), x.shape, fn, {});
+  const ActivationKernels& k = KG_DISPATCH(activation_kernels);
+  {
+    py::gil_scoped_release release;
+    k.simd_math(which, x.cf32(), y.f32(), x.size);
+  }
+  return y.array;
+}
+
+void register_activation(py::module_& m) {
+  m.def("activation", &activation, py::arg("x"), py::arg("name"),
+        py::arg("approximate") = "tanh", py::arg("out") = py::none(),
+        py::arg("version") = "fast");
+  m.def("activation_backward", &activation_backward, py::arg("dy"), py::arg("x"),
+        py::arg("name"), py::arg("approximate") = "tanh", py::arg("out") = py::none(),
+        py::arg("version") = "fast");
+  m.def("swiglu", &swiglu, py::arg("gate"), py::arg("up"), py::arg("out") = py::none(),
+        py::arg("version") = "fast");
+  m.def("swiglu_backward", &swiglu_backward, py::arg("dy"), py::arg("gate"), py::arg("up"),
+        py::arg("version") = "fast");
+  m.def("simd_math", &simd_math, py::arg("name"), py::arg("x"),
+        "exp, tanh or sigmoid from common/simd.h applied to x, one thread (accuracy tests).");
+  m.def("activation_path",
+        [] { return std::string(KG_DISPATCH(activation_kernels).fast_description); });
+}
+
+}  // namespace bind
+}  // namespace kg

@@ -1,0 +1,59 @@
+// Elementwise activations, float32, over n contiguous values.
+//
+//   relu(x)      = max(x, 0)                     relu'(x)    = 1 if x > 0 else 0
+//   sigmoid(x)   = 1 / (1 + exp(-x))             sigmoid'(x) = sigmoid(x) * sigmoid(-x)
+//   tanh(x)                                      tanh'(x)    = 1 - tanh(x)^2
+//   silu(x)      = x * sigmoid(x)                silu'(x)    = s + x * s * (1 - s), s = sigmoid(x)
+//   gelu (tanh)  = 0.5 x (1 + tanh(u)) = x * sigmoid(2u),  u = sqrt(2/pi) (x + 0.044715 x^3)
+//   gelu (none)  = x * Phi(x) = 0.5 x erfc(-x / sqrt(2))  (Phi: the standard normal CDF)
+//   swiglu(gate, up) = silu(gate) * up
+//
+// Backward kernels take the forward's input x (not its output) and dy, and return
+// dx = dy * f'(x); swiglu's backward returns dgate = dy * up * silu'(gate), dup = dy * silu(gate).
+#pragma once
+#include <cstdint>
+
+#include "common/isa.h"
+
+namespace kg {
+
+enum class Activation : int { relu = 0, sigmoid, tanh, silu, gelu_tanh, gelu_erf };
+
+struct ActivationArgs {
+  const float* x = nullptr;
+  const float* dy = nullptr;  // backward only
+  float* out = nullptr;       // forward: f(x); backward: dx
+  int64_t n = 0;
+  Activation kind = Activation::relu;
+};
+
+struct SwigluArgs {
+  const float* gate = nullptr;
+  const float* up = nullptr;
+  const float* dy = nullptr;  // backward only
+  float* out = nullptr;       // forward only
+  float* dgate = nullptr;     // backward only
+  float* dup = nullptr;       // backward only
+  int64_t n = 0;
+};
+
+struct ActivationVersion {
+  void (*forward)(const ActivationArgs&);
+  void (*backward)(const ActivationArgs&);
+  void (*swiglu)(const SwigluArgs&);
+  void (*swiglu_backward)(const SwigluArgs&);
+};
+
+// The vectorised math of common/simd.h applied to n values (for the accuracy tests).
+enum class SimdMath : int { exp = 0, tanh, sigmoid };
+
+struct ActivationKernels {
+  ActivationVersion naive;  // version 1: scalar loops with std:: math, one thread
+  ActivationVersion fast;   // version 2: simd.h vectors, threads, one pass
+  const char* fast_description;
+  void (*simd_math)(SimdMath fn, const float* x, float* y, int64_t n);
+};
+
+}  // namespace kg
+
+KG_DECLARE_PER_ISA(ActivationKernels, activation_kernels)
