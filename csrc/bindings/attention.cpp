@@ -66,6 +66,9 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::h
   Array q = f32(q_obj, fn, "q", {4});
   Array k = f32(k_obj, fn, "k", {4});
   Array v = f32(v_obj, fn, "v", {4});
+  if (k.shape != v.shape)
+    value_error(std::string(fn) + ": k and v must have the same shape [B, Hkv, S, D], got k " +
+                shape_str(k.shape) + " and v " + shape_str(v.shape));
   // kv_length: only the first kv_length of the S rows of k and v are keys (a KV cache)
   int64_t capacity = k.dim(2), kv_length = capacity;
   if (!kv_length_obj.is_none()) {
