@@ -25,4 +25,7 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_system(m);
   kg::bind::register_matmul(m);
   kg::bind::register_peak(m);
+  kg::bind::register_embedding(m);
+  kg::bind::register_rope(m);
+  kg::bind::register_adamw(m);
 }
