@@ -84,6 +84,11 @@ def test_embedding_backward_repeated_ids(rng, isa):
     scale = reference.embedding_backward(np.abs(dout).astype(np.float64), ids, V)
     assert (np.abs(fast - expected) <= 1e-4 * scale).all()
     assert (fast[3:] == 0).all()
+    # one id only: all rows go to one thread's range
+    ids = np.full(5000, 4)
+    dout = randn(rng, 5000, C)
+    np.testing.assert_array_equal(ops.embedding_backward(dout, ids, V),
+                                  ops.embedding_backward(dout, ids, V, backend="naive"))
 
 
 def test_embedding_backward_deterministic_across_threads(rng):

@@ -23,9 +23,9 @@ using EmbeddingFn = void (*)(const EmbeddingArgs&);
 
 struct EmbeddingKernels {
   EmbeddingFn forward_naive;   // version 1: copy one row per id, one thread
-  EmbeddingFn forward_fast;    // version 2: SIMD row copies with prefetch, ids split over threads
+  EmbeddingFn forward_fast;    // version 2: SIMD row copies, ids split over threads
   EmbeddingFn backward_naive;  // version 1: zero, then add one row per id, one thread
-  EmbeddingFn backward_fast;   // version 2: threads own disjoint column ranges (race-free)
+  EmbeddingFn backward_fast;   // version 2: threads own disjoint row ranges (race-free)
   const char* description;
 };
 

@@ -148,7 +148,8 @@ def embedding_backward(dout, ids, num_embeddings, *, out=None, accumulate=False,
     Returns dtable [num_embeddings, C]: row v = sum of dout[j] over the positions j with
     ids[j] == v (repeated ids add up; rows never named are 0). ``accumulate=True`` adds into
     ``out`` instead (gradient accumulation). The fast version gives each thread a disjoint
-    range of columns and adds in id order, so the result is bit-identical to the naive one.
+    range of table rows and adds in id order, so the result is bit-identical to the naive one
+    (and the same for every thread count).
     """
     num_embeddings = _int_option(num_embeddings, "embedding_backward", "num_embeddings")
     if backend == "numpy":

@@ -6,6 +6,8 @@ comment says otherwise. Shapes follow ``kernelgpt.ops``.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["matmul"]
@@ -108,7 +110,8 @@ def adamw_step(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, we
     v += (1.0 - beta2) * grad * grad
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
-    denom = np.sqrt(v) / np.sqrt(bias_correction2) + eps
+    denom = np.sqrt(v) / math.sqrt(bias_correction2) + eps  # (np.sqrt of a float is a
+    # float64 scalar, which would promote the whole expression to float64)
     param -= (lr / bias_correction1) * m / denom
 
 
