@@ -291,3 +291,27 @@ def test_grad_norm_bad_input(rng):
         ops.clip_grad_norm(g, None)
     with pytest.raises(ValueError, match="unknown version"):
         ops.grad_norm(g, backend="bogus")
+
+
+# ---- property-based: random sizes and hyperparameters -------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), lr=st.floats(0.0, 1.0), beta1=st.floats(0.0, 0.999),
+       beta2=st.floats(0.0, 0.9999), eps=st.floats(1e-10, 1e-2), wd=st.floats(0.0, 0.5),
+       start=st.integers(1, 10**6), backend=st.sampled_from(BACKENDS), seed=st.integers(0, 2**31))
+def test_adamw_property(n, lr, beta1, beta2, eps, wd, start, backend, seed):
+    rng = np.random.default_rng(seed)
+    p, m = randn(rng, n), randn(rng, n, scale=0.1)
+    v = np.abs(randn(rng, n, scale=0.01))
+    p64, m64, v64 = p.astype(np.float64), m.astype(np.float64), v.astype(np.float64)
+    for step in range(start, start + 3):
+        g = randn(rng, n)
+        ops.adamw_step(p, g, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                       weight_decay=wd, backend=backend)
+        reference.adamw_step(p64, g.astype(np.float64), m64, v64, step, lr, beta1, beta2, eps, wd)
+    assert_close(m, m64, rtol=1e-5, what="m")
+    assert_close(v, v64, rtol=1e-5, what="v")
+    assert_close(p, p64, rtol=1e-5, atol=1e-5 * (np.abs(p64).max() + lr), what="param")

@@ -201,3 +201,28 @@ def test_embedding_backward_bad_input(rng):
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         ops.embedding_backward(dout, ids, 5, out=ro)
+
+
+# ---- property-based: random shapes, skewed ids ---------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(V=st.integers(1, 60), C=st.integers(1, 70), n=st.integers(1, 3000),
+       skew=st.floats(0.0, 3.0), accumulate=st.booleans(), seed=st.integers(0, 2**31))
+def test_embedding_backward_property(V, C, n, skew, accumulate, seed):
+    rng = np.random.default_rng(seed)
+    weights = np.arange(1, V + 1, dtype=np.float64) ** -skew  # Zipf-like id frequencies
+    ids = rng.choice(V, size=n, p=weights / weights.sum())
+    dout = randn(rng, n, C)
+    base = randn(rng, V, C)
+    fast, naive = base.copy(), base.copy()
+    ops.embedding_backward(dout, ids, V, out=fast, accumulate=accumulate)
+    ops.embedding_backward(dout, ids, V, out=naive, accumulate=accumulate, backend="naive")
+    np.testing.assert_array_equal(fast, naive)
+    expected = backward_ref64(dout, ids, V) + (base if accumulate else 0)
+    scale = reference.embedding_backward(np.abs(dout).astype(np.float64), ids, V) + \
+        (np.abs(base) if accumulate else 0)
+    assert (np.abs(fast - expected) <= 1e-4 * scale + 1e-30).all()
+    np.testing.assert_array_equal(ops.embedding(ids, base), base[ids])

@@ -271,3 +271,22 @@ def test_sinusoidal_bad_input():
         ops.sinusoidal_positions(4, 4, base=np.nan)
     with pytest.raises(ValueError, match="unknown version"):
         ops.sinusoidal_positions(4, 4, backend="bogus")
+
+
+# ---- property-based: random shapes and options -------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), t=st.integers(1, 40), half_d=st.integers(1, 40),
+       rd_frac=st.floats(0.0, 1.0), layout=st.sampled_from(LAYOUTS), inverse=st.booleans(),
+       offset=st.integers(0, 2**20), base=st.sampled_from([10000.0, 1e6, 2.0]),
+       backend=st.sampled_from(BACKENDS), seed=st.integers(0, 2**31))
+def test_rope_property(n, t, half_d, rd_frac, layout, inverse, offset, base, backend, seed):
+    D = 2 * half_d
+    rd = 2 * max(1, round(rd_frac * half_d))
+    x = np.random.default_rng(seed).standard_normal((n, t, D)).astype(np.float32)
+    y = ops.rope(x, offset=offset, base=base, layout=layout, rotary_dim=rd, inverse=inverse,
+                 backend=backend)
+    check_rope(y, x, np.arange(offset, offset + t), base, layout, rd, inverse)
