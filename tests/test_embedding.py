@@ -9,7 +9,7 @@ from conftest import assert_close, finite_difference, randn
 CASES = [
     ((1,), 1, 1), ((7,), 5, 3), ((3, 5), 50, 17), ((2, 3, 4), 11, 16), ((13,), 97, 33),
     ((4, 64), 1000, 768), ((8, 129), 5003, 100), ((2, 1, 3), 3, 257), ((), 9, 5),
-    ((1023,), 31, 1),
+    ((1023,), 31, 1), ((2, 65), 2000, 1024),  # (the last: few ids, large table, 2 threads)
 ]
 BACKENDS = ["auto", "naive"]
 

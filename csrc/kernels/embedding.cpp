@@ -113,17 +113,18 @@ void backward_fast(const EmbeddingArgs& p) {
       std::memset(p.dtable + j0, 0, (j1 - j0) * sizeof(float));
     });
   }
-  int nt = threads_for(p.n * C, 1 << 16);
-  int64_t* counts = nt > 1 ? tl_counts.get(V + 1) : nullptr;
-  if (!counts) nt = 1;
   constexpr int kMaxThreads = 256;
+  int nt = threads_for(p.n * C, 1 << 16);
   if (nt > kMaxThreads) nt = kMaxThreads;
   // Row ranges [first[t], first[t + 1]) holding about n / nt of the ids each: a histogram of
-  // the ids, then cut its running sum into equal parts.
+  // the ids, then cut its running sum into equal parts. (For a table much larger than the
+  // number of ids the histogram would cost more than the scatter: then equal slices of the
+  // range of ids that occur.)
   int64_t first[kMaxThreads + 1];
   first[0] = 0;
   first[nt] = V;
-  if (nt > 1) {
+  if (nt > 1 && V <= 8 * p.n && tl_counts.get(V)) {
+    int64_t* counts = tl_counts.get(V);
     for (int64_t v = 0; v < V; ++v) counts[v] = 0;
     for (int64_t i = 0; i < p.n; ++i) ++counts[p.ids[i]];
     int64_t running = 0, v = 0;
@@ -132,6 +133,13 @@ void backward_fast(const EmbeddingArgs& p) {
       while (v < V && running + counts[v] <= target) running += counts[v++];
       first[t] = v;
     }
+  } else if (nt > 1) {
+    int64_t lo = p.ids[0], hi = p.ids[0];
+    for (int64_t i = 1; i < p.n; ++i) {
+      lo = p.ids[i] < lo ? p.ids[i] : lo;
+      hi = p.ids[i] > hi ? p.ids[i] : hi;
+    }
+    for (int t = 1; t < nt; ++t) first[t] = lo + (hi + 1 - lo) * t / nt;
   }
   parallel_region(nt, [&](int t, int count) {
     for (int part = t; part < nt; part += count) {  // (count < nt if OpenMP gave fewer threads)
