@@ -13,8 +13,7 @@
 //       half:        y[:h] = x1*cos - x2*sin,  y[h:] = x2*cos + x1*sin    (x1 = x[:h], x2 = x[h:rd])
 //       interleaved: y = x*cos2 + swap_pairs(x)*sin2 with the table expanded to
 //                    cos2 = (c0, c0, c1, c1, ..), sin2 = (-s0, s0, -s1, s1, ..)
-//     Work is cut into (block of 16 positions, slice) units, position-block major, so the
-//     table rows of a block stay in L1 while they are applied to every head.
+//     Threads take equal contiguous ranges of the N*T rows, streaming x and out in order.
 #include "kernels/rope.h"
 
 #include "common/simd.h"
@@ -261,18 +260,14 @@ void rope_fast(const RopeArgs& a) {
   parallel_for(a.t, (1 << 11) / rd + 1,
                [&](int64_t t0, int64_t t1) { rope_table(a, freq, t0, t1); });
 
-  constexpr int64_t kBlock = 16;  // positions per unit of work
-  const int64_t blocks = (a.t + kBlock - 1) / kBlock, units = blocks * a.n;
-  const int64_t unit_work = (a.t < kBlock ? a.t : kBlock) * a.d;
-  parallel_for(units, (1 << 14) / unit_work + 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      int64_t b = u / a.n, s = u % a.n;
-      int64_t t0 = b * kBlock, t1 = t0 + kBlock < a.t ? t0 + kBlock : a.t;
-      for (int64_t t = t0; t < t1; ++t) {
-        int64_t row = (s * a.t + t) * a.d;
-        const float* cos_row = a.table + t * stride;
-        rope_row(a, a.x + row, a.out + row, cos_row, cos_row + stride / 2);
-      }
+  // Then every row of x (N slices of T positions) in order: contiguous slices of rows per
+  // thread stream x and out front to back (the table, T x rd floats, stays in L2 / L3).
+  // (Measured: blocking positions x heads to keep the table in L1 was ~15% slower; the
+  // 8 KiB chunks it reads from each head defeat the hardware prefetcher.)
+  parallel_for(a.n * a.t, (1 << 14) / a.d + 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* cos_row = a.table + (r % a.t) * stride;
+      rope_row(a, a.x + r * a.d, a.out + r * a.d, cos_row, cos_row + stride / 2);
     }
   });
 }
@@ -282,11 +277,11 @@ void rope_fast(const RopeArgs& a) {
 extern const RopeKernels rope_kernels = {
     sinusoidal_naive, sinusoidal_fast, rope_naive, rope_fast,
 #if defined(__AVX512F__)
-    "float64 SIMD sincos table once per call, AVX-512 rotation (16-position blocks)"
+    "float64 SIMD sincos table once per call, AVX-512 rotation"
 #elif defined(__AVX2__)
-    "float64 SIMD sincos table once per call, AVX2 rotation (16-position blocks)"
+    "float64 SIMD sincos table once per call, AVX2 rotation"
 #else
-    "float64 SIMD sincos table once per call, SSE2 rotation (16-position blocks)"
+    "float64 SIMD sincos table once per call, SSE2 rotation"
 #endif
 };
 
