@@ -6,8 +6,6 @@ comment says otherwise. Shapes follow ``kernelgpt.ops``.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 __all__ = ["matmul"]
@@ -110,8 +108,8 @@ def adamw_step(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, we
     v += (1.0 - beta2) * grad * grad
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
-    denom = np.sqrt(v) / math.sqrt(bias_correction2) + eps  # (np.sqrt of a float is a
-    # float64 scalar, which would promote the whole expression to float64)
+    denom = np.sqrt(v) / bias_correction2 ** 0.5 + eps  # (a Python float: np.sqrt of it
+    # would be a float64 scalar and promote the whole expression to float64)
     param -= (lr / bias_correction1) * m / denom
 
 
