@@ -29,4 +29,7 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_attention(m);
   kg::bind::register_norm(m);
   kg::bind::register_activation(m);
+  kg::bind::register_embedding(m);
+  kg::bind::register_rope(m);
+  kg::bind::register_adamw(m);
 }
