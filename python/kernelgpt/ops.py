@@ -366,7 +366,6 @@ def swiglu_backward(dy, gate, up, *, backend="auto"):
         dgate, dup = reference.swiglu_backward(dy, gate, up)
         return np.asarray(dgate, np.float32), np.asarray(dup, np.float32)
     return _C.swiglu_backward(dy, gate, up, _native_version(backend, "fast"))
-    paths = {"matmul": _C.matmul_path()}
 
 
 # ---- scalar options (shared by the families below) -----------------------------------------
