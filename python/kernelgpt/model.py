@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import ops
+from . import ops, reference
 
 __all__ = ["GPTConfig", "GPT", "FlatBuffer"]
 
@@ -98,7 +98,8 @@ class GPTConfig:
 class FlatBuffer:
     """One contiguous float32 array with named, shaped views into it."""
 
-    def __init__(self, layout: List[Tuple[str, Tuple[int, ...]]], data: Optional[np.ndarray] = None):
+    def __init__(self, layout: List[Tuple[str, Tuple[int, ...]]], data: Optional[np.ndarray] = None,
+                 dtype=np.float32):
         self.layout = list(layout)
         self.offsets: Dict[str, Tuple[int, Tuple[int, ...]]] = {}
         offset = 0
@@ -107,9 +108,10 @@ class FlatBuffer:
             offset += int(np.prod(shape))
         self.size = offset
         if data is None:
-            data = np.zeros(offset, dtype=np.float32)
-        if data.dtype != np.float32 or data.shape != (offset,) or not data.flags.c_contiguous:
-            raise ValueError(f"FlatBuffer: data must be contiguous float32 of shape ({offset},)")
+            data = np.zeros(offset, dtype=dtype)
+        if data.dtype != dtype or data.shape != (offset,) or not data.flags.c_contiguous:
+            raise ValueError(f"FlatBuffer: data must be contiguous {np.dtype(dtype).name} of "
+                             f"shape ({offset},)")
         self.data = data
         self.views = {name: self.view(name) for name, _ in self.layout}
 
@@ -119,6 +121,11 @@ class FlatBuffer:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.views[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        view = self.views[name]  # `buf[name] += x` updates the view in place, then lands here
+        if value is not view:
+            view[...] = value
 
     def __contains__(self, name: str) -> bool:
         return name in self.views
@@ -175,11 +182,18 @@ class GPT:
     flat float32 buffer as the parameters.
     """
 
-    def __init__(self, config: GPTConfig, seed: Optional[int] = 0, params: Optional[np.ndarray] = None):
+    def __init__(self, config: GPTConfig, seed: Optional[int] = 0, params: Optional[np.ndarray] = None,
+                 backend: str = "native"):
+        if backend not in ("native", "reference"):
+            raise ValueError(f"backend must be 'native' or 'reference', got {backend!r}")
         self.config = config
+        # "reference": every op is kernelgpt.reference's numpy formula in float64 (the oracle
+        # the gradient checks compare the native float32 model with)
+        self.ops = ops if backend == "native" else ReferenceOps()
+        self.dtype = np.float32 if backend == "native" else np.float64
         layout = parameter_layout(config)
         self.param_decay = {name: decay for name, _, decay in layout}
-        self.params = FlatBuffer([(n, s) for n, s, _ in layout], params)
+        self.params = FlatBuffer([(n, s) for n, s, _ in layout], params, self.dtype)
         self.n_decayed = sum(int(np.prod(s)) for _, s, d in layout if d)
         self.grads: Optional[FlatBuffer] = None
         self._acts: Optional[_Activations] = None
@@ -216,7 +230,7 @@ class GPT:
 
     def zero_grad(self) -> None:
         if self.grads is None:
-            self.grads = FlatBuffer(self.params.layout)
+            self.grads = FlatBuffer(self.params.layout, dtype=self.dtype)
         self.grads.zero()
 
     # ---- pieces shared by training and inference --------------------------------------------
@@ -228,8 +242,8 @@ class GPT:
         w = P[prefix + ".weight"]
         if c.norm == "layernorm":
             b = P[prefix + ".bias"] if prefix + ".bias" in P else None
-            return ops.layernorm(x, w, b, c.norm_eps, return_stats=stats, out=out)
-        return ops.rmsnorm(x, w, c.norm_eps, return_stats=stats, out=out)
+            return self.ops.layernorm(x, w, b, c.norm_eps, return_stats=stats, out=out)
+        return self.ops.rmsnorm(x, w, c.norm_eps, return_stats=stats, out=out)
 
     def _positions_table(self, t0: int, T: int) -> Optional[np.ndarray]:
         c = self.config
@@ -238,7 +252,7 @@ class GPT:
         if c.positions == "sinusoidal":
             table = self._sin_cache.get(c.block_size)
             if table is None:
-                table = ops.sinusoidal_positions(c.block_size, c.n_embd)
+                table = self.ops.sinusoidal_positions(c.block_size, c.n_embd)
                 self._sin_cache[c.block_size] = table
             return table[t0: t0 + T]
         return None  # RoPE: positions enter inside attention
@@ -246,15 +260,15 @@ class GPT:
     def _activate(self, h, out):
         act = self.config.activation
         if act == "gelu":
-            return ops.gelu(h, out=out)
+            return self.ops.gelu(h, out=out)
         if act == "relu":
-            return ops.relu(h, out=out)
+            return self.ops.relu(h, out=out)
         F = self.config.mlp_hidden
-        return ops.swiglu(np.ascontiguousarray(h[:, :F]), np.ascontiguousarray(h[:, F:]), out=out)
+        return self.ops.swiglu(np.ascontiguousarray(h[:, :F]), np.ascontiguousarray(h[:, F:]), out=out)
 
     def _rope(self, x, t0, backward=False):
         c = self.config
-        fn = ops.rope_backward if backward else ops.rope
+        fn = self.ops.rope_backward if backward else self.ops.rope
         return fn(x, offset=t0, base=c.rope_base, layout=c.rope_layout)
 
     def _split_heads(self, qkv, B, T):
@@ -330,7 +344,7 @@ class GPT:
     def _activations(self, B: int, T: int) -> "_Activations":
         if self._acts is None or self._acts.shape != (B, T):
             self._acts = None  # free the old buffers first
-            self._acts = _Activations(self.config, B, T)
+            self._acts = _Activations(self.config, B, T, self.dtype)
         return self._acts
 
     def _forward_train(self, idx, a: "_Activations") -> None:
@@ -338,7 +352,7 @@ class GPT:
         B, T = idx.shape
         N = B * T
         x = a["res0"]
-        ops.embedding(idx.reshape(-1), P["wte"], out=x)
+        self.ops.embedding(idx.reshape(-1), P["wte"], out=x)
         pos = self._positions_table(0, T)
         if pos is not None:
             x.reshape(B, T, -1)[...] += pos
@@ -347,25 +361,25 @@ class GPT:
             x = a[f"res{i}"]
             ln1 = self._norm(x, i, "ln_1", out=a[f"ln1_{i}"], stats=True)
             a.stats[f"ln1_{i}"] = ln1[1:]
-            qkv = ops.linear(a[f"ln1_{i}"], P[L + "attn.c_attn.weight"],
+            qkv = self.ops.linear(a[f"ln1_{i}"], P[L + "attn.c_attn.weight"],
                              P.views.get(L + "attn.c_attn.bias"), out=a["qkv"])
             q, k, v = self._split_heads(qkv, B, T)
             if c.positions == "rope":
                 q, k = self._rope(q, 0), self._rope(k, 0)
-            y, lse = ops.attention(q, k, v, causal=True, return_lse=True)
+            y, lse = self.ops.attention(q, k, v, causal=True, return_lse=True)
             a.saved[f"attn_{i}"] = (q, k, v, y, lse)
             self._merge_heads(y, out=a[f"attm_{i}"])
             mid = a[f"mid{i}"]
-            ops.linear(a[f"attm_{i}"], P[L + "attn.c_proj.weight"],
+            self.ops.linear(a[f"attm_{i}"], P[L + "attn.c_proj.weight"],
                        P.views.get(L + "attn.c_proj.bias"), out=mid)
             mid += x
             ln2 = self._norm(mid, i, "ln_2", out=a[f"ln2_{i}"], stats=True)
             a.stats[f"ln2_{i}"] = ln2[1:]
-            h = ops.linear(a[f"ln2_{i}"], P[L + "mlp.c_fc.weight"],
+            h = self.ops.linear(a[f"ln2_{i}"], P[L + "mlp.c_fc.weight"],
                            P.views.get(L + "mlp.c_fc.bias"), out=a[f"fch_{i}"])
             self._activate(h, out=a[f"fcha_{i}"])
             nxt = a[f"res{i + 1}"]
-            ops.linear(a[f"fcha_{i}"], P[L + "mlp.c_proj.weight"],
+            self.ops.linear(a[f"fcha_{i}"], P[L + "mlp.c_proj.weight"],
                        P.views.get(L + "mlp.c_proj.bias"), out=nxt)
             nxt += mid
         lnf = self._norm(a[f"res{c.n_layer}"], None, None, out=a["lnf"], stats=True)
@@ -387,40 +401,40 @@ class GPT:
         scale = grad_scale / max(count, 1)
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
-            logits = ops.linear(lnf[r0:r1], W)
+            logits = self.ops.linear(lnf[r0:r1], W)
             if not with_grad:
-                total += ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
+                total += self.ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
                                            reduction="sum")
                 continue
-            loss, dlogits = ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
+            loss, dlogits = self.ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
                                               reduction="sum", return_grad=True)
             total += loss
-            dlogits *= np.float32(scale)
-            ops.matmul(dlogits, lnf[r0:r1], trans_a=True, out=g_head, accumulate=True)
-            ops.matmul(dlogits, W, out=d_lnf[r0:r1])
+            dlogits *= dlogits.dtype.type(scale)
+            self.ops.matmul(dlogits, lnf[r0:r1], trans_a=True, out=g_head, accumulate=True)
+            self.ops.matmul(dlogits, W, out=d_lnf[r0:r1])
         return total / max(count, 1), d_lnf
 
     def _linear_backward(self, d_y, x, name, d_x_out=None, accumulate_dx=False):
         """y = x @ W^T + b: adds dW, db into the gradient buffer and returns dx."""
         G, P = self.grads, self.params
-        ops.matmul(d_y, x, trans_a=True, out=G[name + ".weight"], accumulate=True)
+        self.ops.matmul(d_y, x, trans_a=True, out=G[name + ".weight"], accumulate=True)
         if name + ".bias" in G:
             G[name + ".bias"] += d_y.sum(axis=0)
         if d_x_out is None:
-            return ops.matmul(d_y, P[name + ".weight"])
-        return ops.matmul(d_y, P[name + ".weight"], out=d_x_out, accumulate=accumulate_dx)
+            return self.ops.matmul(d_y, P[name + ".weight"])
+        return self.ops.matmul(d_y, P[name + ".weight"], out=d_x_out, accumulate=accumulate_dx)
 
     def _norm_backward(self, d_y, x, i_or_f, which, stats):
         c, P, G = self.config, self.params, self.grads
         prefix = "ln_f" if i_or_f is None else f"h.{i_or_f}.{which}"
         if c.norm == "layernorm":
             mean, rstd = stats
-            dx, dw, db = ops.layernorm_backward(d_y, x, P[prefix + ".weight"], mean, rstd)
+            dx, dw, db = self.ops.layernorm_backward(d_y, x, P[prefix + ".weight"], mean, rstd)
             if prefix + ".bias" in G:
                 G[prefix + ".bias"] += db
         else:
             (rstd,) = stats
-            dx, dw = ops.rmsnorm_backward(d_y, x, P[prefix + ".weight"], rstd)
+            dx, dw = self.ops.rmsnorm_backward(d_y, x, P[prefix + ".weight"], rstd)
         G[prefix + ".weight"] += dw
         return dx
 
@@ -436,11 +450,11 @@ class GPT:
             d_act = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj")
             h = a[f"fch_{i}"]
             if c.activation == "gelu":
-                d_h = ops.gelu_backward(d_act, h)
+                d_h = self.ops.gelu_backward(d_act, h)
             elif c.activation == "relu":
-                d_h = ops.relu_backward(d_act, h)
+                d_h = self.ops.relu_backward(d_act, h)
             else:
-                d_gate, d_up = ops.swiglu_backward(d_act, np.ascontiguousarray(h[:, :F]),
+                d_gate, d_up = self.ops.swiglu_backward(d_act, np.ascontiguousarray(h[:, :F]),
                                                    np.ascontiguousarray(h[:, F:]))
                 d_h = np.concatenate([d_gate, d_up], axis=1)
             d_ln2 = self._linear_backward(d_h, a[f"ln2_{i}"], L + "mlp.c_fc")
@@ -450,7 +464,7 @@ class GPT:
             d_attm = self._linear_backward(d_mid, a[f"attm_{i}"], L + "attn.c_proj")
             q, k, v, y, lse = a.saved[f"attn_{i}"]
             d_y = np.ascontiguousarray(d_attm.reshape(B, T, H, hd).transpose(0, 2, 1, 3))
-            dq, dk, dv = ops.attention_backward(d_y, q, k, v, y, lse, causal=True)
+            dq, dk, dv = self.ops.attention_backward(d_y, q, k, v, y, lse, causal=True)
             if c.positions == "rope":
                 dq, dk = self._rope(dq, 0, backward=True), self._rope(dk, 0, backward=True)
             d_qkv = a["qkv"].reshape(B, T, H + 2 * Hkv, hd)  # reuse the forward scratch
@@ -461,7 +475,7 @@ class GPT:
             d_res = self._norm_backward(d_ln1, a[f"res{i}"], i, "ln_1", a.stats[f"ln1_{i}"])
             d_res += d_mid
         # embeddings: res0 = wte[idx] + positions
-        ops.embedding_backward(d_res, idx.reshape(-1), c.vocab_size, out=G["wte"], accumulate=True)
+        self.ops.embedding_backward(d_res, idx.reshape(-1), c.vocab_size, out=G["wte"], accumulate=True)
         if c.positions == "learned":
             G["wpe"][:T] += d_res.reshape(B, T, -1).sum(axis=0)
 
@@ -486,31 +500,31 @@ class GPT:
             raise ValueError(f"context of {t0 + T} tokens exceeds the model's block_size "
                              f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
                                                   f" / the cache's max_len {cache.max_len}"))
-        x = ops.embedding(ids.reshape(-1), P["wte"])
+        x = self.ops.embedding(ids.reshape(-1), P["wte"])
         pos = self._positions_table(t0, T)
         if pos is not None:
             x.reshape(B, T, -1)[...] += pos
         for i in range(c.n_layer):
             L = f"h.{i}."
             h = self._norm(x, i, "ln_1")
-            qkv = ops.linear(h, P[L + "attn.c_attn.weight"], P.views.get(L + "attn.c_attn.bias"))
+            qkv = self.ops.linear(h, P[L + "attn.c_attn.weight"], P.views.get(L + "attn.c_attn.bias"))
             q, k, v = self._split_heads(qkv, B, T)
             if c.positions == "rope":
                 q, k = self._rope(q, t0), self._rope(k, t0)
             cache.write(i, k, v)
-            y = ops.attention(q, cache.k[i], cache.v[i], causal=True, kv_length=t0 + T)
-            x += ops.linear(self._merge_heads(y), P[L + "attn.c_proj.weight"],
+            y = self.ops.attention(q, cache.k[i], cache.v[i], causal=True, kv_length=t0 + T)
+            x += self.ops.linear(self._merge_heads(y), P[L + "attn.c_proj.weight"],
                             P.views.get(L + "attn.c_proj.bias"))
             h = self._norm(x, i, "ln_2")
-            h = ops.linear(h, P[L + "mlp.c_fc.weight"], P.views.get(L + "mlp.c_fc.bias"))
+            h = self.ops.linear(h, P[L + "mlp.c_fc.weight"], P.views.get(L + "mlp.c_fc.bias"))
             a = self._activate(h, out=None)
-            x += ops.linear(a, P[L + "mlp.c_proj.weight"], P.views.get(L + "mlp.c_proj.bias"))
+            x += self.ops.linear(a, P[L + "mlp.c_proj.weight"], P.views.get(L + "mlp.c_proj.bias"))
         cache.advance(ids[0])
         x = x.reshape(B, T, -1)
         if not all_logits:
             x = np.ascontiguousarray(x[:, -1])
         xf = self._norm(x.reshape(-1, c.n_embd), None, None)
-        logits = ops.linear(xf, self.lm_head)
+        logits = self.ops.linear(xf, self.lm_head)
         return logits.reshape(B, T, -1) if all_logits else logits
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
@@ -524,7 +538,7 @@ class GPT:
 class _Activations:
     """What the training forward pass keeps for the backward pass, for one (B, T)."""
 
-    def __init__(self, c: GPTConfig, B: int, T: int):
+    def __init__(self, c: GPTConfig, B: int, T: int, dtype=np.float32):
         self.shape = (B, T)
         N, C = B * T, c.n_embd
         fc_out = 2 * c.mlp_hidden if c.activation == "swiglu" else c.mlp_hidden
@@ -536,9 +550,86 @@ class _Activations:
                 (f"ln1_{i}", (N, C)), (f"attm_{i}", (N, C)), (f"mid{i}", (N, C)),
                 (f"ln2_{i}", (N, C)), (f"fch_{i}", (N, fc_out)), (f"fcha_{i}", (N, c.mlp_hidden)),
             ]
-        self.buffer = FlatBuffer(layout)
+        self.buffer = FlatBuffer(layout, dtype=dtype)
         self.stats: Dict[str, tuple] = {}
         self.saved: Dict[str, tuple] = {}
 
     def __getitem__(self, name):
         return self.buffer[name]
+
+
+class ReferenceOps:
+    """The ops the model uses, as kernelgpt.reference's numpy formulas in the input's dtype
+    (float64 for the gradient checks). Same signatures as kernelgpt.ops."""
+
+    @staticmethod
+    def _out(result, out):
+        if out is None:
+            return result
+        out[...] = result
+        return out
+
+    def matmul(self, a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False):
+        r = reference.matmul(a, b, bias, trans_a=trans_a, trans_b=trans_b)
+        if accumulate:
+            out += r
+            return out
+        return self._out(r, out)
+
+    def linear(self, x, weight, bias=None, *, out=None):
+        return self.matmul(x, weight, bias, trans_b=True, out=out)
+
+    def embedding(self, ids, table, *, out=None):
+        return self._out(reference.embedding(ids, table), out)
+
+    def embedding_backward(self, dout, ids, num_embeddings, *, out=None, accumulate=False):
+        r = reference.embedding_backward(dout, ids, num_embeddings)
+        if accumulate:
+            out += r
+            return out
+        return self._out(r, out)
+
+    def layernorm(self, x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None):
+        y, mean, rstd = reference.layernorm(x, weight, bias, eps)
+        y = self._out(y, out)
+        return (y, mean, rstd) if return_stats else y
+
+    def rmsnorm(self, x, weight, eps=1e-6, *, return_stats=False, out=None):
+        y, rstd = reference.rmsnorm(x, weight, eps)
+        y = self._out(y, out)
+        return (y, rstd) if return_stats else y
+
+    def __getattr__(self, name):
+        fn = getattr(reference, name)  # the backward ops, activations, rope, attention...
+
+        def call(*args, out=None, **kwargs):
+            return self._out(fn(*args, **kwargs), out)
+        return call
+
+    def attention(self, q, k, v, *, causal=True, return_lse=False, kv_length=None, out=None):
+        if kv_length is not None:
+            k, v = k[:, :, :kv_length], v[:, :, :kv_length]
+        y, lse = reference.attention(q, k, v, causal)
+        y = self._out(y, out)
+        return (y, lse) if return_lse else y
+
+    def attention_backward(self, dout, q, k, v, out, lse, *, causal=True):
+        return reference.attention_backward(dout, q, k, v, out, lse, causal)
+
+    def cross_entropy(self, logits, targets, *, ignore_index=-100, reduction="mean",
+                      return_grad=False):
+        m = logits.max(axis=1, keepdims=True)
+        logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+        valid = targets != ignore_index
+        safe = np.where(valid, targets, 0)
+        losses = np.where(valid, -logp[np.arange(len(targets)), safe], 0.0)
+        count = max(int(valid.sum()), 1)
+        loss = float(losses.sum()) / (count if reduction == "mean" else 1)
+        if not return_grad:
+            return loss
+        grad = np.exp(logp)
+        grad[np.arange(len(targets)), safe] -= 1.0
+        grad *= valid[:, None]
+        if reduction == "mean":
+            grad /= count
+        return loss, grad
