@@ -1,0 +1,99 @@
+// cross-entropy over a vocabulary, loss and gradient fused. Shapes and math in cross_entropy.h.
+//
+// version 1 (naive): per row, plain loops: the max, the sum of exp (in double), the loss
+//   logsumexp - logits[target], then the gradient w * (exp(x - max) / sum - onehot). One thread.
+// version 2 (online): per row, ONE read computes max and sum together (online softmax, as in
+//   softmax.cpp), then, if the gradient is wanted, one pass writes it while the row is still in
+//   L2; the probabilities are never stored. SIMD exp, threads over rows, streaming stores for
+//   gradients larger than the L3 cache. Loss-only calls read the logits exactly once.
+//
+// Special values: a NaN or +inf logit in a row makes that row's loss and gradient NaN; a
+// target logit of -inf gives loss +inf (the target has probability 0).
+#include "kernels/cross_entropy.h"
+
+#include <cmath>
+
+#include "common/simd.h"
+#include "common/threading.h"
+#include "kernels/softmax_rows.h"
+
+KG_BEGIN_ISA_NAMESPACE
+namespace {
+
+using namespace simd;
+using namespace softmax_rows;
+
+inline float row_weight(const CrossEntropyArgs& p, int64_t i) {
+  return p.grad_scale_rows ? p.grad_scale * p.grad_scale_rows[i] : p.grad_scale;
+}
+
+// ---- version 1: naive ------------------------------------------------------------------
+void cross_entropy_naive(const CrossEntropyArgs& p) {
+  for (int64_t i = 0; i < p.n; ++i) {
+    const float* x = p.logits + i * p.v;
+    float* g = p.dlogits ? p.dlogits + i * p.v : nullptr;
+    int64_t t = p.targets[i];
+    if (t == p.ignore_index) {
+      if (p.losses) p.losses[i] = 0.0f;
+      if (g)
+        for (int64_t j = 0; j < p.v; ++j) g[j] = 0.0f;
+      continue;
+    }
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < p.v; ++j) mx = x[j] > mx ? x[j] : mx;
+    double sum = 0.0;
+    for (int64_t j = 0; j < p.v; ++j) sum += std::exp(x[j] - mx);
+    if (p.losses) p.losses[i] = (float)(mx + std::log(sum) - x[t]);
+    if (g) {
+      float w = row_weight(p, i);
+      float w_over_sum = (float)(w / sum);
+      for (int64_t j = 0; j < p.v; ++j) g[j] = std::exp(x[j] - mx) * w_over_sum;
+      g[t] -= w;
+    }
+  }
+}
+
+// ---- version 2: online -----------------------------------------------------------------
+void cross_entropy_online(const CrossEntropyArgs& p) {
+  const bool stream = p.dlogits && p.n * p.v * (int64_t)sizeof(float) >= kStreamingBytes;
+  parallel_for(p.n, min_rows_per_thread(p.v), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const float* x = p.logits + i * p.v;
+      float* g = p.dlogits ? p.dlogits + i * p.v : nullptr;
+      int64_t t = p.targets[i];
+      if (t == p.ignore_index) {
+        if (p.losses) p.losses[i] = 0.0f;
+        if (g) write_row(g, p.v, stream, [](int64_t, int64_t) { return zero(); });
+        continue;
+      }
+      MaxSum ms = online_max_sum(x, p.v, 1.0f);  // the only read from memory
+      if (p.losses) p.losses[i] = (float)(ms.max + std::log(ms.sum) - x[t]);
+      if (!g) continue;
+      // g = w * exp(x - M) / sum, minus w at the target (patched into its vector, so that
+      // every element is written exactly once, streaming or not).
+      const float w = row_weight(p, i);
+      const vfloat m = broadcast(ms.max), ws = broadcast((float)(w / ms.sum));
+      write_row(g, p.v, stream, [&](int64_t j, int64_t k) {
+        vfloat r = row_exp(load_n(x + j, k) - m) * ws;
+        if ((uint64_t)(t - j) < (uint64_t)k) r[t - j] -= w;
+        return r;
+      });
+    }
+    end_streaming(stream);
+  });
+}
+
+}  // namespace
+
+#if defined(__AVX512F__)
+#define KG_CE_PATH "online max+sum fused with the gradient, AVX-512 exp, streaming stores, threads over rows"
+#elif defined(__AVX2__)
+#define KG_CE_PATH "online max+sum fused with the gradient, AVX2 exp, threads over rows"
+#else
+#define KG_CE_PATH "online max+sum fused with the gradient, SSE exp, threads over rows"
+#endif
+
+extern const CrossEntropyKernels cross_entropy_kernels = {cross_entropy_naive,
+                                                          cross_entropy_online, KG_CE_PATH};
+
+KG_END_ISA_NAMESPACE

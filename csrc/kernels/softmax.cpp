@@ -1,0 +1,166 @@
+// softmax / log-softmax over the last axis, forward and backward, float32. Shapes in softmax.h.
+//
+// version 1 (naive): per row, three plain loops: the max (subtracted so that exp cannot
+//   overflow), the sum of exp (in double), then the outputs. One thread.
+// version 2 (online): per row, ONE read computes the max and the sum together (online
+//   softmax: the running sum is rescaled whenever the running max grows), then one pass
+//   writes the outputs while the row is still in L1/L2, so x comes from memory once and y
+//   goes to memory once. SIMD exp (simd.h), threads over rows, streaming stores for outputs
+//   larger than the L3 cache.
+// backward (naive / fused): the row's reduction (sum dy*y, or sum dy), then one write pass.
+//
+// Special values: NaN or +inf anywhere in a row makes that row's outputs NaN (as in the
+// reference: x - max(x) = inf - inf); -inf entries are fine and get probability 0 (log: -inf);
+// a row whose entries are all -inf gives NaN (0/0), as PyTorch does.
+#include "kernels/softmax.h"
+
+#include <cmath>
+
+#include "common/simd.h"
+#include "common/threading.h"
+#include "kernels/softmax_rows.h"
+
+KG_BEGIN_ISA_NAMESPACE
+namespace {
+
+using namespace simd;
+using namespace softmax_rows;
+
+// Columns [0, valid) of row r take part; with the causal mask row i = r % t keeps
+// j <= i + (cols - t), i.e. the first i + cols - t + 1 columns.
+inline int64_t valid_cols(const SoftmaxArgs& p, int64_t r) {
+  return p.causal ? r % p.t + p.cols - p.t + 1 : p.cols;
+}
+
+// ---- version 1: naive ------------------------------------------------------------------
+void softmax_naive(const SoftmaxArgs& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const float* x = p.x + r * p.cols;
+    float* y = p.y + r * p.cols;
+    int64_t valid = valid_cols(p, r);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < valid; ++j) {
+      float v = p.scale * x[j];
+      mx = v > mx ? v : mx;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < valid; ++j) sum += std::exp(p.scale * x[j] - mx);
+    if (p.log) {
+      double lse = mx + std::log(sum);
+      for (int64_t j = 0; j < valid; ++j) y[j] = (float)(p.scale * x[j] - lse);
+      for (int64_t j = valid; j < p.cols; ++j) y[j] = -INFINITY;
+    } else {
+      float inv = (float)(1.0 / sum);
+      for (int64_t j = 0; j < valid; ++j) y[j] = std::exp(p.scale * x[j] - mx) * inv;
+      for (int64_t j = valid; j < p.cols; ++j) y[j] = 0.0f;
+    }
+  }
+}
+
+void softmax_backward_naive(const SoftmaxBackwardArgs& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const float* dy = p.dy + r * p.cols;
+    const float* y = p.y + r * p.cols;
+    float* dx = p.dx + r * p.cols;
+    double sum = 0.0;  // softmax: sum dy*y; log-softmax: sum of dy over unmasked entries
+    for (int64_t j = 0; j < p.cols; ++j)
+      if (!p.log)
+        sum += (double)dy[j] * y[j];
+      else if (y[j] != -INFINITY)
+        sum += dy[j];
+    float s = (float)sum;
+    for (int64_t j = 0; j < p.cols; ++j) {
+      if (!p.log)
+        dx[j] = p.scale * y[j] * (dy[j] - s);
+      else
+        dx[j] = y[j] == -INFINITY ? 0.0f : p.scale * (dy[j] - std::exp(y[j]) * s);
+    }
+  }
+}
+
+// ---- version 2: online -----------------------------------------------------------------
+void softmax_online(const SoftmaxArgs& p) {
+  const bool stream = p.rows * p.cols * (int64_t)sizeof(float) >= kStreamingBytes;
+  parallel_for(p.rows, min_rows_per_thread(p.cols), [&](int64_t r0, int64_t r1) {
+    const vfloat vs = broadcast(p.scale);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = p.x + r * p.cols;
+      float* y = p.y + r * p.cols;
+      int64_t valid = valid_cols(p, r);
+      MaxSum ms = online_max_sum(x, valid, p.scale);  // read 1 (from memory)
+      if (p.log) {  // y = scale*x - (M + log sum): no exp at all
+        const vfloat lse = broadcast((float)(ms.max + std::log(ms.sum)));
+        write_row(y, valid, stream, [&](int64_t j, int64_t k) { return load_n(x + j, k) * vs - lse; });
+      } else {      // y = exp(scale*x - M) / sum                read 2 (from cache)
+        const vfloat m = broadcast(ms.max), inv = broadcast((float)(1.0 / ms.sum));
+        write_row(y, valid, stream,
+                  [&](int64_t j, int64_t k) { return row_exp(load_n(x + j, k) * vs - m) * inv; });
+      }
+      if (valid < p.cols) {
+        const vfloat fill = broadcast(p.log ? -INFINITY : 0.0f);
+        write_row(y + valid, p.cols - valid, stream, [&](int64_t, int64_t) { return fill; });
+      }
+    }
+    end_streaming(stream);
+  });
+}
+
+// Sum over a row of dy*y (softmax) or of dy where y != -inf (log-softmax), four accumulators.
+inline double backward_row_sum(const float* dy, const float* y, int64_t n, bool log) {
+  vfloat a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+  const vfloat ninf = broadcast(-INFINITY);
+  auto term = [&](vfloat d, vfloat yv) { return log ? (yv != ninf ? d : zero()) : d * yv; };
+  int64_t j = 0;
+  for (; j + 4 * kWidth <= n; j += 4 * kWidth) {
+    a0 += term(load(dy + j), load(y + j));
+    a1 += term(load(dy + j + kWidth), load(y + j + kWidth));
+    a2 += term(load(dy + j + 2 * kWidth), load(y + j + 2 * kWidth));
+    a3 += term(load(dy + j + 3 * kWidth), load(y + j + 3 * kWidth));
+  }
+  for (; j < n; j += kWidth) {
+    int64_t k = n - j < kWidth ? n - j : kWidth;
+    a0 += term(load_n(dy + j, k), load_n(y + j, k));  // zero padding adds 0 either way
+  }
+  return (double)reduce_add(a0) + reduce_add(a1) + (double)reduce_add(a2) + reduce_add(a3);
+}
+
+void softmax_backward_fused(const SoftmaxBackwardArgs& p) {
+  const bool stream = p.rows * p.cols * (int64_t)sizeof(float) >= kStreamingBytes;
+  parallel_for(p.rows, min_rows_per_thread(p.cols), [&](int64_t r0, int64_t r1) {
+    const vfloat vs = broadcast(p.scale), ninf = broadcast(-INFINITY);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* dy = p.dy + r * p.cols;
+      const float* y = p.y + r * p.cols;
+      float* dx = p.dx + r * p.cols;
+      const vfloat s = broadcast((float)backward_row_sum(dy, y, p.cols, p.log));
+      if (p.log)
+        write_row(dx, p.cols, stream, [&](int64_t j, int64_t k) {
+          vfloat yv = load_n(y + j, k);
+          vfloat g = vs * (load_n(dy + j, k) - row_exp(yv) * s);
+          return yv != ninf ? g : zero();
+        });
+      else
+        write_row(dx, p.cols, stream, [&](int64_t j, int64_t k) {
+          vfloat yv = load_n(y + j, k);
+          return vs * yv * (load_n(dy + j, k) - s);
+        });
+    }
+    end_streaming(stream);
+  });
+}
+
+}  // namespace
+
+#if defined(__AVX512F__)
+#define KG_SOFTMAX_PATH "online max+sum, AVX-512 exp, streaming stores, threads over rows"
+#elif defined(__AVX2__)
+#define KG_SOFTMAX_PATH "online max+sum, AVX2 exp, threads over rows"
+#else
+#define KG_SOFTMAX_PATH "online max+sum, SSE exp, threads over rows"
+#endif
+
+extern const SoftmaxKernels softmax_kernels = {softmax_naive, softmax_online,
+                                               softmax_backward_naive, softmax_backward_fused,
+                                               KG_SOFTMAX_PATH};
+
+KG_END_ISA_NAMESPACE
