@@ -126,6 +126,8 @@ inline MaxSum online_max_sum_impl(const float* x, int64_t n, float scale) {
       blocks = 0;
     }
   }
+  s0 = (s0 + s1) + (s2 + s3);  // they share m: one sum for the tail
+  s1 = s2 = s3 = zero();
   for (; j < n; j += kWidth) {  // the last < 4 vectors, one at a time; padding lanes = -inf
     int64_t k = n - j < kWidth ? n - j : kWidth;
     vfloat v = fill_tail(scaled(load_n(x + j, k)), k, -INFINITY);
