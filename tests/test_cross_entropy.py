@@ -161,6 +161,20 @@ def test_cross_entropy_128k_vocabulary_accuracy(rng):
         check_grad(grad, e_grad)
 
 
+@pytest.mark.parametrize("n,v", [(2, 262145), (9, 131072)])
+def test_cross_entropy_second_pass_recomputes(rng, isa, n, v):
+    # rows over 256K values or logits over 8 MiB: the gradient pass recomputes the exps
+    logits, targets = make(rng, n, v)
+    logits[0, -1] = 25.0
+    targets[1] = v - 1
+    e_loss, e_grad = ref64(logits, targets, reduction="sum")
+    for backend in ("naive", "online"):
+        loss, grad = ops.cross_entropy(logits, targets, reduction="sum", return_grad=True,
+                                       backend=backend)
+        check_loss(loss, e_loss, logits, "sum")
+        check_grad(grad, e_grad, w=1.0)
+
+
 def test_cross_entropy_large_and_confident_logits(rng):
     logits, targets = make(rng, 6, 500, scale=1e4)  # exp would overflow without the max
     logits[0, targets[0]] = 3e38

@@ -99,6 +99,17 @@ def test_softmax_long_row_accuracy(rng):
                      what=backend)
 
 
+@pytest.mark.parametrize("shape", [(2, 262145), (9, 131072)])
+def test_softmax_second_pass_recomputes(rng, isa, shape):
+    # rows over 256K values, or inputs over 8 MiB: the second pass recomputes the exps
+    # instead of keeping them (and nothing streams yet)
+    x = randn(rng, *shape, scale=3.0)
+    x[0, -1] = 15.0  # the max in the last chunk
+    for backend in ("naive", "online"):
+        assert_close(ops.softmax(x, scale=1.1, backend=backend), ref64(x, 1.1), rtol=1e-5,
+                     what=backend)
+
+
 def test_softmax_large_values_are_stable(rng):
     x = randn(rng, 4, 300, scale=1e4)  # exp(x) alone would overflow
     x[1, 7] = 3e38

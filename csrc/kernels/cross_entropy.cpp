@@ -2,10 +2,11 @@
 //
 // version 1 (naive): per row, plain loops: the max, the sum of exp (in double), the loss
 //   logsumexp - logits[target], then the gradient w * (exp(x - max) / sum - onehot). One thread.
-// version 2 (online): per row, ONE read computes max and sum together (online softmax, as in
-//   softmax.cpp), then, if the gradient is wanted, one pass writes it while the row is still in
-//   L2; the probabilities are never stored. SIMD exp, threads over rows, streaming stores for
-//   gradients larger than the L3 cache. Loss-only calls read the logits exactly once.
+// version 2 (online): per row, ONE read from memory computes max and sum together (online
+//   softmax, see softmax_rows.h), then, if the gradient is wanted, one pass writes it from the
+//   exps kept in L1/L2 (a multiply per value); the probabilities are never written out. SIMD
+//   exp, threads over rows, streaming stores for gradients larger than the L3 cache.
+//   Loss-only calls read the logits exactly once and write nothing but the losses.
 //
 // Special values: a NaN or +inf logit in a row makes that row's loss and gradient NaN; a
 // target logit of -inf gives loss +inf (the target has probability 0).
@@ -55,29 +56,38 @@ void cross_entropy_naive(const CrossEntropyArgs& p) {
 
 // ---- version 2: online -----------------------------------------------------------------
 void cross_entropy_online(const CrossEntropyArgs& p) {
-  const bool stream = p.dlogits && p.n * p.v * (int64_t)sizeof(float) >= kStreamingBytes;
+  const int64_t bytes = p.n * p.v * (int64_t)sizeof(float);
+  const bool stream = p.dlogits && bytes >= kStreamingBytes;
   parallel_for(p.n, min_rows_per_thread(p.v), [&](int64_t r0, int64_t r1) {
+    float* kept = p.dlogits ? kept_buffer(p.v, bytes) : nullptr;  // null: recompute the exps
+    float chunk_max[kMaxKeptChunks];
     for (int64_t i = r0; i < r1; ++i) {
       const float* x = p.logits + i * p.v;
       float* g = p.dlogits ? p.dlogits + i * p.v : nullptr;
-      int64_t t = p.targets[i];
+      const int64_t t = p.targets[i];
       if (t == p.ignore_index) {
         if (p.losses) p.losses[i] = 0.0f;
         if (g) write_row(g, p.v, stream, [](int64_t, int64_t) { return zero(); });
         continue;
       }
-      MaxSum ms = online_max_sum(x, p.v, 1.0f);  // the only read from memory
-      if (p.losses) p.losses[i] = (float)(ms.max + std::log(ms.sum) - x[t]);
+      RowStats st = online_row(x, p.v, 1.0f, kept, kept ? chunk_max : nullptr);  // one read
+      if (p.losses) p.losses[i] = (float)(st.max + std::log(st.sum) - x[t]);
       if (!g) continue;
-      // g = w * exp(x - M) / sum, minus w at the target (patched into its vector, so that
-      // every element is written exactly once, streaming or not).
+      // g = w * softmax - w * onehot(t); the target is patched into its vector, so that every
+      // element is written exactly once, streaming or not.
       const float w = row_weight(p, i);
-      const vfloat m = broadcast(ms.max), ws = broadcast((float)(w / ms.sum));
-      write_row(g, p.v, stream, [&](int64_t j, int64_t k) {
-        vfloat r = row_exp(load_n(x + j, k) - m) * ws;
+      auto minus_target = [&](int64_t j, int64_t k, vfloat r) {
         if ((uint64_t)(t - j) < (uint64_t)k) r[t - j] -= w;
         return r;
-      });
+      };
+      if (kept) {
+        write_from_kept(g, p.v, kept, chunk_max, st, w, stream, minus_target);
+      } else {
+        const vfloat m = broadcast(st.max), ws = broadcast((float)(w / st.sum));
+        write_row(g, p.v, stream, [&](int64_t j, int64_t k) {
+          return minus_target(j, k, exp_upto88(load_n(x + j, k) - m) * ws);
+        });
+      }
     }
     end_streaming(stream);
   });

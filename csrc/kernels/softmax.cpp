@@ -2,11 +2,12 @@
 //
 // version 1 (naive): per row, three plain loops: the max (subtracted so that exp cannot
 //   overflow), the sum of exp (in double), then the outputs. One thread.
-// version 2 (online): per row, ONE read computes the max and the sum together (online
-//   softmax: the running sum is rescaled whenever the running max grows), then one pass
-//   writes the outputs while the row is still in L1/L2, so x comes from memory once and y
-//   goes to memory once. SIMD exp (simd.h), threads over rows, streaming stores for outputs
-//   larger than the L3 cache.
+// version 2 (online): per row, ONE read from memory computes the max and the sum together
+//   (online softmax: the running sum is rescaled whenever the running max grows; see
+//   softmax_rows.h) and keeps the exps it computed; then one pass writes the outputs from
+//   them while they are still in L1/L2 (a multiply per value, no second exp). x comes from
+//   memory once and y goes to memory once. SIMD exp, threads over rows, streaming stores for
+//   outputs larger than the L3 cache.
 // backward (naive / fused): the row's reduction (sum dy*y, or sum dy), then one write pass.
 //
 // Special values: NaN or +inf anywhere in a row makes that row's outputs NaN (as in the
@@ -80,21 +81,31 @@ void softmax_backward_naive(const SoftmaxBackwardArgs& p) {
 
 // ---- version 2: online -----------------------------------------------------------------
 void softmax_online(const SoftmaxArgs& p) {
-  const bool stream = p.rows * p.cols * (int64_t)sizeof(float) >= kStreamingBytes;
+  const int64_t bytes = p.rows * p.cols * (int64_t)sizeof(float);
+  const bool stream = bytes >= kStreamingBytes;
   parallel_for(p.rows, min_rows_per_thread(p.cols), [&](int64_t r0, int64_t r1) {
     const vfloat vs = broadcast(p.scale);
+    float* kept = p.log ? nullptr : kept_buffer(p.cols, bytes);  // null: recompute the exps
+    float chunk_max[kMaxKeptChunks];
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = p.x + r * p.cols;
       float* y = p.y + r * p.cols;
       int64_t valid = valid_cols(p, r);
-      MaxSum ms = online_max_sum(x, valid, p.scale);  // read 1 (from memory)
+      // pass 1: max and sum, one read of x from memory
+      RowStats st = online_row(x, valid, p.scale, kept, kept ? chunk_max : nullptr);
+      // pass 2: the outputs, from x (or the kept exps) still in L1/L2
       if (p.log) {  // y = scale*x - (M + log sum): no exp at all
-        const vfloat lse = broadcast((float)(ms.max + std::log(ms.sum)));
-        write_row(y, valid, stream, [&](int64_t j, int64_t k) { return load_n(x + j, k) * vs - lse; });
-      } else {      // y = exp(scale*x - M) / sum                read 2 (from cache)
-        const vfloat m = broadcast(ms.max), inv = broadcast((float)(1.0 / ms.sum));
+        const vfloat lse = broadcast((float)(st.max + std::log(st.sum)));
         write_row(y, valid, stream,
-                  [&](int64_t j, int64_t k) { return row_exp(load_n(x + j, k) * vs - m) * inv; });
+                  [&](int64_t j, int64_t k) { return load_n(x + j, k) * vs - lse; });
+      } else if (kept) {  // y = kept exp * exp(chunk max - M) / sum: a multiply per value
+        write_from_kept(y, valid, kept, chunk_max, st, 1.0, stream,
+                        [](int64_t, int64_t, vfloat v) { return v; });
+      } else {  // y = exp(scale*x - M) / sum
+        const vfloat m = broadcast(st.max), inv = broadcast((float)(1.0 / st.sum));
+        write_row(y, valid, stream, [&](int64_t j, int64_t k) {
+          return exp_upto88(load_n(x + j, k) * vs - m) * inv;
+        });
       }
       if (valid < p.cols) {
         const vfloat fill = broadcast(p.log ? -INFINITY : 0.0f);

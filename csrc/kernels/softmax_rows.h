@@ -1,12 +1,15 @@
 // Row primitives shared by softmax.cpp and cross_entropy.cpp (include only from
 // csrc/kernels/*.cpp: like simd.h it opens namespace kg::<level>).
 //
-//   online_max_sum  one read of a row gives its max M and sum_j exp(scale*x_j - M)
-//   write_row       y[0:n] = f(vector j), with streaming (non-temporal) stores for outputs
-//                   too large for the caches
+//   online_row   one read of a row from memory gives its max M and sum_j exp(scale*x_j - M)
+//                (online softmax, chunk by chunk), optionally keeping the exps it computed
+//   write_row    y[0:n] = f(vector j), with streaming (non-temporal) stores for outputs too
+//                large for the caches
 #pragma once
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "common/simd.h"
 
@@ -31,20 +34,28 @@ inline vfloat fill_tail(vfloat v, int64_t n, float fill) {
 
 // The first n floats at p (n <= kWidth), zeros after; a full load when n == kWidth.
 inline vfloat load_n(const float* p, int64_t n) { return n == kWidth ? load(p) : load_partial(p, n); }
+inline void store_partial_n(float* p, vfloat v, int64_t n) {
+  if (n == kWidth)
+    store(p, v);
+  else
+    store_partial(p, v, n);
+}
 
-// exp(x) for the row kernels. On AVX-512: the range reduction of simd::exp (x = n ln2 + r,
+// exp for the row kernels. On AVX-512: the range reduction of simd::exp (x = n ln2 + r,
 // |r| <= ln2/2), a degree-6 minimax polynomial for exp(r) (relative error 2e-9 before
 // rounding, ~1e-7 after) and vscalefps for the 2^n, which overflows to inf and underflows
-// through the denormals to 0 by itself: 13 instructions instead of ~25, and exp is most of
-// the work here. -inf -> 0, +inf -> inf, NaN -> NaN. Elsewhere simd::exp.
-inline vfloat row_exp(vfloat x) {
+// through the denormals to 0 by itself: 12 instructions instead of ~25, and exp is most of
+// the work here. Elsewhere simd::exp.
+//
+// exp_upto88: for x <= 88.8, -inf (-> 0) and NaN (-> NaN), which covers x - max(x).
+inline vfloat exp_upto88(vfloat x) {
 #if defined(__AVX512F__)
-  // MAXPS/MINPS return their second operand when either is NaN: x stays NaN.
-  __m512 xc = _mm512_min_ps(_mm512_set1_ps(88.8f), _mm512_max_ps(_mm512_set1_ps(-104.0f), (__m512)x));
+  // MAXPS returns its second operand when either is NaN: x stays NaN.
+  __m512 xc = _mm512_max_ps(_mm512_set1_ps(-104.0f), (__m512)x);  // exp(-104) rounds to 0
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);  // ln2, high part
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);   // ... and the rest
   __m512 p = _mm512_set1_ps(1.384365372e-03f);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.374155499e-03f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166800156e-02f));
@@ -58,94 +69,131 @@ inline vfloat row_exp(vfloat x) {
 #endif
 }
 
-struct MaxSum {
-  float max;   // M = max_j scale * x_j   (-FLT_MAX when every entry is -inf)
-  double sum;  // sum_j row_exp(scale * x_j - M)
-};
-
-// True if any lane of a > b.
-inline bool any_greater(vfloat a, vfloat b) {
+// exp for any x: +inf -> inf as well.
+inline vfloat row_exp(vfloat x) {
 #if defined(__AVX512F__)
-  return _mm512_cmp_ps_mask((__m512)a, (__m512)b, _CMP_GT_OQ) != 0;
-#elif defined(__AVX2__)
-  return _mm256_movemask_ps((__m256)(a > b)) != 0;
-#elif defined(__SSE2__)
-  return _mm_movemask_ps((__m128)(a > b)) != 0;
+  return exp_upto88((vfloat)_mm512_min_ps(_mm512_set1_ps(88.8f), (__m512)x));
 #else
-  vint gt = a > b;
-  for (int i = 0; i < kWidth; ++i)
-    if (gt[i]) return true;
-  return false;
+  return exp(x);
 #endif
 }
 
-// The online softmax normalizer (Milakov & Gimelshein, 2018) in one read of x[0:n]: every
-// lane keeps a running max m and a sum s of exp(v - m). A block of 4 vectors that raises m
-// to m' first rescales s by exp(m - m'); after the first few blocks of a row the max rarely
-// grows, so most blocks skip that and cost one exp per value. Every 16 blocks (1024 values
-// with AVX-512) the float sums are added into per-lane double sums, so no float sum grows
-// past 16 terms per lane (the error stays ~1e-7 for any row length); lanes are merged in
-// double at the end. The running max starts at -FLT_MAX rather than -inf so that -inf
-// entries (masks) add exp(-inf) = 0 instead of exp(-inf - -inf) = NaN. A NaN anywhere makes
-// the sum NaN; +inf makes it NaN too (inf - inf), as in the reference.
+// ---- the online pass --------------------------------------------------------------------
+//
+// Online softmax (Milakov & Gimelshein, 2018) keeps a running max m and a running sum
+// s = sum exp(v - m) and rescales s by exp(m - m') whenever the max grows to m'. Here the
+// unit of "online" is a chunk of 1024 values (4 KiB): its max is found first (reading it
+// from memory), then its exps are computed against the running max (reading it again from
+// L1), so that there is one exp per value and one rescale per chunk at most. The chunk sums
+// (<= 16 terms per float lane) go into a double, which keeps the sum accurate to ~1e-7 for
+// any row length.
+//
+// The running max starts at -FLT_MAX rather than -inf so that -inf entries (masks) give
+// exp(-inf) = 0 instead of exp(-inf - -inf) = NaN. A NaN anywhere makes the sum NaN, and so
+// does +inf (inf - inf), as in the reference.
+//
+// With `kept` (room for n floats) the exps are kept for the second pass, which then costs a
+// multiply per value instead of an exp: kept[j] = exp(v_j - chunk_max[c]) for j in chunk c,
+// where chunk_max[c] is the running max after chunk c (so exp(v_j - M) = kept[j] *
+// exp(chunk_max[c] - M)). That pays off while the inputs come from the caches (1.4x for
+// 4 MiB here); for inputs streamed from memory it was measured SLOWER than recomputing the
+// exps from x (which is still in L2) -- reading back the freshly written buffer seems to
+// cost a trip past the L2 -- so the kernels keep exps only for inputs up to kKeepBytes.
+constexpr int64_t kChunk = 1024;
+constexpr int64_t kMaxKeptChunks = 256;  // rows up to 256K values can keep their exps (1 MiB)
+constexpr int64_t kKeepBytes = int64_t(8) << 20;
+
+struct RowStats {
+  float max;   // M = max_j scale * x_j   (-FLT_MAX when every entry is -inf)
+  double sum;  // sum_j exp(scale * x_j - M)
+};
+
+// kept and chunk_max (room for (n + kChunk - 1) / kChunk <= kMaxKeptChunks floats) are
+// both given or both null.
 template <bool kScaled>
-inline MaxSum online_max_sum_impl(const float* x, int64_t n, float scale) {
-  constexpr int kBlocksPerFlush = 16;
+inline RowStats online_row_impl(const float* x, int64_t n, float scale, float* kept,
+                                float* chunk_max) {
   const vfloat vs = broadcast(scale);
   auto scaled = [&](vfloat v) { return kScaled ? v * vs : v; };
-  vfloat m = broadcast(-FLT_MAX), m_flushed = m;
-  vfloat s0 = zero(), s1 = zero(), s2 = zero(), s3 = zero();
-  double total[kWidth] = {};  // per lane, relative to m_flushed
-  auto flush = [&] {
-    vfloat s = (s0 + s1) + (s2 + s3), w = row_exp(m_flushed - m);
-    for (int l = 0; l < kWidth; ++l) total[l] = total[l] * w[l] + s[l];
-    s0 = s1 = s2 = s3 = zero();
-    m_flushed = m;
-  };
-  int blocks = 0;
-  int64_t j = 0;
-  for (; j + 4 * kWidth <= n; j += 4 * kWidth) {
-    vfloat v0 = scaled(load(x + j)), v1 = scaled(load(x + j + kWidth));
-    vfloat v2 = scaled(load(x + j + 2 * kWidth)), v3 = scaled(load(x + j + 3 * kWidth));
-    vfloat block_max = max(max(v0, v1), max(v2, v3));
-    if (any_greater(block_max, m)) {  // the running max grows: rescale the sums
-      vfloat m_new = max(m, block_max);
-      vfloat c = row_exp(m - m_new);
-      s0 *= c;
-      s1 *= c;
-      s2 *= c;
-      s3 *= c;
-      m = m_new;
+  float m = -FLT_MAX;
+  double total = 0.0;  // sum of exp(v - m) so far
+  for (int64_t c0 = 0, c = 0; c0 < n; c0 += kChunk, ++c) {
+    const int64_t len = n - c0 < kChunk ? n - c0 : kChunk;
+    const float* xc = x + c0;
+    // 1. the chunk's max
+    vfloat m0 = broadcast(-FLT_MAX), m1 = m0;
+    int64_t j = 0;
+    for (; j + 2 * kWidth <= len; j += 2 * kWidth) {
+      m0 = max(m0, scaled(load(xc + j)));
+      m1 = max(m1, scaled(load(xc + j + kWidth)));
     }
-    s0 += row_exp(v0 - m);
-    s1 += row_exp(v1 - m);
-    s2 += row_exp(v2 - m);
-    s3 += row_exp(v3 - m);
-    if (++blocks == kBlocksPerFlush) {
-      flush();
-      blocks = 0;
+    for (; j < len; j += kWidth) {
+      int64_t k = len - j < kWidth ? len - j : kWidth;
+      m0 = max(m0, fill_tail(scaled(load_n(xc + j, k)), k, -FLT_MAX));
     }
+    float chunk = reduce_max(max(m0, m1));
+    if (chunk > m) {  // the running max grows: rescale the sum so far
+      total *= std::exp((double)m - (double)chunk);
+      m = chunk;
+    }
+    // 2. the chunk's exps against the running max, summed in four float accumulators
+    const vfloat vm = broadcast(m);
+    vfloat s0 = zero(), s1 = zero(), s2 = zero(), s3 = zero();
+    j = 0;
+    for (; j + 4 * kWidth <= len; j += 4 * kWidth) {
+      vfloat e0 = exp_upto88(scaled(load(xc + j)) - vm);
+      vfloat e1 = exp_upto88(scaled(load(xc + j + kWidth)) - vm);
+      vfloat e2 = exp_upto88(scaled(load(xc + j + 2 * kWidth)) - vm);
+      vfloat e3 = exp_upto88(scaled(load(xc + j + 3 * kWidth)) - vm);
+      if (kept) {
+        store(kept + c0 + j, e0);
+        store(kept + c0 + j + kWidth, e1);
+        store(kept + c0 + j + 2 * kWidth, e2);
+        store(kept + c0 + j + 3 * kWidth, e3);
+      }
+      s0 += e0;
+      s1 += e1;
+      s2 += e2;
+      s3 += e3;
+    }
+    for (; j < len; j += kWidth) {  // padding lanes: exp(-inf) = 0
+      int64_t k = len - j < kWidth ? len - j : kWidth;
+      vfloat e = exp_upto88(fill_tail(scaled(load_n(xc + j, k)), k, -INFINITY) - vm);
+      if (kept) store_partial_n(kept + c0 + j, e, k);
+      s0 += e;
+    }
+    vfloat s = (s0 + s1) + (s2 + s3);
+    double chunk_sum = 0.0;
+    for (int l = 0; l < kWidth; ++l) chunk_sum += s[l];
+    total += chunk_sum;
+    if (chunk_max) chunk_max[c] = m;
   }
-  s0 = (s0 + s1) + (s2 + s3);  // they share m: one sum for the tail
-  s1 = s2 = s3 = zero();
-  for (; j < n; j += kWidth) {  // the last < 4 vectors, one at a time; padding lanes = -inf
-    int64_t k = n - j < kWidth ? n - j : kWidth;
-    vfloat v = fill_tail(scaled(load_n(x + j, k)), k, -INFINITY);
-    vfloat m_new = max(m, v);
-    s0 = s0 * row_exp(m - m_new) + row_exp(v - m_new);
-    m = m_new;
-  }
-  flush();
-  float mx = reduce_max(m);
-  vfloat w = row_exp(m - mx);  // brings every lane's sum to the common max
-  double sum = 0.0;
-  for (int l = 0; l < kWidth; ++l) sum += total[l] * w[l];
-  return {mx, sum};
+  return {m, total};
 }
 
-inline MaxSum online_max_sum(const float* x, int64_t n, float scale) {
-  return scale == 1.0f ? online_max_sum_impl<false>(x, n, scale)
-                       : online_max_sum_impl<true>(x, n, scale);
+inline RowStats online_row(const float* x, int64_t n, float scale, float* kept = nullptr,
+                           float* chunk_max = nullptr) {
+  return scale == 1.0f ? online_row_impl<false>(x, n, scale, kept, chunk_max)
+                       : online_row_impl<true>(x, n, scale, kept, chunk_max);
+}
+
+// A grow-only, 64-byte aligned buffer per thread for the kept exps of one row of n values,
+// or null when they are not worth keeping (input_bytes > kKeepBytes) or the row is too long:
+// the second pass then recomputes its exps.
+struct KeptBuffer {
+  float* data = nullptr;
+  int64_t capacity = 0;
+  ~KeptBuffer() { std::free(data); }
+};
+inline float* kept_buffer(int64_t n, int64_t input_bytes) {
+  if (n > kMaxKeptChunks * kChunk || input_bytes > kKeepBytes) return nullptr;
+  static thread_local KeptBuffer buffer;
+  if (n > buffer.capacity) {
+    std::free(buffer.data);
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64));
+    buffer.capacity = buffer.data ? n : 0;
+  }
+  return buffer.data;
 }
 
 // y[0:n] = f(j, k) for j = 0, kWidth, 2 kWidth, ..., where f returns the vector of outputs
@@ -166,6 +214,20 @@ inline void write_row(float* y, int64_t n, bool stream, F&& f) {
 #endif
   for (; j + kWidth <= n; j += kWidth) store(y + j, f(j, kWidth));
   if (j < n) store_partial(y + j, f(j, n - j), n - j);
+}
+
+// The second pass from kept exps (see online_row): y[j] = patch(j, k, kept[j] * f_c) with
+// f_c = w * exp(chunk_max[c] - M) / sum for the chunk c of j, one chunk at a time.
+template <class Patch>
+inline void write_from_kept(float* y, int64_t n, const float* kept, const float* chunk_max,
+                            RowStats st, double w, bool stream, Patch&& patch) {
+  for (int64_t c0 = 0, c = 0; c0 < n; c0 += kChunk, ++c) {
+    const int64_t len = n - c0 < kChunk ? n - c0 : kChunk;
+    const vfloat f = broadcast((float)(w * std::exp((double)chunk_max[c] - st.max) / st.sum));
+    write_row(y + c0, len, stream, [&](int64_t j, int64_t k) {
+      return patch(c0 + j, k, load_n(kept + c0 + j, k) * f);
+    });
+  }
 }
 
 // Orders the streaming stores before whatever the caller does next (another thread may read y).
