@@ -241,7 +241,7 @@ def test_cross_entropy_numpy_backend(rng):
             rtol=1e-5, atol=1e-7)
 
 
-def test_cross_entropy_gradient_larger_than_the_caches(rng):
+def test_cross_entropy_gradient_larger_than_the_caches(rng, isa):
     logits, targets = make(rng, 1031, 8191, ignore_every=5)  # 33 MiB: streaming stores
     loss, grad = ops.cross_entropy(logits, targets, return_grad=True)
     e_loss, e_grad = ref64(logits[::50], targets[::50], reduction="sum")

@@ -357,7 +357,7 @@ def test_softmax_backward_bad_input(rng, fn):
         fn(dy, y, backend="online")  # a forward version name
 
 
-def test_softmax_outputs_larger_than_the_caches(rng):
+def test_softmax_outputs_larger_than_the_caches(rng, isa):
     # >= 32 MiB outputs take the streaming-store path; odd rows start at every alignment
     x = randn(rng, 1031, 8191, scale=2.0)
     y = ops.softmax(x, scale=0.9)

@@ -96,12 +96,15 @@ void cross_entropy_online(const CrossEntropyArgs& p) {
 }  // namespace
 
 #if defined(__AVX512F__)
-#define KG_CE_PATH "online max+sum fused with the gradient, AVX-512 exp, streaming stores, threads over rows"
+#define KG_CE_ISA "AVX-512 vscalefps"
 #elif defined(__AVX2__)
-#define KG_CE_PATH "online max+sum fused with the gradient, AVX2 exp, threads over rows"
+#define KG_CE_ISA "AVX2"
 #else
-#define KG_CE_PATH "online max+sum fused with the gradient, SSE exp, threads over rows"
+#define KG_CE_ISA "SSE2"
 #endif
+#define KG_CE_PATH                                                                        \
+  "loss and gradient from one online max+sum pass in chunks of 1024, " KG_CE_ISA " exp, "   \
+  "streaming stores for gradients >= 32 MiB, threads over rows"
 
 extern const CrossEntropyKernels cross_entropy_kernels = {cross_entropy_naive,
                                                           cross_entropy_online, KG_CE_PATH};

@@ -163,12 +163,15 @@ void softmax_backward_fused(const SoftmaxBackwardArgs& p) {
 }  // namespace
 
 #if defined(__AVX512F__)
-#define KG_SOFTMAX_PATH "online max+sum, AVX-512 exp, streaming stores, threads over rows"
+#define KG_SOFTMAX_ISA "AVX-512 vscalefps"
 #elif defined(__AVX2__)
-#define KG_SOFTMAX_PATH "online max+sum, AVX2 exp, threads over rows"
+#define KG_SOFTMAX_ISA "AVX2"
 #else
-#define KG_SOFTMAX_PATH "online max+sum, SSE exp, threads over rows"
+#define KG_SOFTMAX_ISA "SSE2"
 #endif
+#define KG_SOFTMAX_PATH                                                                   \
+  "online max+sum in chunks of 1024, " KG_SOFTMAX_ISA " exp, exps kept in cache for inputs " \
+  "<= 8 MiB, streaming stores for outputs >= 32 MiB, threads over rows"
 
 extern const SoftmaxKernels softmax_kernels = {softmax_naive, softmax_online,
                                                softmax_backward_naive, softmax_backward_fused,

@@ -45,7 +45,7 @@ inline void store_partial_n(float* p, vfloat v, int64_t n) {
 // |r| <= ln2/2), a degree-6 minimax polynomial for exp(r) (relative error 2e-9 before
 // rounding, ~1e-7 after) and vscalefps for the 2^n, which overflows to inf and underflows
 // through the denormals to 0 by itself: 12 instructions instead of ~25, and exp is most of
-// the work here. Elsewhere simd::exp.
+// the work here. Elsewhere simd::exp (same accuracy).
 //
 // exp_upto88: for x <= 88.8, -inf (-> 0) and NaN (-> NaN), which covers x - max(x).
 inline vfloat exp_upto88(vfloat x) {
@@ -196,22 +196,32 @@ inline float* kept_buffer(int64_t n, int64_t input_bytes) {
   return buffer.data;
 }
 
+// A non-temporal store of a full vector to p, which must be aligned to the vector size.
+inline void stream_store(float* p, vfloat v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, (__m512)v);
+#elif defined(__AVX2__)
+  _mm256_stream_ps(p, (__m256)v);
+#elif defined(__SSE2__)
+  _mm_stream_ps(p, (__m128)v);
+#else
+  store(p, v);
+#endif
+}
+
 // y[0:n] = f(j, k) for j = 0, kWidth, 2 kWidth, ..., where f returns the vector of outputs
 // j .. j+k-1 (k = kWidth, or fewer at the ends: f must read only k elements then). With
-// `stream`, full vectors go out with non-temporal stores once y is 64-byte aligned.
+// `stream`, full vectors go out with non-temporal stores once y is aligned to the vector size.
 template <class F>
 inline void write_row(float* y, int64_t n, bool stream, F&& f) {
+  constexpr uintptr_t kAlign = kWidth * sizeof(float);
   int64_t j = 0;
-#if defined(__AVX512F__)
   if (stream && ((uintptr_t)y & 3) == 0) {
-    int64_t head = (int64_t)((64 - ((uintptr_t)y & 63)) & 63) / 4;
+    int64_t head = (int64_t)((kAlign - ((uintptr_t)y & (kAlign - 1))) & (kAlign - 1)) / 4;
     if (head > n) head = n;
     if (head > 0) store_partial(y, f(0, head), head);
-    for (j = head; j + kWidth <= n; j += kWidth) _mm512_stream_ps(y + j, (__m512)f(j, kWidth));
+    for (j = head; j + kWidth <= n; j += kWidth) stream_store(y + j, f(j, kWidth));
   }
-#else
-  (void)stream;
-#endif
   for (; j + kWidth <= n; j += kWidth) store(y + j, f(j, kWidth));
   if (j < n) store_partial(y + j, f(j, n - j), n - j);
 }
@@ -232,7 +242,7 @@ inline void write_from_kept(float* y, int64_t n, const float* kept, const float*
 
 // Orders the streaming stores before whatever the caller does next (another thread may read y).
 inline void end_streaming(bool stream) {
-#if defined(__AVX512F__)
+#if defined(__SSE2__)
   if (stream) _mm_sfence();
 #else
   (void)stream;
