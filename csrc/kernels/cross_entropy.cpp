@@ -104,7 +104,8 @@ void cross_entropy_online(const CrossEntropyArgs& p) {
 #endif
 #define KG_CE_PATH                                                                        \
   "loss and gradient from one online max+sum pass in chunks of 1024, " KG_CE_ISA " exp, "   \
-  "streaming stores for gradients >= 32 MiB, threads over rows"
+  "exps kept in cache for logits <= 8 MiB, streaming stores for gradients >= 32 MiB, "      \
+  "threads over rows"
 
 extern const CrossEntropyKernels cross_entropy_kernels = {cross_entropy_naive,
                                                           cross_entropy_online, KG_CE_PATH};
