@@ -56,10 +56,10 @@ void cross_entropy_naive(const CrossEntropyArgs& p) {
 
 // ---- version 2: online -----------------------------------------------------------------
 void cross_entropy_online(const CrossEntropyArgs& p) {
-  const int64_t bytes = p.n * p.v * (int64_t)sizeof(float);
-  const bool stream = p.dlogits && bytes >= kStreamingBytes;
+  const RowPlan plan = plan_rows(p.n, p.v);
+  const bool stream = p.dlogits && plan.stream;
   parallel_for(p.n, min_rows_per_thread(p.v), [&](int64_t r0, int64_t r1) {
-    float* kept = p.dlogits ? kept_buffer(p.v, bytes) : nullptr;  // null: recompute the exps
+    float* kept = plan.keep && p.dlogits ? kept_buffer(p.v) : nullptr;  // null: recompute
     float chunk_max[kMaxKeptChunks];
     for (int64_t i = r0; i < r1; ++i) {
       const float* x = p.logits + i * p.v;
@@ -104,8 +104,8 @@ void cross_entropy_online(const CrossEntropyArgs& p) {
 #endif
 #define KG_CE_PATH                                                                        \
   "loss and gradient from one online max+sum pass in chunks of 1024, " KG_CE_ISA " exp, "   \
-  "exps kept in cache for logits <= 8 MiB, streaming stores for gradients >= 32 MiB, "      \
-  "threads over rows"
+  "exps kept for the gradient pass (logits <= 8 MiB or rows <= 1024), streaming stores "    \
+  "(gradients >= 32 MiB, rows >= 1024), threads over rows"
 
 extern const CrossEntropyKernels cross_entropy_kernels = {cross_entropy_naive,
                                                           cross_entropy_online, KG_CE_PATH};

@@ -81,11 +81,11 @@ void softmax_backward_naive(const SoftmaxBackwardArgs& p) {
 
 // ---- version 2: online -----------------------------------------------------------------
 void softmax_online(const SoftmaxArgs& p) {
-  const int64_t bytes = p.rows * p.cols * (int64_t)sizeof(float);
-  const bool stream = bytes >= kStreamingBytes;
+  const RowPlan plan = plan_rows(p.rows, p.cols);
+  const bool stream = plan.stream;
   parallel_for(p.rows, min_rows_per_thread(p.cols), [&](int64_t r0, int64_t r1) {
     const vfloat vs = broadcast(p.scale);
-    float* kept = p.log ? nullptr : kept_buffer(p.cols, bytes);  // null: recompute the exps
+    float* kept = plan.keep && !p.log ? kept_buffer(p.cols) : nullptr;  // null: recompute
     float chunk_max[kMaxKeptChunks];
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = p.x + r * p.cols;
@@ -136,7 +136,7 @@ inline double backward_row_sum(const float* dy, const float* y, int64_t n, bool 
 }
 
 void softmax_backward_fused(const SoftmaxBackwardArgs& p) {
-  const bool stream = p.rows * p.cols * (int64_t)sizeof(float) >= kStreamingBytes;
+  const bool stream = plan_rows(p.rows, p.cols).stream;
   parallel_for(p.rows, min_rows_per_thread(p.cols), [&](int64_t r0, int64_t r1) {
     const vfloat vs = broadcast(p.scale), ninf = broadcast(-INFINITY);
     for (int64_t r = r0; r < r1; ++r) {
@@ -170,8 +170,9 @@ void softmax_backward_fused(const SoftmaxBackwardArgs& p) {
 #define KG_SOFTMAX_ISA "SSE2"
 #endif
 #define KG_SOFTMAX_PATH                                                                   \
-  "online max+sum in chunks of 1024, " KG_SOFTMAX_ISA " exp, exps kept in cache for inputs " \
-  "<= 8 MiB, streaming stores for outputs >= 32 MiB, threads over rows"
+  "online max+sum in chunks of 1024, " KG_SOFTMAX_ISA " exp, exps kept for the second pass " \
+  "(inputs <= 8 MiB or rows <= 1024), streaming stores (outputs >= 32 MiB, rows >= 1024), "  \
+  "threads over rows"
 
 extern const SoftmaxKernels softmax_kernels = {softmax_naive, softmax_online,
                                                softmax_backward_naive, softmax_backward_fused,

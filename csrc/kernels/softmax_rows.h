@@ -18,9 +18,6 @@ namespace softmax_rows {
 
 using namespace simd;
 
-// Outputs at least this large bypass the caches (about the size of the L3 cache): nobody
-// will find them there anyway, and a streaming store does not first read the line it writes.
-constexpr int64_t kStreamingBytes = int64_t(32) << 20;
 
 // v with lanes [n, kWidth) replaced by `fill`.
 inline vfloat fill_tail(vfloat v, int64_t n, float fill) {
@@ -96,13 +93,22 @@ inline vfloat row_exp(vfloat x) {
 // With `kept` (room for n floats) the exps are kept for the second pass, which then costs a
 // multiply per value instead of an exp: kept[j] = exp(v_j - chunk_max[c]) for j in chunk c,
 // where chunk_max[c] is the running max after chunk c (so exp(v_j - M) = kept[j] *
-// exp(chunk_max[c] - M)). That pays off while the inputs come from the caches (1.4x for
-// 4 MiB here); for inputs streamed from memory it was measured SLOWER than recomputing the
-// exps from x (which is still in L2) -- reading back the freshly written buffer seems to
-// cost a trip past the L2 -- so the kernels keep exps only for inputs up to kKeepBytes.
+// exp(chunk_max[c] - M)). When that pays off: see plan_rows.
 constexpr int64_t kChunk = 1024;
 constexpr int64_t kMaxKeptChunks = 256;  // rows up to 256K values can keep their exps (1 MiB)
-constexpr int64_t kKeepBytes = int64_t(8) << 20;
+
+// The sum of the lanes of v, added in double.
+inline double reduce_add_double(vfloat v) {
+#if defined(__AVX512F__)
+  __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256((__m512)v));
+  __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1)));
+  return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+#else
+  double sum = 0.0;
+  for (int l = 0; l < kWidth; ++l) sum += v[l];
+  return sum;
+#endif
+}
 
 struct RowStats {
   float max;   // M = max_j scale * x_j   (-FLT_MAX when every entry is -inf)
@@ -134,7 +140,7 @@ inline RowStats online_row_impl(const float* x, int64_t n, float scale, float* k
     }
     float chunk = reduce_max(max(m0, m1));
     if (chunk > m) {  // the running max grows: rescale the sum so far
-      total *= std::exp((double)m - (double)chunk);
+      if (c > 0) total *= std::exp((double)m - (double)chunk);
       m = chunk;
     }
     // 2. the chunk's exps against the running max, summed in four float accumulators
@@ -169,10 +175,7 @@ inline RowStats online_row_impl(const float* x, int64_t n, float scale, float* k
       if (kept) store_partial_n(kept + c0 + j, e, k);
       s0 += e;
     }
-    vfloat s = (s0 + s1) + (s2 + s3);
-    double chunk_sum = 0.0;
-    for (int l = 0; l < kWidth; ++l) chunk_sum += s[l];
-    total += chunk_sum;
+    total += reduce_add_double((s0 + s1) + (s2 + s3));
     if (chunk_max) chunk_max[c] = m;
   }
   return {m, total};
@@ -184,16 +187,15 @@ inline RowStats online_row(const float* x, int64_t n, float scale, float* kept =
                        : online_row_impl<true>(x, n, scale, kept, chunk_max);
 }
 
-// A grow-only, 64-byte aligned buffer per thread for the kept exps of one row of n values,
-// or null when they are not worth keeping (input_bytes > kKeepBytes) or the row is too long:
-// the second pass then recomputes its exps.
+// A grow-only, 64-byte aligned buffer per thread for the kept exps of one row of n values
+// (null if n > kMaxKeptChunks * kChunk, or if it cannot be allocated).
 struct KeptBuffer {
   float* data = nullptr;
   int64_t capacity = 0;
   ~KeptBuffer() { std::free(data); }
 };
-inline float* kept_buffer(int64_t n, int64_t input_bytes) {
-  if (n > kMaxKeptChunks * kChunk || input_bytes > kKeepBytes) return nullptr;
+inline float* kept_buffer(int64_t n) {
+  if (n > kMaxKeptChunks * kChunk) return nullptr;
   static thread_local KeptBuffer buffer;
   if (n > buffer.capacity) {
     std::free(buffer.data);
@@ -201,6 +203,28 @@ inline float* kept_buffer(int64_t n, int64_t input_bytes) {
     buffer.capacity = buffer.data ? n : 0;
   }
   return buffer.data;
+}
+
+// ---- the plan for a [rows, cols] call, measured on this Zen 4 machine with 2 threads ------
+//
+// stream: streaming (non-temporal) stores for outputs of at least 32 MiB (about the L3 size:
+//   nobody will find them in the cache anyway) with rows of at least 1024 values. They skip
+//   reading each output line before overwriting it (1.2-1.3x for long rows); but with short
+//   rows, where reads and writes alternate every few KiB, they were up to 2x SLOWER than
+//   plain stores.
+// keep: keep the exps of pass 1 for pass 2 for inputs up to 8 MiB, or rows of up to 1024
+//   values: 1.3-1.4x while the inputs come from the caches. For larger inputs with longer
+//   rows, keeping was measured SLOWER than recomputing the exps from x (still in L2) --
+//   reading back the freshly written buffer seems to cost a trip past the L2.
+struct RowPlan {
+  bool stream, keep;
+};
+inline RowPlan plan_rows(int64_t rows, int64_t cols) {
+  const int64_t bytes = rows * cols * (int64_t)sizeof(float);
+  RowPlan plan;
+  plan.stream = bytes >= (int64_t(32) << 20) && cols >= 1024;
+  plan.keep = bytes <= (int64_t(8) << 20) || cols <= 1024;
+  return plan;
 }
 
 // A non-temporal store of a full vector to p, which must be aligned to the vector size.
@@ -240,7 +264,8 @@ inline void write_from_kept(float* y, int64_t n, const float* kept, const float*
                             RowStats st, double w, bool stream, Patch&& patch) {
   for (int64_t c0 = 0, c = 0; c0 < n; c0 += kChunk, ++c) {
     const int64_t len = n - c0 < kChunk ? n - c0 : kChunk;
-    const vfloat f = broadcast((float)(w * std::exp((double)chunk_max[c] - st.max) / st.sum));
+    const double rescale = chunk_max[c] == st.max ? 1.0 : std::exp((double)chunk_max[c] - st.max);
+    const vfloat f = broadcast((float)(w * rescale / st.sum));
     write_row(y + c0, len, stream, [&](int64_t j, int64_t k) {
       return patch(c0 + j, k, load_n(kept + c0 + j, k) * f);
     });
