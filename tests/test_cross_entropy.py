@@ -230,6 +230,10 @@ def test_cross_entropy_deterministic_and_outputs(rng):
 
 def test_cross_entropy_numpy_backend(rng):
     logits, targets = make(rng, 8, 50, ignore_every=3)
+    bad = targets.copy()
+    bad[1] = -1
+    with pytest.raises(ValueError, match=r"targets\[1\] = -1"):
+        ops.cross_entropy(logits, bad, backend="numpy")
     for reduction in REDUCTIONS:
         l1, g1 = ops.cross_entropy(logits, targets, reduction=reduction, return_grad=True,
                                    backend="numpy")

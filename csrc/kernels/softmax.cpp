@@ -4,11 +4,12 @@
 //   overflow), the sum of exp (in double), then the outputs. One thread.
 // version 2 (online): per row, ONE read from memory computes the max and the sum together
 //   (online softmax: the running sum is rescaled whenever the running max grows; see
-//   softmax_rows.h) and keeps the exps it computed; then one pass writes the outputs from
-//   them while they are still in L1/L2 (a multiply per value, no second exp). x comes from
-//   memory once and y goes to memory once. SIMD exp, threads over rows, streaming stores for
-//   outputs larger than the L3 cache.
-// backward (naive / fused): the row's reduction (sum dy*y, or sum dy), then one write pass.
+//   softmax_rows.h), then one pass writes the outputs while the row is still in L1/L2:
+//   from the exps pass 1 kept (a multiply per value) or by recomputing them, whichever
+//   plan_rows measured faster for the shape. x comes from memory once and y goes to memory
+//   once. SIMD exp, threads over rows, streaming stores for large outputs.
+// backward, version 1 (naive) and 2 (fused): per row, the reduction (sum dy*y, or sum dy)
+//   in one read, then one pass writes dx while dy and y are still in L2. SIMD, threads.
 //
 // Special values: NaN or +inf anywhere in a row makes that row's outputs NaN (as in the
 // reference: x - max(x) = inf - inf); -inf entries are fine and get probability 0 (log: -inf);
@@ -116,23 +117,30 @@ void softmax_online(const SoftmaxArgs& p) {
   });
 }
 
-// Sum over a row of dy*y (softmax) or of dy where y != -inf (log-softmax), four accumulators.
+// Sum over a row of dy*y (softmax) or of dy where y != -inf (log-softmax): four float
+// accumulators per chunk of 1024 values, chunk sums added in double.
 inline double backward_row_sum(const float* dy, const float* y, int64_t n, bool log) {
-  vfloat a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
   const vfloat ninf = broadcast(-INFINITY);
   auto term = [&](vfloat d, vfloat yv) { return log ? (yv != ninf ? d : zero()) : d * yv; };
-  int64_t j = 0;
-  for (; j + 4 * kWidth <= n; j += 4 * kWidth) {
-    a0 += term(load(dy + j), load(y + j));
-    a1 += term(load(dy + j + kWidth), load(y + j + kWidth));
-    a2 += term(load(dy + j + 2 * kWidth), load(y + j + 2 * kWidth));
-    a3 += term(load(dy + j + 3 * kWidth), load(y + j + 3 * kWidth));
+  double total = 0.0;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t len = n - c0 < kChunk ? n - c0 : kChunk;
+    const float *dc = dy + c0, *yc = y + c0;
+    vfloat a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+    int64_t j = 0;
+    for (; j + 4 * kWidth <= len; j += 4 * kWidth) {
+      a0 += term(load(dc + j), load(yc + j));
+      a1 += term(load(dc + j + kWidth), load(yc + j + kWidth));
+      a2 += term(load(dc + j + 2 * kWidth), load(yc + j + 2 * kWidth));
+      a3 += term(load(dc + j + 3 * kWidth), load(yc + j + 3 * kWidth));
+    }
+    for (; j < len; j += kWidth) {
+      int64_t k = len - j < kWidth ? len - j : kWidth;
+      a0 += term(load_n(dc + j, k), load_n(yc + j, k));  // zero padding adds 0 either way
+    }
+    total += reduce_add_double((a0 + a1) + (a2 + a3));
   }
-  for (; j < n; j += kWidth) {
-    int64_t k = n - j < kWidth ? n - j : kWidth;
-    a0 += term(load_n(dy + j, k), load_n(y + j, k));  // zero padding adds 0 either way
-  }
-  return (double)reduce_add(a0) + reduce_add(a1) + (double)reduce_add(a2) + reduce_add(a3);
+  return total;
 }
 
 void softmax_backward_fused(const SoftmaxBackwardArgs& p) {

@@ -170,6 +170,19 @@ from operator import index as _index  # noqa: E402  (an int, not a float, for ig
 __all__ += ["cross_entropy", "cross_entropy_backward"]
 
 
+def _check_targets(logits, targets, ignore_index, fn):
+    """The numpy backend's version of the native argument checks on targets."""
+    targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: targets must be an integer array, got {targets.dtype}")
+    bad = np.flatnonzero(((targets < 0) | (targets >= logits.shape[-1])) &
+                         (targets != _index(ignore_index)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{fn}: targets[{i}] = {int(targets.flat[i])} is out of range "
+                         f"[0, {logits.shape[-1]})")
+
+
 def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", return_grad=False,
                   out=None, backend="auto"):
     """loss_i = -log softmax(logits_i)[targets_i], fused with its gradient.
@@ -190,6 +203,7 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", retur
     if out is not None and not return_grad:
         raise ValueError("cross_entropy: out= receives the gradient, so it needs return_grad=True")
     if backend == "numpy":
+        _check_targets(logits, targets, ignore_index, "cross_entropy")
         result = reference.cross_entropy(logits, targets, ignore_index=ignore_index,
                                          reduction=reduction, return_grad=return_grad)
         if not return_grad:
@@ -208,6 +222,7 @@ def cross_entropy_backward(logits, targets, *, dloss=1.0, ignore_index=-100, red
     backend: "auto"/"online", "naive", "numpy".
     """
     if backend == "numpy":
+        _check_targets(logits, targets, ignore_index, "cross_entropy_backward")
         return _into(out, reference.cross_entropy_backward(logits, targets, dloss=dloss,
                                                            ignore_index=ignore_index,
                                                            reduction=reduction))
