@@ -177,7 +177,8 @@ def main():
         gc.collect()
 
     # attention-shaped: causal scores, and a case that fits in the L3 cache
-    for shape, causal in [((16, 1024, 1024), True), ((8, 256, 512), False)]:
+    for shape, causal in [((16, 1024, 1024), True), ((64, 12, 256, 256), False),
+                          ((8, 256, 512), False)]:
         x = rng.standard_normal(shape, dtype=np.float32)
         y = np.empty_like(x)
         impls = [("numpy", lambda: reference.softmax(x, scale=0.125, causal=causal), 3)]
@@ -186,6 +187,9 @@ def main():
                                                               out=y, backend="naive"), 1))
         impls.append(("online (out=)", lambda: ops.softmax(x, scale=0.125, causal=causal,
                                                            out=y), 10))
+        if torch is not None and not causal:
+            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+            impls.append(("torch (out=)", lambda: torch.softmax(tx * 0.125, -1, out=ty), 10))
         run_case(f"softmax{' causal' if causal else ''} {list(shape)}, scale 0.125",
                  2 * x.nbytes, impls, args.repeats, peak)
 
