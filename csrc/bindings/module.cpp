@@ -32,4 +32,6 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_embedding(m);
   kg::bind::register_rope(m);
   kg::bind::register_adamw(m);
+  kg::bind::register_softmax(m);
+  kg::bind::register_cross_entropy(m);
 }
