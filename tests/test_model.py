@@ -99,7 +99,7 @@ def test_matches_pytorch():
         loss_t.backward()
         assert abs(loss - loss_t.item()) <= 1e-4 * abs(loss_t.item())
         np.testing.assert_allclose(model.logits(idx), logits_t.detach().numpy(), rtol=1e-4,
-                                   atol=1e-4 * float(logits_t.abs().max()))
+                                   atol=1e-4 * float(logits_t.detach().abs().max()))
         for pname, g in tm.grads_like(model).items():
             err = np.abs(model.grads[pname] - g).max()
             assert err <= 1e-4 * max(np.abs(g).max(), 1e-3), (name, pname, err)

@@ -11,15 +11,32 @@ import pytest
 
 SMOKE = r"""
 import numpy as np, kernelgpt
-from kernelgpt import ops
+from kernelgpt import ops, reference
 rng = np.random.default_rng(0)
-a = rng.random((37, 53), dtype=np.float32); b = rng.random((53, 29), dtype=np.float32)
-assert np.abs(ops.matmul(a, b) - a @ b).max() < 1e-4
-for name in dir(ops):
-    fn = getattr(ops, name)
-    smoke = getattr(fn, "_smoke", None)
-    if smoke is not None:
-        smoke()
+r = lambda *s: rng.standard_normal(s).astype(np.float32)
+def close(a, b, tol=1e-4):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max()), (np.abs(a - b).max())
+a, b = r(37, 53), r(53, 29)
+close(ops.matmul(a, b), a @ b)
+x, w, bias = r(5, 67), r(67), r(67)
+close(ops.softmax(x), reference.softmax(x))
+close(ops.layernorm(x, w, bias), reference.layernorm(x, w, bias)[0])
+close(ops.rmsnorm(x, w), reference.rmsnorm(x, w)[0])
+close(ops.gelu(x), reference.gelu(x))
+close(ops.silu(x), reference.silu(x))
+t = rng.integers(0, 67, 5)
+close(ops.cross_entropy(x, t), reference.cross_entropy(x, t))
+q, k, v = r(1, 4, 9, 16), r(1, 2, 9, 16), r(1, 2, 9, 16)
+close(ops.attention(q, k, v), reference.attention(q, k, v)[0])
+close(ops.rope(q), reference.rope(q))
+ids = rng.integers(0, 37, 11)
+close(ops.embedding(ids, a), a[ids])
+p, g, m, vv = r(100), r(100), np.zeros(100, np.float32), np.zeros(100, np.float32)
+p2, m2, v2 = p.copy(), m.copy(), vv.copy()
+ops.adamw_step(p, g, m, vv, step=1, lr=0.01)
+reference.adamw_step(p2, g, m2, v2, 1, 0.01)
+close(p, p2)
 print(kernelgpt.cpu_features()["best_isa"])
 """
 

@@ -93,8 +93,170 @@ def matmul_cases(torch, quick: bool) -> List[Case]:
     return cases
 
 
+def _rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+
+
+def softmax_cases(torch, quick: bool) -> List[Case]:
+    from . import ops, reference
+    rng = np.random.default_rng(1)
+    R, V = (2048, 50304) if quick else (4096, 50304)  # 824 MB in + out: far beyond the caches
+    x = _rand(rng, R, V, scale=3.0)
+    y = np.empty_like(x)
+    targets = rng.integers(0, V, size=R)
+    g = np.empty_like(x)
+    sm = Case("softmax", f"[{R}x{V}]", bytes=2 * x.nbytes)
+    sm.impls["numpy"] = lambda: reference.softmax(x)
+    if torch is not None:
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        sm.impls["torch"] = lambda: torch.softmax(tx, dim=-1, out=ty)
+    sm.impls["kernelgpt"] = lambda: ops.softmax(x, out=y)
+    ce = Case("cross_entropy fwd+grad", f"[{R}x{V}]", bytes=2 * x.nbytes)
+    ce.impls["numpy"] = lambda: reference.cross_entropy(x, targets, return_grad=True)
+    if torch is not None:
+        tt = torch.from_numpy(targets)
+
+        def torch_ce():
+            t = torch.from_numpy(x).requires_grad_(True)
+            torch.nn.functional.cross_entropy(t, tt).backward()
+        ce.impls["torch"] = torch_ce
+    ce.impls["kernelgpt"] = lambda: ops.cross_entropy(x, targets, return_grad=True, out=g)
+    return [sm, ce]
+
+
+def norm_activation_cases(torch, quick: bool) -> List[Case]:
+    from . import ops, reference
+    rng = np.random.default_rng(2)
+    R, C = (4096, 4096) if quick else (8192, 4096)  # 128 MiB per array
+    x = _rand(rng, R, C)
+    w, b = _rand(rng, C), _rand(rng, C)
+    y = np.empty_like(x)
+    cases = []
+    ln = Case("layernorm", f"[{R}x{C}]", bytes=2 * x.nbytes)
+    ln.impls["numpy"] = lambda: reference.layernorm(x, w, b)
+    if torch is not None:
+        tx, tw, tb = map(torch.from_numpy, (x, w, b))
+        ln.impls["torch"] = lambda: torch.nn.functional.layer_norm(tx, (C,), tw, tb)
+    ln.impls["kernelgpt"] = lambda: ops.layernorm(x, w, b, out=y)
+    cases.append(ln)
+    rms = Case("rmsnorm", f"[{R}x{C}]", bytes=2 * x.nbytes)
+    rms.impls["numpy"] = lambda: reference.rmsnorm(x, w)
+    if torch is not None and hasattr(torch.nn.functional, "rms_norm"):
+        rms.impls["torch"] = lambda: torch.nn.functional.rms_norm(tx, (C,), tw, 1e-6)
+    rms.impls["kernelgpt"] = lambda: ops.rmsnorm(x, w, out=y)
+    cases.append(rms)
+    ge = Case("gelu (tanh)", f"[{R}x{C}]", bytes=2 * x.nbytes)
+    ge.impls["numpy"] = lambda: reference.gelu(x)
+    if torch is not None:
+        ge.impls["torch"] = lambda: torch.nn.functional.gelu(tx, approximate="tanh")
+    ge.impls["kernelgpt"] = lambda: ops.gelu(x, out=y)
+    cases.append(ge)
+    dy = _rand(rng, R, C)
+    gb = Case("gelu backward", f"[{R}x{C}]", bytes=3 * x.nbytes)
+    gb.impls["numpy"] = lambda: reference.gelu_backward(dy, x)
+    gb.impls["kernelgpt"] = lambda: ops.gelu_backward(dy, x, out=y)
+    cases.append(gb)
+    return cases
+
+
+def attention_cases(torch, quick: bool) -> List[Case]:
+    from . import ops, reference
+    rng = np.random.default_rng(3)
+    B, H, T, D = 1, 12, 1024, 64
+    q, k, v, dout = (_rand(rng, B, H, T, D) for _ in range(4))
+    flops_fwd = 4.0 * B * H * T * T * D / 2  # causal: half the score matrix
+    fwd = Case("attention fwd (causal)", f"B{B} H{H} T{T} D{D}", flops=flops_fwd)
+    fwd.impls["numpy"] = lambda: reference.attention(q, k, v, True)
+    if torch is not None:
+        tq, tk, tv = map(torch.from_numpy, (q, k, v))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        fwd.impls["torch"] = lambda: sdpa(tq, tk, tv, is_causal=True)
+    fwd.impls["kernelgpt"] = lambda: ops.attention(q, k, v, causal=True)
+    both = Case("attention fwd+bwd (causal)", f"B{B} H{H} T{T} D{D}", flops=flops_fwd * 3.5)
+
+    def numpy_train():
+        o, lse = reference.attention(q, k, v, True)
+        reference.attention_backward(dout, q, k, v, o, lse, True)
+    both.impls["numpy"] = numpy_train
+    if torch is not None:
+        td = torch.from_numpy(dout)
+
+        def torch_train():
+            a, b_, c = (t.clone().requires_grad_(True) for t in (tq, tk, tv))
+            sdpa(a, b_, c, is_causal=True).backward(td)
+        both.impls["torch"] = torch_train
+
+    def kg_train():
+        o, lse = ops.attention(q, k, v, causal=True, return_lse=True)
+        ops.attention_backward(dout, q, k, v, o, lse, causal=True)
+    both.impls["kernelgpt"] = kg_train
+    S, Hq, Hkv = 4096, 9, 3
+    qd = _rand(rng, 1, Hq, 1, D)
+    kc, vc = _rand(rng, 1, Hkv, S, D), _rand(rng, 1, Hkv, S, D)
+    dec = Case("attention decode", f"1 query, S{S} H{Hq}/{Hkv} D{D}", bytes=kc.nbytes + vc.nbytes)
+    dec.impls["numpy"] = lambda: reference.attention(qd, kc, vc, True)
+    if torch is not None:
+        tqd, tkc, tvc = map(torch.from_numpy, (qd, kc, vc))
+        dec.impls["torch"] = lambda: sdpa(tqd, tkc, tvc, enable_gqa=True)
+    dec.impls["kernelgpt"] = lambda: ops.attention(qd, kc, vc, causal=True)
+    return [fwd, both, dec]
+
+
+def embedding_rope_adamw_cases(torch, quick: bool) -> List[Case]:
+    from . import ops, reference
+    rng = np.random.default_rng(4)
+    cases = []
+    V, C, N = 50257, 768, 8192
+    table = _rand(rng, V, C)
+    ids = rng.integers(0, V, size=N)
+    emb_out = np.empty((N, C), np.float32)
+    emb = Case("embedding", f"{N} ids of [{V}x{C}]", bytes=2 * emb_out.nbytes)
+    emb.impls["numpy"] = lambda: reference.embedding(ids, table)
+    if torch is not None:
+        tt, ti = torch.from_numpy(table), torch.from_numpy(ids)
+        emb.impls["torch"] = lambda: torch.nn.functional.embedding(ti, tt)
+    emb.impls["kernelgpt"] = lambda: ops.embedding(ids, table, out=emb_out)
+    cases.append(emb)
+    x = _rand(rng, 8, 12, 1024, 64)
+    ro = np.empty_like(x)
+    rope = Case("rope (half)", "[8x12x1024x64]", bytes=2 * x.nbytes)
+    rope.impls["numpy"] = lambda: reference.rope(x)
+    rope.impls["kernelgpt"] = lambda: ops.rope(x, out=ro)
+    cases.append(rope)
+    n = (16 << 20) if quick else (64 << 20)
+    p, g = _rand(rng, n, scale=0.1), _rand(rng, n, scale=0.01)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    step = [0]
+
+    def kg_adamw():
+        step[0] += 1
+        ops.adamw_step(p, g, m, v, step=step[0], lr=1e-4, weight_decay=0.1)
+    pn, mn, vn = p.copy(), m.copy(), v.copy()
+    nstep = [0]
+
+    def numpy_adamw():
+        nstep[0] += 1
+        reference.adamw_step(pn, g, mn, vn, nstep[0], 1e-4, weight_decay=0.1)
+    ad = Case("adamw step", f"{n >> 20}M params", bytes=7.0 * 4 * n)  # reads p,g,m,v, writes p,m,v
+    ad.impls["numpy"] = numpy_adamw
+    if torch is not None:
+        tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
+        tp.grad = torch.from_numpy(g)
+        opt = torch.optim.AdamW([tp], lr=1e-4, weight_decay=0.1, foreach=True)
+        ad.impls["torch"] = opt.step
+    ad.impls["kernelgpt"] = kg_adamw
+    cases.append(ad)
+    return cases
+
+
 # Kernel families register their case builders here: name -> builder(torch, quick).
-CASE_BUILDERS: Dict[str, Callable] = {"matmul": matmul_cases}
+CASE_BUILDERS: Dict[str, Callable] = {
+    "matmul": matmul_cases,
+    "softmax": softmax_cases,
+    "norm": norm_activation_cases,
+    "attention": attention_cases,
+    "misc": embedding_rope_adamw_cases,
+}
 
 
 # ---- timing ---------------------------------------------------------------------------------
