@@ -70,7 +70,10 @@ constexpr int NV = KG_MM_NV;  // vectors per microkernel row
 constexpr int NR = NV * kWidth;
 constexpr int64_t KC = KG_MM_KC;
 constexpr int64_t NB = NR * (KG_MM_NB / NR);  // ~480 columns: KC x NB floats = 720 KiB of L2
-constexpr int64_t MB = MR * (4200 / MR);
+#ifndef KG_MM_MB
+#define KG_MM_MB 4200
+#endif
+constexpr int64_t MB = MR * (KG_MM_MB / MR);
 
 // A grow-only, 64-byte aligned buffer per thread, reused across calls so that a matmul in a
 // loop does not pay for fresh pages every time.

