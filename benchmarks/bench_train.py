@@ -1,0 +1,173 @@
+"""Training throughput: kernelgpt vs the same model in PyTorch eager (benchmarks/torch_gpt.py),
+side by side in one run, same data, same hyper-parameters, same thread count.
+
+    python benchmarks/bench_train.py [--threads 2] [--steps 20] [--converge 2000]
+
+Configs: nanoGPT's CPU "baby" config (n_layer 4, n_head 4, n_embd 128, block 64, batch 12)
+and its shakespeare-char config (n_layer 6, n_head 6, n_embd 384, block 256, batch 64), on the
+character-level Shakespeare corpus. One step = forward + backward + gradient clipping + AdamW.
+With --converge N both frameworks train the baby config for N iterations from the same
+initial weights and batches, and the validation losses are compared.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import kernelgpt  # noqa: E402
+from kernelgpt import ops  # noqa: E402
+from kernelgpt.data import CharTokenizer, shakespeare_text  # noqa: E402
+from kernelgpt.model import GPT, GPTConfig  # noqa: E402
+
+CONFIGS = {
+    "baby": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 12),
+    "shakespeare-char": (dict(n_layer=6, n_head=6, n_embd=384, block_size=256), 64),
+}
+LR, WD, BETAS, CLIP = 1e-3, 0.1, (0.9, 0.99), 1.0
+
+
+def batches(data, B, T, seed, n):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        s = rng.integers(0, len(data) - T - 1, B)
+        yield (np.stack([data[i:i + T] for i in s]), np.stack([data[i + 1:i + 1 + T] for i in s]))
+
+
+class KgTrainer:
+    def __init__(self, cfg, seed=0):
+        self.model = GPT(cfg, seed=seed)
+        self.m = np.zeros(self.model.params.size, np.float32)
+        self.v = np.zeros(self.model.params.size, np.float32)
+        self.step_n = 0
+
+    def step(self, x, y, lr=LR):
+        model, nd = self.model, self.model.n_decayed
+        self.step_n += 1
+        model.zero_grad()
+        loss = model.forward_backward(x, y)
+        P, G = model.params.data, model.grads.data
+        ops.clip_grad_norm(G, CLIP)
+        ops.adamw_step(P[:nd], G[:nd], self.m[:nd], self.v[:nd], step=self.step_n, lr=lr,
+                       beta1=BETAS[0], beta2=BETAS[1], weight_decay=WD)
+        ops.adamw_step(P[nd:], G[nd:], self.m[nd:], self.v[nd:], step=self.step_n, lr=lr,
+                       beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0)
+        return loss
+
+    def loss(self, x, y):
+        return self.model.loss(x, y)
+
+
+class TorchTrainer:
+    def __init__(self, cfg, kg_model):
+        import torch
+        from torch_gpt import TorchGPT
+        self.torch = torch
+        self.model = TorchGPT(cfg)
+        self.model.load_from(kg_model)
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
+        rest = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD},
+                                      {"params": rest, "weight_decay": 0.0}], lr=LR, betas=BETAS)
+
+    def step(self, x, y, lr=LR):
+        t = self.torch
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        _, loss = self.model(t.from_numpy(x), t.from_numpy(y))
+        loss.backward()
+        t.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+        self.opt.step()
+        return loss.item()
+
+    def loss(self, x, y):
+        with self.torch.no_grad():
+            return self.model(self.torch.from_numpy(x), self.torch.from_numpy(y))[1].item()
+
+
+def throughput(name, data, vocab, steps, torch_ok):
+    kw, B = CONFIGS[name]
+    cfg = GPTConfig(vocab_size=vocab, **kw)
+    kg = KgTrainer(cfg)
+    trainers = {"kernelgpt": kg}
+    if torch_ok:
+        trainers["torch"] = TorchTrainer(cfg, kg.model)
+    data_batches = list(batches(data, B, cfg.block_size, 1, steps + 2))
+    times = {k: [] for k in trainers}
+    for k, tr in trainers.items():
+        tr.step(*data_batches[0])  # warm up
+    for i in range(1, steps + 1):  # alternate the frameworks step by step
+        for k, tr in trainers.items():
+            time.sleep(0.05)
+            t0 = time.perf_counter()
+            tr.step(*data_batches[i])
+            times[k].append(time.perf_counter() - t0)
+    tokens = B * cfg.block_size
+    out = {k: tokens / statistics.median(v) for k, v in times.items()}
+    line = f"{name}: " + ", ".join(f"{k} {v:,.0f} tok/s ({tokens / v * 1e3:.1f} ms/step)"
+                                   for k, v in out.items())
+    if "torch" in out:
+        line += f"  -> {out['kernelgpt'] / out['torch']:.2f}x PyTorch"
+    print(line, flush=True)
+    return out
+
+
+def converge(data, vocab, iters, torch_ok):
+    kw, B = CONFIGS["baby"]
+    cfg = GPTConfig(vocab_size=vocab, **kw)
+    n_val = len(data) // 10
+    train, val = data[:-n_val], data[-n_val:]
+    kg = KgTrainer(cfg)
+    trainers = {"kernelgpt": kg}
+    if torch_ok:
+        trainers["torch"] = TorchTrainer(cfg, kg.model)
+    warmup, min_lr = 100, 1e-4
+    for k, tr in trainers.items():
+        t0 = time.perf_counter()
+        for it, (x, y) in enumerate(batches(train, B, cfg.block_size, 2, iters)):
+            if it < warmup:
+                lr = LR * (it + 1) / (warmup + 1)
+            else:
+                r = (it - warmup) / max(1, iters - warmup)
+                lr = min_lr + 0.5 * (1 + np.cos(np.pi * r)) * (LR - min_lr)
+            tr.step(x, y, lr)
+        vl = np.mean([tr.loss(x, y) for x, y in batches(val, B, cfg.block_size, 3, 200)])
+        print(f"baby, {iters} iterations: {k} val loss {vl:.4f} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--configs", default="baby,shakespeare-char")
+    ap.add_argument("--converge", type=int, default=0, help="iterations for the loss comparison")
+    args = ap.parse_args()
+    kernelgpt.set_num_threads(args.threads)
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+        torch_ok = True
+    except ImportError:
+        torch_ok = False
+    text = shakespeare_text()
+    tok = CharTokenizer.from_text(text)
+    data = np.asarray(tok.encode(text), dtype=np.int64)
+    print(f"# corpus {len(text):,} chars, vocab {tok.n_vocab}, threads {args.threads}, "
+          f"torch {'yes' if torch_ok else 'no'}")
+    for name in args.configs.split(","):
+        steps = args.steps if name == "baby" else max(2, args.steps // 10)
+        throughput(name, data, tok.n_vocab, steps, torch_ok)
+    if args.converge:
+        converge(data, tok.n_vocab, args.converge, torch_ok)
+
+
+if __name__ == "__main__":
+    main()
