@@ -25,4 +25,5 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_system(m);
   kg::bind::register_matmul(m);
   kg::bind::register_peak(m);
+  kg::bind::register_bpe(m);
 }

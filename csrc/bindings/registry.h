@@ -10,6 +10,7 @@ namespace bind {
 void register_system(pybind11::module_& m);
 void register_matmul(pybind11::module_& m);
 void register_peak(pybind11::module_& m);
+void register_bpe(pybind11::module_& m);
 
 // Throws ValueError unless `version` is one of `names` (used to pick naive / fast kernels).
 int version_index(const std::string& version, std::initializer_list<const char*> names,

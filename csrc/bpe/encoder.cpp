@@ -1,0 +1,217 @@
+#include "bpe/encoder.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace kg {
+namespace bpe {
+
+Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern)
+    : vocab_(std::move(vocab)), specials_(std::move(specials)), pattern_(pattern) {
+  max_token_value_ = vocab_.max_id() == kNoToken ? 0 : vocab_.max_id();
+  for (size_t k = 0; k < specials_.size(); ++k) {
+    const SpecialToken& t = specials_[k];
+    if (t.text.empty()) throw std::invalid_argument("special tokens must not be empty strings");
+    if (vocab_.has(t.id))
+      throw std::invalid_argument("special token '" + t.text + "' has id " +
+                                  std::to_string(t.id) + ", which a mergeable token already has");
+    if (!special_by_id_.emplace(t.id, k).second)
+      throw std::invalid_argument("two special tokens have id " + std::to_string(t.id));
+    max_token_value_ = std::max(max_token_value_, t.id);
+  }
+}
+
+uint32_t Encoder::part_token(const uint8_t* p, size_t n, size_t readable) const {
+  uint32_t id = vocab_.find(p, n, readable);
+  if (id == kNoToken) {
+    // Only possible for a vocabulary that lacks some single byte.
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02x", p[0]);
+    throw std::invalid_argument(std::string("cannot encode byte ") + hex +
+                                ": the vocabulary has no token for it");
+  }
+  return id;
+}
+
+// Version 1, tiktoken's algorithm. start[k] is where part k begins (start[m-1] == n is a
+// sentinel); rank[k] is the rank of part k joined with part k+1, or kNoToken.
+void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
+                         std::vector<uint32_t>& out) const {
+  uint32_t start[kScanMaxPiece + 2], rank[kScanMaxPiece + 2];
+  size_t m = n + 1;
+  for (size_t k = 0; k <= n; ++k) start[k] = static_cast<uint32_t>(k);
+  for (size_t k = 0; k + 1 < n; ++k) rank[k] = vocab_.find(p + k, 2, readable - k);
+  rank[n - 1] = rank[n] = kNoToken;
+  auto span_rank = [&](size_t first, size_t end_part) {  // parts first .. end_part-1 joined
+    return vocab_.find(p + start[first], start[end_part] - start[first], readable - start[first]);
+  };
+  for (;;) {
+    uint32_t best = kNoToken;
+    size_t i = 0;
+    for (size_t k = 0; k + 1 < m; ++k)
+      if (rank[k] < best) best = rank[k], i = k;
+    if (best == kNoToken) break;
+    // Join parts i and i+1; the pairs that change are (i-1, i) and (i, i+1).
+    if (i > 0) rank[i - 1] = i + 2 < m ? span_rank(i - 1, i + 2) : kNoToken;
+    rank[i] = i + 3 < m ? span_rank(i, i + 3) : kNoToken;
+    std::memmove(start + i + 1, start + i + 2, (m - i - 2) * sizeof(uint32_t));
+    std::memmove(rank + i + 1, rank + i + 2, (m - i - 2) * sizeof(uint32_t));
+    --m;
+  }
+  for (size_t k = 0; k + 1 < m; ++k)
+    out.push_back(part_token(p + start[k], start[k + 1] - start[k], readable - start[k]));
+}
+
+// Version 2: the same merges in O(n log n). Parts are identified by their first byte k and
+// linked through next[]/prev[]; rank[k] is the rank of part k joined with the part after it.
+// A heap entry (rank, k) is current while part k is alive and rank[k] still equals it (a
+// part's span only grows, and distinct byte strings have distinct ranks, so a stale entry
+// can never look current again). Popping the smallest (rank, k) merges the leftmost pair of
+// lowest rank, exactly as version 1 does.
+void Encoder::merge_heap(const uint8_t* p, size_t n, size_t readable,
+                         std::vector<uint32_t>& out) const {
+  const uint32_t end = static_cast<uint32_t>(n);
+  std::vector<uint32_t> next(n), prev(n), rank(n, kNoToken);
+  std::vector<uint64_t> heap;
+  heap.reserve(n);
+  for (uint32_t k = 0; k < end; ++k) {
+    next[k] = k + 1;
+    prev[k] = k - 1;  // unused for k == 0
+    if (k + 1 < end) {
+      rank[k] = vocab_.find(p + k, 2, readable - k);
+      if (rank[k] != kNoToken) heap.push_back(uint64_t(rank[k]) << 32 | k);
+    }
+  }
+  auto greater = std::greater<uint64_t>();
+  std::make_heap(heap.begin(), heap.end(), greater);
+  auto join_rank = [&](uint32_t k) -> uint32_t {  // part k joined with the part after it
+    uint32_t j = next[k];
+    if (j >= end) return kNoToken;
+    uint32_t stop = next[j];
+    return vocab_.find(p + k, stop - k, readable - k);
+  };
+  auto push = [&](uint32_t k) {
+    if (rank[k] == kNoToken) return;
+    heap.push_back(uint64_t(rank[k]) << 32 | k);
+    std::push_heap(heap.begin(), heap.end(), greater);
+  };
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), greater);
+    uint64_t top = heap.back();
+    heap.pop_back();
+    uint32_t k = static_cast<uint32_t>(top), r = static_cast<uint32_t>(top >> 32);
+    if (rank[k] != r) continue;  // stale (parts that were absorbed have rank kNoToken)
+    uint32_t j = next[k];        // absorb part j into part k
+    next[k] = next[j];
+    if (next[j] < end) prev[next[j]] = k;
+    rank[j] = kNoToken;
+    rank[k] = join_rank(k);
+    push(k);
+    if (k > 0) {
+      uint32_t before = prev[k];
+      rank[before] = join_rank(before);
+      push(before);
+    }
+  }
+  for (uint32_t k = 0; k < end; k = next[k])
+    out.push_back(part_token(p + k, next[k] - k, readable - k));
+}
+
+void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
+                           std::vector<uint32_t>& out, MergeAlgorithm algorithm) const {
+  if (n == 0) return;
+  uint32_t whole = vocab_.find(p, n, readable);
+  if (whole != kNoToken) {
+    out.push_back(whole);
+    return;
+  }
+  if (n == 1) {
+    out.push_back(part_token(p, 1, readable));
+    return;
+  }
+  bool scan = algorithm == MergeAlgorithm::scan ||
+              (algorithm == MergeAlgorithm::automatic && n <= kScanMaxPiece);
+  if (scan && n <= kScanMaxPiece)
+    merge_scan(p, n, readable, out);
+  else
+    merge_heap(p, n, readable, out);
+}
+
+void Encoder::encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
+  for_each_piece(pattern_, s, n, [&](size_t b, size_t e) { encode_piece(s + b, e - b, n - b, out); });
+}
+
+size_t Encoder::find_first(const uint8_t* s, size_t n, size_t from,
+                           const std::vector<std::string>& strings, size_t* which) {
+  size_t best = n, best_len = 0;
+  *which = strings.size();
+  for (size_t k = 0; k < strings.size(); ++k) {
+    const std::string& t = strings[k];
+    if (t.empty()) {  // the empty string occurs everywhere
+      if (*which == strings.size() || from < best) best = from, best_len = 0, *which = k;
+      continue;
+    }
+    if (from >= n) continue;
+    const void* hit = memmem(s + from, n - from, t.data(), t.size());
+    if (!hit) continue;
+    size_t pos = static_cast<const uint8_t*>(hit) - s;
+    if (*which == strings.size() || pos < best || (pos == best && t.size() > best_len)) best = pos, best_len = t.size(), *which = k;
+  }
+  return best;
+}
+
+void Encoder::encode(const uint8_t* s, size_t n, const std::vector<uint8_t>& allowed,
+                     std::vector<uint32_t>& out) const {
+  std::vector<std::string> texts;
+  std::vector<uint32_t> ids;
+  for (size_t k = 0; k < specials_.size(); ++k)
+    if (k < allowed.size() && allowed[k]) texts.push_back(specials_[k].text), ids.push_back(specials_[k].id);
+  if (texts.empty()) return encode_ordinary(s, n, out);
+  // next_at[k]: the next occurrence of texts[k] at or after the current position (n: none).
+  std::vector<size_t> next_at(texts.size(), 0);
+  std::vector<bool> known(texts.size(), false);
+  size_t start = 0;
+  for (;;) {
+    size_t best = n, which = 0;
+    for (size_t k = 0; k < texts.size(); ++k) {
+      if (!known[k] || (next_at[k] < start && next_at[k] != n)) {
+        const void* hit = start < n ? memmem(s + start, n - start, texts[k].data(), texts[k].size())
+                                    : nullptr;
+        next_at[k] = hit ? static_cast<size_t>(static_cast<const uint8_t*>(hit) - s) : n;
+        known[k] = true;
+      }
+      if (next_at[k] < best || (next_at[k] == best && best < n && texts[k].size() > texts[which].size()))
+        best = next_at[k], which = k;
+    }
+    // The ordinary text before the special token is split on its own, like tiktoken does.
+    encode_ordinary(s + start, best - start, out);
+    if (best == n) break;
+    out.push_back(ids[which]);
+    start = best + texts[which].size();
+  }
+}
+
+long long Encoder::decode(const uint32_t* ids, size_t count, std::string& out) const {
+  size_t total = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const uint8_t* d;
+    size_t len;
+    if (!token_bytes(ids[i], &d, &len)) return static_cast<long long>(i);
+    total += len;
+  }
+  size_t at = out.size();
+  out.resize(at + total);
+  char* dst = &out[at];
+  for (size_t i = 0; i < count; ++i) {
+    const uint8_t* d;
+    size_t len;
+    token_bytes(ids[i], &d, &len);
+    std::memcpy(dst, d, len);
+    dst += len;
+  }
+  return -1;
+}
+
+}  // namespace bpe
+}  // namespace kg
