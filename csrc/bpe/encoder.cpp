@@ -35,12 +35,14 @@ uint32_t Encoder::part_token(const uint8_t* p, size_t n, size_t readable) const 
 }
 
 // Version 1, tiktoken's algorithm. start[k] is where part k begins (start[m-1] == n is a
-// sentinel); rank[k] is the rank of part k joined with part k+1, or kNoToken.
+// sentinel); rank[k] is the rank of part k joined with part k+1, or kNoToken; token[k] is
+// part k's id (a merged part's id is the rank that merged it: ranks are ids).
 void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
                          std::vector<uint32_t>& out) const {
-  uint32_t start[kScanMaxPiece + 2], rank[kScanMaxPiece + 2];
+  uint32_t start[kScanMaxPiece + 2], rank[kScanMaxPiece + 2], token[kScanMaxPiece + 2];
   size_t m = n + 1;
   for (size_t k = 0; k <= n; ++k) start[k] = static_cast<uint32_t>(k);
+  for (size_t k = 0; k < n; ++k) token[k] = part_token(p + k, 1, readable - k);
   for (size_t k = 0; k + 1 < n; ++k) rank[k] = vocab_.find(p + k, 2, readable - k);
   rank[n - 1] = rank[n] = kNoToken;
   auto span_rank = [&](size_t first, size_t end_part) {  // parts first .. end_part-1 joined
@@ -53,14 +55,15 @@ void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
       if (rank[k] < best) best = rank[k], i = k;
     if (best == kNoToken) break;
     // Join parts i and i+1; the pairs that change are (i-1, i) and (i, i+1).
+    token[i] = best;
     if (i > 0) rank[i - 1] = i + 2 < m ? span_rank(i - 1, i + 2) : kNoToken;
     rank[i] = i + 3 < m ? span_rank(i, i + 3) : kNoToken;
     std::memmove(start + i + 1, start + i + 2, (m - i - 2) * sizeof(uint32_t));
     std::memmove(rank + i + 1, rank + i + 2, (m - i - 2) * sizeof(uint32_t));
+    std::memmove(token + i + 1, token + i + 2, (m - i - 2) * sizeof(uint32_t));
     --m;
   }
-  for (size_t k = 0; k + 1 < m; ++k)
-    out.push_back(part_token(p + start[k], start[k + 1] - start[k], readable - start[k]));
+  out.insert(out.end(), token, token + (m - 1));
 }
 
 // Version 2: the same merges in O(n log n). Parts are identified by their first byte k and
@@ -72,12 +75,13 @@ void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
 void Encoder::merge_heap(const uint8_t* p, size_t n, size_t readable,
                          std::vector<uint32_t>& out) const {
   const uint32_t end = static_cast<uint32_t>(n);
-  std::vector<uint32_t> next(n), prev(n), rank(n, kNoToken);
+  std::vector<uint32_t> next(n), prev(n), rank(n, kNoToken), token(n);
   std::vector<uint64_t> heap;
   heap.reserve(n);
   for (uint32_t k = 0; k < end; ++k) {
     next[k] = k + 1;
     prev[k] = k - 1;  // unused for k == 0
+    token[k] = part_token(p + k, 1, readable - k);
     if (k + 1 < end) {
       rank[k] = vocab_.find(p + k, 2, readable - k);
       if (rank[k] != kNoToken) heap.push_back(uint64_t(rank[k]) << 32 | k);
@@ -103,6 +107,7 @@ void Encoder::merge_heap(const uint8_t* p, size_t n, size_t readable,
     uint32_t k = static_cast<uint32_t>(top), r = static_cast<uint32_t>(top >> 32);
     if (rank[k] != r) continue;  // stale (parts that were absorbed have rank kNoToken)
     uint32_t j = next[k];        // absorb part j into part k
+    token[k] = r;
     next[k] = next[j];
     if (next[j] < end) prev[next[j]] = k;
     rank[j] = kNoToken;
@@ -114,8 +119,7 @@ void Encoder::merge_heap(const uint8_t* p, size_t n, size_t readable,
       push(before);
     }
   }
-  for (uint32_t k = 0; k < end; k = next[k])
-    out.push_back(part_token(p + k, next[k] - k, readable - k));
+  for (uint32_t k = 0; k < end; k = next[k]) out.push_back(token[k]);
 }
 
 void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
@@ -139,7 +143,40 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
 }
 
 void Encoder::encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
-  for_each_piece(pattern_, s, n, [&](size_t b, size_t e) { encode_piece(s + b, e - b, n - b, out); });
+  // Looking a piece up in the 4 MB vocabulary table is a cache miss; done one piece at a time
+  // the misses queue up behind the branchy scanner. So pieces are collected in batches:
+  // hash them all and prefetch their slots, then look them up, while the loads overlap.
+  constexpr size_t kBatch = 64;
+  struct Span {
+    size_t begin, len;
+    uint64_t head, hash;
+  } batch[kBatch];
+  size_t count = 0;
+  auto flush = [&] {
+    for (size_t k = 0; k < count; ++k) {
+      const Span& sp = batch[k];
+      const uint8_t* p = s + sp.begin;
+      uint32_t whole = sp.len <= 2 ? vocab_.find(p, sp.len, n - sp.begin)
+                                   : vocab_.find_hashed(p, sp.len, sp.head, sp.hash);
+      if (whole != kNoToken)
+        out.push_back(whole);
+      else
+        encode_piece(p, sp.len, n - sp.begin, out);
+    }
+    count = 0;
+  };
+  for_each_piece(pattern_, s, n, [&](size_t b, size_t e) {
+    Span& sp = batch[count++];
+    sp.begin = b;
+    sp.len = e - b;
+    if (sp.len > 2) {
+      sp.head = head8(s + b, sp.len, n - b);
+      sp.hash = hash_bytes(sp.head, s + b, sp.len);
+      vocab_.prefetch(sp.hash);
+    }
+    if (count == kBatch) flush();
+  });
+  flush();
 }
 
 size_t Encoder::find_first(const uint8_t* s, size_t n, size_t from,

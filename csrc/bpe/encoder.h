@@ -11,6 +11,9 @@
 //             million spaces is one piece).
 // Special tokens are matched as literal strings before splitting; the text between two
 // special tokens is split on its own (so `$` in a pattern matches before a special token).
+//
+// No cache is needed: a piece that is a token costs one hash lookup, and lookups are batched
+// with prefetches (encode_ordinary) so that their cache misses overlap.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -59,8 +59,11 @@ void Vocab::finalize() {
   mask_ = cap - 1;
   shift_ = 64;
   for (size_t c = cap; c > 1; c >>= 1) --shift_;
+  short_.assign(256 + 65536, kNoToken);
   for (const Pending& t : pending_) {
     const uint8_t* p = arena_.data() + offset_[t.id];
+    if (t.len == 1) short_[p[0]] = t.id;
+    if (t.len == 2) short_[256 + (p[0] | p[1] << 8)] = t.id;
     uint64_t head = head8(p, t.len, t.len + 8);
     size_t i = hash_bytes(head, p, t.len) >> shift_;
     for (;; i = (i + 1) & mask_) {

@@ -56,8 +56,20 @@ class Vocab {
 
   // The id of the token with bytes p[0, n), or kNoToken. `readable` >= n bytes may be read.
   uint32_t find(const uint8_t* p, size_t n, size_t readable) const {
+    if (n <= 2) return n == 2 ? short_[256 + (p[0] | p[1] << 8)] : n == 1 ? short_[p[0]] : find_long(p, n, readable);
+    return find_long(p, n, readable);
+  }
+  uint32_t find(const uint8_t* p, size_t n) const { return find(p, n, n); }
+
+  // The hash-table lookup (find() answers 1- and 2-byte strings from a direct table).
+  uint32_t find_long(const uint8_t* p, size_t n, size_t readable) const {
     uint64_t head = head8(p, n, readable);
-    uint64_t h = hash_bytes(head, p, n);
+    return find_hashed(p, n, head, hash_bytes(head, p, n));
+  }
+  // Starts loading the hash-table slot for hash h (see Encoder::encode_ordinary).
+  void prefetch(uint64_t h) const { __builtin_prefetch(&slots_[h >> shift_]); }
+  // The lookup when the caller already has head8() and hash_bytes() of the string.
+  uint32_t find_hashed(const uint8_t* p, size_t n, uint64_t head, uint64_t h) const {
     size_t i = h >> shift_;
     for (;;) {
       const Slot& s = slots_[i];
@@ -68,7 +80,6 @@ class Vocab {
       i = (i + 1) & mask_;
     }
   }
-  uint32_t find(const uint8_t* p, size_t n) const { return find(p, n, n); }
 
   bool has(uint32_t id) const { return uint64_t(id) + 1 < offset_.size() && present_[id]; }
   const uint8_t* data(uint32_t id) const { return arena_.data() + offset_[id]; }
@@ -93,6 +104,9 @@ class Vocab {
   std::vector<uint64_t> offset_;   // offset_[id], offset_[id + 1]: the token's bytes
   std::vector<uint8_t> present_;   // 1 where an id exists (ids may have holes)
   std::vector<Slot> slots_;
+  // Ids of all 1-byte strings (index b) and 2-byte strings (index 256 + b0 + 256 * b1): the
+  // lookups BPE merging makes most often, from a 257 KB table that stays in cache.
+  std::vector<uint32_t> short_ = std::vector<uint32_t>(256 + 65536, kNoToken);
   size_t mask_ = 0;
   int shift_ = 64;
   size_t count_ = 0;
