@@ -573,6 +573,11 @@ void register_bpe(py::module_& m) {
       .def_property_readonly("max_token_value", [](const PyBPE& b) { return b.core().max_token_value(); })
       .def_property_readonly("n_mergeable", [](const PyBPE& b) { return b.core().vocab().count(); })
       .def_property_readonly("pattern", [](const PyBPE& b) { return std::string(pattern_name(b.core().pattern())); });
+  m.def("bpe_char_classes", [] {  // flags (1 letter, 2 number, 4 space) of every code point
+    std::string out(0x110000, '\0');
+    for (uint32_t cp = 0; cp < 0x110000; ++cp) out[cp] = static_cast<char>(bpe::char_class(cp));
+    return py::bytes(out);
+  });
   m.def("bpe_train", &train, py::arg("inputs"), py::arg("is_path"), py::arg("vocab_size"),
         py::arg("pattern"), py::arg("num_threads"));
 }

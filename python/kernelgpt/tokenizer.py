@@ -45,6 +45,7 @@ import numpy as np
 from . import _C
 
 __all__ = ["Encoding", "get_encoding", "list_encoding_names", "train", "format_trace", "Merge",
+           "pretokenize",
            "StreamDecoder", "CL100K_PATTERN", "GPT2_PATTERN", "WHITESPACE_PATTERN"]
 
 # The pre-tokenization patterns the C++ scanners implement (csrc/bpe/pretokenize.h).
@@ -303,6 +304,8 @@ class Encoding:
         if isinstance(text, str):
             raise TypeError("encode_batch expects a list of str, got a str")
         text = list(text)
+        if disallowed_special != "all" and not isinstance(disallowed_special, frozenset):
+            disallowed_special = frozenset(disallowed_special)  # as tiktoken (None: TypeError)
         allowed = self._allowed(allowed_special, disallowed_special, text, many=True)
         return self._batch(text, allowed, num_threads)
 
@@ -443,6 +446,19 @@ def _valid_second(lead: int, second: int) -> bool:
     lo, hi = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF),
               0xF4: (0x80, 0x8F)}.get(lead, (0x80, 0xBF))
     return lo <= second <= hi
+
+
+_SPLITTERS: Dict[str, "Encoding"] = {}
+
+
+def pretokenize(text: str, pattern: str = CL100K_PATTERN) -> List[str]:
+    """The pieces `pattern` ('cl100k', 'gpt2', 'whitespace' or their pattern strings) cuts
+    text into, exactly as tiktoken's regex would."""
+    scanner = _scanner(pattern)
+    if scanner not in _SPLITTERS:
+        _SPLITTERS[scanner] = Encoding(scanner, pat_str=scanner, special_tokens={},
+                                       mergeable_ranks={bytes([b]): b for b in range(256)})
+    return _SPLITTERS[scanner].split(text)
 
 
 # ---- named encodings ------------------------------------------------------------------------
