@@ -576,3 +576,20 @@ def test_cli_tokenize(cl100k, capsys, tmp_path):
     assert cli.main(["tokenize", "-e", str(saved), "--pattern", "whitespace", "lowest"]) == 0
     assert capsys.readouterr().out.strip() == "[258, 115, 116]"
     assert cli.main(["tokenize", "-e", "nope"]) == 1
+
+
+def test_merge_cache_changes_nothing(cl100k):
+    text = fetch.cached("shakespeare").read_text(encoding="utf-8")[:300_000] if \
+        fetch.cached("shakespeare") else COOKIES * 1000
+    text += " 中文字 Привет мир " * 500 + "".join(map(chr, range(0x20, 0x3000)))
+    with_cache = cl100k.encode_ordinary(text)
+    cl100k._core._set_cache(False)
+    try:
+        assert cl100k.encode_ordinary(text) == with_cache
+    finally:
+        cl100k._core._set_cache(True)
+    # Two encodings share each thread's cache without mixing their entries.
+    gpt2 = _encoding("gpt2")
+    for _ in range(2):
+        assert cl100k.encode_ordinary(text) == with_cache
+        gpt2.encode_ordinary(text)

@@ -265,6 +265,7 @@ class PyBPE {
   }
 
   const Encoder& core() const { return *core_; }
+  void set_cache(bool on) { core_->set_cache(on); }
 
   // Flags for Encoder::encode from a Python set of special-token strings.
   std::vector<uint8_t> allowed_flags(py::handle allowed) const {
@@ -570,6 +571,7 @@ void register_bpe(py::module_& m) {
       .def("mergeable_ranks", &PyBPE::mergeable_ranks)
       .def("to_tiktoken", &PyBPE::to_tiktoken)
       .def("special_tokens", &PyBPE::special_tokens)
+      .def("_set_cache", [](PyBPE& b, bool on) { b.set_cache(on); }, py::arg("enabled"))
       .def_property_readonly("max_token_value", [](const PyBPE& b) { return b.core().max_token_value(); })
       .def_property_readonly("n_mergeable", [](const PyBPE& b) { return b.core().vocab().count(); })
       .def_property_readonly("pattern", [](const PyBPE& b) { return std::string(pattern_name(b.core().pattern())); });

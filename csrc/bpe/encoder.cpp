@@ -1,14 +1,46 @@
 #include "bpe/encoder.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cstring>
 #include <stdexcept>
 
 namespace kg {
 namespace bpe {
 
+namespace {
+
+std::atomic<uint64_t> g_next_encoder_id{1};
+
+// The per-thread cache of merged pieces: a piece of up to 48 bytes that is not a token and the
+// (up to 15) tokens its merge produced. Direct-mapped on the piece's hash, 4096 entries.
+struct alignas(64) CacheEntry {
+  uint64_t hash;
+  uint64_t owner;  // the Encoder's id; 0: empty
+  uint8_t len, count;
+  uint8_t key[kCacheMaxPiece];
+  uint32_t tokens[kCacheMaxTokens];
+};
+static_assert(sizeof(CacheEntry) == 128, "two cache lines per entry");
+constexpr size_t kCacheEntries = 4096;
+
+CacheEntry* thread_cache() {
+  thread_local std::unique_ptr<CacheEntry[]> cache;
+  if (!cache) {
+    cache.reset(new CacheEntry[kCacheEntries]);
+    std::memset(static_cast<void*>(cache.get()), 0, kCacheEntries * sizeof(CacheEntry));
+  }
+  return cache.get();
+}
+
+}  // namespace
+
 Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern)
-    : vocab_(std::move(vocab)), specials_(std::move(specials)), pattern_(pattern) {
+    : id_(g_next_encoder_id.fetch_add(1)),
+      vocab_(std::move(vocab)),
+      specials_(std::move(specials)),
+      pattern_(pattern) {
   max_token_value_ = vocab_.max_id() == kNoToken ? 0 : vocab_.max_id();
   for (size_t k = 0; k < specials_.size(); ++k) {
     const SpecialToken& t = specials_[k];
@@ -68,55 +100,86 @@ void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
 
 // Version 2: the same merges in O(n log n). Parts are identified by their first byte k and
 // linked through next[]/prev[]; rank[k] is the rank of part k joined with the part after it.
-// A heap entry (rank, k) is current while part k is alive and rank[k] still equals it (a
-// part's span only grows, and distinct byte strings have distinct ranks, so a stale entry
-// can never look current again). Popping the smallest (rank, k) merges the leftmost pair of
-// lowest rank, exactly as version 1 does.
+// Candidates (rank, k) wait in a priority queue ordered by rank, then position: a min-heap
+// of the distinct ranks, and per rank a bucket of positions sorted when the rank comes up.
+// (A long piece repeats few pairs, e.g. a million spaces: one bucket of a million positions,
+// already in order, instead of a million heap operations.) A candidate is current while part
+// k is alive and rank[k] still equals it (a part's span only grows and distinct byte strings
+// have distinct ranks, so a stale candidate never looks current again). Taking the smallest
+// (rank, k) each time merges the leftmost pair of lowest rank, exactly as version 1 does;
+// a merge can add candidates of any rank, even lower ones, which simply come up next.
 void Encoder::merge_heap(const uint8_t* p, size_t n, size_t readable,
                          std::vector<uint32_t>& out) const {
   const uint32_t end = static_cast<uint32_t>(n);
   std::vector<uint32_t> next(n), prev(n), rank(n, kNoToken), token(n);
-  std::vector<uint64_t> heap;
-  heap.reserve(n);
+  struct Bucket {
+    std::vector<uint32_t> positions;
+    size_t cursor = 0;  // positions before it are done
+    bool sorted = true;
+    bool queued = false;
+  };
+  std::vector<Bucket> buckets;
+  std::unordered_map<uint32_t, uint32_t> bucket_of;  // rank -> index into buckets
+  std::vector<uint32_t> queue;                       // min-heap of ranks with a bucket to do
+  auto greater = std::greater<uint32_t>();
+  auto add = [&](uint32_t r, uint32_t k) {
+    if (r == kNoToken) return;
+    auto it = bucket_of.find(r);
+    uint32_t bi;
+    if (it == bucket_of.end()) {
+      bi = static_cast<uint32_t>(buckets.size());
+      bucket_of.emplace(r, bi);
+      buckets.emplace_back();
+    } else {
+      bi = it->second;
+    }
+    Bucket& bk = buckets[bi];
+    if (bk.cursor < bk.positions.size() && bk.positions.back() > k) bk.sorted = false;
+    bk.positions.push_back(k);
+    if (!bk.queued) {
+      bk.queued = true;
+      queue.push_back(r);
+      std::push_heap(queue.begin(), queue.end(), greater);
+    }
+  };
   for (uint32_t k = 0; k < end; ++k) {
     next[k] = k + 1;
     prev[k] = k - 1;  // unused for k == 0
     token[k] = part_token(p + k, 1, readable - k);
-    if (k + 1 < end) {
-      rank[k] = vocab_.find(p + k, 2, readable - k);
-      if (rank[k] != kNoToken) heap.push_back(uint64_t(rank[k]) << 32 | k);
-    }
+    if (k + 1 < end) add(rank[k] = vocab_.find(p + k, 2, readable - k), k);
   }
-  auto greater = std::greater<uint64_t>();
-  std::make_heap(heap.begin(), heap.end(), greater);
   auto join_rank = [&](uint32_t k) -> uint32_t {  // part k joined with the part after it
     uint32_t j = next[k];
     if (j >= end) return kNoToken;
-    uint32_t stop = next[j];
-    return vocab_.find(p + k, stop - k, readable - k);
+    return vocab_.find(p + k, next[j] - k, readable - k);
   };
-  auto push = [&](uint32_t k) {
-    if (rank[k] == kNoToken) return;
-    heap.push_back(uint64_t(rank[k]) << 32 | k);
-    std::push_heap(heap.begin(), heap.end(), greater);
-  };
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end(), greater);
-    uint64_t top = heap.back();
-    heap.pop_back();
-    uint32_t k = static_cast<uint32_t>(top), r = static_cast<uint32_t>(top >> 32);
+  while (!queue.empty()) {
+    uint32_t r = queue.front();
+    Bucket& bk = buckets[bucket_of[r]];
+    if (bk.cursor == bk.positions.size()) {
+      std::pop_heap(queue.begin(), queue.end(), greater);
+      queue.pop_back();
+      bk.queued = false;
+      bk.positions.clear();
+      bk.cursor = 0;
+      bk.sorted = true;
+      continue;
+    }
+    if (!bk.sorted) {
+      std::sort(bk.positions.begin() + bk.cursor, bk.positions.end());
+      bk.sorted = true;
+    }
+    uint32_t k = bk.positions[bk.cursor++];
     if (rank[k] != r) continue;  // stale (parts that were absorbed have rank kNoToken)
     uint32_t j = next[k];        // absorb part j into part k
     token[k] = r;
     next[k] = next[j];
     if (next[j] < end) prev[next[j]] = k;
     rank[j] = kNoToken;
-    rank[k] = join_rank(k);
-    push(k);
+    add(rank[k] = join_rank(k), k);  // may reallocate buckets: bk is not used below
     if (k > 0) {
       uint32_t before = prev[k];
-      rank[before] = join_rank(before);
-      push(before);
+      add(rank[before] = join_rank(before), before);
     }
   }
   for (uint32_t k = 0; k < end; k = next[k]) out.push_back(token[k]);
@@ -152,16 +215,37 @@ void Encoder::encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>&
     uint64_t head, hash;
   } batch[kBatch];
   size_t count = 0;
+  CacheEntry* cache = use_cache_ ? thread_cache() : nullptr;
   auto flush = [&] {
     for (size_t k = 0; k < count; ++k) {
       const Span& sp = batch[k];
       const uint8_t* p = s + sp.begin;
       uint32_t whole = sp.len <= 2 ? vocab_.find(p, sp.len, n - sp.begin)
                                    : vocab_.find_hashed(p, sp.len, sp.head, sp.hash);
-      if (whole != kNoToken)
+      if (whole != kNoToken) {
         out.push_back(whole);
-      else
+      } else if (cache && sp.len <= kCacheMaxPiece) {
+        // Not a token: merge it, or reuse the last merge of the same piece.
+        CacheEntry& c = cache[sp.hash & (kCacheEntries - 1)];
+        if (c.hash == sp.hash && c.owner == id_ && c.len == sp.len &&
+            std::memcmp(c.key, p, sp.len) == 0) {
+          out.insert(out.end(), c.tokens, c.tokens + c.count);
+          continue;
+        }
+        size_t before = out.size();
         encode_piece(p, sp.len, n - sp.begin, out);
+        size_t made = out.size() - before;
+        if (made <= kCacheMaxTokens) {
+          c.hash = sp.hash;
+          c.owner = id_;
+          c.len = static_cast<uint8_t>(sp.len);
+          c.count = static_cast<uint8_t>(made);
+          std::memcpy(c.key, p, sp.len);
+          std::memcpy(c.tokens, out.data() + before, made * sizeof(uint32_t));
+        }
+      } else {
+        encode_piece(p, sp.len, n - sp.begin, out);
+      }
     }
     count = 0;
   };

@@ -12,10 +12,14 @@
 // Special tokens are matched as literal strings before splitting; the text between two
 // special tokens is split on its own (so `$` in a pattern matches before a special token).
 //
-// No cache is needed: a piece that is a token costs one hash lookup, and lookups are batched
-// with prefetches (encode_ordinary) so that their cache misses overlap.
+// A piece that is a token costs one hash lookup; lookups are batched with prefetches
+// (encode_ordinary) so that their cache misses overlap. A piece that is not a token costs
+// a merge with several lookups, each a likely cache miss in the 4 MB table, so each thread
+// keeps a small bounded cache (4096 entries, 512 KB) of recently merged pieces: text repeats
+// its words. Per thread, so an Encoder is shared by many threads without locks.
 #pragma once
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -35,7 +39,10 @@ struct SpecialToken {
 enum class MergeAlgorithm : int { automatic = 0, scan = 1, heap = 2 };
 
 // Pieces of up to this many bytes use the "scan" merge, longer ones the "heap" merge.
-constexpr size_t kScanMaxPiece = 64;
+constexpr size_t kScanMaxPiece = 128;
+// The merge cache keeps pieces of up to this many bytes and tokens.
+constexpr size_t kCacheMaxPiece = 46;
+constexpr size_t kCacheMaxTokens = 15;
 
 class Encoder {
  public:
@@ -47,6 +54,9 @@ class Encoder {
   const std::vector<SpecialToken>& specials() const { return specials_; }
   Pattern pattern() const { return pattern_; }
   uint32_t max_token_value() const { return max_token_value_; }
+
+  // Turns the per-thread merge cache off (tests check that it changes nothing).
+  void set_cache(bool enabled) { use_cache_.store(enabled); }
 
   // Ordinary text only: special-token strings are encoded like any other text.
   void encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
@@ -85,6 +95,8 @@ class Encoder {
   void merge_heap(const uint8_t* p, size_t n, size_t readable, std::vector<uint32_t>& out) const;
   uint32_t part_token(const uint8_t* p, size_t n, size_t readable) const;
 
+  uint64_t id_;  // names this Encoder's entries in the per-thread merge cache
+  std::atomic<bool> use_cache_{true};
   Vocab vocab_;
   std::vector<SpecialToken> specials_;
   std::unordered_map<uint32_t, size_t> special_by_id_;

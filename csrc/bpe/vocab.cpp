@@ -56,6 +56,7 @@ void Vocab::finalize() {
   size_t cap = 1024;
   while (cap < count_ * 5 / 2) cap *= 2;
   slots_.assign(cap, Slot{0, 0, kNoToken});
+  tags_.assign(cap, 0);
   mask_ = cap - 1;
   shift_ = 64;
   for (size_t c = cap; c > 1; c >>= 1) --shift_;
@@ -65,11 +66,13 @@ void Vocab::finalize() {
     if (t.len == 1) short_[p[0]] = t.id;
     if (t.len == 2) short_[256 + (p[0] | p[1] << 8)] = t.id;
     uint64_t head = head8(p, t.len, t.len + 8);
-    size_t i = hash_bytes(head, p, t.len) >> shift_;
+    uint64_t h = hash_bytes(head, p, t.len);
+    size_t i = h >> shift_;
     for (;; i = (i + 1) & mask_) {
       Slot& s = slots_[i];
       if (s.id == kNoToken) {
         s = Slot{head, t.len, t.id};
+        tags_[i] = tag_of(h);
         break;
       }
       if (s.head == head && s.len == t.len &&

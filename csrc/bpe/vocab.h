@@ -67,16 +67,23 @@ class Vocab {
     return find_hashed(p, n, head, hash_bytes(head, p, n));
   }
   // Starts loading the hash-table slot for hash h (see Encoder::encode_ordinary).
-  void prefetch(uint64_t h) const { __builtin_prefetch(&slots_[h >> shift_]); }
+  void prefetch(uint64_t h) const {
+    __builtin_prefetch(&tags_[h >> shift_]);
+    __builtin_prefetch(&slots_[h >> shift_]);
+  }
   // The lookup when the caller already has head8() and hash_bytes() of the string.
   uint32_t find_hashed(const uint8_t* p, size_t n, uint64_t head, uint64_t h) const {
     size_t i = h >> shift_;
+    const uint8_t tag = tag_of(h);
     for (;;) {
-      const Slot& s = slots_[i];
-      if (s.id == kNoToken) return kNoToken;
-      if (s.head == head && s.len == n &&
-          (n <= 8 || std::memcmp(arena_.data() + offset_[s.id] + 8, p + 8, n - 8) == 0))
-        return s.id;
+      uint8_t t = tags_[i];
+      if (t == 0) return kNoToken;
+      if (t == tag) {
+        const Slot& s = slots_[i];
+        if (s.head == head && s.len == n &&
+            (n <= 8 || std::memcmp(arena_.data() + offset_[s.id] + 8, p + 8, n - 8) == 0))
+          return s.id;
+      }
       i = (i + 1) & mask_;
     }
   }
@@ -103,6 +110,11 @@ class Vocab {
   std::vector<uint8_t> arena_;     // token bytes ordered by id
   std::vector<uint64_t> offset_;   // offset_[id], offset_[id + 1]: the token's bytes
   std::vector<uint8_t> present_;   // 1 where an id exists (ids may have holes)
+  // One byte per slot: 0 for empty, else 0x80 | 7 bits of the hash. Most lookups BPE makes
+  // are for strings that are not tokens; they end in this 256 KB array (it stays in L2)
+  // without touching the 4 MB of slots.
+  static uint8_t tag_of(uint64_t h) { return static_cast<uint8_t>(0x80 | (h & 0x7F)); }
+  std::vector<uint8_t> tags_;
   std::vector<Slot> slots_;
   // Ids of all 1-byte strings (index b) and 2-byte strings (index 256 + b0 + 256 * b1): the
   // lookups BPE merging makes most often, from a 257 KB table that stays in cache.
