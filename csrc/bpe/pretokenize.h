@@ -33,7 +33,7 @@ enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2 };
 
 namespace detail {
 
-inline size_t run_end(const uint8_t* s, size_t j, size_t n, uint8_t cls_mask) {
+KG_BPE_INLINE size_t run_end(const uint8_t* s, size_t j, size_t n, uint8_t cls_mask) {
   while (j < n) {
     uint8_t c = s[j];
     if (c < 0x80) {  // ASCII fast path
@@ -52,7 +52,7 @@ inline size_t letters_end(const uint8_t* s, size_t j, size_t n) { return run_end
 inline size_t numbers_end(const uint8_t* s, size_t j, size_t n) { return run_end(s, j, n, kNumber); }
 
 // End of a run of [^\s\p{L}\p{N}] (class kOther) starting at j.
-inline size_t others_end(const uint8_t* s, size_t j, size_t n) {
+KG_BPE_INLINE size_t others_end(const uint8_t* s, size_t j, size_t n) {
   while (j < n) {
     Char ch = char_at(s, j, n);
     if (ch.cls != kOther) break;
@@ -61,12 +61,12 @@ inline size_t others_end(const uint8_t* s, size_t j, size_t n) {
   return j;
 }
 
-inline bool is_crlf(uint8_t c) { return c == '\r' || c == '\n'; }
+KG_BPE_INLINE bool is_crlf(uint8_t c) { return c == '\r' || c == '\n'; }
 
 // After a ', how many bytes of s[j..] the contraction takes: [sdmt]|ll|ve|re, or 0.
 // case_insensitive: (?i:...) as in cl100k, where Unicode simple case folding makes 'S', and
 // also U+017F LATIN SMALL LETTER LONG S, match 's' (verified against tiktoken).
-inline size_t contraction_len(const uint8_t* s, size_t j, size_t n, bool case_insensitive) {
+KG_BPE_INLINE size_t contraction_len(const uint8_t* s, size_t j, size_t n, bool case_insensitive) {
   if (j >= n) return 0;
   auto lower = [&](uint8_t c) -> uint8_t {
     return case_insensitive && c >= 'A' && c <= 'Z' ? static_cast<uint8_t>(c + 32) : c;

@@ -7,6 +7,14 @@
 #include <cstddef>
 #include <cstdint>
 
+// The scanners call these per character: they must be inlined (out of line, the small struct
+// returned through the stack costs a store-forwarding stall per character).
+#if defined(__GNUC__)
+#define KG_BPE_INLINE inline __attribute__((always_inline))
+#else
+#define KG_BPE_INLINE inline
+#endif
+
 namespace kg {
 namespace bpe {
 
@@ -15,7 +23,7 @@ enum CharClass : uint8_t { kOther = 0, kLetter = 1, kNumber = 2, kSpace = 4 };
 extern const uint8_t kClassStage1[0x110000 / 128];
 extern const uint8_t kClassStage2[][128];
 
-inline uint8_t char_class(uint32_t cp) {
+KG_BPE_INLINE uint8_t char_class(uint32_t cp) {
   if (cp >= 0x110000) return kOther;
   return kClassStage2[kClassStage1[cp >> 7]][cp & 127];
 }
@@ -30,7 +38,7 @@ struct Char {
 // Decodes the character starting at s[i] (requires i < n). Bytes that do not start a valid
 // UTF-8 sequence (only possible for raw bytes; Python str is always valid) count as one
 // character of class kOther, so every input splits into pieces and no read passes s[n-1].
-inline Char char_at(const uint8_t* s, size_t i, size_t n) {
+KG_BPE_INLINE Char char_at(const uint8_t* s, size_t i, size_t n) {
   uint32_t c = s[i];
   if (c < 0x80) return {c, 1, char_class(c)};
   size_t left = n - i;
