@@ -118,6 +118,13 @@ std::vector<uint32_t> ids_of(py::handle obj) {
   ids.resize(n);
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* it = items[i];
+#if PY_VERSION_HEX < 0x030C0000
+    // CPython <= 3.11 stores small ints as one 30-bit digit: read it directly.
+    if (PyLong_CheckExact(it) && Py_SIZE(it) >= 0 && Py_SIZE(it) <= 1) {
+      ids[i] = Py_SIZE(it) ? static_cast<uint32_t>(reinterpret_cast<PyLongObject*>(it)->ob_digit[0]) : 0;
+      continue;
+    }
+#endif
     if (PyLong_CheckExact(it)) {
       int overflowed = 0;
       long long v = PyLong_AsLongLongAndOverflow(it, &overflowed);
@@ -392,25 +399,33 @@ class PyBPE {
     return out;
   }
 
-  std::string decode_raw(py::handle tokens) const {
+  // Calls make(data, size) with the decoded bytes of `tokens` (KeyError for an unknown id).
+  template <class Make>
+  py::object decode_with(py::handle tokens, Make make) const {
     std::vector<uint32_t> ids = ids_of(tokens);
-    std::string out;
-    long long bad;
+    size_t size = 0, bad = 0;
+    std::unique_ptr<uint8_t[]> buf;
     {
       py::gil_scoped_release release;
-      bad = core_->decode(ids.data(), ids.size(), out);
+      if (core_->decoded_size(ids.data(), ids.size(), &size, &bad)) {
+        buf.reset(new uint8_t[size + Encoder::kDecodeSlack]);
+        core_->decode_into(ids.data(), ids.size(), buf.get());
+      }
     }
-    if (bad >= 0) invalid_token(ids[bad]);
-    return out;
+    if (!buf) invalid_token(ids[bad]);
+    PyObject* out = make(reinterpret_cast<const char*>(buf.get()), static_cast<Py_ssize_t>(size));
+    if (!out) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(out);
   }
 
-  py::bytes decode_bytes(py::handle tokens) const { return py::bytes(decode_raw(tokens)); }
+  py::object decode_bytes(py::handle tokens) const {
+    return decode_with(tokens, [](const char* d, Py_ssize_t n) { return PyBytes_FromStringAndSize(d, n); });
+  }
 
-  py::str decode(py::handle tokens, const std::string& errors) const {
-    std::string b = decode_raw(tokens);
-    PyObject* s = PyUnicode_DecodeUTF8(b.data(), static_cast<Py_ssize_t>(b.size()), errors.c_str());
-    if (!s) throw py::error_already_set();
-    return py::reinterpret_steal<py::str>(s);
+  py::object decode(py::handle tokens, const std::string& errors) const {
+    return decode_with(tokens, [&](const char* d, Py_ssize_t n) {
+      return PyUnicode_DecodeUTF8(d, n, errors.c_str());
+    });
   }
 
   py::bytes decode_single_token_bytes(py::handle token) const {

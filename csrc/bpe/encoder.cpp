@@ -52,6 +52,21 @@ Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern patter
       throw std::invalid_argument("two special tokens have id " + std::to_string(t.id));
     max_token_value_ = std::max(max_token_value_, t.id);
   }
+  // The decoding table. Lengths live in 24 bits: longer tokens would not fit (none exist).
+  size_t n_ids = size_t(max_token_value_) + 1;
+  decode_span_.assign(n_ids, 0);
+  auto put = [&](uint32_t id, const uint8_t* d, size_t len) {
+    if (len >= (1u << 24)) throw std::invalid_argument("a token longer than 16 MB");
+    // Bit 63 marks the id as used (so an empty token is not mistaken for an unused id).
+    decode_span_[id] = uint64_t(1) << 63 | uint64_t(decode_arena_.size()) << 24 | len;
+    decode_arena_.insert(decode_arena_.end(), d, d + len);
+  };
+  if (vocab_.max_id() != kNoToken)
+    for (uint32_t id = 0; id <= vocab_.max_id(); ++id)
+      if (vocab_.has(id)) put(id, vocab_.data(id), vocab_.size_of(id));
+  for (const SpecialToken& t : specials_)
+    put(t.id, reinterpret_cast<const uint8_t*>(t.text.data()), t.text.size());
+  decode_arena_.resize(decode_arena_.size() + kDecodeSlack);
 }
 
 uint32_t Encoder::part_token(const uint8_t* p, size_t n, size_t readable) const {
@@ -313,25 +328,35 @@ void Encoder::encode(const uint8_t* s, size_t n, const std::vector<uint8_t>& all
   }
 }
 
-long long Encoder::decode(const uint32_t* ids, size_t count, std::string& out) const {
+bool Encoder::decoded_size(const uint32_t* ids, size_t count, size_t* size, size_t* bad) const {
+  const uint64_t* span = decode_span_.data();
+  const size_t n_ids = decode_span_.size();
   size_t total = 0;
   for (size_t i = 0; i < count; ++i) {
-    const uint8_t* d;
-    size_t len;
-    if (!token_bytes(ids[i], &d, &len)) return static_cast<long long>(i);
-    total += len;
+    uint64_t sp = ids[i] < n_ids ? span[ids[i]] : 0;
+    if (sp == 0) {
+      *bad = i;
+      return false;
+    }
+    total += sp & 0xFFFFFF;
   }
-  size_t at = out.size();
-  out.resize(at + total);
-  char* dst = &out[at];
+  *size = total;
+  return true;
+}
+
+void Encoder::decode_into(const uint32_t* ids, size_t count, uint8_t* dst) const {
+  const uint64_t* span = decode_span_.data();
+  const uint8_t* arena = decode_arena_.data();
   for (size_t i = 0; i < count; ++i) {
-    const uint8_t* d;
-    size_t len;
-    token_bytes(ids[i], &d, &len);
-    std::memcpy(dst, d, len);
+    uint64_t sp = span[ids[i]];
+    size_t len = sp & 0xFFFFFF;
+    const uint8_t* src = arena + ((sp >> 24) & ((uint64_t(1) << 39) - 1));
+    if (len <= 16)
+      std::memcpy(dst, src, 16);  // both buffers have 16 bytes of slack
+    else
+      std::memcpy(dst, src, len);
     dst += len;
   }
-  return -1;
 }
 
 }  // namespace bpe

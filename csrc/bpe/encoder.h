@@ -82,8 +82,13 @@ class Encoder {
     *size = t.size();
     return true;
   }
-  // Appends the bytes of all ids; returns the index of the first unknown id, or -1.
-  long long decode(const uint32_t* ids, size_t count, std::string& out) const;
+  // Decoding in two passes: decoded_size() checks the ids and sums their lengths (returns
+  // false and the index of the first unknown id in *bad), decode_into() writes the bytes to
+  // dst, which must hold decoded_size() + kDecodeSlack bytes (short tokens are copied as one
+  // 16-byte move).
+  static constexpr size_t kDecodeSlack = 16;
+  bool decoded_size(const uint32_t* ids, size_t count, size_t* size, size_t* bad) const;
+  void decode_into(const uint32_t* ids, size_t count, uint8_t* dst) const;
 
   // The earliest occurrence at or after `from` of any of `strings` (the longest one when
   // several start there): its position, and its index in *which (strings.size() if none).
@@ -95,6 +100,10 @@ class Encoder {
   void merge_heap(const uint8_t* p, size_t n, size_t readable, std::vector<uint32_t>& out) const;
   uint32_t part_token(const uint8_t* p, size_t n, size_t readable) const;
 
+  // Every id (mergeable and special) -> (offset into decode_arena_ << 24) | length, or 0 for
+  // an unused id: one load per token when decoding.
+  std::vector<uint64_t> decode_span_;
+  std::vector<uint8_t> decode_arena_;
   uint64_t id_;  // names this Encoder's entries in the per-thread merge cache
   std::atomic<bool> use_cache_{true};
   Vocab vocab_;
