@@ -231,19 +231,26 @@ def test_million_spaces_then_letter(cl100k, tt_cl100k):
 
 
 @settings(max_examples=100, deadline=None)
-@given(data=st.binary(min_size=2, max_size=400))
+@given(data=st.one_of(st.binary(min_size=2, max_size=400),
+                      st.text(min_size=1, max_size=150).map(lambda t: t.encode("utf-8", "replace"))))
 def test_scan_and_heap_merges_agree(cl100k, tt_cl100k, data):
     # The two merge algorithms on the same piece, and tiktoken's.
     core = cl100k._core
-    scan = core.encode_single_piece(data[:64], "scan")
-    assert scan == core.encode_single_piece(data[:64], "heap")
-    assert scan == tt_cl100k._encode_single_piece(data[:64])
+    scan = core.encode_single_piece(data[:256], "scan")
+    assert scan == core.encode_single_piece(data[:256], "heap")
+    assert scan == core.encode_single_piece(data[:256], "stack_heap")
+    assert scan == tt_cl100k._encode_single_piece(data[:256])
     assert core.encode_single_piece(data, "heap") == tt_cl100k._encode_single_piece(data)
 
 
 def test_scan_and_heap_on_long_repeats(cl100k, tt_cl100k):
-    for piece in [b" " * 5000, b"ab" * 3000, b"\xe4\xb8\xad" * 2000, bytes(range(256)) * 20]:
-        assert cl100k._core.encode_single_piece(piece, "heap") == tt_cl100k._encode_single_piece(piece)
+    for piece in [b" " * 5000, b"ab" * 3000, b"\xe4\xb8\xad" * 2000, bytes(range(256)) * 20,
+                  "日本語のテキストです。".encode() * 6, b" " * 200]:
+        expected = tt_cl100k._encode_single_piece(piece)
+        assert cl100k._core.encode_single_piece(piece, "heap") == expected
+        if len(piece) <= 256:
+            assert cl100k._core.encode_single_piece(piece, "stack_heap") == expected
+            assert cl100k._core.encode_single_piece(piece, "scan") == expected
 
 
 # ---- special tokens, surrogates, bad input -------------------------------------------------

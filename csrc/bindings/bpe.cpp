@@ -375,8 +375,9 @@ class PyBPE {
     Text t = bytes_of(piece, "piece");
     bpe::MergeAlgorithm a = algorithm == "scan" ? bpe::MergeAlgorithm::scan
                           : algorithm == "heap" ? bpe::MergeAlgorithm::heap
+                          : algorithm == "stack_heap" ? bpe::MergeAlgorithm::stack_heap
                           : algorithm == "auto" ? bpe::MergeAlgorithm::automatic
-                                                : (value_error("algorithm must be 'auto', 'scan' or 'heap', got '" + algorithm + "'"), bpe::MergeAlgorithm::automatic);
+                                                : (value_error("algorithm must be 'auto', 'scan', 'stack_heap' or 'heap', got '" + algorithm + "'"), bpe::MergeAlgorithm::automatic);
     std::vector<uint32_t> ids;
     {
       py::gil_scoped_release release;

@@ -113,6 +113,49 @@ void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
   out.insert(out.end(), token, token + (m - 1));
 }
 
+// Version 1b: the same merges for medium pieces (a sentence of Chinese or Japanese is one
+// piece of 50-250 bytes) in O(n log n) without allocating: parts in a linked list on the
+// stack, candidates (rank << 32 | position) in a binary min-heap, stale ones skipped when
+// popped (see version 2 for why a stale candidate never looks current).
+void Encoder::merge_stack_heap(const uint8_t* p, size_t n, size_t readable,
+                               std::vector<uint32_t>& out) const {
+  constexpr size_t N = kScanMaxPiece;
+  uint32_t next[N], prev[N], rank[N], token[N];
+  uint64_t heap[3 * N];
+  size_t size = 0;
+  const uint32_t end = static_cast<uint32_t>(n);
+  auto greater = std::greater<uint64_t>();
+  for (uint32_t k = 0; k < end; ++k) {
+    next[k] = k + 1;
+    prev[k] = k - 1;  // unused for k == 0
+    token[k] = part_token(p + k, 1, readable - k);
+    rank[k] = k + 1 < end ? vocab_.find(p + k, 2, readable - k) : kNoToken;
+    if (rank[k] != kNoToken) heap[size++] = uint64_t(rank[k]) << 32 | k;
+  }
+  std::make_heap(heap, heap + size, greater);
+  auto update = [&](uint32_t k) {  // part k joined with the part after it
+    uint32_t j = next[k];
+    rank[k] = j < end ? vocab_.find(p + k, next[j] - k, readable - k) : kNoToken;
+    if (rank[k] == kNoToken) return;
+    heap[size++] = uint64_t(rank[k]) << 32 | k;
+    std::push_heap(heap, heap + size, greater);
+  };
+  while (size) {
+    std::pop_heap(heap, heap + size, greater);
+    uint64_t top = heap[--size];
+    uint32_t k = static_cast<uint32_t>(top), r = static_cast<uint32_t>(top >> 32);
+    if (rank[k] != r) continue;
+    uint32_t j = next[k];
+    token[k] = r;
+    next[k] = next[j];
+    if (next[j] < end) prev[next[j]] = k;
+    rank[j] = kNoToken;
+    update(k);
+    if (k > 0) update(prev[k]);
+  }
+  for (uint32_t k = 0; k < end; k = next[k]) out.push_back(token[k]);
+}
+
 // Version 2: the same merges in O(n log n). Parts are identified by their first byte k and
 // linked through next[]/prev[]; rank[k] is the rank of part k joined with the part after it.
 // Candidates (rank, k) wait in a priority queue ordered by rank, then position: a min-heap
@@ -212,10 +255,14 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
     out.push_back(part_token(p, 1, readable));
     return;
   }
-  bool scan = algorithm == MergeAlgorithm::scan ||
-              (algorithm == MergeAlgorithm::automatic && n <= kScanMaxPiece);
-  if (scan && n <= kScanMaxPiece)
+  if (algorithm == MergeAlgorithm::automatic)
+    algorithm = n <= kScanSmallPiece ? MergeAlgorithm::scan
+              : n <= kScanMaxPiece   ? MergeAlgorithm::stack_heap
+                                     : MergeAlgorithm::heap;
+  if (algorithm == MergeAlgorithm::scan && n <= kScanMaxPiece)
     merge_scan(p, n, readable, out);
+  else if (algorithm == MergeAlgorithm::stack_heap && n <= kScanMaxPiece)
+    merge_stack_heap(p, n, readable, out);
   else
     merge_heap(p, n, readable, out);
 }

@@ -6,6 +6,7 @@
 // adjacent pair is a token. Two implementations give identical output:
 //   version 1 "scan" (tiktoken's algorithm): after each merge, scan all pairs for the lowest
 //             rank: O(n^2) for a piece of n bytes, the fastest for short pieces;
+//   version 1b "stack_heap": version 2's idea on stack arrays, for medium pieces (<= 256 B);
 //   version 2 "heap": pairs in a min-heap keyed by (rank, position), stale entries skipped
 //             when popped, parts in a linked list: O(n log n), used for long pieces (a
 //             million spaces is one piece).
@@ -36,10 +37,12 @@ struct SpecialToken {
   uint32_t id;
 };
 
-enum class MergeAlgorithm : int { automatic = 0, scan = 1, heap = 2 };
+enum class MergeAlgorithm : int { automatic = 0, scan = 1, heap = 2, stack_heap = 3 };
 
-// Pieces of up to this many bytes use the "scan" merge, longer ones the "heap" merge.
-constexpr size_t kScanMaxPiece = 128;
+// Pieces of up to kScanSmallPiece bytes use the "scan" merge, up to kScanMaxPiece the
+// "stack_heap" merge, longer ones the "heap" merge.
+constexpr size_t kScanSmallPiece = 24;
+constexpr size_t kScanMaxPiece = 256;
 // The merge cache keeps pieces of up to this many bytes and tokens.
 constexpr size_t kCacheMaxPiece = 46;
 constexpr size_t kCacheMaxTokens = 15;
@@ -98,6 +101,8 @@ class Encoder {
  private:
   void merge_scan(const uint8_t* p, size_t n, size_t readable, std::vector<uint32_t>& out) const;
   void merge_heap(const uint8_t* p, size_t n, size_t readable, std::vector<uint32_t>& out) const;
+  void merge_stack_heap(const uint8_t* p, size_t n, size_t readable,
+                        std::vector<uint32_t>& out) const;
   uint32_t part_token(const uint8_t* p, size_t n, size_t readable) const;
 
   // Every id (mergeable and special) -> (offset into decode_arena_ << 24) | length, or 0 for
