@@ -335,7 +335,9 @@ class PyBPE {
       int threads = static_cast<int>(std::min<Py_ssize_t>(num_threads, std::max<Py_ssize_t>(n, 1)));
       std::atomic<Py_ssize_t> next{0};
       std::vector<std::string> errors(threads);
-      auto work = [&](int t) {
+      // OpenMP's worker threads persist between calls, and with them each thread's merge
+      // cache (fresh std::threads would start cold every call).
+      kg::parallel_region(threads, [&](int t, int) {
         try {
           for (Py_ssize_t i; (i = next.fetch_add(1)) < n;)
             core_->encode(texts[i].data, texts[i].size, flags, results[i]);
@@ -343,11 +345,7 @@ class PyBPE {
           errors[t] = e.what();
           next.store(n);
         }
-      };
-      std::vector<std::thread> pool;
-      for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-      work(0);
-      for (auto& th : pool) th.join();
+      });
       for (const std::string& e : errors)
         if (!e.empty()) throw std::invalid_argument(e);
     }
