@@ -94,12 +94,8 @@ std::vector<uint32_t> ids_of(py::handle obj) {
     if (kind != 'i' && kind != 'u' && kind != 'b')
       type_error("tokens must hold integers, got a numpy array of dtype " +
                  std::string(py::str(a.dtype())));
+    // uint64 values >= 2**63 wrap to negative int64 here and are refused below as well.
     py::array_t<int64_t, py::array::c_style | py::array::forcecast> v(a.reshape({-1}));
-    if (kind == 'u' && a.dtype().itemsize() == 8) {
-      py::array_t<uint64_t, py::array::c_style | py::array::forcecast> u(a.reshape({-1}));
-      for (uint64_t x : std::vector<uint64_t>(u.data(), u.data() + u.size()))
-        if (x > 0xFFFFFFFFull) overflow();
-    }
     ids.resize(v.size());
     const int64_t* d = v.data();
     for (py::ssize_t i = 0; i < v.size(); ++i) {
@@ -210,6 +206,12 @@ class PyBPE {
  public:
   PyBPE(bpe::Vocab vocab, std::vector<bpe::SpecialToken> specials, Pattern pattern)
       : core_(std::make_shared<Encoder>(std::move(vocab), std::move(specials), pattern)) {}
+  PyBPE(const PyBPE&) = delete;
+  PyBPE& operator=(const PyBPE&) = delete;
+  // Python deallocates the object with the GIL held, so the cached ints can be released.
+  ~PyBPE() {
+    for (PyObject* o : ints_) Py_XDECREF(o);
+  }
 
   static std::shared_ptr<PyBPE> from_tiktoken(py::handle data_obj, py::handle specials,
                                               const std::string& pattern) {

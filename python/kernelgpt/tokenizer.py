@@ -539,11 +539,10 @@ def train(texts_or_paths: Iterable[Union[str, bytes, os.PathLike]], vocab_size: 
             path = pathlib.Path(item)
             if not path.is_file():
                 raise FileNotFoundError(f"train: no such file: {path}")
-            inputs.append(str(path))
+            inputs.append(os.fsencode(path))  # bytes: any file name the OS allows
             is_path.append(True)
         elif isinstance(item, (str, bytes)):
-            inputs.append(_fix_surrogates(item) if isinstance(item, str) and
-                          not _utf8_ok(item) else item)
+            inputs.append(item)
             is_path.append(False)
         else:
             raise TypeError(f"train: expected str, bytes or a path, got {type(item).__name__}")
@@ -554,7 +553,12 @@ def train(texts_or_paths: Iterable[Union[str, bytes, os.PathLike]], vocab_size: 
     if num_threads is None:
         num_threads = _C.get_num_threads()
     scanner = _scanner(pattern)
-    result = _C.bpe_train(inputs, is_path, vocab_size, scanner, num_threads)
+    try:
+        result = _C.bpe_train(inputs, is_path, vocab_size, scanner, num_threads)
+    except UnicodeEncodeError:  # lone surrogates: fix them as encode() does
+        inputs = [_fix_surrogates(x) if isinstance(x, str) and not p else x
+                  for x, p in zip(inputs, is_path)]
+        result = _C.bpe_train(inputs, is_path, vocab_size, scanner, num_threads)
     tokens = result["tokens"]
     ranks = {t: i for i, t in enumerate(tokens)}
     if special_tokens is None:
@@ -571,20 +575,12 @@ def train(texts_or_paths: Iterable[Union[str, bytes, os.PathLike]], vocab_size: 
     return enc
 
 
-def _utf8_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def _bytes_used(inputs, is_path) -> List[int]:
     """The byte values the corpus contains, in order of first appearance."""
     first = {}
     offset = 0
     for item, path in zip(inputs, is_path):
-        data = pathlib.Path(item).read_bytes() if path else (
+        data = pathlib.Path(os.fsdecode(item)).read_bytes() if path else (
             item.encode("utf-8") if isinstance(item, str) else item)
         present = np.flatnonzero(np.bincount(np.frombuffer(data, np.uint8), minlength=256))
         for b in present:
