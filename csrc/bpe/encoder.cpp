@@ -113,10 +113,10 @@ void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
   out.insert(out.end(), token, token + (m - 1));
 }
 
-// Version 1b: the same merges for medium pieces (a sentence of Chinese or Japanese is one
+// Version 2: the same merges for medium pieces (a sentence of Chinese or Japanese is one
 // piece of 50-250 bytes) in O(n log n) without allocating: parts in a linked list on the
 // stack, candidates (rank << 32 | position) in a binary min-heap, stale ones skipped when
-// popped (see version 2 for why a stale candidate never looks current).
+// popped (see version 3 for why a stale candidate never looks current).
 void Encoder::merge_stack_heap(const uint8_t* p, size_t n, size_t readable,
                                std::vector<uint32_t>& out) const {
   constexpr size_t N = kScanMaxPiece;
@@ -156,7 +156,7 @@ void Encoder::merge_stack_heap(const uint8_t* p, size_t n, size_t readable,
   for (uint32_t k = 0; k < end; k = next[k]) out.push_back(token[k]);
 }
 
-// Version 2: the same merges in O(n log n). Parts are identified by their first byte k and
+// Version 3: the same merges in O(n log n). Parts are identified by their first byte k and
 // linked through next[]/prev[]; rank[k] is the rank of part k joined with the part after it.
 // Candidates (rank, k) wait in a priority queue ordered by rank, then position: a min-heap
 // of the distinct ranks, and per rank a bucket of positions sorted when the rank comes up.

@@ -3,13 +3,15 @@
 // Encoding a text: split it into pieces (pretokenize.h); a piece that is itself a token
 // becomes that token; otherwise its bytes are merged pairwise, always merging the adjacent
 // pair whose concatenation has the lowest rank (the leftmost such pair on ties), until no
-// adjacent pair is a token. Two implementations give identical output:
+// adjacent pair is a token. Three implementations give identical output:
 //   version 1 "scan" (tiktoken's algorithm): after each merge, scan all pairs for the lowest
-//             rank: O(n^2) for a piece of n bytes, the fastest for short pieces;
-//   version 1b "stack_heap": version 2's idea on stack arrays, for medium pieces (<= 256 B);
-//   version 2 "heap": pairs in a min-heap keyed by (rank, position), stale entries skipped
-//             when popped, parts in a linked list: O(n log n), used for long pieces (a
-//             million spaces is one piece).
+//             rank: O(n^2) for a piece of n bytes, the fastest for short pieces (<= 24 B);
+//   version 2 "stack_heap": parts in a linked list, candidate pairs in a binary min-heap
+//             keyed by (rank, position), stale ones skipped when popped: O(n log n), on
+//             stack arrays, for medium pieces (<= 256 B: a Chinese sentence is one piece);
+//   version 3 "heap": the same order from a min-heap of ranks with one bucket of positions
+//             per rank: O(n log n) with few heap operations, for long pieces (a million
+//             spaces is one piece, one bucket).
 // Special tokens are matched as literal strings before splitting; the text between two
 // special tokens is split on its own (so `$` in a pattern matches before a special token).
 //
@@ -19,8 +21,8 @@
 // keeps a small bounded cache (8192 entries, 1 MB) of recently merged pieces: text repeats
 // its words. Per thread, so an Encoder is shared by many threads without locks.
 #pragma once
-#include <cstddef>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <unordered_map>

@@ -7,10 +7,10 @@
 #include <cstring>
 #include <queue>
 #include <stdexcept>
-#include <thread>
 #include <unordered_set>
 
 #include "bpe/vocab.h"
+#include "common/threading.h"
 
 namespace kg {
 namespace bpe {
@@ -149,10 +149,7 @@ PieceCounter count_pieces(const std::vector<TrainInput>& inputs, Pattern pattern
       next_unit.store(units.size());
     }
   };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
-  work(0);
-  for (auto& th : pool) th.join();
+  kg::parallel_region(threads, [&](int t, int) { work(t); });
   for (const std::string& e : errors)
     if (!e.empty()) throw std::runtime_error(e);
   for (int t = 1; t < threads; ++t) {
