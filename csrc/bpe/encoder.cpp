@@ -1,0 +1,410 @@
+#include "bpe/encoder.h"
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <cstring>
+#include <stdexcept>
+
+namespace kg {
+namespace bpe {
+
+namespace {
+
+std::atomic<uint64_t> g_next_encoder_id{1};
+
+// The per-thread cache of merged pieces: a piece of up to 48 bytes that is not a token and the
+// (up to 15) tokens its merge produced. Direct-mapped on the piece's hash, 8192 entries (1 MB).
+struct alignas(64) CacheEntry {
+  uint64_t hash;
+  uint64_t owner;  // the Encoder's id; 0: empty
+  uint8_t len, count;
+  uint8_t key[kCacheMaxPiece];
+  uint32_t tokens[kCacheMaxTokens];
+};
+static_assert(sizeof(CacheEntry) == 128, "two cache lines per entry");
+constexpr size_t kCacheEntries = 8192;
+
+CacheEntry* thread_cache() {
+  thread_local std::unique_ptr<CacheEntry[]> cache;
+  if (!cache) {
+    cache.reset(new CacheEntry[kCacheEntries]);
+    std::memset(static_cast<void*>(cache.get()), 0, kCacheEntries * sizeof(CacheEntry));
+  }
+  return cache.get();
+}
+
+}  // namespace
+
+Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern)
+    : id_(g_next_encoder_id.fetch_add(1)),
+      vocab_(std::move(vocab)),
+      specials_(std::move(specials)),
+      pattern_(pattern) {
+  max_token_value_ = vocab_.max_id() == kNoToken ? 0 : vocab_.max_id();
+  for (size_t k = 0; k < specials_.size(); ++k) {
+    const SpecialToken& t = specials_[k];
+    if (t.text.empty()) throw std::invalid_argument("special tokens must not be empty strings");
+    if (vocab_.has(t.id))
+      throw std::invalid_argument("special token '" + t.text + "' has id " +
+                                  std::to_string(t.id) + ", which a mergeable token already has");
+    if (!special_by_id_.emplace(t.id, k).second)
+      throw std::invalid_argument("two special tokens have id " + std::to_string(t.id));
+    max_token_value_ = std::max(max_token_value_, t.id);
+  }
+  // The decoding table. Lengths live in 24 bits: longer tokens would not fit (none exist).
+  size_t n_ids = size_t(max_token_value_) + 1;
+  decode_span_.assign(n_ids, 0);
+  auto put = [&](uint32_t id, const uint8_t* d, size_t len) {
+    if (len >= (1u << 24)) throw std::invalid_argument("a token longer than 16 MB");
+    // Bit 63 marks the id as used (so an empty token is not mistaken for an unused id).
+    decode_span_[id] = uint64_t(1) << 63 | uint64_t(decode_arena_.size()) << 24 | len;
+    decode_arena_.insert(decode_arena_.end(), d, d + len);
+  };
+  if (vocab_.max_id() != kNoToken)
+    for (uint32_t id = 0; id <= vocab_.max_id(); ++id)
+      if (vocab_.has(id)) put(id, vocab_.data(id), vocab_.size_of(id));
+  for (const SpecialToken& t : specials_)
+    put(t.id, reinterpret_cast<const uint8_t*>(t.text.data()), t.text.size());
+  decode_arena_.resize(decode_arena_.size() + kDecodeSlack);
+}
+
+uint32_t Encoder::part_token(const uint8_t* p, size_t n, size_t readable) const {
+  uint32_t id = vocab_.find(p, n, readable);
+  if (id == kNoToken) {
+    // Only possible for a vocabulary that lacks some single byte.
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02x", p[0]);
+    throw std::invalid_argument(std::string("cannot encode byte ") + hex +
+                                ": the vocabulary has no token for it");
+  }
+  return id;
+}
+
+// Version 1, tiktoken's algorithm. start[k] is where part k begins (start[m-1] == n is a
+// sentinel); rank[k] is the rank of part k joined with part k+1, or kNoToken; token[k] is
+// part k's id (a merged part's id is the rank that merged it: ranks are ids).
+void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
+                         std::vector<uint32_t>& out) const {
+  uint32_t start[kScanMaxPiece + 2], rank[kScanMaxPiece + 2], token[kScanMaxPiece + 2];
+  size_t m = n + 1;
+  for (size_t k = 0; k <= n; ++k) start[k] = static_cast<uint32_t>(k);
+  for (size_t k = 0; k < n; ++k) token[k] = part_token(p + k, 1, readable - k);
+  for (size_t k = 0; k + 1 < n; ++k) rank[k] = vocab_.find(p + k, 2, readable - k);
+  rank[n - 1] = rank[n] = kNoToken;
+  auto span_rank = [&](size_t first, size_t end_part) {  // parts first .. end_part-1 joined
+    return vocab_.find(p + start[first], start[end_part] - start[first], readable - start[first]);
+  };
+  for (;;) {
+    uint32_t best = kNoToken;
+    size_t i = 0;
+    for (size_t k = 0; k + 1 < m; ++k)
+      if (rank[k] < best) best = rank[k], i = k;
+    if (best == kNoToken) break;
+    // Join parts i and i+1; the pairs that change are (i-1, i) and (i, i+1).
+    token[i] = best;
+    if (i > 0) rank[i - 1] = i + 2 < m ? span_rank(i - 1, i + 2) : kNoToken;
+    rank[i] = i + 3 < m ? span_rank(i, i + 3) : kNoToken;
+    std::memmove(start + i + 1, start + i + 2, (m - i - 2) * sizeof(uint32_t));
+    std::memmove(rank + i + 1, rank + i + 2, (m - i - 2) * sizeof(uint32_t));
+    std::memmove(token + i + 1, token + i + 2, (m - i - 2) * sizeof(uint32_t));
+    --m;
+  }
+  out.insert(out.end(), token, token + (m - 1));
+}
+
+// Version 2: the same merges for medium pieces (a sentence of Chinese or Japanese is one
+// piece of 50-250 bytes) in O(n log n) without allocating: parts in a linked list on the
+// stack, candidates (rank << 32 | position) in a binary min-heap, stale ones skipped when
+// popped (see version 3 for why a stale candidate never looks current).
+void Encoder::merge_stack_heap(const uint8_t* p, size_t n, size_t readable,
+                               std::vector<uint32_t>& out) const {
+  constexpr size_t N = kScanMaxPiece;
+  uint32_t next[N], prev[N], rank[N], token[N];
+  uint64_t heap[3 * N];
+  size_t size = 0;
+  const uint32_t end = static_cast<uint32_t>(n);
+  auto greater = std::greater<uint64_t>();
+  for (uint32_t k = 0; k < end; ++k) {
+    next[k] = k + 1;
+    prev[k] = k - 1;  // unused for k == 0
+    token[k] = part_token(p + k, 1, readable - k);
+    rank[k] = k + 1 < end ? vocab_.find(p + k, 2, readable - k) : kNoToken;
+    if (rank[k] != kNoToken) heap[size++] = uint64_t(rank[k]) << 32 | k;
+  }
+  std::make_heap(heap, heap + size, greater);
+  auto update = [&](uint32_t k) {  // part k joined with the part after it
+    uint32_t j = next[k];
+    rank[k] = j < end ? vocab_.find(p + k, next[j] - k, readable - k) : kNoToken;
+    if (rank[k] == kNoToken) return;
+    heap[size++] = uint64_t(rank[k]) << 32 | k;
+    std::push_heap(heap, heap + size, greater);
+  };
+  while (size) {
+    std::pop_heap(heap, heap + size, greater);
+    uint64_t top = heap[--size];
+    uint32_t k = static_cast<uint32_t>(top), r = static_cast<uint32_t>(top >> 32);
+    if (rank[k] != r) continue;
+    uint32_t j = next[k];
+    token[k] = r;
+    next[k] = next[j];
+    if (next[j] < end) prev[next[j]] = k;
+    rank[j] = kNoToken;
+    update(k);
+    if (k > 0) update(prev[k]);
+  }
+  for (uint32_t k = 0; k < end; k = next[k]) out.push_back(token[k]);
+}
+
+// Version 3: the same merges in O(n log n). Parts are identified by their first byte k and
+// linked through next[]/prev[]; rank[k] is the rank of part k joined with the part after it.
+// Candidates (rank, k) wait in a priority queue ordered by rank, then position: a min-heap
+// of the distinct ranks, and per rank a bucket of positions sorted when the rank comes up.
+// (A long piece repeats few pairs, e.g. a million spaces: one bucket of a million positions,
+// already in order, instead of a million heap operations.) A candidate is current while part
+// k is alive and rank[k] still equals it (a part's span only grows and distinct byte strings
+// have distinct ranks, so a stale candidate never looks current again). Taking the smallest
+// (rank, k) each time merges the leftmost pair of lowest rank, exactly as version 1 does;
+// a merge can add candidates of any rank, even lower ones, which simply come up next.
+void Encoder::merge_heap(const uint8_t* p, size_t n, size_t readable,
+                         std::vector<uint32_t>& out) const {
+  const uint32_t end = static_cast<uint32_t>(n);
+  std::vector<uint32_t> next(n), prev(n), rank(n, kNoToken), token(n);
+  struct Bucket {
+    std::vector<uint32_t> positions;
+    size_t cursor = 0;  // positions before it are done
+    bool sorted = true;
+    bool queued = false;
+  };
+  std::vector<Bucket> buckets;
+  std::unordered_map<uint32_t, uint32_t> bucket_of;  // rank -> index into buckets
+  std::vector<uint32_t> queue;                       // min-heap of ranks with a bucket to do
+  auto greater = std::greater<uint32_t>();
+  auto add = [&](uint32_t r, uint32_t k) {
+    if (r == kNoToken) return;
+    auto it = bucket_of.find(r);
+    uint32_t bi;
+    if (it == bucket_of.end()) {
+      bi = static_cast<uint32_t>(buckets.size());
+      bucket_of.emplace(r, bi);
+      buckets.emplace_back();
+    } else {
+      bi = it->second;
+    }
+    Bucket& bk = buckets[bi];
+    if (bk.cursor < bk.positions.size() && bk.positions.back() > k) bk.sorted = false;
+    bk.positions.push_back(k);
+    if (!bk.queued) {
+      bk.queued = true;
+      queue.push_back(r);
+      std::push_heap(queue.begin(), queue.end(), greater);
+    }
+  };
+  for (uint32_t k = 0; k < end; ++k) {
+    next[k] = k + 1;
+    prev[k] = k - 1;  // unused for k == 0
+    token[k] = part_token(p + k, 1, readable - k);
+    if (k + 1 < end) add(rank[k] = vocab_.find(p + k, 2, readable - k), k);
+  }
+  auto join_rank = [&](uint32_t k) -> uint32_t {  // part k joined with the part after it
+    uint32_t j = next[k];
+    if (j >= end) return kNoToken;
+    return vocab_.find(p + k, next[j] - k, readable - k);
+  };
+  while (!queue.empty()) {
+    uint32_t r = queue.front();
+    Bucket& bk = buckets[bucket_of[r]];
+    if (bk.cursor == bk.positions.size()) {
+      std::pop_heap(queue.begin(), queue.end(), greater);
+      queue.pop_back();
+      bk.queued = false;
+      bk.positions.clear();
+      bk.cursor = 0;
+      bk.sorted = true;
+      continue;
+    }
+    if (!bk.sorted) {
+      std::sort(bk.positions.begin() + bk.cursor, bk.positions.end());
+      bk.sorted = true;
+    }
+    uint32_t k = bk.positions[bk.cursor++];
+    if (rank[k] != r) continue;  // stale (parts that were absorbed have rank kNoToken)
+    uint32_t j = next[k];        // absorb part j into part k
+    token[k] = r;
+    next[k] = next[j];
+    if (next[j] < end) prev[next[j]] = k;
+    rank[j] = kNoToken;
+    add(rank[k] = join_rank(k), k);  // may reallocate buckets: bk is not used below
+    if (k > 0) {
+      uint32_t before = prev[k];
+      add(rank[before] = join_rank(before), before);
+    }
+  }
+  for (uint32_t k = 0; k < end; k = next[k]) out.push_back(token[k]);
+}
+
+void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
+                           std::vector<uint32_t>& out, MergeAlgorithm algorithm) const {
+  if (n == 0) return;
+  uint32_t whole = vocab_.find(p, n, readable);
+  if (whole != kNoToken) {
+    out.push_back(whole);
+    return;
+  }
+  if (n == 1) {
+    out.push_back(part_token(p, 1, readable));
+    return;
+  }
+  if (algorithm == MergeAlgorithm::automatic)
+    algorithm = n <= kScanSmallPiece ? MergeAlgorithm::scan
+              : n <= kScanMaxPiece   ? MergeAlgorithm::stack_heap
+                                     : MergeAlgorithm::heap;
+  if (algorithm == MergeAlgorithm::scan && n <= kScanMaxPiece)
+    merge_scan(p, n, readable, out);
+  else if (algorithm == MergeAlgorithm::stack_heap && n <= kScanMaxPiece)
+    merge_stack_heap(p, n, readable, out);
+  else
+    merge_heap(p, n, readable, out);
+}
+
+void Encoder::encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
+  // Looking a piece up in the 4 MB vocabulary table is a cache miss; done one piece at a time
+  // the misses queue up behind the branchy scanner. So pieces are collected in batches:
+  // hash them all and prefetch their slots, then look them up, while the loads overlap.
+  constexpr size_t kBatch = 64;
+  struct Span {
+    size_t begin, len;
+    uint64_t head, hash;
+  } batch[kBatch];
+  size_t count = 0;
+  CacheEntry* cache = use_cache_ ? thread_cache() : nullptr;
+  auto flush = [&] {
+    for (size_t k = 0; k < count; ++k) {
+      const Span& sp = batch[k];
+      const uint8_t* p = s + sp.begin;
+      uint32_t whole = sp.len <= 2 ? vocab_.find(p, sp.len, n - sp.begin)
+                                   : vocab_.find_hashed(p, sp.len, sp.head, sp.hash);
+      if (whole != kNoToken) {
+        out.push_back(whole);
+      } else if (cache && sp.len <= kCacheMaxPiece) {
+        // Not a token: merge it, or reuse the last merge of the same piece.
+        CacheEntry& c = cache[sp.hash & (kCacheEntries - 1)];
+        if (c.hash == sp.hash && c.owner == id_ && c.len == sp.len &&
+            std::memcmp(c.key, p, sp.len) == 0) {
+          out.insert(out.end(), c.tokens, c.tokens + c.count);
+          continue;
+        }
+        size_t before = out.size();
+        encode_piece(p, sp.len, n - sp.begin, out);
+        size_t made = out.size() - before;
+        if (made <= kCacheMaxTokens) {
+          c.hash = sp.hash;
+          c.owner = id_;
+          c.len = static_cast<uint8_t>(sp.len);
+          c.count = static_cast<uint8_t>(made);
+          std::memcpy(c.key, p, sp.len);
+          std::memcpy(c.tokens, out.data() + before, made * sizeof(uint32_t));
+        }
+      } else {
+        encode_piece(p, sp.len, n - sp.begin, out);
+      }
+    }
+    count = 0;
+  };
+  for_each_piece(pattern_, s, n, [&](size_t b, size_t e) {
+    Span& sp = batch[count++];
+    sp.begin = b;
+    sp.len = e - b;
+    if (sp.len > 2) {
+      sp.head = head8(s + b, sp.len, n - b);
+      sp.hash = hash_bytes(sp.head, s + b, sp.len);
+      vocab_.prefetch(sp.hash);
+    }
+    if (count == kBatch) flush();
+  });
+  flush();
+}
+
+size_t Encoder::find_first(const uint8_t* s, size_t n, size_t from,
+                           const std::vector<std::string>& strings, size_t* which) {
+  size_t best = n, best_len = 0;
+  *which = strings.size();
+  for (size_t k = 0; k < strings.size(); ++k) {
+    const std::string& t = strings[k];
+    if (t.empty()) {  // the empty string occurs everywhere
+      if (*which == strings.size() || from < best) best = from, best_len = 0, *which = k;
+      continue;
+    }
+    if (from >= n) continue;
+    const void* hit = memmem(s + from, n - from, t.data(), t.size());
+    if (!hit) continue;
+    size_t pos = static_cast<const uint8_t*>(hit) - s;
+    if (*which == strings.size() || pos < best || (pos == best && t.size() > best_len)) best = pos, best_len = t.size(), *which = k;
+  }
+  return best;
+}
+
+void Encoder::encode(const uint8_t* s, size_t n, const std::vector<uint8_t>& allowed,
+                     std::vector<uint32_t>& out) const {
+  std::vector<std::string> texts;
+  std::vector<uint32_t> ids;
+  for (size_t k = 0; k < specials_.size(); ++k)
+    if (k < allowed.size() && allowed[k]) texts.push_back(specials_[k].text), ids.push_back(specials_[k].id);
+  if (texts.empty()) return encode_ordinary(s, n, out);
+  // next_at[k]: the next occurrence of texts[k] at or after the current position (n: none).
+  std::vector<size_t> next_at(texts.size(), 0);
+  std::vector<bool> known(texts.size(), false);
+  size_t start = 0;
+  for (;;) {
+    size_t best = n, which = 0;
+    for (size_t k = 0; k < texts.size(); ++k) {
+      if (!known[k] || (next_at[k] < start && next_at[k] != n)) {
+        const void* hit = start < n ? memmem(s + start, n - start, texts[k].data(), texts[k].size())
+                                    : nullptr;
+        next_at[k] = hit ? static_cast<size_t>(static_cast<const uint8_t*>(hit) - s) : n;
+        known[k] = true;
+      }
+      if (next_at[k] < best || (next_at[k] == best && best < n && texts[k].size() > texts[which].size()))
+        best = next_at[k], which = k;
+    }
+    // The ordinary text before the special token is split on its own, like tiktoken does.
+    encode_ordinary(s + start, best - start, out);
+    if (best == n) break;
+    out.push_back(ids[which]);
+    start = best + texts[which].size();
+  }
+}
+
+bool Encoder::decoded_size(const uint32_t* ids, size_t count, size_t* size, size_t* bad) const {
+  const uint64_t* span = decode_span_.data();
+  const size_t n_ids = decode_span_.size();
+  size_t total = 0;
+  for (size_t i = 0; i < count; ++i) {
+    uint64_t sp = ids[i] < n_ids ? span[ids[i]] : 0;
+    if (sp == 0) {
+      *bad = i;
+      return false;
+    }
+    total += sp & 0xFFFFFF;
+  }
+  *size = total;
+  return true;
+}
+
+void Encoder::decode_into(const uint32_t* ids, size_t count, uint8_t* dst) const {
+  const uint64_t* span = decode_span_.data();
+  const uint8_t* arena = decode_arena_.data();
+  for (size_t i = 0; i < count; ++i) {
+    uint64_t sp = span[ids[i]];
+    size_t len = sp & 0xFFFFFF;
+    const uint8_t* src = arena + ((sp >> 24) & ((uint64_t(1) << 39) - 1));
+    if (len <= 16)
+      std::memcpy(dst, src, 16);  // both buffers have 16 bytes of slack
+    else
+      std::memcpy(dst, src, len);
+    dst += len;
+  }
+}
+
+}  // namespace bpe
+}  // namespace kg

