@@ -1,5 +1,6 @@
 """Training loop, checkpoints (atomic, bit-exact resume), generation from a checkpoint."""
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -161,3 +162,20 @@ def test_cli_train_and_sample(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kernelgpt", "sample", "--ckpt", str(tmp_path / "nope")],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1 and "no checkpoint" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["bpe", "cl100k_base"])
+def test_train_with_bpe_tokenizers(tmp_path, kind):
+    if kind == "cl100k_base":
+        from kernelgpt.io import fetch
+        if fetch.cached("cl100k_base") is None:
+            pytest.skip("cl100k_base not fetched (kernelgpt fetch cl100k_base)")
+    tc = config(tmp_path, max_iters=6, eval_interval=3, tokenizer=kind, bpe_vocab_size=300)
+    cfg = GPTConfig(vocab_size=1, n_layer=1, n_head=2, n_embd=16, block_size=16)
+    train(tc, cfg)
+    model, tok, *_ = load_checkpoint(tc.out)
+    assert model.config.vocab_size == tok.n_vocab
+    text = "".join(generate(model, tok, "ROMEO:", max_new_tokens=8, seed=0))
+    assert isinstance(text, str)
+    resumed = train(dataclasses.replace(tc), resume=True, max_iters=8)
+    assert resumed["step"] == 8

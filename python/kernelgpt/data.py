@@ -152,7 +152,7 @@ class _CharStream:
     def push(self, token_id: int) -> str:
         return self.tok.decode([token_id])
 
-    def flush(self) -> str:
+    def finish(self) -> str:
         return ""
 
 

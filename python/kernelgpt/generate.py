@@ -122,7 +122,7 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
     if not stats.stop_reason:
         stats.stop_reason = "length"
     if stats.stop_reason != "stop_string":
-        pending += decoder.flush() if hasattr(decoder, "flush") else ""
+        pending += decoder.finish()
         if pending:
             yield pending
     stats.decode_seconds = time.perf_counter() - t_decode
