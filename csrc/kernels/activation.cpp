@@ -182,14 +182,7 @@ inline vfloat scale_pow2_neg(vfloat p, vfloat n) {
 // exp(-r) * 2^-n for |r| <= ln2 / 2: the Taylor series of simd::exp, then the scaling.
 inline vfloat exp_reduced_neg(vfloat r, vfloat n) {
   r = -r;
-  vfloat p = broadcast(1.0f / 5040);
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  vfloat p = exp_taylor(r);
   return scale_pow2_neg(p, n);
 }
 

@@ -35,6 +35,7 @@
 #include <new>
 
 #include "common/simd.h"
+#include "common/workspace.h"
 #include "common/threading.h"
 
 KG_BEGIN_ISA_NAMESPACE
@@ -42,22 +43,6 @@ namespace {
 
 using namespace simd;
 
-// A grow-only, 64-byte aligned buffer (one per calling thread), as in matmul.cpp.
-struct Workspace {
-  float* data = nullptr;
-  size_t capacity = 0;
-  ~Workspace() { std::free(data); }
-  float* get(size_t floats) {
-    if (floats > capacity) {
-      std::free(data);
-      size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
-      data = static_cast<float*>(std::aligned_alloc(64, bytes));
-      capacity = data ? floats : 0;
-      if (!data) throw std::bad_alloc();  // only ever called before a parallel region
-    }
-    return data;
-  }
-};
 thread_local Workspace tl_workspace;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -270,14 +255,7 @@ inline vfloat softmax_exp(vfloat x) {
   vfloat n = (xc * 1.44269504088896341f + kRound) - kRound;
   vfloat r = xc - n * 0.693145751953125f;
   r = r - n * 1.428606765330187045e-06f;
-  vfloat p = broadcast(1.0f / 5040);
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  vfloat p = exp_taylor(r);
   return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)n);
 #else
   return exp(x);

@@ -20,6 +20,7 @@
 #include <cstdlib>
 
 #include "common/simd.h"
+#include "common/workspace.h"
 #include "common/threading.h"
 
 KG_BEGIN_ISA_NAMESPACE
@@ -90,21 +91,7 @@ inline void add_row(float* dst, const float* src, int64_t w) {
   if (c < w) store_partial(dst + c, load_partial(dst + c, w - c) + load_partial(src + c, w - c), w - c);
 }
 
-// A grow-only buffer per thread, reused across calls.
-struct Workspace {
-  int64_t* data = nullptr;
-  size_t capacity = 0;
-  ~Workspace() { std::free(data); }
-  int64_t* get(size_t count) {
-    if (count > capacity) {
-      std::free(data);
-      data = static_cast<int64_t*>(std::malloc(count * sizeof(int64_t)));
-      capacity = data ? count : 0;
-    }
-    return data;
-  }
-};
-thread_local Workspace tl_counts;
+thread_local GrowBuffer<int64_t> tl_counts;
 
 void backward_fast(const EmbeddingArgs& p) {
   const int64_t C = p.channels, V = p.vocab;
@@ -123,8 +110,8 @@ void backward_fast(const EmbeddingArgs& p) {
   int64_t first[kMaxThreads + 1];
   first[0] = 0;
   first[nt] = V;
-  if (nt > 1 && V <= 8 * p.n && tl_counts.get(V)) {
-    int64_t* counts = tl_counts.get(V);
+  if (nt > 1 && V <= 8 * p.n && tl_counts.try_get(V)) {
+    int64_t* counts = tl_counts.try_get(V);
     for (int64_t v = 0; v < V; ++v) counts[v] = 0;
     for (int64_t i = 0; i < p.n; ++i) ++counts[p.ids[i]];
     int64_t running = 0, v = 0;

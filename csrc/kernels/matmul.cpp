@@ -22,6 +22,7 @@
 
 #include "common/simd.h"
 #include "common/threading.h"
+#include "common/workspace.h"
 
 KG_BEGIN_ISA_NAMESPACE
 namespace {
@@ -75,22 +76,6 @@ constexpr int64_t NB = NR * (KG_MM_NB / NR);  // ~480 columns: KC x NB floats = 
 #endif
 constexpr int64_t MB = MR * (KG_MM_MB / MR);
 
-// A grow-only, 64-byte aligned buffer per thread, reused across calls so that a matmul in a
-// loop does not pay for fresh pages every time.
-struct Workspace {
-  float* data = nullptr;
-  size_t capacity = 0;
-  ~Workspace() { std::free(data); }
-  float* get(size_t floats) {
-    if (floats > capacity) {
-      std::free(data);
-      size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
-      data = static_cast<float*>(std::aligned_alloc(64, bytes));
-      capacity = data ? floats : 0;
-    }
-    return data;
-  }
-};
 thread_local Workspace tl_pack_a, tl_pack_b;
 
 // Packs op(A)[i0:i0+mc, k0:k0+kc] into slivers of MR rows: sliver s holds, for each k, the
@@ -221,9 +206,9 @@ void gemm_region(const MatmulArgs& p, const float* a, const float* b, float* c, 
   int64_t k_blocks = (p.k + KC - 1) / KC;
   int64_t kc_step = (p.k + k_blocks - 1) / k_blocks;  // equal K blocks: 576 -> 288 + 288
   float* packed_a = tl_pack_a.get(panel_rows * kc_step);  // shared by the team
-  if (!packed_a) return;
+  float* packed_b_all = tl_pack_b.get(KC * NB * threads);  // one B block per thread
   parallel_region(threads, [&](int t, int count) {
-    float* packed_b = tl_pack_b.get(KC * NB);
+    float* packed_b = packed_b_all + KC * NB * t;
     // This thread's columns, cut on NR boundaries.
     int64_t col_units = (n_len + NR - 1) / NR;
     int64_t my_j0 = j0 + col_units * t / count * NR;
@@ -241,13 +226,12 @@ void gemm_region(const MatmulArgs& p, const float* a, const float* b, float* c, 
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-        if (packed_b)
-          for (int64_t jc = my_j0; jc < my_j1; jc += NB) {
-            int64_t nc = my_j1 - jc < NB ? my_j1 - jc : NB;
-            pack_b(p, b, pc, kc, jc, nc, packed_b);
-            macro_kernel(p, packed_a, packed_b, c + ic * p.n + jc, mc, nc, kc, load_c,
-                         bias ? bias + jc : nullptr);
-          }
+        for (int64_t jc = my_j0; jc < my_j1; jc += NB) {
+          int64_t nc = my_j1 - jc < NB ? my_j1 - jc : NB;
+          pack_b(p, b, pc, kc, jc, nc, packed_b);
+          macro_kernel(p, packed_a, packed_b, c + ic * p.n + jc, mc, nc, kc, load_c,
+                       bias ? bias + jc : nullptr);
+        }
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
