@@ -119,6 +119,56 @@ def throughput(name, data, vocab, steps, torch_ok):
     return out
 
 
+class _TimedOps:
+    """Stands in for the model's ops module and adds up the time spent in each kernel call
+    (linear/matmul keyed by their shapes, so the profile shows which layer costs what)."""
+
+    def __init__(self, inner):
+        self.inner, self.seconds, self.calls = inner, {}, {}
+
+    def __getattr__(self, name):
+        fn = getattr(self.inner, name)
+        if not callable(fn):
+            return fn
+
+        def timed(*args, **kwargs):
+            key = name
+            if name in ("matmul", "linear") and len(args) >= 2:
+                a, b = args[0], args[1]
+                ta = "T" if kwargs.get("trans_a") else ""
+                tb = "T" if kwargs.get("trans_b") or name == "linear" else ""
+                key = f"{name} {'x'.join(map(str, a.shape))}{ta} @ {'x'.join(map(str, b.shape))}{tb}"
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+            self.calls[key] = self.calls.get(key, 0) + 1
+            return result
+        return timed
+
+
+def profile(name, data, vocab, steps):
+    """Where one kernelgpt training step spends its time, per kernel call site."""
+    kw, B = CONFIGS[name]
+    cfg = GPTConfig(vocab_size=vocab, **kw)
+    kg = KgTrainer(cfg)
+    batches_ = list(batches(data, B, cfg.block_size, 1, steps + 1))
+    kg.step(*batches_[0])
+    timed = _TimedOps(kg.model.ops)
+    kg.model.ops = timed
+    t0 = time.perf_counter()
+    for x, y in batches_[1:]:
+        kg.step(x, y)
+    total = (time.perf_counter() - t0) / steps
+    print(f"# profile of {name}: {total * 1e3:.1f} ms per step (forward + backward + AdamW)")
+    rows = sorted(timed.seconds.items(), key=lambda kv: -kv[1])
+    for key, sec in rows:
+        print(f"{sec / steps * 1e3:9.2f} ms {100 * sec / steps / total:5.1f}%  "
+              f"{timed.calls[key] // steps:3d}x  {key}")
+    inside = sum(timed.seconds.values()) / steps
+    print(f"{(total - inside) * 1e3:9.2f} ms {100 * (total - inside) / total:5.1f}%  "
+          "outside the model's kernel calls (clip + AdamW + Python)")
+
+
 def converge(data, vocab, iters, torch_ok):
     kw, B = CONFIGS["baby"]
     cfg = GPTConfig(vocab_size=vocab, **kw)
@@ -149,6 +199,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--configs", default="baby,shakespeare-char")
     ap.add_argument("--converge", type=int, default=0, help="iterations for the loss comparison")
+    ap.add_argument("--profile", action="store_true", help="also print a per-kernel profile")
     args = ap.parse_args()
     kernelgpt.set_num_threads(args.threads)
     try:
@@ -165,6 +216,8 @@ def main():
     for name in args.configs.split(","):
         steps = args.steps if name == "baby" else max(2, args.steps // 10)
         throughput(name, data, tok.n_vocab, steps, torch_ok)
+        if args.profile:
+            profile(name, data, tok.n_vocab, steps)
     if args.converge:
         converge(data, tok.n_vocab, args.converge, torch_ok)
 
