@@ -33,7 +33,7 @@ import numpy as np
 from .. import _C
 
 __all__ = ["GGUFError", "ValueType", "GGMLType", "GGML_TYPES", "TensorInfo", "Metadata",
-           "GGUFFile", "validate_llama"]
+           "GGUFFile", "LlamaParams", "validate_llama"]
 
 
 class GGUFError(ValueError):
@@ -249,3 +249,182 @@ class GGUFFile:
         state = "closed" if self.closed else "open"
         return (f"<GGUFFile {self.path!r} v{getattr(self, 'version', '?')}, "
                 f"{len(getattr(self, 'tensors', {}))} tensors, {state}>")
+
+
+# ---- model-level checks ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LlamaParams:
+    """The hyperparameters of a Llama GGUF, as checked by validate_llama."""
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    n_ff: int
+    context_length: int
+    rope_theta: float
+    rope_dim: int
+    rms_norm_eps: float
+    vocab_size: int
+    tied_embeddings: bool  # no output.weight: the LM head is token_embd.weight
+    tokenizer_model: str
+
+
+_INTEGER_TYPES = {ValueType.UINT8, ValueType.INT8, ValueType.UINT16, ValueType.INT16,
+                  ValueType.UINT32, ValueType.INT32, ValueType.UINT64, ValueType.INT64}
+_FLOAT_TYPES = {ValueType.FLOAT32, ValueType.FLOAT64}
+_TOKEN_TYPES = range(1, 7)  # normal, unknown, control, user-defined, unused, byte
+_NORM_TYPES = {"F32", "F16", "BF16"}
+
+
+def _kind(metadata, key):
+    """The ValueType of a metadata value (also for plain dicts, from the Python value)."""
+    if isinstance(metadata, Metadata):
+        return metadata.value_type(key)
+    value = metadata[key]
+    if isinstance(value, bool):
+        return ValueType.BOOL
+    if isinstance(value, (int, np.integer)):
+        return ValueType.INT64
+    if isinstance(value, (float, np.floating)):
+        return ValueType.FLOAT64
+    if isinstance(value, str):
+        return ValueType.STRING
+    return ValueType.ARRAY
+
+
+def validate_llama(metadata: Mapping, tensors: Mapping) -> LlamaParams:
+    """Checks that a GGUF file's metadata and tensors describe a Llama model this package can
+    run: the required hyperparameters with sane values, a tokenizer whose tokens, token types
+    and merges agree, and every tensor present with the shape the hyperparameters imply.
+    Raises GGUFError naming the first problem; returns the hyperparameters."""
+
+    def fail(msg):
+        raise GGUFError(f"not a valid llama model: {msg}")
+
+    def need(key):
+        if key not in metadata:
+            fail(f"missing required metadata {key!r}")
+        return metadata[key]
+
+    def integer(key, default=None, low=1, high=1 << 31):
+        if default is not None and key not in metadata:
+            return default
+        value = need(key)
+        if _kind(metadata, key) not in _INTEGER_TYPES:
+            fail(f"metadata {key!r} must be an integer, got {_kind(metadata, key).name.lower()}")
+        if not low <= int(value) <= high:
+            fail(f"metadata {key!r} = {int(value)} is outside [{low}, {high}]")
+        return int(value)
+
+    def positive_float(key):
+        value = need(key)
+        if _kind(metadata, key) not in _FLOAT_TYPES | _INTEGER_TYPES:
+            fail(f"metadata {key!r} must be a number, got {_kind(metadata, key).name.lower()}")
+        if not (np.isfinite(value) and value > 0):
+            fail(f"metadata {key!r} = {value} must be a finite positive number")
+        return float(value)
+
+    def string_list(key):
+        if key not in metadata:
+            fail(f"missing required metadata {key!r}")
+        if isinstance(metadata, Metadata) and metadata.array_type(key) != ValueType.STRING:
+            fail(f"metadata {key!r} must be an array of strings")
+        value = metadata[key]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+            fail(f"metadata {key!r} must be an array of strings")
+        return value
+
+    arch = need("general.architecture")
+    if arch != "llama":
+        fail(f"general.architecture is {arch!r}, expected 'llama'")
+    n_layer = integer("llama.block_count", high=4096)
+    n_embd = integer("llama.embedding_length", high=1 << 20)
+    n_ff = integer("llama.feed_forward_length", high=1 << 22)
+    context_length = integer("llama.context_length", high=1 << 24)
+    n_head = integer("llama.attention.head_count", high=1 << 12)
+    n_kv_head = integer("llama.attention.head_count_kv", default=n_head, high=1 << 12)
+    rope_theta = positive_float("llama.rope.freq_base")
+    rms_norm_eps = positive_float("llama.attention.layer_norm_rms_epsilon")
+    if n_embd % n_head:
+        fail(f"llama.embedding_length {n_embd} is not a multiple of "
+             f"llama.attention.head_count {n_head}")
+    if n_head % n_kv_head:
+        fail(f"llama.attention.head_count {n_head} is not a multiple of "
+             f"llama.attention.head_count_kv {n_kv_head}")
+    head_dim = n_embd // n_head
+    rope_dim = integer("llama.rope.dimension_count", default=head_dim, high=head_dim)
+    if rope_dim % 2:
+        fail(f"llama.rope.dimension_count {rope_dim} must be even")
+
+    # tokenizer: tokens, their types and the BPE merges must agree
+    tokenizer_model = need("tokenizer.ggml.model")
+    if tokenizer_model != "gpt2":
+        fail(f"tokenizer.ggml.model is {tokenizer_model!r}; only 'gpt2' (byte-level BPE) "
+             "is supported")
+    tokens = string_list("tokenizer.ggml.tokens")
+    vocab_size = len(tokens)
+    if vocab_size == 0:
+        fail("tokenizer.ggml.tokens is empty")
+    ids = {}
+    for i, token in enumerate(tokens):
+        if ids.setdefault(token, i) != i:
+            fail(f"tokenizer.ggml.tokens has {token!r} twice (ids {ids[token]} and {i})")
+    if "llama.vocab_size" in metadata and integer("llama.vocab_size") != vocab_size:
+        fail(f"llama.vocab_size {metadata['llama.vocab_size']} != {vocab_size} tokens")
+    token_type = need("tokenizer.ggml.token_type")
+    if not isinstance(token_type, np.ndarray) or token_type.dtype.kind not in "iu":
+        token_type = np.asarray(token_type)
+        if token_type.dtype.kind not in "iu":
+            fail("tokenizer.ggml.token_type must be an array of integers")
+    if token_type.shape != (vocab_size,):
+        fail(f"tokenizer.ggml.token_type has {token_type.size} entries for {vocab_size} tokens")
+    bad = np.flatnonzero((token_type < _TOKEN_TYPES.start) | (token_type >= _TOKEN_TYPES.stop))
+    if bad.size:
+        fail(f"tokenizer.ggml.token_type[{bad[0]}] = {token_type[bad[0]]} is not a token type (1..6)")
+    for i, merge in enumerate(string_list("tokenizer.ggml.merges")):
+        left, space, right = merge.partition(" ")
+        if not space or not left or not right or " " in right:
+            fail(f"tokenizer.ggml.merges[{i}] = {merge!r} is not two tokens joined by one space")
+        for part in (left, right, left + right):
+            if part not in ids:
+                fail(f"tokenizer.ggml.merges[{i}] = {merge!r}: {part!r} is not in the vocabulary")
+    if "tokenizer.ggml.scores" in metadata and len(metadata["tokenizer.ggml.scores"]) != vocab_size:
+        fail(f"tokenizer.ggml.scores has {len(metadata['tokenizer.ggml.scores'])} entries "
+             f"for {vocab_size} tokens")
+    for key in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id",
+                "eot_token_id", "sep_token_id"):
+        integer("tokenizer.ggml." + key, default=-1, low=0, high=vocab_size - 1)
+
+    # tensors, numpy order ([out, in] for weight matrices)
+    q_dim, kv_dim = n_head * head_dim, n_kv_head * head_dim
+    expected = {"token_embd.weight": (vocab_size, n_embd), "output_norm.weight": (n_embd,)}
+    tied = "output.weight" not in tensors
+    if not tied:
+        expected["output.weight"] = (vocab_size, n_embd)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        expected.update({p + "attn_norm.weight": (n_embd,), p + "attn_q.weight": (q_dim, n_embd),
+                         p + "attn_k.weight": (kv_dim, n_embd), p + "attn_v.weight": (kv_dim, n_embd),
+                         p + "attn_output.weight": (n_embd, q_dim), p + "ffn_norm.weight": (n_embd,),
+                         p + "ffn_gate.weight": (n_ff, n_embd), p + "ffn_up.weight": (n_ff, n_embd),
+                         p + "ffn_down.weight": (n_embd, n_ff)})
+    for name, shape in expected.items():
+        if name not in tensors:
+            fail(f"missing tensor {name!r}")
+        info = tensors[name]
+        if tuple(info.shape) != shape:
+            fail(f"tensor {name!r} has shape {tuple(info.shape)}, expected {shape} from the metadata")
+        if name.endswith("norm.weight") and GGML_TYPES[info.type].name not in _NORM_TYPES:
+            fail(f"tensor {name!r} is {GGML_TYPES[info.type].name}; norm weights must be "
+                 "F32, F16 or BF16")
+    for name in tensors:
+        if name.startswith("blk.") and name not in expected:
+            layer = name.split(".")[1]
+            if not layer.isdigit() or int(layer) >= n_layer:
+                fail(f"tensor {name!r} does not belong to any of the {n_layer} layers")
+    return LlamaParams(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head,
+                       head_dim=head_dim, n_ff=n_ff, context_length=context_length,
+                       rope_theta=rope_theta, rope_dim=rope_dim, rms_norm_eps=rms_norm_eps,
+                       vocab_size=vocab_size, tied_embeddings=tied, tokenizer_model=tokenizer_model)
