@@ -85,6 +85,9 @@ def build(kvs: List[bytes], tensors: List[Tensor], version=3, alignment=32, magi
         if offset is None:
             offset = len(data)
             data += t.data + b"\0" * (align(len(t.data), alignment) - len(t.data))
+        elif 0 <= offset < 1 << 24:  # an explicit offset: the data goes there (may overlap)
+            data += b"\0" * max(0, offset + len(t.data) - len(data))
+            data[offset:offset + len(t.data)] = t.data
         n_dims = len(t.ne) if t.n_dims is None else t.n_dims
         head += string(t.name) + struct.pack("<I", n_dims & 0xFFFFFFFF)
         head += b"".join(struct.pack("<Q", d & U64) for d in t.ne)
