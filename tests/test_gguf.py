@@ -291,3 +291,17 @@ def test_smollm2_contents():
 @needs_oracle
 def test_smollm2_matches_gguf_package():
     assert_same_as_gguf_package(smollm2_path())
+
+
+def test_cli(tiny, capsys):
+    from kernelgpt import cli
+    assert cli.main(["gguf", str(tiny[0]), "--tensors", "--check-llama"]) == 0
+    out = capsys.readouterr().out
+    assert "GGUF v3, 33 metadata entries, 20 tensors" in out
+    assert "[12 x string: '<|endoftext|>', '<|im_start|>', 'a', ...]" in out
+    assert "[12 x int32: 3, 3, 1, ...]" in out
+    assert "blk.1.ffn_down.weight" in out and "LlamaParams(n_layer=2" in out
+    bad = tiny[0].parent / "bad.gguf"
+    bad.write_bytes(b"GGUF\x01\x00\x00\x00")
+    assert cli.main(["gguf", str(bad)]) == 1
+    assert "version 1 is not supported" in capsys.readouterr().err

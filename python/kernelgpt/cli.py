@@ -20,6 +20,8 @@ _COMMANDS = [
      "kernelgpt.io.fetch:add_arguments", "kernelgpt.io.fetch:main"),
     ("tokenize", "encode or decode text with a BPE vocabulary, or train one (--train --trace)",
      "kernelgpt.tokenizer:add_arguments", "kernelgpt.tokenizer:main"),
+    ("gguf", "show (and check) a GGUF model file's metadata and tensors",
+     "kernelgpt.io.gguf:add_arguments", "kernelgpt.io.gguf:main"),
 ]
 
 
