@@ -305,3 +305,44 @@ def test_cli(tiny, capsys):
     bad.write_bytes(b"GGUF\x01\x00\x00\x00")
     assert cli.main(["gguf", str(bad)]) == 1
     assert "version 1 is not supported" in capsys.readouterr().err
+
+
+def test_arrays_nested_to_the_limit(tmp_path):
+    value = (w.INT16, [-5, 7])
+    for _ in range(3):  # an array at depth 0 holding arrays down to depth 3: the deepest allowed
+        value = (w.ARRAY, [value, value])
+    with GGUFFile(write(tmp_path, w.build([w.kv("deep", w.ARRAY, value)], []))) as f:
+        assert plain(f.metadata["deep"]) == [[[[-5, 7]] * 2] * 2] * 2
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_SCALARS = {w.UINT8: st.integers(0, 255), w.INT8: st.integers(-128, 127),
+            w.UINT16: st.integers(0, 2**16 - 1), w.INT32: st.integers(-2**31, 2**31 - 1),
+            w.UINT64: st.integers(0, 2**64 - 1), w.INT64: st.integers(-2**63, 2**63 - 1),
+            w.FLOAT64: st.floats(allow_nan=False), w.BOOL: st.integers(0, 1),
+            w.STRING: st.text(max_size=20)}
+_VALUES = st.one_of(
+    *[s.map(lambda v, t=t: (t, v)) for t, s in _SCALARS.items()],
+    *[st.lists(s, max_size=8).map(lambda v, t=t: (w.ARRAY, (t, v))) for t, s in _SCALARS.items()])
+
+
+@settings(max_examples=40, deadline=None)
+@given(kvs=st.dictionaries(st.text(min_size=1, max_size=12), _VALUES, max_size=8),
+       shapes=st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=4), max_size=4),
+       alignment=st.sampled_from([1, 4, 32, 256]))
+def test_random_valid_files_round_trip(tmp_path_factory, kvs, shapes, alignment):
+    """Random metadata (keys with any Unicode) and F32 tensors of random shapes."""
+    kvs = {k: v for k, v in kvs.items() if k != "general.alignment"}
+    kvs["general.alignment"] = (w.UINT32, alignment)
+    rng = np.random.default_rng(len(shapes))
+    tensors = [w.tensor(f"t{i}", tuple(s), "F32", rng) for i, s in enumerate(shapes)]
+    path = write(tmp_path_factory.mktemp("rt"), w.build(w.encode(kvs), tensors, alignment=alignment))
+    with GGUFFile(path) as f:
+        assert list(f.metadata) == list(kvs)
+        for key, (vtype, value) in kvs.items():
+            assert f.metadata.value_type(key) == vtype
+            assert plain(f.metadata[key]) == expected_value(vtype, value)
+        for t in tensors:
+            assert f.tensor(t.name).tobytes() == t.data
+            assert f.tensors[t.name].offset % alignment == 0
