@@ -569,3 +569,43 @@ def quant_matmul(x, raw, qtype, n_rows):
     """y = x @ W^T with W = dequantize(raw) [n_rows, K]; x [K] or [M, K] -> [N] or [M, N]."""
     K = np.shape(x)[-1]
     return x @ dequantize(raw, qtype, (n_rows, K)).T
+
+
+__all__ += ["quantize_activations_q8", "quant_matmul_q8"]
+
+
+def quantize_activations_q8(x):
+    """x [..., K] float32 -> (qx int8 [..., K], dx float32 [..., K/32]): per block of 32,
+    dx = max|x| / 127 and qx = round(x / dx), computed as x * (1 / dx) in float32 like
+    llama.cpp's quantize_row_q8_0 (the native "vnni" kernels reproduce it bit for bit)."""
+    b = _blocks(x)
+    d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    q = _roundf(b * inv).astype(np.int8)
+    return q.reshape(np.shape(x)), d.reshape(*np.shape(x)[:-1], -1)
+
+
+def quant_matmul_q8(x, raw, qtype, n_rows):
+    """quant_matmul as backend="vnni" computes it: x quantized per block (above), then each
+    block adds dw * dx * sum(q * qx) (+ m * dx * sum(qx) for Q4_1). Integer dots exact, the
+    rest in float64: the oracle for the vnni kernels (which differ only in float rounding)."""
+    x = np.asarray(x, np.float32)
+    K = x.shape[-1]
+    nb = K // QK
+    qx, dx = quantize_activations_q8(x.reshape(-1, K))
+    qx = qx.reshape(-1, nb, QK).astype(np.int64)
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(n_rows, nb, -1)
+    dw = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)  # [N, nb]
+    if qtype == "q8_0":
+        qw = blocks[..., 2:].view(np.int8).astype(np.int64)
+    else:
+        nib = blocks[..., 4:]
+        qw = np.concatenate([nib & 0x0F, nib >> 4], axis=-1).astype(np.int64)
+    dots = np.einsum("mbj,nbj->mnb", qx, qw)  # exact integer block dots [M, N, nb]
+    y = np.einsum("mnb,nb,mb->mn", dots.astype(np.float64), dw, dx.astype(np.float64))
+    if qtype == "q4_1":
+        mw = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+        sx = dx.astype(np.float64) * qx.sum(axis=-1)  # [M, nb]
+        y += sx @ mw.T
+    return y.reshape(*x.shape[:-1], n_rows)
