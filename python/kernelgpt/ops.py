@@ -743,7 +743,7 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
 
     x: [K] or [M, K] float32 (K a multiple of 32)  ->  y: [n_rows] or [M, n_rows] float32.
     raw: uint8, exactly n_rows * K / 32 blocks. backend:
-      "auto"   fused decode-and-dot for M <= 4 (decoding), dequantized panels + the blocked
+      "auto"   fused decode-and-dot for M <= 16 (decoding), dequantized panels + the blocked
                fp32 matmul for larger M (prefill); both fp32, within 1e-4 of the reference
       "naive"  dequantize a row, dot it (one thread)
       "fused" / "tiled"  force one of the two paths above
