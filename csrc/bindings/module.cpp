@@ -36,4 +36,5 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_cross_entropy(m);
   kg::bind::register_bpe(m);
   kg::bind::register_gguf(m);
+  kg::bind::register_quant(m);
 }

@@ -674,3 +674,89 @@ def cross_entropy_backward(logits, targets, *, dloss=1.0, ignore_index=-100, red
                                                            reduction=reduction))
     return _C.cross_entropy_backward(logits, targets, dloss, _index(ignore_index), reduction, out,
                                      _native_version(backend, "online"))
+
+
+# ---- quantized weights (ggml Q8_0 / Q4_1) ---------------------------------------------------
+
+__all__ += ["QUANT_TYPES", "quant_row_bytes", "dequantize", "quant_matmul"]
+
+_FAMILIES.append("quant")
+
+# ggml's type ids (gguf.GGMLQuantizationType) for the formats we run.
+QUANT_TYPES = {"q4_1": 3, "q8_0": 8}
+_QUANT_NAMES = {v: k for k, v in QUANT_TYPES.items()}
+
+
+def _qtype(qtype, fn):
+    """'q8_0' / 'Q8_0' / 8 / gguf.GGMLQuantizationType.Q8_0 -> 'q8_0'."""
+    if isinstance(qtype, str):
+        name = qtype.lower()
+        if name in QUANT_TYPES:
+            return name
+    elif isinstance(qtype, (int, np.integer)) and not isinstance(qtype, bool):
+        if int(qtype) in _QUANT_NAMES:
+            return _QUANT_NAMES[int(qtype)]
+    else:
+        raise TypeError(f"{fn}: qtype must be a name ('q8_0', 'q4_1') or a ggml type id, got "
+                        f"{type(qtype).__name__}")
+    raise ValueError(f"{fn}: unsupported qtype {qtype!r}; supported: 'q8_0' (8), 'q4_1' (3)")
+
+
+def quant_row_bytes(qtype, K):
+    """Bytes of one quantized row of K weights (K a multiple of 32)."""
+    return reference.quant_row_bytes(_qtype(qtype, "quant_row_bytes"), K)
+
+
+def _check_quant_numpy(fn, raw, name, rows, K):
+    """The native kernels' checks of raw and K, for backend="numpy"."""
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
+        raise TypeError(f"{fn}: raw must be a numpy uint8 array")
+    if K <= 0 or K % reference.QK:
+        raise ValueError(f"{fn}: K must be a positive multiple of 32, got {K}")
+    if rows <= 0:
+        raise ValueError(f"{fn}: the number of rows must be positive, got {rows}")
+    expected = rows * reference.quant_row_bytes(name, K)
+    if raw.nbytes != expected:
+        raise ValueError(f"{fn}: raw has {raw.nbytes} bytes, expected {expected} for {rows} "
+                         f"rows of {K} {name} weights")
+
+
+def dequantize(raw, qtype, shape, *, out=None, backend="auto"):
+    """Quantized blocks -> float32 array of `shape` (last dimension a multiple of 32).
+
+    raw: uint8, C-contiguous, exactly prod(shape) / 32 blocks (34 bytes each for Q8_0, 20
+    for Q4_1), any shape (e.g. a GGUF tensor's data). qtype: 'q8_0', 'q4_1' or ggml's id.
+    Q4_1 weights come out as one fused multiply-add d * q + m (numpy rounds twice: the two
+    may differ in the last bit).
+    """
+    name = _qtype(qtype, "dequantize")
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    if backend == "numpy":
+        rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 0
+        _check_quant_numpy("dequantize", raw, name, rows, shape[-1] if shape else 0)
+        return _into(out, reference.dequantize(raw, name, shape))
+    return _C.dequantize(raw, name, shape, out, _native_version(backend, "fast"))
+
+
+def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
+    """y = x @ W^T where W [n_rows, K] is stored quantized (nn.Linear's weight layout).
+
+    x: [K] or [M, K] float32 (K a multiple of 32)  ->  y: [n_rows] or [M, n_rows] float32.
+    raw: uint8, exactly n_rows * K / 32 blocks. backend:
+      "auto"   fused decode-and-dot for M <= 16 (decoding), dequantized panels + the blocked
+               fp32 matmul for larger M (prefill); both fp32, within 1e-4 of the reference
+      "naive"  dequantize a row, dot it (one thread)
+      "fused" / "tiled"  force one of the two paths above
+      "vnni"   llama.cpp's scheme: x quantized to int8 per block of 32, integer block dots
+               (AVX512-VNNI where the CPU has it); ~1% error from quantizing x
+      "numpy"  reference.quant_matmul (dequantize, then x @ W.T)
+    """
+    name = _qtype(qtype, "quant_matmul")
+    if backend == "numpy":
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            raise TypeError("quant_matmul: x must be a float32 numpy array")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"quant_matmul: x must be 1-D or 2-D, got shape {x.shape}")
+        _check_quant_numpy("quant_matmul", raw, name, n_rows, x.shape[-1])
+        return _into(out, reference.quant_matmul(x, raw, name, n_rows))
+    return _C.quant_matmul(x, raw, name, n_rows, out, _native_version(backend, "auto"))

@@ -486,3 +486,126 @@ def bpe_encode(pieces, merges):
             ids = _bpe_replace(ids, pair, rank[pair][1])
         out.extend(ids)
     return out
+
+
+# ---- quantized weights (ggml Q8_0 / Q4_1) -----------------------------------------------------
+#
+# A quantized matrix [N, K] stores each row as K / 32 blocks of 32 weights, little endian:
+#   Q8_0 (34 bytes): fp16 d, 32 x int8 q;                  w = d * q
+#   Q4_1 (20 bytes): fp16 d, fp16 m, 16 bytes of nibbles;  w = d * q + m, where q of weight
+#                    j < 16 is the low nibble of byte j and q of weight j + 16 its high nibble.
+# These are llama.cpp's formats (and the `gguf` package's); a GGUF tensor's data is exactly
+# this byte string.
+
+__all__ += ["QK", "QUANT_BLOCK_BYTES", "quant_row_bytes", "quantize_q8_0", "quantize_q4_1",
+            "quantize", "dequantize", "quant_matmul"]
+
+QK = 32  # weights per block
+QUANT_BLOCK_BYTES = {"q8_0": 34, "q4_1": 20}
+
+
+def quant_row_bytes(qtype, K):
+    """Bytes of one quantized row of K weights (K a multiple of 32)."""
+    return K // QK * QUANT_BLOCK_BYTES[qtype]
+
+
+def _roundf(x):
+    """C's roundf (halves away from zero), as ggml rounds; np.round rounds halves to even."""
+    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+
+
+def _blocks(w):
+    w = np.asarray(w, dtype=np.float32)
+    if w.shape[-1] % QK:
+        raise ValueError(f"quantize: the last dimension must be a multiple of {QK}, got {w.shape}")
+    return w.reshape(-1, QK)
+
+
+def quantize_q8_0(w):
+    """float32 [..., K] -> uint8 [..., K / 32 * 34]: d = max|w| / 127, q = round(w / d)."""
+    b = _blocks(w)
+    d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    q = _roundf(b * inv).astype(np.int8)
+    raw = np.concatenate([d.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=1)
+    return raw.reshape(*np.shape(w)[:-1], -1)
+
+
+def quantize_q4_1(w):
+    """float32 [..., K] -> uint8 [..., K / 32 * 20]: m = min, d = (max - min) / 15,
+    q = round((w - m) / d) in 0..15."""
+    b = _blocks(w)
+    lo, hi = b.min(axis=1, keepdims=True), b.max(axis=1, keepdims=True)
+    d = (hi - lo) / np.float32(15)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    q = np.clip(np.trunc((b - lo) * inv + np.float32(0.5)), 0, 15).astype(np.uint8)
+    nibbles = q[:, :16] | (q[:, 16:] << np.uint8(4))
+    raw = np.concatenate([d.astype(np.float16).view(np.uint8),
+                          lo.astype(np.float16).view(np.uint8), nibbles], axis=1)
+    return raw.reshape(*np.shape(w)[:-1], -1)
+
+
+def quantize(w, qtype):
+    return {"q8_0": quantize_q8_0, "q4_1": quantize_q4_1}[qtype](w)
+
+
+def dequantize(raw, qtype, shape):
+    """uint8 blocks -> float32 `shape` (its last dimension a multiple of 32)."""
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, QUANT_BLOCK_BYTES[qtype])
+    d = raw[:, 0:2].copy().view(np.float16).astype(np.float32)  # [blocks, 1]
+    if qtype == "q8_0":
+        w = d * raw[:, 2:].view(np.int8).astype(np.float32)
+    else:
+        m = raw[:, 2:4].copy().view(np.float16).astype(np.float32)
+        nib = raw[:, 4:]
+        q = np.concatenate([nib & 0x0F, nib >> 4], axis=1).astype(np.float32)
+        w = d * q + m
+    return w.reshape(shape)
+
+
+def quant_matmul(x, raw, qtype, n_rows):
+    """y = x @ W^T with W = dequantize(raw) [n_rows, K]; x [K] or [M, K] -> [N] or [M, N]."""
+    K = np.shape(x)[-1]
+    return x @ dequantize(raw, qtype, (n_rows, K)).T
+
+
+__all__ += ["quantize_activations_q8", "quant_matmul_q8"]
+
+
+def quantize_activations_q8(x):
+    """x [..., K] float32 -> (qx int8 [..., K], dx float32 [..., K/32]): per block of 32,
+    dx = max|x| / 127 and qx = round(x / dx), computed as x * (1 / dx) in float32 like
+    llama.cpp's quantize_row_q8_0 (the native "vnni" kernels reproduce it bit for bit)."""
+    b = _blocks(x)
+    d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    q = _roundf(b * inv).astype(np.int8)
+    return q.reshape(np.shape(x)), d.reshape(*np.shape(x)[:-1], -1)
+
+
+def quant_matmul_q8(x, raw, qtype, n_rows):
+    """quant_matmul as backend="vnni" computes it: x quantized per block (above), then each
+    block adds dw * dx * sum(q * qx) (+ m * dx * sum(qx) for Q4_1). Integer dots exact, the
+    rest in float64: the oracle for the vnni kernels (which differ only in float rounding)."""
+    x = np.asarray(x, np.float32)
+    K = x.shape[-1]
+    nb = K // QK
+    qx, dx = quantize_activations_q8(x.reshape(-1, K))
+    qx = qx.reshape(-1, nb, QK).astype(np.int64)
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(n_rows, nb, -1)
+    dw = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)  # [N, nb]
+    if qtype == "q8_0":
+        qw = blocks[..., 2:].view(np.int8).astype(np.int64)
+    else:
+        nib = blocks[..., 4:]
+        qw = np.concatenate([nib & 0x0F, nib >> 4], axis=-1).astype(np.int64)
+    dots = np.einsum("mbj,nbj->mnb", qx, qw)  # exact integer block dots [M, N, nb]
+    y = np.einsum("mnb,nb,mb->mn", dots.astype(np.float64), dw, dx.astype(np.float64))
+    if qtype == "q4_1":
+        mw = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+        sx = dx.astype(np.float64) * qx.sum(axis=-1)  # [M, nb]
+        y += sx @ mw.T
+    return y.reshape(*x.shape[:-1], n_rows)

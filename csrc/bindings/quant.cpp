@@ -1,0 +1,135 @@
+// Quantized weights (Q8_0, Q4_1): dequantize and quant_matmul. Shapes in kernels/quant.h.
+#include "kernels/quant.h"
+
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "bindings/args.h"
+#include "bindings/registry.h"
+#include "common/cpu.h"
+
+namespace kg {
+namespace bind {
+
+static QuantType quant_type(const std::string& name, const char* fn) {
+  if (name == "q8_0") return QuantType::q8_0;
+  if (name == "q4_1") return QuantType::q4_1;
+  value_error(std::string(fn) + ": unknown qtype '" + name + "', expected 'q8_0' or 'q4_1'");
+}
+
+// The quantized blocks: a C-contiguous, non-empty numpy uint8 array of exactly `expected`
+// bytes (any shape: a flat byte string or GGUF's [rows, row_bytes]).
+static Array raw_bytes(py::handle obj, const char* fn, int64_t expected, const std::string& what) {
+  if (!py::isinstance<py::array>(obj))
+    type_error(std::string(fn) + ": raw must be a numpy uint8 array, got " +
+               std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<uint8_t>()))
+    type_error(std::string(fn) + ": raw must be uint8 (the blocks' bytes), got " +
+               std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    value_error(std::string(fn) + ": raw must be C-contiguous");
+  if ((int64_t)a.nbytes() != expected)
+    value_error(std::string(fn) + ": raw has " + std::to_string(a.nbytes()) + " bytes, expected " +
+                std::to_string(expected) + " for " + what);
+  Array r;
+  r.array = a;
+  r.present = true;
+  r.size = a.size();
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) r.shape.push_back(a.shape(i));
+  return r;
+}
+
+static void check_k(int64_t k, const char* fn, const char* what) {
+  if (k <= 0 || k % kQuantBlock != 0)
+    value_error(std::string(fn) + ": " + what + " must be a positive multiple of 32 (the block " +
+                "size), got " + std::to_string(k));
+}
+
+// Bytes of rows x k weights; rejects sizes no machine could hold (and int64 overflow).
+static int64_t quant_bytes(int64_t rows, int64_t k, QuantType t, const char* fn) {
+  if (rows > ((int64_t)1 << 40) / k)
+    value_error(std::string(fn) + ": " + std::to_string(rows) + " x " + std::to_string(k) +
+                " weights is too large");
+  return rows * (k / kQuantBlock) * quant_block_bytes(t);
+}
+
+static std::string describe(int64_t rows, int64_t k, const std::string& qtype) {
+  return std::to_string(rows) + " rows of " + std::to_string(k) + " " + qtype + " weights";
+}
+
+static py::array dequantize(py::handle raw_obj, const std::string& qtype, const Shape& shape,
+                            py::handle out_obj, const std::string& version) {
+  const char* fn = "dequantize";
+  int v = version_index(version, {"naive", "fast"}, fn);
+  QuantType t = quant_type(qtype, fn);
+  if (shape.empty()) value_error("dequantize: shape must have at least one dimension");
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) {
+    if (shape[i] <= 0)
+      value_error("dequantize: shape " + shape_str(shape) + " has a dimension <= 0");
+    if (rows > ((int64_t)1 << 40) / shape[i])
+      value_error("dequantize: shape " + shape_str(shape) + " is too large");
+    rows *= shape[i];
+  }
+  int64_t k = shape.back();
+  check_k(k, fn, "the last dimension of shape");
+  Array raw = raw_bytes(raw_obj, fn, quant_bytes(rows, k, t, fn),
+                        "shape " + shape_str(shape) + " in " + qtype);
+  Array out = output(out_obj, shape, fn, {&raw});
+  DequantizeArgs args;
+  args.raw = static_cast<const uint8_t*>(raw.array.data());
+  args.out = out.f32();
+  args.rows = rows;
+  args.cols = k;
+  args.type = t;
+  const QuantKernels& kernels = KG_DISPATCH(quant_kernels);
+  {
+    py::gil_scoped_release release;
+    (v == 0 ? kernels.dequantize_naive : kernels.dequantize_fast)(args);
+  }
+  return out.array;
+}
+
+static py::array quant_matmul(py::handle x_obj, py::handle raw_obj, const std::string& qtype,
+                              int64_t n_rows, py::handle out_obj, const std::string& version) {
+  const char* fn = "quant_matmul";
+  int v = version_index(version, {"naive", "fused", "tiled", "vnni", "auto"}, fn);
+  QuantType t = quant_type(qtype, fn);
+  Array x = f32(x_obj, fn, "x", {1, 2});
+  int64_t k = x.dim(-1), m = x.ndim() == 2 ? x.dim(0) : 1;
+  check_k(k, fn, "K (x's last dimension)");
+  if (n_rows <= 0) value_error("quant_matmul: n_rows must be positive, got " + std::to_string(n_rows));
+  Array raw = raw_bytes(raw_obj, fn, quant_bytes(n_rows, k, t, fn),
+                        describe(n_rows, k, qtype));
+  Shape y_shape = x.ndim() == 2 ? Shape{m, n_rows} : Shape{n_rows};
+  Array y = output(out_obj, y_shape, fn, {&x, &raw});
+  QuantMatmulArgs args;
+  args.x = x.cf32();
+  args.w = static_cast<const uint8_t*>(raw.array.data());
+  args.y = y.f32();
+  args.m = m;
+  args.n = n_rows;
+  args.k = k;
+  args.type = t;
+  const QuantKernels& kr = KG_DISPATCH(quant_kernels);
+  QuantMatmulFn f[] = {kr.matmul_naive, kr.matmul_fused, kr.matmul_tiled, kr.matmul_vnni,
+                       kr.matmul_auto};
+  {
+    py::gil_scoped_release release;
+    f[v](args);
+  }
+  return y.array;
+}
+
+void register_quant(py::module_& m) {
+  m.def("dequantize", &dequantize, py::arg("raw"), py::arg("qtype"), py::arg("shape"),
+        py::arg("out") = py::none(), py::arg("version") = "fast");
+  m.def("quant_matmul", &quant_matmul, py::arg("x"), py::arg("raw"), py::arg("qtype"),
+        py::arg("n_rows"), py::arg("out") = py::none(), py::arg("version") = "auto");
+  m.def("quant_path", [] { return std::string(KG_DISPATCH(quant_kernels).description); });
+}
+
+}  // namespace bind
+}  // namespace kg

@@ -1,0 +1,458 @@
+// Q8_0 / Q4_1 quantized weights: dequantize and y = x @ W^T.  Formats and shapes in quant.h.
+//
+// Dequantize
+//   version 1 (naive): block by block, weight by weight, one thread.
+//   version 2 (fast): a block's 32 integers are widened to float vectors in registers
+//     (AVX-512: two zmm; AVX2: four ymm), scaled with one FMA each; threads take row ranges.
+// Matrix products, y[m, n] = sum_k x[m, k] * w[n, k]
+//   version 1 (naive): dequantize one row of W into a float buffer, dot it with each row of
+//     x, one thread. What every other version must agree with.
+//   version 2 (fused): decode (M = 1, or a few sequences at once). Never materializes W:
+//     each block is widened to floats in registers and multiplied with up to 4 rows of x
+//     while in registers, so W is read from memory once per 4 rows of x. The scale is
+//     factored out of the block: sum_j (d q_j + m) x_j = d * sum_j q_j x_j + m * sum_j x_j,
+//     where the block sums of x are computed once per call. Threads take ranges of rows of W.
+//   version 3 (tiled): prefill (M large). Dequantize a panel of W rows (up to 4 MiB of
+//     float32) and run the blocked fp32 matmul (matmul.cpp) on it: the dequantization is
+//     paid once per panel and amortized over all M rows of x, the multiply runs at the
+//     microkernel's FMA rate instead of re-decoding W for every 4 rows.
+//   version 4 (vnni): llama.cpp's scheme. x is quantized to int8 per block of 32
+//     (dx = max|x| / 127, qx = round(x / dx)); then a block's contribution is the integer
+//     dot sum_j q_j qx_j times dw * dx (+ m * dx * sum_j qx_j for Q4_1). With AVX512-VNNI
+//     one vpdpbusd does 32 int8 multiply-adds of a whole block; elsewhere the same integer
+//     arithmetic runs in plain loops (identical integers, so every ISA agrees up to the
+//     order of the float sums). Costs ~1% relative error from quantizing x (measured in
+//     tests/test_quant.py), so `auto` does not pick it; ask for it with backend="vnni".
+//   auto: fused for M <= 16, tiled otherwise (measured here, one thread, SmolLM2's shapes:
+//     fused wins up to M = 16 by 5-30%, tiled from M = 32 on by 1.1-1.6x).
+#include "kernels/quant.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "common/simd.h"
+#include "common/threading.h"
+#include "common/workspace.h"
+#include "kernels/matmul.h"
+
+KG_BEGIN_ISA_NAMESPACE
+namespace {
+
+using namespace simd;
+
+// fp16 -> fp32 (exact: every half is a float). F16C where the level has it.
+inline float half_to_float(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);  // inf, nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);  // rebias 15 -> 127
+  } else {
+    float f = (float)man * 5.9604644775390625e-08f;  // zero or subnormal: man * 2^-24
+    std::memcpy(&bits, &f, 4);
+    bits |= sign;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+inline int64_t row_bytes(QuantType t, int64_t k) { return k / kQuantBlock * quant_block_bytes(t); }
+
+// ---- dequantize ----------------------------------------------------------------------------
+
+// version 1: weight by weight.
+void dequantize_naive(const DequantizeArgs& p) {
+  const int64_t blocks = p.rows * (p.cols / kQuantBlock), bb = quant_block_bytes(p.type);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* blk = p.raw + b * bb;
+    float* out = p.out + b * kQuantBlock;
+    float d = half_to_float(blk);
+    if (p.type == QuantType::q8_0) {
+      for (int j = 0; j < 32; ++j) out[j] = d * (float)(int8_t)blk[2 + j];
+    } else {
+      float m = half_to_float(blk + 2);
+      for (int j = 0; j < 16; ++j) {
+        out[j] = d * (float)(blk[4 + j] & 15) + m;
+        out[j + 16] = d * (float)(blk[4 + j] >> 4) + m;
+      }
+    }
+  }
+}
+
+constexpr int kV = 32 / kWidth;  // float vectors per block
+
+// The 32 integers of a block as kV float vectors (weights 0..31 in order).
+inline void widen_q8_0(const uint8_t* qs, vfloat* q) {
+#if defined(__AVX512F__)
+  q[0] = (vfloat)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)qs)));
+  q[1] = (vfloat)_mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(qs + 16))));
+#elif defined(__AVX2__)
+  for (int v = 0; v < 4; ++v)
+    q[v] = (vfloat)_mm256_cvtepi32_ps(
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(qs + 8 * v))));
+#else
+  alignas(64) float t[32];
+  for (int j = 0; j < 32; ++j) t[j] = (float)(int8_t)qs[j];
+  for (int v = 0; v < kV; ++v) q[v] = load(t + v * kWidth);
+#endif
+}
+
+inline void widen_q4_1(const uint8_t* nib, vfloat* q) {
+#if defined(__AVX512F__)
+  __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)nib));
+  q[0] = (vfloat)_mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
+  q[1] = (vfloat)_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+#elif defined(__AVX2__)
+  __m128i bytes = _mm_loadu_si128((const __m128i*)nib);
+  __m256i v0 = _mm256_cvtepu8_epi32(bytes), v1 = _mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8));
+  __m256i low = _mm256_set1_epi32(15);
+  q[0] = (vfloat)_mm256_cvtepi32_ps(_mm256_and_si256(v0, low));
+  q[1] = (vfloat)_mm256_cvtepi32_ps(_mm256_and_si256(v1, low));
+  q[2] = (vfloat)_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4));
+  q[3] = (vfloat)_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4));
+#else
+  alignas(64) float t[32];
+  for (int j = 0; j < 16; ++j) {
+    t[j] = (float)(nib[j] & 15);
+    t[j + 16] = (float)(nib[j] >> 4);
+  }
+  for (int v = 0; v < kV; ++v) q[v] = load(t + v * kWidth);
+#endif
+}
+
+// Rows [r0, r1) of a [rows, cols] matrix.
+void dequantize_rows(const DequantizeArgs& p, int64_t r0, int64_t r1) {
+  const int64_t nb = p.cols / kQuantBlock, bb = quant_block_bytes(p.type);
+  for (int64_t b = r0 * nb; b < r1 * nb; ++b) {
+    const uint8_t* blk = p.raw + b * bb;
+    float* out = p.out + b * kQuantBlock;
+    vfloat q[kV];
+    vfloat d = broadcast(half_to_float(blk));
+    if (p.type == QuantType::q8_0) {
+      widen_q8_0(blk + 2, q);
+      for (int v = 0; v < kV; ++v) store(out + v * kWidth, d * q[v]);
+    } else {
+      vfloat m = broadcast(half_to_float(blk + 2));
+      widen_q4_1(blk + 4, q);
+      for (int v = 0; v < kV; ++v) store(out + v * kWidth, d * q[v] + m);
+    }
+  }
+}
+
+// Work per thread worth waking it for: ~64k weights (a few microseconds).
+int64_t min_rows_per_thread(int64_t k) {
+  int64_t r = ((int64_t)1 << 16) / k;
+  return r < 1 ? 1 : r;
+}
+
+void dequantize_fast(const DequantizeArgs& p) {
+  parallel_for(p.rows, min_rows_per_thread(p.cols),
+               [&](int64_t r0, int64_t r1) { dequantize_rows(p, r0, r1); });
+}
+
+// ---- version 1: naive matmul ---------------------------------------------------------------
+
+thread_local Workspace tl_row, tl_xsum, tl_panel, tl_ypanel;
+
+void matmul_naive(const QuantMatmulArgs& p) {
+  float* w = tl_row.get(p.k);
+  for (int64_t n = 0; n < p.n; ++n) {
+    DequantizeArgs row;
+    row.raw = p.w + n * row_bytes(p.type, p.k);
+    row.out = w;
+    row.rows = 1;
+    row.cols = p.k;
+    row.type = p.type;
+    dequantize_naive(row);
+    for (int64_t i = 0; i < p.m; ++i) {
+      const float* x = p.x + i * p.k;
+      float s = 0.0f;
+      for (int64_t j = 0; j < p.k; ++j) s += x[j] * w[j];
+      p.y[i * p.n + n] = s;
+    }
+  }
+}
+
+// ---- version 2: fused decode-and-dot -------------------------------------------------------
+
+// y[0:R, n0:n1] for R (1..4) rows of x; xsum [R, K/32]: block sums of x (Q4_1 only).
+template <int R, QuantType T>
+void fused_rows(const QuantMatmulArgs& p, const float* x, float* y, const float* xsum, int64_t n0,
+                int64_t n1) {
+  const int64_t nb = p.k / kQuantBlock, bb = quant_block_bytes(T), rb = nb * bb;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* blk = p.w + n * rb;
+    vfloat acc[R];
+    float macc[R];
+    for (int r = 0; r < R; ++r) acc[r] = zero(), macc[r] = 0.0f;
+    for (int64_t b = 0; b < nb; ++b, blk += bb) {
+      vfloat q[kV];
+      vfloat d = broadcast(half_to_float(blk));
+      if (T == QuantType::q8_0) {
+        widen_q8_0(blk + 2, q);
+      } else {
+        widen_q4_1(blk + 4, q);
+        float m = half_to_float(blk + 2);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) macc[r] += m * xsum[r * nb + b];
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const float* xb = x + r * p.k + b * kQuantBlock;
+        vfloat t = q[0] * load(xb);
+#pragma GCC unroll 8
+        for (int v = 1; v < kV; ++v) t += q[v] * load(xb + v * kWidth);
+        acc[r] += d * t;
+      }
+    }
+    for (int r = 0; r < R; ++r) y[r * p.n + n] = reduce_add(acc[r]) + macc[r];
+  }
+}
+
+template <QuantType T>
+void fused_dispatch(int rows, const QuantMatmulArgs& p, const float* x, float* y,
+                    const float* xsum, int64_t n0, int64_t n1) {
+  switch (rows) {
+    case 1: fused_rows<1, T>(p, x, y, xsum, n0, n1); break;
+    case 2: fused_rows<2, T>(p, x, y, xsum, n0, n1); break;
+    case 3: fused_rows<3, T>(p, x, y, xsum, n0, n1); break;
+    default: fused_rows<4, T>(p, x, y, xsum, n0, n1); break;
+  }
+}
+
+void matmul_fused(const QuantMatmulArgs& p) {
+  const int64_t nb = p.k / kQuantBlock;
+  float* xsum = nullptr;
+  if (p.type == QuantType::q4_1) {  // block sums of x, once per call
+    xsum = tl_xsum.get(p.m * nb);
+    for (int64_t i = 0; i < p.m * nb; ++i) {
+      vfloat s = zero();
+      for (int v = 0; v < kV; ++v) s += load(p.x + i * kQuantBlock + v * kWidth);
+      xsum[i] = reduce_add(s);
+    }
+  }
+  // Each thread keeps its rows of W for all groups of 4 rows of x (W stays in its cache).
+  parallel_for(p.n, min_rows_per_thread(p.k * ((p.m + 3) / 4)), [&](int64_t n0, int64_t n1) {
+    for (int64_t i = 0; i < p.m; i += 4) {
+      int rows = p.m - i < 4 ? (int)(p.m - i) : 4;
+      const float* x = p.x + i * p.k;
+      float* y = p.y + i * p.n;
+      const float* xs = xsum ? xsum + i * nb : nullptr;
+      if (p.type == QuantType::q8_0)
+        fused_dispatch<QuantType::q8_0>(rows, p, x, y, xs, n0, n1);
+      else
+        fused_dispatch<QuantType::q4_1>(rows, p, x, y, xs, n0, n1);
+    }
+  });
+}
+
+// ---- version 3: dequantized panels + the blocked fp32 matmul -------------------------------
+
+constexpr int64_t kPanelFloats = (int64_t)1 << 20;  // 4 MiB of dequantized weights per panel
+
+void matmul_tiled(const QuantMatmulArgs& p) {
+  int64_t panel = kPanelFloats / p.k;
+  if (panel < 64) panel = 64;
+  if (panel > p.n) panel = p.n;
+  float* w = tl_panel.get(panel * p.k);
+  float* ypanel = panel < p.n ? tl_ypanel.get(p.m * panel) : nullptr;
+  const int64_t rb = row_bytes(p.type, p.k);
+  for (int64_t n0 = 0; n0 < p.n; n0 += panel) {
+    int64_t nc = p.n - n0 < panel ? p.n - n0 : panel;
+    DequantizeArgs d;
+    d.raw = p.w + n0 * rb;
+    d.out = w;
+    d.rows = nc;
+    d.cols = p.k;
+    d.type = p.type;
+    dequantize_fast(d);
+    MatmulArgs mm;
+    mm.a = p.x;
+    mm.b = w;  // [nc, K]: nn.Linear's layout
+    mm.c = ypanel ? ypanel : p.y;
+    mm.m = p.m;
+    mm.n = nc;
+    mm.k = p.k;
+    mm.trans_b = true;
+    matmul_kernels.blocked(mm);
+    if (ypanel)  // the panel's columns into y [M, N]
+      parallel_for(p.m, 64, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i)
+          std::memcpy(p.y + i * p.n + n0, ypanel + i * nc, nc * sizeof(float));
+      });
+  }
+}
+
+// ---- version 4: int8 activations, integer block dots (VNNI) --------------------------------
+
+thread_local GrowBuffer<int8_t> tl_qx;
+
+// x [M, K] -> qx int8 [M, K], dx [M, K/32] (scale), sx [M, K/32] (dx * sum qx, for Q4_1).
+// The same arithmetic as reference.quantize_activations_q8 (float32, roundf), bit for bit.
+void quantize_x(const QuantMatmulArgs& p, int8_t* qx, float* dx, float* sx) {
+  const int64_t blocks = p.m * (p.k / kQuantBlock);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* xb = p.x + b * kQuantBlock;
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::fabs(xb[j]) > amax ? std::fabs(xb[j]) : amax;
+    float d = amax / 127.0f;
+    float inv = d != 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      int q = (int)std::roundf(xb[j] * inv);
+      qx[b * kQuantBlock + j] = (int8_t)q;
+      sum += q;
+    }
+    dx[b] = d;
+    sx[b] = d * (float)sum;
+  }
+}
+
+// sum_j q_j * qx_j over one block: exact in int32 (|sum| <= 32 * 128 * 127).
+inline int32_t block_dot(const uint8_t* blk, QuantType t, const int8_t* qx) {
+  int32_t s = 0;
+  if (t == QuantType::q8_0) {
+    for (int j = 0; j < 32; ++j) s += (int32_t)(int8_t)blk[2 + j] * qx[j];
+  } else {
+    for (int j = 0; j < 16; ++j)
+      s += (int32_t)(blk[4 + j] & 15) * qx[j] + (int32_t)(blk[4 + j] >> 4) * qx[j + 16];
+  }
+  return s;
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+// One block's integer dot as 8 int32 partial sums (added into acc): vpdpbusd multiplies
+// unsigned bytes by signed bytes, so Q4_1's nibbles go in as they are and Q8_0's signed
+// weights go in as |q| with qx's sign flipped where q < 0.
+template <QuantType T>
+inline __m256i block_dot_vnni(const uint8_t* blk, const int8_t* qx) {
+  __m256i xv = _mm256_loadu_si256((const __m256i*)qx);
+  __m256i wv;
+  if (T == QuantType::q8_0) {
+    __m256i q = _mm256_loadu_si256((const __m256i*)(blk + 2));
+    __mmask32 neg = _mm256_movepi8_mask(q);
+    xv = _mm256_mask_sub_epi8(xv, neg, _mm256_setzero_si256(), xv);
+    wv = _mm256_abs_epi8(q);
+  } else {
+    __m128i nib = _mm_loadu_si128((const __m128i*)(blk + 4));
+    __m128i lo = _mm_and_si128(nib, _mm_set1_epi8(15));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(nib, 4), _mm_set1_epi8(15));
+    wv = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+  }
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, xv);
+}
+#endif
+
+// y[0:R, n0:n1] for R rows of quantized x.
+template <int R, QuantType T>
+void vnni_rows(const QuantMatmulArgs& p, const int8_t* qx, const float* dx, const float* sx,
+               float* y, int64_t n0, int64_t n1) {
+  const int64_t nb = p.k / kQuantBlock, bb = quant_block_bytes(T), rb = nb * bb;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = p.w + n * rb;
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+#else
+    float acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+#endif
+    float macc[R];
+    for (int r = 0; r < R; ++r) macc[r] = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * bb;
+      float d = half_to_float(blk);
+      float m = T == QuantType::q4_1 ? half_to_float(blk + 2) : 0.0f;
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        int64_t xb = r * nb + b;  // block index into qx / dx / sx
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        __m256 dot = _mm256_cvtepi32_ps(block_dot_vnni<T>(blk, qx + xb * kQuantBlock));
+        acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(d * dx[xb]), acc[r]);
+#else
+        acc[r] += d * dx[xb] * (float)block_dot(blk, T, qx + xb * kQuantBlock);
+#endif
+        if (T == QuantType::q4_1) macc[r] += m * sx[xb];
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_movehdup_ps(h));
+      y[r * p.n + n] = _mm_cvtss_f32(h) + macc[r];
+#else
+      y[r * p.n + n] = acc[r] + macc[r];
+#endif
+    }
+  }
+}
+
+template <QuantType T>
+void vnni_dispatch(int rows, const QuantMatmulArgs& p, const int8_t* qx, const float* dx,
+                   const float* sx, float* y, int64_t n0, int64_t n1) {
+  switch (rows) {
+    case 1: vnni_rows<1, T>(p, qx, dx, sx, y, n0, n1); break;
+    case 2: vnni_rows<2, T>(p, qx, dx, sx, y, n0, n1); break;
+    case 3: vnni_rows<3, T>(p, qx, dx, sx, y, n0, n1); break;
+    default: vnni_rows<4, T>(p, qx, dx, sx, y, n0, n1); break;
+  }
+}
+
+void matmul_vnni(const QuantMatmulArgs& p) {
+  const int64_t nb = p.k / kQuantBlock;
+  int8_t* qx = tl_qx.get(p.m * p.k);
+  float* scales = tl_xsum.get(2 * p.m * nb);
+  float *dx = scales, *sx = scales + p.m * nb;
+  quantize_x(p, qx, dx, sx);
+  parallel_for(p.n, min_rows_per_thread(p.k * ((p.m + 3) / 4)), [&](int64_t n0, int64_t n1) {
+    for (int64_t i = 0; i < p.m; i += 4) {
+      int rows = p.m - i < 4 ? (int)(p.m - i) : 4;
+      const int8_t* q = qx + i * p.k;
+      const float *d = dx + i * nb, *s = sx + i * nb;
+      float* y = p.y + i * p.n;
+      if (p.type == QuantType::q8_0)
+        vnni_dispatch<QuantType::q8_0>(rows, p, q, d, s, y, n0, n1);
+      else
+        vnni_dispatch<QuantType::q4_1>(rows, p, q, d, s, y, n0, n1);
+    }
+  });
+}
+
+// ---- auto ------------------------------------------------------------------------------------
+
+constexpr int64_t kFusedMaxRows = 16;
+
+void matmul_auto(const QuantMatmulArgs& p) {
+  if (p.m <= kFusedMaxRows)
+    matmul_fused(p);
+  else
+    matmul_tiled(p);
+}
+
+}  // namespace
+
+#if defined(__AVX512VNNI__)
+#define KG_QUANT_PATH "AVX-512 fused decode (vnni: VPDPBUSD), dequantized panels + 8x48 FMA matmul"
+#elif defined(__AVX512F__)
+#define KG_QUANT_PATH "AVX-512 fused decode (vnni: scalar int8), dequantized panels + 8x48 FMA matmul"
+#elif defined(__AVX2__)
+#define KG_QUANT_PATH "AVX2 fused decode (vnni: scalar int8), dequantized panels + 6x16 FMA matmul"
+#else
+#define KG_QUANT_PATH "SSE fused decode (vnni: scalar int8), dequantized panels + 6x8 matmul"
+#endif
+
+extern const QuantKernels quant_kernels = {dequantize_naive, dequantize_fast, matmul_naive,
+                                           matmul_fused,     matmul_tiled,    matmul_vnni,
+                                           matmul_auto,      KG_QUANT_PATH};
+
+KG_END_ISA_NAMESPACE
