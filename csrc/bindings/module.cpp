@@ -35,4 +35,6 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_softmax(m);
   kg::bind::register_cross_entropy(m);
   kg::bind::register_bpe(m);
+  kg::bind::register_model(m);
+  kg::bind::register_sampling(m);
 }
