@@ -122,8 +122,10 @@ def overhead(model, tok, fast):
     cache = model.new_cache()
     timers = []
     if fast:
-        runner = _Timed(_C.Transformer(model.config.to_dict(), model.params.views, cache.k, cache.v))
-        model._runner = (model.params.data, cache, runner)  # decode_next takes this runner
+        real = _C.Transformer(model.config.to_dict(), model.params.views, cache.k, cache.v)
+        runner = _Timed(real)
+        # decode_next takes this runner (GPT._build_runner's tuple)
+        model._runner = (model.params.data, cache, runner, real.max_positions)
         sampler_c = _Timed(_C)
         kernelgpt._C = sampler_c  # Sampler.fast looks kernelgpt._C up at every call
         timers = [runner, sampler_c]

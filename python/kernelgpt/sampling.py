@@ -175,7 +175,7 @@ class Sampler:
         from . import _C
 
         c = self.config
-        u = 0.0 if c.greedy else self.rng.random()
+        u = 0.0 if c.temperature == 0 else self.rng.random()
         return _C.sample_token(logits, c.temperature, c.top_k, c.top_p, c.min_p,
                                c.repetition_penalty,
                                previous_tokens if c.repetition_penalty != 1.0 else None, u)
