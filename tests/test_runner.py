@@ -55,7 +55,8 @@ def assert_logits_close(actual, expected, what):
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
-def test_runner_matches_forward_cached(flavour):
+def test_runner_matches_forward_cached(flavour, isa):
+    """Every position up to block_size, on every instruction-set copy of the kernels."""
     cfg = GPTConfig(**FLAVOURS[flavour])
     model = random_model(cfg, seed=len(flavour))
     rng = np.random.default_rng(7)
