@@ -299,6 +299,11 @@ def test_sample_token_bad_input():
             call(**kw)
     with pytest.raises(TypeError, match="top_k"):
         call(top_k=2.5)
+    tiny = dict(temperature=1e-310)  # 2.0 / 1e-310 overflows: an error, not NaN probabilities
+    with pytest.raises(ValueError, match="overflow"):
+        call(**tiny)
+    with pytest.raises(ValueError, match="overflow"):
+        Sampler(seed=0, **tiny)(logits)
     with pytest.raises(TypeError, match="previous_tokens"):
         call(repetition_penalty=1.2, previous_tokens=[1.5])
     with pytest.raises(TypeError, match="previous_tokens"):

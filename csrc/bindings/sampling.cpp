@@ -156,6 +156,9 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
   double top = -INFINITY;
   for (int64_t i = 0; i < V; ++i) {
     x[i] = x[i] / temperature;
+    if (x[i] == INFINITY)  // would make the probabilities inf / inf = NaN
+      value_error("logits / temperature overflow: temperature " + std::to_string(temperature) +
+                  " is too small for these logits (use 0 for greedy)");
     if (std::isfinite(x[i]) && x[i] > top) top = x[i];
   }
   for (int64_t i = 0; i < V; ++i) x[i] = x[i] - top;
@@ -168,21 +171,27 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
   for (int64_t i = 0; i < V; ++i) probs[i] = probs[i] / sum;
 
   // 3-5. top-k, top-p (both over the same stable descending order), min-p
+  // np.argsort(-probs, kind="stable") is the order "more likely first, then the lower id":
+  // a total order, so any sort (or a partial one, for top-k alone) gives the same ranks
   std::vector<char> keep(V, 1);
   std::vector<int64_t> order;
-  auto sort_once = [&] {
-    if (!order.empty()) return;
+  auto before = [&](int64_t a, int64_t b) {
+    return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
+  };
+  auto rank = [&](int64_t count) {  // order[0:count] = the `count` first ids in that order
     order.resize(V);
     std::iota(order.begin(), order.end(), int64_t(0));
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return probs[a] > probs[b]; });
+    if (count < V)
+      std::partial_sort(order.begin(), order.begin() + count, order.end(), before);
+    else
+      std::sort(order.begin(), order.end(), before);
   };
   if (top_k && top_k < V) {
-    sort_once();
+    rank(top_p < 1.0 ? V : top_k);
     for (int64_t i = top_k; i < V; ++i) keep[order[i]] = 0;
   }
   if (top_p < 1.0) {
-    sort_once();
+    if (order.empty()) rank(V);
     // keep tokens until the cumulative probability first reaches top_p (that one stays)
     double cum = 0.0;
     int64_t cutoff = V;

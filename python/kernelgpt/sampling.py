@@ -97,7 +97,11 @@ def filtered_distribution(logits, config: Optional[SamplingConfig] = None,
         probs = np.zeros(V)
         probs[int(np.argmax(x))] = 1.0
         return probs
-    x = x / config.temperature
+    with np.errstate(over="ignore"):
+        x = x / config.temperature
+    if np.isposinf(x).any():  # would make the probabilities inf / inf = NaN
+        raise ValueError(f"logits / temperature overflow: temperature {config.temperature} is "
+                         f"too small for these logits (use 0 for greedy)")
     x = x - x[np.isfinite(x)].max()
     probs = np.exp(x)  # exp(-inf) = 0
     probs /= probs.sum()
