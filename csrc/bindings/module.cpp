@@ -37,4 +37,6 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_bpe(m);
   kg::bind::register_gguf(m);
   kg::bind::register_quant(m);
+  kg::bind::register_model(m);
+  kg::bind::register_sampling(m);
 }

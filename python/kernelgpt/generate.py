@@ -53,10 +53,13 @@ def _encode(tokenizer, prompt) -> List[int]:
 def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens: int = 256,
              sampling: Optional[SamplingConfig] = None, seed: Optional[int] = None,
              stop_tokens: Sequence[int] = (), stop_strings: Sequence[str] = (),
-             cache=None, stats: Optional[GenerationStats] = None, **settings) -> Iterator[str]:
+             cache=None, stats: Optional[GenerationStats] = None, fast_decode: bool = True,
+             **settings) -> Iterator[str]:
     """Yields text pieces. `settings` are SamplingConfig fields (temperature, top_k, ...).
     Pass a cache (model.new_cache()) to reuse it across calls: a prompt that extends what the
-    cache holds only processes the new tokens."""
+    cache holds only processes the new tokens. With fast_decode (and a native model, batch 1)
+    each new token is one native call (model.decode_next) and the sampler runs in C++
+    (Sampler.fast); the text is the same as with fast_decode=False for the same seed."""
     import time
 
     if max_new_tokens < 0:
@@ -83,11 +86,14 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
     logits = model.forward_cached(np.asarray([ids[reuse:]]), cache)[0]
     stats.prefill_seconds = time.perf_counter() - t0
     context = list(ids)
+    fast = fast_decode and hasattr(model, "decode_next") and model.supports_fast_decode(cache)
+    sample = sampler.fast if fast else sampler
+    logits_buffer = np.empty(model.config.vocab_size, np.float32) if fast else None
     decoder = tokenizer.stream_decoder()
     pending = ""  # decoded text not yet yielded (may be the start of a stop string)
     t_decode = time.perf_counter()
     for _ in range(max_new_tokens):
-        token = sampler(logits, previous_tokens=context)
+        token = sample(logits, previous_tokens=context)
         if token in stop_tokens:
             stats.stop_reason = "stop_token"
             break
@@ -115,6 +121,8 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
             keep_tokens = context[-(block // 2):]
             cache.reset()
             logits = model.forward_cached(np.asarray([keep_tokens]), cache)[0]
+        elif fast:
+            logits = model.decode_next(token, cache, out=logits_buffer)
         else:
             logits = model.forward_cached(np.asarray([[token]]), cache)[0]
     else:

@@ -200,6 +200,7 @@ class GPT:
         if params is None and seed is not None:
             self.init_weights(seed)  # seed=None: all zeros (to be loaded)
         self._sin_cache: Dict[int, np.ndarray] = {}
+        self._runner = None  # (params.data, cache, _C.Transformer) of the last decode_next
 
     # ---- parameters ------------------------------------------------------------------------
 
@@ -526,6 +527,45 @@ class GPT:
         xf = self._norm(x.reshape(-1, c.n_embd), None, None)
         logits = self.ops.linear(xf, self.lm_head)
         return logits.reshape(B, T, -1) if all_logits else logits
+
+    # ---- fast decode: the whole model in one native call per token -------------------------
+
+    def supports_fast_decode(self, cache) -> bool:
+        """Whether decode_next can run with this cache: the native backend, batch 1."""
+        return self.ops is ops and cache.k[0].shape[0] == 1 and cache.k[0].dtype == np.float32
+
+    def decode_next(self, token: int, cache, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """forward_cached(np.array([[token]]), cache)[0] in one native call: appends the token
+        (at position cache.length) to the cache and returns the next-token logits [V] (written
+        into out, float32 [V], if given). The same numbers as forward_cached, which stays the
+        readable version; this one skips ~10 Python-level kernel calls per layer
+        (csrc/model/transformer.h). Kept short: it runs once per generated token."""
+        r = self._runner
+        if r is None or r[1] is not cache or r[0] is not self.params.data:
+            r = self._build_runner(cache)
+        pos = cache.length
+        if pos >= r[3]:
+            c = self.config
+            raise ValueError(f"context of {pos + 1} tokens exceeds the model's block_size "
+                             f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
+                                                  f" / the cache's max_len {cache.max_len}"))
+        if out is None:
+            out = np.empty(self.config.vocab_size, np.float32)
+        r[2].decode(token, pos, out)
+        cache.advance((token,))
+        return out
+
+    def _build_runner(self, cache):
+        """The native runner for this cache: it borrows the parameter views and the cache's
+        buffers (and keeps them alive); in-place parameter updates are seen, a new parameter
+        buffer or another cache builds a new runner."""
+        if not self.supports_fast_decode(cache):
+            raise ValueError("decode_next needs the native backend and a batch-1 cache; "
+                             "use forward_cached")
+        from . import _C
+        runner = _C.Transformer(self.config.to_dict(), self.params.views, cache.k, cache.v)
+        self._runner = (self.params.data, cache, runner, runner.max_positions)
+        return self._runner
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits of every position of ids [B, T] (no cache kept): [B, T, V]."""

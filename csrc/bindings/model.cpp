@@ -1,0 +1,213 @@
+// _C.Transformer: the decode runner (csrc/model/transformer.h) bound to Python.
+//
+//   runner = _C.Transformer(config: dict, params: {name: float32 array}, k_cache: [array],
+//                           v_cache: [array])
+//   runner.decode(token, pos, logits)   # logits: float32 [V], written in place
+//
+// config is GPTConfig.to_dict(); params are the model's named views into its flat parameter
+// buffer (GPT.params.views), k_cache / v_cache the KVCache's per-layer [1, Hkv, max_len, hd]
+// buffers. The runner keeps references to every array it reads or writes, so they stay alive
+// as long as it does; it sees later in-place updates of the parameters (training, loading).
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bindings/args.h"
+#include "bindings/registry.h"
+#include "model/transformer.h"
+
+namespace kg {
+namespace bind {
+
+namespace {
+
+const char* kFn = "Transformer";
+
+py::handle config_item(const py::dict& config, const char* key) {
+  if (!config.contains(key))
+    value_error(std::string(kFn) + ": config has no '" + key + "' (pass GPTConfig.to_dict())");
+  return config[key];
+}
+
+int64_t config_int(const py::dict& config, const char* key) {
+  py::handle v = config_item(config, key);
+  if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    type_error(std::string(kFn) + ": config['" + key + "'] must be an int");
+  return py::cast<int64_t>(py::reinterpret_borrow<py::object>(PyNumber_Index(v.ptr())));
+}
+
+double config_float(const py::dict& config, const char* key) {
+  py::handle v = config_item(config, key);
+  if (PyBool_Check(v.ptr()) || !(PyFloat_Check(v.ptr()) || PyLong_Check(v.ptr())))
+    type_error(std::string(kFn) + ": config['" + key + "'] must be a number");
+  return py::cast<double>(v);
+}
+
+bool config_bool(const py::dict& config, const char* key) {
+  py::handle v = config_item(config, key);
+  if (!PyBool_Check(v.ptr())) type_error(std::string(kFn) + ": config['" + key + "'] must be a bool");
+  return v.ptr() == Py_True;
+}
+
+// config[key] must be one of `names`; returns its index.
+int config_choice(const py::dict& config, const char* key, std::initializer_list<const char*> names) {
+  py::handle v = config_item(config, key);
+  if (!py::isinstance<py::str>(v))
+    type_error(std::string(kFn) + ": config['" + key + "'] must be a string");
+  std::string s = py::cast<std::string>(v);
+  int i = 0;
+  for (const char* n : names) {
+    if (s == n) return i;
+    ++i;
+  }
+  value_error(std::string(kFn) + ": unknown " + key + " '" + s + "'");
+}
+
+// An index (Python int or numpy integer, not bool), for decode's token and pos.
+int64_t index_arg(py::handle v, const char* name) {
+  if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    type_error(std::string("Transformer.decode: ") + name + " must be an int, got " +
+               std::string(py::str(py::type::handle_of(v).attr("__name__"))));
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+  int overflow = 0;
+  long long r = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow) value_error(std::string("Transformer.decode: ") + name + " is out of range");
+  return r;
+}
+
+class PyTransformer {
+ public:
+  PyTransformer(const py::dict& config, const py::dict& params, const py::sequence& k_cache,
+                const py::sequence& v_cache) {
+    model::TransformerConfig c;
+    c.vocab_size = config_int(config, "vocab_size");
+    c.block_size = config_int(config, "block_size");
+    c.n_layer = config_int(config, "n_layer");
+    c.n_head = config_int(config, "n_head");
+    c.n_kv_head = config_int(config, "n_kv_head");
+    c.n_embd = config_int(config, "n_embd");
+    c.mlp_hidden = config_int(config, "mlp_hidden");
+    c.norm = static_cast<model::NormKind>(config_choice(config, "norm", {"layernorm", "rmsnorm"}));
+    double eps = config_float(config, "norm_eps");
+    if (!(eps >= 0.0 && eps <= 3.4e38)) value_error(std::string(kFn) + ": norm_eps must be finite, >= 0");
+    c.norm_eps = static_cast<float>(eps);
+    c.activation = static_cast<model::ActivationKind>(
+        config_choice(config, "activation", {"gelu", "swiglu", "relu"}));
+    c.positions = static_cast<model::PositionsKind>(
+        config_choice(config, "positions", {"learned", "sinusoidal", "rope"}));
+    c.rope_base = config_float(config, "rope_base");
+    if (!(c.rope_base > 0.0 && c.rope_base < 1e300))
+      value_error(std::string(kFn) + ": rope_base must be a finite number > 0");
+    c.rope_interleaved = config_choice(config, "rope_layout", {"half", "interleaved"}) == 1;
+    const bool bias = config_bool(config, "bias"), tied = config_bool(config, "tied_head");
+    if (c.vocab_size < 1 || c.block_size < 1 || c.n_layer < 1 || c.n_head < 1 || c.n_kv_head < 1 ||
+        c.n_embd < 1 || c.mlp_hidden < 1)
+      value_error(std::string(kFn) + ": every size in the config must be >= 1");
+    if (c.n_embd % c.n_head || c.n_head % c.n_kv_head)
+      value_error(std::string(kFn) + ": n_embd must be divisible by n_head and n_head by n_kv_head");
+
+    const int64_t C = c.n_embd, V = c.vocab_size, hd = c.head_dim();
+    auto param = [&](const std::string& name, const Shape& shape) -> const float* {
+      if (!params.contains(name)) value_error(std::string(kFn) + ": params has no '" + name + "'");
+      Array a = f32(params[name.c_str()], kFn, name.c_str());
+      expect_shape(a, shape, kFn, name.c_str());
+      keep(a);
+      return a.cf32();
+    };
+    auto linear = [&](const std::string& name, int64_t out, int64_t in) {
+      model::Linear l;
+      l.kind = model::WeightKind::f32;
+      l.weight = param(name + ".weight", {out, in});
+      l.bias = bias ? param(name + ".bias", {out}) : nullptr;
+      l.in = in;
+      l.out = out;
+      return l;
+    };
+    const bool norm_bias = bias && c.norm == model::NormKind::layernorm;
+    model::TransformerWeights w;
+    w.wte = param("wte", {V, C});
+    if (c.positions == model::PositionsKind::learned) w.wpe = param("wpe", {c.block_size, C});
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+      const std::string L = "h." + std::to_string(i) + ".";
+      model::LayerWeights lw;
+      lw.ln_1_weight = param(L + "ln_1.weight", {C});
+      lw.ln_1_bias = norm_bias ? param(L + "ln_1.bias", {C}) : nullptr;
+      lw.c_attn = linear(L + "attn.c_attn", c.qkv_dim(), C);
+      lw.attn_proj = linear(L + "attn.c_proj", C, C);
+      lw.ln_2_weight = param(L + "ln_2.weight", {C});
+      lw.ln_2_bias = norm_bias ? param(L + "ln_2.bias", {C}) : nullptr;
+      lw.c_fc = linear(L + "mlp.c_fc", c.fc_dim(), C);
+      lw.mlp_proj = linear(L + "mlp.c_proj", C, c.mlp_hidden);
+      w.layers.push_back(lw);
+    }
+    w.ln_f_weight = param("ln_f.weight", {C});
+    w.ln_f_bias = norm_bias ? param("ln_f.bias", {C}) : nullptr;
+    w.lm_head.weight = tied ? w.wte : param("lm_head.weight", {V, C});
+    w.lm_head.in = C;
+    w.lm_head.out = V;
+
+    model::KVCacheBuffers cache;
+    if (static_cast<int64_t>(k_cache.size()) != c.n_layer ||
+        static_cast<int64_t>(v_cache.size()) != c.n_layer)
+      value_error(std::string(kFn) + ": k_cache and v_cache must hold one array per layer (" +
+                  std::to_string(c.n_layer) + "), got " + std::to_string(k_cache.size()) + " and " +
+                  std::to_string(v_cache.size()));
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+      for (int kv = 0; kv < 2; ++kv) {
+        std::string name = std::string(kv ? "v_cache[" : "k_cache[") + std::to_string(i) + "]";
+        Array a = f32((kv ? v_cache : k_cache)[i], kFn, name.c_str(), {4});
+        if (i == 0 && kv == 0) cache.max_len = a.dim(2);
+        expect_shape(a, {1, c.n_kv_head, cache.max_len, hd}, kFn, name.c_str());
+        if (!a.array.writeable()) value_error(std::string(kFn) + ": " + name + " is read-only");
+        for (const Array& other : kept_)
+          if (overlaps(a, other))
+            value_error(std::string(kFn) + ": " + name + " overlaps a parameter or another cache buffer");
+        keep(a);
+        (kv ? cache.v : cache.k).push_back(a.f32());
+      }
+    }
+    vocab_ = V;
+    py::gil_scoped_release release;  // the sinusoidal table may take a moment
+    runner_ = std::make_unique<model::Transformer>(c, std::move(w), std::move(cache));
+  }
+
+  void decode(py::handle token_obj, py::handle pos_obj, py::handle logits_obj) {
+    int64_t token = index_arg(token_obj, "token");
+    int64_t pos = index_arg(pos_obj, "pos");
+    Array logits = f32(logits_obj, "Transformer.decode", "logits", {1});
+    expect_shape(logits, {vocab_}, "Transformer.decode", "logits");
+    if (!logits.array.writeable()) value_error("Transformer.decode: logits is read-only");
+    for (const Array& a : kept_)
+      if (overlaps(logits, a))
+        value_error("Transformer.decode: logits must not overlap a parameter or the KV cache");
+    py::gil_scoped_release release;
+    runner_->decode(token, pos, logits.f32());
+  }
+
+  int64_t max_positions() const { return runner_->max_positions(); }
+
+ private:
+  void keep(const Array& a) { kept_.push_back(a); }
+
+  std::vector<Array> kept_;  // every array the runner reads or writes (keeps them alive)
+  std::unique_ptr<model::Transformer> runner_;
+  int64_t vocab_ = 0;
+};
+
+}  // namespace
+
+void register_model(py::module_& m) {
+  py::class_<PyTransformer>(m, "Transformer",
+                            "Decode runner: one token through the whole model per native call.")
+      .def(py::init<const py::dict&, const py::dict&, const py::sequence&, const py::sequence&>(),
+           py::arg("config"), py::arg("params"), py::arg("k_cache"), py::arg("v_cache"))
+      .def("decode", &PyTransformer::decode, py::arg("token"), py::arg("pos"), py::arg("logits"),
+           "Runs token at position pos (the cache holds 0..pos-1), writes its K/V into the "
+           "cache and the next-token logits [V] into logits. GIL released.")
+      .def_property_readonly("max_positions", &PyTransformer::max_positions,
+                             "min(block_size, the cache's max_len): positions decode accepts");
+}
+
+}  // namespace bind
+}  // namespace kg

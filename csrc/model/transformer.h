@@ -1,0 +1,112 @@
+// The decode runner: one token through the whole transformer in one native call.
+//
+// Python's GPT.forward_cached makes ~10 kernel calls per layer, each paying for argument
+// checks, array allocation and the GIL; for one token of a small model that overhead is larger
+// than the arithmetic. Transformer::decode runs the same steps, with the same dispatched
+// kernels in the same order, on preallocated scratch:
+//
+//     x = wte[token] (+ wpe[pos] | + sinusoidal[pos])                      x [C]
+//     per layer:  h = norm(x);  qkv = W_qkv h (+ b)                         qkv [(H + 2 Hkv) hd]
+//                 RoPE(q, k) at pos;  K[l][:, pos] = k;  V[l][:, pos] = v
+//                 y = attention(q, K[l][:, 0..pos], V[l][:, 0..pos])        y [H hd] = [C]
+//                 x += W_o y (+ b)
+//                 h = norm(x);  x += W_down act(W_up h (+ b)) (+ b)         act: gelu | relu | swiglu
+//     logits = W_head norm(x)                                               logits [V]
+//
+// so its logits equal forward_cached's for the same token and cache. Parameters and the KV
+// cache are borrowed pointers (the Python object keeps their arrays alive). The class does no
+// Python work and allocates nothing per token.
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+namespace kg {
+namespace model {
+
+enum class NormKind { layernorm, rmsnorm };
+enum class ActivationKind { gelu, swiglu, relu };
+enum class PositionsKind { learned, sinusoidal, rope };
+
+// GPTConfig (python/kernelgpt/model.py), with mlp_hidden and n_kv_head resolved.
+struct TransformerConfig {
+  int64_t vocab_size = 0, block_size = 0, n_layer = 0, n_head = 0, n_kv_head = 0, n_embd = 0;
+  int64_t mlp_hidden = 0;
+  NormKind norm = NormKind::layernorm;
+  float norm_eps = 1e-5f;
+  ActivationKind activation = ActivationKind::gelu;
+  PositionsKind positions = PositionsKind::learned;
+  double rope_base = 10000.0;
+  bool rope_interleaved = false;  // "interleaved" (GPT-J / llama.cpp) or "half" (HF / NeoX)
+
+  int64_t head_dim() const { return n_embd / n_head; }
+  int64_t qkv_dim() const { return (n_head + 2 * n_kv_head) * head_dim(); }
+  int64_t fc_dim() const { return activation == ActivationKind::swiglu ? 2 * mlp_hidden : mlp_hidden; }
+};
+
+// How a linear layer's weight is stored. Only float32 today; quantized formats (Q8_0, Q4_1
+// blocks for GGUF models) add a tag here and a case in Linear::forward, nothing else changes.
+enum class WeightKind { f32 };
+
+// y [out] = W x + b for one token's x [in]; W in nn.Linear's [out, in] layout.
+struct Linear {
+  WeightKind kind = WeightKind::f32;
+  const void* weight = nullptr;
+  const float* bias = nullptr;  // null: no bias
+  int64_t in = 0, out = 0;
+  void forward(const float* x, float* y) const;
+};
+
+struct LayerWeights {
+  const float* ln_1_weight = nullptr;
+  const float* ln_1_bias = nullptr;  // null: none (rmsnorm, or bias=False)
+  Linear c_attn, attn_proj;
+  const float* ln_2_weight = nullptr;
+  const float* ln_2_bias = nullptr;
+  Linear c_fc, mlp_proj;
+};
+
+struct TransformerWeights {
+  const float* wte = nullptr;  // [V, C]
+  const float* wpe = nullptr;  // [block_size, C] for learned positions, else null
+  std::vector<LayerWeights> layers;
+  const float* ln_f_weight = nullptr;
+  const float* ln_f_bias = nullptr;
+  Linear lm_head;  // [V, C]: wte itself when the head is tied
+};
+
+// The KV cache's buffers, per layer [1, Hkv, max_len, hd] float32 (batch 1).
+struct KVCacheBuffers {
+  std::vector<float*> k, v;
+  int64_t max_len = 0;
+};
+
+class Transformer {
+ public:
+  // Checks the config's consistency (std::invalid_argument); shapes are the caller's job.
+  Transformer(const TransformerConfig& config, TransformerWeights weights, KVCacheBuffers cache);
+
+  // Runs `token` at position `pos` (the cache must hold positions 0..pos-1), writes its K, V
+  // into the cache at pos and the next-token logits [V] into `logits`. Throws
+  // std::invalid_argument for a token or position out of range. Thread-safe (serialised).
+  void decode(int64_t token, int64_t pos, float* logits);
+
+  const TransformerConfig& config() const { return c_; }
+  int64_t max_positions() const { return c_.block_size < cache_.max_len ? c_.block_size : cache_.max_len; }
+
+ private:
+  void norm(const float* x, const float* weight, const float* bias, float* y) const;
+
+  TransformerConfig c_;
+  TransformerWeights w_;
+  KVCacheBuffers cache_;
+  std::mutex mutex_;  // decode uses the scratch below: one call at a time
+  // scratch, sized once
+  std::vector<float> x_, h_, qkv_, y_, proj_, fc_, act_;
+  std::vector<float> sinusoidal_;  // [block_size, C] for sinusoidal positions
+  std::vector<float> rope_table_;
+  std::vector<double> rope_freq_;
+};
+
+}  // namespace model
+}  // namespace kg
