@@ -239,10 +239,14 @@ class Encoding:
         writes their text. A byte that has no token of its own (SmolLM2 has none for 21 byte
         values, e.g. \\x04) is dropped before merging, as transformers and llama.cpp do.
 
-        Merging follows the ranks of the merged tokens (tiktoken's rule); that equals the
-        merge list's priority order here because merge k creates token k + (number of tokens
-        before the first merge), which is checked, and every token longer than one byte must
-        come from a merge.
+        Merging follows the ranks (ids) of the merged tokens, tiktoken's rule; Hugging Face
+        follows the position of the pair in the merge list. They agree when merged tokens are
+        numbered in merge order after their parts (SmolLM2: merge k makes token 252 + k) and
+        every token longer than one byte comes from a merge, both checked here (ValueError
+        otherwise), and when no adjacent pair whose concatenation is a token, but not by its
+        own merge, is ever the best candidate: true of vocabularies that BPE training made
+        (checked on SmolLM2 against reference.bpe_encode_merges in the tests, and on 412,394
+        distinct pieces of Python source and Shakespeare against Hugging Face tokenizers).
         """
         scanner = GGUF_PRE_TOKENIZERS.get(pre) if isinstance(pre, str) else None
         if scanner is None:
@@ -289,10 +293,10 @@ class Encoding:
             if result is None or token_types[result] != _GGUF_NORMAL:
                 raise ValueError(f"from_gguf_vocab: merge {k} ({merge!r}) makes "
                                  f"{parts[0] + parts[1]!r}, which is not a normal token")
-            if result <= previous:
+            if result <= previous or result <= max(ids[parts[0]], ids[parts[1]]):
                 raise ValueError(f"from_gguf_vocab: merge {k} ({merge!r}) makes token {result}, "
-                                 f"but an earlier merge made token {previous}: kernelgpt needs "
-                                 "merged tokens numbered in merge order")
+                                 "which is not numbered after its parts and the tokens of earlier "
+                                 "merges: kernelgpt needs merged tokens numbered in merge order")
             previous = result
             made.add(result)
         for data, i in ranks.items():
