@@ -312,7 +312,20 @@ def _from_metadata(m, pre):
 
 @pytest.fixture(scope="module")
 def smollm(metadata):
-    return _from_metadata(metadata, metadata["tokenizer.ggml.pre"])
+    return tk.Encoding.from_gguf_metadata(metadata, name="smollm2")
+
+
+def test_from_gguf_metadata(smollm, metadata):
+    same = _from_metadata(metadata, "smollm")
+    text = "In 1984, 12345 people <|im_end|>"
+    assert smollm.encode(text, allowed_special="all") == same.encode(text, allowed_special="all")
+    with pytest.raises(ValueError, match="only 'gpt2'"):
+        tk.Encoding.from_gguf_metadata({**metadata, "tokenizer.ggml.model": "llama"})
+    with pytest.raises(ValueError, match="no tokenizer.ggml.merges"):
+        tk.Encoding.from_gguf_metadata({k: v for k, v in metadata.items()
+                                        if k != "tokenizer.ggml.merges"})
+    with pytest.raises(TypeError, match="expected a dict"):
+        tk.Encoding.from_gguf_metadata([])
 
 
 @pytest.fixture(scope="module")

@@ -314,6 +314,31 @@ class Encoding:
         enc.add_bos_token = bool(add_bos_token)
         return enc
 
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Dict[str, object], *, name: str = "gguf") -> "Encoding":
+        """from_gguf_vocab on a GGUF file's metadata as a {key: value} dict (any GGUF reader's
+        output: `tokenizer.ggml.model` must be "gpt2"; tokens, merges, token_type and pre are
+        required, the BOS / EOS entries optional). The chat template stays in the metadata
+        (`tokenizer.chat_template`, for kernelgpt.chat)."""
+        if not isinstance(metadata, dict):
+            raise TypeError(f"from_gguf_metadata: expected a dict, got {type(metadata).__name__}")
+        model = metadata.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ValueError(f"from_gguf_metadata: tokenizer.ggml.model is {model!r}; only 'gpt2' "
+                             "(byte-level BPE) is supported")
+        missing = [k for k in ("tokens", "merges", "token_type", "pre")
+                   if f"tokenizer.ggml.{k}" not in metadata]
+        if missing:
+            raise ValueError("from_gguf_metadata: the metadata has no " +
+                             ", ".join(f"tokenizer.ggml.{k}" for k in missing))
+        get = metadata.get
+        return cls.from_gguf_vocab(
+            get("tokenizer.ggml.tokens"), get("tokenizer.ggml.merges"),
+            get("tokenizer.ggml.token_type"), get("tokenizer.ggml.pre"),
+            bos_token_id=get("tokenizer.ggml.bos_token_id"),
+            eos_token_id=get("tokenizer.ggml.eos_token_id"),
+            add_bos_token=bool(get("tokenizer.ggml.add_bos_token", False)), name=name)
+
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes the mergeable tokens as a `.tiktoken` file (tiktoken's own format, so
         tiktoken.load.load_tiktoken_bpe reads it too). The pattern and the special tokens are
