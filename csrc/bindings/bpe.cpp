@@ -30,7 +30,9 @@ Pattern parse_pattern(const std::string& name) {
   if (name == "cl100k") return Pattern::cl100k;
   if (name == "gpt2") return Pattern::gpt2;
   if (name == "whitespace") return Pattern::whitespace;
-  value_error("unknown pre-tokenizer '" + name + "', expected 'cl100k', 'gpt2' or 'whitespace'");
+  if (name == "smollm") return Pattern::smollm;
+  value_error("unknown pre-tokenizer '" + name +
+              "', expected 'cl100k', 'gpt2', 'whitespace' or 'smollm'");
 }
 
 const char* pattern_name(Pattern p) {
@@ -38,6 +40,7 @@ const char* pattern_name(Pattern p) {
     case Pattern::cl100k: return "cl100k";
     case Pattern::gpt2: return "gpt2";
     case Pattern::whitespace: return "whitespace";
+    case Pattern::smollm: return "smollm";
   }
   return "?";
 }
@@ -203,8 +206,10 @@ std::vector<bpe::SpecialToken> specials_of(py::handle obj) {
 // (building result lists from cached ints is several times faster than creating new ones).
 class PyBPE {
  public:
-  PyBPE(bpe::Vocab vocab, std::vector<bpe::SpecialToken> specials, Pattern pattern)
-      : core_(std::make_shared<Encoder>(std::move(vocab), std::move(specials), pattern)) {}
+  PyBPE(bpe::Vocab vocab, std::vector<bpe::SpecialToken> specials, Pattern pattern,
+        bool skip_unknown_bytes)
+      : core_(std::make_shared<Encoder>(std::move(vocab), std::move(specials), pattern,
+                                        skip_unknown_bytes)) {}
   PyBPE(const PyBPE&) = delete;
   PyBPE& operator=(const PyBPE&) = delete;
   // Python deallocates the object with the GIL held, so the cached ints can be released.
@@ -213,7 +218,8 @@ class PyBPE {
   }
 
   static std::shared_ptr<PyBPE> from_tiktoken(py::handle data_obj, py::handle specials,
-                                              const std::string& pattern) {
+                                              const std::string& pattern,
+                                              bool skip_unknown_bytes) {
     Text data = bytes_of(data_obj, "data");
     Pattern p = parse_pattern(pattern);
     auto sp = specials_of(specials);
@@ -255,11 +261,12 @@ class PyBPE {
       if (!error.empty()) throw std::invalid_argument(error);
       vocab.finalize();
     }
-    return std::make_shared<PyBPE>(std::move(vocab), std::move(sp), p);
+    return std::make_shared<PyBPE>(std::move(vocab), std::move(sp), p, skip_unknown_bytes);
   }
 
   static std::shared_ptr<PyBPE> from_ranks(py::handle ranks, py::handle specials,
-                                           const std::string& pattern) {
+                                           const std::string& pattern,
+                                           bool skip_unknown_bytes) {
     if (!py::isinstance<py::dict>(ranks)) type_error("mergeable_ranks must be a dict {bytes: int}");
     Pattern p = parse_pattern(pattern);
     bpe::Vocab vocab;
@@ -269,7 +276,7 @@ class PyBPE {
     }
     auto sp = specials_of(specials);
     vocab.finalize();
-    return std::make_shared<PyBPE>(std::move(vocab), std::move(sp), p);
+    return std::make_shared<PyBPE>(std::move(vocab), std::move(sp), p, skip_unknown_bytes);
   }
 
   const Encoder& core() const { return *core_; }
@@ -565,9 +572,9 @@ py::dict train(py::list inputs, py::list is_path, size_t vocab_size, const std::
 void register_bpe(py::module_& m) {
   py::class_<PyBPE, std::shared_ptr<PyBPE>>(m, "BPE", "Byte-level BPE core (see kernelgpt.tokenizer)")
       .def_static("from_tiktoken", &PyBPE::from_tiktoken, py::arg("data"), py::arg("special_tokens"),
-                  py::arg("pattern"))
+                  py::arg("pattern"), py::arg("skip_unknown_bytes") = false)
       .def_static("from_ranks", &PyBPE::from_ranks, py::arg("mergeable_ranks"),
-                  py::arg("special_tokens"), py::arg("pattern"))
+                  py::arg("special_tokens"), py::arg("pattern"), py::arg("skip_unknown_bytes") = false)
       .def("encode", &PyBPE::encode, py::arg("text"), py::arg("allowed") = py::none())
       .def("encode_to_numpy", &PyBPE::encode_to_numpy, py::arg("text"), py::arg("allowed") = py::none())
       .def("count", &PyBPE::count, py::arg("text"), py::arg("allowed") = py::none())
@@ -589,7 +596,8 @@ void register_bpe(py::module_& m) {
       .def("_set_cache", [](PyBPE& b, bool on) { b.set_cache(on); }, py::arg("enabled"))
       .def_property_readonly("max_token_value", [](const PyBPE& b) { return b.core().max_token_value(); })
       .def_property_readonly("n_mergeable", [](const PyBPE& b) { return b.core().vocab().count(); })
-      .def_property_readonly("pattern", [](const PyBPE& b) { return std::string(pattern_name(b.core().pattern())); });
+      .def_property_readonly("pattern", [](const PyBPE& b) { return std::string(pattern_name(b.core().pattern())); })
+      .def_property_readonly("skip_unknown_bytes", [](const PyBPE& b) { return b.core().skip_unknown_bytes(); });
   m.def("bpe_char_classes", [] {  // flags (1 letter, 2 number, 4 space) of every code point
     std::string out(0x110000, '\0');
     for (uint32_t cp = 0; cp < 0x110000; ++cp) out[cp] = static_cast<char>(bpe::char_class(cp));

@@ -36,11 +36,18 @@ CacheEntry* thread_cache() {
 
 }  // namespace
 
-Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern)
+Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern,
+                 bool skip_unknown_bytes)
     : id_(g_next_encoder_id.fetch_add(1)),
       vocab_(std::move(vocab)),
       specials_(std::move(specials)),
-      pattern_(pattern) {
+      pattern_(pattern),
+      skip_unknown_bytes_(skip_unknown_bytes) {
+  for (int b = 0; b < 256; ++b) {
+    uint8_t byte = static_cast<uint8_t>(b);
+    unknown_byte_[b] = vocab_.find(&byte, 1) == kNoToken;
+    has_unknown_byte_ |= unknown_byte_[b];
+  }
   max_token_value_ = vocab_.max_id() == kNoToken ? 0 : vocab_.max_id();
   for (size_t k = 0; k < specials_.size(); ++k) {
     const SpecialToken& t = specials_[k];
@@ -250,6 +257,18 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
   if (whole != kNoToken) {
     out.push_back(whole);
     return;
+  }
+  if (skip_unknown_bytes_ && has_unknown_byte_) {
+    // Drop the bytes without a token; their neighbours become adjacent and may merge.
+    bool any = false;
+    for (size_t k = 0; k < n && !any; ++k) any = unknown_byte_[p[k]];
+    if (any) {
+      std::vector<uint8_t> kept;
+      for (size_t k = 0; k < n; ++k)
+        if (!unknown_byte_[p[k]]) kept.push_back(p[k]);
+      if (!kept.empty()) encode_piece(kept.data(), kept.size(), kept.size(), out, algorithm);
+      return;
+    }
   }
   if (n == 1) {
     out.push_back(part_token(p, 1, readable));

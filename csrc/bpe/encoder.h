@@ -53,11 +53,16 @@ class Encoder {
  public:
   // Throws std::invalid_argument for duplicate ids or byte strings, empty special tokens, or
   // a special token id that is also a mergeable token id.
-  Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern);
+  // skip_unknown_bytes: a byte that has no token of its own is dropped from the piece before
+  // merging (what Hugging Face tokenizers and llama.cpp do for a GGUF byte-level vocabulary
+  // that lacks some bytes, e.g. SmolLM2's has no \x04); otherwise encoding it throws.
+  Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern,
+          bool skip_unknown_bytes = false);
 
   const Vocab& vocab() const { return vocab_; }
   const std::vector<SpecialToken>& specials() const { return specials_; }
   Pattern pattern() const { return pattern_; }
+  bool skip_unknown_bytes() const { return skip_unknown_bytes_; }
   uint32_t max_token_value() const { return max_token_value_; }
 
   // Turns the per-thread merge cache off (tests check that it changes nothing).
@@ -118,6 +123,9 @@ class Encoder {
   std::unordered_map<uint32_t, size_t> special_by_id_;
   Pattern pattern_;
   uint32_t max_token_value_ = 0;
+  bool skip_unknown_bytes_ = false;
+  bool has_unknown_byte_ = false;  // some byte value has no token
+  uint8_t unknown_byte_[256] = {};  // 1 for the byte values without a token
 };
 
 }  // namespace bpe

@@ -16,6 +16,12 @@
 //   '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
 // whitespace (for the explainer's training walk-through):
 //   \S+|\s+
+// SmolLM2 ("smollm" in GGUF files; Digits(individual_digits=True) then ByteLevel in its
+// tokenizer.json, two regexes in llama.cpp): every \p{N} character is a piece of its own, and
+// the text between two of them is split by the GPT-2 pattern as a text of its own, so that
+// white space before a digit is "at the end" ($, (?!\S)). As one regex (SMOLLM_PATTERN in
+// tokenizer.py; the tests check the scanner against it):
+//   \p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\s++(?:$|(?=\p{N}))|\s+(?!\S)|\s
 //
 // `$` is the end of the text being split (encode() splits the text between special tokens
 // separately, as tiktoken does). Every character belongs to some piece: the pieces of a text
@@ -29,7 +35,7 @@
 namespace kg {
 namespace bpe {
 
-enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2 };
+enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2, smollm = 3 };
 
 namespace detail {
 
@@ -174,6 +180,31 @@ inline size_t whitespace_piece_end(const uint8_t* s, size_t i, size_t n) {
   return j;
 }
 
+// SmolLM2: calls f(begin, end) for every piece of s[0, n). The GPT-2 scanner runs on each
+// digit-free segment with the segment's end as its n: that is exactly "split the digits off
+// first, then pre-tokenize what is between them on its own".
+template <class F>
+inline void smollm_pieces(const uint8_t* s, size_t n, F&& f) {
+  using namespace detail;
+  size_t i = 0;
+  while (i < n) {
+    size_t e = i;  // the segment [i, e) ends at the next number character (or n)
+    size_t digit_len = 0;
+    while (e < n) {
+      if (s[e] < 0x80) {  // ASCII fast path
+        if (char_class(s[e]) & kNumber) { digit_len = 1; break; }
+        ++e;
+        continue;
+      }
+      Char ch = char_at(s, e, n);
+      if (ch.cls & kNumber) { digit_len = ch.len; break; }
+      e += ch.len;
+    }
+    while (i < e) { size_t p = gpt2_piece_end(s, i, e); f(i, p); i = p; }
+    if (digit_len) { f(e, e + digit_len); i = e + digit_len; }
+  }
+}
+
 // Calls f(begin, end) for every piece of s[0, n), in order.
 template <class F>
 inline void for_each_piece(Pattern pattern, const uint8_t* s, size_t n, F&& f) {
@@ -187,6 +218,9 @@ inline void for_each_piece(Pattern pattern, const uint8_t* s, size_t n, F&& f) {
       break;
     case Pattern::whitespace:
       while (i < n) { size_t e = whitespace_piece_end(s, i, n); f(i, e); i = e; }
+      break;
+    case Pattern::smollm:
+      smollm_pieces(s, n, f);
       break;
   }
 }

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["matmul", "bpe_train", "bpe_encode"]
+__all__ = ["matmul", "bpe_train", "bpe_encode", "bpe_encode_merges"]
 
 
 def matmul(a, b, bias=None, trans_a=False, trans_b=False):
@@ -609,3 +609,20 @@ def quant_matmul_q8(x, raw, qtype, n_rows):
         sx = dx.astype(np.float64) * qx.sum(axis=-1)  # [M, nb]
         y += sx @ mw.T
     return y.reshape(*x.shape[:-1], n_rows)
+def bpe_encode_merges(pieces, byte_ids, merges):
+    """Encodes pieces (list of bytes) the way Hugging Face tokenizers' BPE model does with a
+    merges list (GGUF files, tokenizer.json): each byte becomes byte_ids[byte] (a byte without
+    a token is dropped, as with no unknown token), then, while some adjacent pair has a merge,
+    the pair with the earliest one is merged. merges: (left id, right id, new id), earliest
+    first."""
+    rank = {(a, b): (k, new_id) for k, (a, b, new_id) in enumerate(merges)}
+    out = []
+    for piece in pieces:
+        ids = [byte_ids[b] for b in piece if b in byte_ids]
+        while len(ids) >= 2:
+            pair = min(zip(ids, ids[1:]), key=lambda p: rank.get(p, (float("inf"),))[0])
+            if pair not in rank:
+                break
+            ids = _bpe_replace(ids, pair, rank[pair][1])
+        out.extend(ids)
+    return out

@@ -46,7 +46,8 @@ from . import _C
 
 __all__ = ["Encoding", "get_encoding", "list_encoding_names", "train", "format_trace", "Merge",
            "pretokenize",
-           "StreamDecoder", "CL100K_PATTERN", "GPT2_PATTERN", "WHITESPACE_PATTERN"]
+           "StreamDecoder", "CL100K_PATTERN", "GPT2_PATTERN", "WHITESPACE_PATTERN",
+           "SMOLLM_PATTERN", "GGUF_PRE_TOKENIZERS"]
 
 # The pre-tokenization patterns the C++ scanners implement (csrc/bpe/pretokenize.h).
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
@@ -55,13 +56,21 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 # The pattern of the original GPT-2 release; it splits exactly like GPT2_PATTERN.
 GPT2_ORIGINAL_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 WHITESPACE_PATTERN = r"""\S+|\s+"""
+# SmolLM2 ("smollm" in GGUF files): each \p{N} character alone, then GPT-2's pattern on the text
+# between them, with white space before a digit treated as the end of the text. SmolLM2's
+# tokenizer.json writes it as Digits(individual_digits=True) + ByteLevel, llama.cpp as two
+# regexes; this single regex splits the same way (tests check the scanner against it).
+SMOLLM_PATTERN = (r"""\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++"""
+                  r"""|\s++(?:$|(?=\p{N}))|\s+(?!\S)|\s""")
 
 _SCANNERS = {
     "cl100k": "cl100k", CL100K_PATTERN: "cl100k",
     "gpt2": "gpt2", GPT2_PATTERN: "gpt2", GPT2_ORIGINAL_PATTERN: "gpt2",
     "whitespace": "whitespace", WHITESPACE_PATTERN: "whitespace",
+    "smollm": "smollm", SMOLLM_PATTERN: "smollm",
 }
-_PATTERN_OF = {"cl100k": CL100K_PATTERN, "gpt2": GPT2_PATTERN, "whitespace": WHITESPACE_PATTERN}
+_PATTERN_OF = {"cl100k": CL100K_PATTERN, "gpt2": GPT2_PATTERN, "whitespace": WHITESPACE_PATTERN,
+               "smollm": SMOLLM_PATTERN}
 
 CL100K_SPECIAL_TOKENS = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258,
                          "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
@@ -76,8 +85,24 @@ def _scanner(pattern: str) -> str:
     except KeyError:
         raise ValueError(
             f"unsupported pre-tokenization pattern {pattern!r}: kernelgpt has exact scanners "
-            "for 'cl100k' (CL100K_PATTERN), 'gpt2' (GPT2_PATTERN) and 'whitespace' "
-            "(WHITESPACE_PATTERN); pass one of those names or pattern strings") from None
+            "for 'cl100k' (CL100K_PATTERN), 'gpt2' (GPT2_PATTERN), 'whitespace' "
+            "(WHITESPACE_PATTERN) and 'smollm' (SMOLLM_PATTERN); pass one of those names or "
+            "pattern strings") from None
+
+
+# tokenizer.ggml.pre values -> the scanner that splits like them.
+GGUF_PRE_TOKENIZERS = {"smollm": "smollm", "gpt2": "gpt2"}
+_GGUF_NORMAL, _GGUF_CONTROL = 1, 3  # llama.cpp's token types
+
+
+def _gpt2_char_to_byte() -> Dict[str, int]:
+    """GPT-2's byte-to-unicode spelling, reversed: printable bytes other than space stand for
+    themselves, the other bytes are chr(256), chr(257), ... in byte order."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    table = {chr(b): b for b in printable}
+    others = [b for b in range(256) if b not in table.values()]
+    table.update({chr(256 + k): b for k, b in enumerate(others)})
+    return table
 
 
 def _fix_surrogates(text: str) -> str:
@@ -129,6 +154,11 @@ class Encoding:
         self.max_token_value = core.max_token_value
         self.trace = None
         self._registered = False
+        # Set by from_gguf_vocab: the model's BOS / EOS ids and whether its prompts start with
+        # BOS (encode never adds it; the caller does, as llama.cpp and transformers do).
+        self.bos_token_id: Optional[int] = None
+        self.eos_token_id: Optional[int] = None
+        self.add_bos_token = False
 
     @classmethod
     def _from_core(cls, name, pat_str, core):
@@ -189,6 +219,126 @@ class Encoding:
             raise ValueError(f"{encoder_json} does not match the merges in {vocab_bpe}")
         return cls(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
 
+    @classmethod
+    def from_gguf_vocab(cls, tokens: Sequence[str], merges: Sequence[str],
+                        token_types: Sequence[int], pre: str, *,
+                        bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None,
+                        add_bos_token: bool = False, name: str = "gguf") -> "Encoding":
+        """The tokenizer a GGUF file describes with `tokenizer.ggml.model = "gpt2"` (byte-level
+        BPE), from its metadata as plain lists, so that any GGUF reader can feed it:
+
+            tokens       tokenizer.ggml.tokens: token texts in GPT-2's byte-to-unicode spelling
+            merges       tokenizer.ggml.merges: "left right", highest priority first
+            token_types  tokenizer.ggml.token_type: 1 normal, 3 control (llama.cpp's numbers)
+            pre          tokenizer.ggml.pre: "smollm" or "gpt2" (the pre-tokenizer)
+            bos_token_id, eos_token_id, add_bos_token: tokenizer.ggml.* of the same names
+
+        Control tokens (`<|im_start|>`, `<|im_end|>`, `<|endoftext|>`, ...) become special
+        tokens: `encode(text, allowed_special="all")` turns their text into their ids as
+        Hugging Face tokenizers does, `encode_ordinary` treats it as plain text, and decode
+        writes their text. A byte that has no token of its own (SmolLM2 has none for 21 byte
+        values, e.g. \\x04) is dropped before merging, as transformers and llama.cpp do.
+
+        Merging follows the ranks (ids) of the merged tokens, tiktoken's rule; Hugging Face
+        follows the position of the pair in the merge list. They agree when merged tokens are
+        numbered in merge order after their parts (SmolLM2: merge k makes token 252 + k) and
+        every token longer than one byte comes from a merge, both checked here (ValueError
+        otherwise), and when no adjacent pair whose concatenation is a token, but not by its
+        own merge, is ever the best candidate: true of vocabularies that BPE training made
+        (checked on SmolLM2 against reference.bpe_encode_merges in the tests, and on 412,394
+        distinct pieces of Python source and Shakespeare against Hugging Face tokenizers).
+        """
+        scanner = GGUF_PRE_TOKENIZERS.get(pre) if isinstance(pre, str) else None
+        if scanner is None:
+            raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: "
+                             f"{', '.join(sorted(GGUF_PRE_TOKENIZERS))}")
+        lists = {}
+        for what, seq in (("tokens", tokens), ("merges", merges), ("token_types", token_types)):
+            if isinstance(seq, (str, bytes, dict)) or not hasattr(seq, "__len__"):
+                raise TypeError(f"from_gguf_vocab: {what} must be a list, got {type(seq).__name__}")
+            lists[what] = list(seq)  # numpy arrays too
+        tokens, merges, token_types = lists["tokens"], lists["merges"], lists["token_types"]
+        if len(token_types) != len(tokens):
+            raise ValueError(f"from_gguf_vocab: {len(tokens)} tokens but {len(token_types)} token types")
+        char_to_byte = _gpt2_char_to_byte()
+        ranks: Dict[bytes, int] = {}
+        specials: Dict[str, int] = {}
+        for i, (token, kind) in enumerate(zip(tokens, token_types)):
+            if not isinstance(token, str):
+                raise TypeError(f"from_gguf_vocab: token {i} is a {type(token).__name__}, not a str")
+            if kind == _GGUF_CONTROL:
+                specials[token] = i
+            elif kind == _GGUF_NORMAL:
+                try:
+                    data = bytes(char_to_byte[c] for c in token)
+                except (KeyError, TypeError):
+                    raise ValueError(f"from_gguf_vocab: token {i} ({token!r}) is not written in "
+                                     "GPT-2's byte-to-unicode alphabet") from None
+                if data in ranks:
+                    raise ValueError(f"from_gguf_vocab: tokens {ranks[data]} and {i} are both {token!r}")
+                ranks[data] = i
+            else:
+                raise ValueError(f"from_gguf_vocab: token {i} ({token!r}) has type {kind!r}; only "
+                                 "normal (1) and control (3) tokens are supported")
+        # Check that ranks reproduce the merge order (see the docstring).
+        made = set()
+        previous = -1
+        ids = {t: i for i, t in enumerate(tokens)}
+        for k, merge in enumerate(merges):
+            parts = merge.split(" ") if isinstance(merge, str) else ()
+            if len(parts) != 2 or parts[0] not in ids or parts[1] not in ids:
+                raise ValueError(f"from_gguf_vocab: merge {k} ({merge!r}) is not 'left right' "
+                                 "with two tokens of the vocabulary")
+            result = ids.get(parts[0] + parts[1])
+            if result is None or token_types[result] != _GGUF_NORMAL:
+                raise ValueError(f"from_gguf_vocab: merge {k} ({merge!r}) makes "
+                                 f"{parts[0] + parts[1]!r}, which is not a normal token")
+            if result <= previous or result <= max(ids[parts[0]], ids[parts[1]]):
+                raise ValueError(f"from_gguf_vocab: merge {k} ({merge!r}) makes token {result}, "
+                                 "which is not numbered after its parts and the tokens of earlier "
+                                 "merges: kernelgpt needs merged tokens numbered in merge order")
+            previous = result
+            made.add(result)
+        for data, i in ranks.items():
+            if len(data) > 1 and i not in made:
+                raise ValueError(f"from_gguf_vocab: token {i} ({tokens[i]!r}) is longer than one "
+                                 "byte but no merge makes it")
+        for what, value in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value < len(tokens)):
+                raise ValueError(f"from_gguf_vocab: {what} must be a token id in [0, "
+                                 f"{len(tokens)}), got {value!r}")
+        core = _C.BPE.from_ranks(ranks, specials, scanner, skip_unknown_bytes=True)
+        enc = cls._from_core(name, scanner, core)
+        enc.bos_token_id, enc.eos_token_id = bos_token_id, eos_token_id
+        enc.add_bos_token = bool(add_bos_token)
+        return enc
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Dict[str, object], *, name: str = "gguf") -> "Encoding":
+        """from_gguf_vocab on a GGUF file's metadata as a {key: value} dict (any GGUF reader's
+        output: `tokenizer.ggml.model` must be "gpt2"; tokens, merges, token_type and pre are
+        required, the BOS / EOS entries optional). The chat template stays in the metadata
+        (`tokenizer.chat_template`, for kernelgpt.chat)."""
+        if not isinstance(metadata, dict):
+            raise TypeError(f"from_gguf_metadata: expected a dict, got {type(metadata).__name__}")
+        model = metadata.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ValueError(f"from_gguf_metadata: tokenizer.ggml.model is {model!r}; only 'gpt2' "
+                             "(byte-level BPE) is supported")
+        missing = [k for k in ("tokens", "merges", "token_type", "pre")
+                   if f"tokenizer.ggml.{k}" not in metadata]
+        if missing:
+            raise ValueError("from_gguf_metadata: the metadata has no " +
+                             ", ".join(f"tokenizer.ggml.{k}" for k in missing))
+        get = metadata.get
+        return cls.from_gguf_vocab(
+            get("tokenizer.ggml.tokens"), get("tokenizer.ggml.merges"),
+            get("tokenizer.ggml.token_type"), get("tokenizer.ggml.pre"),
+            bos_token_id=get("tokenizer.ggml.bos_token_id"),
+            eos_token_id=get("tokenizer.ggml.eos_token_id"),
+            add_bos_token=bool(get("tokenizer.ggml.add_bos_token", False)), name=name)
+
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes the mergeable tokens as a `.tiktoken` file (tiktoken's own format, so
         tiktoken.load.load_tiktoken_bpe reads it too). The pattern and the special tokens are
@@ -206,15 +356,19 @@ class Encoding:
         if self._registered:
             return self.name
         return {"name": self.name, "pat_str": self._pat_str, "tiktoken": self._core.to_tiktoken(),
-                "special_tokens": self._special_tokens}
+                "special_tokens": self._special_tokens,
+                "skip_unknown_bytes": self._core.skip_unknown_bytes,
+                "gguf": (self.bos_token_id, self.eos_token_id, self.add_bos_token)}
 
     def __setstate__(self, value) -> None:
         if isinstance(value, str):
             self.__dict__ = get_encoding(value).__dict__
             return
         core = _C.BPE.from_tiktoken(value["tiktoken"], value["special_tokens"],
-                                    _scanner(value["pat_str"]))
+                                    _scanner(value["pat_str"]),
+                                    value.get("skip_unknown_bytes", False))
         self._init(value["name"], value["pat_str"], core, value["special_tokens"])
+        self.bos_token_id, self.eos_token_id, self.add_bos_token = value.get("gguf", (None, None, False))
 
     # ---- encoding -----------------------------------------------------------------------
 
@@ -394,7 +548,7 @@ class Encoding:
 
     @property
     def pattern(self) -> str:
-        """The pre-tokenizer: 'cl100k', 'gpt2' or 'whitespace'."""
+        """The pre-tokenizer: 'cl100k', 'gpt2', 'whitespace' or 'smollm'."""
         return self._core.pattern
 
 
