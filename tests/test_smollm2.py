@@ -111,3 +111,23 @@ def test_bad_input(model, tmp_path):
         load_model(bad)
     with pytest.raises(ValueError, match="cannot be trained"):
         model.forward_backward(np.zeros((1, 4), np.int64), np.zeros((1, 4), np.int64))
+
+
+def test_native_runner_equals_python_path(model):
+    """decode_next (one C++ call per token, quantized matvecs) gives forward_cached's logits."""
+    ids = np.asarray([CASES[0]["ids"]])
+    a_cache, b_cache = model.new_cache(64), model.new_cache(64)
+    a = model.forward_cached(ids, a_cache)[0]
+    b = model.forward_cached(ids, b_cache)[0]
+    assert model.supports_fast_decode(b_cache)
+    for _ in range(6):
+        token = int(np.argmax(a))
+        a = model.forward_cached(np.asarray([[token]]), a_cache)[0]
+        b = model.decode_next(token, b_cache)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+    assert a_cache.tokens == b_cache.tokens
+    fast = model.generate(CASES[0]["ids"], 12, temperature=0.7, seed=3)
+    from kernelgpt.generate import generate
+    slow = "".join(generate(model, model.tokenizer, CASES[0]["ids"], 12, temperature=0.7, seed=3,
+                            stop_tokens=model.stop_tokens, fast_decode=False))
+    assert fast == slow

@@ -15,6 +15,7 @@
 
 #include "bindings/args.h"
 #include "bindings/registry.h"
+#include "kernels/quant.h"
 #include "model/transformer.h"
 
 namespace kg {
@@ -115,9 +116,51 @@ class PyTransformer {
       keep(a);
       return a.cf32();
     };
+    // A quantized weight comes as (raw uint8 [rows, in / 32 * block bytes], "q8_0" | "q4_1").
+    auto quantized = [&](const std::string& name, int64_t rows, int64_t in,
+                         model::WeightKind* kind) -> const uint8_t* {
+      if (!params.contains(name)) value_error(std::string(kFn) + ": params has no '" + name + "'");
+      py::handle obj = params[name.c_str()];
+      if (!py::isinstance<py::tuple>(obj)) {
+        *kind = model::WeightKind::f32;
+        return nullptr;
+      }
+      py::tuple t = py::reinterpret_borrow<py::tuple>(obj);
+      if (t.size() != 2 || !py::isinstance<py::str>(t[1]))
+        type_error(std::string(kFn) + ": quantized '" + name + "' must be (raw uint8 array, qtype)");
+      std::string qtype = t[1].cast<std::string>();
+      if (qtype != "q8_0" && qtype != "q4_1")
+        value_error(std::string(kFn) + ": '" + name + "' has unknown qtype '" + qtype + "'");
+      *kind = qtype == "q8_0" ? model::WeightKind::q8_0 : model::WeightKind::q4_1;
+      if (in % kQuantBlock)
+        value_error(std::string(kFn) + ": '" + name + "' needs in features divisible by 32");
+      const int64_t row_bytes = in / kQuantBlock * quant_block_bytes(
+          qtype == "q8_0" ? QuantType::q8_0 : QuantType::q4_1);
+      if (!py::isinstance<py::array>(t[0]))
+        type_error(std::string(kFn) + ": quantized '" + name + "' raw data must be a numpy array");
+      py::array raw = py::reinterpret_borrow<py::array>(t[0]);
+      if (!raw.dtype().is(py::dtype::of<uint8_t>()) ||
+          !(raw.flags() & py::array::c_style) || raw.ndim() != 2 || raw.shape(0) != rows ||
+          raw.shape(1) != row_bytes)
+        value_error(std::string(kFn) + ": quantized '" + name + "' must be C-contiguous uint8 [" +
+                    std::to_string(rows) + ", " + std::to_string(row_bytes) + "]");
+      Array a;
+      a.array = raw;
+      a.present = true;
+      a.shape = {rows, row_bytes};
+      a.size = rows * row_bytes;
+      keep(a);
+      return static_cast<const uint8_t*>(raw.data());
+    };
     auto linear = [&](const std::string& name, int64_t out, int64_t in) {
       model::Linear l;
-      l.kind = model::WeightKind::f32;
+      if (const uint8_t* q = quantized(name + ".weight", out, in, &l.kind)) {
+        l.weight = q;
+        l.bias = bias ? param(name + ".bias", {out}) : nullptr;
+        l.in = in;
+        l.out = out;
+        return l;
+      }
       l.weight = param(name + ".weight", {out, in});
       l.bias = bias ? param(name + ".bias", {out}) : nullptr;
       l.in = in;
@@ -126,7 +169,8 @@ class PyTransformer {
     };
     const bool norm_bias = bias && c.norm == model::NormKind::layernorm;
     model::TransformerWeights w;
-    w.wte = param("wte", {V, C});
+    w.wte_quantized = quantized("wte", V, C, &w.wte_kind);
+    if (!w.wte_quantized) w.wte = param("wte", {V, C});
     if (c.positions == model::PositionsKind::learned) w.wpe = param("wpe", {c.block_size, C});
     for (int64_t i = 0; i < c.n_layer; ++i) {
       const std::string L = "h." + std::to_string(i) + ".";
@@ -143,9 +187,17 @@ class PyTransformer {
     }
     w.ln_f_weight = param("ln_f.weight", {C});
     w.ln_f_bias = norm_bias ? param("ln_f.bias", {C}) : nullptr;
-    w.lm_head.weight = tied ? w.wte : param("lm_head.weight", {V, C});
-    w.lm_head.in = C;
-    w.lm_head.out = V;
+    if (tied) {
+      w.lm_head.kind = w.wte_kind;
+      w.lm_head.weight = w.wte_quantized ? static_cast<const void*>(w.wte_quantized) : w.wte;
+      w.lm_head.in = C;
+      w.lm_head.out = V;
+    } else {  // its own matrix, no bias
+      w.lm_head.in = C;
+      w.lm_head.out = V;
+      const uint8_t* q = quantized("lm_head.weight", V, C, &w.lm_head.kind);
+      w.lm_head.weight = q ? static_cast<const void*>(q) : param("lm_head.weight", {V, C});
+    }
 
     model::KVCacheBuffers cache;
     if (static_cast<int64_t>(k_cache.size()) != c.n_layer ||

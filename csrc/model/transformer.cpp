@@ -13,6 +13,7 @@
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/norm.h"
+#include "kernels/quant.h"
 #include "kernels/rope.h"
 
 namespace kg {
@@ -33,6 +34,22 @@ void Linear::forward(const float* x, float* y) const {
       a.batch_stride_c = out;
       a.trans_b = true;
       KG_DISPATCH(matmul_kernels).blocked(a);
+      return;
+    }
+    case WeightKind::q8_0:
+    case WeightKind::q4_1: {
+      // the kernel ops.quant_matmul(backend="auto") runs for one row: fused decode-and-dot
+      QuantMatmulArgs a;
+      a.x = x;
+      a.w = static_cast<const uint8_t*>(weight);
+      a.y = y;
+      a.m = 1;
+      a.n = out;
+      a.k = in;
+      a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+      KG_DISPATCH(quant_kernels).matmul_auto(a);
+      if (bias)
+        for (int64_t i = 0; i < out; ++i) y[i] += bias[i];
       return;
     }
   }
@@ -123,7 +140,17 @@ void Transformer::decode(int64_t token, int64_t pos, float* logits) {
   float *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *y = y_.data(), *proj = proj_.data();
 
   // token embedding (+ absolute positions)
-  std::memcpy(x, w_.wte + token * C, C * sizeof(float));
+  if (w_.wte_kind == WeightKind::f32) {
+    std::memcpy(x, w_.wte + token * C, C * sizeof(float));
+  } else {  // one row of the quantized table, as ops.dequantize does it
+    DequantizeArgs d;
+    d.type = w_.wte_kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+    d.raw = w_.wte_quantized + token * (C / kQuantBlock) * quant_block_bytes(d.type);
+    d.out = x;
+    d.rows = 1;
+    d.cols = C;
+    KG_DISPATCH(quant_kernels).dequantize_fast(d);
+  }
   const float* pe = c_.positions == PositionsKind::learned      ? w_.wpe + pos * C
                     : c_.positions == PositionsKind::sinusoidal ? sinusoidal_.data() + pos * C
                                                                 : nullptr;

@@ -44,9 +44,9 @@ struct TransformerConfig {
   int64_t fc_dim() const { return activation == ActivationKind::swiglu ? 2 * mlp_hidden : mlp_hidden; }
 };
 
-// How a linear layer's weight is stored. Only float32 today; quantized formats (Q8_0, Q4_1
-// blocks for GGUF models) add a tag here and a case in Linear::forward, nothing else changes.
-enum class WeightKind { f32 };
+// How a linear layer's weight is stored: float32, or ggml's Q8_0 / Q4_1 blocks (GGUF models;
+// rows of in / 32 blocks, see kernels/quant.h) multiplied by the fused dequantize-and-dot kernel.
+enum class WeightKind { f32, q8_0, q4_1 };
 
 // y [out] = W x + b for one token's x [in]; W in nn.Linear's [out, in] layout.
 struct Linear {
@@ -67,7 +67,9 @@ struct LayerWeights {
 };
 
 struct TransformerWeights {
-  const float* wte = nullptr;  // [V, C]
+  const float* wte = nullptr;  // [V, C] float32 (wte_kind f32) ...
+  const uint8_t* wte_quantized = nullptr;  // ... or V rows of Q8_0 / Q4_1 blocks
+  WeightKind wte_kind = WeightKind::f32;
   const float* wpe = nullptr;  // [block_size, C] for learned positions, else null
   std::vector<LayerWeights> layers;
   const float* ln_f_weight = nullptr;

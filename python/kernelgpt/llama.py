@@ -91,6 +91,7 @@ class _Params:
 
     def __init__(self, tensors: Dict[str, object]):
         self.views = dict(tensors)
+        self.data = self  # what GPT.decode_next checks to know its runner is current
 
     def __getitem__(self, name):
         return self.views[name]
@@ -214,6 +215,21 @@ class LlamaModel(GPT):
         if self.quantized:
             raise ValueError("a quantized model cannot be trained: load it with weights='fp32'")
         return super().forward_backward(*args, **kwargs)
+
+    def supports_fast_decode(self, cache) -> bool:
+        if not self.quantized:
+            return super().supports_fast_decode(cache)
+        return cache.k[0].shape[0] == 1 and cache.k[0].dtype == np.float32
+
+    def _build_runner(self, cache):
+        if not self.quantized:
+            return super()._build_runner(cache)
+        from . import _C
+        views = {name: (t.raw, t.qtype) if isinstance(t, QuantWeight) else t
+                 for name, t in self.params.views.items()}
+        runner = _C.Transformer(self.config.to_dict(), views, cache.k, cache.v)
+        self._runner = (self.params.data, cache, runner, runner.max_positions)
+        return self._runner
 
     def new_cache(self, max_len: Optional[int] = None, batch: int = 1):
         return super().new_cache(max_len or min(self.config.block_size, 4096), batch)
