@@ -304,6 +304,11 @@ def test_sample_token_bad_input():
         call(**tiny)
     with pytest.raises(ValueError, match="overflow"):
         Sampler(seed=0, **tiny)(logits)
+    negative = np.array([-0.5, -1.0, -np.inf], np.float32)  # every scaled logit is -inf
+    with pytest.raises(ValueError, match="-inf everywhere"):
+        call(negative, **tiny)
+    with pytest.raises(ValueError, match="-inf everywhere"):
+        Sampler(seed=0, **tiny)(negative)
     with pytest.raises(TypeError, match="previous_tokens"):
         call(repetition_penalty=1.2, previous_tokens=[1.5])
     with pytest.raises(TypeError, match="previous_tokens"):
