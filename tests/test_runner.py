@@ -161,6 +161,12 @@ def test_runner_bad_input():
         _C.Transformer({k: v for k, v in d.items() if k != "n_kv_head"}, views, cache.k, cache.v)
     with pytest.raises(ValueError, match="norm"):
         _C.Transformer(dict(d, norm="batchnorm"), views, cache.k, cache.v)
+    with pytest.raises(ValueError, match="out of range"):
+        _C.Transformer(dict(d, vocab_size=2**70), views, cache.k, cache.v)
+    with pytest.raises(TypeError, match="n_layer"):
+        _C.Transformer(dict(d, n_layer=2.0), views, cache.k, cache.v)
+    with pytest.raises(ValueError, match=">= 1"):
+        _C.Transformer(dict(d, n_layer=0), views, cache.k, cache.v)
     with pytest.raises(ValueError, match="one array per layer"):
         _C.Transformer(d, views, cache.k[:1], cache.v[:1])
     batch2 = model.new_cache(batch=2)
@@ -304,6 +310,11 @@ def test_sample_token_bad_input():
         call(**tiny)
     with pytest.raises(ValueError, match="overflow"):
         Sampler(seed=0, **tiny)(logits)
+    negative = np.array([-0.5, -1.0, -np.inf], np.float32)  # every scaled logit is -inf
+    with pytest.raises(ValueError, match="-inf everywhere"):
+        call(negative, **tiny)
+    with pytest.raises(ValueError, match="-inf everywhere"):
+        Sampler(seed=0, **tiny)(negative)
     with pytest.raises(TypeError, match="previous_tokens"):
         call(repetition_penalty=1.2, previous_tokens=[1.5])
     with pytest.raises(TypeError, match="previous_tokens"):

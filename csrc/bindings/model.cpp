@@ -35,7 +35,12 @@ int64_t config_int(const py::dict& config, const char* key) {
   py::handle v = config_item(config, key);
   if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
     type_error(std::string(kFn) + ": config['" + key + "'] must be an int");
-  return py::cast<int64_t>(py::reinterpret_borrow<py::object>(PyNumber_Index(v.ptr())));
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(v.ptr()));
+  int overflow = 0;
+  long long r = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow || r > (int64_t(1) << 40))  // sizes beyond this cannot be allocated anyway
+    value_error(std::string(kFn) + ": config['" + key + "'] is out of range");
+  return r;
 }
 
 double config_float(const py::dict& config, const char* key) {

@@ -161,6 +161,9 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
                   " is too small for these logits (use 0 for greedy)");
     if (std::isfinite(x[i]) && x[i] > top) top = x[i];
   }
+  if (top == -INFINITY)  // every scaled logit went to -inf: no distribution is left
+    value_error("logits / temperature overflow to -inf everywhere: temperature " +
+                std::to_string(temperature) + " is too small for these logits (use 0 for greedy)");
   for (int64_t i = 0; i < V; ++i) x[i] = x[i] - top;
   py::array_t<double> probs_arr({V});
   py::module_::import("numpy").attr("exp")(x64, probs_arr);

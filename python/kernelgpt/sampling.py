@@ -102,6 +102,9 @@ def filtered_distribution(logits, config: Optional[SamplingConfig] = None,
     if np.isposinf(x).any():  # would make the probabilities inf / inf = NaN
         raise ValueError(f"logits / temperature overflow: temperature {config.temperature} is "
                          f"too small for these logits (use 0 for greedy)")
+    if not np.isfinite(x).any():
+        raise ValueError(f"logits / temperature overflow to -inf everywhere: temperature "
+                         f"{config.temperature} is too small for these logits (use 0 for greedy)")
     x = x - x[np.isfinite(x)].max()
     probs = np.exp(x)  # exp(-inf) = 0
     probs /= probs.sum()
