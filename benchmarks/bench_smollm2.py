@@ -1,0 +1,137 @@
+"""SmolLM2-135M-Instruct end to end: prefill and greedy decode speed, kernelgpt vs llama.cpp
+(llama-cpp-python, when installed) on the same GGUF, same token ids, same thread count,
+alternating runs, medians.
+
+    python benchmarks/bench_smollm2.py [--threads 2] [--prompt-tokens 128] [--new-tokens 128]
+
+kernelgpt runs the weights as stored (Q4_1 / Q8_0) by default; --weights fp32 also times the
+dequantized model. llama.cpp is loaded with use_extra_bufts = False (its AMX / repacked buffers
+crash on this CPU for prompts of 2+ tokens, see ../shared/DATA.md) and logits of the last
+position only.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import kernelgpt
+from kernelgpt.llama import load_model
+
+TEXT = ("The Roman Empire was the post-Republican state of ancient Rome. It included large "
+        "territorial holdings around the Mediterranean Sea in Europe, North Africa, and Western "
+        "Asia, and was ruled by emperors. ") * 20
+
+
+def kernelgpt_run(model, ids, new_tokens):
+    cache = model.new_cache(len(ids) + new_tokens + 1)
+    t0 = time.perf_counter()
+    logits = model.forward_cached(np.asarray([ids]), cache)[0]
+    t1 = time.perf_counter()
+    out = []
+    buf = np.empty(model.config.vocab_size, np.float32)
+    for _ in range(new_tokens):
+        token = int(np.argmax(logits))
+        out.append(token)
+        logits = model.decode_next(token, cache, out=buf)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, out
+
+
+class LlamaCpp:
+    def __init__(self, path, threads, n_ctx):
+        import ctypes
+
+        import llama_cpp as L
+        self.L, self.ctypes = L, ctypes
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        if hasattr(mp, "use_extra_bufts"):
+            mp.use_extra_bufts = False
+        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_ctx, n_ctx
+        cp.n_threads, cp.n_threads_batch = threads, threads
+        self.cp = cp
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        self.ctx = None
+
+    def _logits(self):
+        ptr = self.L.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def _decode(self, ids):
+        arr = (self.L.llama_token * len(ids))(*ids)
+        if self.L.llama_decode(self.ctx, self.L.llama_batch_get_one(arr, len(ids))) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def run(self, ids, new_tokens):
+        if self.ctx is not None:
+            self.L.llama_free(self.ctx)
+        self.ctx = self.L.llama_init_from_model(self.model, self.cp)
+        t0 = time.perf_counter()
+        self._decode(ids)
+        logits = self._logits()
+        t1 = time.perf_counter()
+        out = []
+        for _ in range(new_tokens):
+            token = int(np.argmax(logits))
+            out.append(token)
+            self._decode([token])
+            logits = self._logits()
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--weights", default="quantized", help="comma list: quantized,fp32")
+    args = ap.parse_args()
+    kernelgpt.set_num_threads(args.threads)
+    peers = {}
+    for w in args.weights.split(","):
+        t0 = time.perf_counter()
+        m = load_model("smollm2", weights=w)
+        print(f"# kernelgpt {w}: loaded in {time.perf_counter() - t0:.2f} s")
+        peers[f"kernelgpt {w}"] = lambda ids, n, m=m: kernelgpt_run(m, ids, n)
+    ids = m.tokenizer.encode(TEXT)[: args.prompt_tokens]
+    try:
+        lc = LlamaCpp(m.source, args.threads, args.prompt_tokens + args.new_tokens + 8)
+        import llama_cpp
+        peers[f"llama.cpp ({llama_cpp.__version__})"] = lc.run
+    except ImportError:
+        print("# llama-cpp-python not installed: kernelgpt only")
+    times = {k: ([], []) for k in peers}
+    texts = {}
+    for name, fn in peers.items():  # warm up
+        texts[name] = fn(ids, 8)[2]
+    for _ in range(args.rounds):
+        for name, fn in peers.items():
+            time.sleep(0.2)
+            pre, dec, out = fn(ids, args.new_tokens)
+            times[name][0].append(pre)
+            times[name][1].append(dec)
+            texts[name] = out
+    print(f"# SmolLM2-135M-Instruct, {len(ids)}-token prompt, {args.new_tokens} greedy tokens, "
+          f"{args.threads} threads, median of {args.rounds}")
+    base = next((k for k in peers if k.startswith("llama.cpp")), None)
+    for name, (pre, dec) in times.items():
+        p = len(ids) / statistics.median(pre)
+        d = args.new_tokens / statistics.median(dec)
+        line = f"{name:>28}: prefill {p:7.0f} tok/s, decode {d:6.1f} tok/s"
+        if base and name != base:
+            bp = len(ids) / statistics.median(times[base][0])
+            bd = args.new_tokens / statistics.median(times[base][1])
+            same = sum(a == b for a, b in zip(texts[name], texts[base]))
+            line += f"  ({p / bp:.2f}x, {d / bd:.2f}x llama.cpp; greedy tokens equal for {same}/{args.new_tokens})"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
