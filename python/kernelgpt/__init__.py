@@ -12,10 +12,27 @@ runs; `kernelgpt.set_num_threads(n)` sets how many threads the kernels use.
 """
 from __future__ import annotations
 
-from . import _C, ops, reference
-from ._version import __version__
-from .io.fetch import fetch
-from .tokenizer import Encoding, get_encoding
+import os as _os
+
+# OpenMP's default lets idle worker threads spin for a while after each parallel region. When
+# anything else wants the CPU (a browser, a compiler, another process), the spinning threads
+# and the descheduled ones wait on each other and every kernel call can take 10-100x longer
+# (measured: SmolLM2 decode at 1.4 tok/s instead of 89 tok/s beside a compile job). Sleeping
+# waits cost a few microseconds per call on an idle machine. Must be set before libgomp loads
+# (with _C, below); a value the user exported wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _C, ops, reference  # noqa: E402
+from ._version import __version__  # noqa: E402
+from .io.fetch import fetch  # noqa: E402
+from .tokenizer import Encoding, get_encoding  # noqa: E402
+
+
+def load_model(name_or_path="smollm2", **kwargs):
+    """A pretrained Llama-architecture GGUF model ('smollm2' after `kernelgpt fetch smollm2`,
+    or a path): see kernelgpt.llama.load_model."""
+    from .llama import load_model as _load
+    return _load(name_or_path, **kwargs)
 
 __all__ = [
     "ops",
@@ -30,6 +47,7 @@ __all__ = [
     "Encoding",
     "get_encoding",
     "fetch",
+    "load_model",
 ]
 
 
