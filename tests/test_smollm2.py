@@ -131,3 +131,16 @@ def test_native_runner_equals_python_path(model):
     slow = "".join(generate(model, model.tokenizer, CASES[0]["ids"], 12, temperature=0.7, seed=3,
                             stop_tokens=model.stop_tokens, fast_decode=False))
     assert fast == slow
+
+
+def test_cli_generate_and_chat(capsys, monkeypatch):
+    from kernelgpt import cli
+    assert cli.main(["generate", "--model", str(GGUF), "--prompt", "The capital of France is",
+                     "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("The capital of France is Paris")
+    lines = iter(["What is gravity?", "/system You are a pirate.", "/reset", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert cli.main(["chat", "--model", str(GGUF), "--max-new-tokens", "6"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Gravity is a fundamental")
+    assert "system prompt set" in captured.err and "conversation cleared" in captured.err
