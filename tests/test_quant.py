@@ -259,6 +259,23 @@ def test_nan_and_inf_propagate(rng):
         assert not np.isfinite(y[1]).any()
 
 
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_vnni_nan_and_inf_give_nan(rng, isa, qtype):
+    """Quantizing a block that holds NaN or inf has no meaningful int8 grid: its rows of y
+    come out NaN (not a silently finite number), like the reference."""
+    raw = weights(rng, 9, 96, qtype)
+    x = randn(rng, 5, 96)
+    x[1, 40] = np.nan
+    x[2, 0] = np.inf
+    x[3, 95] = -np.inf
+    y = ops.quant_matmul(x, raw, qtype, 9, backend="vnni")
+    assert np.isnan(y[1:4]).all()
+    assert np.isfinite(y[[0, 4]]).all()
+    with np.errstate(invalid="ignore"):
+        ref = reference.quant_matmul_q8(x, raw, qtype, 9)
+    assert np.isnan(ref[1:4]).all()
+
+
 def test_kernel_path_reported():
     assert "fused" in ops.kernel_paths()["quant"]
 
