@@ -311,6 +311,14 @@ def test_bad_input(rng, backend):
         mm(x, raw, 2, 4)
     with pytest.raises(TypeError, match="qtype"):
         mm(x, raw, 3.0, 4)
+    with pytest.raises(TypeError, match="n_rows"):
+        mm(x, raw, "q4_1", 4.0)
+    with pytest.raises(TypeError, match="shape"):
+        ops.dequantize(raw, "q4_1", (4.0, 64), backend=backend)
+    with pytest.raises(ValueError):
+        ops.dequantize(raw, "q4_1", (0, 64), backend=backend)
+    with pytest.raises(ValueError):
+        ops.dequantize(raw, "q4_1", (), backend=backend)
     with pytest.raises(ValueError, match="shape"):
         mm(x, raw, "q4_1", 4, out=np.empty((3, 5), np.float32))
     with pytest.raises(ValueError, match="bytes"):
