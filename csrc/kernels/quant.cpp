@@ -149,8 +149,11 @@ void dequantize_rows(const DequantizeArgs& p, int64_t r0, int64_t r1) {
 }
 
 // Work per thread worth waking it for: ~64k weights (a few microseconds).
+#ifndef KG_QUANT_MIN_WEIGHTS_PER_THREAD
+#define KG_QUANT_MIN_WEIGHTS_PER_THREAD 65536
+#endif
 int64_t min_rows_per_thread(int64_t k) {
-  int64_t r = ((int64_t)1 << 16) / k;
+  int64_t r = (int64_t)KG_QUANT_MIN_WEIGHTS_PER_THREAD / k;
   return r < 1 ? 1 : r;
 }
 
