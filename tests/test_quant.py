@@ -228,6 +228,22 @@ def test_one_dimensional_x_and_out(rng):
     np.testing.assert_array_equal(out, ops.quant_matmul(x2, raw, "q8_0", 33))
 
 
+def test_memmap_raw(rng, tmp_path):
+    """gguf.GGUFReader hands out numpy.memmap views whose dtype went through
+    newbyteorder(): equal to np.uint8 but another dtype object."""
+    raw = weights(rng, 19, 160, "q4_1")
+    path = tmp_path / "w.bin"
+    raw.tofile(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r").reshape(raw.shape)
+    mm = mm.view(mm.dtype.newbyteorder("<"))
+    assert mm.dtype == np.uint8
+    x = randn(rng, 2, 160)
+    np.testing.assert_array_equal(ops.quant_matmul(x, mm, "q4_1", 19),
+                                  ops.quant_matmul(x, raw, "q4_1", 19))
+    np.testing.assert_array_equal(ops.dequantize(mm, "q4_1", (19, 160)),
+                                  ops.dequantize(raw, "q4_1", (19, 160)))
+
+
 def test_gguf_shaped_raw_and_rows_independent_of_batch(rng):
     """raw may keep GGUF's [N, row_bytes] shape; each output row of the fused path is the
     same whether x comes alone or with other rows (bitwise), and for any thread count."""
