@@ -370,3 +370,45 @@ def test_bad_layout_and_aliasing(rng):
         ops.quant_matmul(randn(rng, 64), raw, "q8_0", 8, out=ro)
     with pytest.raises(ValueError, match="version"):
         _C.quant_matmul(randn(rng, 64), raw, "q8_0", 8, None, "fastest")
+
+
+def _smollm2_gguf():
+    """The real SmolLM2 GGUF if this machine has it: $KERNELGPT_SMOLLM2_GGUF, or the fetch
+    cache when a 'smollm2' source is registered there. Never downloads."""
+    import os
+    path = os.environ.get("KERNELGPT_SMOLLM2_GGUF")
+    if path and os.path.isfile(path):
+        return path
+    try:
+        from kernelgpt.io import fetch
+        found = fetch.cached("smollm2")
+    except Exception:  # no such source registered (yet)
+        return None
+    return str(found) if found is not None else None
+
+
+def test_real_smollm2_tensors(rng):
+    """Every Q4_1 / Q8_0 tensor of SmolLM2-135M-Instruct.Q4_1.gguf, read by gguf.GGUFReader:
+    dequantize against gguf.quants, quant_matmul against the float64 product."""
+    gguf = pytest.importorskip("gguf")
+    path = _smollm2_gguf()
+    if path is None:
+        pytest.skip("SmolLM2 GGUF not available (set KERNELGPT_SMOLLM2_GGUF)")
+    reader = gguf.GGUFReader(path)
+    count = 0
+    for t in reader.tensors:
+        qtype = t.tensor_type.name.lower()
+        if qtype not in ("q4_1", "q8_0"):
+            continue
+        K, N = int(t.shape[0]), int(t.shape[1])  # ggml lists the fastest dimension first
+        expected = gguf.quants.dequantize(t.data, t.tensor_type)
+        check_dequantize(ops.dequantize(t.data, qtype, (N, K)), np.asarray(t.data), qtype,
+                         (N, K))
+        np.testing.assert_array_equal(reference.dequantize(t.data, qtype, (N, K)), expected)
+        if count % 10 == 0 or N > 10000:  # a sample of the matmuls (the LM head included)
+            x = randn(rng, 3, K)
+            y = ops.quant_matmul(x, t.data, qtype, N)
+            ref = x.astype(np.float64) @ expected.astype(np.float64).T
+            check_within(y, ref, matmul_bound(x, np.asarray(t.data), qtype, N), 1e-4, t.name)
+        count += 1
+    assert count == 211  # 30 layers x 7 Q4_1 matrices + the Q8_0 token embedding
