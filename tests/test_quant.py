@@ -228,6 +228,22 @@ def test_one_dimensional_x_and_out(rng):
     np.testing.assert_array_equal(out, ops.quant_matmul(x2, raw, "q8_0", 33))
 
 
+def test_memmap_raw(rng, tmp_path):
+    """gguf.GGUFReader hands out numpy.memmap views whose dtype went through
+    newbyteorder(): equal to np.uint8 but another dtype object."""
+    raw = weights(rng, 19, 160, "q4_1")
+    path = tmp_path / "w.bin"
+    raw.tofile(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r").reshape(raw.shape)
+    mm = mm.view(mm.dtype.newbyteorder("<"))
+    assert mm.dtype == np.uint8
+    x = randn(rng, 2, 160)
+    np.testing.assert_array_equal(ops.quant_matmul(x, mm, "q4_1", 19),
+                                  ops.quant_matmul(x, raw, "q4_1", 19))
+    np.testing.assert_array_equal(ops.dequantize(mm, "q4_1", (19, 160)),
+                                  ops.dequantize(raw, "q4_1", (19, 160)))
+
+
 def test_gguf_shaped_raw_and_rows_independent_of_batch(rng):
     """raw may keep GGUF's [N, row_bytes] shape; each output row of the fused path is the
     same whether x comes alone or with other rows (bitwise), and for any thread count."""
@@ -257,6 +273,23 @@ def test_nan_and_inf_propagate(rng):
         y = ops.quant_matmul(x, raw, "q8_0", 5, backend=backend)
         assert np.isnan(y[0]).all()
         assert not np.isfinite(y[1]).any()
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_vnni_nan_and_inf_give_nan(rng, isa, qtype):
+    """Quantizing a block that holds NaN or inf has no meaningful int8 grid: its rows of y
+    come out NaN (not a silently finite number), like the reference."""
+    raw = weights(rng, 9, 96, qtype)
+    x = randn(rng, 5, 96)
+    x[1, 40] = np.nan
+    x[2, 0] = np.inf
+    x[3, 95] = -np.inf
+    y = ops.quant_matmul(x, raw, qtype, 9, backend="vnni")
+    assert np.isnan(y[1:4]).all()
+    assert np.isfinite(y[[0, 4]]).all()
+    with np.errstate(invalid="ignore"):
+        ref = reference.quant_matmul_q8(x, raw, qtype, 9)
+    assert np.isnan(ref[1:4]).all()
 
 
 def test_kernel_path_reported():
@@ -294,6 +327,14 @@ def test_bad_input(rng, backend):
         mm(x, raw, 2, 4)
     with pytest.raises(TypeError, match="qtype"):
         mm(x, raw, 3.0, 4)
+    with pytest.raises(TypeError, match="n_rows"):
+        mm(x, raw, "q4_1", 4.0)
+    with pytest.raises(TypeError, match="shape"):
+        ops.dequantize(raw, "q4_1", (4.0, 64), backend=backend)
+    with pytest.raises(ValueError):
+        ops.dequantize(raw, "q4_1", (0, 64), backend=backend)
+    with pytest.raises(ValueError):
+        ops.dequantize(raw, "q4_1", (), backend=backend)
     with pytest.raises(ValueError, match="shape"):
         mm(x, raw, "q4_1", 4, out=np.empty((3, 5), np.float32))
     with pytest.raises(ValueError, match="bytes"):
@@ -329,3 +370,45 @@ def test_bad_layout_and_aliasing(rng):
         ops.quant_matmul(randn(rng, 64), raw, "q8_0", 8, out=ro)
     with pytest.raises(ValueError, match="version"):
         _C.quant_matmul(randn(rng, 64), raw, "q8_0", 8, None, "fastest")
+
+
+def _smollm2_gguf():
+    """The real SmolLM2 GGUF if this machine has it: $KERNELGPT_SMOLLM2_GGUF, or the fetch
+    cache when a 'smollm2' source is registered there. Never downloads."""
+    import os
+    path = os.environ.get("KERNELGPT_SMOLLM2_GGUF")
+    if path and os.path.isfile(path):
+        return path
+    try:
+        from kernelgpt.io import fetch
+        found = fetch.cached("smollm2")
+    except Exception:  # no such source registered (yet)
+        return None
+    return str(found) if found is not None else None
+
+
+def test_real_smollm2_tensors(rng):
+    """Every Q4_1 / Q8_0 tensor of SmolLM2-135M-Instruct.Q4_1.gguf, read by gguf.GGUFReader:
+    dequantize against gguf.quants, quant_matmul against the float64 product."""
+    gguf = pytest.importorskip("gguf")
+    path = _smollm2_gguf()
+    if path is None:
+        pytest.skip("SmolLM2 GGUF not available (set KERNELGPT_SMOLLM2_GGUF)")
+    reader = gguf.GGUFReader(path)
+    count = 0
+    for t in reader.tensors:
+        qtype = t.tensor_type.name.lower()
+        if qtype not in ("q4_1", "q8_0"):
+            continue
+        K, N = int(t.shape[0]), int(t.shape[1])  # ggml lists the fastest dimension first
+        expected = gguf.quants.dequantize(t.data, t.tensor_type)
+        check_dequantize(ops.dequantize(t.data, qtype, (N, K)), np.asarray(t.data), qtype,
+                         (N, K))
+        np.testing.assert_array_equal(reference.dequantize(t.data, qtype, (N, K)), expected)
+        if count % 10 == 0 or N > 10000:  # a sample of the matmuls (the LM head included)
+            x = randn(rng, 3, K)
+            y = ops.quant_matmul(x, t.data, qtype, N)
+            ref = x.astype(np.float64) @ expected.astype(np.float64).T
+            check_within(y, ref, matmul_bound(x, np.asarray(t.data), qtype, N), 1e-4, t.name)
+        count += 1
+    assert count == 211  # 30 layers x 7 Q4_1 matrices + the Q8_0 token embedding

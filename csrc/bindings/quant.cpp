@@ -25,7 +25,9 @@ static Array raw_bytes(py::handle obj, const char* fn, int64_t expected, const s
     type_error(std::string(fn) + ": raw must be a numpy uint8 array, got " +
                std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<uint8_t>()))
+  // kind and size, not dtype identity: numpy.memmap views (gguf.GGUFReader's tensor.data)
+  // carry their own uint8 dtype object.
+  if (a.dtype().kind() != 'u' || a.dtype().itemsize() != 1)
     type_error(std::string(fn) + ": raw must be uint8 (the blocks' bytes), got " +
                std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style))

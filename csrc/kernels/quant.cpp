@@ -149,8 +149,11 @@ void dequantize_rows(const DequantizeArgs& p, int64_t r0, int64_t r1) {
 }
 
 // Work per thread worth waking it for: ~64k weights (a few microseconds).
+#ifndef KG_QUANT_MIN_WEIGHTS_PER_THREAD
+#define KG_QUANT_MIN_WEIGHTS_PER_THREAD 65536
+#endif
 int64_t min_rows_per_thread(int64_t k) {
-  int64_t r = ((int64_t)1 << 16) / k;
+  int64_t r = (int64_t)KG_QUANT_MIN_WEIGHTS_PER_THREAD / k;
   return r < 1 ? 1 : r;
 }
 
@@ -303,9 +306,15 @@ void quantize_x(const QuantMatmulArgs& p, int8_t* qx, float* dx, float* sx) {
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = p.x + b * kQuantBlock;
     float amax = 0.0f;
-    for (int j = 0; j < 32; ++j) amax = std::fabs(xb[j]) > amax ? std::fabs(xb[j]) : amax;
-    float d = amax / 127.0f;
-    float inv = d != 0.0f ? 1.0f / d : 0.0f;
+    bool finite = true;
+    for (int j = 0; j < 32; ++j) {
+      amax = std::fabs(xb[j]) > amax ? std::fabs(xb[j]) : amax;
+      finite &= std::isfinite(xb[j]);
+    }
+    // A block holding NaN or inf gets scale NaN (so its outputs are NaN, never garbage) and
+    // q = 0 (converting NaN to an integer would be undefined).
+    float d = finite ? amax / 127.0f : NAN;
+    float inv = finite && d != 0.0f ? 1.0f / d : 0.0f;
     int sum = 0;
     for (int j = 0; j < 32; ++j) {
       int q = (int)std::roundf(xb[j] * inv);

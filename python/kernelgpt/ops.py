@@ -730,7 +730,8 @@ def dequantize(raw, qtype, shape, *, out=None, backend="auto"):
     may differ in the last bit).
     """
     name = _qtype(qtype, "dequantize")
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    shape = tuple(_int_option(s, "dequantize", "shape") for s in shape)
     if backend == "numpy":
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 0
         _check_quant_numpy("dequantize", raw, name, rows, shape[-1] if shape else 0)
@@ -752,6 +753,7 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
       "numpy"  reference.quant_matmul (dequantize, then x @ W.T)
     """
     name = _qtype(qtype, "quant_matmul")
+    n_rows = _int_option(n_rows, "quant_matmul", "n_rows")
     if backend == "numpy":
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise TypeError("quant_matmul: x must be a float32 numpy array")

@@ -577,12 +577,16 @@ __all__ += ["quantize_activations_q8", "quant_matmul_q8"]
 def quantize_activations_q8(x):
     """x [..., K] float32 -> (qx int8 [..., K], dx float32 [..., K/32]): per block of 32,
     dx = max|x| / 127 and qx = round(x / dx), computed as x * (1 / dx) in float32 like
-    llama.cpp's quantize_row_q8_0 (the native "vnni" kernels reproduce it bit for bit)."""
+    llama.cpp's quantize_row_q8_0 (the native "vnni" kernels reproduce it bit for bit).
+    A block holding NaN or inf gets dx = NaN and qx = 0, so its products come out NaN."""
     b = _blocks(x)
+    finite = np.isfinite(b).all(axis=1, keepdims=True)
+    b = np.where(finite, b, np.float32(0))
     d = np.abs(b).max(axis=1, keepdims=True) / np.float32(127)
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
     q = _roundf(b * inv).astype(np.int8)
+    d = np.where(finite, d, np.float32(np.nan))  # a block with NaN / inf: NaN outputs
     return q.reshape(np.shape(x)), d.reshape(*np.shape(x)[:-1], -1)
 
 
