@@ -46,6 +46,9 @@ class LlamaCpp:
 
         import llama_cpp as L
         self.L, self.ctypes = L, ctypes
+        # keep llama.cpp's load log off the table
+        self._quiet = L.llama_log_callback(lambda level, text, user: None)
+        L.llama_log_set(self._quiet, ctypes.c_void_p())
         L.llama_backend_init()
         mp = L.llama_model_default_params()
         if hasattr(mp, "use_extra_bufts"):
