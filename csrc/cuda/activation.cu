@@ -1,4 +1,4 @@
-// GELU (tanh and exact), SiLU and SwiGLU on the GPU, forward and backward (see ops.py).
+// GELU (tanh and exact), SiLU, SwiGLU (and ReLU, sigmoid, tanh) on the GPU, forward and backward (see ops.py).
 //
 // version 0: naive, one thread per element in a grid-stride loop.
 // version 1: float4: each thread loads and stores four neighbours at once (16-byte
@@ -11,7 +11,7 @@
 namespace kg {
 namespace cuda {
 
-enum { kGeluTanh = 0, kGeluErf = 1, kSilu = 2 };
+enum { kGeluTanh = 0, kGeluErf = 1, kSilu = 2, kRelu = 3, kSigmoid = 4, kTanh = 5 };
 
 __device__ inline float sigmoid(float x) {
   float e = expf(-fabsf(x));
@@ -22,6 +22,9 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 
 __device__ inline float act_forward(int op, float x) {
+  if (op == kRelu) return x > 0.0f || x != x ? x : 0.0f;  // NaN stays NaN (fmaxf drops it)
+  if (op == kSigmoid) return sigmoid(x);
+  if (op == kTanh) return tanhf(x);
   if (op == kSilu) return x * sigmoid(x);
   if (op == kGeluErf) return x * normcdff(x);
   float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
@@ -29,6 +32,12 @@ __device__ inline float act_forward(int op, float x) {
 }
 
 __device__ inline float act_derivative(int op, float x) {
+  if (op == kRelu) return x > 0.0f ? 1.0f : 0.0f;
+  if (op == kSigmoid) return sigmoid(x) * sigmoid(-x);
+  if (op == kTanh) {  // 1 - tanh^2 = 4e / (1 + e)^2, e = exp(-2|x|): no cancellation
+    float e = expf(-2.0f * fabsf(x));
+    return 4.0f * e / ((1.0f + e) * (1.0f + e));
+  }
   if (op == kSilu) return sigmoid(x) * (1.0f + x * sigmoid(-x));
   if (op == kGeluErf) return normcdff(x) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
   float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);

@@ -9,7 +9,8 @@ namespace cuda {
 
 int device_count();  // 0 when there is no driver or no GPU
 
-// version 0: naive (one thread per output), 1: shared-memory tiled.
+// version 0: naive (one thread per output), 1: shared-memory tiled, 2: register-blocked
+// (4x4 outputs per thread).
 void matmul(int version, const float* a, const float* b, const float* bias, float* c,
             int64_t batch, int64_t m, int64_t n, int64_t k, int64_t batch_stride_a,
             int64_t batch_stride_b, int64_t batch_stride_c, bool trans_a, bool trans_b,
@@ -40,7 +41,8 @@ void rmsnorm_backward(int version, const float* dy, const float* x, const float*
                       const float* rstd, float* dx, float* dweight, int64_t rows, int64_t cols,
                       uintptr_t stream);
 
-// Elementwise activations. op: 0 gelu (tanh), 1 gelu (exact erf), 2 silu.
+// Elementwise activations. op: 0 gelu (tanh), 1 gelu (exact erf), 2 silu, 3 relu,
+// 4 sigmoid, 5 tanh.
 // version 0: one thread per element (grid-stride), 1: float4 loads / stores.
 void activation(int version, int op, const float* x, float* y, int64_t n, uintptr_t stream);
 void activation_backward(int version, int op, const float* dy, const float* x, float* dx,
