@@ -45,11 +45,12 @@ def main():
         return cp.asarray(rng.standard_normal(shape).astype(np.float32))
 
     def row(name, version, seconds, amount, unit):
-        print(f"{name:<28} {version:<8} {seconds * 1e3:9.3f} ms {amount / seconds / 1e9:9.1f} {unit}")
+        rate = amount / seconds / 1e9
+        print(f"{name:<28} {version:<10} {seconds * 1e3:9.3f} ms {rate:9.1f} {unit}")
 
     M = N = K = 2048
     a, b = randn(M, K), randn(K, N)
-    for v in ("naive", "tiled", "blocked"):
+    for v in ("naive", "tiled", "blocked", "vectorized"):
         row(f"matmul {M}^3", v, timed(cp, lambda: ops.matmul(a, b, backend=v), args.repeats),
             2 * M * N * K, "GFLOP/s")
 

@@ -13,9 +13,10 @@ if not _cuda.available():
 import cupy as cp  # noqa: E402
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 13, 5), (64, 64, 64), (129, 257, 65)])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 13, 5), (64, 64, 64), (129, 257, 65),
+                                   (67, 36, 132), (5, 100, 8)])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, True), (False, True), (True, False)])
-@pytest.mark.parametrize("backend", ["naive", "tiled", "blocked", "auto"])
+@pytest.mark.parametrize("backend", ["naive", "tiled", "blocked", "vectorized", "auto"])
 def test_cuda_matmul(rng, m, k, n, ta, tb, backend):
     a = randn(rng, *((k, m) if ta else (m, k)))
     b = randn(rng, *((n, k) if tb else (k, n)))
@@ -303,10 +304,10 @@ def test_cuda_mixed_and_dtype_errors(rng):
                          "q8_0", 2)
 
 
-@pytest.mark.parametrize("backend", ["naive", "tiled", "blocked"])
+@pytest.mark.parametrize("backend", ["naive", "tiled", "blocked", "vectorized"])
 def test_cuda_matmul_batched_accumulate(rng, backend):
-    a, b = randn(rng, 3, 67, 45), randn(rng, 45, 71)
-    c0 = randn(rng, 3, 67, 71)
+    a, b = randn(rng, 3, 67, 44), randn(rng, 44, 72)  # k, n multiples of 4: float4 loads
+    c0 = randn(rng, 3, 67, 72)
     c = gpu(c0)
     ops.matmul(gpu(a), gpu(b), out=c, accumulate=True, backend=backend)
     ref = c0.astype(np.float64) + f64(a) @ f64(b)

@@ -1,4 +1,5 @@
-// GELU (tanh and exact), SiLU, SwiGLU (and ReLU, sigmoid, tanh) on the GPU, forward and backward (see ops.py).
+// GELU (tanh and exact), SiLU, SwiGLU (and ReLU, sigmoid, tanh) on the GPU, forward and
+// backward (formulas in ops.py).
 //
 // version 0: naive, one thread per element in a grid-stride loop.
 // version 1: float4: each thread loads and stores four neighbours at once (16-byte

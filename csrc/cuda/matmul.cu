@@ -6,7 +6,11 @@
 // version 2: register blocking: a 16x16 block of threads computes a 64x64 tile of C, each
 //            thread a 4x4 grid of outputs (rows ty + 16 r, columns tx + 16 c) kept in
 //            registers; per step of k every value read from shared memory feeds 4
-//            multiply-adds instead of 1. (Vectorised loads and tensor cores: not yet.)
+//            multiply-adds instead of 1.
+// version 3: version 2 with float4 (16-byte) global loads of the tiles, one per thread per
+//            operand, when both operands are untransposed and every row starts 16-byte
+//            aligned (k and n multiples of 4); otherwise the launcher runs version 2.
+// (Tensor cores: not yet.)
 #include "cuda/common.cuh"
 #include "cuda/cuda_kernels.h"
 
@@ -74,9 +78,10 @@ __global__ void matmul_tiled(MatmulShape p) {
 
 constexpr int kBlockM = 64, kBlockN = 64, kBlockK = 16, kMicro = 4, kSide = 16;
 
+template <bool kVectorLoads>
 __global__ void matmul_register_blocked(MatmulShape p) {
   __shared__ float as[kBlockK][kBlockM];  // op(A) tile, stored k-major
-  __shared__ float bs[kBlockK][kBlockN];
+  __shared__ __align__(16) float bs[kBlockK][kBlockN];
   int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kSide + tx;
   int64_t i0 = blockIdx.y * (int64_t)kBlockM, j0 = blockIdx.x * (int64_t)kBlockN;
   int64_t bi = blockIdx.z;
@@ -84,11 +89,32 @@ __global__ void matmul_register_blocked(MatmulShape p) {
   const float* b = p.b + bi * p.sb;
   float acc[kMicro][kMicro] = {};
   for (int64_t k0 = 0; k0 < p.k; k0 += kBlockK) {
-    for (int e = tid; e < kBlockM * kBlockK; e += kSide * kSide) {
-      int i = e / kBlockK, kk = e % kBlockK;
-      as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
-      int kb = e / kBlockN, j = e % kBlockN;
-      bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
+    if (kVectorLoads) {  // 256 threads, 256 float4 per tile: A along k, B along n
+      int i = tid / 4, ka = (tid % 4) * 4, kb = tid / 16, j = (tid % 16) * 4;
+      float4 va = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vb = va;
+      if (i0 + i < p.m && k0 + ka + 3 < p.k)
+        va = *reinterpret_cast<const float4*>(a + (i0 + i) * p.k + k0 + ka);
+      else  // the ragged edge: element by element
+        for (int q = 0; q < 4; ++q) {
+          bool in = i0 + i < p.m && k0 + ka + q < p.k;
+          (&va.x)[q] = in ? a[(i0 + i) * p.k + k0 + ka + q] : 0.0f;
+        }
+      if (k0 + kb < p.k && j0 + j + 3 < p.n)
+        vb = *reinterpret_cast<const float4*>(b + (k0 + kb) * p.n + j0 + j);
+      else
+        for (int q = 0; q < 4; ++q) {
+          bool in = k0 + kb < p.k && j0 + j + q < p.n;
+          (&vb.x)[q] = in ? b[(k0 + kb) * p.n + j0 + j + q] : 0.0f;
+        }
+      as[ka][i] = va.x, as[ka + 1][i] = va.y, as[ka + 2][i] = va.z, as[ka + 3][i] = va.w;
+      *reinterpret_cast<float4*>(&bs[kb][j]) = vb;
+    } else {
+      for (int e = tid; e < kBlockM * kBlockK; e += kSide * kSide) {
+        int i = e / kBlockK, kk = e % kBlockK;
+        as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
+        int kb = e / kBlockN, j = e % kBlockN;
+        bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -134,7 +160,15 @@ void matmul(int version, const float* a, const float* b, const float* bias, floa
   } else {
     dim3 grid2((unsigned)((n + kBlockN - 1) / kBlockN), (unsigned)((m + kBlockM - 1) / kBlockM),
                (unsigned)batch);
-    matmul_register_blocked<<<grid2, dim3(kSide, kSide), 0, as_stream(stream)>>>(p);
+    auto aligned = [](const void* ptr, int64_t stride) {
+      return (uintptr_t)ptr % 16 == 0 && stride % 4 == 0;
+    };
+    bool vec = version == 3 && !trans_a && !trans_b && k % 4 == 0 && n % 4 == 0 &&
+               aligned(a, batch_stride_a) && aligned(b, batch_stride_b);
+    if (vec)
+      matmul_register_blocked<true><<<grid2, dim3(kSide, kSide), 0, as_stream(stream)>>>(p);
+    else
+      matmul_register_blocked<false><<<grid2, dim3(kSide, kSide), 0, as_stream(stream)>>>(p);
   }
   check(cudaGetLastError(), "matmul (cuda) launch");
 }

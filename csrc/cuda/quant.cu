@@ -70,7 +70,8 @@ __global__ void quant_matmul_warp(int qtype, const float* x, const uint8_t* raw,
     const uint8_t* w = raw + col * nb * bytes;
     const float* xr = x + row * k;
     float sum = 0.0f;
-    for (int64_t b = 0; b < nb; ++b) sum += weight_at(qtype, w + b * bytes, lane) * xr[b * 32 + lane];
+    for (int64_t b = 0; b < nb; ++b)
+      sum += weight_at(qtype, w + b * bytes, lane) * xr[b * 32 + lane];
     sum = warp_sum(sum);
     if (lane == 0) y[e] = sum;
   }

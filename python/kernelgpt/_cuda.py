@@ -77,7 +77,7 @@ def _stream():
 def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False,
            backend="auto"):
     fn = "matmul"
-    version = _version(backend, ["naive", "tiled", "blocked"])
+    version = _version(backend, ["naive", "tiled", "blocked", "vectorized"])
     _check(a, fn, "a", (2, 3))
     _check(b, fn, "b", (2, 3))
     m = a.shape[-1] if trans_a else a.shape[-2]
@@ -406,7 +406,7 @@ def embedding_backward(dout, ids, num_embeddings, *, out=None, accumulate=False,
     return dtable
 
 
-# ---- RoPE ------------------------------------------------------------------------------------------
+# ---- RoPE ----------------------------------------------------------------------------------------
 
 _MAX_POSITION = 1 << 31
 
@@ -442,7 +442,7 @@ def rope(x, *, positions=None, offset=0, base=10000.0, layout="half", rotary_dim
     return y
 
 
-# ---- AdamW, gradient norm, clipping ---------------------------------------------------------------
+# ---- AdamW, gradient norm, clipping --------------------------------------------------------------
 
 
 def adamw_step(param, grad, m, v, *, step, lr, beta1, beta2, eps, weight_decay, backend="auto"):
