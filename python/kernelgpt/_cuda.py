@@ -541,7 +541,7 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
         scale = 1.0 / D ** 0.5
     if not (0 < scale < float("inf")):
         raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
-    if backend == "auto":
+    if backend in ("auto", "fast"):
         version = 0 if D > _MAX_HEAD else (2 if T <= 16 else 1)
     else:
         version = _version(backend, _ATTN_VERSIONS)
