@@ -775,12 +775,12 @@ def dequantize(raw, qtype, shape, *, out=None, backend="auto"):
     """
     name = _qtype(qtype, "dequantize")
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-    if _is_cupy(raw):
-        return _cuda().dequantize(raw, name, shape, out=out, backend=backend)
     if backend == "numpy":
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 0
         _check_quant_numpy("dequantize", raw, name, rows, shape[-1] if shape else 0)
         return _into(out, reference.dequantize(raw, name, shape))
+    if _is_cupy(raw):
+        return _cuda().dequantize(raw, name, shape, out=out, backend=backend)
     return _C.dequantize(raw, name, shape, out, _native_version(backend, "fast"))
 
 
@@ -798,8 +798,6 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
       "numpy"  reference.quant_matmul (dequantize, then x @ W.T)
     """
     name = _qtype(qtype, "quant_matmul")
-    if _is_cupy(x) or _is_cupy(raw):
-        return _cuda().quant_matmul(x, raw, name, n_rows, out=out, backend=backend)
     if backend == "numpy":
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise TypeError("quant_matmul: x must be a float32 numpy array")
@@ -807,4 +805,6 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
             raise ValueError(f"quant_matmul: x must be 1-D or 2-D, got shape {x.shape}")
         _check_quant_numpy("quant_matmul", raw, name, n_rows, x.shape[-1])
         return _into(out, reference.quant_matmul(x, raw, name, n_rows))
+    if _is_cupy(x) or _is_cupy(raw):
+        return _cuda().quant_matmul(x, raw, name, n_rows, out=out, backend=backend)
     return _C.quant_matmul(x, raw, name, n_rows, out, _native_version(backend, "auto"))
