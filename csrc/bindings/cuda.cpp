@@ -1,5 +1,9 @@
 // CUDA launchers for CuPy arrays. Python (kernelgpt/_cuda.py) checks the arrays and passes
 // raw device pointers and CuPy's current stream; nothing here touches host memory.
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+
 #include "bindings/args.h"
 #include "bindings/registry.h"
 
@@ -9,6 +13,150 @@
 
 namespace kg {
 namespace bind {
+
+#if KG_HAVE_CUDA
+namespace {
+
+// Device pointers arrive as integers (CuPy's data.ptr); 0 means "none".
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// The C++ side of the argument checks (Python checked the arrays already): a version number
+// in range, sizes >= 1, required device pointers non-null. ValueError otherwise.
+void check_args(const char* fn, int version, int versions, std::initializer_list<int64_t> sizes,
+                std::initializer_list<uintptr_t> required) {
+  if (version < 0 || version >= versions)
+    throw std::invalid_argument(std::string(fn) + ": version " + std::to_string(version) +
+                                " out of range [0, " + std::to_string(versions) + ")");
+  for (int64_t n : sizes)
+    if (n < 1) throw std::invalid_argument(std::string(fn) + ": sizes must be >= 1");
+  for (uintptr_t p : required)
+    if (!p) throw std::invalid_argument(std::string(fn) + ": a required array is missing");
+}
+void register_cuda_families(py::module_& m) {
+  m.def("cuda_layernorm", [](int ver, uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y,
+                             uintptr_t mean, uintptr_t rstd, int64_t rows, int64_t cols, float eps,
+                             uintptr_t s) {
+    check_args("layernorm", ver, 2, {rows, cols}, {x, w, y});
+    cuda::layernorm(ver, ptr<const float>(x), ptr<const float>(w), ptr<const float>(b),
+                    ptr<float>(y), ptr<float>(mean), ptr<float>(rstd), rows, cols, eps, s);
+  });
+  m.def("cuda_layernorm_backward",
+        [](int ver, uintptr_t dy, uintptr_t x, uintptr_t w, uintptr_t mean, uintptr_t rstd,
+           uintptr_t dx, uintptr_t dw, uintptr_t db, int64_t rows, int64_t cols, uintptr_t s) {
+          check_args("layernorm_backward", ver, 2, {rows, cols}, {dy, x, w, mean, rstd, dx, dw});
+          cuda::layernorm_backward(ver, ptr<const float>(dy), ptr<const float>(x),
+                                   ptr<const float>(w), ptr<const float>(mean),
+                                   ptr<const float>(rstd), ptr<float>(dx), ptr<float>(dw),
+                                   ptr<float>(db), rows, cols, s);
+        });
+  m.def("cuda_rmsnorm", [](int ver, uintptr_t x, uintptr_t w, uintptr_t y, uintptr_t rstd,
+                           int64_t rows, int64_t cols, float eps, uintptr_t s) {
+    check_args("rmsnorm", ver, 2, {rows, cols}, {x, w, y});
+    cuda::rmsnorm(ver, ptr<const float>(x), ptr<const float>(w), ptr<float>(y), ptr<float>(rstd),
+                  rows, cols, eps, s);
+  });
+  m.def("cuda_rmsnorm_backward", [](int ver, uintptr_t dy, uintptr_t x, uintptr_t w,
+                                    uintptr_t rstd, uintptr_t dx, uintptr_t dw, int64_t rows,
+                                    int64_t cols, uintptr_t s) {
+    check_args("rmsnorm_backward", ver, 2, {rows, cols}, {dy, x, w, rstd, dx, dw});
+    cuda::rmsnorm_backward(ver, ptr<const float>(dy), ptr<const float>(x), ptr<const float>(w),
+                           ptr<const float>(rstd), ptr<float>(dx), ptr<float>(dw), rows, cols, s);
+  });
+  m.def("cuda_activation", [](int ver, int op, uintptr_t x, uintptr_t y, int64_t n, uintptr_t s) {
+    check_args("activation", ver, 2, {n, op + 1, 6 - op}, {x, y});
+    cuda::activation(ver, op, ptr<const float>(x), ptr<float>(y), n, s);
+  });
+  m.def("cuda_activation_backward",
+        [](int ver, int op, uintptr_t dy, uintptr_t x, uintptr_t dx, int64_t n, uintptr_t s) {
+          check_args("activation_backward", ver, 2, {n, op + 1, 6 - op}, {dy, x, dx});
+          cuda::activation_backward(ver, op, ptr<const float>(dy), ptr<const float>(x),
+                                    ptr<float>(dx), n, s);
+        });
+  m.def("cuda_swiglu", [](int ver, uintptr_t g, uintptr_t u, uintptr_t y, int64_t n, uintptr_t s) {
+    check_args("swiglu", ver, 2, {n}, {g, u, y});
+    cuda::swiglu(ver, ptr<const float>(g), ptr<const float>(u), ptr<float>(y), n, s);
+  });
+  m.def("cuda_swiglu_backward", [](int ver, uintptr_t dy, uintptr_t g, uintptr_t u, uintptr_t dg,
+                                   uintptr_t du, int64_t n, uintptr_t s) {
+    check_args("swiglu_backward", ver, 2, {n}, {dy, g, u, dg, du});
+    cuda::swiglu_backward(ver, ptr<const float>(dy), ptr<const float>(g), ptr<const float>(u),
+                          ptr<float>(dg), ptr<float>(du), n, s);
+  });
+  m.def("cuda_cross_entropy",
+        [](int ver, uintptr_t logits, uintptr_t targets, uintptr_t losses, uintptr_t dlogits,
+           uintptr_t weight, int64_t weight_stride, int64_t n, int64_t v, int64_t ignore_index,
+           uintptr_t s) {
+          check_args("cross_entropy", ver, 2, {n, v, weight_stride + 1}, {logits, targets, weight});
+          cuda::cross_entropy(ver, ptr<const float>(logits), ptr<const int64_t>(targets),
+                              ptr<float>(losses), ptr<float>(dlogits), ptr<const float>(weight),
+                              weight_stride, n, v, ignore_index, s);
+        });
+  m.def("cuda_embedding", [](int ver, uintptr_t ids, uintptr_t table, uintptr_t out, int64_t n,
+                             int64_t vocab, int64_t c, uintptr_t s) {
+    check_args("embedding", ver, 1, {n, vocab, c}, {ids, table, out});
+    cuda::embedding(ver, ptr<const int64_t>(ids), ptr<const float>(table), ptr<float>(out), n,
+                    vocab, c, s);
+  });
+  m.def("cuda_embedding_backward",
+        [](int ver, uintptr_t dout, uintptr_t ids, uintptr_t order, uintptr_t dtable, int64_t n,
+           int64_t vocab, int64_t c, uintptr_t s) {
+          check_args("embedding_backward", ver, 2, {n, vocab, c},
+                     {dout, ids, dtable, ver == 1 ? order : 1});
+          cuda::embedding_backward(ver, ptr<const float>(dout), ptr<const int64_t>(ids),
+                                   ptr<const int64_t>(order), ptr<float>(dtable), n, vocab, c, s);
+        });
+  m.def("cuda_rope", [](int ver, uintptr_t x, uintptr_t y, uintptr_t positions, int64_t offset,
+                        double base, bool interleaved, int64_t rotary_dim, bool inverse,
+                        int64_t rows, int64_t t, int64_t d, uintptr_t s) {
+    check_args("rope", ver, 1, {rows, t, d, rotary_dim, d - rotary_dim + 1, offset + 1}, {x, y});
+    cuda::rope(ver, ptr<const float>(x), ptr<float>(y), ptr<const int64_t>(positions), offset,
+               base, interleaved, rotary_dim, inverse, rows, t, d, s);
+  });
+  m.def("cuda_adamw", [](int ver, uintptr_t param, uintptr_t grad, uintptr_t mm, uintptr_t v,
+                         int64_t n, float lr, float beta1, float beta2, float eps, float wd,
+                         float bc1, float bc2, uintptr_t s) {
+    check_args("adamw", ver, 1, {n}, {param, grad, mm, v});
+    cuda::adamw(ver, ptr<float>(param), ptr<const float>(grad), ptr<float>(mm), ptr<float>(v), n,
+                lr, beta1, beta2, eps, wd, bc1, bc2, s);
+  });
+  m.def("cuda_grad_norm_partials", &cuda::grad_norm_partials);
+  m.def("cuda_grad_norm_accumulate", [](uintptr_t g, int64_t n, uintptr_t partials,
+                                        uintptr_t total, uintptr_t s) {
+    cuda::grad_norm_accumulate(ptr<const float>(g), n, ptr<double>(partials), ptr<double>(total),
+                               s);
+  });
+  m.def("cuda_clip_scale", [](uintptr_t g, int64_t n, uintptr_t total, float max_norm, float eps,
+                              uintptr_t s) {
+    cuda::clip_scale(ptr<float>(g), n, ptr<const double>(total), max_norm, eps, s);
+  });
+  m.def("cuda_attention",
+        [](int ver, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+           uintptr_t scores, int64_t b, int64_t h, int64_t hkv, int64_t t, int64_t s_len,
+           int64_t cap, int64_t dh, float scale, bool causal, uintptr_t s) {
+          check_args("attention", ver, 3, {b, h, hkv, t, s_len, cap, dh},
+                     {q, k, v, out, ver == 0 ? scores : 1});
+          cuda::attention(ver, ptr<const float>(q), ptr<const float>(k), ptr<const float>(v),
+                          ptr<float>(out), ptr<float>(lse), ptr<float>(scores), b, h, hkv, t,
+                          s_len, cap, dh, scale, causal, s);
+        });
+  m.def("cuda_dequantize", [](int ver, int qtype, uintptr_t raw, uintptr_t out, int64_t blocks,
+                              uintptr_t s) {
+    check_args("dequantize", ver, 1, {blocks}, {raw, out});
+    cuda::dequantize(ver, qtype, ptr<const uint8_t>(raw), ptr<float>(out), blocks, s);
+  });
+  m.def("cuda_quant_matmul", [](int ver, int qtype, uintptr_t x, uintptr_t raw, uintptr_t y,
+                                int64_t mm, int64_t n, int64_t k, uintptr_t s) {
+    check_args("quant_matmul", ver, 2, {mm, n, k}, {x, raw, y});
+    cuda::quant_matmul(ver, qtype, ptr<const float>(x), ptr<const uint8_t>(raw), ptr<float>(y),
+                       mm, n, k, s);
+  });
+}
+
+}  // namespace
+#endif
 
 void register_cuda(py::module_& m) {
 #if KG_HAVE_CUDA
@@ -27,6 +175,7 @@ void register_cuda(py::module_& m) {
     cuda::softmax(version, reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), rows,
                   cols, t, scale, causal, log, stream);
   });
+  register_cuda_families(m);
 #else
   (void)m;
 #endif

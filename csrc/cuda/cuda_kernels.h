@@ -9,7 +9,8 @@ namespace cuda {
 
 int device_count();  // 0 when there is no driver or no GPU
 
-// version 0: naive (one thread per output), 1: shared-memory tiled.
+// version 0: naive (one thread per output), 1: shared-memory tiled, 2: register-blocked
+// (4x4 outputs per thread), 3: 2 with float4 loads (falls back to 2 where layouts forbid).
 void matmul(int version, const float* a, const float* b, const float* bias, float* c,
             int64_t batch, int64_t m, int64_t n, int64_t k, int64_t batch_stride_a,
             int64_t batch_stride_b, int64_t batch_stride_c, bool trans_a, bool trans_b,
@@ -20,6 +21,88 @@ void matmul(int version, const float* a, const float* b, const float* bias, floa
 // version 0: one thread per row, 1: one block per row with warp reductions, online max/sum.
 void softmax(int version, const float* x, float* y, int64_t rows, int64_t cols, int64_t t,
              float scale, bool causal, bool log, uintptr_t stream);
+
+// ---- the families below: see the header comment of each csrc/cuda/<family>.cu ----------
+// Every launcher takes `version` (0 = the naive one), device pointers and CuPy's stream.
+
+// layernorm over rows of length cols. mean / rstd may be null. bias may be null.
+// version 0: one thread per row, 1: one warp per row (shuffle reductions, two-pass variance).
+void layernorm(int version, const float* x, const float* weight, const float* bias, float* y,
+               float* mean, float* rstd, int64_t rows, int64_t cols, float eps,
+               uintptr_t stream);
+// dx per row; dweight / dbias (dbias may be null) summed over rows column by column in a
+// fixed order (deterministic, no atomics).
+void layernorm_backward(int version, const float* dy, const float* x, const float* weight,
+                        const float* mean, const float* rstd, float* dx, float* dweight,
+                        float* dbias, int64_t rows, int64_t cols, uintptr_t stream);
+void rmsnorm(int version, const float* x, const float* weight, float* y, float* rstd,
+             int64_t rows, int64_t cols, float eps, uintptr_t stream);
+void rmsnorm_backward(int version, const float* dy, const float* x, const float* weight,
+                      const float* rstd, float* dx, float* dweight, int64_t rows, int64_t cols,
+                      uintptr_t stream);
+
+// Elementwise activations. op: 0 gelu (tanh), 1 gelu (exact erf), 2 silu, 3 relu,
+// 4 sigmoid, 5 tanh.
+// version 0: one thread per element (grid-stride), 1: float4 loads / stores.
+void activation(int version, int op, const float* x, float* y, int64_t n, uintptr_t stream);
+void activation_backward(int version, int op, const float* dy, const float* x, float* dx,
+                         int64_t n, uintptr_t stream);
+void swiglu(int version, const float* gate, const float* up, float* y, int64_t n,
+            uintptr_t stream);
+void swiglu_backward(int version, const float* dy, const float* gate, const float* up,
+                     float* dgate, float* dup, int64_t n, uintptr_t stream);
+
+// Fused cross-entropy over logits [n, v] with int64 targets. Writes losses [n] (0 for
+// ignored rows) when non-null and dlogits [n, v] = weight_i * (softmax - onehot) when
+// non-null, weight_i = row_weight[i * weight_stride] (a device array; stride 0 = one value).
+// version 0: one thread per row, 1: one block per row, online max / sum.
+void cross_entropy(int version, const float* logits, const int64_t* targets, float* losses,
+                   float* dlogits, const float* row_weight, int64_t weight_stride, int64_t n,
+                   int64_t v, int64_t ignore_index, uintptr_t stream);
+
+// Embedding: out[i, :] = table[ids[i], :]; backward dtable[v, :] += sum of dout[i, :] over
+// ids[i] == v. version 0: atomicAdd scatter (order not fixed), 1: deterministic, needs
+// `order` (a stable argsort of ids) and sums each id's run in position order.
+void embedding(int version, const int64_t* ids, const float* table, float* out, int64_t n,
+               int64_t vocab, int64_t c, uintptr_t stream);
+void embedding_backward(int version, const float* dout, const int64_t* ids, const int64_t* order,
+                        float* dtable, int64_t n, int64_t vocab, int64_t c, uintptr_t stream);
+
+// RoPE on x [rows = batch * t, d]; positions (int64 [t]) may be null (then offset + row % t).
+void rope(int version, const float* x, float* y, const int64_t* positions, int64_t offset,
+          double base, bool interleaved, int64_t rotary_dim, bool inverse, int64_t rows,
+          int64_t t, int64_t d, uintptr_t stream);
+
+// AdamW in place (see ops.adamw_step); bc1, bc2 are the bias corrections 1 - beta^step.
+void adamw(int version, float* param, const float* grad, float* m, float* v, int64_t n, float lr,
+           float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
+           uintptr_t stream);
+// Adds sum(g^2) (float64) of g [n] into *total (one device double): fixed-order block partial
+// sums in `partials` (at least grad_norm_partials() doubles), then one block sums those.
+int64_t grad_norm_partials();
+void grad_norm_accumulate(const float* g, int64_t n, double* partials, double* total,
+                          uintptr_t stream);
+// g *= coef where coef = max_norm / (sqrt(*total) + eps) < 1 and the norm is finite.
+void clip_scale(float* g, int64_t n, const double* total, float max_norm, float eps,
+                uintptr_t stream);
+
+// Attention, q [b, h, t, dh]; k, v [b, hkv, kv_capacity, dh] of which the first s rows are
+// used. out [b, h, t, dh], lse [b, h, t] (may be null).
+// version 0: naive (scores [b, h, t, s] materialized in `scores`), 1: flash (a block of 4
+// warps = 4 query rows shares key / value tiles in shared memory, online softmax; dh <= 128),
+// 2: decode (one block per query row, 8 warps split the keys, states merged at the end).
+void attention(int version, const float* q, const float* k, const float* v, float* out,
+               float* lse, float* scores, int64_t b, int64_t h, int64_t hkv, int64_t t,
+               int64_t s, int64_t kv_capacity, int64_t dh, float scale, bool causal,
+               uintptr_t stream);
+
+// Quantized weights (ggml blocks of 32: Q8_0 34 bytes, Q4_1 20 bytes). qtype 8 / 3.
+void dequantize(int version, int qtype, const uint8_t* raw, float* out, int64_t blocks,
+                uintptr_t stream);
+// y [m, n] = x [m, k] @ W^T, W [n, k] quantized. version 0: one thread per output,
+// 1: one warp per output, lanes over blocks, warp-shuffle sum.
+void quant_matmul(int version, int qtype, const float* x, const uint8_t* raw, float* y,
+                  int64_t m, int64_t n, int64_t k, uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace kg

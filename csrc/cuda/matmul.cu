@@ -3,7 +3,14 @@
 // version 0: naive, one thread per output element, operands read from global memory.
 // version 1: shared-memory tiling: a 32x32 block of threads stages 32x32 tiles of op(A) and
 //            op(B) in shared memory so that each global value is read once per tile.
-// (The register-blocked, vectorised and tensor-core versions belong to the CUDA backend.)
+// version 2: register blocking: a 16x16 block of threads computes a 64x64 tile of C, each
+//            thread a 4x4 grid of outputs (rows ty + 16 r, columns tx + 16 c) kept in
+//            registers; per step of k every value read from shared memory feeds 4
+//            multiply-adds instead of 1.
+// version 3: version 2 with float4 (16-byte) global loads of the tiles, one per thread per
+//            operand, when both operands are untransposed and every row starts 16-byte
+//            aligned (k and n multiples of 4); otherwise the launcher runs version 2.
+// (Tensor cores: not yet.)
 #include "cuda/common.cuh"
 #include "cuda/cuda_kernels.h"
 
@@ -69,6 +76,73 @@ __global__ void matmul_tiled(MatmulShape p) {
   }
 }
 
+constexpr int kBlockM = 64, kBlockN = 64, kBlockK = 16, kMicro = 4, kSide = 16;
+
+template <bool kVectorLoads>
+__global__ void matmul_register_blocked(MatmulShape p) {
+  __shared__ float as[kBlockK][kBlockM];  // op(A) tile, stored k-major
+  __shared__ __align__(16) float bs[kBlockK][kBlockN];
+  int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kSide + tx;
+  int64_t i0 = blockIdx.y * (int64_t)kBlockM, j0 = blockIdx.x * (int64_t)kBlockN;
+  int64_t bi = blockIdx.z;
+  const float* a = p.a + bi * p.sa;
+  const float* b = p.b + bi * p.sb;
+  float acc[kMicro][kMicro] = {};
+  for (int64_t k0 = 0; k0 < p.k; k0 += kBlockK) {
+    if (kVectorLoads) {  // 256 threads, 256 float4 per tile: A along k, B along n
+      int i = tid / 4, ka = (tid % 4) * 4, kb = tid / 16, j = (tid % 16) * 4;
+      float4 va = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vb = va;
+      if (i0 + i < p.m && k0 + ka + 3 < p.k)
+        va = *reinterpret_cast<const float4*>(a + (i0 + i) * p.k + k0 + ka);
+      else  // the ragged edge: element by element
+        for (int q = 0; q < 4; ++q) {
+          bool in = i0 + i < p.m && k0 + ka + q < p.k;
+          (&va.x)[q] = in ? a[(i0 + i) * p.k + k0 + ka + q] : 0.0f;
+        }
+      if (k0 + kb < p.k && j0 + j + 3 < p.n)
+        vb = *reinterpret_cast<const float4*>(b + (k0 + kb) * p.n + j0 + j);
+      else
+        for (int q = 0; q < 4; ++q) {
+          bool in = k0 + kb < p.k && j0 + j + q < p.n;
+          (&vb.x)[q] = in ? b[(k0 + kb) * p.n + j0 + j + q] : 0.0f;
+        }
+      as[ka][i] = va.x, as[ka + 1][i] = va.y, as[ka + 2][i] = va.z, as[ka + 3][i] = va.w;
+      *reinterpret_cast<float4*>(&bs[kb][j]) = vb;
+    } else {
+      for (int e = tid; e < kBlockM * kBlockK; e += kSide * kSide) {
+        int i = e / kBlockK, kk = e % kBlockK;
+        as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
+        int kb = e / kBlockN, j = e % kBlockN;
+        bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kBlockK; ++kk) {
+      float ar[kMicro], br[kMicro];
+#pragma unroll
+      for (int r = 0; r < kMicro; ++r) ar[r] = as[kk][ty + kSide * r];
+#pragma unroll
+      for (int c = 0; c < kMicro; ++c) br[c] = bs[kk][tx + kSide * c];
+#pragma unroll
+      for (int r = 0; r < kMicro; ++r)
+#pragma unroll
+        for (int c = 0; c < kMicro; ++c) acc[r][c] += ar[r] * br[c];
+    }
+    __syncthreads();
+  }
+  for (int r = 0; r < kMicro; ++r) {
+    int64_t i = i0 + ty + kSide * r;
+    for (int c = 0; c < kMicro; ++c) {
+      int64_t j = j0 + tx + kSide * c;
+      if (i >= p.m || j >= p.n) continue;
+      float sum = acc[r][c] + (p.bias ? p.bias[j] : 0.0f);
+      float* out = p.c + bi * p.sc + i * p.n + j;
+      *out = p.accumulate ? *out + sum : sum;
+    }
+  }
+}
+
 void matmul(int version, const float* a, const float* b, const float* bias, float* c,
             int64_t batch, int64_t m, int64_t n, int64_t k, int64_t batch_stride_a,
             int64_t batch_stride_b, int64_t batch_stride_c, bool trans_a, bool trans_b,
@@ -79,10 +153,23 @@ void matmul(int version, const float* a, const float* b, const float* bias, floa
   dim3 block(kTile, kTile);
   dim3 grid((unsigned)((n + kTile - 1) / kTile), (unsigned)((m + kTile - 1) / kTile),
             (unsigned)batch);
-  if (version == 0)
+  if (version == 0) {
     matmul_naive<<<grid, block, 0, as_stream(stream)>>>(p);
-  else
+  } else if (version == 1) {
     matmul_tiled<<<grid, block, 0, as_stream(stream)>>>(p);
+  } else {
+    dim3 grid2((unsigned)((n + kBlockN - 1) / kBlockN), (unsigned)((m + kBlockM - 1) / kBlockM),
+               (unsigned)batch);
+    auto aligned = [](const void* ptr, int64_t stride) {
+      return (uintptr_t)ptr % 16 == 0 && stride % 4 == 0;
+    };
+    bool vec = version == 3 && !trans_a && !trans_b && k % 4 == 0 && n % 4 == 0 &&
+               aligned(a, batch_stride_a) && aligned(b, batch_stride_b);
+    if (vec)
+      matmul_register_blocked<true><<<grid2, dim3(kSide, kSide), 0, as_stream(stream)>>>(p);
+    else
+      matmul_register_blocked<false><<<grid2, dim3(kSide, kSide), 0, as_stream(stream)>>>(p);
+  }
   check(cudaGetLastError(), "matmul (cuda) launch");
 }
 

@@ -77,7 +77,7 @@ def _stream():
 def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False,
            backend="auto"):
     fn = "matmul"
-    version = _version(backend, ["naive", "tiled"])
+    version = _version(backend, ["naive", "tiled", "blocked", "vectorized"])
     _check(a, fn, "a", (2, 3))
     _check(b, fn, "b", (2, 3))
     m = a.shape[-1] if trans_a else a.shape[-2]
@@ -118,4 +118,493 @@ def softmax(x, *, scale=1.0, causal=False, out=None, log=False, backend="auto"):
     y = _output(out, x.shape, fn, (x,))
     _C.cuda_softmax(version, x.data.ptr, y.data.ptr, x.size // cols, cols, t, float(scale),
                     bool(causal), bool(log), _stream())
+    return y
+
+
+# ---- shared checks for the families below ----------------------------------------------------
+#
+# Integer arrays (ids, targets, positions) may have any integer dtype; other than int64 they
+# are converted with an explicit ``astype(int64)`` (a copy on the GPU, documented here).
+# Their range is checked before any kernel runs: that check reads one boolean back to the
+# host (the only host round trip of these functions), because an out-of-range id must be a
+# ValueError, not garbage. The kernels themselves never read out of bounds either way.
+
+
+def _ints(x, fn, name):
+    cp = _cupy()
+    if not isinstance(x, cp.ndarray):
+        raise TypeError(f"{fn}: {name} must be a CuPy array like the other arguments, "
+                        f"got {type(x).__name__} (mixing numpy and CuPy arrays is not allowed)")
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: {name} must be an integer array, got {x.dtype}")
+    if x.size == 0:
+        raise ValueError(f"{fn}: {name} has a zero-size dimension, shape {x.shape}")
+    if x.device.id != cp.cuda.Device().id:
+        raise ValueError(f"{fn}: {name} is on device {x.device.id}, "
+                         f"the current device is {cp.cuda.Device().id}")
+    return cp.ascontiguousarray(x, dtype=cp.int64)
+
+
+def _check_range(ids, hi, fn, name, ignore=None):
+    """ValueError naming the first value of ids outside [0, hi) (other than `ignore`)."""
+    cp = _cupy()
+    bad = (ids < 0) | (ids >= hi)
+    if ignore is not None:
+        bad &= ids != ignore
+    if bool(bad.any()):
+        i = int(cp.argmax(bad.ravel()))
+        raise ValueError(f"{fn}: {name}[{i}] = {int(ids.ravel()[i])} is out of range [0, {hi})")
+
+
+def _shape_is(x, shape, fn, name):
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {name} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+
+
+def _ptr(x):
+    return 0 if x is None else x.data.ptr
+
+
+# ---- layernorm, rmsnorm ------------------------------------------------------------------------
+
+_NORM_VERSIONS = ["naive", "fast"]
+
+
+def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, backend="auto"):
+    fn = "layernorm"
+    version = _version(backend, _NORM_VERSIONS)
+    _check(x, fn, "x")
+    C = x.shape[-1]
+    _check(weight, fn, "weight")
+    _shape_is(weight, (C,), fn, "weight")
+    if bias is not None:
+        _check(bias, fn, "bias")
+        _shape_is(bias, (C,), fn, "bias")
+    cp = _cupy()
+    y = _output(out, x.shape, fn, (x, weight, bias))
+    mean = cp.empty(x.shape[:-1], cp.float32) if return_stats else None
+    rstd = cp.empty(x.shape[:-1], cp.float32) if return_stats else None
+    _C.cuda_layernorm(version, x.data.ptr, weight.data.ptr, _ptr(bias), y.data.ptr, _ptr(mean),
+                      _ptr(rstd), x.size // C, C, float(eps), _stream())
+    return (y, mean, rstd) if return_stats else y
+
+
+def _check_norm_backward(fn, dy, x, weight, stats):
+    _check(x, fn, "x")
+    _check(dy, fn, "dy")
+    _shape_is(dy, x.shape, fn, "dy")
+    _check(weight, fn, "weight")
+    _shape_is(weight, (x.shape[-1],), fn, "weight")
+    for name, s in stats:
+        _check(s, fn, name)
+        _shape_is(s, x.shape[:-1], fn, name)
+
+
+def layernorm_backward(dy, x, weight, mean, rstd, *, backend="auto"):
+    fn = "layernorm_backward"
+    version = _version(backend, _NORM_VERSIONS)
+    _check_norm_backward(fn, dy, x, weight, (("mean", mean), ("rstd", rstd)))
+    cp = _cupy()
+    C = x.shape[-1]
+    dx, dw, db = cp.empty(x.shape, cp.float32), cp.empty(C, cp.float32), cp.empty(C, cp.float32)
+    _C.cuda_layernorm_backward(version, dy.data.ptr, x.data.ptr, weight.data.ptr, mean.data.ptr,
+                               rstd.data.ptr, dx.data.ptr, dw.data.ptr, db.data.ptr, x.size // C,
+                               C, _stream())
+    return dx, dw, db
+
+
+def rmsnorm(x, weight, eps=1e-6, *, return_stats=False, out=None, backend="auto"):
+    fn = "rmsnorm"
+    version = _version(backend, _NORM_VERSIONS)
+    _check(x, fn, "x")
+    C = x.shape[-1]
+    _check(weight, fn, "weight")
+    _shape_is(weight, (C,), fn, "weight")
+    y = _output(out, x.shape, fn, (x, weight))
+    rstd = _cupy().empty(x.shape[:-1], "float32") if return_stats else None
+    _C.cuda_rmsnorm(version, x.data.ptr, weight.data.ptr, y.data.ptr, _ptr(rstd), x.size // C, C,
+                    float(eps), _stream())
+    return (y, rstd) if return_stats else y
+
+
+def rmsnorm_backward(dy, x, weight, rstd, *, backend="auto"):
+    fn = "rmsnorm_backward"
+    version = _version(backend, _NORM_VERSIONS)
+    _check_norm_backward(fn, dy, x, weight, (("rstd", rstd),))
+    cp = _cupy()
+    C = x.shape[-1]
+    dx, dw = cp.empty(x.shape, cp.float32), cp.empty(C, cp.float32)
+    _C.cuda_rmsnorm_backward(version, dy.data.ptr, x.data.ptr, weight.data.ptr, rstd.data.ptr,
+                             dx.data.ptr, dw.data.ptr, x.size // C, C, _stream())
+    return dx, dw
+
+
+# ---- activations -------------------------------------------------------------------------------
+
+_ACT_VERSIONS = ["naive", "vec4"]
+_ACT_OPS = {"gelu_tanh": 0, "gelu_none": 1, "silu": 2, "relu": 3, "sigmoid": 4, "tanh": 5}
+
+
+def _act_op(name, approximate):
+    return _ACT_OPS[f"gelu_{approximate}" if name == "gelu" else name]
+
+
+def activation(name, x, approximate="tanh", out=None, backend="auto"):
+    """name: relu, sigmoid, tanh, silu, gelu (approximate 'tanh' / 'none'); x any shape."""
+    version = _version(backend, _ACT_VERSIONS)
+    _check(x, name, "x")
+    y = _output(out, x.shape, name, (x,))
+    _C.cuda_activation(version, _act_op(name, approximate), x.data.ptr, y.data.ptr, x.size,
+                       _stream())
+    return y
+
+
+def activation_backward(name, dy, x, approximate="tanh", out=None, backend="auto"):
+    fn = name + "_backward"
+    version = _version(backend, _ACT_VERSIONS)
+    _check(x, fn, "x")
+    _check(dy, fn, "dy")
+    _shape_is(dy, x.shape, fn, "dy")
+    dx = _output(out, x.shape, fn, (x, dy))
+    _C.cuda_activation_backward(version, _act_op(name, approximate), dy.data.ptr, x.data.ptr,
+                                dx.data.ptr, x.size, _stream())
+    return dx
+
+
+def swiglu(gate, up, *, out=None, backend="auto"):
+    fn = "swiglu"
+    version = _version(backend, _ACT_VERSIONS)
+    _check(gate, fn, "gate")
+    _check(up, fn, "up")
+    _shape_is(up, gate.shape, fn, "up")
+    y = _output(out, gate.shape, fn, (gate, up))
+    _C.cuda_swiglu(version, gate.data.ptr, up.data.ptr, y.data.ptr, gate.size, _stream())
+    return y
+
+
+def swiglu_backward(dy, gate, up, *, backend="auto"):
+    fn = "swiglu_backward"
+    version = _version(backend, _ACT_VERSIONS)
+    for name, a in (("dy", dy), ("gate", gate), ("up", up)):
+        _check(a, fn, name)
+        _shape_is(a, gate.shape, fn, name)
+    cp = _cupy()
+    dgate, dup = cp.empty(gate.shape, cp.float32), cp.empty(gate.shape, cp.float32)
+    _C.cuda_swiglu_backward(version, dy.data.ptr, gate.data.ptr, up.data.ptr, dgate.data.ptr,
+                            dup.data.ptr, gate.size, _stream())
+    return dgate, dup
+
+
+# ---- cross-entropy -------------------------------------------------------------------------------
+# The mean / sum losses come back as 0-d CuPy float64 arrays (float(loss) reads them to the
+# host when wanted): no hidden device-to-host copy in a training step.
+
+_CE_VERSIONS = ["naive", "online"]
+
+
+def _check_ce(fn, logits, targets, ignore_index, reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    _check(logits, fn, "logits", (2,))
+    targets = _ints(targets, fn, "targets")
+    _shape_is(targets, (logits.shape[0],), fn, "targets")
+    _check_range(targets, logits.shape[1], fn, "targets", ignore=ignore_index)
+    return targets
+
+
+def _ce_row_weight(targets, ignore_index, reduction, dloss):
+    """(device float32 array of row weights, stride): dloss / count, dloss, or dloss[i]."""
+    cp = _cupy()
+    if reduction == "none" and isinstance(dloss, cp.ndarray) and dloss.size != 1:
+        _check(dloss, "cross_entropy_backward", "dloss")
+        _shape_is(dloss, targets.shape, "cross_entropy_backward", "dloss")
+        return dloss, 1
+    if not isinstance(dloss, cp.ndarray) and getattr(dloss, "size", 1) != 1:
+        raise TypeError("cross_entropy_backward: dloss must be a number or a CuPy array like "
+                        f"the other arguments, got {type(dloss).__name__}")
+    d = cp.asarray(dloss, dtype=cp.float64).reshape(())
+    if reduction == "mean":
+        count = (targets != ignore_index).sum()
+        d = cp.where(count > 0, d / cp.maximum(count, 1), 0.0)
+    return d.astype(cp.float32).reshape(1), 0
+
+
+def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", return_grad=False,
+                  out=None, backend="auto"):
+    fn = "cross_entropy"
+    version = _version(backend, _CE_VERSIONS)
+    targets = _check_ce(fn, logits, targets, ignore_index, reduction)
+    cp = _cupy()
+    N, V = logits.shape
+    losses = cp.empty(N, cp.float32)
+    grad = _output(out, logits.shape, fn, (logits,)) if return_grad else None
+    weight, stride = _ce_row_weight(targets, ignore_index, reduction, 1.0)
+    _C.cuda_cross_entropy(version, logits.data.ptr, targets.data.ptr, losses.data.ptr,
+                          _ptr(grad), weight.data.ptr, stride, N, V, int(ignore_index), _stream())
+    if reduction == "none":
+        loss = losses
+    else:
+        loss = losses.sum(dtype=cp.float64)
+        if reduction == "mean":
+            count = (targets != ignore_index).sum()
+            loss = cp.where(count > 0, loss / cp.maximum(count, 1), 0.0)
+    return (loss, grad) if return_grad else loss
+
+
+def cross_entropy_backward(logits, targets, *, dloss=1.0, ignore_index=-100, reduction="mean",
+                           out=None, backend="auto"):
+    fn = "cross_entropy_backward"
+    version = _version(backend, _CE_VERSIONS)
+    targets = _check_ce(fn, logits, targets, ignore_index, reduction)
+    N, V = logits.shape
+    grad = _output(out, logits.shape, fn, (logits,))
+    weight, stride = _ce_row_weight(targets, ignore_index, reduction, dloss)
+    _C.cuda_cross_entropy(version, logits.data.ptr, targets.data.ptr, 0, grad.data.ptr,
+                          weight.data.ptr, stride, N, V, int(ignore_index), _stream())
+    return grad
+
+
+# ---- embedding -----------------------------------------------------------------------------------
+
+
+def embedding(ids, table, *, out=None, backend="auto"):
+    fn = "embedding"
+    _version(backend, ["naive"])
+    ids = _ints(ids, fn, "ids")
+    _check(table, fn, "table", (2,))
+    V, C = table.shape
+    _check_range(ids, V, fn, "ids")
+    y = _output(out, ids.shape + (C,), fn, (table,))
+    _C.cuda_embedding(0, ids.data.ptr, table.data.ptr, y.data.ptr, ids.size, V, C, _stream())
+    return y
+
+
+def embedding_backward(dout, ids, num_embeddings, *, out=None, accumulate=False, backend="auto"):
+    """version "naive": atomicAdd scatter (the order of the additions varies from run to run);
+    "sorted" (auto): deterministic, each id's rows added in position order like the CPU."""
+    fn = "embedding_backward"
+    version = _version(backend, ["naive", "sorted"])
+    cp = _cupy()
+    ids = _ints(ids, fn, "ids")
+    _check(dout, fn, "dout")
+    if num_embeddings < 1:
+        raise ValueError(f"{fn}: num_embeddings must be >= 1, got {num_embeddings}")
+    C = dout.shape[-1]
+    _shape_is(dout, ids.shape + (C,), fn, "dout")
+    _check_range(ids, num_embeddings, fn, "ids")
+    if accumulate and out is None:
+        raise ValueError(f"{fn}: accumulate=True needs out= (the array to add to)")
+    dtable = _output(out, (num_embeddings, C), fn, (dout,))
+    if not accumulate:
+        dtable.fill(0)
+    flat = ids.ravel()
+    order = None
+    if version == 1:  # unique keys (id, position): any sort gives the same order
+        order = cp.argsort(flat * flat.size + cp.arange(flat.size, dtype=cp.int64))
+    _C.cuda_embedding_backward(version, dout.data.ptr, flat.data.ptr, _ptr(order),
+                               dtable.data.ptr, flat.size, num_embeddings, C, _stream())
+    return dtable
+
+
+# ---- RoPE ----------------------------------------------------------------------------------------
+
+_MAX_POSITION = 1 << 31
+
+
+def rope(x, *, positions=None, offset=0, base=10000.0, layout="half", rotary_dim=None,
+         inverse=False, out=None, backend="auto"):
+    fn = "rope"
+    _version(backend, ["naive"])
+    _check(x, fn, "x")
+    if x.ndim < 2:
+        raise ValueError(f"{fn}: x must be [..., T, D] (at least 2-D), got shape {x.shape}")
+    T, D = x.shape[-2], x.shape[-1]
+    rd = D if rotary_dim is None else rotary_dim
+    if rotary_dim is None and D % 2:
+        raise ValueError(f"{fn}: the last dimension of x (D = {D}) must be even, x has shape "
+                         f"{x.shape}")
+    if rd < 2 or rd > D or rd % 2:
+        raise ValueError(f"{fn}: rotary_dim must be even and in [2, D = {D}], got {rd}")
+    if not (base > 0 and base < float("inf")):
+        raise ValueError(f"{fn}: base must be a finite number > 0, got {base}")
+    if positions is not None:
+        if offset != 0:
+            raise ValueError(f"{fn}: give positions or offset, not both (offset = {offset})")
+        positions = _ints(positions, fn, "positions")
+        _shape_is(positions, (T,), fn, "positions")
+        _check_range(positions, _MAX_POSITION, fn, "positions")
+    elif offset < 0 or offset + T > _MAX_POSITION:
+        raise ValueError(f"{fn}: offset must be >= 0 with offset + T <= 2^31, got offset "
+                         f"{offset} and T = {T}")
+    y = _output(out, x.shape, fn, (x,))
+    _C.cuda_rope(0, x.data.ptr, y.data.ptr, _ptr(positions), offset, float(base),
+                 layout == "interleaved", rd, bool(inverse), x.size // D, T, D, _stream())
+    return y
+
+
+# ---- AdamW, gradient norm, clipping --------------------------------------------------------------
+
+
+def adamw_step(param, grad, m, v, *, step, lr, beta1, beta2, eps, weight_decay, backend="auto"):
+    fn = "adamw_step"
+    _version(backend, ["naive"])
+    cp = _cupy()
+    arrays = (("param", param), ("grad", grad), ("m", m), ("v", v))
+    for name, a in arrays:
+        _check(a, fn, name)
+        _shape_is(a, param.shape, fn, name)
+    for i, (n1, a1) in enumerate(arrays):
+        for n2, a2 in arrays[i + 1:]:
+            if cp.shares_memory(a1, a2, max_work="MAY_SHARE_BOUNDS"):
+                raise ValueError(f"{fn}: {n1} and {n2} must not overlap")
+    finite = all(abs(z) < float("inf") for z in (lr, beta1, beta2, eps, weight_decay))
+    if step < 1:
+        raise ValueError(f"{fn}: step must be >= 1, got {step}")
+    if not finite or lr < 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or eps <= 0 \
+            or weight_decay < 0:
+        raise ValueError(f"{fn}: need finite lr >= 0, 0 <= beta1, beta2 < 1, eps > 0 and "
+                         f"weight_decay >= 0; got lr={lr}, beta1={beta1}, beta2={beta2}, "
+                         f"eps={eps}, weight_decay={weight_decay}")
+    bc1, bc2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
+    _C.cuda_adamw(0, param.data.ptr, grad.data.ptr, m.data.ptr, v.data.ptr, param.size, lr,
+                  beta1, beta2, eps, weight_decay, bc1, bc2, _stream())
+
+
+def _sum_squares(grads, fn):
+    """Device float64 [1]: the sum of squares of every value of every array."""
+    cp = _cupy()
+    grads = [grads] if isinstance(grads, cp.ndarray) else list(grads)
+    if not grads:
+        raise ValueError(f"{fn}: grads is empty")
+    for i, g in enumerate(grads):
+        _check(g, fn, f"grads[{i}]")
+    total = cp.zeros(1, cp.float64)
+    partials = cp.empty(_C.cuda_grad_norm_partials(), cp.float64)
+    for g in grads:
+        _C.cuda_grad_norm_accumulate(g.data.ptr, g.size, partials.data.ptr, total.data.ptr,
+                                     _stream())
+    return grads, total
+
+
+def grad_norm(grads, *, backend="auto"):
+    """A 0-d CuPy float64 array (float() of it reads it to the host)."""
+    _version(backend, ["naive"])
+    _, total = _sum_squares(grads, "grad_norm")
+    return _cupy().sqrt(total[0])
+
+
+def clip_grad_norm(grads, max_norm, *, eps=1e-6, backend="auto"):
+    """Returns the norm before clipping as a 0-d CuPy float64 array; the scaling is decided on
+    the device (no host round trip)."""
+    fn = "clip_grad_norm"
+    _version(backend, ["naive"])
+    if not (0 <= max_norm < float("inf")) or not (0 <= eps < float("inf")):
+        raise ValueError(f"{fn}: max_norm and eps must be finite and >= 0, got {max_norm}, {eps}")
+    grads, total = _sum_squares(grads, fn)
+    for g in grads:
+        _C.cuda_clip_scale(g.data.ptr, g.size, total.data.ptr, max_norm, eps, _stream())
+    return _cupy().sqrt(total[0])
+
+
+# ---- attention -----------------------------------------------------------------------------------
+
+_ATTN_VERSIONS = ["naive", "flash", "decode"]
+_MAX_HEAD = 128  # head size limit of the flash and decode versions (registers per lane)
+
+
+def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, kv_length=None,
+              backend="auto"):
+    """backend: "auto" (decode for T <= 16, else flash; naive when D > 128), "naive" (scores
+    materialized), "flash" (tiled, online softmax), "decode" (keys split over 8 warps)."""
+    fn = "attention"
+    cp = _cupy()
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        _check(a, fn, name, (4,))
+    if k.shape != v.shape:
+        raise ValueError(f"{fn}: k and v must have the same shape [B, Hkv, S, D], got k "
+                         f"{k.shape} and v {v.shape}")
+    B, H, T, D = q.shape
+    Hkv, cap = k.shape[1], k.shape[2]
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"{fn}: k and v must have shape [B, Hkv, S, D] = [{B}, Hkv, S, {D}] "
+                         f"to match q {q.shape}, got {k.shape}")
+    if H % Hkv:
+        raise ValueError(f"{fn}: the number of query heads (q.shape[1] = {H}) must be a multiple "
+                         f"of the number of kv heads (k.shape[1] = {Hkv})")
+    S = cap if kv_length is None else int(kv_length)
+    if not 1 <= S <= cap:
+        raise ValueError(f"{fn}: kv_length must be in [1, {cap}] (k.shape[2]), got {kv_length}")
+    if causal and S < T:
+        raise ValueError(f"{fn}: causal attention needs at least as many keys as queries, got "
+                         f"T = {T} (q.shape[2]) and S = {S}")
+    if scale is None:
+        scale = 1.0 / D ** 0.5
+    if not (0 < scale < float("inf")):
+        raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
+    if backend in ("auto", "fast"):
+        version = 0 if D > _MAX_HEAD else (2 if T <= 16 else 1)
+    else:
+        version = _version(backend, _ATTN_VERSIONS)
+        if version > 0 and D > _MAX_HEAD:
+            raise ValueError(f"{fn}: the {backend} version needs head size D <= {_MAX_HEAD}, "
+                             f"got {D} (use backend='naive')")
+    y = _output(out, q.shape, fn, (q, k, v))
+    lse = cp.empty((B, H, T), cp.float32) if return_lse else None
+    scores = cp.empty((B, H, T, S), cp.float32) if version == 0 else None
+    _C.cuda_attention(version, q.data.ptr, k.data.ptr, v.data.ptr, y.data.ptr, _ptr(lse),
+                      _ptr(scores), B, H, Hkv, T, S, cap, D, float(scale), bool(causal),
+                      _stream())
+    return (y, lse) if return_lse else y
+
+
+# ---- quantized weights ---------------------------------------------------------------------------
+
+_QTYPE_IDS = {"q8_0": 8, "q4_1": 3}
+_QBLOCK_BYTES = {"q8_0": 34, "q4_1": 20}
+
+
+def _check_raw(fn, raw, qtype, rows, K):
+    cp = _cupy()
+    if not isinstance(raw, cp.ndarray) or raw.dtype != cp.uint8:
+        raise TypeError(f"{fn}: raw must be a CuPy uint8 array like the other arguments")
+    if not raw.flags.c_contiguous:
+        raise ValueError(f"{fn}: raw must be C-contiguous")
+    if raw.device.id != cp.cuda.Device().id:
+        raise ValueError(f"{fn}: raw is on device {raw.device.id}, "
+                         f"the current device is {cp.cuda.Device().id}")
+    if K <= 0 or K % 32:
+        raise ValueError(f"{fn}: K must be a positive multiple of 32, got {K}")
+    if rows <= 0:
+        raise ValueError(f"{fn}: the number of rows must be positive, got {rows}")
+    expected = rows * K // 32 * _QBLOCK_BYTES[qtype]
+    if raw.nbytes != expected:
+        raise ValueError(f"{fn}: raw has {raw.nbytes} bytes, expected {expected} for {rows} "
+                         f"rows of {K} {qtype} weights")
+
+
+def dequantize(raw, qtype, shape, *, out=None, backend="auto"):
+    """qtype: 'q8_0' or 'q4_1' (ops.dequantize normalizes it)."""
+    fn = "dequantize"
+    _version(backend, ["naive"])
+    rows = 1
+    for s in shape[:-1]:
+        rows *= s
+    _check_raw(fn, raw, qtype, rows, shape[-1] if shape else 0)
+    y = _output(out, shape, fn, ())
+    _C.cuda_dequantize(0, _QTYPE_IDS[qtype], raw.data.ptr, y.data.ptr, y.size // 32, _stream())
+    return y
+
+
+def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
+    """y = x @ W^T, W [n_rows, K] quantized; x [K] or [M, K]. backend: "naive" (a thread per
+    output), "warp"/"auto" (a warp per output, lanes over the 32 weights of each block)."""
+    fn = "quant_matmul"
+    version = _version(backend, ["naive", "warp"])
+    _check(x, fn, "x", (1, 2))
+    K = x.shape[-1]
+    _check_raw(fn, raw, qtype, n_rows, K)
+    M = 1 if x.ndim == 1 else x.shape[0]
+    y = _output(out, x.shape[:-1] + (n_rows,), fn, (x,))
+    _C.cuda_quant_matmul(version, _QTYPE_IDS[qtype], x.data.ptr, raw.data.ptr, y.data.ptr, M,
+                         n_rows, K, _stream())
     return y

@@ -155,6 +155,9 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
     reaches, as does an inf unless its score is -inf (then that key gets weight 0); a NaN or
     inf in v reaches the rows that weight it, and may reach rows that mask it (0 * NaN).
     """
+    if _is_cupy(q):
+        return _cuda().attention(q, k, v, causal=causal, scale=scale, return_lse=return_lse,
+                                 out=out, kv_length=kv_length, backend=backend)
     if backend == "numpy":
         if kv_length is not None:
             k, v = k[:, :, :kv_length], v[:, :, :kv_length]
@@ -215,6 +218,9 @@ def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, b
     eps: a finite float >= 0.  The statistics are what layernorm_backward needs.
     """
     eps = _check_eps(eps, "layernorm")
+    if _is_cupy(x):
+        return _cuda().layernorm(x, weight, bias, eps, return_stats=return_stats, out=out,
+                                 backend=backend)
     if backend == "numpy":
         y, mean, rstd = reference.layernorm(x, weight, bias, eps)
         y = _into(out, y)
@@ -232,6 +238,8 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, backend="auto"):
     return_stats=True)). dweight and dbias sum over all rows (per-thread partial sums in float64,
     added in a fixed order: bit-identical for a given thread count).
     """
+    if _is_cupy(x):
+        return _cuda().layernorm_backward(dy, x, weight, mean, rstd, backend=backend)
     if backend == "numpy":
         dx, dw, db = reference.layernorm_backward(dy, x, weight, mean, rstd)
         return (np.asarray(dx, np.float32), np.asarray(dw, np.float32),
@@ -247,6 +255,9 @@ def rmsnorm(x, weight, eps=1e-6, *, return_stats=False, out=None, backend="auto"
         y = x * rstd * weight,  rstd = 1 / sqrt(mean(x^2) + eps)
     """
     eps = _check_eps(eps, "rmsnorm")
+    if _is_cupy(x):
+        return _cuda().rmsnorm(x, weight, eps, return_stats=return_stats, out=out,
+                               backend=backend)
     if backend == "numpy":
         y, rstd = reference.rmsnorm(x, weight, eps)
         y = _into(out, y)
@@ -259,6 +270,8 @@ def rmsnorm_backward(dy, x, weight, rstd, *, backend="auto"):
 
     dy, x: [..., C]; weight: [C]; rstd: x.shape[:-1] (from rmsnorm(..., return_stats=True)).
     """
+    if _is_cupy(x):
+        return _cuda().rmsnorm_backward(dy, x, weight, rstd, backend=backend)
     if backend == "numpy":
         dx, dw = reference.rmsnorm_backward(dy, x, weight, rstd)
         return np.asarray(dx, np.float32), np.asarray(dw, np.float32)
@@ -285,6 +298,8 @@ def _check_approximate(approximate, fn):
 
 
 def _forward(name, x, out, backend, approximate="tanh"):
+    if _is_cupy(x):
+        return _cuda().activation(name, x, approximate, out, backend)
     if backend == "numpy":
         ref = getattr(reference, name)
         return _into(out, ref(x, approximate) if name == "gelu" else ref(x))
@@ -292,6 +307,8 @@ def _forward(name, x, out, backend, approximate="tanh"):
 
 
 def _backward(name, dy, x, out, backend, approximate="tanh"):
+    if _is_cupy(x):
+        return _cuda().activation_backward(name, dy, x, approximate, out, backend)
     if backend == "numpy":
         ref = getattr(reference, name + "_backward")
         return _into(out, ref(dy, x, approximate) if name == "gelu" else ref(dy, x))
@@ -356,6 +373,8 @@ def gelu_backward(dy, x, *, approximate="tanh", out=None, backend="auto"):
 
 def swiglu(gate, up, *, out=None, backend="auto"):
     """silu(gate) * up (Llama's gated MLP). gate, up: the same shape; returns that shape."""
+    if _is_cupy(gate):
+        return _cuda().swiglu(gate, up, out=out, backend=backend)
     if backend == "numpy":
         return _into(out, reference.swiglu(gate, up))
     return _C.swiglu(gate, up, out, _native_version(backend, "fast"))
@@ -363,6 +382,8 @@ def swiglu(gate, up, *, out=None, backend="auto"):
 
 def swiglu_backward(dy, gate, up, *, backend="auto"):
     """Returns (dgate, dup) = (dy * up * silu'(gate), dy * silu(gate)); all the same shape."""
+    if _is_cupy(gate):
+        return _cuda().swiglu_backward(dy, gate, up, backend=backend)
     if backend == "numpy":
         dgate, dup = reference.swiglu_backward(dy, gate, up)
         return np.asarray(dgate, np.float32), np.asarray(dup, np.float32)
@@ -402,6 +423,8 @@ def embedding(ids, table, *, out=None, backend="auto"):
     ids: [...] integers in [0, V); table: [V, C] float32.  Returns [..., C] float32.
     NaN / inf in table rows are copied like any other value.
     """
+    if _is_cupy(table):
+        return _cuda().embedding(ids, table, out=out, backend=backend)
     if backend == "numpy":
         return _into(out, reference.embedding(ids, table))
     return _C.embedding(ids, table, out, _native_version(backend, "fast"))
@@ -418,6 +441,9 @@ def embedding_backward(dout, ids, num_embeddings, *, out=None, accumulate=False,
     (and the same for every thread count).
     """
     num_embeddings = _int_option(num_embeddings, "embedding_backward", "num_embeddings")
+    if _is_cupy(dout):
+        return _cuda().embedding_backward(dout, ids, num_embeddings, out=out,
+                                          accumulate=accumulate, backend=backend)
     if backend == "numpy":
         result = reference.embedding_backward(dout, ids, num_embeddings)
         if accumulate:
@@ -472,6 +498,9 @@ def rope(x, *, positions=None, offset=0, base=10000.0, layout="half", rotary_dim
         rotary_dim = _int_option(rotary_dim, fn, "rotary_dim")
     if not isinstance(layout, str) or layout not in ("half", "interleaved"):
         raise ValueError(f"{fn}: layout must be 'half' or 'interleaved', got {layout!r}")
+    if _is_cupy(x):
+        return _cuda().rope(x, positions=positions, offset=offset, base=base, layout=layout,
+                            rotary_dim=rotary_dim, inverse=inverse, out=out, backend=backend)
     if backend == "numpy":
         return _into(out, reference.rope(x, positions, offset, base, layout, rotary_dim,
                                          bool(inverse)))
@@ -511,6 +540,9 @@ def adamw_step(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
     lr, beta1, beta2 = (_float_option(lr, fn, "lr"), _float_option(beta1, fn, "beta1"),
                         _float_option(beta2, fn, "beta2"))
     eps, weight_decay = _float_option(eps, fn, "eps"), _float_option(weight_decay, fn, "weight_decay")
+    if _is_cupy(param):
+        return _cuda().adamw_step(param, grad, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                                  eps=eps, weight_decay=weight_decay, backend=backend)
     if backend == "numpy":
         reference.adamw_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay)
         return None
@@ -527,6 +559,8 @@ def grad_norm(grads, *, backend="auto"):
     result on every run with the same thread count). Any NaN gives NaN; otherwise any inf
     gives inf.
     """
+    if _is_cupy(grads) or (isinstance(grads, (list, tuple)) and grads and _is_cupy(grads[0])):
+        return _cuda().grad_norm(grads, backend=backend)
     if backend == "numpy":
         return reference.grad_norm(grads)
     return _C.grad_norm(grads, _native_version(backend, "fast"))
@@ -544,6 +578,8 @@ def clip_grad_norm(grads, max_norm, *, eps=1e-6, backend="auto"):
     """
     fn = "clip_grad_norm"
     max_norm, eps = _float_option(max_norm, fn, "max_norm"), _float_option(eps, fn, "eps")
+    if _is_cupy(grads) or (isinstance(grads, (list, tuple)) and grads and _is_cupy(grads[0])):
+        return _cuda().clip_grad_norm(grads, max_norm, eps=eps, backend=backend)
     if backend == "numpy":
         return reference.clip_grad_norm(grads, max_norm, eps)
     return _C.clip_grad_norm(grads, max_norm, eps, _native_version(backend, "fast"))
@@ -648,6 +684,10 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", retur
     """
     if out is not None and not return_grad:
         raise ValueError("cross_entropy: out= receives the gradient, so it needs return_grad=True")
+    if _is_cupy(logits):
+        return _cuda().cross_entropy(logits, targets, ignore_index=_index(ignore_index),
+                                     reduction=reduction, return_grad=return_grad, out=out,
+                                     backend=backend)
     if backend == "numpy":
         _check_targets(logits, targets, ignore_index, "cross_entropy")
         result = reference.cross_entropy(logits, targets, ignore_index=ignore_index,
@@ -667,6 +707,10 @@ def cross_entropy_backward(logits, targets, *, dloss=1.0, ignore_index=-100, red
     float32 array [N] (or one number for every row) for "none". Ignored rows get 0.
     backend: "auto"/"online", "naive", "numpy".
     """
+    if _is_cupy(logits):
+        return _cuda().cross_entropy_backward(logits, targets, dloss=dloss,
+                                              ignore_index=_index(ignore_index),
+                                              reduction=reduction, out=out, backend=backend)
     if backend == "numpy":
         _check_targets(logits, targets, ignore_index, "cross_entropy_backward")
         return _into(out, reference.cross_entropy_backward(logits, targets, dloss=dloss,
@@ -736,6 +780,8 @@ def dequantize(raw, qtype, shape, *, out=None, backend="auto"):
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 0
         _check_quant_numpy("dequantize", raw, name, rows, shape[-1] if shape else 0)
         return _into(out, reference.dequantize(raw, name, shape))
+    if _is_cupy(raw):
+        return _cuda().dequantize(raw, name, shape, out=out, backend=backend)
     return _C.dequantize(raw, name, shape, out, _native_version(backend, "fast"))
 
 
@@ -761,4 +807,6 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
             raise ValueError(f"quant_matmul: x must be 1-D or 2-D, got shape {x.shape}")
         _check_quant_numpy("quant_matmul", raw, name, n_rows, x.shape[-1])
         return _into(out, reference.quant_matmul(x, raw, name, n_rows))
+    if _is_cupy(x) or _is_cupy(raw):
+        return _cuda().quant_matmul(x, raw, name, n_rows, out=out, backend=backend)
     return _C.quant_matmul(x, raw, name, n_rows, out, _native_version(backend, "auto"))
