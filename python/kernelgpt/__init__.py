@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import os as _os
 
-# OpenMP's default lets idle worker threads spin for a while after each parallel region. When
-# anything else wants the CPU (a browser, a compiler, another process), the spinning threads
-# and the descheduled ones wait on each other and every kernel call can take 10-100x longer
-# (measured: SmolLM2 decode at 1.4 tok/s instead of 89 tok/s beside a compile job). Sleeping
-# waits cost a few microseconds per call on an idle machine. Must be set before libgomp loads
-# (with _C, below); a value the user exported wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP (libgomp) lets idle worker threads spin for up to 300,000 iterations after each
+# parallel region. When anything else wants the CPU (a browser, a compiler, another process),
+# spinning workers and descheduled ones wait on each other and kernel calls can take 10-100x
+# longer (measured with two busy processes on 2 cores: decode 10 tok/s instead of 237). A short
+# spin (20,000 iterations, a few microseconds) keeps the speed of spinning between the
+# back-to-back kernel calls of one model step on an idle machine (matmul and decode within
+# noise of OMP_WAIT_POLICY=ACTIVE; PASSIVE, always sleeping, decodes 1.8x slower) and gives
+# the CPU back quickly under load. Must be set before libgomp loads (with _C, below); a value
+# the user exported for either variable wins.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "20000"
 
 from . import _C, ops, reference  # noqa: E402
 from ._version import __version__  # noqa: E402
