@@ -8,10 +8,11 @@
 //   from_bf16: a 16-bit left shift; exact.
 // Matrix products, y[m, n] = sum_k x[m, k] * w[n, k], float32 accumulation
 //   version 1 (naive): widen one weight at a time, scalar dot, one thread. The oracle.
-//   version 2 (widen): decode. Each row of W is read once per 4 rows of x: 16 (AVX-512) or 8
-//     (AVX2) weights are zero-extended to 32 bits and shifted left by 16, which is their
-//     float32 value, then FMA'd with x in registers. Half the bytes of fp32 weights for the
-//     same FMAs, so a memory-bound matvec runs up to 2x faster. Threads over rows of W.
+//   version 2 (widen): decode. Each row of W is read once per 4 rows of x. A bf16 shifted
+//     left by 16 is its float32 value: 32 (AVX-512) or 16 (AVX2) weights are loaded as 32-bit
+//     pairs, shifted (even weights) or masked (odd weights), and FMA'd in registers with x
+//     split once per call into even and odd halves, so no shuffle is needed. Half the bytes
+//     of fp32 weights for the same FMAs: a memory-bound matvec runs up to 2x faster.
 //   version 3 (tiled): prefill. Widen a panel of W (up to 4 MiB of float32) and run the
 //     blocked fp32 matmul (matmul.cpp) on it; the widening is amortized over all M rows.
 //   version 4 (dpbf16): x is rounded to bf16 too, then AVX512-BF16's vdpbf16ps multiplies 16
@@ -35,6 +36,8 @@ KG_BEGIN_ISA_NAMESPACE
 namespace {
 
 using namespace simd;
+
+typedef uint32_t vuint __attribute__((vector_size(kWidth * 4)));
 
 inline uint16_t round_to_bf16(float f) {
   uint32_t b;
@@ -113,9 +116,28 @@ void matmul_naive(const Bf16MatmulArgs& p) {
 
 // ---- version 2: widen in registers + FMA -------------------------------------------------------
 
-// y[0:R, n0:n1] for R (1..4) rows of x. Two accumulators per row hide the FMA latency.
+// x's rows with each full chunk of 2 * kWidth values split into its even-indexed values, then
+// its odd ones: the order in which widen_rows takes the weights apart (below). The tail past
+// the last full chunk is not copied (widen_rows reads it from x).
+thread_local Workspace tl_xsplit;
+
+void split_even_odd(const Bf16MatmulArgs& p, float* xs) {
+  const int64_t full = p.k / (2 * kWidth) * (2 * kWidth);
+  for (int64_t i = 0; i < p.m; ++i)
+    for (int64_t j = 0; j < full; j += 2 * kWidth)
+      for (int v = 0; v < kWidth; ++v) {
+        xs[i * p.k + j + v] = p.x[i * p.k + j + 2 * v];
+        xs[i * p.k + j + kWidth + v] = p.x[i * p.k + j + 2 * v + 1];
+      }
+}
+
+// y[0:R, n0:n1] for R (1..4) rows of x (xs: the same rows split by split_even_odd).
+// 2 * kWidth bf16 are loaded as kWidth 32-bit pairs (w[2i] in the low half, w[2i+1] in the high
+// half): a shift left by 16 gives the even weights as floats, clearing the low half the odd
+// ones; no shuffle instruction, and each is FMA'd with the matching half of the split x.
 template <int R>
-void widen_rows(const Bf16MatmulArgs& p, const float* x, float* y, int64_t n0, int64_t n1) {
+void widen_rows(const Bf16MatmulArgs& p, const float* x, const float* xs, float* y, int64_t n0,
+                int64_t n1) {
   const int64_t k = p.k;
   for (int64_t n = n0; n < n1; ++n) {
     const uint16_t* w = p.w + n * k;
@@ -123,11 +145,13 @@ void widen_rows(const Bf16MatmulArgs& p, const float* x, float* y, int64_t n0, i
     for (int r = 0; r < R; ++r) a0[r] = zero(), a1[r] = zero();
     int64_t j = 0;
     for (; j + 2 * kWidth <= k; j += 2 * kWidth) {
-      vfloat w0 = widen(w + j), w1 = widen(w + j + kWidth);
+      vuint pairs;
+      std::memcpy(&pairs, w + j, sizeof(pairs));
+      vfloat even = (vfloat)(pairs << 16), odd = (vfloat)(pairs & 0xffff0000u);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
-        a0[r] += w0 * load(x + r * k + j);
-        a1[r] += w1 * load(x + r * k + j + kWidth);
+        a0[r] += even * load(xs + r * k + j);
+        a1[r] += odd * load(xs + r * k + j + kWidth);
       }
     }
     if (j + kWidth <= k) {
@@ -144,16 +168,18 @@ void widen_rows(const Bf16MatmulArgs& p, const float* x, float* y, int64_t n0, i
 }
 
 void matmul_widen(const Bf16MatmulArgs& p) {
+  float* xs = tl_xsplit.get(p.m * p.k);
+  split_even_odd(p, xs);
   // Each thread keeps its rows of W for all groups of 4 rows of x (W stays in its cache).
   parallel_for(p.n, min_rows_per_thread(p.k * ((p.m + 3) / 4)), [&](int64_t n0, int64_t n1) {
     for (int64_t i = 0; i < p.m; i += 4) {
-      const float* x = p.x + i * p.k;
+      const float *x = p.x + i * p.k, *s = xs + i * p.k;
       float* y = p.y + i * p.n;
       switch (p.m - i < 4 ? (int)(p.m - i) : 4) {
-        case 1: widen_rows<1>(p, x, y, n0, n1); break;
-        case 2: widen_rows<2>(p, x, y, n0, n1); break;
-        case 3: widen_rows<3>(p, x, y, n0, n1); break;
-        default: widen_rows<4>(p, x, y, n0, n1); break;
+        case 1: widen_rows<1>(p, x, s, y, n0, n1); break;
+        case 2: widen_rows<2>(p, x, s, y, n0, n1); break;
+        case 3: widen_rows<3>(p, x, s, y, n0, n1); break;
+        default: widen_rows<4>(p, x, s, y, n0, n1); break;
       }
     }
   });
