@@ -137,7 +137,7 @@ def crossover(rng, reps):
     w = bf16(rng, n, k)
     wf = ops.from_bf16(w)
     print(f"\n3. M rows through gate / up ([M, {k}] x [{n}, {k}]^T): widen vs tiled (auto: widen "
-          "for M <= 16)")
+          "for M <= 32)")
     for M in (4, 8, 16, 32, 64, 128):
         x = rng.standard_normal((M, k), dtype=np.float32)
         y = np.empty((M, n), np.float32)

@@ -152,7 +152,7 @@ def test_matmul_vector_x_and_out(isa, rng, backend):
 def test_matmul_tiled_spans_several_panels(isa, rng):
     """N x K above one 4 MiB panel of widened weights (1820 rows at K = 576): the panel loop
     and its copy of columns into y."""
-    M, N, K = 19, 3001, 576
+    M, N, K = 37, 3001, 576
     x, w = randn(rng, M, K), bf16_weights(rng, N, K)
     expected = x.astype(np.float64) @ reference.from_bf16(w).astype(np.float64).T
     for backend in ("tiled", "auto"):

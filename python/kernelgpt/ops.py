@@ -810,7 +810,7 @@ def bf16_matmul(x, w, *, out=None, backend="auto"):
     float32 accumulation.
 
     x: [K] or [M, K] float32  ->  y: [N] or [M, N] float32. backend:
-      "auto"    "widen" for M <= 16 (decoding), "tiled" for larger M (prefill)
+      "auto"    "widen" for M <= 32 (decoding), "tiled" for larger M (prefill)
       "naive"   widen one weight at a time, scalar dot (one thread)
       "widen"   SIMD: bf16 widened to float32 by a 16-bit shift in registers, FMA
       "tiled"   widen panels of W to float32, then the blocked fp32 matmul
