@@ -6,7 +6,8 @@
 //
 // config is GPTConfig.to_dict(); params are the model's named views into its flat parameter
 // buffer (GPT.params.views), k_cache / v_cache the KVCache's per-layer [1, Hkv, max_len, hd]
-// buffers. The runner keeps references to every array it reads or writes, so they stay alive
+// buffers. A linear weight or wte may instead be (raw uint8 blocks, "q8_0" | "q4_1") or
+// (uint16 bf16 bits [out, in], "bf16"). The runner keeps references to every array it reads or writes, so they stay alive
 // as long as it does; it sees later in-place updates of the parameters (training, loading).
 #include <memory>
 #include <string>
@@ -121,9 +122,10 @@ class PyTransformer {
       keep(a);
       return a.cf32();
     };
-    // A quantized weight comes as (raw uint8 [rows, in / 32 * block bytes], "q8_0" | "q4_1").
+    // A quantized weight comes as (raw uint8 [rows, in / 32 * block bytes], "q8_0" | "q4_1"),
+    // a bfloat16 one as (uint16 [rows, in], "bf16"); a plain array is float32 (returns null).
     auto quantized = [&](const std::string& name, int64_t rows, int64_t in,
-                         model::WeightKind* kind) -> const uint8_t* {
+                         model::WeightKind* kind) -> const void* {
       if (!params.contains(name)) value_error(std::string(kFn) + ": params has no '" + name + "'");
       py::handle obj = params[name.c_str()];
       if (!py::isinstance<py::tuple>(obj)) {
@@ -132,34 +134,39 @@ class PyTransformer {
       }
       py::tuple t = py::reinterpret_borrow<py::tuple>(obj);
       if (t.size() != 2 || !py::isinstance<py::str>(t[1]))
-        type_error(std::string(kFn) + ": quantized '" + name + "' must be (raw uint8 array, qtype)");
+        type_error(std::string(kFn) + ": quantized '" + name + "' must be (raw array, qtype)");
       std::string qtype = t[1].cast<std::string>();
-      if (qtype != "q8_0" && qtype != "q4_1")
-        value_error(std::string(kFn) + ": '" + name + "' has unknown qtype '" + qtype + "'");
-      *kind = qtype == "q8_0" ? model::WeightKind::q8_0 : model::WeightKind::q4_1;
-      if (in % kQuantBlock)
+      if (qtype != "q8_0" && qtype != "q4_1" && qtype != "bf16")
+        value_error(std::string(kFn) + ": '" + name + "' has unknown qtype '" + qtype +
+                    "' (expected 'q8_0', 'q4_1' or 'bf16')");
+      const bool bf16 = qtype == "bf16";
+      *kind = bf16 ? model::WeightKind::bf16
+                   : qtype == "q8_0" ? model::WeightKind::q8_0 : model::WeightKind::q4_1;
+      if (!bf16 && in % kQuantBlock)
         value_error(std::string(kFn) + ": '" + name + "' needs in features divisible by 32");
-      const int64_t row_bytes = in / kQuantBlock * quant_block_bytes(
+      const int64_t row_elems = bf16 ? in : in / kQuantBlock * quant_block_bytes(
           qtype == "q8_0" ? QuantType::q8_0 : QuantType::q4_1);
       if (!py::isinstance<py::array>(t[0]))
         type_error(std::string(kFn) + ": quantized '" + name + "' raw data must be a numpy array");
       py::array raw = py::reinterpret_borrow<py::array>(t[0]);
-      if (!raw.dtype().is(py::dtype::of<uint8_t>()) ||
-          !(raw.flags() & py::array::c_style) || raw.ndim() != 2 || raw.shape(0) != rows ||
-          raw.shape(1) != row_bytes)
-        value_error(std::string(kFn) + ": quantized '" + name + "' must be C-contiguous uint8 [" +
-                    std::to_string(rows) + ", " + std::to_string(row_bytes) + "]");
+      const bool dtype_ok = bf16 ? raw.dtype().is(py::dtype::of<uint16_t>())
+                                 : raw.dtype().is(py::dtype::of<uint8_t>());
+      if (!dtype_ok || !(raw.flags() & py::array::c_style) || raw.ndim() != 2 ||
+          raw.shape(0) != rows || raw.shape(1) != row_elems)
+        value_error(std::string(kFn) + ": " + qtype + " '" + name + "' must be C-contiguous " +
+                    (bf16 ? "uint16 [" : "uint8 [") + std::to_string(rows) + ", " +
+                    std::to_string(row_elems) + "]");
       Array a;
       a.array = raw;
       a.present = true;
-      a.shape = {rows, row_bytes};
-      a.size = rows * row_bytes;
+      a.shape = {rows, row_elems};
+      a.size = rows * row_elems;
       keep(a);
-      return static_cast<const uint8_t*>(raw.data());
+      return raw.data();
     };
     auto linear = [&](const std::string& name, int64_t out, int64_t in) {
       model::Linear l;
-      if (const uint8_t* q = quantized(name + ".weight", out, in, &l.kind)) {
+      if (const void* q = quantized(name + ".weight", out, in, &l.kind)) {
         l.weight = q;
         l.bias = bias ? param(name + ".bias", {out}) : nullptr;
         l.in = in;
@@ -174,8 +181,13 @@ class PyTransformer {
     };
     const bool norm_bias = bias && c.norm == model::NormKind::layernorm;
     model::TransformerWeights w;
-    w.wte_quantized = quantized("wte", V, C, &w.wte_kind);
-    if (!w.wte_quantized) w.wte = param("wte", {V, C});
+    const void* wte_packed = quantized("wte", V, C, &w.wte_kind);
+    if (w.wte_kind == model::WeightKind::bf16)
+      w.wte_bf16 = static_cast<const uint16_t*>(wte_packed);
+    else if (wte_packed)
+      w.wte_quantized = static_cast<const uint8_t*>(wte_packed);
+    else
+      w.wte = param("wte", {V, C});
     if (c.positions == model::PositionsKind::learned) w.wpe = param("wpe", {c.block_size, C});
     for (int64_t i = 0; i < c.n_layer; ++i) {
       const std::string L = "h." + std::to_string(i) + ".";
@@ -194,14 +206,14 @@ class PyTransformer {
     w.ln_f_bias = norm_bias ? param("ln_f.bias", {C}) : nullptr;
     if (tied) {
       w.lm_head.kind = w.wte_kind;
-      w.lm_head.weight = w.wte_quantized ? static_cast<const void*>(w.wte_quantized) : w.wte;
+      w.lm_head.weight = wte_packed ? wte_packed : static_cast<const void*>(w.wte);
       w.lm_head.in = C;
       w.lm_head.out = V;
     } else {  // its own matrix, no bias
       w.lm_head.in = C;
       w.lm_head.out = V;
-      const uint8_t* q = quantized("lm_head.weight", V, C, &w.lm_head.kind);
-      w.lm_head.weight = q ? static_cast<const void*>(q) : param("lm_head.weight", {V, C});
+      const void* q = quantized("lm_head.weight", V, C, &w.lm_head.kind);
+      w.lm_head.weight = q ? q : static_cast<const void*>(param("lm_head.weight", {V, C}));
     }
 
     model::KVCacheBuffers cache;

@@ -39,4 +39,5 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_quant(m);
   kg::bind::register_model(m);
   kg::bind::register_sampling(m);
+  kg::bind::register_bf16(m);
 }

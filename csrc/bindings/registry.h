@@ -24,6 +24,7 @@ void register_gguf(pybind11::module_& m);
 void register_quant(pybind11::module_& m);
 void register_model(pybind11::module_& m);
 void register_sampling(pybind11::module_& m);
+void register_bf16(pybind11::module_& m);
 
 // Throws ValueError unless `version` is one of `names` (used to pick naive / fast kernels).
 int version_index(const std::string& version, std::initializer_list<const char*> names,

@@ -11,6 +11,7 @@
 #include "common/cpu.h"
 #include "kernels/activation.h"
 #include "kernels/attention.h"
+#include "kernels/bf16.h"
 #include "kernels/matmul.h"
 #include "kernels/norm.h"
 #include "kernels/quant.h"
@@ -48,6 +49,20 @@ void Linear::forward(const float* x, float* y) const {
       a.k = in;
       a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
       KG_DISPATCH(quant_kernels).matmul_auto(a);
+      if (bias)
+        for (int64_t i = 0; i < out; ++i) y[i] += bias[i];
+      return;
+    }
+    case WeightKind::bf16: {
+      // the kernel ops.bf16_matmul(backend="auto") runs for one row: widen in registers + FMA
+      Bf16MatmulArgs a;
+      a.x = x;
+      a.w = static_cast<const uint16_t*>(weight);
+      a.y = y;
+      a.m = 1;
+      a.n = out;
+      a.k = in;
+      KG_DISPATCH(bf16_kernels).matmul_auto(a);
       if (bias)
         for (int64_t i = 0; i < out; ++i) y[i] += bias[i];
       return;
@@ -142,6 +157,12 @@ void Transformer::decode(int64_t token, int64_t pos, float* logits) {
   // token embedding (+ absolute positions)
   if (w_.wte_kind == WeightKind::f32) {
     std::memcpy(x, w_.wte + token * C, C * sizeof(float));
+  } else if (w_.wte_kind == WeightKind::bf16) {  // one bf16 row widened, as ops.from_bf16 does
+    Bf16WidenArgs d;
+    d.bits = w_.wte_bf16 + token * C;
+    d.out = x;
+    d.n = C;
+    KG_DISPATCH(bf16_kernels).from_bf16(d);
   } else {  // one row of the quantized table, as ops.dequantize does it
     DequantizeArgs d;
     d.type = w_.wte_kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;

@@ -45,8 +45,9 @@ struct TransformerConfig {
 };
 
 // How a linear layer's weight is stored: float32, or ggml's Q8_0 / Q4_1 blocks (GGUF models;
-// rows of in / 32 blocks, see kernels/quant.h) multiplied by the fused dequantize-and-dot kernel.
-enum class WeightKind { f32, q8_0, q4_1 };
+// rows of in / 32 blocks, see kernels/quant.h) multiplied by the fused dequantize-and-dot kernel,
+// or bfloat16 bit patterns (uint16 [out, in], kernels/bf16.h) widened in registers.
+enum class WeightKind { f32, q8_0, q4_1, bf16 };
 
 // y [out] = W x + b for one token's x [in]; W in nn.Linear's [out, in] layout.
 struct Linear {
@@ -69,6 +70,7 @@ struct LayerWeights {
 struct TransformerWeights {
   const float* wte = nullptr;  // [V, C] float32 (wte_kind f32) ...
   const uint8_t* wte_quantized = nullptr;  // ... or V rows of Q8_0 / Q4_1 blocks
+  const uint16_t* wte_bf16 = nullptr;      // ... or [V, C] bf16 (wte_kind bf16)
   WeightKind wte_kind = WeightKind::f32;
   const float* wpe = nullptr;  // [block_size, C] for learned positions, else null
   std::vector<LayerWeights> layers;

@@ -11,7 +11,8 @@ attention, tied embeddings); this file only maps the GGUF's tensors and metadata
 Weights stay as stored (Q4_1 / Q8_0 blocks, read through the memory map) and go through the
 quantized kernels (``ops.quant_matmul``: fused dequantize-and-dot for decode, dequantized
 panels for prefill); ``weights="fp32"`` dequantizes everything once into a plain GPT (which
-can then also be trained).
+can then also be trained); ``weights="bf16"`` dequantizes once and rounds every weight matrix
+to bfloat16 (``ops.bf16_matmul``: half the bytes of fp32, no block scales; norms stay fp32).
 
 llama.cpp's converter permutes the rows of the Q and K weights so that RoPE rotates adjacent
 pairs (x[2i], x[2i+1]); Hugging Face rotates halves (x[i], x[i + d/2]). With the weights as
@@ -30,7 +31,7 @@ import numpy as np
 from . import ops
 from .model import GPT, GPTConfig
 
-__all__ = ["QuantWeight", "LlamaModel", "load_model", "config_from_gguf", "tokenizer_from_gguf"]
+__all__ = ["QuantWeight", "Bf16Weight", "LlamaModel", "load_model", "config_from_gguf", "tokenizer_from_gguf"]
 
 _QUANT_TYPES = {"Q8_0": "q8_0", "Q4_1": "q4_1"}
 
@@ -55,8 +56,33 @@ class QuantWeight:
         return ops.dequantize(picked, self.qtype, (len(ids), int(self.shape[1])))
 
 
+@dataclass
+class Bf16Weight:
+    """A [rows, K] weight matrix stored as bfloat16 bit patterns (bits: uint16 [rows, K])."""
+    bits: np.ndarray
+    shape: tuple
+
+    @classmethod
+    def from_float(cls, w: np.ndarray) -> "Bf16Weight":
+        """Rounds a float32 [rows, K] matrix to bf16 (nearest, ties to even)."""
+        w = np.ascontiguousarray(w, np.float32)
+        return cls(ops.to_bf16(w), tuple(w.shape))
+
+    @property
+    def size(self) -> int:
+        return int(self.shape[0]) * int(self.shape[1])
+
+    def dequantize(self) -> np.ndarray:
+        return ops.from_bf16(self.bits)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ids widened to float32 (an embedding lookup straight from the bf16 table)."""
+        return ops.from_bf16(np.ascontiguousarray(self.bits[ids]))
+
+
 class _QuantOps:
-    """model.py's `ops`, except that linear layers and the embedding lookup accept QuantWeight."""
+    """model.py's `ops`, except that linear layers and the embedding lookup accept QuantWeight
+    and Bf16Weight."""
 
     def __init__(self, inner=ops):
         self.inner = inner
@@ -70,10 +96,15 @@ class _QuantOps:
             if bias is not None:
                 y += bias
             return y
+        if isinstance(weight, Bf16Weight):
+            y = ops.bf16_matmul(x, weight.bits, out=out)
+            if bias is not None:
+                y += bias
+            return y
         return self.inner.linear(x, weight, bias, out=out, **kw)
 
     def embedding(self, ids, table, *, out=None, **kw):
-        if isinstance(table, QuantWeight):
+        if isinstance(table, (QuantWeight, Bf16Weight)):
             ids = np.asarray(ids)
             if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
                 raise ValueError(f"embedding: token ids must be in [0, {table.shape[0]})")
@@ -173,6 +204,12 @@ def _tensors(gguf, c: GPTConfig, quantized: bool) -> Dict[str, object]:
     return out
 
 
+def _to_bf16(tensors: Dict[str, object]) -> Dict[str, object]:
+    """Every weight matrix (2-D: embedding, projections, head) as Bf16Weight; norms stay fp32."""
+    return {name: Bf16Weight.from_float(t) if np.ndim(t) == 2 else t
+            for name, t in tensors.items()}
+
+
 def tokenizer_from_gguf(md):
     """The byte-level BPE tokenizer a GGUF's metadata describes (tokenizer.ggml.*)."""
     from .tokenizer import Encoding
@@ -192,7 +229,8 @@ class LlamaModel(GPT):
     """GPT (Llama flavour) with weights from a GGUF file, its tokenizer and chat template."""
 
     def __init__(self, config: GPTConfig, tensors: Dict[str, object], tokenizer, chat_template=None,
-                 stop_tokens: Sequence[int] = (), quantized: bool = True, source: str = ""):
+                 stop_tokens: Sequence[int] = (), quantized: bool = True, source: str = "",
+                 weights: Optional[str] = None):
         if quantized:
             # inference only: quantized weights do not fit model.py's one float32 buffer
             self.config, self.dtype = config, np.float32
@@ -205,6 +243,8 @@ class LlamaModel(GPT):
             for name in self.params.names():
                 self.params[name][...] = tensors[name]
         self.quantized = quantized
+        # 'quantized' / 'bf16' (packed weights, inference only) or 'fp32'
+        self.weights = weights or ("quantized" if quantized else "fp32")
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.stop_tokens = list(stop_tokens)
@@ -213,7 +253,7 @@ class LlamaModel(GPT):
 
     def forward_backward(self, *args, **kwargs):
         if self.quantized:
-            raise ValueError("a quantized model cannot be trained: load it with weights='fp32'")
+            raise ValueError(f"a {self.weights} model cannot be trained: load it with weights='fp32'")
         return super().forward_backward(*args, **kwargs)
 
     def supports_fast_decode(self, cache) -> bool:
@@ -225,7 +265,8 @@ class LlamaModel(GPT):
         if not self.quantized:
             return super()._build_runner(cache)
         from . import _C
-        views = {name: (t.raw, t.qtype) if isinstance(t, QuantWeight) else t
+        views = {name: (t.raw, t.qtype) if isinstance(t, QuantWeight)
+                 else (t.bits, "bf16") if isinstance(t, Bf16Weight) else t
                  for name, t in self.params.views.items()}
         runner = _C.Transformer(self.config.to_dict(), views, cache.k, cache.v)
         self._runner = (self.params.data, cache, runner, runner.max_positions)
@@ -283,9 +324,10 @@ def _gguf_path(name_or_path: Union[str, os.PathLike]) -> Path:
 def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: str = "quantized",
                max_context: Optional[int] = None) -> LlamaModel:
     """A Llama-architecture GGUF model, by name ('smollm2', fetched with `kernelgpt fetch
-    smollm2`) or path. weights: 'quantized' (as stored: Q4_1 / Q8_0, the default) or 'fp32'."""
-    if weights not in ("quantized", "fp32"):
-        raise ValueError(f"weights must be 'quantized' or 'fp32', got {weights!r}")
+    smollm2`) or path. weights: 'quantized' (as stored: Q4_1 / Q8_0, the default), 'fp32', or
+    'bf16' (dequantized once, then every weight matrix rounded to bfloat16; norms stay fp32)."""
+    if weights not in ("quantized", "fp32", "bf16"):
+        raise ValueError(f"weights must be 'quantized', 'fp32' or 'bf16', got {weights!r}")
     from .io.gguf import GGUFFile, validate_llama
     path = _gguf_path(name_or_path)
     gguf = GGUFFile(path)
@@ -293,11 +335,13 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     config = config_from_gguf(validate_llama(md, gguf.tensors), max_context)
     tokenizer = tokenizer_from_gguf(md)
     tensors = _tensors(gguf, config, weights == "quantized")
+    if weights == "bf16":
+        tensors = _to_bf16(tensors)
     stop = [md["tokenizer.ggml.eos_token_id"]] if "tokenizer.ggml.eos_token_id" in md else []
     im_end = tokenizer.special_tokens_set & {"<|im_end|>"}
     stop += [tokenizer.encode_single_token(s) for s in im_end]
     model = LlamaModel(config, tensors, tokenizer, md.get("tokenizer.chat_template"),
-                       sorted(set(int(t) for t in stop)), weights == "quantized", str(path))
+                       sorted(set(int(t) for t in stop)), weights != "fp32", str(path), weights)
     model._gguf = gguf  # keeps the memory map alive as long as the model
     return model
 
@@ -306,7 +350,8 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
 
 def _add_common(p) -> None:
     p.add_argument("--model", default="smollm2", help="'smollm2' (kernelgpt fetch smollm2) or a .gguf path")
-    p.add_argument("--weights", choices=["quantized", "fp32"], default="quantized")
+    p.add_argument("--weights", choices=["quantized", "fp32", "bf16"], default="quantized",
+                   help="quantized: as stored in the GGUF; fp32: dequantized; bf16: rounded to bfloat16")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -371,7 +416,7 @@ def chat_main(args) -> int:
     system = args.system
     history: List[dict] = []
     print(f"kernelgpt chat: {Path(model.source).name}, {model.config.n_layer} layers, "
-          f"{'quantized' if model.quantized else 'fp32'} weights. /reset, /system TEXT, /quit",
+          f"{model.weights} weights. /reset, /system TEXT, /quit",
           file=sys.stderr)
     while True:
         try:

@@ -630,3 +630,31 @@ def bpe_encode_merges(pieces, byte_ids, merges):
             ids = _bpe_replace(ids, pair, rank[pair][1])
         out.extend(ids)
     return out
+
+
+# ---- bfloat16 weights ---------------------------------------------------------------------------
+#
+# A bf16 number is the top 16 bits of a float32 (sign, 8 exponent bits, 7 mantissa bits); arrays
+# of them are stored as uint16 bit patterns.
+
+__all__ += ["to_bf16", "from_bf16", "bf16_matmul"]
+
+
+def to_bf16(x):
+    """float32 -> uint16 bf16 bits, rounded to nearest, ties to even. Denormals round like any
+    other number; NaN stays NaN (made quiet, sign kept); overflow rounds to inf."""
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    nan = (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    quiet_nan = (b >> np.uint32(16)) | np.uint32(0x40)
+    return np.where(nan, quiet_nan, rounded).astype(np.uint16)
+
+
+def from_bf16(bits):
+    """uint16 bf16 bits -> float32 (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def bf16_matmul(x, w):
+    """y = x @ W^T with W = from_bf16(w) [N, K], accumulated in float64; x [K] or [M, K]."""
+    return (np.asarray(x, np.float64) @ from_bf16(w).astype(np.float64).T).astype(np.float32)

@@ -1,0 +1,124 @@
+// bfloat16 weights: to_bf16, from_bf16, bf16_matmul. Shapes in kernels/bf16.h.
+#include "kernels/bf16.h"
+
+#include <string>
+
+#include "bindings/args.h"
+#include "bindings/registry.h"
+#include "common/cpu.h"
+
+namespace kg {
+namespace bind {
+
+static std::string type_name(py::handle obj) {
+  return std::string(py::str(py::type::handle_of(obj).attr("__name__")));
+}
+
+// A C-contiguous, non-empty numpy uint16 array (bf16 bit patterns) whose rank is in `ranks`.
+static Array bf16_array(py::handle obj, const char* fn, const char* name,
+                        std::initializer_list<int> ranks = {}) {
+  if (!py::isinstance<py::array>(obj))
+    type_error(std::string(fn) + ": " + name + " must be a numpy uint16 array (bf16 bits), got " +
+               type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<uint16_t>()))
+    type_error(std::string(fn) + ": " + name + " must be uint16 (bf16 bit patterns), got " +
+               std::string(py::str(a.dtype())));
+  if (ranks.size()) {
+    bool ok = false;
+    for (int r : ranks) ok = ok || a.ndim() == r;
+    if (!ok)
+      value_error(std::string(fn) + ": " + name + " has rank " + std::to_string(a.ndim()) +
+                  ", which is not accepted here");
+  }
+  if (!(a.flags() & py::array::c_style))
+    value_error(std::string(fn) + ": " + name + " must be C-contiguous");
+  if (a.size() == 0) value_error(std::string(fn) + ": " + name + " must not be empty");
+  Array r;
+  r.array = a;
+  r.present = true;
+  r.size = a.size();
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) r.shape.push_back(a.shape(i));
+  return r;
+}
+
+static py::array to_bf16(py::handle x_obj, py::handle out_obj) {
+  const char* fn = "to_bf16";
+  Array x = f32(x_obj, fn, "x");
+  Array out;
+  if (out_obj.is_none()) {
+    out.array = py::array_t<uint16_t>(x.shape);
+    out.present = true;
+    out.shape = x.shape;
+    out.size = x.size;
+  } else {
+    out = bf16_array(out_obj, fn, "out");
+    expect_shape(out, x.shape, fn, "out");
+    if (!out.array.writeable()) value_error("to_bf16: out is read-only");
+    if (overlaps(out, x)) value_error("to_bf16: out must not overlap x");
+  }
+  Bf16ConvertArgs a;
+  a.x = x.cf32();
+  a.bits = static_cast<uint16_t*>(out.array.mutable_data());
+  a.n = x.size;
+  {
+    py::gil_scoped_release release;
+    KG_DISPATCH(bf16_kernels).to_bf16(a);
+  }
+  return out.array;
+}
+
+static py::array from_bf16(py::handle bits_obj, py::handle out_obj) {
+  const char* fn = "from_bf16";
+  Array bits = bf16_array(bits_obj, fn, "bits");
+  Array out = output(out_obj, bits.shape, fn, {&bits});
+  Bf16WidenArgs a;
+  a.bits = static_cast<const uint16_t*>(bits.array.data());
+  a.out = out.f32();
+  a.n = bits.size;
+  {
+    py::gil_scoped_release release;
+    KG_DISPATCH(bf16_kernels).from_bf16(a);
+  }
+  return out.array;
+}
+
+static py::array bf16_matmul(py::handle x_obj, py::handle w_obj, py::handle out_obj,
+                             const std::string& version) {
+  const char* fn = "bf16_matmul";
+  int v = version_index(version, {"naive", "widen", "tiled", "dpbf16", "auto"}, fn);
+  Array x = f32(x_obj, fn, "x", {1, 2});
+  Array w = bf16_array(w_obj, fn, "w", {2});
+  int64_t k = x.dim(-1), m = x.ndim() == 2 ? x.dim(0) : 1, n = w.dim(0);
+  if (w.dim(1) != k)
+    value_error("bf16_matmul: w has shape " + shape_str(w.shape) + " but x has K = " +
+                std::to_string(k) + " (w must be [N, K], nn.Linear's layout)");
+  Shape y_shape = x.ndim() == 2 ? Shape{m, n} : Shape{n};
+  Array y = output(out_obj, y_shape, fn, {&x, &w});
+  Bf16MatmulArgs a;
+  a.x = x.cf32();
+  a.w = static_cast<const uint16_t*>(w.array.data());
+  a.y = y.f32();
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  const Bf16Kernels& kr = KG_DISPATCH(bf16_kernels);
+  Bf16MatmulFn f[] = {kr.matmul_naive, kr.matmul_widen, kr.matmul_tiled, kr.matmul_dpbf16,
+                      kr.matmul_auto};
+  {
+    py::gil_scoped_release release;
+    f[v](a);
+  }
+  return y.array;
+}
+
+void register_bf16(py::module_& m) {
+  m.def("to_bf16", &to_bf16, py::arg("x"), py::arg("out") = py::none());
+  m.def("from_bf16", &from_bf16, py::arg("bits"), py::arg("out") = py::none());
+  m.def("bf16_matmul", &bf16_matmul, py::arg("x"), py::arg("w"), py::arg("out") = py::none(),
+        py::arg("version") = "auto");
+  m.def("bf16_path", [] { return std::string(KG_DISPATCH(bf16_kernels).description); });
+}
+
+}  // namespace bind
+}  // namespace kg
