@@ -31,6 +31,7 @@
 #include "common/simd.h"
 #include "common/threading.h"
 #include "common/workspace.h"
+#include "kernels/decoded_panels.h"
 #include "kernels/matmul.h"
 
 KG_BEGIN_ISA_NAMESPACE
@@ -188,37 +189,14 @@ void matmul_widen(const Bf16MatmulArgs& p) {
 
 // ---- version 3: widened panels + the blocked fp32 matmul ---------------------------------------
 
-thread_local Workspace tl_panel, tl_ypanel;
-constexpr int64_t kPanelFloats = (int64_t)1 << 20;  // 4 MiB of widened weights per panel
-
 void matmul_tiled(const Bf16MatmulArgs& p) {
-  int64_t panel = kPanelFloats / p.k;
-  if (panel < 64) panel = 64;
-  if (panel > p.n) panel = p.n;
-  float* w = tl_panel.get(panel * p.k);
-  float* ypanel = panel < p.n ? tl_ypanel.get(p.m * panel) : nullptr;
-  for (int64_t n0 = 0; n0 < p.n; n0 += panel) {
-    int64_t nc = p.n - n0 < panel ? p.n - n0 : panel;
+  matmul_decoded_panels(p.x, p.y, p.m, p.n, p.k, [&](int64_t n0, int64_t nc, float* out) {
     Bf16WidenArgs d;
     d.bits = p.w + n0 * p.k;
-    d.out = w;
+    d.out = out;
     d.n = nc * p.k;
     from_bf16(d);
-    MatmulArgs mm;
-    mm.a = p.x;
-    mm.b = w;  // [nc, K]: nn.Linear's layout
-    mm.c = ypanel ? ypanel : p.y;
-    mm.m = p.m;
-    mm.n = nc;
-    mm.k = p.k;
-    mm.trans_b = true;
-    matmul_kernels.blocked(mm);
-    if (ypanel)  // the panel's columns into y [M, N]
-      parallel_for(p.m, 64, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i)
-          std::memcpy(p.y + i * p.n + n0, ypanel + i * nc, nc * sizeof(float));
-      });
-  }
+  });
 }
 
 // ---- version 4: x in bf16, pair dot products (AVX512-BF16) -------------------------------------

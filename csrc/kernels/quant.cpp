@@ -33,6 +33,7 @@
 #include "common/simd.h"
 #include "common/threading.h"
 #include "common/workspace.h"
+#include "kernels/decoded_panels.h"
 #include "kernels/matmul.h"
 
 KG_BEGIN_ISA_NAMESPACE
@@ -164,7 +165,7 @@ void dequantize_fast(const DequantizeArgs& p) {
 
 // ---- version 1: naive matmul ---------------------------------------------------------------
 
-thread_local Workspace tl_row, tl_xsum, tl_panel, tl_ypanel;
+thread_local Workspace tl_row, tl_xsum;
 
 void matmul_naive(const QuantMatmulArgs& p) {
   float* w = tl_row.get(p.k);
@@ -260,39 +261,17 @@ void matmul_fused(const QuantMatmulArgs& p) {
 
 // ---- version 3: dequantized panels + the blocked fp32 matmul -------------------------------
 
-constexpr int64_t kPanelFloats = (int64_t)1 << 20;  // 4 MiB of dequantized weights per panel
-
 void matmul_tiled(const QuantMatmulArgs& p) {
-  int64_t panel = kPanelFloats / p.k;
-  if (panel < 64) panel = 64;
-  if (panel > p.n) panel = p.n;
-  float* w = tl_panel.get(panel * p.k);
-  float* ypanel = panel < p.n ? tl_ypanel.get(p.m * panel) : nullptr;
   const int64_t rb = row_bytes(p.type, p.k);
-  for (int64_t n0 = 0; n0 < p.n; n0 += panel) {
-    int64_t nc = p.n - n0 < panel ? p.n - n0 : panel;
+  matmul_decoded_panels(p.x, p.y, p.m, p.n, p.k, [&](int64_t n0, int64_t nc, float* out) {
     DequantizeArgs d;
     d.raw = p.w + n0 * rb;
-    d.out = w;
+    d.out = out;
     d.rows = nc;
     d.cols = p.k;
     d.type = p.type;
     dequantize_fast(d);
-    MatmulArgs mm;
-    mm.a = p.x;
-    mm.b = w;  // [nc, K]: nn.Linear's layout
-    mm.c = ypanel ? ypanel : p.y;
-    mm.m = p.m;
-    mm.n = nc;
-    mm.k = p.k;
-    mm.trans_b = true;
-    matmul_kernels.blocked(mm);
-    if (ypanel)  // the panel's columns into y [M, N]
-      parallel_for(p.m, 64, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i)
-          std::memcpy(p.y + i * p.n + n0, ypanel + i * nc, nc * sizeof(float));
-      });
-  }
+  });
 }
 
 // ---- version 4: int8 activations, integer block dots (VNNI) --------------------------------
