@@ -94,3 +94,11 @@ def read_gguf_metadata(path) -> dict:
         pos += 4
         out[key] = value(kind)
     return out
+
+
+def case_ids(model, case) -> list:
+    """The prompt ids of a reference case through the model's own tokenizer and chat template."""
+    from kernelgpt.chat import encode_chat
+    if case["kind"] == "chat":
+        return encode_chat(model.tokenizer, case["messages"], template=model.chat_template)
+    return model.tokenizer.encode(case["text"], allowed_special="all")

@@ -5,7 +5,7 @@ tests/data/make_smollm2_reference.py; the GGUF from `kernelgpt fetch smollm2`.""
 import numpy as np
 import pytest
 
-from smollm2_files import gguf_path, load_reference
+from smollm2_files import case_ids, gguf_path, load_reference
 
 GGUF = gguf_path()
 REF = load_reference()
@@ -22,14 +22,6 @@ def model():
     return load_model(GGUF)
 
 
-def _ids(model, case):
-    if case["kind"] == "chat":
-        from kernelgpt.chat import apply_chat_template
-        text = apply_chat_template(case["messages"], add_generation_prompt=True,
-                                   template=model.chat_template)
-        return model.tokenizer.encode(text, allowed_special="all")
-    return model.tokenizer.encode(case["text"], allowed_special="all")
-
 
 def test_config_from_metadata(model):
     c, conv = model.config, REF["conventions"]
@@ -43,7 +35,7 @@ def test_config_from_metadata(model):
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['kind']}{i}" for i, c in enumerate(CASES)])
 def test_tokens_logits_and_greedy_text(model, case):
-    ids = _ids(model, case)
+    ids = case_ids(model, case)
     assert ids == case["ids"]
     cache = model.new_cache(len(ids) + 40)
     logits = model.forward_cached(np.asarray([ids]), cache)[0]

@@ -12,7 +12,7 @@ gravity?" answer is unchanged.
 import numpy as np
 import pytest
 
-from smollm2_files import gguf_path, load_reference
+from smollm2_files import case_ids, gguf_path, load_reference
 
 GGUF = gguf_path()
 REF = load_reference()
@@ -29,14 +29,6 @@ def model():
     from kernelgpt.llama import load_model
     return load_model(GGUF, weights="bf16")
 
-
-def _ids(model, case):
-    if case["kind"] == "chat":
-        from kernelgpt.chat import apply_chat_template
-        text = apply_chat_template(case["messages"], add_generation_prompt=True,
-                                   template=model.chat_template)
-        return model.tokenizer.encode(text, allowed_special="all")
-    return model.tokenizer.encode(case["text"], allowed_special="all")
 
 
 def test_weights_are_bf16_and_norms_fp32(model):
@@ -67,7 +59,7 @@ def test_bf16_weights_round_the_fp32_weights(model):
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c['kind']}{i}" for i, c in enumerate(CASES)])
 def test_logits_and_greedy_text(model, case):
-    ids = _ids(model, case)
+    ids = case_ids(model, case)
     assert ids == case["ids"]
     cache = model.new_cache(len(ids) + 40)
     logits = model.forward_cached(np.asarray([ids]), cache)[0]

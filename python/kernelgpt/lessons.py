@@ -43,6 +43,13 @@ def _figure(plot, name):
     return plt, path / f"{name}.png"
 
 
+def _save(plt, fig, path, out: List[str], **kw) -> None:
+    """Writes the lesson's figure and says where."""
+    fig.savefig(path, dpi=100, **kw)
+    plt.close(fig)
+    out.append(f"plot: {path}")
+
+
 def _bar(p: float, width: int = 40) -> str:
     return "#" * max(0, int(round(p * width)))
 
@@ -118,9 +125,7 @@ def lesson_gradient_descent(plot=None) -> str:
         ax.set_xlim(-3, 3)
         ax.set_ylim(-3, 3)
         ax.set_title("gradient descent on 0.5 (x² + 4y²)")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 
@@ -151,9 +156,7 @@ def lesson_neuron(plot=None) -> str:
         ax.axhline(0, color="gray", lw=0.5)
         ax.legend()
         ax.set_title("activation functions (kernelgpt.ops)")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 
@@ -214,9 +217,7 @@ def lesson_backprop(plot=None) -> str:
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_title("backprop + gradient descent on one example")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 
@@ -281,9 +282,7 @@ def lesson_embedding(plot=None) -> str:
         for i, (px, py) in enumerate(xy):
             ax.annotate(repr(tok.chars[i])[1:-1], (px, py), fontsize=8)
         ax.set_title("token embeddings, first two principal components")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 
@@ -320,9 +319,7 @@ def lesson_positions(plot=None) -> str:
         if wpe is not None:
             axes[1].imshow(unit @ unit.T, cmap="viridis")
             axes[1].set_title("learned positions: cosine similarity")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 
@@ -361,9 +358,7 @@ def lesson_attention(plot=None) -> str:
             ax.set_xticks(range(len(chars)), chars, fontsize=6)
             ax.set_yticks(range(len(chars)), chars, fontsize=6)
             ax.set_title(f"layer {layer} (mean of heads)")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 
@@ -400,9 +395,7 @@ def lesson_sampling(plot=None) -> str:
             ax.bar(range(len(order)), p[order])
             ax.set_ylabel(name, rotation=0, ha="right", fontsize=7)
         axes[-1].set_xticks(range(len(order)), [repr(tok.chars[j]) for j in order], fontsize=7)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out, bbox_inches="tight")
     return "\n".join(out)
 
 
@@ -446,9 +439,7 @@ def lesson_kv_cache(plot=None, n_tokens: int = 100) -> str:
         ax.set_xlabel("generated token")
         ax.set_ylabel("ms per token")
         ax.legend()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 
@@ -495,9 +486,7 @@ def lesson_training(plot=None, steps: int = 150) -> str:
         ax.plot(losses)
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 
@@ -548,9 +537,7 @@ def lesson_alignment(plot=None, steps: int = 20, beta: float = 0.5) -> str:
         ax.plot(margins, "o-")
         ax.set_xlabel("DPO step")
         ax.set_ylabel("log p(chosen) - log p(rejected)")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(f"plot: {path}")
+        _save(plt, fig, path, out)
     return "\n".join(out)
 
 

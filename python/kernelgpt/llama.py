@@ -31,7 +31,7 @@ import numpy as np
 from . import ops
 from .model import GPT, GPTConfig
 
-__all__ = ["QuantWeight", "Bf16Weight", "LlamaModel", "load_model", "config_from_gguf", "tokenizer_from_gguf"]
+__all__ = ["QuantWeight", "Bf16Weight", "LlamaModel", "load_model", "config_from_gguf"]
 
 _QUANT_TYPES = {"Q8_0": "q8_0", "Q4_1": "q4_1"}
 
@@ -210,21 +210,6 @@ def _to_bf16(tensors: Dict[str, object]) -> Dict[str, object]:
             for name, t in tensors.items()}
 
 
-def tokenizer_from_gguf(md):
-    """The byte-level BPE tokenizer a GGUF's metadata describes (tokenizer.ggml.*)."""
-    from .tokenizer import Encoding
-    kind = md.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(f"GGUF: tokenizer model {kind!r} is not supported (only byte-level BPE, "
-                         "'gpt2')")
-    return Encoding.from_gguf_vocab(
-        md["tokenizer.ggml.tokens"], md["tokenizer.ggml.merges"], md["tokenizer.ggml.token_type"],
-        md.get("tokenizer.ggml.pre", "gpt2"),
-        bos_token_id=md.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=md.get("tokenizer.ggml.eos_token_id"),
-        add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", False)), name="smollm2")
-
-
 class LlamaModel(GPT):
     """GPT (Llama flavour) with weights from a GGUF file, its tokenizer and chat template."""
 
@@ -294,9 +279,8 @@ class LlamaModel(GPT):
         """Streams the assistant's reply to `messages` ([{"role", "content"}], the chat
         template's format). Keeps one KV cache across calls, so the next turn of the same
         conversation only prefills what is new (prompt caching)."""
-        from .chat import apply_chat_template
-        text = apply_chat_template(messages, add_generation_prompt=True, template=self.chat_template)
-        ids = self.tokenizer.encode(text, allowed_special="all")
+        from .chat import encode_chat
+        ids = encode_chat(self.tokenizer, messages, template=self.chat_template)
         if self._chat_cache is None:
             self._chat_cache = self.new_cache()
         return self.generate(ids, max_new_tokens, stream=True, seed=seed, cache=self._chat_cache,
@@ -333,15 +317,16 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     gguf = GGUFFile(path)
     md = gguf.metadata
     config = config_from_gguf(validate_llama(md, gguf.tensors), max_context)
-    tokenizer = tokenizer_from_gguf(md)
+    from .chat import stop_token_ids
+    from .tokenizer import Encoding
+    tok_md = {key: md[key] for key in md if key.startswith("tokenizer.ggml.")}
+    tok_md.setdefault("tokenizer.ggml.pre", "gpt2")  # llama.cpp's default when a file has none
+    tokenizer = Encoding.from_gguf_metadata(tok_md)
     tensors = _tensors(gguf, config, weights == "quantized")
     if weights == "bf16":
         tensors = _to_bf16(tensors)
-    stop = [md["tokenizer.ggml.eos_token_id"]] if "tokenizer.ggml.eos_token_id" in md else []
-    im_end = tokenizer.special_tokens_set & {"<|im_end|>"}
-    stop += [tokenizer.encode_single_token(s) for s in im_end]
     model = LlamaModel(config, tensors, tokenizer, md.get("tokenizer.chat_template"),
-                       sorted(set(int(t) for t in stop)), weights != "fp32", str(path), weights)
+                       stop_token_ids(tokenizer), weights != "fp32", str(path), weights)
     model._gguf = gguf  # keeps the memory map alive as long as the model
     return model
 
