@@ -185,7 +185,8 @@ constexpr int kDecodeWarps = 8;
 
 __global__ void attention_decode(AttentionArgs p) {
   __shared__ float qs[kMaxHead];
-  __shared__ float part_m[kDecodeWarps], part_l[kDecodeWarps];
+  __shared__ float part_m[kDecodeWarps];
+  __shared__ float part_l[kDecodeWarps];
   __shared__ float part_acc[kDecodeWarps][kMaxHead];
   const int dh = (int)p.dh;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

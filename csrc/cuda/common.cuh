@@ -1,5 +1,10 @@
 #pragma once
+#ifdef KG_CUDA_EMU
+#include "cuda_emu/emu.h"  // the CPU emulator (kernelgpt._cuda_emu)
+#else
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <stdexcept>

@@ -60,7 +60,8 @@ __device__ inline void online_merge(float& m, float& s, float m2, float s2) {
 }
 
 __global__ void cross_entropy_online(CrossEntropyArgs p) {
-  __shared__ float sh_m[32], sh_s[32];
+  __shared__ float sh_m[32];
+  __shared__ float sh_s[32];
   int64_t r = blockIdx.x;
   const float* x = p.logits + r * p.v;
   float m = -INFINITY, s = 0.0f;

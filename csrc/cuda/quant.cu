@@ -12,7 +12,6 @@
 //            meant for decoding, M small.)
 // Every byte offset is computed from the row and block index: raw has exactly n * k / 32
 // blocks (checked by the caller), so nothing is read past it.
-#include <cuda_fp16.h>
 
 #include "cuda/common.cuh"
 #include "cuda/cuda_kernels.h"

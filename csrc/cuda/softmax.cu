@@ -47,7 +47,8 @@ __device__ inline void online_merge(float& m, float& s, float m2, float s2) {
 
 __global__ void softmax_online(const float* x, float* y, int64_t rows, int64_t cols, int64_t t,
                                float scale, bool causal, bool log) {
-  __shared__ float sh_m[32], sh_s[32];
+  __shared__ float sh_m[32];
+  __shared__ float sh_s[32];
   int64_t row = blockIdx.x;
   const float* xr = x + row * cols;
   float* yr = y + row * cols;

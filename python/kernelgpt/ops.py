@@ -28,7 +28,9 @@ _BACKENDS = ("auto", "fast", "naive", "numpy")
 
 
 def _is_cupy(x) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
+    """A device array: CuPy (a GPU) or kernelgpt.cuda_emu (the same kernels, emulated)."""
+    mod = type(x).__module__
+    return mod.split(".")[0] == "cupy" or mod == "kernelgpt.cuda_emu"
 
 
 def _native_version(backend: str, fast: str) -> str:

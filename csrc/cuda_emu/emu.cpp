@@ -1,0 +1,326 @@
+// The CUDA emulator's scheduler (see emu.h for the model): one fiber per CUDA thread,
+// cooperative switching at barriers, strict checks of what CUDA leaves undefined.
+#include "cuda_emu/emu.h"
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "cuda_emu/emu_control.h"
+
+namespace kg_emu {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 227 * 1024;
+
+enum class State { Ready, Waiting, Done };
+
+struct Barrier {
+  unsigned expected = 0, arrived = 0, mask = 0;
+  uint64_t generation = 0;
+};
+
+struct Fiber {
+  ucontext_t context;
+  uint3 tid;
+  unsigned linear = 0;
+  State state = State::Ready;
+  const Barrier* waiting_on = nullptr;
+  uint64_t waiting_generation = 0;
+};
+
+struct Block {
+  dim3 grid, block;
+  uint3 bid;
+  unsigned threads = 0;
+  std::vector<Fiber> fibers;
+  Barrier block_barrier;
+  std::vector<Barrier> warp_barriers;
+  std::vector<unsigned char> slots;  // [warps][32][16] exchange deposits
+  std::vector<unsigned> warp_live;   // lanes of each warp that have not returned
+  unsigned exited = 0;
+  Fiber* current = nullptr;
+  const std::function<void()>* body = nullptr;
+  ucontext_t scheduler;
+  std::string error;
+  std::vector<float> dynamic_shared;
+};
+
+// Per OS thread (each Python thread that launches gets its own emulator state).
+thread_local Block* g_block = nullptr;
+thread_local std::vector<std::unique_ptr<char[]>> g_stacks;
+thread_local std::string g_last_error;
+thread_local uint64_t g_block_serial = 0;  // counts blocks run on this OS thread
+thread_local std::map<void*, uint64_t> g_poisoned;
+std::string g_order = "forward";
+uint64_t g_seed = 0;
+std::map<const void*, size_t> g_max_dynamic_shared;
+
+Block& block() {
+  if (!g_block) throw std::runtime_error("cuda emulator: a device function ran outside a kernel");
+  return *g_block;
+}
+
+std::string where(const Block& b, const Fiber* f) {
+  std::string s = "block (" + std::to_string(b.bid.x) + ", " + std::to_string(b.bid.y) + ", " +
+                  std::to_string(b.bid.z) + ")";
+  if (f)
+    s += " thread (" + std::to_string(f->tid.x) + ", " + std::to_string(f->tid.y) + ", " +
+         std::to_string(f->tid.z) + ")";
+  return s;
+}
+
+// Back to the scheduler until the barrier's generation moves on.
+void wait(Block& b, Barrier& bar) {
+  Fiber* f = b.current;
+  f->state = State::Waiting;
+  f->waiting_on = &bar;
+  f->waiting_generation = bar.generation;
+  swapcontext(&f->context, &b.scheduler);
+}
+
+void arrive(Block& b, Barrier& bar) {
+  if (++bar.arrived == bar.expected) {
+    bar.arrived = 0;
+    bar.mask = 0;
+    ++bar.generation;
+    // The waiters are released; this thread goes back to the scheduler too, so that it does
+    // not always run ahead of them (a GPU would not order it first).
+    swapcontext(&b.current->context, &b.scheduler);
+  } else {
+    wait(b, bar);
+  }
+}
+
+void fiber_main() {
+  Block& b = *g_block;
+  Fiber* f = b.current;
+  try {
+    (*b.body)();
+    if (b.block_barrier.arrived > 0)
+      fail("returned while " + std::to_string(b.block_barrier.arrived) +
+           " other threads wait at __syncthreads() (on a GPU: a hang or undefined)");
+    unsigned warp = f->linear / 32, lane = f->linear % 32;
+    const Barrier& wb = b.warp_barriers[warp];
+    if (wb.arrived > 0 && (wb.mask >> lane & 1u))
+      fail("returned while other lanes wait for it in a warp shuffle / sync (mask 0x" +
+           [](unsigned m) {
+             char buf[16];
+             std::snprintf(buf, sizeof buf, "%08x", m);
+             return std::string(buf);
+           }(wb.mask) + ")");
+    b.warp_live[warp] &= ~(1u << lane);
+    ++b.exited;
+  } catch (const std::exception& e) {
+    if (b.error.empty()) b.error = e.what();
+  }
+  f->state = State::Done;
+  // returning resumes the scheduler (uc_link)
+}
+
+std::vector<unsigned> schedule_order(unsigned n, uint64_t block_serial) {
+  std::vector<unsigned> order(n);
+  for (unsigned i = 0; i < n; ++i) order[i] = i;
+  if (g_order == "reverse") {
+    std::reverse(order.begin(), order.end());
+  } else if (g_order == "shuffle") {
+    std::mt19937_64 gen(g_seed * 1000003u + block_serial);
+    std::shuffle(order.begin(), order.end(), gen);
+  }
+  return order;
+}
+
+void run_block(Block& b, uint64_t serial) {
+  ++g_block_serial;
+  unsigned n = b.threads;
+  while (g_stacks.size() < n) g_stacks.emplace_back(new char[kStackBytes]);
+  b.fibers.assign(n, Fiber());
+  unsigned warps = (n + 31) / 32;
+  b.warp_barriers.assign(warps, Barrier());
+  b.warp_live.assign(warps, 0);
+  b.slots.assign((size_t)warps * 32 * 16, 0);
+  b.block_barrier = Barrier();
+  b.block_barrier.expected = n;
+  b.exited = 0;
+  b.error.clear();
+  std::memset(b.dynamic_shared.data(), 0xff, b.dynamic_shared.size() * sizeof(float));
+  for (unsigned i = 0; i < n; ++i) {
+    Fiber& f = b.fibers[i];
+    f.linear = i;
+    f.tid = {i % b.block.x, i / b.block.x % b.block.y, i / (b.block.x * b.block.y)};
+    b.warp_live[i / 32] |= 1u << (i % 32);
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = g_stacks[i].get();
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &b.scheduler;
+    makecontext(&f.context, fiber_main, 0);
+  }
+  std::vector<unsigned> order = schedule_order(n, serial);
+  unsigned done = 0;
+  while (done < n) {
+    bool progressed = false;
+    done = 0;
+    for (unsigned i : order) {
+      Fiber& f = b.fibers[i];
+      if (f.state == State::Waiting && f.waiting_on->generation != f.waiting_generation)
+        f.state = State::Ready;
+      if (f.state == State::Ready) {
+        b.current = &f;
+        swapcontext(&b.scheduler, &f.context);
+        b.current = nullptr;
+        progressed = true;
+        if (!b.error.empty()) throw std::runtime_error(b.error);  // the other fibers are dropped
+      }
+      if (f.state == State::Done) ++done;
+    }
+    if (!progressed && done < n) {
+      std::string who;
+      for (Fiber& f : b.fibers)
+        if (f.state == State::Waiting) {
+          who = where(b, &f);
+          break;
+        }
+      std::string msg = "cuda emulator: deadlock in " + where(b, nullptr) + ": " + who +
+                        " waits at a barrier that can never complete";
+      throw std::runtime_error(msg);
+    }
+  }
+}
+
+}  // namespace
+
+// ---- what kernels call -------------------------------------------------------------------------
+
+const uint3& thread_idx() { return block().current->tid; }
+const uint3& block_idx() { return block().bid; }
+const dim3& block_dim() { return block().block; }
+const dim3& grid_dim() { return block().grid; }
+unsigned lane_id() { return block().current->linear % 32; }
+void* dynamic_shared_bytes() { return block().dynamic_shared.data(); }
+
+void poison_shared(void* address, size_t bytes) {
+  block();  // only inside a kernel
+  uint64_t& at = g_poisoned[address];
+  if (at != g_block_serial) {
+    std::memset(address, 0xff, bytes);
+    at = g_block_serial;
+  }
+}
+
+void fail(const std::string& what) {
+  Block& b = block();
+  throw std::runtime_error("cuda emulator: " + where(b, b.current) + ": " + what);
+}
+
+void sync_block() {
+  Block& b = block();
+  if (b.exited > 0)
+    fail("__syncthreads() reached after " + std::to_string(b.exited) +
+         " threads of the block returned (on a GPU: a hang or undefined)");
+  arrive(b, b.block_barrier);
+}
+
+void exchange(unsigned mask, const void* mine, size_t size, void* all) {
+  Block& b = block();
+  Fiber* f = b.current;
+  unsigned warp = f->linear / 32, lane = f->linear % 32;
+  if (!(mask >> lane & 1u)) fail("a warp shuffle / sync with a mask that leaves out the caller");
+  unsigned exists = warp == (b.threads - 1) / 32 && b.threads % 32
+                        ? (1u << (b.threads % 32)) - 1u
+                        : 0xffffffffu;
+  if (mask & ~exists)
+    fail("a warp shuffle / sync names lanes that do not exist (a block of " +
+         std::to_string(b.threads) + " threads has a partial last warp)");
+  if (mask & ~b.warp_live[warp]) fail("a warp shuffle / sync names lanes that have returned");
+  Barrier& bar = b.warp_barriers[warp];
+  if (bar.arrived > 0 && bar.mask != mask)
+    fail("lanes of one warp meet at shuffles / syncs with different masks");
+  bar.mask = mask;
+  bar.expected = (unsigned)__builtin_popcount(mask);
+  unsigned char* slots = b.slots.data() + (size_t)warp * 32 * 16;
+  std::memcpy(slots + lane * 16, mine, size);
+  arrive(b, bar);  // every lane of the mask has deposited
+  unsigned char* out = static_cast<unsigned char*>(all);
+  for (unsigned l = 0; l < 32; ++l) {
+    if (mask >> l & 1u)
+      std::memcpy(out + l * size, slots + l * 16, size);
+    else
+      std::memset(out + l * size, 0xff, size);  // NaN bytes
+  }
+  bar.mask = mask;
+  arrive(b, bar);  // every lane has read before the slots are reused
+}
+
+void run_grid(const void* kernel, dim3 grid, dim3 blk, size_t shared,
+              const std::function<void()>& body) {
+  auto bad = [](const std::string& what) {
+    g_last_error = what;
+    throw std::runtime_error("cuda emulator: invalid launch: " + what);
+  };
+  uint64_t threads = (uint64_t)blk.x * blk.y * blk.z;
+  if (threads == 0 || (uint64_t)grid.x * grid.y * grid.z == 0)
+    bad("a grid or block dimension is 0");
+  if (threads > 1024 || blk.z > 64) bad("more than 1024 threads per block (or block z > 64)");
+  if (grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535)
+    bad("grid dimensions above (2^31 - 1, 65535, 65535)");
+  size_t limit = kDefaultDynamicShared;
+  auto it = g_max_dynamic_shared.find(kernel);
+  if (it != g_max_dynamic_shared.end()) limit = it->second;
+  if (shared > limit)
+    bad(std::to_string(shared) + " bytes of dynamic shared memory, the limit is " +
+        std::to_string(limit) + " (raise it with cudaFuncSetAttribute, at most 227 KiB)");
+  if (g_block) bad("a kernel launched from inside a kernel");
+  Block b;
+  b.grid = grid;
+  b.block = blk;
+  b.threads = (unsigned)threads;
+  b.body = &body;
+  b.dynamic_shared.resize((shared + sizeof(float) - 1) / sizeof(float) + 1);
+  g_block = &b;
+  uint64_t serial = 0;
+  try {
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) {
+          b.bid = {x, y, z};
+          run_block(b, serial++);
+        }
+  } catch (...) {
+    g_block = nullptr;
+    throw;
+  }
+  g_block = nullptr;
+}
+
+void set_max_dynamic_shared(const void* kernel, int bytes) {
+  if (bytes < 0 || (size_t)bytes > kMaxDynamicShared)
+    throw std::runtime_error("cuda emulator: cudaFuncSetAttribute: at most 227 KiB of dynamic "
+                             "shared memory per block");
+  g_max_dynamic_shared[kernel] = (size_t)bytes;
+}
+
+void set_order(const std::string& order, uint64_t seed) {
+  if (order != "forward" && order != "reverse" && order != "shuffle")
+    throw std::invalid_argument("cuda emulator: order must be 'forward', 'reverse' or 'shuffle', "
+                                "got '" + order + "'");
+  g_order = order;
+  g_seed = seed;
+}
+std::string get_order() { return g_order; }
+
+}  // namespace kg_emu
+
+const char* cudaGetErrorString(cudaError_t err) {
+  return err == cudaSuccess ? "no error" : "cuda emulator error";
+}
+cudaError_t cudaGetLastError() { return cudaSuccess; }  // launch errors throw instead
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
