@@ -346,3 +346,62 @@ def test_cuda_matmul_batched_accumulate(rng, backend):
     ops.matmul(gpu(a), gpu(b), out=c, accumulate=True, backend=backend)
     ref = c0.astype(np.float64) + f64(a) @ f64(b)
     np.testing.assert_allclose(host(c), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 5, 33), (4, 1000), (2, 50257)])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("backend", ["naive", "fused"])
+def test_cuda_softmax_backward(rng, shape, log, backend):
+    x, dy = randn(rng, *shape, scale=3.0), randn(rng, *shape)
+    causal = len(shape) == 3  # masked entries: y = 0 (softmax) or -inf (log-softmax)
+    fwd = ops.log_softmax if log else ops.softmax
+    bwd = ops.log_softmax_backward if log else ops.softmax_backward
+    y = fwd(x, scale=0.7, causal=causal)
+    dx = bwd(gpu(dy), gpu(y), scale=0.7, backend=backend)
+    ref = (reference.log_softmax_backward if log else reference.softmax_backward)(
+        f64(dy), f64(y), scale=0.7)
+    terms = 0.7 * np.abs(f64(dy)).max() * (1 if log else np.abs(f64(y)).max())
+    assert_close(host(dx), ref, rtol=1e-4, atol=1e-4 * terms)
+
+
+ATTN_BWD_CASES = [  # B, H, Hkv, T, S, D, causal
+    (1, 1, 1, 1, 1, 1, True), (2, 4, 2, 5, 5, 16, True), (1, 6, 2, 37, 37, 64, True),
+    (1, 2, 1, 7, 40, 32, True), (2, 3, 3, 9, 33, 17, False), (1, 2, 2, 33, 70, 128, False),
+    (1, 2, 1, 12, 12, 160, True)]
+
+
+@pytest.mark.parametrize("B,H,Hkv,T,S,D,causal", ATTN_BWD_CASES)
+@pytest.mark.parametrize("backend", ["naive", "flash", "auto"])
+def test_cuda_attention_backward(rng, B, H, Hkv, T, S, D, causal, backend):
+    q, k, v = randn(rng, B, H, T, D), randn(rng, B, Hkv, S, D), randn(rng, B, Hkv, S, D)
+    dout = randn(rng, B, H, T, D)
+    out, lse = ops.attention(q, k, v, causal=causal, return_lse=True, backend="numpy")
+    if D > 128 and backend == "flash":
+        with pytest.raises(ValueError, match="D <= 128"):
+            ops.attention_backward(gpu(dout), gpu(q), gpu(k), gpu(v), gpu(out), gpu(lse),
+                                   causal=causal, backend=backend)
+        return
+    dq, dk, dv = ops.attention_backward(gpu(dout), gpu(q), gpu(k), gpu(v), gpu(out), gpu(lse),
+                                        causal=causal, backend=backend)
+    refs = reference.attention_backward(f64(dout), f64(q), f64(k), f64(v), f64(out), f64(lse),
+                                        causal)
+    for got, ref, name in zip((dq, dk, dv), refs, ("dq", "dk", "dv")):
+        assert_close(host(got), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), what=name)
+
+
+def test_cuda_attention_backward_matches_finite_differences(rng):
+    # the float64 reference itself checked: d/dq of sum(out * w) by central differences
+    B, H, Hkv, T, S, D = 1, 2, 1, 4, 6, 8
+    q, k, v = (rng.standard_normal(s) for s in ((B, H, T, D), (B, Hkv, S, D), (B, Hkv, S, D)))
+    w = rng.standard_normal((B, H, T, D))
+    out, lse = reference.attention(q, k, v, True)
+    dq, dk, dv = ops.attention_backward(*(gpu(a.astype(np.float32)) for a in (w, q, k, v, out,
+                                                                            lse)))
+    h = 1e-6
+    for idx in [(0, 1, 2, 3), (0, 0, 3, 0)]:
+        qp, qm = q.copy(), q.copy()
+        qp[idx] += h
+        qm[idx] -= h
+        fd = ((reference.attention(qp, k, v, True)[0] * w).sum()
+              - (reference.attention(qm, k, v, True)[0] * w).sum()) / (2 * h)
+        assert abs(host(dq)[idx] - fd) <= 1e-3 * max(1.0, abs(fd))

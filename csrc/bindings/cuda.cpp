@@ -142,6 +142,19 @@ void register_cuda_families(py::module_& m) {
                           ptr<float>(out), ptr<float>(lse), ptr<float>(scores), b, h, hkv, t,
                           s_len, cap, dh, scale, causal, s);
         });
+  m.def("cuda_attention_backward",
+        [](int ver, uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
+           uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv, uintptr_t delta,
+           uintptr_t scores, int64_t b, int64_t h, int64_t hkv, int64_t t, int64_t s_len,
+           int64_t dh, float scale, bool causal, uintptr_t s) {
+          check_args("attention_backward", ver, 2, {b, h, hkv, t, s_len, dh},
+                     {dout, q, k, v, out, lse, dq, dk, dv, delta, ver == 0 ? scores : 1});
+          cuda::attention_backward(ver, ptr<const float>(dout), ptr<const float>(q),
+                                   ptr<const float>(k), ptr<const float>(v),
+                                   ptr<const float>(out), ptr<const float>(lse), ptr<float>(dq),
+                                   ptr<float>(dk), ptr<float>(dv), ptr<float>(delta),
+                                   ptr<float>(scores), b, h, hkv, t, s_len, dh, scale, causal, s);
+        });
   m.def("cuda_dequantize", [](int ver, int qtype, uintptr_t raw, uintptr_t out, int64_t blocks,
                               uintptr_t s) {
     check_args("dequantize", ver, 1, {blocks}, {raw, out});
@@ -166,14 +179,23 @@ void register_cuda(py::module_& m) {
       [](int version, uintptr_t a, uintptr_t b, uintptr_t bias, uintptr_t c, int64_t batch,
          int64_t mm, int64_t n, int64_t k, int64_t sa, int64_t sb, int64_t sc, bool trans_a,
          bool trans_b, bool accumulate, uintptr_t stream) {
+        check_args("matmul", version, cuda::kMatmulVersions, {batch, mm, n, k}, {a, b, c});
         cuda::matmul(version, reinterpret_cast<const float*>(a), reinterpret_cast<const float*>(b),
                      reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(c), batch, mm,
                      n, k, sa, sb, sc, trans_a, trans_b, accumulate, stream);
       });
   m.def("cuda_softmax", [](int version, uintptr_t x, uintptr_t y, int64_t rows, int64_t cols,
                            int64_t t, float scale, bool causal, bool log, uintptr_t stream) {
+    check_args("softmax", version, 2, {rows, cols, t}, {x, y});
     cuda::softmax(version, reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), rows,
                   cols, t, scale, causal, log, stream);
+  });
+  m.def("cuda_softmax_backward", [](int version, uintptr_t dy, uintptr_t y, uintptr_t dx,
+                                    int64_t rows, int64_t cols, float scale, bool log,
+                                    uintptr_t stream) {
+    check_args("softmax_backward", version, 2, {rows, cols}, {dy, y, dx});
+    cuda::softmax_backward(version, ptr<const float>(dy), ptr<const float>(y), ptr<float>(dx),
+                           rows, cols, scale, log, stream);
   });
   register_cuda_families(m);
 #else

@@ -11,6 +11,8 @@ int device_count();  // 0 when there is no driver or no GPU
 
 // version 0: naive (one thread per output), 1: shared-memory tiled, 2: register-blocked
 // (4x4 outputs per thread), 3: 2 with float4 loads (falls back to 2 where layouts forbid).
+// See csrc/cuda/matmul.cu for the full list.
+constexpr int kMatmulVersions = 4;
 void matmul(int version, const float* a, const float* b, const float* bias, float* c,
             int64_t batch, int64_t m, int64_t n, int64_t k, int64_t batch_stride_a,
             int64_t batch_stride_b, int64_t batch_stride_c, bool trans_a, bool trans_b,
@@ -21,6 +23,11 @@ void matmul(int version, const float* a, const float* b, const float* bias, floa
 // version 0: one thread per row, 1: one block per row with warp reductions, online max/sum.
 void softmax(int version, const float* x, float* y, int64_t rows, int64_t cols, int64_t t,
              float scale, bool causal, bool log, uintptr_t stream);
+
+// dx of softmax (log = false) or log-softmax (log = true) from dy and the forward output y.
+// version 0: one thread per row, 1: one block per row with a block reduction.
+void softmax_backward(int version, const float* dy, const float* y, float* dx, int64_t rows,
+                      int64_t cols, float scale, bool log, uintptr_t stream);
 
 // ---- the families below: see the header comment of each csrc/cuda/<family>.cu ----------
 // Every launcher takes `version` (0 = the naive one), device pointers and CuPy's stream.
@@ -95,6 +102,20 @@ void attention(int version, const float* q, const float* k, const float* v, floa
                float* lse, float* scores, int64_t b, int64_t h, int64_t hkv, int64_t t,
                int64_t s, int64_t kv_capacity, int64_t dh, float scale, bool causal,
                uintptr_t stream);
+
+// Gradients of attention (see ops.attention_backward), k, v [b, hkv, s, dh] (s rows, no
+// cache capacity). dq [b, h, t, dh], dk, dv [b, hkv, s, dh] are written (not accumulated);
+// dk, dv sum over the query heads that share a kv head. delta [b, h, t] is scratch
+// (rowsum(dout * out)); scores [b, h, t, s] is scratch for version 0.
+// version 0: naive (P recomputed into `scores`, then dv, dS in place, dq, dk: one thread per
+// output element, fixed summation order). version 1: flash (two kernels, no atomics: a warp per
+// query row accumulates dq over key tiles; a warp per key row accumulates dk, dv over query
+// tiles; tiles of 32 rows shared by 4 warps in shared memory; dh <= 128).
+void attention_backward(int version, const float* dout, const float* q, const float* k,
+                        const float* v, const float* out, const float* lse, float* dq, float* dk,
+                        float* dv, float* delta, float* scores, int64_t b, int64_t h, int64_t hkv,
+                        int64_t t, int64_t s, int64_t dh, float scale, bool causal,
+                        uintptr_t stream);
 
 // Quantized weights (ggml blocks of 32: Q8_0 34 bytes, Q4_1 20 bytes). qtype 8 / 3.
 void dequantize(int version, int qtype, const uint8_t* raw, float* out, int64_t blocks,

@@ -97,11 +97,14 @@ def _version(backend, names):
     return names.index(backend)
 
 
+MATMUL_VERSIONS = ["naive", "tiled", "blocked", "vectorized"]
+
+
 def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False,
            backend="auto"):
     fn = "matmul"
     dev = _backend(a, fn)
-    version = _version(backend, ["naive", "tiled", "blocked", "vectorized"])
+    version = _version(backend, MATMUL_VERSIONS)
     _check(dev, a, fn, "a", (2, 3))
     _check(dev, b, fn, "b", (2, 3))
     m = a.shape[-1] if trans_a else a.shape[-2]
@@ -144,6 +147,21 @@ def softmax(x, *, scale=1.0, causal=False, out=None, log=False, backend="auto"):
     dev.lib.cuda_softmax(version, x.data.ptr, y.data.ptr, x.size // cols, cols, t, float(scale),
                     bool(causal), bool(log), dev.stream())
     return y
+
+
+def softmax_backward(dy, y, *, scale=1.0, out=None, log=False, backend="auto"):
+    """dx of softmax (or log-softmax, log=True) from dy and the forward output y."""
+    fn = "log_softmax_backward" if log else "softmax_backward"
+    dev = _backend(dy, fn)
+    version = _version(backend, ["naive", "fused"])
+    _check(dev, dy, fn, "dy")
+    _check(dev, y, fn, "y")
+    _shape_is(y, dy.shape, fn, "y")
+    dx = _output(dev, out, dy.shape, fn, (dy, y))
+    cols = dy.shape[-1]
+    dev.lib.cuda_softmax_backward(version, dy.data.ptr, y.data.ptr, dx.data.ptr, dy.size // cols,
+                                  cols, float(scale), bool(log), dev.stream())
+    return dx
 
 
 # ---- shared checks for the families below ----------------------------------------------------
@@ -606,6 +624,50 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
                       _ptr(scores), B, H, Hkv, T, S, cap, D, float(scale), bool(causal),
                       dev.stream())
     return (y, lse) if return_lse else y
+
+
+def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, backend="auto"):
+    """(dq, dk, dv); backend "naive" (P materialized) or "flash"/"auto" (no [T, S] matrix;
+    naive when D > 128)."""
+    fn = "attention_backward"
+    dev = _backend(q, fn)
+    cp = dev.xp
+    for name, a in (("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out)):
+        _check(dev, a, fn, name, (4,))
+    _check(dev, lse, fn, "lse", (3,))
+    B, H, T, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"{fn}: k and v must both have shape [B, Hkv, S, D] = [{B}, Hkv, S, "
+                         f"{D}] to match q {q.shape}, got k {k.shape} and v {v.shape}")
+    Hkv, S = k.shape[1], k.shape[2]
+    if H % Hkv:
+        raise ValueError(f"{fn}: the number of query heads ({H}) must be a multiple of the "
+                         f"number of kv heads ({Hkv})")
+    _shape_is(dout, q.shape, fn, "dout")
+    _shape_is(out, q.shape, fn, "out")
+    _shape_is(lse, (B, H, T), fn, "lse")
+    if causal and S < T:
+        raise ValueError(f"{fn}: causal attention needs S >= T, got T = {T} and S = {S}")
+    if scale is None:
+        scale = 1.0 / D ** 0.5
+    if not (0 < scale < float("inf")):
+        raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
+    if backend in ("auto", "fast"):
+        version = 0 if D > _MAX_HEAD else 1
+    else:
+        version = _version(backend, ["naive", "flash"])
+        if version == 1 and D > _MAX_HEAD:
+            raise ValueError(f"{fn}: the flash version needs head size D <= {_MAX_HEAD}, got {D} "
+                             f"(use backend='naive')")
+    dq = cp.empty(q.shape, cp.float32)
+    dk, dv = cp.empty(k.shape, cp.float32), cp.empty(k.shape, cp.float32)
+    delta = cp.empty((B, H, T), cp.float32)
+    scores = cp.empty((B, H, T, S), cp.float32) if version == 0 else None
+    dev.lib.cuda_attention_backward(version, dout.data.ptr, q.data.ptr, k.data.ptr, v.data.ptr,
+                                    out.data.ptr, lse.data.ptr, dq.data.ptr, dk.data.ptr,
+                                    dv.data.ptr, delta.data.ptr, _ptr(scores), B, H, Hkv, T, S,
+                                    D, float(scale), bool(causal), dev.stream())
+    return dq, dk, dv
 
 
 # ---- quantized weights ---------------------------------------------------------------------------

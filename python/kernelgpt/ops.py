@@ -182,6 +182,9 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, back
     backend: "auto"/"flash" (flash-attention-2 style: recomputes the probabilities tile by tile
     from lse, O(T) extra memory), "naive", "numpy" (kernelgpt.reference.attention_backward).
     """
+    if _is_cupy(q):
+        return _cuda().attention_backward(dout, q, k, v, out, lse, causal=causal, scale=scale,
+                                          backend=backend)
     if backend == "numpy":
         _check_attention_numpy("attention_backward", q, k, v, causal, scale)
         grads = reference.attention_backward(dout, q, k, v, out, lse, causal, scale)
@@ -630,6 +633,8 @@ def softmax_backward(dy, y, *, scale=1.0, out=None, backend="auto"):
     dy, y: [..., S] float32 (y is the forward output; masked entries have y = 0 and get 0).
     Returns dx [..., S]. backend: "auto"/"fused", "naive", "numpy".
     """
+    if _is_cupy(dy):
+        return _cuda().softmax_backward(dy, y, scale=scale, out=out, backend=backend)
     if backend == "numpy":
         return _into(out, reference.softmax_backward(dy, y, scale=scale))
     return _C.softmax_backward(dy, y, out, scale, False, _native_version(backend, "fused"))
@@ -642,6 +647,8 @@ def log_softmax_backward(dy, y, *, scale=1.0, out=None, backend="auto"):
     and their dy is left out of the sum. Returns dx [..., S].
     backend: "auto"/"fused", "naive", "numpy".
     """
+    if _is_cupy(dy):
+        return _cuda().softmax_backward(dy, y, scale=scale, out=out, log=True, backend=backend)
     if backend == "numpy":
         return _into(out, reference.log_softmax_backward(dy, y, scale=scale))
     return _C.softmax_backward(dy, y, out, scale, True, _native_version(backend, "fused"))
