@@ -44,9 +44,9 @@ def device(request):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 13, 5), (64, 64, 64), (129, 257, 65),
-                                   (67, 36, 132), (5, 100, 8)])
+                                   (67, 36, 132), (5, 100, 8), (130, 33, 260)])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, True), (False, True), (True, False)])
-@pytest.mark.parametrize("backend", ["naive", "tiled", "blocked", "vectorized", "auto"])
+@pytest.mark.parametrize("backend", _cuda.MATMUL_VERSIONS + ["auto"])
 def test_cuda_matmul(rng, m, k, n, ta, tb, backend):
     a = randn(rng, *((k, m) if ta else (m, k)))
     b = randn(rng, *((n, k) if tb else (k, n)))
@@ -338,7 +338,7 @@ def test_cuda_mixed_and_dtype_errors(rng):
                          "q8_0", 2)
 
 
-@pytest.mark.parametrize("backend", ["naive", "tiled", "blocked", "vectorized"])
+@pytest.mark.parametrize("backend", _cuda.MATMUL_VERSIONS)
 def test_cuda_matmul_batched_accumulate(rng, backend):
     a, b = randn(rng, 3, 67, 44), randn(rng, 44, 72)  # k, n multiples of 4: float4 loads
     c0 = randn(rng, 3, 67, 72)
@@ -405,3 +405,41 @@ def test_cuda_attention_backward_matches_finite_differences(rng):
         fd = ((reference.attention(qp, k, v, True)[0] * w).sum()
               - (reference.attention(qm, k, v, True)[0] * w).sum()) / (2 * h)
         assert abs(host(dq)[idx] - fd) <= 1e-3 * max(1.0, abs(fd))
+
+
+def test_cuda_bf16_round_trip(rng):
+    x = randn(rng, 1001, scale=10.0)
+    x[:4] = [np.nan, np.inf, -0.0, 3.0e38]
+    bits = ops.to_bf16(gpu(x))
+    assert bits.dtype == np.uint16
+    ref = reference.to_bf16(x)
+    np.testing.assert_array_equal(host(bits)[1:], ref[1:])
+    assert np.isnan(host(ops.from_bf16(bits))[0])
+    np.testing.assert_array_equal(host(ops.from_bf16(bits))[1:], reference.from_bf16(ref)[1:])
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (7, 13, 5), (64, 64, 64), (67, 130, 129),
+                                   (3, 576, 200)])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("backend", ["naive", "wmma"])
+def test_cuda_matmul_bf16(rng, M, K, N, trans_b, backend):
+    a = reference.to_bf16(randn(rng, M, K))
+    b = reference.to_bf16(randn(rng, *((N, K) if trans_b else (K, N))))
+    c = _cuda.matmul_bf16(gpu(a), gpu(b), trans_b=trans_b, backend=backend)
+    fa, fb = f64(reference.from_bf16(a)), f64(reference.from_bf16(b))
+    ref = fa @ (fb.T if trans_b else fb)
+    terms = np.abs(fa) @ np.abs(fb.T if trans_b else fb)
+    # products of bf16 values are exact in float32; the sums round (tensor cores may truncate)
+    assert_close(host(c), ref, rtol=0, atol=1e-4 * terms.max())
+
+
+@pytest.mark.parametrize("backend", ["naive", "wmma"])
+def test_cuda_bf16_matmul_op(rng, backend):
+    x, w = randn(rng, 5, 96), reference.to_bf16(randn(rng, 33, 96))
+    y = ops.bf16_matmul(gpu(x), gpu(w), backend=backend)
+    xr = reference.from_bf16(reference.to_bf16(x))
+    ref = ops.bf16_matmul(xr, w, backend="numpy")
+    assert_close(host(y), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    y1 = ops.bf16_matmul(gpu(x[0]), gpu(w), backend=backend)
+    assert y1.shape == (33,)
+    assert_close(host(y1), ref[0], rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -9,10 +9,9 @@ namespace cuda {
 
 int device_count();  // 0 when there is no driver or no GPU
 
-// version 0: naive (one thread per output), 1: shared-memory tiled, 2: register-blocked
-// (4x4 outputs per thread), 3: 2 with float4 loads (falls back to 2 where layouts forbid).
-// See csrc/cuda/matmul.cu for the full list.
-constexpr int kMatmulVersions = 4;
+// versions (csrc/cuda/matmul.cu): 0 naive, 1 coalesced, 2 tiled, 3 blocked1d, 4 blocked,
+// 5 vectorized, 6 warptiled.
+constexpr int kMatmulVersions = 7;
 void matmul(int version, const float* a, const float* b, const float* bias, float* c,
             int64_t batch, int64_t m, int64_t n, int64_t k, int64_t batch_stride_a,
             int64_t batch_stride_b, int64_t batch_stride_c, bool trans_a, bool trans_b,
@@ -23,6 +22,13 @@ void matmul(int version, const float* a, const float* b, const float* bias, floa
 // version 0: one thread per row, 1: one block per row with warp reductions, online max/sum.
 void softmax(int version, const float* x, float* y, int64_t rows, int64_t cols, int64_t t,
              float scale, bool causal, bool log, uintptr_t stream);
+
+// bf16 (uint16 bits) matmul with float accumulation: c [m, n] = a [m, k] @ op(b), b [k, n] or
+// [n, k] with trans_b. version 0: naive, 1: WMMA tensor cores (csrc/cuda/matmul_bf16.cu).
+void matmul_bf16(int version, const uint16_t* a, const uint16_t* b, float* c, int64_t m,
+                 int64_t n, int64_t k, bool trans_b, uintptr_t stream);
+// float -> bf16 bits, round to nearest even (as reference.to_bf16).
+void to_bf16(const float* x, uint16_t* y, int64_t n, uintptr_t stream);
 
 // dx of softmax (log = false) or log-softmax (log = true) from dy and the forward output y.
 // version 0: one thread per row, 1: one block per row with a block reduction.

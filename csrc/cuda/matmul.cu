@@ -1,16 +1,29 @@
 // matmul on the GPU: C = op(A) @ op(B) (+ bias) (+ C), float32, row-major (see matmul.h).
+// The classic SGEMM ladder, each rung named for its idea (pick one with backend=):
 //
-// version 0: naive, one thread per output element, operands read from global memory.
-// version 1: shared-memory tiling: a 32x32 block of threads stages 32x32 tiles of op(A) and
-//            op(B) in shared memory so that each global value is read once per tile.
-// version 2: register blocking: a 16x16 block of threads computes a 64x64 tile of C, each
-//            thread a 4x4 grid of outputs (rows ty + 16 r, columns tx + 16 c) kept in
-//            registers; per step of k every value read from shared memory feeds 4
-//            multiply-adds instead of 1.
-// version 3: version 2 with float4 (16-byte) global loads of the tiles, one per thread per
-//            operand, when both operands are untransposed and every row starts 16-byte
-//            aligned (k and n multiples of 4); otherwise the launcher runs version 2.
-// (Tensor cores: not yet.)
+// version 0 "naive":      one thread per output, threadIdx.x walking down the rows of C: the
+//                         32 threads of a warp read 32 different rows of A and write C with a
+//                         stride of n floats (uncoalesced), the slowest way to do it.
+// version 1 "coalesced":  the same with threadIdx.x walking along a row of C: a warp reads one
+//                         value of A (a broadcast) and 32 consecutive values of B and C.
+// version 2 "tiled":      shared-memory tiling: a 32x32 block stages 32x32 tiles of op(A) and
+//                         op(B) in shared memory, so each global value is read once per tile.
+// version 3 "blocked1d":  1-D register blocking: 512 threads compute a 64x64 tile of C, each
+//                         thread 8 outputs down a column; per step of k one value of B from
+//                         shared memory feeds 8 multiply-adds.
+// version 4 "blocked":    2-D register blocking: a 16x16 block computes a 64x64 tile, each
+//                         thread a 4x4 grid of outputs (rows ty + 16 r, columns tx + 16 c);
+//                         per step of k, 4 + 4 shared-memory reads feed 16 multiply-adds.
+// version 5 "vectorized": version 4 with float4 (16-byte) global loads of the tiles when both
+//                         operands are untransposed and every row starts 16-byte aligned (k and
+//                         n multiples of 4); otherwise the launcher runs version 4.
+// version 6 "warptiled":  a 256-thread block computes a 128x128 tile; its 8 warps each own a
+//                         64x32 piece, split in 2x2 sub-tiles of 32x16 in which lane
+//                         (lane / 4, lane % 4) owns a 4x4 block: 64 accumulators per thread, fed
+//                         by float4 shared-memory reads that the lanes of a warp share
+//                         (broadcasts, no bank conflicts); float4 global loads when the layout
+//                         allows (as version 5), scalar loads otherwise.
+// bf16 on tensor cores: csrc/cuda/matmul_bf16.cu.
 #include "cuda/common.cuh"
 #include "cuda/cuda_kernels.h"
 
@@ -33,8 +46,28 @@ __device__ inline float b_at(const MatmulShape& p, const float* b, int64_t kk, i
   return p.trans_b ? b[j * p.k + kk] : b[kk * p.n + j];
 }
 
+// C[i, j] (of batch bi) = sum (+ bias[j]) (+ the old C[i, j] when accumulating).
+__device__ inline void store_c(const MatmulShape& p, int64_t bi, int64_t i, int64_t j,
+                               float sum) {
+  if (p.bias) sum += p.bias[j];
+  float* c = p.c + bi * p.sc + i * p.n + j;
+  *c = p.accumulate ? *c + sum : sum;
+}
+
 __global__ void matmul_naive(MatmulShape p) {
-  int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;  // x walks down the rows
+  int64_t j = blockIdx.y * (int64_t)blockDim.y + threadIdx.y;
+  int64_t bi = blockIdx.z;
+  if (i >= p.m || j >= p.n) return;
+  const float* a = p.a + bi * p.sa;
+  const float* b = p.b + bi * p.sb;
+  float sum = 0.0f;
+  for (int64_t kk = 0; kk < p.k; ++kk) sum += a_at(p, a, i, kk) * b_at(p, b, kk, j);
+  store_c(p, bi, i, j, sum);
+}
+
+__global__ void matmul_coalesced(MatmulShape p) {
+  int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;  // x walks along a row
   int64_t i = blockIdx.y * (int64_t)blockDim.y + threadIdx.y;
   int64_t bi = blockIdx.z;
   if (i >= p.m || j >= p.n) return;
@@ -42,9 +75,7 @@ __global__ void matmul_naive(MatmulShape p) {
   const float* b = p.b + bi * p.sb;
   float sum = 0.0f;
   for (int64_t kk = 0; kk < p.k; ++kk) sum += a_at(p, a, i, kk) * b_at(p, b, kk, j);
-  if (p.bias) sum += p.bias[j];
-  float* c = p.c + bi * p.sc + i * p.n + j;
-  *c = p.accumulate ? *c + sum : sum;
+  store_c(p, bi, i, j, sum);
 }
 
 constexpr int kTile = 32;
@@ -69,12 +100,42 @@ __global__ void matmul_tiled(MatmulShape p) {
     for (int kk = 0; kk < kTile; ++kk) sum += as[ty][kk] * bs[kk][tx];
     __syncthreads();
   }
-  if (i < p.m && j < p.n) {
-    if (p.bias) sum += p.bias[j];
-    float* c = p.c + bi * p.sc + i * p.n + j;
-    *c = p.accumulate ? *c + sum : sum;
-  }
+  if (i < p.m && j < p.n) store_c(p, bi, i, j, sum);
 }
+
+// ---- version 3: 1-D register blocking ------------------------------------------------------
+
+constexpr int k1BM = 64, k1BN = 64, k1BK = 8, k1TM = 8, k1Threads = k1BM * k1BN / k1TM;
+
+__global__ void matmul_blocked1d(MatmulShape p) {
+  __shared__ float as[k1BK][k1BM];  // op(A) tile, k-major
+  __shared__ float bs[k1BK][k1BN];
+  int tid = threadIdx.x, col = tid % k1BN, rows = (tid / k1BN) * k1TM;
+  int64_t i0 = blockIdx.y * (int64_t)k1BM, j0 = blockIdx.x * (int64_t)k1BN, bi = blockIdx.z;
+  const float* a = p.a + bi * p.sa;
+  const float* b = p.b + bi * p.sb;
+  float acc[k1TM] = {};
+  for (int64_t k0 = 0; k0 < p.k; k0 += k1BK) {
+    {  // 512 threads, 512 values per tile: one of each
+      int i = tid / k1BK, kk = tid % k1BK;
+      as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
+      int kb = tid / k1BN, j = tid % k1BN;
+      bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < k1BK; ++kk) {
+      float bv = bs[kk][col];
+#pragma unroll
+      for (int r = 0; r < k1TM; ++r) acc[r] += as[kk][rows + r] * bv;
+    }
+    __syncthreads();
+  }
+  for (int r = 0; r < k1TM; ++r)
+    if (i0 + rows + r < p.m && j0 + col < p.n) store_c(p, bi, i0 + rows + r, j0 + col, acc[r]);
+}
+
+// ---- versions 4 and 5: 2-D register blocking (5: float4 global loads) ------------------------
 
 constexpr int kBlockM = 64, kBlockN = 64, kBlockK = 16, kMicro = 4, kSide = 16;
 
@@ -135,12 +196,87 @@ __global__ void matmul_register_blocked(MatmulShape p) {
     int64_t i = i0 + ty + kSide * r;
     for (int c = 0; c < kMicro; ++c) {
       int64_t j = j0 + tx + kSide * c;
-      if (i >= p.m || j >= p.n) continue;
-      float sum = acc[r][c] + (p.bias ? p.bias[j] : 0.0f);
-      float* out = p.c + bi * p.sc + i * p.n + j;
-      *out = p.accumulate ? *out + sum : sum;
+      if (i < p.m && j < p.n) store_c(p, bi, i, j, acc[r][c]);
     }
   }
+}
+
+// ---- version 6: warp tiling -------------------------------------------------------------------
+
+constexpr int kWBM = 128, kWBN = 128, kWBK = 16, kWThreads = 256;
+constexpr int kWarpM = 64, kWarpN = 32, kSubM = 32, kSubN = 16, kLaneM = 4, kLaneN = 4;
+
+template <bool kVectorLoads>
+__global__ void matmul_warptiled(MatmulShape p) {
+  __shared__ __align__(16) float as[kWBK][kWBM];  // op(A) tile, k-major
+  __shared__ __align__(16) float bs[kWBK][kWBN];
+  int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  int wm = (warp / (kWBN / kWarpN)) * kWarpM, wn = (warp % (kWBN / kWarpN)) * kWarpN;
+  int lm = (lane / (kSubN / kLaneN)) * kLaneM, ln = (lane % (kSubN / kLaneN)) * kLaneN;
+  int64_t i0 = blockIdx.y * (int64_t)kWBM, j0 = blockIdx.x * (int64_t)kWBN, bi = blockIdx.z;
+  const float* a = p.a + bi * p.sa;
+  const float* b = p.b + bi * p.sb;
+  float acc[2][2][kLaneM][kLaneN] = {};
+  for (int64_t k0 = 0; k0 < p.k; k0 += kWBK) {
+    if (kVectorLoads) {  // 2 x 256 float4 per operand tile
+      for (int e = tid; e < kWBM * kWBK / 4; e += kWThreads) {
+        int i = e / (kWBK / 4), kq = (e % (kWBK / 4)) * 4;
+        float4 va = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (i0 + i < p.m && k0 + kq + 3 < p.k)
+          va = *reinterpret_cast<const float4*>(a + (i0 + i) * p.k + k0 + kq);
+        else
+          for (int q = 0; q < 4; ++q)
+            (&va.x)[q] = (i0 + i < p.m && k0 + kq + q < p.k) ? a[(i0 + i) * p.k + k0 + kq + q]
+                                                             : 0.0f;
+        as[kq][i] = va.x, as[kq + 1][i] = va.y, as[kq + 2][i] = va.z, as[kq + 3][i] = va.w;
+      }
+      for (int e = tid; e < kWBK * kWBN / 4; e += kWThreads) {
+        int kb = e / (kWBN / 4), jq = (e % (kWBN / 4)) * 4;
+        float4 vb = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (k0 + kb < p.k && j0 + jq + 3 < p.n)
+          vb = *reinterpret_cast<const float4*>(b + (k0 + kb) * p.n + j0 + jq);
+        else
+          for (int q = 0; q < 4; ++q)
+            (&vb.x)[q] = (k0 + kb < p.k && j0 + jq + q < p.n) ? b[(k0 + kb) * p.n + j0 + jq + q]
+                                                               : 0.0f;
+        *reinterpret_cast<float4*>(&bs[kb][jq]) = vb;
+      }
+    } else {
+      for (int e = tid; e < kWBM * kWBK; e += kWThreads) {
+        int i = e / kWBK, kk = e % kWBK;
+        as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
+        int kb = e / kWBN, j = e % kWBN;
+        bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kWBK; ++kk) {
+      float4 ar[2], br[2];
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        ar[s] = *reinterpret_cast<const float4*>(&as[kk][wm + s * kSubM + lm]);
+        br[s] = *reinterpret_cast<const float4*>(&bs[kk][wn + s * kSubN + ln]);
+      }
+#pragma unroll
+      for (int sm = 0; sm < 2; ++sm)
+#pragma unroll
+        for (int sn = 0; sn < 2; ++sn)
+#pragma unroll
+          for (int r = 0; r < kLaneM; ++r)
+#pragma unroll
+            for (int c = 0; c < kLaneN; ++c)
+              acc[sm][sn][r][c] += (&ar[sm].x)[r] * (&br[sn].x)[c];
+    }
+    __syncthreads();
+  }
+  for (int sm = 0; sm < 2; ++sm)
+    for (int sn = 0; sn < 2; ++sn)
+      for (int r = 0; r < kLaneM; ++r)
+        for (int c = 0; c < kLaneN; ++c) {
+          int64_t i = i0 + wm + sm * kSubM + lm + r, j = j0 + wn + sn * kSubN + ln + c;
+          if (i < p.m && j < p.n) store_c(p, bi, i, j, acc[sm][sn][r][c]);
+        }
 }
 
 void matmul(int version, const float* a, const float* b, const float* bias, float* c,
@@ -150,25 +286,47 @@ void matmul(int version, const float* a, const float* b, const float* bias, floa
   MatmulShape p{a, b, bias, c, m, n, k, batch_stride_a, batch_stride_b, batch_stride_c,
                 trans_a, trans_b, accumulate};
   if (batch > 65535) throw std::runtime_error("matmul (cuda): batch larger than 65535");
-  dim3 block(kTile, kTile);
-  dim3 grid((unsigned)((n + kTile - 1) / kTile), (unsigned)((m + kTile - 1) / kTile),
-            (unsigned)batch);
-  if (version == 0) {
-    matmul_naive<<<grid, block, 0, as_stream(stream)>>>(p);
-  } else if (version == 1) {
-    matmul_tiled<<<grid, block, 0, as_stream(stream)>>>(p);
-  } else {
-    dim3 grid2((unsigned)((n + kBlockN - 1) / kBlockN), (unsigned)((m + kBlockM - 1) / kBlockM),
-               (unsigned)batch);
-    auto aligned = [](const void* ptr, int64_t stride) {
-      return (uintptr_t)ptr % 16 == 0 && stride % 4 == 0;
-    };
-    bool vec = version == 3 && !trans_a && !trans_b && k % 4 == 0 && n % 4 == 0 &&
-               aligned(a, batch_stride_a) && aligned(b, batch_stride_b);
-    if (vec)
-      matmul_register_blocked<true><<<grid2, dim3(kSide, kSide), 0, as_stream(stream)>>>(p);
-    else
-      matmul_register_blocked<false><<<grid2, dim3(kSide, kSide), 0, as_stream(stream)>>>(p);
+  cudaStream_t st = as_stream(stream);
+  auto blocks = [](int64_t x, int tile) { return (unsigned)((x + tile - 1) / tile); };
+  auto aligned = [](const void* ptr, int64_t stride) {
+    return (uintptr_t)ptr % 16 == 0 && stride % 4 == 0;
+  };
+  bool vec = !trans_a && !trans_b && k % 4 == 0 && n % 4 == 0 && aligned(a, batch_stride_a) &&
+             aligned(b, batch_stride_b);
+  dim3 square(kTile, kTile);
+  switch (version) {
+    case 0:
+      matmul_naive<<<dim3(blocks(m, kTile), blocks(n, kTile), (unsigned)batch), square, 0,
+                     st>>>(p);
+      break;
+    case 1:
+      matmul_coalesced<<<dim3(blocks(n, kTile), blocks(m, kTile), (unsigned)batch), square, 0,
+                         st>>>(p);
+      break;
+    case 2:
+      matmul_tiled<<<dim3(blocks(n, kTile), blocks(m, kTile), (unsigned)batch), square, 0,
+                     st>>>(p);
+      break;
+    case 3:
+      matmul_blocked1d<<<dim3(blocks(n, k1BN), blocks(m, k1BM), (unsigned)batch), k1Threads, 0,
+                         st>>>(p);
+      break;
+    case 4:
+    case 5: {
+      dim3 grid(blocks(n, kBlockN), blocks(m, kBlockM), (unsigned)batch);
+      if (version == 5 && vec)
+        matmul_register_blocked<true><<<grid, dim3(kSide, kSide), 0, st>>>(p);
+      else
+        matmul_register_blocked<false><<<grid, dim3(kSide, kSide), 0, st>>>(p);
+      break;
+    }
+    default: {
+      dim3 grid(blocks(n, kWBN), blocks(m, kWBM), (unsigned)batch);
+      if (vec)
+        matmul_warptiled<true><<<grid, kWThreads, 0, st>>>(p);
+      else
+        matmul_warptiled<false><<<grid, kWThreads, 0, st>>>(p);
+    }
   }
   check(cudaGetLastError(), "matmul (cuda) launch");
 }

@@ -293,3 +293,110 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return __nv_bfloat16{(uint16_t)(bits >> 16)};
 }
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// ---- WMMA (tensor cores), emulated ---------------------------------------------------------------
+// On a GPU a fragment's elements are spread over the 32 lanes in an unspecified layout; here
+// every lane holds the whole tile (num_elements = rows * cols), which code that only touches
+// x[i] element by element cannot tell apart. load / store / mma are warp-collective (all 32
+// lanes must take part) and check what CUDA requires: ldm a multiple of 16 bytes and the
+// pointer 32-byte aligned.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
+  static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
+  static constexpr int num_elements = rows * cols;
+  T x[num_elements];
+};
+
+namespace detail {
+inline float as_float(float v) { return v; }
+inline float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline float as_float(__half v) { return __half2float(v); }
+template <typename T>
+void check_access(const T* p, unsigned ldm, const char* what) {
+  if (ldm * sizeof(T) % 16 != 0)
+    ::kg_emu::fail(std::string(what) + ": ldm must be a multiple of 16 bytes, got " +
+                   std::to_string(ldm) + " elements of " + std::to_string(sizeof(T)) + " bytes");
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0)
+    ::kg_emu::fail(std::string(what) + ": the pointer must be 32-byte aligned");
+}
+inline bool row_major_layout(row_major*) { return true; }
+inline bool row_major_layout(col_major*) { return false; }
+}  // namespace detail
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
+  for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
+}
+template <int M, int N, int K>
+void fill_fragment(fragment<accumulator, M, N, K, float, void>& f, float v) {
+  for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+  detail::check_access(p, ldm, "wmma::load_matrix_sync");
+  __syncwarp();
+  bool row = detail::row_major_layout(static_cast<Layout*>(nullptr));
+  for (int r = 0; r < f.rows; ++r)
+    for (int c = 0; c < f.cols; ++c) f.x[r * f.cols + c] = row ? p[r * ldm + c] : p[c * ldm + r];
+  __syncwarp();
+}
+template <int M, int N, int K>
+void load_matrix_sync(fragment<accumulator, M, N, K, float, void>& f, const float* p,
+                      unsigned ldm, layout_t layout) {
+  detail::check_access(p, ldm, "wmma::load_matrix_sync");
+  __syncwarp();
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c)
+      f.x[r * N + c] = layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+  __syncwarp();
+}
+template <int M, int N, int K>
+void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float, void>& f,
+                       unsigned ldm, layout_t layout) {
+  detail::check_access(p, ldm, "wmma::store_matrix_sync");
+  __syncwarp();
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c)
+      (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+  __syncwarp();
+}
+// d = a @ b + c with float accumulation (products of 16-bit inputs are exact in float).
+template <int M, int N, int K, typename T, typename LA, typename LB>
+void mma_sync(fragment<accumulator, M, N, K, float, void>& d,
+              const fragment<matrix_a, M, N, K, T, LA>& a,
+              const fragment<matrix_b, M, N, K, T, LB>& b,
+              const fragment<accumulator, M, N, K, float, void>& c) {
+  __syncwarp();
+  float out[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float sum = c.x[i * N + j];
+      for (int k = 0; k < K; ++k)
+        sum += detail::as_float(a.x[i * K + k]) * detail::as_float(b.x[k * N + j]);
+      out[i * N + j] = sum;
+    }
+  for (int e = 0; e < M * N; ++e) d.x[e] = out[e];
+}
+}  // namespace wmma
+}  // namespace nvcuda

@@ -97,7 +97,9 @@ def _version(backend, names):
     return names.index(backend)
 
 
-MATMUL_VERSIONS = ["naive", "tiled", "blocked", "vectorized"]
+# the SGEMM ladder of csrc/cuda/matmul.cu, slowest first
+MATMUL_VERSIONS = ["naive", "coalesced", "tiled", "blocked1d", "blocked", "vectorized",
+                   "warptiled"]
 
 
 def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False,
@@ -668,6 +670,84 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, back
                                     dv.data.ptr, delta.data.ptr, _ptr(scores), B, H, Hkv, T, S,
                                     D, float(scale), bool(causal), dev.stream())
     return dq, dk, dv
+
+
+# ---- bf16 ---------------------------------------------------------------------------------------
+
+
+def _check_bits(dev, x, fn, name):
+    cp = dev.xp
+    if not isinstance(x, cp.ndarray) or x.dtype != cp.uint16:
+        raise TypeError(f"{fn}: {name} must be a {dev.what} uint16 array of bf16 bits like the "
+                        f"other arguments, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{fn}: {name} must be C-contiguous")
+    if x.size == 0:
+        raise ValueError(f"{fn}: {name} has a zero-size dimension, shape {x.shape}")
+    return x
+
+
+def to_bf16(x, *, out=None, backend="auto"):
+    fn = "to_bf16"
+    dev = _backend(x, fn)
+    _version(backend, ["naive"])
+    _check(dev, x, fn, "x")
+    cp = dev.xp
+    if out is None:
+        out = cp.empty(x.shape, cp.uint16)
+    else:
+        _check_bits(dev, out, fn, "out")
+        _shape_is(out, x.shape, fn, "out")
+    dev.lib.cuda_to_bf16(x.data.ptr, out.data.ptr, x.size, dev.stream())
+    return out
+
+
+def from_bf16(bits, *, out=None, backend="auto"):
+    """Exact: the 16 bits moved to the top of a float32 (a CuPy / numpy expression)."""
+    fn = "from_bf16"
+    dev = _backend(bits, fn)
+    _check_bits(dev, bits, fn, "bits")
+    cp = dev.xp
+    y = (bits.astype(cp.uint32) << 16).view(cp.float32)
+    if out is None:
+        return y
+    _check(dev, out, fn, "out")
+    _shape_is(out, bits.shape, fn, "out")
+    out[...] = y
+    return out
+
+
+def matmul_bf16(a, b, *, trans_b=False, out=None, backend="auto"):
+    """c = a @ op(b) with a [M, K], b [K, N] (or [N, K] with trans_b) bf16 bits (uint16), float32
+    accumulation and output. backend: "naive", "wmma"/"auto" (tensor cores)."""
+    fn = "matmul_bf16"
+    dev = _backend(a, fn)
+    version = _version(backend, ["naive", "wmma"])
+    _check_bits(dev, a, fn, "a")
+    _check_bits(dev, b, fn, "b")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"{fn}: a and b must be 2-D, got {a.shape} and {b.shape}")
+    M, K = a.shape
+    N, Kb = (b.shape[0], b.shape[1]) if trans_b else (b.shape[1], b.shape[0])
+    if K != Kb:
+        raise ValueError(f"{fn}: inner dimensions differ: a {a.shape}, b {b.shape} "
+                         f"(trans_b={trans_b})")
+    c = _output(dev, out, (M, N), fn, ())
+    dev.lib.cuda_matmul_bf16(version, a.data.ptr, b.data.ptr, c.data.ptr, M, N, K,
+                             bool(trans_b), dev.stream())
+    return c
+
+
+def bf16_matmul(x, w, *, out=None, backend="auto"):
+    """y = x @ W^T, W [N, K] bf16 bits: x is rounded to bf16 on the device (tensor-core inputs),
+    products accumulate in float32. backend: "naive", "wmma"/"auto"."""
+    fn = "bf16_matmul"
+    dev = _backend(x, fn)
+    _check(dev, x, fn, "x", (1, 2))
+    xb = to_bf16(x)
+    y = matmul_bf16(xb.reshape(-1, x.shape[-1]), w, trans_b=True,
+                    out=None if out is None else out.reshape(-1, w.shape[0]), backend=backend)
+    return y.reshape(x.shape[:-1] + (w.shape[0],)) if out is None else out
 
 
 # ---- quantized weights ---------------------------------------------------------------------------

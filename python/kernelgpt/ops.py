@@ -838,6 +838,8 @@ def _check_bf16_numpy(fn, bits, name):
 def to_bf16(x, *, out=None, backend="auto"):
     """float32 array -> uint16 array of bf16 bit patterns, same shape: round to nearest, ties to
     even (denormals included); NaN stays NaN, overflow becomes inf."""
+    if _is_cupy(x):
+        return _cuda().to_bf16(x, out=out, backend=backend)
     if backend == "numpy":
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise TypeError("to_bf16: x must be a float32 numpy array")
@@ -856,6 +858,8 @@ def to_bf16(x, *, out=None, backend="auto"):
 
 def from_bf16(bits, *, out=None, backend="auto"):
     """uint16 bf16 bit patterns -> float32 array of the same shape (exact)."""
+    if _is_cupy(bits):
+        return _cuda().from_bf16(bits, out=out, backend=backend)
     if backend == "numpy":
         _check_bf16_numpy("from_bf16", bits, "bits")
         return _into(out, reference.from_bf16(bits))
@@ -877,7 +881,11 @@ def bf16_matmul(x, w, *, out=None, backend="auto"):
                 CPU has it): ~2^-9 relative error per element of x; compare against
                 bf16_matmul(from_bf16(to_bf16(x)), w)
       "numpy"   reference.bf16_matmul (float64 accumulation)
+    On device arrays (CuPy / cuda_emu): x is rounded to bf16 on the device and the product runs
+    on tensor cores ("wmma", the default) or "naive"; compare as for "dpbf16".
     """
+    if _is_cupy(x):
+        return _cuda().bf16_matmul(x, w, out=out, backend=backend)
     if backend == "numpy":
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             raise TypeError("bf16_matmul: x must be a float32 numpy array")
