@@ -1,99 +1,270 @@
-"""Every version of every CUDA kernel, timed with CUDA events on CuPy's stream.
+"""Every version of every CUDA kernel against CuPy's built-ins, and two end-to-end jobs.
 
     env PYTHONPATH=python python3 benchmarks/bench_cuda.py [--repeats 20]
+    env PYTHONPATH=python python3 benchmarks/bench_cuda.py --device emu --small   # a dry run
 
-Prints one line per (kernel, version): the median time and the rate it implies (GB/s for the
-memory-bound kernels: the bytes each kernel must read + write once; GFLOP/s for matmul).
-Results are checked against the numpy reference once before timing (the tests do it
-thoroughly). Needs a CUDA build of kernelgpt, CuPy and a GPU; exits with a message otherwise.
+Kernels are timed with CUDA events on CuPy's stream (median of --repeats after a warm-up).
+Each line: the median time, the rate it implies (TFLOP/s for products, GB/s for the memory-bound
+kernels: the bytes each must read + write once), that rate as a % of the GPU's peak (memory
+bandwidth from the device properties; FLOP peaks are not computed, compare with the baseline
+instead) and the ratio to the baseline on the same line:
+  - matmul fp32: cupy.matmul (cuBLAS SGEMM);
+  - matmul bf16: torch.matmul in bf16 if a CUDA PyTorch is installed, else cupy.matmul in fp16
+    (cuBLAS on the same tensor cores; CuPy has no bf16 type);
+  - softmax, layernorm, cross-entropy: the same formula as CuPy expressions;
+  - attention: torch.nn.functional.scaled_dot_product_attention when a CUDA PyTorch is there.
+End to end: a GPT-2-124M-sized model's training step (tokens/s, `GPT.to("cuda")`) and
+SmolLM2-135M decoding (tokens/s, `load_model("smollm2", device="cuda")`, if fetched).
+Every result is checked against the numpy reference once before timing.
+
+--device emu runs the same script on the CPU emulator (kernelgpt.cuda_emu) with --small sizes:
+it checks that the script and the kernels run, its times mean nothing.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
+import time
 
 import numpy as np
 
-from kernelgpt import _cuda, ops, reference
+from kernelgpt import _cuda, cuda_emu, ops, reference
 
 
-def timed(cp, fn, repeats):
-    fn()  # warm-up (and the first call's lazy CuPy kernel compilation)
-    times = []
-    for _ in range(repeats):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) * 1e-3)
-    return statistics.median(times)
+class Timer:
+    def __init__(self, xp, device, repeats):
+        self.xp, self.device, self.repeats = xp, device, repeats
+
+    def __call__(self, fn):
+        fn()  # warm-up (and CuPy's lazy kernel compilation)
+        times = []
+        for _ in range(self.repeats):
+            if self.device == "cuda":
+                start, stop = self.xp.cuda.Event(), self.xp.cuda.Event()
+                start.record()
+                fn()
+                stop.record()
+                stop.synchronize()
+                times.append(self.xp.cuda.get_elapsed_time(start, stop) * 1e-3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+
+def peak_bandwidth(xp, device):
+    """Bytes/s of the GPU's memory (2 transfers per clock), or None on the emulator."""
+    if device != "cuda":
+        return None
+    props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    bw = 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8
+    print(f"device: {name}, {props['multiProcessorCount']} SMs, memory {bw / 1e12:.2f} TB/s")
+    return bw
+
+
+def cuda_torch():
+    try:
+        import torch
+        return torch if torch.cuda.is_available() else None
+    except Exception:
+        return None
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", choices=["cuda", "emu"], default="cuda")
+    parser.add_argument("--small", action="store_true", help="tiny sizes (for --device emu)")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end jobs")
     args = parser.parse_args()
-    if not _cuda.available():
-        sys.exit("bench_cuda: needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU")
-    import cupy as cp
-
+    if args.device == "cuda":
+        if not _cuda.available():
+            sys.exit("bench_cuda: needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU "
+                     "(--device emu --small runs it on the CPU emulator)")
+        import cupy as xp
+    else:
+        xp = cuda_emu
+    small = args.small
+    timed = Timer(xp, args.device, args.repeats)
+    bw = peak_bandwidth(xp, args.device)
+    torch = cuda_torch() if args.device == "cuda" else None
     rng = np.random.default_rng(0)
 
     def randn(*shape):
-        return cp.asarray(rng.standard_normal(shape).astype(np.float32))
+        return xp.asarray(rng.standard_normal(shape).astype(np.float32))
 
-    def row(name, version, seconds, amount, unit):
-        rate = amount / seconds / 1e9
-        print(f"{name:<28} {version:<10} {seconds * 1e3:9.3f} ms {rate:9.1f} {unit}")
+    def row(name, version, seconds, amount, unit, base=None):
+        rate = amount / seconds / (1e12 if unit == "TFLOP/s" else 1e9)
+        peak = f"{amount / seconds / bw * 100:5.1f}% peak" if bw and unit == "GB/s" else " " * 10
+        ratio = f"{base / seconds:6.2f}x baseline" if base else ""
+        print(f"{name:<30} {version:<12} {seconds * 1e3:9.3f} ms {rate:9.2f} {unit:<8} {peak} "
+              f"{ratio}", flush=True)
 
-    M = N = K = 2048
-    a, b = randn(M, K), randn(K, N)
-    for v in ("naive", "tiled", "blocked", "vectorized"):
-        row(f"matmul {M}^3", v, timed(cp, lambda: ops.matmul(a, b, backend=v), args.repeats),
-            2 * M * N * K, "GFLOP/s")
+    # ---- matmul fp32: the SGEMM ladder against cuBLAS ----------------------------------------
+    n = 64 if small else 4096
+    a, b = randn(n, n), randn(n, n)
+    ref = cuda_emu.asnumpy(a) @ cuda_emu.asnumpy(b) if small else None
+    base = timed(lambda: xp.matmul(a, b))
+    row(f"matmul fp32 {n}^3", "cuBLAS", base, 2 * n ** 3, "TFLOP/s")
+    for v in _cuda.MATMUL_VERSIONS:
+        if small:
+            assert np.allclose(xp.asnumpy(ops.matmul(a, b, backend=v)), ref, atol=1e-3), v
+        row(f"matmul fp32 {n}^3", v, timed(lambda: ops.matmul(a, b, backend=v)), 2 * n ** 3,
+            "TFLOP/s", base)
 
-    x, w, bias = randn(8192, 768), randn(768), randn(768)
-    for v in ("naive", "fast"):
-        row("layernorm 8192x768", v, timed(cp, lambda: ops.layernorm(x, w, bias, backend=v),
-                                           args.repeats), 2 * x.nbytes, "GB/s")
-        row("rmsnorm 8192x768", v, timed(cp, lambda: ops.rmsnorm(x, w, backend=v),
-                                         args.repeats), 2 * x.nbytes, "GB/s")
+    # ---- matmul bf16 on tensor cores -----------------------------------------------------------
+    ab, bb = ops.to_bf16(a), ops.to_bf16(b)
+    if torch is not None:
+        ta = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        tb = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        base, what = timed(lambda: torch.matmul(ta, tb)), "torch bf16"
+    elif args.device == "cuda":
+        ah, bh = a.astype(xp.float16), b.astype(xp.float16)
+        base, what = timed(lambda: xp.matmul(ah, bh)), "cuBLAS fp16"
+    else:
+        base, what = None, None
+    if base:
+        row(f"matmul bf16 {n}^3", what, base, 2 * n ** 3, "TFLOP/s")
+    for v in ("naive", "wmma"):
+        row(f"matmul bf16 {n}^3", v, timed(lambda: _cuda.matmul_bf16(ab, bb, backend=v)),
+            2 * n ** 3, "TFLOP/s", base)
 
-    big = randn(1 << 24)
-    for v in ("naive", "vec4"):
-        row("gelu 16M", v, timed(cp, lambda: ops.gelu(big, backend=v), args.repeats),
-            2 * big.nbytes, "GB/s")
+    # ---- memory-bound kernels against CuPy expressions ----------------------------------------
+    rows, cols = (8, 100) if small else (8192, 8192)
+    x = randn(rows, cols)
 
-    logits = randn(512, 50257)
-    targets = cp.asarray(rng.integers(0, 50257, 512))
+    def cupy_softmax():
+        e = xp.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    base = timed(cupy_softmax)
+    row(f"softmax {rows}x{cols}", "CuPy", base, 2 * x.nbytes, "GB/s")
     for v in ("naive", "online"):
-        row("cross_entropy 512x50257", v,
-            timed(cp, lambda: ops.cross_entropy(logits, targets, return_grad=True, backend=v),
-                  args.repeats), 2 * logits.nbytes, "GB/s")
+        row(f"softmax {rows}x{cols}", v, timed(lambda: ops.softmax(x, backend=v)),
+            2 * x.nbytes, "GB/s", base)
+    y = ops.softmax(x)
+    for v in ("naive", "fused"):
+        row(f"softmax_backward {rows}x{cols}", v,
+            timed(lambda: ops.softmax_backward(x, y, backend=v)), 3 * x.nbytes, "GB/s")
 
-    q, k, vv = randn(4, 12, 1024, 64), randn(4, 12, 1024, 64), randn(4, 12, 1024, 64)
-    ref, _ = reference.attention(cp.asnumpy(q[:1, :2]), cp.asnumpy(k[:1, :2]),
-                                 cp.asnumpy(vv[:1, :2]))
+    rows, cols = (8, 96) if small else (16384, 768)
+    xl, w, bias = randn(rows, cols), randn(cols), randn(cols)
+
+    def cupy_layernorm():
+        mu = xl.mean(axis=-1, keepdims=True)
+        var = ((xl - mu) ** 2).mean(axis=-1, keepdims=True)
+        return (xl - mu) / xp.sqrt(var + 1e-5) * w + bias
+
+    base = timed(cupy_layernorm)
+    row(f"layernorm {rows}x{cols}", "CuPy", base, 2 * xl.nbytes, "GB/s")
+    for v in ("naive", "fast"):
+        row(f"layernorm {rows}x{cols}", v, timed(lambda: ops.layernorm(xl, w, bias, backend=v)),
+            2 * xl.nbytes, "GB/s", base)
+        row(f"rmsnorm {rows}x{cols}", v, timed(lambda: ops.rmsnorm(xl, w, backend=v)),
+            2 * xl.nbytes, "GB/s")
+
+    big = randn(1 << (10 if small else 26))
+    base = timed(lambda: 0.5 * big * (1 + xp.tanh(0.7978845608 * (big + 0.044715 * big ** 3))))
+    row(f"gelu {big.size}", "CuPy", base, 2 * big.nbytes, "GB/s")
+    for v in ("naive", "vec4"):
+        row(f"gelu {big.size}", v, timed(lambda: ops.gelu(big, backend=v)), 2 * big.nbytes,
+            "GB/s", base)
+
+    rows, V = (4, 1000) if small else (8192, 50257)
+    logits = randn(rows, V)
+    targets = xp.asarray(rng.integers(0, V, rows))
+
+    def cupy_ce():
+        m = logits.max(axis=-1, keepdims=True)
+        lse = m[:, 0] + xp.log(xp.exp(logits - m).sum(axis=-1))
+        grad = xp.exp(logits - lse[:, None])
+        grad[xp.arange(rows), targets] -= 1
+        return (lse - logits[xp.arange(rows), targets]).mean(), grad / rows
+
+    base = timed(cupy_ce)
+    row(f"cross_entropy {rows}x{V}", "CuPy", base, 2 * logits.nbytes, "GB/s")
+    for v in ("naive", "online"):
+        row(f"cross_entropy {rows}x{V}", v,
+            timed(lambda: ops.cross_entropy(logits, targets, return_grad=True, backend=v)),
+            2 * logits.nbytes, "GB/s", base)
+
+    # ---- attention ------------------------------------------------------------------------------
+    B, H, T, D = (1, 2, 64, 64) if small else (4, 12, 2048, 64)
+    q, k, vv = randn(B, H, T, D), randn(B, H, T, D), randn(B, H, T, D)
+    flops = 4 * B * H * T * T * D / 2  # causal: half the scores
+    ref, _ = reference.attention(*(xp.asnumpy(t[:1, :1]) for t in (q, k, vv)))
+    base = None
+    if torch is not None:
+        tq, tk, tv = (torch.as_tensor(t, device="cuda") for t in (q, k, vv))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        base = timed(lambda: sdpa(tq, tk, tv, is_causal=True))
+        row(f"attention fp32 {B}x{H}x{T}x{D}", "torch SDPA", base, flops, "TFLOP/s")
     for v in ("naive", "flash"):
-        got = cp.asnumpy(ops.attention(q[:1, :2].copy(), k[:1, :2].copy(), vv[:1, :2].copy(),
-                                       backend=v))
-        assert np.abs(got - ref).max() < 1e-3, v
-        flops = 4 * 4 * 12 * 1024 * 1024 * 64 / 2  # causal: half the scores
-        row("attention 4x12x1024x64", v, timed(cp, lambda: ops.attention(q, k, vv, backend=v),
-                                              args.repeats), flops, "GFLOP/s")
-    q1, kc, vc = randn(1, 32, 1, 64), randn(1, 8, 4096, 64), randn(1, 8, 4096, 64)
+        got = ops.attention(q[:1, :1].copy(), k[:1, :1].copy(), vv[:1, :1].copy(), backend=v)
+        assert np.abs(xp.asnumpy(got) - ref).max() < 1e-3, v
+        row(f"attention fp32 {B}x{H}x{T}x{D}", v, timed(lambda: ops.attention(q, k, vv,
+                                                                               backend=v)),
+            flops, "TFLOP/s", base)
+    out, lse = ops.attention(q, k, vv, return_lse=True)
+    dout = randn(B, H, T, D)
+    for v in ("naive", "flash"):
+        row(f"attention bwd {B}x{H}x{T}x{D}", v,
+            timed(lambda: ops.attention_backward(dout, q, k, vv, out, lse, backend=v)),
+            2.5 * flops, "TFLOP/s")
+    S = 256 if small else 4096
+    q1, kc, vc = randn(1, 9, 1, 64), randn(1, 3, S, 64), randn(1, 3, S, 64)
     for v in ("naive", "flash", "decode"):
-        row("decode 1 query vs 4096", v, timed(cp, lambda: ops.attention(q1, kc, vc, backend=v),
-                                               args.repeats), kc.nbytes + vc.nbytes, "GB/s")
+        row(f"decode 1 query vs {S}", v, timed(lambda: ops.attention(q1, kc, vc, backend=v)),
+            kc.nbytes + vc.nbytes, "GB/s")
 
-    wq = reference.quantize(rng.standard_normal((4096, 4096)).astype(np.float32), "q4_1")
-    raw, xq = cp.asarray(wq), randn(4096)
+    rows = 64 if small else 4096
+    wq = reference.quantize(rng.standard_normal((rows, rows)).astype(np.float32), "q4_1")
+    raw, xq = xp.asarray(wq), randn(rows)
     for v in ("naive", "warp"):
-        row("quant_matmul q4_1 4096^2", v,
-            timed(cp, lambda: ops.quant_matmul(xq, raw, "q4_1", 4096, backend=v), args.repeats),
-            raw.nbytes, "GB/s")
+        row(f"quant_matmul q4_1 {rows}^2", v,
+            timed(lambda: ops.quant_matmul(xq, raw, "q4_1", rows, backend=v)), raw.nbytes,
+            "GB/s")
+
+    if args.no_e2e:
+        return
+    # ---- end to end -------------------------------------------------------------------------
+    from kernelgpt.model import GPT, GPTConfig
+    if small:
+        cfg = GPTConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=32, block_size=16)
+        batch = 2
+    else:
+        cfg = GPTConfig(vocab_size=50304, n_layer=12, n_head=12, n_embd=768, block_size=1024)
+        batch = 8
+    model = GPT(cfg, seed=0).to(args.device)
+    idx = rng.integers(0, cfg.vocab_size, (batch, cfg.block_size))
+    tgt = rng.integers(0, cfg.vocab_size, (batch, cfg.block_size))
+
+    def step():
+        model.zero_grad()
+        model.forward_backward(idx, tgt)
+        ops.clip_grad_norm(model.grads.data, 1.0)
+
+    sec = timed(step)
+    print(f"train step {cfg.n_layer}L/{cfg.n_embd}d B{batch} T{cfg.block_size}: {sec * 1e3:.1f}"
+          f" ms, {batch * cfg.block_size / sec:,.0f} tokens/s (fp32, forward + backward + "
+          f"clip; the AdamW step adds one pass over the weights)", flush=True)
+    if small:
+        return
+    try:
+        from kernelgpt import load_model
+        smol = load_model("smollm2", device=args.device)
+    except Exception as e:  # not fetched
+        print(f"SmolLM2 decode: skipped ({e})")
+        return
+    from kernelgpt.generate import GenerationStats
+    stats = GenerationStats()
+    smol.generate("The capital of France is", 128, temperature=0, stats=stats)
+    prefill = stats.prompt_tokens / max(stats.prefill_seconds, 1e-9)
+    print(f"SmolLM2-135M decode on {args.device}: {stats.decode_tokens_per_second:.1f} "
+          f"tokens/s, prefill {prefill:.1f} tokens/s (one launch per kernel, no CUDA graphs)")
 
 
 if __name__ == "__main__":

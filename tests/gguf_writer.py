@@ -59,14 +59,22 @@ class Tensor:
     n_dims: Optional[int] = None  # written instead of len(ne) when given
 
 
-def tensor(name, shape, type_name="F32", rng=None) -> Tensor:
-    """A tensor of numpy shape `shape` with random contents of the right size."""
+def tensor(name, shape, type_name="F32", rng=None, numeric=False) -> Tensor:
+    """A tensor of numpy shape `shape` with random contents of the right size; numeric=True
+    makes them a usable weight (normal values * 0.2, quantized properly) instead of raw bytes."""
     rng = rng or np.random.default_rng(len(name))
     type_id, block, size = GGML[type_name]
     ne = tuple(reversed(shape))
     n = int(np.prod(shape))
     if type_name == "F32":
         data = rng.standard_normal(n).astype("<f4").tobytes()
+    elif numeric:
+        from kernelgpt import reference
+        values = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        if type_name == "F16":
+            data = values.astype("<f2").tobytes()
+        else:
+            data = reference.quantize(values, type_name.lower()).tobytes()
     else:
         data = rng.integers(0, 256, n // block * size, dtype=np.uint8).tobytes()
     return Tensor(name, ne, type_id, data)
@@ -102,9 +110,9 @@ MERGES = ["a b", "c d", "ab cd", "Ġ a", "Ġa b"]
 N_LAYER, N_EMBD, N_HEAD, N_KV_HEAD, N_FF = 2, 32, 4, 2, 64
 
 
-def llama_parts(untied=False):
+def llama_parts(untied=False, numeric=False):
     """(metadata dict key -> (type, value), tensors) of a valid 2-layer Llama GGUF that also
-    holds one metadata value of every type."""
+    holds one metadata value of every type. numeric=True: weights a model can run."""
     kvs = {
         "general.architecture": (STRING, "llama"),
         "general.name": (STRING, "tiny llama ☃"),
@@ -138,21 +146,21 @@ def llama_parts(untied=False):
     rng = np.random.default_rng(7)
     V, C, F = len(TOKENS), N_EMBD, N_FF
     hd = C // N_HEAD
-    tensors = [tensor("token_embd.weight", (V, C), "Q8_0", rng),
-               tensor("output_norm.weight", (C,), "F32", rng)]
+    tensors = [tensor("token_embd.weight", (V, C), "Q8_0", rng, numeric),
+               tensor("output_norm.weight", (C,), "F32", rng, numeric)]
     if untied:
-        tensors.append(tensor("output.weight", (V, C), "Q4_1", rng))
+        tensors.append(tensor("output.weight", (V, C), "Q4_1", rng, numeric))
     for i in range(N_LAYER):
         p = f"blk.{i}."
-        tensors += [tensor(p + "attn_norm.weight", (C,), "F32", rng),
-                    tensor(p + "attn_q.weight", (N_HEAD * hd, C), "Q4_1", rng),
-                    tensor(p + "attn_k.weight", (N_KV_HEAD * hd, C), "Q4_1", rng),
-                    tensor(p + "attn_v.weight", (N_KV_HEAD * hd, C), "Q8_0", rng),
-                    tensor(p + "attn_output.weight", (C, N_HEAD * hd), "F32", rng),
-                    tensor(p + "ffn_norm.weight", (C,), "F32", rng),
-                    tensor(p + "ffn_gate.weight", (F, C), "Q4_1", rng),
-                    tensor(p + "ffn_up.weight", (F, C), "F16", rng),
-                    tensor(p + "ffn_down.weight", (C, F), "Q4_1", rng)]
+        tensors += [tensor(p + "attn_norm.weight", (C,), "F32", rng, numeric),
+                    tensor(p + "attn_q.weight", (N_HEAD * hd, C), "Q4_1", rng, numeric),
+                    tensor(p + "attn_k.weight", (N_KV_HEAD * hd, C), "Q4_1", rng, numeric),
+                    tensor(p + "attn_v.weight", (N_KV_HEAD * hd, C), "Q8_0", rng, numeric),
+                    tensor(p + "attn_output.weight", (C, N_HEAD * hd), "F32", rng, numeric),
+                    tensor(p + "ffn_norm.weight", (C,), "F32", rng, numeric),
+                    tensor(p + "ffn_gate.weight", (F, C), "Q4_1", rng, numeric),
+                    tensor(p + "ffn_up.weight", (F, C), "F16", rng, numeric),
+                    tensor(p + "ffn_down.weight", (C, F), "Q4_1", rng, numeric)]
     return kvs, tensors
 
 

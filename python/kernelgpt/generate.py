@@ -22,6 +22,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .model import to_numpy
 from .sampling import Sampler, SamplingConfig
 
 __all__ = ["generate", "GenerationStats"]
@@ -83,7 +84,7 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
     if reuse == len(ids):  # the whole prompt is cached: recompute its last token for logits
         reuse -= 1
     cache.truncate(reuse)
-    logits = model.forward_cached(np.asarray([ids[reuse:]]), cache)[0]
+    logits = to_numpy(model.forward_cached(np.asarray([ids[reuse:]]), cache)[0])
     stats.prefill_seconds = time.perf_counter() - t0
     context = list(ids)
     fast = fast_decode and hasattr(model, "decode_next") and model.supports_fast_decode(cache)
@@ -120,11 +121,11 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
         if cache.length >= min(block, cache.max_len):
             keep_tokens = context[-(block // 2):]
             cache.reset()
-            logits = model.forward_cached(np.asarray([keep_tokens]), cache)[0]
+            logits = to_numpy(model.forward_cached(np.asarray([keep_tokens]), cache)[0])
         elif fast:
             logits = model.decode_next(token, cache, out=logits_buffer)
         else:
-            logits = model.forward_cached(np.asarray([[token]]), cache)[0]
+            logits = to_numpy(model.forward_cached(np.asarray([[token]]), cache)[0])
     else:
         pass
     if not stats.stop_reason:

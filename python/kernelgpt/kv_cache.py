@@ -16,13 +16,16 @@ __all__ = ["KVCache"]
 
 
 class KVCache:
-    def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, max_len: int, batch: int = 1):
+    def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, max_len: int, batch: int = 1,
+                 device: str = "cpu"):
         if min(n_layer, n_kv_head, head_dim, max_len, batch) < 1:
             raise ValueError("KVCache: every dimension must be >= 1")
-        self.max_len = max_len
+        from .model import array_module
+        xp = array_module(device)  # the buffers live where the model runs (GPT.to)
+        self.max_len, self.device = max_len, device
         shape = (batch, n_kv_head, max_len, head_dim)
-        self.k: List[np.ndarray] = [np.zeros(shape, np.float32) for _ in range(n_layer)]
-        self.v: List[np.ndarray] = [np.zeros(shape, np.float32) for _ in range(n_layer)]
+        self.k: List[np.ndarray] = [xp.zeros(shape, np.float32) for _ in range(n_layer)]
+        self.v: List[np.ndarray] = [xp.zeros(shape, np.float32) for _ in range(n_layer)]
         self.length = 0          # positions filled (the same for every layer)
         self.tokens: List[int] = []  # the ids at those positions (batch entry 0)
 

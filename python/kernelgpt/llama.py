@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from . import ops
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, _move, array_module, to_numpy
 
 __all__ = ["QuantWeight", "Bf16Weight", "LlamaModel", "load_model", "config_from_gguf"]
 
@@ -52,7 +52,7 @@ class QuantWeight:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Dequantized rows ids (an embedding lookup straight from the quantized table)."""
-        picked = np.ascontiguousarray(self.raw[ids])
+        picked = self.raw[ids]  # fancy indexing: a new C-contiguous array (numpy or device)
         return ops.dequantize(picked, self.qtype, (len(ids), int(self.shape[1])))
 
 
@@ -77,7 +77,7 @@ class Bf16Weight:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows ids widened to float32 (an embedding lookup straight from the bf16 table)."""
-        return ops.from_bf16(np.ascontiguousarray(self.bits[ids]))
+        return ops.from_bf16(self.bits[ids])
 
 
 class _QuantOps:
@@ -105,8 +105,8 @@ class _QuantOps:
 
     def embedding(self, ids, table, *, out=None, **kw):
         if isinstance(table, (QuantWeight, Bf16Weight)):
-            ids = np.asarray(ids)
-            if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+            host = to_numpy(ids)  # ids may live on a device; the range check reads them here
+            if host.size and (host.min() < 0 or host.max() >= table.shape[0]):
                 raise ValueError(f"embedding: token ids must be in [0, {table.shape[0]})")
             rows = table.rows(ids.reshape(-1))
             if out is not None:
@@ -223,6 +223,7 @@ class LlamaModel(GPT):
             self.params = _Params(tensors)
             self.grads, self._acts, self._sin_cache, self._runner = None, None, {}, None
             self.n_decayed = 0
+            self.device, self.xp = "cpu", np
         else:
             super().__init__(config, seed=None)
             for name in self.params.names():
@@ -236,6 +237,29 @@ class LlamaModel(GPT):
         self.source = source
         self._chat_cache = None
 
+    def to(self, device: str) -> "LlamaModel":
+        """Moves the weights (quantized blocks as they are) to 'cpu', 'cuda' or 'emu' (see
+        GPT.to). On a device, generate / chat run every step with the CUDA kernels (quantized
+        matvecs, attention against a KV cache kept on the device); logits come back to the host
+        for sampling."""
+        if not self.quantized:
+            super().to(device)
+        else:
+            xp = array_module(device)
+
+            def move(t):
+                if isinstance(t, QuantWeight):
+                    return QuantWeight(_move(t.raw, xp), t.qtype, t.shape)
+                if isinstance(t, Bf16Weight):
+                    return Bf16Weight(_move(t.bits, xp), t.shape)
+                return _move(t, xp)
+
+            self.params = _Params({n: move(t) for n, t in self.params.views.items()})
+            self.device, self.xp = device, xp
+            self._runner, self._sin_cache = None, {}
+        self._chat_cache = None
+        return self
+
     def forward_backward(self, *args, **kwargs):
         if self.quantized:
             raise ValueError(f"a {self.weights} model cannot be trained: load it with weights='fp32'")
@@ -244,7 +268,8 @@ class LlamaModel(GPT):
     def supports_fast_decode(self, cache) -> bool:
         if not self.quantized:
             return super().supports_fast_decode(cache)
-        return cache.k[0].shape[0] == 1 and cache.k[0].dtype == np.float32
+        return self.device == "cpu" and cache.k[0].shape[0] == 1 and \
+            cache.k[0].dtype == np.float32
 
     def _build_runner(self, cache):
         if not self.quantized:
@@ -306,10 +331,12 @@ def _gguf_path(name_or_path: Union[str, os.PathLike]) -> Path:
 
 
 def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: str = "quantized",
-               max_context: Optional[int] = None) -> LlamaModel:
+               max_context: Optional[int] = None, device: str = "cpu") -> LlamaModel:
     """A Llama-architecture GGUF model, by name ('smollm2', fetched with `kernelgpt fetch
     smollm2`) or path. weights: 'quantized' (as stored: Q4_1 / Q8_0, the default), 'fp32', or
-    'bf16' (dequantized once, then every weight matrix rounded to bfloat16; norms stay fp32)."""
+    'bf16' (dequantized once, then every weight matrix rounded to bfloat16; norms stay fp32).
+    device: 'cpu' (C++ kernels), 'cuda' (the CUDA kernels on a GPU through CuPy) or 'emu' (the
+    CUDA kernels on the CPU emulator: slow, for checking the GPU path); see LlamaModel.to."""
     if weights not in ("quantized", "fp32", "bf16"):
         raise ValueError(f"weights must be 'quantized', 'fp32' or 'bf16', got {weights!r}")
     from .io.gguf import GGUFFile, validate_llama
@@ -328,7 +355,7 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     model = LlamaModel(config, tensors, tokenizer, md.get("tokenizer.chat_template"),
                        stop_token_ids(tokenizer), weights != "fp32", str(path), weights)
     model._gguf = gguf  # keeps the memory map alive as long as the model
-    return model
+    return model.to(device) if device != "cpu" else model
 
 
 # ---- `kernelgpt generate` and `kernelgpt chat` --------------------------------------------------
@@ -345,6 +372,9 @@ def _add_common(p) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stats", action="store_true", help="print prefill and decode speed")
+    p.add_argument("--device", choices=["cpu", "cuda", "emu"], default="cpu",
+                   help="cpu (default): C++ kernels; cuda: CUDA kernels on a GPU (CuPy); emu: "
+                        "the CUDA kernels on the CPU emulator (very slow, for checking)")
 
 
 def _sampling(args) -> dict:
@@ -369,7 +399,7 @@ def add_generate_arguments(p) -> None:
 def generate_main(args) -> int:
     import sys
     from .generate import GenerationStats
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=args.device)
     stats = GenerationStats()
     if args.chat:
         pieces = model.chat([{"role": "user", "content": args.prompt}], args.max_new_tokens,
@@ -397,11 +427,11 @@ def chat_main(args) -> int:
     system prompt, /quit (or Ctrl-D) leaves."""
     import sys
     from .generate import GenerationStats
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, device=args.device)
     system = args.system
     history: List[dict] = []
     print(f"kernelgpt chat: {Path(model.source).name}, {model.config.n_layer} layers, "
-          f"{model.weights} weights. /reset, /system TEXT, /quit",
+          f"{model.weights} weights on {model.device}. /reset, /system TEXT, /quit",
           file=sys.stderr)
     while True:
         try:

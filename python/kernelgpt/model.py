@@ -95,11 +95,45 @@ class GPTConfig:
         return cls(**d)
 
 
+def array_module(device: str):
+    """The array module of a device: numpy ("cpu"), cupy ("cuda"), kernelgpt.cuda_emu ("emu")."""
+    if device == "cpu":
+        return np
+    if device == "emu":
+        from . import cuda_emu
+        if not cuda_emu.available():
+            raise RuntimeError("device 'emu': kernelgpt was built without the CUDA emulator")
+        return cuda_emu
+    if device == "cuda":
+        from . import _cuda
+        if not _cuda.available():
+            raise RuntimeError("device 'cuda' needs a CUDA build of kernelgpt, CuPy "
+                               "(pip install kernelgpt[cuda]) and an NVIDIA GPU; none was found "
+                               "(device='emu' runs the CUDA kernels on the CPU instead)")
+        import cupy
+        return cupy
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'emu', got {device!r}")
+
+
+def to_numpy(a) -> np.ndarray:
+    """A host numpy array of a numpy, CuPy or cuda_emu array (a copy for device arrays)."""
+    on_device = type(a).__module__.split(".")[0] == "cupy" or \
+        type(a).__module__ == "kernelgpt.cuda_emu"
+    return np.asarray(a.get()) if on_device else np.asarray(a)
+
+
+def _move(a, xp):
+    """Array `a` on the device of array module xp (no copy when it is already there)."""
+    if xp is np:
+        return to_numpy(a)
+    return xp.asarray(a)
+
+
 class FlatBuffer:
     """One contiguous float32 array with named, shaped views into it."""
 
     def __init__(self, layout: List[Tuple[str, Tuple[int, ...]]], data: Optional[np.ndarray] = None,
-                 dtype=np.float32):
+                 dtype=np.float32, xp=np):
         self.layout = list(layout)
         self.offsets: Dict[str, Tuple[int, Tuple[int, ...]]] = {}
         offset = 0
@@ -108,7 +142,7 @@ class FlatBuffer:
             offset += int(np.prod(shape))
         self.size = offset
         if data is None:
-            data = np.zeros(offset, dtype=dtype)
+            data = xp.zeros(offset, dtype=dtype)  # xp: numpy, cupy or kernelgpt.cuda_emu
         if data.dtype != dtype or data.shape != (offset,) or not data.flags.c_contiguous:
             raise ValueError(f"FlatBuffer: data must be contiguous {np.dtype(dtype).name} of "
                              f"shape ({offset},)")
@@ -201,6 +235,27 @@ class GPT:
             self.init_weights(seed)  # seed=None: all zeros (to be loaded)
         self._sin_cache: Dict[int, np.ndarray] = {}
         self._runner = None  # (params.data, cache, _C.Transformer) of the last decode_next
+        self.device, self.xp = "cpu", np  # see to()
+
+    # ---- devices ------------------------------------------------------------------------------
+
+    def to(self, device: str) -> "GPT":
+        """Moves the parameters (and gradients) to `device` and returns the model.
+
+        "cpu": numpy arrays and the C++ kernels (the default); "cuda": CuPy arrays and the
+        CUDA kernels (needs a GPU, CuPy and a CUDA build); "emu": kernelgpt.cuda_emu arrays,
+        the same CUDA kernels run by the CPU emulator (slow; for checking the GPU path on a
+        machine without one). Training (forward_backward, loss, train()) runs on any device;
+        generation (forward_cached, logits, generate) needs "cpu"."""
+        if self.ops is not ops:
+            raise ValueError("to(): only the native backend runs on devices")
+        xp = array_module(device)
+        self.params = FlatBuffer(self.params.layout, _move(self.params.data, xp), self.dtype, xp)
+        if self.grads is not None:
+            self.grads = FlatBuffer(self.grads.layout, _move(self.grads.data, xp), self.dtype, xp)
+        self.device, self.xp = device, xp
+        self._acts, self._runner, self._sin_cache = None, None, {}
+        return self
 
     # ---- parameters ------------------------------------------------------------------------
 
@@ -231,7 +286,7 @@ class GPT:
 
     def zero_grad(self) -> None:
         if self.grads is None:
-            self.grads = FlatBuffer(self.params.layout, dtype=self.dtype)
+            self.grads = FlatBuffer(self.params.layout, dtype=self.dtype, xp=self.xp)
         self.grads.zero()
 
     # ---- pieces shared by training and inference --------------------------------------------
@@ -253,7 +308,7 @@ class GPT:
         if c.positions == "sinusoidal":
             table = self._sin_cache.get(c.block_size)
             if table is None:
-                table = self.ops.sinusoidal_positions(c.block_size, c.n_embd)
+                table = _move(self.ops.sinusoidal_positions(c.block_size, c.n_embd), self.xp)
                 self._sin_cache[c.block_size] = table
             return table[t0: t0 + T]
         return None  # RoPE: positions enter inside attention
@@ -265,7 +320,8 @@ class GPT:
         if act == "relu":
             return self.ops.relu(h, out=out)
         F = self.config.mlp_hidden
-        return self.ops.swiglu(np.ascontiguousarray(h[:, :F]), np.ascontiguousarray(h[:, F:]), out=out)
+        xp = self.xp
+        return self.ops.swiglu(xp.ascontiguousarray(h[:, :F]), xp.ascontiguousarray(h[:, F:]), out=out)
 
     def _rope(self, x, t0, backward=False):
         c = self.config
@@ -277,19 +333,19 @@ class GPT:
         c = self.config
         H, Hkv, hd = c.n_head, c.n_kv_head, c.head_dim
         heads = qkv.reshape(B, T, H + 2 * Hkv, hd).transpose(0, 2, 1, 3)
-        q = np.ascontiguousarray(heads[:, :H])
-        k = np.ascontiguousarray(heads[:, H: H + Hkv])
-        v = np.ascontiguousarray(heads[:, H + Hkv:])
+        xp = self.xp
+        q = xp.ascontiguousarray(heads[:, :H])
+        k = xp.ascontiguousarray(heads[:, H: H + Hkv])
+        v = xp.ascontiguousarray(heads[:, H + Hkv:])
         return q, k, v
 
-    @staticmethod
-    def _merge_heads(y, out=None):
+    def _merge_heads(self, y, out=None):
         """y [B, H, T, hd] -> [B*T, H*hd]."""
         B, H, T, hd = y.shape
         merged = y.transpose(0, 2, 1, 3).reshape(B * T, H * hd)
         if out is None:
-            return np.ascontiguousarray(merged)
-        np.copyto(out, merged)
+            return self.xp.ascontiguousarray(merged)
+        out[...] = merged
         return out
 
     # ---- training: forward, loss and backward ---------------------------------------------------
@@ -303,9 +359,10 @@ class GPT:
         if self.grads is None:
             self.zero_grad()
         B, T = idx.shape
+        count = int(np.count_nonzero(targets != ignore_index))
+        idx, targets = _move(idx, self.xp), _move(targets, self.xp)
         acts = self._activations(B, T)
         self._forward_train(idx, acts)
-        count = int(np.count_nonzero(targets != ignore_index))
         loss, d_x = self._head_loss(acts, targets.reshape(-1), ignore_index, count,
                                     with_grad=True, grad_scale=grad_scale)
         self._backward(idx, acts, d_x)
@@ -315,15 +372,17 @@ class GPT:
         """Mean cross-entropy, forward only (evaluation)."""
         idx, targets = self._check_batch(idx, targets)
         B, T = idx.shape
+        count = int(np.count_nonzero(targets != ignore_index))
+        idx, targets = _move(idx, self.xp), _move(targets, self.xp)
         acts = self._activations(B, T)
         self._forward_train(idx, acts)
-        count = int(np.count_nonzero(targets != ignore_index))
         loss, _ = self._head_loss(acts, targets.reshape(-1), ignore_index, count, with_grad=False)
         return loss
 
     def _check_batch(self, idx, targets):
+        """Validated host (numpy) int64 copies of idx and targets [B, T]."""
         c = self.config
-        idx = np.asarray(idx)
+        idx = to_numpy(idx)
         if idx.ndim == 1:
             idx = idx[None]
         if idx.ndim != 2 or idx.dtype.kind not in "iu":
@@ -334,7 +393,7 @@ class GPT:
             raise ValueError(f"token ids must be in [0, {c.vocab_size}), got "
                              f"[{idx.min()}, {idx.max()}]")
         if targets is not None:
-            targets = np.asarray(targets)
+            targets = to_numpy(targets)
             if targets.ndim == 1:
                 targets = targets[None]
             if targets.shape != idx.shape:
@@ -345,7 +404,7 @@ class GPT:
     def _activations(self, B: int, T: int) -> "_Activations":
         if self._acts is None or self._acts.shape != (B, T):
             self._acts = None  # free the old buffers first
-            self._acts = _Activations(self.config, B, T, self.dtype)
+            self._acts = _Activations(self.config, B, T, self.dtype, self.xp)
         return self._acts
 
     def _forward_train(self, idx, a: "_Activations") -> None:
@@ -413,7 +472,7 @@ class GPT:
             dlogits *= dlogits.dtype.type(scale)
             self.ops.matmul(dlogits, lnf[r0:r1], trans_a=True, out=g_head, accumulate=True)
             self.ops.matmul(dlogits, W, out=d_lnf[r0:r1])
-        return total / max(count, 1), d_lnf
+        return float(total) / max(count, 1), d_lnf  # float(): one device-to-host read
 
     def _linear_backward(self, d_y, x, name, d_x_out=None, accumulate_dx=False):
         """y = x @ W^T + b: adds dW, db into the gradient buffer and returns dx."""
@@ -455,16 +514,17 @@ class GPT:
             elif c.activation == "relu":
                 d_h = self.ops.relu_backward(d_act, h)
             else:
-                d_gate, d_up = self.ops.swiglu_backward(d_act, np.ascontiguousarray(h[:, :F]),
-                                                   np.ascontiguousarray(h[:, F:]))
-                d_h = np.concatenate([d_gate, d_up], axis=1)
+                xp = self.xp
+                d_gate, d_up = self.ops.swiglu_backward(d_act, xp.ascontiguousarray(h[:, :F]),
+                                                        xp.ascontiguousarray(h[:, F:]))
+                d_h = xp.concatenate([d_gate, d_up], axis=1)
             d_ln2 = self._linear_backward(d_h, a[f"ln2_{i}"], L + "mlp.c_fc")
             d_mid = self._norm_backward(d_ln2, a[f"mid{i}"], i, "ln_2", a.stats[f"ln2_{i}"])
             d_mid += d_res
             # attention: mid = res{i} + c_proj(attention(heads(c_attn(ln_1(res{i})))))
             d_attm = self._linear_backward(d_mid, a[f"attm_{i}"], L + "attn.c_proj")
             q, k, v, y, lse = a.saved[f"attn_{i}"]
-            d_y = np.ascontiguousarray(d_attm.reshape(B, T, H, hd).transpose(0, 2, 1, 3))
+            d_y = self.xp.ascontiguousarray(d_attm.reshape(B, T, H, hd).transpose(0, 2, 1, 3))
             dq, dk, dv = self.ops.attention_backward(d_y, q, k, v, y, lse, causal=True)
             if c.positions == "rope":
                 dq, dk = self._rope(dq, 0, backward=True), self._rope(dk, 0, backward=True)
@@ -486,7 +546,8 @@ class GPT:
     def new_cache(self, max_len: Optional[int] = None, batch: int = 1):
         from .kv_cache import KVCache
         c = self.config
-        return KVCache(c.n_layer, c.n_kv_head, c.head_dim, max_len or c.block_size, batch)
+        return KVCache(c.n_layer, c.n_kv_head, c.head_dim, max_len or c.block_size, batch,
+                       device=self.device)
 
     def forward_cached(self, ids: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
         """Runs ids [B, T] (the tokens after the cached ones) through the model, appending their
@@ -494,7 +555,11 @@ class GPT:
         every position [B, T, V] with all_logits=True. One batched pass for a whole prompt
         (prefill), one token at a time while generating (decode)."""
         c, P = self.config, self.params
-        ids, _ = self._check_batch(ids, None)
+        if getattr(cache, "device", "cpu") != self.device:
+            raise ValueError(f"forward_cached: the cache is on {getattr(cache, 'device', 'cpu')!r}"
+                             f" and the model on {self.device!r} (make it with model.new_cache())")
+        host_ids, _ = self._check_batch(ids, None)
+        ids = _move(host_ids, self.xp)
         B, T = ids.shape
         t0 = cache.length
         if t0 + T > min(c.block_size, cache.max_len):
@@ -520,10 +585,10 @@ class GPT:
             h = self.ops.linear(h, P[L + "mlp.c_fc.weight"], P.views.get(L + "mlp.c_fc.bias"))
             a = self._activate(h, out=None)
             x += self.ops.linear(a, P[L + "mlp.c_proj.weight"], P.views.get(L + "mlp.c_proj.bias"))
-        cache.advance(ids[0])
+        cache.advance(host_ids[0])
         x = x.reshape(B, T, -1)
         if not all_logits:
-            x = np.ascontiguousarray(x[:, -1])
+            x = self.xp.ascontiguousarray(x[:, -1])
         xf = self._norm(x.reshape(-1, c.n_embd), None, None)
         logits = self.ops.linear(xf, self.lm_head)
         return logits.reshape(B, T, -1) if all_logits else logits
@@ -532,7 +597,8 @@ class GPT:
 
     def supports_fast_decode(self, cache) -> bool:
         """Whether decode_next can run with this cache: the native backend, batch 1."""
-        return self.ops is ops and cache.k[0].shape[0] == 1 and cache.k[0].dtype == np.float32
+        return self.ops is ops and self.device == "cpu" and cache.k[0].shape[0] == 1 and \
+            cache.k[0].dtype == np.float32
 
     def decode_next(self, token: int, cache, out: Optional[np.ndarray] = None) -> np.ndarray:
         """forward_cached(np.array([[token]]), cache)[0] in one native call: appends the token
@@ -578,7 +644,7 @@ class GPT:
 class _Activations:
     """What the training forward pass keeps for the backward pass, for one (B, T)."""
 
-    def __init__(self, c: GPTConfig, B: int, T: int, dtype=np.float32):
+    def __init__(self, c: GPTConfig, B: int, T: int, dtype=np.float32, xp=np):
         self.shape = (B, T)
         N, C = B * T, c.n_embd
         fc_out = 2 * c.mlp_hidden if c.activation == "swiglu" else c.mlp_hidden
@@ -590,7 +656,7 @@ class _Activations:
                 (f"ln1_{i}", (N, C)), (f"attm_{i}", (N, C)), (f"mid{i}", (N, C)),
                 (f"ln2_{i}", (N, C)), (f"fch_{i}", (N, fc_out)), (f"fcha_{i}", (N, c.mlp_hidden)),
             ]
-        self.buffer = FlatBuffer(layout, dtype=dtype)
+        self.buffer = FlatBuffer(layout, dtype=dtype, xp=xp)
         self.stats: Dict[str, tuple] = {}
         self.saved: Dict[str, tuple] = {}
 

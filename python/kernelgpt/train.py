@@ -35,7 +35,7 @@ from . import ops
 from .data import CharTokenizer, TokenData, read_texts, save_json
 from .io import safetensors
 from .io.atomic import atomic_write_bytes, fsync_dir
-from .model import GPT, GPTConfig
+from .model import GPT, GPTConfig, array_module, to_numpy
 
 __all__ = ["TrainConfig", "train", "load_checkpoint", "save_checkpoint", "latest_checkpoint"]
 
@@ -65,6 +65,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     progress: bool = True
     plot: bool = True
+    device: str = "cpu"              # "cpu" | "cuda" (CuPy, a GPU) | "emu" (the CUDA emulator)
 
     def validate(self):
         checks = [
@@ -80,6 +81,7 @@ class TrainConfig:
             (self.eval_interval >= 1 and self.eval_iters >= 1, "eval_interval, eval_iters >= 1"),
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
             (self.tokenizer in ("char", "bpe", "cl100k_base"), f"unknown tokenizer {self.tokenizer!r}"),
+            (self.device in ("cpu", "cuda", "emu"), f"device must be cpu, cuda or emu, got {self.device!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -157,9 +159,11 @@ def save_checkpoint(out: Path, model: GPT, tc: TrainConfig, tokenizer, state: di
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    tensors = {n: model.params[n] for n in model.params.names()}
+    host = to_numpy(model.params.data)  # one copy from the device (a no-op on the CPU)
+    tensors = {n: host[o: o + int(np.prod(s))].reshape(s)
+               for n, (o, s) in model.params.offsets.items()}
     safetensors.save(tensors, tmp / "model.safetensors", metadata={"format": "np"})
-    safetensors.save({"m": m, "v": v}, tmp / "optimizer.safetensors")
+    safetensors.save({"m": to_numpy(m), "v": to_numpy(v)}, tmp / "optimizer.safetensors")
     tok = tokenizer_to_dict(tokenizer)
     if tok["kind"] == "bpe":
         tokenizer.save(tmp / tok["tiktoken_file"])
@@ -273,7 +277,7 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
     if resume:
         model, tokenizer, cfg, state, (m, v) = load_checkpoint(out, with_optimizer=True)
         tc = dataclasses.replace(TrainConfig(**cfg["train"]), out=str(out), progress=tc.progress,
-                                 plot=tc.plot)
+                                 plot=tc.plot, device=tc.device)
         tokenizer, data = _prepare_data(tc, out, tokenizer)
         if max_iters is not None:
             tc = dataclasses.replace(tc, max_iters=max_iters)
@@ -293,6 +297,9 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
         rng = np.random.default_rng(tc.seed)
         step = 0
         log_rows = []
+    xp = array_module(tc.device)
+    model.to(tc.device)
+    m, v = xp.asarray(m), xp.asarray(v)  # AdamW's moments live with the parameters
     c = model.config
     block = c.block_size
     nd = model.n_decayed
@@ -403,12 +410,16 @@ def add_arguments(p) -> None:
     p.add_argument("--norm", choices=["layernorm", "rmsnorm"], default=None)
     p.add_argument("--activation", choices=["gelu", "swiglu", "relu"], default=None)
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "out", "tokenizer", "bpe_vocab_size", "progress", "plot"):
+        if f.name in ("data", "out", "tokenizer", "bpe_vocab_size", "progress", "plot", "device"):
             continue
         typ = {int: int, float: float}.get(type(f.default), float)
         if f.name == "lr_decay_iters":
             typ = int
         p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=None)
+    p.add_argument("--device", choices=["cpu", "cuda", "emu"], default=None,
+                   help="cpu (default): C++ kernels; cuda: the CUDA kernels on a GPU through "
+                        "CuPy (pip install '.[cuda]'); emu: the same CUDA kernels on the CPU "
+                        "emulator (slow, for checking the GPU path without a GPU)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plot", action="store_true")
 
