@@ -136,3 +136,19 @@ def test_cli_generate_and_chat(capsys, monkeypatch):
     captured = capsys.readouterr()
     assert captured.out.startswith("Gravity is a fundamental")
     assert "system prompt set" in captured.err and "conversation cleared" in captured.err
+
+
+def test_on_the_cuda_emulator_matches_the_cpu(model):
+    """The real model through the CUDA kernels (the emulator: ~10 s per token on one core):
+    the prompt's logits and the greedy text are the CPU's."""
+    from kernelgpt import cuda_emu
+    from kernelgpt.llama import load_model
+    from kernelgpt.model import to_numpy
+    if not cuda_emu.available():
+        pytest.skip("built without the CUDA emulator")
+    emu = load_model(GGUF, device="emu")
+    ids = model.tokenizer.encode("The capital of France is")
+    a = model.forward_cached(np.array([ids]), model.new_cache())
+    b = to_numpy(emu.forward_cached(np.array([ids]), emu.new_cache()))
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    assert emu.generate(ids, 3, temperature=0) == model.generate(ids, 3, temperature=0)

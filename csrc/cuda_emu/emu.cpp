@@ -7,6 +7,9 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <thread>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -144,6 +147,12 @@ thread_local std::map<void*, uint64_t> g_poisoned;
 std::string g_order = "forward";
 uint64_t g_seed = 0;
 std::map<const void*, size_t> g_max_dynamic_shared;
+unsigned g_workers = 0;  // OS threads running blocks; 0: one per CPU, at most 8
+
+unsigned default_workers() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : std::min(n, 8u);
+}
 
 Block& block() {
   if (!g_block) throw std::runtime_error("cuda emulator: a device function ran outside a kernel");
@@ -358,26 +367,40 @@ void run_grid(const void* kernel, dim3 grid, dim3 blk, size_t shared,
     bad(std::to_string(shared) + " bytes of dynamic shared memory, the limit is " +
         std::to_string(limit) + " (raise it with cudaFuncSetAttribute, at most 227 KiB)");
   if (g_block) bad("a kernel launched from inside a kernel");
-  Block b;
-  b.grid = grid;
-  b.block = blk;
-  b.threads = (unsigned)threads;
-  b.body = &body;
-  b.dynamic_shared.resize((shared + sizeof(float) - 1) / sizeof(float) + 1);
-  g_block = &b;
-  uint64_t serial = 0;
-  try {
-    for (unsigned z = 0; z < grid.z; ++z)
-      for (unsigned y = 0; y < grid.y; ++y)
-        for (unsigned x = 0; x < grid.x; ++x) {
-          b.bid = {x, y, z};
-          run_block(b, serial++);
-        }
-  } catch (...) {
+  // Blocks are independent (as on a GPU): worker threads take them in turn, each with its own
+  // Block state, fiber stacks and copies of the static __shared__ variables (thread_local).
+  uint64_t blocks = (uint64_t)grid.x * grid.y * grid.z;
+  unsigned workers = (unsigned)std::min<uint64_t>(blocks, g_workers ? g_workers : default_workers());
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mutex;
+  std::string first_error;
+  auto work = [&]() {
+    Block b;
+    b.grid = grid;
+    b.block = blk;
+    b.threads = (unsigned)threads;
+    b.body = &body;
+    b.dynamic_shared.resize((shared + sizeof(float) - 1) / sizeof(float) + 1);
+    g_block = &b;
+    try {
+      for (uint64_t s; !failed.load() && (s = next.fetch_add(1)) < blocks;) {
+        b.bid = {(unsigned)(s % grid.x), (unsigned)(s / grid.x % grid.y),
+                 (unsigned)(s / ((uint64_t)grid.x * grid.y))};
+        run_block(b, s);
+      }
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (first_error.empty()) first_error = e.what();
+      failed = true;
+    }
     g_block = nullptr;
-    throw;
-  }
-  g_block = nullptr;
+  };
+  std::vector<std::thread> pool;
+  for (unsigned w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+  if (failed) throw std::runtime_error(first_error);
 }
 
 void set_max_dynamic_shared(const void* kernel, int bytes) {
@@ -395,6 +418,12 @@ void set_order(const std::string& order, uint64_t seed) {
   g_seed = seed;
 }
 std::string get_order() { return g_order; }
+
+void set_workers(unsigned n) {
+  if (n > 256) throw std::invalid_argument("cuda emulator: at most 256 workers");
+  g_workers = n;
+}
+unsigned get_workers() { return g_workers ? g_workers : default_workers(); }
 
 }  // namespace kg_emu
 

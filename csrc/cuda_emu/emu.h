@@ -10,8 +10,8 @@
 // header instead of <cuda_runtime.h>. Nothing else in the kernels changes.
 //
 // The model it implements (csrc/cuda_emu/emu.cpp):
-//   - blocks run one after another; inside a block every thread is a fiber (ucontext) and the
-//     fibers of a block run one at a time, each until it reaches a barrier or returns;
+//   - inside a block every thread is a fiber and the fibers of a block run one at a time, each
+//     until it reaches a barrier or returns;
 //   - __syncthreads() is a barrier for all threads of the block. It is an error (a
 //     RuntimeError naming the thread) for a thread to return while others wait at it or to
 //     reach it after another thread returned: on a GPU that code hangs or is undefined;
@@ -27,8 +27,9 @@
 //   - launch limits are checked as on a GPU (1024 threads per block, grid y, z <= 65535,
 //     48 KiB of dynamic shared memory unless cudaFuncSetAttribute raised it, up to 227 KiB).
 // Memory is host memory: device pointers are the numpy arrays' addresses.
-// Not modelled: timing, memory coalescing, bank conflicts, races between blocks, atomics'
-// ordering (atomics are plain read-modify-writes: one OS thread runs everything).
+// Blocks run on several OS threads at once (set_workers; they are independent on a GPU too),
+// so atomics are real (compare-and-swap loops) and their order between blocks varies.
+// Not modelled: timing, memory coalescing, bank conflicts, the memory model between blocks.
 #pragma once
 #include <math.h>
 
@@ -77,7 +78,8 @@ cudaError_t cudaGetDeviceCount(int* n);
 #define __noinline__
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// The fibers of a block share one OS thread, so a function-local static is one copy per block.
+// The fibers of a block share one OS thread, and each OS thread runs one block at a time, so a
+// function-local thread_local static is one copy per running block.
 #define __shared__ static thread_local
 
 namespace kg_emu {
@@ -212,18 +214,32 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
 inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
 inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == mask; }
 
-// ---- atomics (plain read-modify-write: one OS thread runs all fibers) ----------------------------
+// ---- atomics: compare-and-swap loops (blocks run on several OS threads) --------------------------
+namespace kg_emu {
+template <typename T, typename F>
+T atomic_update(T* address, F f) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomics on 4- or 8-byte values");
+  typedef typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type U;
+  U* p = reinterpret_cast<U*>(address);
+  U seen = __atomic_load_n(p, __ATOMIC_RELAXED);
+  for (;;) {
+    T old, updated;
+    std::memcpy(&old, &seen, sizeof(T));
+    updated = f(old);
+    U bits;
+    std::memcpy(&bits, &updated, sizeof(T));
+    if (__atomic_compare_exchange_n(p, &seen, bits, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+      return old;
+  }
+}
+}  // namespace kg_emu
 template <typename T>
 T atomicAdd(T* address, T value) {
-  T old = *address;
-  *address = old + value;
-  return old;
+  return kg_emu::atomic_update(address, [value](T old) { return old + value; });
 }
 template <typename T>
 T atomicMax(T* address, T value) {
-  T old = *address;
-  if (value > old) *address = value;
-  return old;
+  return kg_emu::atomic_update(address, [value](T old) { return value > old ? value : old; });
 }
 
 // ---- device math that the host library lacks ---------------------------------------------------

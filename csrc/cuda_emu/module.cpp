@@ -14,5 +14,8 @@ PYBIND11_MODULE(_cuda_emu, m) {
   m.def("set_order", &kg_emu::set_order, pybind11::arg("order"), pybind11::arg("seed") = 0,
         "Order of the fibers of a block between barriers: 'forward', 'reverse' or 'shuffle'.");
   m.def("get_order", &kg_emu::get_order);
+  m.def("set_workers", &kg_emu::set_workers, pybind11::arg("n"),
+        "OS threads running blocks in parallel (0: one per CPU, at most 8).");
+  m.def("get_workers", &kg_emu::get_workers);
   register_selftest(m);
 }

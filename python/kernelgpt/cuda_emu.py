@@ -4,8 +4,9 @@ The kernels of ``csrc/cuda`` are compiled a second time with the host compiler a
 CUDA emulator (``csrc/cuda_emu/emu.h``): every CUDA thread is a fiber, ``__syncthreads()`` and
 warp shuffles are barriers, and what CUDA leaves undefined (a barrier some threads never reach,
 a shuffle naming a lane that returned, too much shared memory) raises a RuntimeError. It is
-slow (one CPU core runs every thread in turn) and says nothing about GPU speed, but it runs the
-real kernel code, so the CUDA path can be read, stepped through and tested on any machine.
+slow (each CPU core runs the threads of one block in turn) and says nothing about GPU speed, but
+it runs the real kernel code, so the CUDA path can be read, stepped through and tested on any
+machine.
 
 Use it like CuPy::
 
@@ -29,7 +30,7 @@ import types
 import numpy as np
 
 __all__ = ["ndarray", "asarray", "asnumpy", "empty", "zeros", "set_order", "get_order",
-           "available"]
+           "set_workers", "get_workers", "available"]
 
 
 def _lib():
@@ -136,6 +137,16 @@ def set_order(order: str, seed: int = 0) -> None:
 
 def get_order() -> str:
     return _lib().get_order()
+
+
+def set_workers(n: int) -> None:
+    """OS threads that run blocks in parallel (0: one per CPU, at most 8). Blocks are
+    independent on a GPU too, so this changes only the speed (and the order of atomics)."""
+    _lib().set_workers(n)
+
+
+def get_workers() -> int:
+    return _lib().get_workers()
 
 
 def __getattr__(name):
