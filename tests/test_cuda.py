@@ -420,17 +420,22 @@ def test_cuda_bf16_round_trip(rng):
 
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (7, 13, 5), (64, 64, 64), (67, 130, 129),
                                    (3, 576, 200)])
-@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("backend", ["naive", "wmma"])
-def test_cuda_matmul_bf16(rng, M, K, N, trans_b, backend):
-    a = reference.to_bf16(randn(rng, M, K))
-    b = reference.to_bf16(randn(rng, *((N, K) if trans_b else (K, N))))
-    c = _cuda.matmul_bf16(gpu(a), gpu(b), trans_b=trans_b, backend=backend)
+def test_cuda_matmul_bf16(rng, M, K, N, ta, tb, backend):
+    a = reference.to_bf16(randn(rng, *((K, M) if ta else (M, K))))
+    b = reference.to_bf16(randn(rng, *((N, K) if tb else (K, N))))
+    bias, c0 = randn(rng, N), randn(rng, M, N)
     fa, fb = f64(reference.from_bf16(a)), f64(reference.from_bf16(b))
-    ref = fa @ (fb.T if trans_b else fb)
-    terms = np.abs(fa) @ np.abs(fb.T if trans_b else fb)
+    fa, fb = (fa.T if ta else fa), (fb.T if tb else fb)
+    ref, terms = fa @ fb, np.abs(fa) @ np.abs(fb)
+    c = _cuda.matmul_bf16(gpu(a), gpu(b), trans_a=ta, trans_b=tb, backend=backend)
     # products of bf16 values are exact in float32; the sums round (tensor cores may truncate)
     assert_close(host(c), ref, rtol=0, atol=1e-4 * terms.max())
+    out = gpu(c0)
+    _cuda.matmul_bf16(gpu(a), gpu(b), gpu(bias), trans_a=ta, trans_b=tb, out=out,
+                      accumulate=True, backend=backend)
+    assert_close(host(out), c0 + ref + bias, rtol=0, atol=1e-4 * (terms.max() + 3))
 
 
 @pytest.mark.parametrize("backend", ["naive", "wmma"])

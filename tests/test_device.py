@@ -46,6 +46,23 @@ def test_forward_backward_matches_cpu(device, arch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("arch", ARCHS, ids=["gpt2", "llama"])
+def test_bf16_mixed_precision_is_close_to_fp32(device, arch):
+    cfg = GPTConfig(**{**dict(vocab_size=41, n_layer=2, n_head=2, n_embd=64, block_size=19),
+                       **arch})
+    rng = np.random.default_rng(6)
+    x, y = rng.integers(0, 41, (3, 19)), rng.integers(0, 41, (3, 19))
+    cpu, dev = GPT(cfg, seed=2), GPT(cfg, seed=2).to(device, precision="bf16")
+    assert dev.params.data.dtype == np.float32  # fp32 master weights
+    l_cpu, l_dev = cpu.forward_backward(x, y), dev.forward_backward(x, y)
+    assert abs(l_cpu - l_dev) <= 1e-2 * abs(l_cpu)  # bf16 inputs: ~3 significant digits
+    g_cpu, g_dev = cpu.grads.data, to_numpy(dev.grads.data)
+    np.testing.assert_allclose(g_dev, g_cpu, rtol=0, atol=3e-2 * np.abs(g_cpu).max())
+    cos = g_cpu @ g_dev / np.linalg.norm(g_cpu) / np.linalg.norm(g_dev)
+    assert cos > 0.999
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_train_on_device_matches_cpu(tmp_path, device):
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question:\n" * 40)
@@ -84,6 +101,10 @@ def test_device_errors():
         assert model.logits(np.array([[1, 2]])).shape == (1, 2, 11)
     with pytest.raises(ValueError, match="device must be"):
         TrainConfig(device="gpu").validate()
+    with pytest.raises(ValueError, match="precision bf16 needs"):
+        TrainConfig(precision="bf16").validate()
+    with pytest.raises(ValueError, match="needs device"):
+        model.to("cpu", precision="bf16")
 
 
 @pytest.fixture(scope="module")

@@ -190,11 +190,13 @@ void register_cuda(py::module_& m) {
     cuda::softmax(version, reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), rows,
                   cols, t, scale, causal, log, stream);
   });
-  m.def("cuda_matmul_bf16", [](int version, uintptr_t a, uintptr_t b, uintptr_t c, int64_t mm,
-                               int64_t n, int64_t k, bool trans_b, uintptr_t stream) {
+  m.def("cuda_matmul_bf16", [](int version, uintptr_t a, uintptr_t b, uintptr_t bias,
+                               uintptr_t c, int64_t mm, int64_t n, int64_t k, bool trans_a,
+                               bool trans_b, bool accumulate, uintptr_t stream) {
     check_args("matmul_bf16", version, 2, {mm, n, k}, {a, b, c});
-    cuda::matmul_bf16(version, ptr<const uint16_t>(a), ptr<const uint16_t>(b), ptr<float>(c), mm,
-                      n, k, trans_b, stream);
+    cuda::matmul_bf16(version, ptr<const uint16_t>(a), ptr<const uint16_t>(b),
+                      ptr<const float>(bias), ptr<float>(c), mm, n, k, trans_a, trans_b,
+                      accumulate, stream);
   });
   m.def("cuda_to_bf16", [](uintptr_t x, uintptr_t y, int64_t n, uintptr_t stream) {
     check_args("to_bf16", 0, 1, {n}, {x, y});

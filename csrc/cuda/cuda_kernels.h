@@ -23,10 +23,12 @@ void matmul(int version, const float* a, const float* b, const float* bias, floa
 void softmax(int version, const float* x, float* y, int64_t rows, int64_t cols, int64_t t,
              float scale, bool causal, bool log, uintptr_t stream);
 
-// bf16 (uint16 bits) matmul with float accumulation: c [m, n] = a [m, k] @ op(b), b [k, n] or
-// [n, k] with trans_b. version 0: naive, 1: WMMA tensor cores (csrc/cuda/matmul_bf16.cu).
-void matmul_bf16(int version, const uint16_t* a, const uint16_t* b, float* c, int64_t m,
-                 int64_t n, int64_t k, bool trans_b, uintptr_t stream);
+// bf16 (uint16 bits) matmul with float accumulation: c [m, n] = op(a) @ op(b) (+ bias) (+ c);
+// a [m, k] ([k, m] with trans_a), b [k, n] ([n, k] with trans_b), bias float [n] or null.
+// version 0: naive, 1: WMMA tensor cores (csrc/cuda/matmul_bf16.cu).
+void matmul_bf16(int version, const uint16_t* a, const uint16_t* b, const float* bias, float* c,
+                 int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b, bool accumulate,
+                 uintptr_t stream);
 // float -> bf16 bits, round to nearest even (as reference.to_bf16).
 void to_bf16(const float* x, uint16_t* y, int64_t n, uintptr_t stream);
 

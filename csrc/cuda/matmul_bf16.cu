@@ -1,12 +1,15 @@
-// bf16 matmul on the GPU with float32 accumulation: C [m, n] = A [m, k] @ op(B), A and B bf16
-// (uint16 bit patterns), B either [k, n] or, with trans_b, [n, k] (nn.Linear's weight layout).
+// bf16 matmul on the GPU with float32 accumulation: C [m, n] = op(A) @ op(B) (+ bias) (+ C),
+// A and B bf16 (uint16 bit patterns): A [m, k] or, with trans_a, [k, m]; B [k, n] or, with
+// trans_b, [n, k] (nn.Linear's weight layout); bias float32 [n] or null; C float32. The three
+// products of a linear layer's training step (forward, dX, dW) are all of this form, which is
+// how GPT.to(device, precision="bf16") trains with fp32 master weights.
 //
 // version 0 "naive": one thread per output, bf16 widened to float, float multiply-adds.
 // version 1 "wmma":  tensor cores through WMMA: a block of 4 warps computes a 64x64 tile of C,
 //                    each warp a 32x32 piece as 2x2 fragments of 16x16 (mma_sync on 16x16x16
 //                    bf16 tiles, float accumulators). Per step of 16 along k the block stages
-//                    the A and B tiles in shared memory (B transposed on the way in when
-//                    trans_b, so the fragments are always row-major; rows padded by 8 values
+//                    the A and B tiles in shared memory (transposed on the way in where
+//                    trans_a / trans_b say so, so the fragments are always row-major; rows padded by 8 values
 //                    so that ldm stays a multiple of 16 bytes and rows start on different
 //                    banks). The accumulators go through shared memory to C (edges masked).
 //                    Next rungs, not written: cp.async double buffering, ldmatrix/mma.sync,
@@ -28,13 +31,22 @@ using bf16 = __nv_bfloat16;
 struct Bf16Shape {
   const bf16* a;
   const bf16* b;
+  const float* bias;
   float* c;
   int64_t m, n, k;
-  bool trans_b;
+  bool trans_a, trans_b, accumulate;
 };
 
+__device__ inline bf16 a_value(const Bf16Shape& p, int64_t i, int64_t kk) {
+  return p.trans_a ? p.a[kk * p.m + i] : p.a[i * p.k + kk];
+}
 __device__ inline bf16 b_value(const Bf16Shape& p, int64_t kk, int64_t j) {
   return p.trans_b ? p.b[j * p.k + kk] : p.b[kk * p.n + j];
+}
+__device__ inline void store_value(const Bf16Shape& p, int64_t i, int64_t j, float sum) {
+  if (p.bias) sum += p.bias[j];
+  float* c = p.c + i * p.n + j;
+  *c = p.accumulate ? *c + sum : sum;
 }
 
 __global__ void matmul_bf16_naive(Bf16Shape p) {
@@ -43,8 +55,8 @@ __global__ void matmul_bf16_naive(Bf16Shape p) {
   if (i >= p.m || j >= p.n) return;
   float sum = 0.0f;
   for (int64_t kk = 0; kk < p.k; ++kk)
-    sum += __bfloat162float(p.a[i * p.k + kk]) * __bfloat162float(b_value(p, kk, j));
-  p.c[i * p.n + j] = sum;
+    sum += __bfloat162float(a_value(p, i, kk)) * __bfloat162float(b_value(p, kk, j));
+  store_value(p, i, j, sum);
 }
 
 constexpr int kTC = 64, kTK = 16, kPad = 8, kFrag = 16, kTcThreads = 128;
@@ -64,7 +76,7 @@ __global__ void matmul_bf16_wmma(Bf16Shape p) {
   for (int64_t k0 = 0; k0 < p.k; k0 += kTK) {
     for (int e = tid; e < kTC * kTK; e += kTcThreads) {
       int i = e / kTK, kk = e % kTK;
-      as[i][kk] = (i0 + i < p.m && k0 + kk < p.k) ? p.a[(i0 + i) * p.k + k0 + kk] : zero;
+      as[i][kk] = (i0 + i < p.m && k0 + kk < p.k) ? a_value(p, i0 + i, k0 + kk) : zero;
       int kb = e / kTC, j = e % kTC;
       bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_value(p, k0 + kb, j0 + j) : zero;
     }
@@ -86,7 +98,7 @@ __global__ void matmul_bf16_wmma(Bf16Shape p) {
   __syncthreads();
   for (int e = tid; e < kTC * kTC; e += kTcThreads) {
     int i = e / kTC, j = e % kTC;
-    if (i0 + i < p.m && j0 + j < p.n) p.c[(i0 + i) * p.n + j0 + j] = cs[i][j];
+    if (i0 + i < p.m && j0 + j < p.n) store_value(p, i0 + i, j0 + j, cs[i][j]);
   }
 }
 
@@ -99,10 +111,11 @@ __global__ void to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
   }
 }
 
-void matmul_bf16(int version, const uint16_t* a, const uint16_t* b, float* c, int64_t m,
-                 int64_t n, int64_t k, bool trans_b, uintptr_t stream) {
-  Bf16Shape p{reinterpret_cast<const bf16*>(a), reinterpret_cast<const bf16*>(b), c, m, n, k,
-              trans_b};
+void matmul_bf16(int version, const uint16_t* a, const uint16_t* b, const float* bias, float* c,
+                 int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b, bool accumulate,
+                 uintptr_t stream) {
+  Bf16Shape p{reinterpret_cast<const bf16*>(a), reinterpret_cast<const bf16*>(b), bias, c, m, n,
+              k, trans_a, trans_b, accumulate};
   cudaStream_t st = as_stream(stream);
   if (version == 0) {
     dim3 grid((unsigned)((n + 31) / 32), (unsigned)((m + 31) / 32));

@@ -717,9 +717,11 @@ def from_bf16(bits, *, out=None, backend="auto"):
     return out
 
 
-def matmul_bf16(a, b, *, trans_b=False, out=None, backend="auto"):
-    """c = a @ op(b) with a [M, K], b [K, N] (or [N, K] with trans_b) bf16 bits (uint16), float32
-    accumulation and output. backend: "naive", "wmma"/"auto" (tensor cores)."""
+def matmul_bf16(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False,
+                backend="auto"):
+    """c = op(a) @ op(b) (+ bias) (+ c) with a [M, K] ([K, M] with trans_a), b [K, N] ([N, K]
+    with trans_b) as bf16 bits (uint16), float32 bias [N], float32 accumulation and output.
+    backend: "naive", "wmma"/"auto" (tensor cores)."""
     fn = "matmul_bf16"
     dev = _backend(a, fn)
     version = _version(backend, ["naive", "wmma"])
@@ -727,14 +729,19 @@ def matmul_bf16(a, b, *, trans_b=False, out=None, backend="auto"):
     _check_bits(dev, b, fn, "b")
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"{fn}: a and b must be 2-D, got {a.shape} and {b.shape}")
-    M, K = a.shape
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
     N, Kb = (b.shape[0], b.shape[1]) if trans_b else (b.shape[1], b.shape[0])
     if K != Kb:
         raise ValueError(f"{fn}: inner dimensions differ: a {a.shape}, b {b.shape} "
-                         f"(trans_b={trans_b})")
-    c = _output(dev, out, (M, N), fn, ())
-    dev.lib.cuda_matmul_bf16(version, a.data.ptr, b.data.ptr, c.data.ptr, M, N, K,
-                             bool(trans_b), dev.stream())
+                         f"(trans_a={trans_a}, trans_b={trans_b})")
+    if bias is not None:
+        _check(dev, bias, fn, "bias", (1,))
+        _shape_is(bias, (N,), fn, "bias")
+    if accumulate and out is None:
+        raise ValueError(f"{fn}: accumulate=True needs out= (the array to add to)")
+    c = _output(dev, out, (M, N), fn, (bias,))
+    dev.lib.cuda_matmul_bf16(version, a.data.ptr, b.data.ptr, _ptr(bias), c.data.ptr, M, N, K,
+                             bool(trans_a), bool(trans_b), bool(accumulate), dev.stream())
     return c
 
 

@@ -235,25 +235,35 @@ class GPT:
             self.init_weights(seed)  # seed=None: all zeros (to be loaded)
         self._sin_cache: Dict[int, np.ndarray] = {}
         self._runner = None  # (params.data, cache, _C.Transformer) of the last decode_next
-        self.device, self.xp = "cpu", np  # see to()
+        self.device, self.xp, self.precision = "cpu", np, "fp32"  # see to()
 
     # ---- devices ------------------------------------------------------------------------------
 
-    def to(self, device: str) -> "GPT":
+    def to(self, device: str, precision: str = "fp32") -> "GPT":
         """Moves the parameters (and gradients) to `device` and returns the model.
 
         "cpu": numpy arrays and the C++ kernels (the default); "cuda": CuPy arrays and the
         CUDA kernels (needs a GPU, CuPy and a CUDA build); "emu": kernelgpt.cuda_emu arrays,
         the same CUDA kernels run by the CPU emulator (slow; for checking the GPU path on a
-        machine without one). Training (forward_backward, loss, train()) runs on any device;
-        generation (forward_cached, logits, generate) needs "cpu"."""
-        if self.ops is not ops:
+        machine without one). Everything runs on any device: training (forward_backward,
+        loss, train()) and generation (forward_cached, logits, generate; logits stay on the
+        device).
+        precision="bf16" (devices only): mixed precision, every matrix product on bf16 tensor
+        cores (inputs rounded to bf16, float32 accumulation); the master weights, gradients,
+        optimizer state, norms, softmax and loss stay float32."""
+        if isinstance(self.ops, ReferenceOps):
             raise ValueError("to(): only the native backend runs on devices")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if precision == "bf16" and device == "cpu":
+            raise ValueError("precision='bf16' (tensor-core mixed precision) needs device "
+                             "'cuda' or 'emu'")
         xp = array_module(device)
         self.params = FlatBuffer(self.params.layout, _move(self.params.data, xp), self.dtype, xp)
         if self.grads is not None:
             self.grads = FlatBuffer(self.grads.layout, _move(self.grads.data, xp), self.dtype, xp)
-        self.device, self.xp = device, xp
+        self.device, self.xp, self.precision = device, xp, precision
+        self.ops = _MixedOps() if precision == "bf16" else ops
         self._acts, self._runner, self._sin_cache = None, None, {}
         return self
 
@@ -662,6 +672,24 @@ class _Activations:
 
     def __getitem__(self, name):
         return self.buffer[name]
+
+
+class _MixedOps:
+    """kernelgpt.ops with every matrix product in bf16 on tensor cores (both operands rounded
+    to bf16 on the device, float32 accumulation and output, bias and accumulate= in the
+    epilogue): GPT.to(device, precision="bf16"). Everything else is kernelgpt.ops."""
+
+    def __getattr__(self, name):
+        return getattr(ops, name)
+
+    def matmul(self, a, b, bias=None, *, trans_a=False, trans_b=False, out=None,
+               accumulate=False, backend="auto"):
+        from . import _cuda
+        return _cuda.matmul_bf16(ops.to_bf16(a), ops.to_bf16(b), bias, trans_a=trans_a,
+                                 trans_b=trans_b, out=out, accumulate=accumulate)
+
+    def linear(self, x, weight, bias=None, *, out=None, backend="auto"):
+        return self.matmul(x, weight, bias, trans_b=True, out=out)
 
 
 class ReferenceOps:

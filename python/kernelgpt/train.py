@@ -66,6 +66,7 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     device: str = "cpu"              # "cpu" | "cuda" (CuPy, a GPU) | "emu" (the CUDA emulator)
+    precision: str = "fp32"          # "bf16": tensor-core products, fp32 master weights (devices)
 
     def validate(self):
         checks = [
@@ -82,6 +83,8 @@ class TrainConfig:
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
             (self.tokenizer in ("char", "bpe", "cl100k_base"), f"unknown tokenizer {self.tokenizer!r}"),
             (self.device in ("cpu", "cuda", "emu"), f"device must be cpu, cuda or emu, got {self.device!r}"),
+            (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
+            (self.precision == "fp32" or self.device != "cpu", "precision bf16 needs --device cuda or emu"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -277,7 +280,7 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
     if resume:
         model, tokenizer, cfg, state, (m, v) = load_checkpoint(out, with_optimizer=True)
         tc = dataclasses.replace(TrainConfig(**cfg["train"]), out=str(out), progress=tc.progress,
-                                 plot=tc.plot, device=tc.device)
+                                 plot=tc.plot, device=tc.device, precision=tc.precision)
         tokenizer, data = _prepare_data(tc, out, tokenizer)
         if max_iters is not None:
             tc = dataclasses.replace(tc, max_iters=max_iters)
@@ -298,7 +301,7 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
         step = 0
         log_rows = []
     xp = array_module(tc.device)
-    model.to(tc.device)
+    model.to(tc.device, precision=tc.precision)
     m, v = xp.asarray(m), xp.asarray(v)  # AdamW's moments live with the parameters
     c = model.config
     block = c.block_size
@@ -410,7 +413,8 @@ def add_arguments(p) -> None:
     p.add_argument("--norm", choices=["layernorm", "rmsnorm"], default=None)
     p.add_argument("--activation", choices=["gelu", "swiglu", "relu"], default=None)
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "out", "tokenizer", "bpe_vocab_size", "progress", "plot", "device"):
+        if f.name in ("data", "out", "tokenizer", "bpe_vocab_size", "progress", "plot", "device",
+                      "precision"):
             continue
         typ = {int: int, float: float}.get(type(f.default), float)
         if f.name == "lr_decay_iters":
@@ -420,6 +424,9 @@ def add_arguments(p) -> None:
                    help="cpu (default): C++ kernels; cuda: the CUDA kernels on a GPU through "
                         "CuPy (pip install '.[cuda]'); emu: the same CUDA kernels on the CPU "
                         "emulator (slow, for checking the GPU path without a GPU)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="bf16 (with --device cuda/emu): matrix products on bf16 tensor cores, "
+                        "fp32 master weights, gradients and optimizer state")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plot", action="store_true")
 
