@@ -75,3 +75,16 @@ def test_cli_lists_and_rejects(capsys):
     assert "attention" in capsys.readouterr().out
     assert cli.main(["explain", "no-such-lesson"]) == 1
     assert "unknown lesson" in capsys.readouterr().err
+
+
+def test_gpu_lesson_runs_the_cuda_kernels_on_the_emulator(tmp_path):
+    from kernelgpt import cuda_emu
+    from kernelgpt.lessons import run_lesson
+    text = run_lesson("gpu", plot=str(tmp_path))
+    if not cuda_emu.available():
+        assert "no CUDA emulator" in text
+        return
+    assert "with the barrier: 0/64" in text and "after 1 threads of the block returned" in text
+    for version in ("naive", "tiled", "warptiled"):
+        assert f"\n{version} " in text
+    assert (tmp_path / "gpu.png").exists()
