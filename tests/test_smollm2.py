@@ -138,17 +138,21 @@ def test_cli_generate_and_chat(capsys, monkeypatch):
     assert "system prompt set" in captured.err and "conversation cleared" in captured.err
 
 
-def test_on_the_cuda_emulator_matches_the_cpu(model):
-    """The real model through the CUDA kernels (the emulator: ~10 s per token on one core):
-    the prompt's logits and the greedy text are the CPU's."""
-    from kernelgpt import cuda_emu
+@pytest.mark.parametrize("device", ["emu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_on_a_device_matches_the_cpu(model, device):
+    """The real model through the CUDA kernels, on the emulator (~5 s per token) or a GPU: the
+    prompt's logits and the greedy text are the CPU's."""
+    from kernelgpt import _cuda, cuda_emu
     from kernelgpt.llama import load_model
     from kernelgpt.model import to_numpy
-    if not cuda_emu.available():
+    if device == "emu" and not cuda_emu.available():
         pytest.skip("built without the CUDA emulator")
-    emu = load_model(GGUF, device="emu")
+    if device == "cuda" and not _cuda.available():
+        pytest.skip("needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU")
+    dev = load_model(GGUF, device=device)
     ids = model.tokenizer.encode("The capital of France is")
     a = model.forward_cached(np.array([ids]), model.new_cache())
-    b = to_numpy(emu.forward_cached(np.array([ids]), emu.new_cache()))
+    b = to_numpy(dev.forward_cached(np.array([ids]), dev.new_cache()))
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
-    assert emu.generate(ids, 3, temperature=0) == model.generate(ids, 3, temperature=0)
+    n = 3 if device == "emu" else 32
+    assert dev.generate(ids, n, temperature=0) == model.generate(ids, n, temperature=0)

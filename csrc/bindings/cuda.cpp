@@ -35,15 +35,22 @@ void check_args(const char* fn, int version, int versions, std::initializer_list
   for (uintptr_t p : required)
     if (!p) throw std::invalid_argument(std::string(fn) + ": a required array is missing");
 }
+// Binds a launcher with the GIL released: on a GPU a launch returns at once, but the CPU
+// emulator (kernelgpt._cuda_emu, the same bindings) runs the whole kernel inside the call.
+template <typename F>
+void launcher(py::module_& m, const char* name, F&& f) {
+  m.def(name, std::forward<F>(f), py::call_guard<py::gil_scoped_release>());
+}
+
 void register_cuda_families(py::module_& m) {
-  m.def("cuda_layernorm", [](int ver, uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y,
+  launcher(m, "cuda_layernorm", [](int ver, uintptr_t x, uintptr_t w, uintptr_t b, uintptr_t y,
                              uintptr_t mean, uintptr_t rstd, int64_t rows, int64_t cols, float eps,
                              uintptr_t s) {
     check_args("layernorm", ver, 2, {rows, cols}, {x, w, y});
     cuda::layernorm(ver, ptr<const float>(x), ptr<const float>(w), ptr<const float>(b),
                     ptr<float>(y), ptr<float>(mean), ptr<float>(rstd), rows, cols, eps, s);
   });
-  m.def("cuda_layernorm_backward",
+  launcher(m, "cuda_layernorm_backward",
         [](int ver, uintptr_t dy, uintptr_t x, uintptr_t w, uintptr_t mean, uintptr_t rstd,
            uintptr_t dx, uintptr_t dw, uintptr_t db, int64_t rows, int64_t cols, uintptr_t s) {
           check_args("layernorm_backward", ver, 2, {rows, cols}, {dy, x, w, mean, rstd, dx, dw});
@@ -52,40 +59,43 @@ void register_cuda_families(py::module_& m) {
                                    ptr<const float>(rstd), ptr<float>(dx), ptr<float>(dw),
                                    ptr<float>(db), rows, cols, s);
         });
-  m.def("cuda_rmsnorm", [](int ver, uintptr_t x, uintptr_t w, uintptr_t y, uintptr_t rstd,
+  launcher(m, "cuda_rmsnorm", [](int ver, uintptr_t x, uintptr_t w, uintptr_t y, uintptr_t rstd,
                            int64_t rows, int64_t cols, float eps, uintptr_t s) {
     check_args("rmsnorm", ver, 2, {rows, cols}, {x, w, y});
     cuda::rmsnorm(ver, ptr<const float>(x), ptr<const float>(w), ptr<float>(y), ptr<float>(rstd),
                   rows, cols, eps, s);
   });
-  m.def("cuda_rmsnorm_backward", [](int ver, uintptr_t dy, uintptr_t x, uintptr_t w,
+  launcher(m, "cuda_rmsnorm_backward", [](int ver, uintptr_t dy, uintptr_t x, uintptr_t w,
                                     uintptr_t rstd, uintptr_t dx, uintptr_t dw, int64_t rows,
                                     int64_t cols, uintptr_t s) {
     check_args("rmsnorm_backward", ver, 2, {rows, cols}, {dy, x, w, rstd, dx, dw});
     cuda::rmsnorm_backward(ver, ptr<const float>(dy), ptr<const float>(x), ptr<const float>(w),
                            ptr<const float>(rstd), ptr<float>(dx), ptr<float>(dw), rows, cols, s);
   });
-  m.def("cuda_activation", [](int ver, int op, uintptr_t x, uintptr_t y, int64_t n, uintptr_t s) {
+  launcher(m, "cuda_activation",
+           [](int ver, int op, uintptr_t x, uintptr_t y, int64_t n, uintptr_t s) {
     check_args("activation", ver, 2, {n, op + 1, 6 - op}, {x, y});
     cuda::activation(ver, op, ptr<const float>(x), ptr<float>(y), n, s);
   });
-  m.def("cuda_activation_backward",
+  launcher(m, "cuda_activation_backward",
         [](int ver, int op, uintptr_t dy, uintptr_t x, uintptr_t dx, int64_t n, uintptr_t s) {
           check_args("activation_backward", ver, 2, {n, op + 1, 6 - op}, {dy, x, dx});
           cuda::activation_backward(ver, op, ptr<const float>(dy), ptr<const float>(x),
                                     ptr<float>(dx), n, s);
         });
-  m.def("cuda_swiglu", [](int ver, uintptr_t g, uintptr_t u, uintptr_t y, int64_t n, uintptr_t s) {
+  launcher(m, "cuda_swiglu",
+           [](int ver, uintptr_t g, uintptr_t u, uintptr_t y, int64_t n, uintptr_t s) {
     check_args("swiglu", ver, 2, {n}, {g, u, y});
     cuda::swiglu(ver, ptr<const float>(g), ptr<const float>(u), ptr<float>(y), n, s);
   });
-  m.def("cuda_swiglu_backward", [](int ver, uintptr_t dy, uintptr_t g, uintptr_t u, uintptr_t dg,
+  launcher(m, "cuda_swiglu_backward",
+           [](int ver, uintptr_t dy, uintptr_t g, uintptr_t u, uintptr_t dg,
                                    uintptr_t du, int64_t n, uintptr_t s) {
     check_args("swiglu_backward", ver, 2, {n}, {dy, g, u, dg, du});
     cuda::swiglu_backward(ver, ptr<const float>(dy), ptr<const float>(g), ptr<const float>(u),
                           ptr<float>(dg), ptr<float>(du), n, s);
   });
-  m.def("cuda_cross_entropy",
+  launcher(m, "cuda_cross_entropy",
         [](int ver, uintptr_t logits, uintptr_t targets, uintptr_t losses, uintptr_t dlogits,
            uintptr_t weight, int64_t weight_stride, int64_t n, int64_t v, int64_t ignore_index,
            uintptr_t s) {
@@ -94,13 +104,14 @@ void register_cuda_families(py::module_& m) {
                               ptr<float>(losses), ptr<float>(dlogits), ptr<const float>(weight),
                               weight_stride, n, v, ignore_index, s);
         });
-  m.def("cuda_embedding", [](int ver, uintptr_t ids, uintptr_t table, uintptr_t out, int64_t n,
+  launcher(m, "cuda_embedding",
+           [](int ver, uintptr_t ids, uintptr_t table, uintptr_t out, int64_t n,
                              int64_t vocab, int64_t c, uintptr_t s) {
     check_args("embedding", ver, 1, {n, vocab, c}, {ids, table, out});
     cuda::embedding(ver, ptr<const int64_t>(ids), ptr<const float>(table), ptr<float>(out), n,
                     vocab, c, s);
   });
-  m.def("cuda_embedding_backward",
+  launcher(m, "cuda_embedding_backward",
         [](int ver, uintptr_t dout, uintptr_t ids, uintptr_t order, uintptr_t dtable, int64_t n,
            int64_t vocab, int64_t c, uintptr_t s) {
           check_args("embedding_backward", ver, 2, {n, vocab, c},
@@ -108,14 +119,15 @@ void register_cuda_families(py::module_& m) {
           cuda::embedding_backward(ver, ptr<const float>(dout), ptr<const int64_t>(ids),
                                    ptr<const int64_t>(order), ptr<float>(dtable), n, vocab, c, s);
         });
-  m.def("cuda_rope", [](int ver, uintptr_t x, uintptr_t y, uintptr_t positions, int64_t offset,
+  launcher(m, "cuda_rope",
+           [](int ver, uintptr_t x, uintptr_t y, uintptr_t positions, int64_t offset,
                         double base, bool interleaved, int64_t rotary_dim, bool inverse,
                         int64_t rows, int64_t t, int64_t d, uintptr_t s) {
     check_args("rope", ver, 1, {rows, t, d, rotary_dim, d - rotary_dim + 1, offset + 1}, {x, y});
     cuda::rope(ver, ptr<const float>(x), ptr<float>(y), ptr<const int64_t>(positions), offset,
                base, interleaved, rotary_dim, inverse, rows, t, d, s);
   });
-  m.def("cuda_adamw", [](int ver, uintptr_t param, uintptr_t grad, uintptr_t mm, uintptr_t v,
+  launcher(m, "cuda_adamw", [](int ver, uintptr_t param, uintptr_t grad, uintptr_t mm, uintptr_t v,
                          int64_t n, float lr, float beta1, float beta2, float eps, float wd,
                          float bc1, float bc2, uintptr_t s) {
     check_args("adamw", ver, 1, {n}, {param, grad, mm, v});
@@ -123,16 +135,17 @@ void register_cuda_families(py::module_& m) {
                 lr, beta1, beta2, eps, wd, bc1, bc2, s);
   });
   m.def("cuda_grad_norm_partials", &cuda::grad_norm_partials);
-  m.def("cuda_grad_norm_accumulate", [](uintptr_t g, int64_t n, uintptr_t partials,
+  launcher(m, "cuda_grad_norm_accumulate", [](uintptr_t g, int64_t n, uintptr_t partials,
                                         uintptr_t total, uintptr_t s) {
     cuda::grad_norm_accumulate(ptr<const float>(g), n, ptr<double>(partials), ptr<double>(total),
                                s);
   });
-  m.def("cuda_clip_scale", [](uintptr_t g, int64_t n, uintptr_t total, float max_norm, float eps,
+  launcher(m, "cuda_clip_scale",
+           [](uintptr_t g, int64_t n, uintptr_t total, float max_norm, float eps,
                               uintptr_t s) {
     cuda::clip_scale(ptr<float>(g), n, ptr<const double>(total), max_norm, eps, s);
   });
-  m.def("cuda_attention",
+  launcher(m, "cuda_attention",
         [](int ver, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
            uintptr_t scores, int64_t b, int64_t h, int64_t hkv, int64_t t, int64_t s_len,
            int64_t cap, int64_t dh, float scale, bool causal, uintptr_t s) {
@@ -142,7 +155,7 @@ void register_cuda_families(py::module_& m) {
                           ptr<float>(out), ptr<float>(lse), ptr<float>(scores), b, h, hkv, t,
                           s_len, cap, dh, scale, causal, s);
         });
-  m.def("cuda_attention_backward",
+  launcher(m, "cuda_attention_backward",
         [](int ver, uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
            uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv, uintptr_t delta,
            uintptr_t scores, int64_t b, int64_t h, int64_t hkv, int64_t t, int64_t s_len,
@@ -155,12 +168,13 @@ void register_cuda_families(py::module_& m) {
                                    ptr<float>(dk), ptr<float>(dv), ptr<float>(delta),
                                    ptr<float>(scores), b, h, hkv, t, s_len, dh, scale, causal, s);
         });
-  m.def("cuda_dequantize", [](int ver, int qtype, uintptr_t raw, uintptr_t out, int64_t blocks,
+  launcher(m, "cuda_dequantize",
+           [](int ver, int qtype, uintptr_t raw, uintptr_t out, int64_t blocks,
                               uintptr_t s) {
     check_args("dequantize", ver, 1, {blocks}, {raw, out});
     cuda::dequantize(ver, qtype, ptr<const uint8_t>(raw), ptr<float>(out), blocks, s);
   });
-  m.def("cuda_quant_matmul", [](int ver, int qtype, uintptr_t x, uintptr_t raw, uintptr_t y,
+  launcher(m, "cuda_quant_matmul", [](int ver, int qtype, uintptr_t x, uintptr_t raw, uintptr_t y,
                                 int64_t mm, int64_t n, int64_t k, uintptr_t s) {
     check_args("quant_matmul", ver, 2, {mm, n, k}, {x, raw, y});
     cuda::quant_matmul(ver, qtype, ptr<const float>(x), ptr<const uint8_t>(raw), ptr<float>(y),
@@ -174,8 +188,8 @@ void register_cuda_families(py::module_& m) {
 void register_cuda(py::module_& m) {
 #if KG_HAVE_CUDA
   m.def("cuda_device_count", &cuda::device_count);
-  m.def(
-      "cuda_matmul",
+  launcher(
+      m, "cuda_matmul",
       [](int version, uintptr_t a, uintptr_t b, uintptr_t bias, uintptr_t c, int64_t batch,
          int64_t mm, int64_t n, int64_t k, int64_t sa, int64_t sb, int64_t sc, bool trans_a,
          bool trans_b, bool accumulate, uintptr_t stream) {
@@ -184,13 +198,13 @@ void register_cuda(py::module_& m) {
                      reinterpret_cast<const float*>(bias), reinterpret_cast<float*>(c), batch, mm,
                      n, k, sa, sb, sc, trans_a, trans_b, accumulate, stream);
       });
-  m.def("cuda_softmax", [](int version, uintptr_t x, uintptr_t y, int64_t rows, int64_t cols,
+  launcher(m, "cuda_softmax", [](int version, uintptr_t x, uintptr_t y, int64_t rows, int64_t cols,
                            int64_t t, float scale, bool causal, bool log, uintptr_t stream) {
     check_args("softmax", version, 2, {rows, cols, t}, {x, y});
     cuda::softmax(version, reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), rows,
                   cols, t, scale, causal, log, stream);
   });
-  m.def("cuda_matmul_bf16", [](int version, uintptr_t a, uintptr_t b, uintptr_t bias,
+  launcher(m, "cuda_matmul_bf16", [](int version, uintptr_t a, uintptr_t b, uintptr_t bias,
                                uintptr_t c, int64_t mm, int64_t n, int64_t k, bool trans_a,
                                bool trans_b, bool accumulate, uintptr_t stream) {
     check_args("matmul_bf16", version, 2, {mm, n, k}, {a, b, c});
@@ -198,11 +212,11 @@ void register_cuda(py::module_& m) {
                       ptr<const float>(bias), ptr<float>(c), mm, n, k, trans_a, trans_b,
                       accumulate, stream);
   });
-  m.def("cuda_to_bf16", [](uintptr_t x, uintptr_t y, int64_t n, uintptr_t stream) {
+  launcher(m, "cuda_to_bf16", [](uintptr_t x, uintptr_t y, int64_t n, uintptr_t stream) {
     check_args("to_bf16", 0, 1, {n}, {x, y});
     cuda::to_bf16(ptr<const float>(x), ptr<uint16_t>(y), n, stream);
   });
-  m.def("cuda_softmax_backward", [](int version, uintptr_t dy, uintptr_t y, uintptr_t dx,
+  launcher(m, "cuda_softmax_backward", [](int version, uintptr_t dy, uintptr_t y, uintptr_t dx,
                                     int64_t rows, int64_t cols, float scale, bool log,
                                     uintptr_t stream) {
     check_args("softmax_backward", version, 2, {rows, cols}, {dy, y, dx});

@@ -9,9 +9,10 @@
 //                    each warp a 32x32 piece as 2x2 fragments of 16x16 (mma_sync on 16x16x16
 //                    bf16 tiles, float accumulators). Per step of 16 along k the block stages
 //                    the A and B tiles in shared memory (transposed on the way in where
-//                    trans_a / trans_b say so, so the fragments are always row-major; rows padded by 8 values
-//                    so that ldm stays a multiple of 16 bytes and rows start on different
-//                    banks). The accumulators go through shared memory to C (edges masked).
+//                    trans_a / trans_b say so, so the fragments are always row-major; rows
+//                    padded by 8 values so that ldm stays a multiple of 16 bytes and rows
+//                    start on different banks). The accumulators go through shared memory
+//                    to C (edges masked; bias and accumulate= applied there).
 //                    Next rungs, not written: cp.async double buffering, ldmatrix/mma.sync,
 //                    wgmma on sm_90.
 // to_bf16: float -> bf16 bits, round to nearest even, NaN made quiet (as reference.to_bf16).

@@ -114,7 +114,8 @@ __global__ void softmax_backward_naive(const float* dy, const float* y, float* d
   const float *dyr = dy + row * cols, *yr = y + row * cols;
   float total = 0.0f;
   for (int64_t j = 0; j < cols; ++j) total += backward_term(dyr[j], yr[j], log);
-  for (int64_t j = 0; j < cols; ++j) dx[row * cols + j] = backward_dx(dyr[j], yr[j], total, scale, log);
+  for (int64_t j = 0; j < cols; ++j)
+    dx[row * cols + j] = backward_dx(dyr[j], yr[j], total, scale, log);
 }
 
 __global__ void softmax_backward_block(const float* dy, const float* y, float* dx, int64_t rows,
@@ -123,7 +124,8 @@ __global__ void softmax_backward_block(const float* dy, const float* y, float* d
   int64_t row = blockIdx.x;
   const float *dyr = dy + row * cols, *yr = y + row * cols;
   float total = 0.0f;
-  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) total += backward_term(dyr[j], yr[j], log);
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
+    total += backward_term(dyr[j], yr[j], log);
   total = warp_sum(total);
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   if (lane == 0) partial[warp] = total;

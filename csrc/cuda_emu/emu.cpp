@@ -370,7 +370,8 @@ void run_grid(const void* kernel, dim3 grid, dim3 blk, size_t shared,
   // Blocks are independent (as on a GPU): worker threads take them in turn, each with its own
   // Block state, fiber stacks and copies of the static __shared__ variables (thread_local).
   uint64_t blocks = (uint64_t)grid.x * grid.y * grid.z;
-  unsigned workers = (unsigned)std::min<uint64_t>(blocks, g_workers ? g_workers : default_workers());
+  unsigned workers =
+      (unsigned)std::min<uint64_t>(blocks, g_workers ? g_workers : default_workers());
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
   std::mutex error_mutex;

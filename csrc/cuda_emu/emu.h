@@ -70,7 +70,7 @@ const char* cudaGetErrorString(cudaError_t err);
 cudaError_t cudaGetLastError();
 cudaError_t cudaGetDeviceCount(int* n);
 
-// ---- qualifiers ----------------------------------------------------------------------------------
+// ---- qualifiers ---------------------------------------------------------------------------------
 #define __global__
 #define __device__
 #define __host__
@@ -214,7 +214,7 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
 inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
 inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == mask; }
 
-// ---- atomics: compare-and-swap loops (blocks run on several OS threads) --------------------------
+// ---- atomics: compare-and-swap loops (blocks run on several OS threads) -------------------------
 namespace kg_emu {
 template <typename T, typename F>
 T atomic_update(T* address, F f) {
@@ -320,7 +320,7 @@ inline float __uint_as_float(unsigned u) {
   return f;
 }
 
-// ---- WMMA (tensor cores), emulated ---------------------------------------------------------------
+// ---- WMMA (tensor cores), emulated --------------------------------------------------------------
 // On a GPU a fragment's elements are spread over the 32 lanes in an unspecified layout; here
 // every lane holds the whole tile (num_elements = rows * cols), which code that only touches
 // x[i] element by element cannot tell apart. load / store / mma are warp-collective (all 32

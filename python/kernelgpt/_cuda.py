@@ -127,9 +127,9 @@ def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulat
     shape = (batch, m, n) if 3 in (a.ndim, b.ndim) else (m, n)
     c = _output(dev, out, shape, fn, (a, b, bias))
     dev.lib.cuda_matmul(version, a.data.ptr, b.data.ptr, 0 if bias is None else bias.data.ptr,
-                   c.data.ptr, batch, m, n, ka, m * ka if a.ndim == 3 else 0,
-                   kb * n if b.ndim == 3 else 0, m * n, bool(trans_a), bool(trans_b),
-                   bool(accumulate), dev.stream())
+                        c.data.ptr, batch, m, n, ka, m * ka if a.ndim == 3 else 0,
+                        kb * n if b.ndim == 3 else 0, m * n, bool(trans_a), bool(trans_b),
+                        bool(accumulate), dev.stream())
     return c
 
 
@@ -147,7 +147,7 @@ def softmax(x, *, scale=1.0, causal=False, out=None, log=False, backend="auto"):
             raise ValueError(f"{fn}: causal=True needs S >= T, got x shape {x.shape}")
     y = _output(dev, out, x.shape, fn, (x,))
     dev.lib.cuda_softmax(version, x.data.ptr, y.data.ptr, x.size // cols, cols, t, float(scale),
-                    bool(causal), bool(log), dev.stream())
+                         bool(causal), bool(log), dev.stream())
     return y
 
 
@@ -231,7 +231,7 @@ def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, b
     mean = cp.empty(x.shape[:-1], cp.float32) if return_stats else None
     rstd = cp.empty(x.shape[:-1], cp.float32) if return_stats else None
     dev.lib.cuda_layernorm(version, x.data.ptr, weight.data.ptr, _ptr(bias), y.data.ptr, _ptr(mean),
-                      _ptr(rstd), x.size // C, C, float(eps), dev.stream())
+                           _ptr(rstd), x.size // C, C, float(eps), dev.stream())
     return (y, mean, rstd) if return_stats else y
 
 
@@ -254,9 +254,9 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, backend="auto"):
     cp = dev.xp
     C = x.shape[-1]
     dx, dw, db = cp.empty(x.shape, cp.float32), cp.empty(C, cp.float32), cp.empty(C, cp.float32)
-    dev.lib.cuda_layernorm_backward(version, dy.data.ptr, x.data.ptr, weight.data.ptr, mean.data.ptr,
-                               rstd.data.ptr, dx.data.ptr, dw.data.ptr, db.data.ptr, x.size // C,
-                               C, dev.stream())
+    dev.lib.cuda_layernorm_backward(version, dy.data.ptr, x.data.ptr, weight.data.ptr,
+                                    mean.data.ptr, rstd.data.ptr, dx.data.ptr, dw.data.ptr,
+                                    db.data.ptr, x.size // C, C, dev.stream())
     return dx, dw, db
 
 
@@ -270,8 +270,8 @@ def rmsnorm(x, weight, eps=1e-6, *, return_stats=False, out=None, backend="auto"
     _shape_is(weight, (C,), fn, "weight")
     y = _output(dev, out, x.shape, fn, (x, weight))
     rstd = dev.xp.empty(x.shape[:-1], "float32") if return_stats else None
-    dev.lib.cuda_rmsnorm(version, x.data.ptr, weight.data.ptr, y.data.ptr, _ptr(rstd), x.size // C, C,
-                    float(eps), dev.stream())
+    dev.lib.cuda_rmsnorm(version, x.data.ptr, weight.data.ptr, y.data.ptr, _ptr(rstd), x.size // C,
+                         C, float(eps), dev.stream())
     return (y, rstd) if return_stats else y
 
 
@@ -284,7 +284,7 @@ def rmsnorm_backward(dy, x, weight, rstd, *, backend="auto"):
     C = x.shape[-1]
     dx, dw = cp.empty(x.shape, cp.float32), cp.empty(C, cp.float32)
     dev.lib.cuda_rmsnorm_backward(version, dy.data.ptr, x.data.ptr, weight.data.ptr, rstd.data.ptr,
-                             dx.data.ptr, dw.data.ptr, x.size // C, C, dev.stream())
+                                  dx.data.ptr, dw.data.ptr, x.size // C, C, dev.stream())
     return dx, dw
 
 
@@ -305,7 +305,7 @@ def activation(name, x, approximate="tanh", out=None, backend="auto"):
     _check(dev, x, name, "x")
     y = _output(dev, out, x.shape, name, (x,))
     dev.lib.cuda_activation(version, _act_op(name, approximate), x.data.ptr, y.data.ptr, x.size,
-                       dev.stream())
+                            dev.stream())
     return y
 
 
@@ -318,7 +318,7 @@ def activation_backward(name, dy, x, approximate="tanh", out=None, backend="auto
     _shape_is(dy, x.shape, fn, "dy")
     dx = _output(dev, out, x.shape, fn, (x, dy))
     dev.lib.cuda_activation_backward(version, _act_op(name, approximate), dy.data.ptr, x.data.ptr,
-                                dx.data.ptr, x.size, dev.stream())
+                                     dx.data.ptr, x.size, dev.stream())
     return dx
 
 
@@ -344,7 +344,7 @@ def swiglu_backward(dy, gate, up, *, backend="auto"):
     cp = dev.xp
     dgate, dup = cp.empty(gate.shape, cp.float32), cp.empty(gate.shape, cp.float32)
     dev.lib.cuda_swiglu_backward(version, dy.data.ptr, gate.data.ptr, up.data.ptr, dgate.data.ptr,
-                            dup.data.ptr, gate.size, dev.stream())
+                                 dup.data.ptr, gate.size, dev.stream())
     return dgate, dup
 
 
@@ -394,7 +394,8 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", retur
     grad = _output(dev, out, logits.shape, fn, (logits,)) if return_grad else None
     weight, stride = _ce_row_weight(dev, targets, ignore_index, reduction, 1.0)
     dev.lib.cuda_cross_entropy(version, logits.data.ptr, targets.data.ptr, losses.data.ptr,
-                          _ptr(grad), weight.data.ptr, stride, N, V, int(ignore_index), dev.stream())
+                               _ptr(grad), weight.data.ptr, stride, N, V, int(ignore_index),
+                               dev.stream())
     if reduction == "none":
         loss = losses
     else:
@@ -415,7 +416,7 @@ def cross_entropy_backward(logits, targets, *, dloss=1.0, ignore_index=-100, red
     grad = _output(dev, out, logits.shape, fn, (logits,))
     weight, stride = _ce_row_weight(dev, targets, ignore_index, reduction, dloss)
     dev.lib.cuda_cross_entropy(version, logits.data.ptr, targets.data.ptr, 0, grad.data.ptr,
-                          weight.data.ptr, stride, N, V, int(ignore_index), dev.stream())
+                               weight.data.ptr, stride, N, V, int(ignore_index), dev.stream())
     return grad
 
 
@@ -431,7 +432,8 @@ def embedding(ids, table, *, out=None, backend="auto"):
     V, C = table.shape
     _check_range(dev, ids, V, fn, "ids")
     y = _output(dev, out, ids.shape + (C,), fn, (table,))
-    dev.lib.cuda_embedding(0, ids.data.ptr, table.data.ptr, y.data.ptr, ids.size, V, C, dev.stream())
+    dev.lib.cuda_embedding(0, ids.data.ptr, table.data.ptr, y.data.ptr, ids.size, V, C,
+                           dev.stream())
     return y
 
 
@@ -459,7 +461,7 @@ def embedding_backward(dout, ids, num_embeddings, *, out=None, accumulate=False,
     if version == 1:  # unique keys (id, position): any sort gives the same order
         order = cp.argsort(flat * flat.size + cp.arange(flat.size, dtype=cp.int64))
     dev.lib.cuda_embedding_backward(version, dout.data.ptr, flat.data.ptr, _ptr(order),
-                               dtable.data.ptr, flat.size, num_embeddings, C, dev.stream())
+                                    dtable.data.ptr, flat.size, num_embeddings, C, dev.stream())
     return dtable
 
 
@@ -496,7 +498,7 @@ def rope(x, *, positions=None, offset=0, base=10000.0, layout="half", rotary_dim
                          f"{offset} and T = {T}")
     y = _output(dev, out, x.shape, fn, (x,))
     dev.lib.cuda_rope(0, x.data.ptr, y.data.ptr, _ptr(positions), offset, float(base),
-                 layout == "interleaved", rd, bool(inverse), x.size // D, T, D, dev.stream())
+                      layout == "interleaved", rd, bool(inverse), x.size // D, T, D, dev.stream())
     return y
 
 
@@ -526,7 +528,7 @@ def adamw_step(param, grad, m, v, *, step, lr, beta1, beta2, eps, weight_decay, 
                          f"eps={eps}, weight_decay={weight_decay}")
     bc1, bc2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
     dev.lib.cuda_adamw(0, param.data.ptr, grad.data.ptr, m.data.ptr, v.data.ptr, param.size, lr,
-                  beta1, beta2, eps, weight_decay, bc1, bc2, dev.stream())
+                       beta1, beta2, eps, weight_decay, bc1, bc2, dev.stream())
 
 
 def _sum_squares(dev, grads, fn):
@@ -541,7 +543,7 @@ def _sum_squares(dev, grads, fn):
     partials = cp.empty(dev.lib.cuda_grad_norm_partials(), cp.float64)
     for g in grads:
         dev.lib.cuda_grad_norm_accumulate(g.data.ptr, g.size, partials.data.ptr, total.data.ptr,
-                                     dev.stream())
+                                          dev.stream())
     return grads, total
 
 
@@ -623,8 +625,8 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
     lse = cp.empty((B, H, T), cp.float32) if return_lse else None
     scores = cp.empty((B, H, T, S), cp.float32) if version == 0 else None
     dev.lib.cuda_attention(version, q.data.ptr, k.data.ptr, v.data.ptr, y.data.ptr, _ptr(lse),
-                      _ptr(scores), B, H, Hkv, T, S, cap, D, float(scale), bool(causal),
-                      dev.stream())
+                           _ptr(scores), B, H, Hkv, T, S, cap, D, float(scale), bool(causal),
+                           dev.stream())
     return (y, lse) if return_lse else y
 
 
@@ -667,8 +669,8 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, back
     scores = cp.empty((B, H, T, S), cp.float32) if version == 0 else None
     dev.lib.cuda_attention_backward(version, dout.data.ptr, q.data.ptr, k.data.ptr, v.data.ptr,
                                     out.data.ptr, lse.data.ptr, dq.data.ptr, dk.data.ptr,
-                                    dv.data.ptr, delta.data.ptr, _ptr(scores), B, H, Hkv, T, S,
-                                    D, float(scale), bool(causal), dev.stream())
+                                    dv.data.ptr, delta.data.ptr, _ptr(scores), B, H, Hkv, T, S, D,
+                                    float(scale), bool(causal), dev.stream())
     return dq, dk, dv
 
 
@@ -792,7 +794,8 @@ def dequantize(raw, qtype, shape, *, out=None, backend="auto"):
         rows *= s
     _check_raw(dev, fn, raw, qtype, rows, shape[-1] if shape else 0)
     y = _output(dev, out, shape, fn, ())
-    dev.lib.cuda_dequantize(0, _QTYPE_IDS[qtype], raw.data.ptr, y.data.ptr, y.size // 32, dev.stream())
+    dev.lib.cuda_dequantize(0, _QTYPE_IDS[qtype], raw.data.ptr, y.data.ptr, y.size // 32,
+                            dev.stream())
     return y
 
 
@@ -808,5 +811,5 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
     M = 1 if x.ndim == 1 else x.shape[0]
     y = _output(dev, out, x.shape[:-1] + (n_rows,), fn, (x,))
     dev.lib.cuda_quant_matmul(version, _QTYPE_IDS[qtype], x.data.ptr, raw.data.ptr, y.data.ptr, M,
-                         n_rows, K, dev.stream())
+                              n_rows, K, dev.stream())
     return y
