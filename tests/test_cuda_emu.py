@@ -83,3 +83,16 @@ def test_arrays_behave_like_cupy_arrays():
 def test_bad_order():
     with pytest.raises(ValueError, match="order must be"):
         cuda_emu.set_order("sideways")
+
+
+def test_the_gpu_benchmark_runs_on_the_emulator():
+    """benchmarks/bench_cuda.py is meant for a GPU; its dry run checks every line of it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_cuda.py"
+    run = subprocess.run([sys.executable, str(script), "--device", "emu", "--small",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    for line in ("matmul fp32 64^3", "warptiled", "wmma", "attention bwd", "train step"):
+        assert line in run.stdout
