@@ -203,12 +203,11 @@ def main():
         tq, tk, tv = (torch.as_tensor(t, device="cuda") for t in (q, k, vv))
         sdpa = torch.nn.functional.scaled_dot_product_attention
         base = timed(lambda: sdpa(tq, tk, tv, is_causal=True))
-        row(f"attention fp32 {B}x{H}x{T}x{D}", "torch SDPA", base, flops, "TFLOP/s")
-    for v in ("naive", "flash"):
+        row(f"attention {B}x{H}x{T}x{D}", "torch SDPA fp32", base, flops, "TFLOP/s")
+    for v in ("naive", "flash", "flash_tc"):  # flash_tc: bf16 tensor cores, fp32 in memory
         got = ops.attention(q[:1, :1].copy(), k[:1, :1].copy(), vv[:1, :1].copy(), backend=v)
-        assert np.abs(xp.asnumpy(got) - ref).max() < 1e-3, v
-        row(f"attention fp32 {B}x{H}x{T}x{D}", v, timed(lambda: ops.attention(q, k, vv,
-                                                                               backend=v)),
+        assert np.abs(xp.asnumpy(got) - ref).max() < (3e-2 if v == "flash_tc" else 1e-3), v
+        row(f"attention {B}x{H}x{T}x{D}", v, timed(lambda: ops.attention(q, k, vv, backend=v)),
             flops, "TFLOP/s", base)
     out, lse = ops.attention(q, k, vv, return_lse=True)
     dout = randn(B, H, T, D)

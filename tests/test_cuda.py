@@ -448,3 +448,32 @@ def test_cuda_bf16_matmul_op(rng, backend):
     y1 = ops.bf16_matmul(gpu(x[0]), gpu(w), backend=backend)
     assert y1.shape == (33,)
     assert_close(host(y1), ref[0], rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+TC_CASES = [  # B, H, Hkv, T, S, D, causal
+    (1, 1, 1, 1, 1, 16, True), (2, 4, 2, 5, 5, 16, True), (1, 2, 1, 70, 70, 64, True),
+    (1, 2, 2, 7, 130, 32, True), (2, 3, 3, 65, 33, 48, False), (1, 2, 1, 3, 90, 128, True)]
+
+
+@pytest.mark.parametrize("B,H,Hkv,T,S,D,causal", TC_CASES)
+def test_cuda_attention_tensor_cores(rng, B, H, Hkv, T, S, D, causal):
+    q, k, v = randn(rng, B, H, T, D), randn(rng, B, Hkv, S, D), randn(rng, B, Hkv, S, D)
+    out, lse = ops.attention(gpu(q), gpu(k), gpu(v), causal=causal, return_lse=True,
+                             backend="flash_tc")
+    # the reference on the same bf16-rounded inputs; P is rounded to bf16 in the kernel too
+    qr, kr, vr = (f64(reference.from_bf16(reference.to_bf16(a))) for a in (q, k, v))
+    rout, rlse = reference.attention(qr, kr, vr, causal)
+    assert_close(host(out), rout, rtol=0, atol=1e-2 * np.abs(rout).max(), what="out")
+    assert_close(host(lse), rlse, rtol=1e-4, atol=1e-4, what="lse")
+
+
+def test_cuda_attention_tensor_cores_kv_cache_and_errors(rng):
+    B, H, Hkv, T, cap, used, D = 1, 4, 2, 3, 80, 67, 32
+    q, k, v = randn(rng, B, H, T, D), randn(rng, B, Hkv, cap, D), randn(rng, B, Hkv, cap, D)
+    out = ops.attention(gpu(q), gpu(k), gpu(v), kv_length=used, backend="flash_tc")
+    qr, kr, vr = (f64(reference.from_bf16(reference.to_bf16(a))) for a in (q, k, v))
+    rout, _ = reference.attention(qr, kr[:, :, :used], vr[:, :, :used], True)
+    assert_close(host(out), rout, rtol=0, atol=1e-2 * np.abs(rout).max())
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ops.attention(gpu(randn(rng, 1, 1, 4, 24)), gpu(randn(rng, 1, 1, 4, 24)),
+                      gpu(randn(rng, 1, 1, 4, 24)), backend="flash_tc")

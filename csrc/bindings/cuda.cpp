@@ -149,7 +149,7 @@ void register_cuda_families(py::module_& m) {
         [](int ver, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
            uintptr_t scores, int64_t b, int64_t h, int64_t hkv, int64_t t, int64_t s_len,
            int64_t cap, int64_t dh, float scale, bool causal, uintptr_t s) {
-          check_args("attention", ver, 3, {b, h, hkv, t, s_len, cap, dh},
+          check_args("attention", ver, 4, {b, h, hkv, t, s_len, cap, dh},
                      {q, k, v, out, ver == 0 ? scores : 1});
           cuda::attention(ver, ptr<const float>(q), ptr<const float>(k), ptr<const float>(v),
                           ptr<float>(out), ptr<float>(lse), ptr<float>(scores), b, h, hkv, t,

@@ -9,6 +9,8 @@
 //            of a warp scores key j of the tile, the warp keeps an online softmax (running
 //            max m, sum l, rescaled output accumulators, each lane owning columns lane,
 //            lane + 32, ...): the scores never leave registers. dh <= 128.
+// version 3: flash_tc: version 1's algorithm with both products on tensor cores (WMMA, bf16
+//            inputs, float accumulation): csrc/cuda/attention_tc.cu.
 // version 2: decode (few queries against a long cache): one block per query row; its 8 warps
 //            split the keys (tiles of 32, round robin), each keeps the same online state as
 //            version 1 straight from global memory, and the 8 states are merged at the end.
@@ -232,6 +234,11 @@ void attention(int version, const float* q, const float* k, const float* v, floa
   if (hkv <= 0 || h % hkv != 0) throw std::runtime_error("attention (cuda): h % hkv != 0");
   if (causal && s < t) throw std::runtime_error("attention (cuda): causal needs s >= t");
   if (s > kv_capacity) throw std::runtime_error("attention (cuda): s > kv capacity");
+  if (version == 3) {
+    attention_tensor_cores(q, k, v, out, lse, b, h, hkv, t, s, kv_capacity, dh, scale, causal,
+                           stream);
+    return;
+  }
   if (version == 0) {
     if (!scores) throw std::runtime_error("attention (cuda): the naive version needs scores");
     int64_t rows = b * h * t;

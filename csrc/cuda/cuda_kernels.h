@@ -105,11 +105,18 @@ void clip_scale(float* g, int64_t n, const double* total, float max_norm, float 
 // used. out [b, h, t, dh], lse [b, h, t] (may be null).
 // version 0: naive (scores [b, h, t, s] materialized in `scores`), 1: flash (a block of 4
 // warps = 4 query rows shares key / value tiles in shared memory, online softmax; dh <= 128),
-// 2: decode (one block per query row, 8 warps split the keys, states merged at the end).
+// 2: decode (one block per query row, 8 warps split the keys, states merged at the end),
+// 3: flash_tc (version 1 on tensor cores, bf16 operands; dh a multiple of 16, <= 128).
 void attention(int version, const float* q, const float* k, const float* v, float* out,
                float* lse, float* scores, int64_t b, int64_t h, int64_t hkv, int64_t t,
                int64_t s, int64_t kv_capacity, int64_t dh, float scale, bool causal,
                uintptr_t stream);
+
+// Version 3 of attention (csrc/cuda/attention_tc.cu).
+void attention_tensor_cores(const float* q, const float* k, const float* v, float* out,
+                            float* lse, int64_t b, int64_t h, int64_t hkv, int64_t t, int64_t s,
+                            int64_t kv_capacity, int64_t dh, float scale, bool causal,
+                            uintptr_t stream);
 
 // Gradients of attention (see ops.attention_backward), k, v [b, hkv, s, dh] (s rows, no
 // cache capacity). dq [b, h, t, dh], dk, dv [b, hkv, s, dh] are written (not accumulated);

@@ -135,7 +135,11 @@ struct Block {
   const std::function<void()>* body = nullptr;
   Context scheduler;
   std::string error;
-  std::vector<float> dynamic_shared;
+  std::vector<unsigned char> dynamic_shared;  // 128 bytes more than asked, for alignment
+  unsigned char* dynamic_base() {
+    uintptr_t at = reinterpret_cast<uintptr_t>(dynamic_shared.data());
+    return dynamic_shared.data() + ((128 - at % 128) % 128);
+  }
 };
 
 // Per OS thread (each Python thread that launches gets its own emulator state).
@@ -244,7 +248,7 @@ void run_block(Block& b, uint64_t serial) {
   b.block_barrier.expected = n;
   b.exited = 0;
   b.error.clear();
-  std::memset(b.dynamic_shared.data(), 0xff, b.dynamic_shared.size() * sizeof(float));
+  std::memset(b.dynamic_shared.data(), 0xff, b.dynamic_shared.size());
   for (unsigned i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
     f.linear = i;
@@ -293,7 +297,7 @@ const uint3& block_idx() { return block().bid; }
 const dim3& block_dim() { return block().block; }
 const dim3& grid_dim() { return block().grid; }
 unsigned lane_id() { return block().current->linear % 32; }
-void* dynamic_shared_bytes() { return block().dynamic_shared.data(); }
+void* dynamic_shared_bytes() { return block().dynamic_base(); }  // 128-byte aligned
 
 void poison_shared(void* address, size_t bytes) {
   block();  // only inside a kernel
@@ -382,7 +386,7 @@ void run_grid(const void* kernel, dim3 grid, dim3 blk, size_t shared,
     b.block = blk;
     b.threads = (unsigned)threads;
     b.body = &body;
-    b.dynamic_shared.resize((shared + sizeof(float) - 1) / sizeof(float) + 1);
+    b.dynamic_shared.resize(shared + 128);
     g_block = &b;
     try {
       for (uint64_t s; !failed.load() && (s = next.fetch_add(1)) < blocks;) {

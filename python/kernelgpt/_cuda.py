@@ -580,14 +580,16 @@ def clip_grad_norm(grads, max_norm, *, eps=1e-6, backend="auto"):
 
 # ---- attention -----------------------------------------------------------------------------------
 
-_ATTN_VERSIONS = ["naive", "flash", "decode"]
+_ATTN_VERSIONS = ["naive", "flash", "decode", "flash_tc"]
 _MAX_HEAD = 128  # head size limit of the flash and decode versions (registers per lane)
 
 
 def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, kv_length=None,
               backend="auto"):
     """backend: "auto" (decode for T <= 16, else flash; naive when D > 128), "naive" (scores
-    materialized), "flash" (tiled, online softmax), "decode" (keys split over 8 warps)."""
+    materialized), "flash" (tiled, online softmax), "decode" (keys split over 8 warps),
+    "flash_tc" (flash on tensor cores: q, k, v and the probabilities rounded to bf16, float32
+    accumulation; D a multiple of 16)."""
     fn = "attention"
     dev = _backend(q, fn)
     cp = dev.xp
@@ -621,6 +623,9 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
         if version > 0 and D > _MAX_HEAD:
             raise ValueError(f"{fn}: the {backend} version needs head size D <= {_MAX_HEAD}, "
                              f"got {D} (use backend='naive')")
+        if version == 3 and D % 16:
+            raise ValueError(f"{fn}: the flash_tc version needs a head size D that is a multiple "
+                             f"of 16, got {D}")
     y = _output(dev, out, q.shape, fn, (q, k, v))
     lse = cp.empty((B, H, T), cp.float32) if return_lse else None
     scores = cp.empty((B, H, T, S), cp.float32) if version == 0 else None
