@@ -67,10 +67,36 @@ struct Context {
 #else
   ucontext_t uc;
 #endif
+  const void* stack = nullptr;  // the stack this context runs on (for AddressSanitizer)
+  size_t stack_bytes = 0;
 };
+
+// AddressSanitizer must be told about every switch of stacks (KG_SANITIZE builds): the
+// emulator then runs the CUDA kernels with every out-of-bounds read or write of an array
+// reported, which is how tools/asan_test.sh checks them.
+#if defined(__SANITIZE_ADDRESS__)
+#define KG_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KG_EMU_ASAN 1
+#endif
+#endif
+#if KG_EMU_ASAN
+extern "C" void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom,
+                                               size_t size);
+extern "C" void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old,
+                                                size_t* size_old);
+extern "C" void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
+#endif
 
 // A fresh context that starts `entry` on `stack` (entry must never return).
 void context_start(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  c.stack = stack;
+  c.stack_bytes = bytes;
+#if KG_EMU_ASAN
+  // a finished fiber never returns from its frames: their redzones are still marked
+  __asan_unpoison_memory_region(stack, bytes);
+#endif
 #if defined(__x86_64__)
   uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
   void** sp = reinterpret_cast<void**>(top);
@@ -94,11 +120,37 @@ void context_start(Context& c, char* stack, size_t bytes, void (*entry)()) {
 #endif
 }
 
-void context_switch(Context& from, Context& to) {
+// `from` saves where it is; `to` resumes. `finished`: `from` will never run again.
+void context_switch(Context& from, Context& to, bool finished = false) {
+#if KG_EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(finished ? nullptr : &fake, to.stack, to.stack_bytes);
+#else
+  (void)finished;
+#endif
 #if defined(__x86_64__)
   kg_emu_switch(&from.sp, to.sp);
 #else
   swapcontext(&from.uc, &to.uc);
+#endif
+#if KG_EMU_ASAN
+  // back in `from`: learn the stack we came from (the scheduler's is the OS thread's own)
+  const void* bottom = nullptr;
+  size_t bytes = 0;
+  __sanitizer_finish_switch_fiber(fake, &bottom, &bytes);
+  if (!to.stack) to.stack = bottom, to.stack_bytes = bytes;
+#endif
+}
+
+// The first thing a new fiber does (it arrives here without returning from context_switch).
+void context_entered(Context& came_from) {
+#if KG_EMU_ASAN
+  const void* bottom = nullptr;
+  size_t bytes = 0;
+  __sanitizer_finish_switch_fiber(nullptr, &bottom, &bytes);
+  if (!came_from.stack) came_from.stack = bottom, came_from.stack_bytes = bytes;
+#else
+  (void)came_from;
 #endif
 }
 
@@ -196,6 +248,7 @@ void arrive(Block& b, Barrier& bar) {
 
 void fiber_main() {
   Block& b = *g_block;
+  context_entered(b.scheduler);
   Fiber* f = b.current;
   try {
     (*b.body)();
@@ -219,7 +272,7 @@ void fiber_main() {
     if (b.error.empty()) b.error = "cuda emulator: a kernel threw a non-standard exception";
   }
   f->state = State::Done;
-  context_switch(f->context, b.scheduler);  // never resumed
+  context_switch(f->context, b.scheduler, true);  // never resumed
   std::abort();
 }
 
