@@ -11,8 +11,8 @@ if not hasattr(_C, "cuda_device_count"):
 def test_bad_version_is_a_value_error():
     with pytest.raises(ValueError, match=r"layernorm: version 5 out of range \[0, 2\)"):
         _C.cuda_layernorm(5, 1, 1, 0, 1, 0, 0, 3, 4, 1e-5, 0)
-    with pytest.raises(ValueError, match="attention: version 3"):
-        _C.cuda_attention(3, 1, 1, 1, 1, 0, 1, 1, 2, 2, 5, 5, 5, 16, 0.25, True, 0)
+    with pytest.raises(ValueError, match="attention: version 4"):
+        _C.cuda_attention(4, 1, 1, 1, 1, 0, 1, 1, 2, 2, 5, 5, 5, 16, 0.25, True, 0)
 
 
 @pytest.mark.parametrize("call", [

@@ -26,10 +26,14 @@
 //     block, so a kernel that reads what it never wrote gets NaN instead of a lucky value;
 //   - launch limits are checked as on a GPU (1024 threads per block, grid y, z <= 65535,
 //     48 KiB of dynamic shared memory unless cudaFuncSetAttribute raised it, up to 227 KiB).
-// Memory is host memory: device pointers are the numpy arrays' addresses.
+//   - WMMA (tensor cores) is modelled at the end of this file: warp-collective, with CUDA's
+//     pointer-alignment and ldm rules checked; inline PTX (mma.sync, cp.async) is not.
+// Memory is host memory: device pointers are the numpy arrays' addresses; in a KG_SANITIZE
+// build AddressSanitizer sees every access (the fiber switches are annotated for it).
 // Blocks run on several OS threads at once (set_workers; they are independent on a GPU too),
 // so atomics are real (compare-and-swap loops) and their order between blocks varies.
-// Not modelled: timing, memory coalescing, bank conflicts, the memory model between blocks.
+// Not modelled: timing, memory coalescing, bank conflicts, the memory model between blocks,
+// the size of static shared memory (a GPU allows 48 KiB of static + default dynamic).
 #pragma once
 #include <math.h>
 
