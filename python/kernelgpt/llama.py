@@ -433,6 +433,9 @@ def chat_main(args) -> int:
     print(f"kernelgpt chat: {Path(model.source).name}, {model.config.n_layer} layers, "
           f"{model.weights} weights on {model.device}. /reset, /system TEXT, /quit",
           file=sys.stderr)
+    if model.device == "emu":
+        print("(device emu: the CUDA kernels on the CPU emulator, for checking them: seconds per "
+              "token)", file=sys.stderr)
     while True:
         try:
             line = input("> ")
