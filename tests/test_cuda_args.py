@@ -12,7 +12,7 @@ def test_bad_version_is_a_value_error():
     with pytest.raises(ValueError, match=r"layernorm: version 5 out of range \[0, 2\)"):
         _C.cuda_layernorm(5, 1, 1, 0, 1, 0, 0, 3, 4, 1e-5, 0)
     with pytest.raises(ValueError, match="attention: version 4"):
-        _C.cuda_attention(4, 1, 1, 1, 1, 0, 1, 1, 2, 2, 5, 5, 5, 16, 0.25, True, 0)
+        _C.cuda_attention(4, 1, 1, 1, 1, 0, 1, 1, 2, 2, 5, 5, 5, 16, 0.25, True, 0, 0)
 
 
 @pytest.mark.parametrize("call", [
@@ -28,8 +28,9 @@ def test_bad_size_is_a_value_error(call):
 
 
 @pytest.mark.parametrize("call", [
-    lambda: _C.cuda_quant_matmul(1, 8, 0, 1, 1, 1, 1, 32, 0),             # x missing
-    lambda: _C.cuda_attention(0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 8, 0.3, True, 0),  # scores
+    lambda: _C.cuda_quant_matmul(1, 8, 0, 1, 1, 1, 1, 32, False, 0),      # x missing
+    lambda: _C.cuda_attention(0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 8, 0.3, True, 0, 0),
+    lambda: _C.cuda_kv_write(1, 0, 1, 2, 8, 4, 0),                        # src missing
     lambda: _C.cuda_embedding_backward(1, 1, 1, 0, 1, 4, 9, 3, 0),        # sorted: order
     lambda: _C.cuda_adamw(0, 1, 0, 1, 1, 5, 1e-3, 0.9, 0.99, 1e-8, 0.0, 0.1, 0.01, 0),
 ])

@@ -145,3 +145,29 @@ def test_cache_on_another_device_is_an_error(tiny_gguf):
     cpu, dev = load_model(tiny_gguf), load_model(tiny_gguf, device="emu")
     with pytest.raises(ValueError, match="the cache is on 'cpu'"):
         dev.forward_cached(np.array([[2, 3]]), cpu.new_cache())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("weights", ["quantized", "fp32"])
+def test_graph_decode_replays_at_every_position(tiny_gguf, device, weights):
+    """decode_next on a device captures one step as a CUDA graph and replays it: the token,
+    its position and the key count are read on the device, so every replay must match the
+    CPU's logits (a position baked into the graph would be wrong from the second token)."""
+    cpu = load_model(tiny_gguf, weights=weights)
+    dev = load_model(tiny_gguf, weights=weights, device=device)
+    c_cache, d_cache = cpu.new_cache(), dev.new_cache()
+    prompt = np.array([[2, 3, 7]])
+    cpu.forward_cached(prompt, c_cache)
+    dev.forward_cached(prompt, d_cache)
+    assert dev.supports_fast_decode(d_cache)
+    for token in [5, 11, 4, 4, 9, 1, 6]:
+        want = cpu.forward_cached(np.array([[token]]), c_cache)[0]
+        got = dev.decode_next(token, d_cache)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert d_cache.length == c_cache.length == 10
+    graph = dev._graph_decoder.graph
+    assert graph is not None
+    if device == "emu":  # one recorded launch per kernel of the step
+        assert len(graph) == 1 + 12 * dev.config.n_layer + 2
+    with pytest.raises(ValueError, match="out of range"):
+        dev.decode_next(dev.config.vocab_size, d_cache)

@@ -146,15 +146,21 @@ void register_cuda_families(py::module_& m) {
     cuda::clip_scale(ptr<float>(g), n, ptr<const double>(total), max_norm, eps, s);
   });
   launcher(m, "cuda_attention",
-        [](int ver, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
-           uintptr_t scores, int64_t b, int64_t h, int64_t hkv, int64_t t, int64_t s_len,
-           int64_t cap, int64_t dh, float scale, bool causal, uintptr_t s) {
-          check_args("attention", ver, 4, {b, h, hkv, t, s_len, cap, dh},
-                     {q, k, v, out, ver == 0 ? scores : 1});
-          cuda::attention(ver, ptr<const float>(q), ptr<const float>(k), ptr<const float>(v),
-                          ptr<float>(out), ptr<float>(lse), ptr<float>(scores), b, h, hkv, t,
-                          s_len, cap, dh, scale, causal, s);
-        });
+           [](int ver, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+              uintptr_t scores, int64_t b, int64_t h, int64_t hkv, int64_t t, int64_t s_len,
+              int64_t cap, int64_t dh, float scale, bool causal, uintptr_t s_dev, uintptr_t s) {
+             check_args("attention", ver, 4, {b, h, hkv, t, s_len, cap, dh},
+                        {q, k, v, out, ver == 0 ? scores : 1});
+             cuda::attention(ver, ptr<const float>(q), ptr<const float>(k), ptr<const float>(v),
+                             ptr<float>(out), ptr<float>(lse), ptr<float>(scores), b, h, hkv, t,
+                             s_len, cap, dh, scale, causal, ptr<const int64_t>(s_dev), s);
+           });
+  launcher(m, "cuda_kv_write", [](uintptr_t cache, uintptr_t src, uintptr_t pos, int64_t hkv,
+                                  int64_t cap, int64_t dh, uintptr_t s) {
+    check_args("kv_write", 0, 1, {hkv, cap, dh}, {cache, src, pos});
+    cuda::kv_write(ptr<float>(cache), ptr<const float>(src), ptr<const int64_t>(pos), hkv, cap,
+                   dh, s);
+  });
   launcher(m, "cuda_attention_backward",
         [](int ver, uintptr_t dout, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
            uintptr_t lse, uintptr_t dq, uintptr_t dk, uintptr_t dv, uintptr_t delta,
@@ -174,11 +180,18 @@ void register_cuda_families(py::module_& m) {
     check_args("dequantize", ver, 1, {blocks}, {raw, out});
     cuda::dequantize(ver, qtype, ptr<const uint8_t>(raw), ptr<float>(out), blocks, s);
   });
-  launcher(m, "cuda_quant_matmul", [](int ver, int qtype, uintptr_t x, uintptr_t raw, uintptr_t y,
-                                int64_t mm, int64_t n, int64_t k, uintptr_t s) {
+  launcher(m, "cuda_quant_matmul", [](int ver, int qtype, uintptr_t x, uintptr_t raw,
+                                      uintptr_t y, int64_t mm, int64_t n, int64_t k,
+                                      bool accumulate, uintptr_t s) {
     check_args("quant_matmul", ver, 2, {mm, n, k}, {x, raw, y});
     cuda::quant_matmul(ver, qtype, ptr<const float>(x), ptr<const uint8_t>(raw), ptr<float>(y),
-                       mm, n, k, s);
+                       mm, n, k, accumulate, s);
+  });
+  launcher(m, "cuda_dequantize_rows", [](int qtype, uintptr_t raw, uintptr_t ids, uintptr_t out,
+                                         int64_t n, int64_t k, uintptr_t s) {
+    check_args("dequantize_rows", 0, 1, {n, k}, {raw, ids, out});
+    cuda::dequantize_rows(qtype, ptr<const uint8_t>(raw), ptr<const int64_t>(ids),
+                          ptr<float>(out), n, k, s);
   });
 }
 

@@ -34,6 +34,7 @@ struct AttentionArgs {
   int64_t b, h, hkv, t, s, cap, dh;
   float scale;
   bool causal;
+  const int64_t* s_dev;  // decode: the number of keys, read on the device (or null: s)
 };
 
 constexpr int kMaxHead = 128, kPerLane = kMaxHead / 32;
@@ -185,6 +186,15 @@ __global__ void attention_flash(AttentionArgs p) {
 
 constexpr int kDecodeWarps = 8;
 
+__global__ void kv_write_kernel(float* cache, const float* src, const int64_t* pos, int64_t hkv,
+                                int64_t cap, int64_t dh) {
+  int64_t at = *pos;
+  if (at < 0 || at >= cap) return;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < hkv * dh;
+       e += (int64_t)gridDim.x * blockDim.x)
+    cache[((e / dh) * cap + at) * dh + e % dh] = src[e];
+}
+
 __global__ void attention_decode(AttentionArgs p) {
   __shared__ float qs[kMaxHead];
   __shared__ float part_m[kDecodeWarps];
@@ -197,7 +207,8 @@ __global__ void attention_decode(AttentionArgs p) {
   __syncthreads();
   const float* kbase = p.k + kv_offset(p, bh);
   const float* vbase = p.v + kv_offset(p, bh);
-  int64_t mine = min(p.s, visible_keys(p, i));
+  int64_t s = p.s_dev ? min(max(*p.s_dev, (int64_t)1), p.cap) : p.s;
+  int64_t mine = min(s, p.causal ? i + s - p.t + 1 : s);
   RowState st;
   row_start(st);
   for (int64_t j0 = warp * (int64_t)kKeyTile; j0 < mine; j0 += kDecodeWarps * kKeyTile) {
@@ -223,13 +234,24 @@ __global__ void attention_decode(AttentionArgs p) {
   if (threadIdx.x == 0 && p.lse) p.lse[row] = m + logf(l);
 }
 
-// ---- launcher -------------------------------------------------------------------------------
+// ---- launchers ------------------------------------------------------------------------------
+
+void kv_write(float* cache, const float* src, const int64_t* pos, int64_t hkv, int64_t cap,
+              int64_t dh, uintptr_t stream) {
+  kv_write_kernel<<<grid_for(hkv * dh, 256), 256, 0, as_stream(stream)>>>(cache, src, pos, hkv,
+                                                                          cap, dh);
+  check(cudaGetLastError(), "kv_write (cuda) launch");
+}
 
 void attention(int version, const float* q, const float* k, const float* v, float* out,
                float* lse, float* scores, int64_t b, int64_t h, int64_t hkv, int64_t t,
                int64_t s, int64_t kv_capacity, int64_t dh, float scale, bool causal,
-               uintptr_t stream) {
-  AttentionArgs p{q, k, v, out, lse, scores, b, h, hkv, t, s, kv_capacity, dh, scale, causal};
+               const int64_t* s_dev, uintptr_t stream) {
+  AttentionArgs p{q, k, v, out, lse, scores, b, h, hkv, t, s, kv_capacity, dh, scale, causal,
+                  s_dev};
+  if (s_dev && version != 2)
+    throw std::runtime_error("attention (cuda): a device-side key count needs the decode "
+                             "version");
   cudaStream_t st = as_stream(stream);
   if (hkv <= 0 || h % hkv != 0) throw std::runtime_error("attention (cuda): h % hkv != 0");
   if (causal && s < t) throw std::runtime_error("attention (cuda): causal needs s >= t");

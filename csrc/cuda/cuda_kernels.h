@@ -107,10 +107,12 @@ void clip_scale(float* g, int64_t n, const double* total, float max_norm, float 
 // warps = 4 query rows shares key / value tiles in shared memory, online softmax; dh <= 128),
 // 2: decode (one block per query row, 8 warps split the keys, states merged at the end),
 // 3: flash_tc (version 1 on tensor cores, bf16 operands; dh a multiple of 16, <= 128).
+// s_dev (may be null): the decode version reads the number of keys from this device int64
+// instead of s (so that a CUDA graph can replay one decode step at any position).
 void attention(int version, const float* q, const float* k, const float* v, float* out,
                float* lse, float* scores, int64_t b, int64_t h, int64_t hkv, int64_t t,
                int64_t s, int64_t kv_capacity, int64_t dh, float scale, bool causal,
-               uintptr_t stream);
+               const int64_t* s_dev, uintptr_t stream);
 
 // Version 3 of attention (csrc/cuda/attention_tc.cu).
 void attention_tensor_cores(const float* q, const float* k, const float* v, float* out,
@@ -137,8 +139,16 @@ void dequantize(int version, int qtype, const uint8_t* raw, float* out, int64_t 
                 uintptr_t stream);
 // y [m, n] = x [m, k] @ W^T, W [n, k] quantized. version 0: one thread per output,
 // 1: one warp per output, lanes over blocks, warp-shuffle sum.
+// accumulate: y += x @ W^T.
 void quant_matmul(int version, int qtype, const float* x, const uint8_t* raw, float* y,
-                  int64_t m, int64_t n, int64_t k, uintptr_t stream);
+                  int64_t m, int64_t n, int64_t k, bool accumulate, uintptr_t stream);
+// out [n, k] = rows ids[0..n) (device int64) of W [rows, k] dequantized.
+void dequantize_rows(int qtype, const uint8_t* raw, const int64_t* ids, float* out, int64_t n,
+                     int64_t k, uintptr_t stream);
+// KV cache append for one token read on the device: cache [hkv, cap, dh] (batch 1) row
+// *pos of each head = src [hkv, dh]; nothing is written when *pos is outside [0, cap).
+void kv_write(float* cache, const float* src, const int64_t* pos, int64_t hkv, int64_t cap,
+              int64_t dh, uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace kg

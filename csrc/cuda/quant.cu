@@ -4,7 +4,8 @@
 //   Q8_0: fp16 d, 32 x int8 q                    w = d * q            (34 bytes)
 //   Q4_1: fp16 d, fp16 m, 16 bytes of nibbles    w = d * q + m        (20 bytes)
 //         (byte j holds weight j in its low nibble and weight j + 16 in its high one)
-// dequantize (one version): one thread per weight.
+// dequantize (one version): one thread per weight; dequantize_rows: the rows named by device
+// ids (an embedding lookup that a CUDA graph can replay: the id is read on the device).
 // quant_matmul version 0: naive, one thread per output y[m, n]: decode a weight, multiply, add.
 // quant_matmul version 1: one warp per output; lane j decodes weight j of every block of the
 //            row, so a warp reads each block's bytes together (coalesced), and the 32 partial
@@ -40,8 +41,19 @@ __global__ void dequantize_kernel(int qtype, const uint8_t* raw, float* out, int
     out[e] = weight_at(qtype, raw + (e / 32) * bytes, (int)(e % 32));
 }
 
+// out[i, :] = row ids[i] of W [rows, k], dequantized (an embedding lookup by device ids).
+__global__ void dequantize_rows_kernel(int qtype, const uint8_t* raw, const int64_t* ids,
+                                       float* out, int64_t n, int64_t k) {
+  int bytes = qtype == kTypeQ8 ? kQ8Bytes : kQ41Bytes;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n * k;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t row = ids[e / k], col = e % k;
+    out[e] = weight_at(qtype, raw + (row * (k / 32) + col / 32) * bytes, (int)(col % 32));
+  }
+}
+
 __global__ void quant_matmul_naive(int qtype, const float* x, const uint8_t* raw, float* y,
-                                   int64_t m, int64_t n, int64_t k) {
+                                   int64_t m, int64_t n, int64_t k, bool accumulate) {
   int bytes = qtype == kTypeQ8 ? kQ8Bytes : kQ41Bytes;
   int64_t nb = k / 32;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < m * n;
@@ -52,14 +64,14 @@ __global__ void quant_matmul_naive(int qtype, const float* x, const uint8_t* raw
     float sum = 0.0f;
     for (int64_t b = 0; b < nb; ++b)
       for (int j = 0; j < 32; ++j) sum += weight_at(qtype, w + b * bytes, j) * xr[b * 32 + j];
-    y[e] = sum;
+    y[e] = accumulate ? y[e] + sum : sum;
   }
 }
 
 constexpr int kWarps = 8;
 
 __global__ void quant_matmul_warp(int qtype, const float* x, const uint8_t* raw, float* y,
-                                  int64_t m, int64_t n, int64_t k) {
+                                  int64_t m, int64_t n, int64_t k, bool accumulate) {
   int bytes = qtype == kTypeQ8 ? kQ8Bytes : kQ41Bytes;
   int lane = threadIdx.x % 32;
   int64_t nb = k / 32;
@@ -72,7 +84,7 @@ __global__ void quant_matmul_warp(int qtype, const float* x, const uint8_t* raw,
     for (int64_t b = 0; b < nb; ++b)
       sum += weight_at(qtype, w + b * bytes, lane) * xr[b * 32 + lane];
     sum = warp_sum(sum);
-    if (lane == 0) y[e] = sum;
+    if (lane == 0) y[e] = accumulate ? y[e] + sum : sum;
   }
 }
 
@@ -89,16 +101,25 @@ void dequantize(int, int qtype, const uint8_t* raw, float* out, int64_t blocks,
   check(cudaGetLastError(), "dequantize (cuda) launch");
 }
 
+void dequantize_rows(int qtype, const uint8_t* raw, const int64_t* ids, float* out, int64_t n,
+                     int64_t k, uintptr_t stream) {
+  check_qtype(qtype);
+  if (k % 32 != 0) throw std::runtime_error("dequantize_rows (cuda): k must be a multiple of 32");
+  dequantize_rows_kernel<<<grid_for(n * k, 256), 256, 0, as_stream(stream)>>>(qtype, raw, ids,
+                                                                              out, n, k);
+  check(cudaGetLastError(), "dequantize_rows (cuda) launch");
+}
+
 void quant_matmul(int version, int qtype, const float* x, const uint8_t* raw, float* y,
-                  int64_t m, int64_t n, int64_t k, uintptr_t stream) {
+                  int64_t m, int64_t n, int64_t k, bool accumulate, uintptr_t stream) {
   check_qtype(qtype);
   if (k % 32 != 0) throw std::runtime_error("quant_matmul (cuda): k must be a multiple of 32");
   if (version == 0)
     quant_matmul_naive<<<grid_for(m * n, 128), 128, 0, as_stream(stream)>>>(qtype, x, raw, y, m,
-                                                                             n, k);
+                                                                             n, k, accumulate);
   else
     quant_matmul_warp<<<grid_for(m * n, kWarps), 32 * kWarps, 0, as_stream(stream)>>>(
-        qtype, x, raw, y, m, n, k);
+        qtype, x, raw, y, m, n, k, accumulate);
   check(cudaGetLastError(), "quant_matmul (cuda) launch");
 }
 

@@ -405,8 +405,25 @@ void exchange(unsigned mask, const void* mine, size_t size, void* all) {
   arrive(b, bar);  // every lane has read before the slots are reused
 }
 
+namespace {
+struct RecordedLaunch {
+  const void* kernel;
+  dim3 grid, block;
+  size_t shared;
+  std::function<void()> body;
+};
+thread_local std::vector<RecordedLaunch>* g_capture = nullptr;
+std::mutex g_graphs_mutex;
+std::map<uint64_t, std::vector<RecordedLaunch>> g_graphs;
+uint64_t g_next_graph = 1;
+}  // namespace
+
 void run_grid(const void* kernel, dim3 grid, dim3 blk, size_t shared,
-              const std::function<void()>& body) {
+              std::function<void()> body) {
+  if (g_capture) {  // a CUDA graph being captured: the launch is recorded, not run
+    g_capture->push_back({kernel, grid, blk, shared, std::move(body)});
+    return;
+  }
   auto bad = [](const std::string& what) {
     g_last_error = what;
     throw std::runtime_error("cuda emulator: invalid launch: " + what);
@@ -459,6 +476,43 @@ void run_grid(const void* kernel, dim3 grid, dim3 blk, size_t shared,
   work();
   for (std::thread& t : pool) t.join();
   if (failed) throw std::runtime_error(first_error);
+}
+
+void begin_capture() {
+  if (g_capture) throw std::runtime_error("cuda emulator: a capture is already under way");
+  g_capture = new std::vector<RecordedLaunch>();
+}
+
+uint64_t end_capture() {
+  if (!g_capture) throw std::runtime_error("cuda emulator: end_capture without begin_capture");
+  std::unique_ptr<std::vector<RecordedLaunch>> launches(g_capture);
+  g_capture = nullptr;
+  std::lock_guard<std::mutex> lock(g_graphs_mutex);
+  uint64_t id = g_next_graph++;
+  g_graphs[id] = std::move(*launches);
+  return id;
+}
+
+void launch_graph(uint64_t id) {
+  std::vector<RecordedLaunch>* launches;
+  {
+    std::lock_guard<std::mutex> lock(g_graphs_mutex);
+    auto it = g_graphs.find(id);
+    if (it == g_graphs.end()) throw std::runtime_error("cuda emulator: no such graph");
+    launches = &it->second;
+  }
+  for (const RecordedLaunch& l : *launches) run_grid(l.kernel, l.grid, l.block, l.shared, l.body);
+}
+
+size_t graph_size(uint64_t id) {
+  std::lock_guard<std::mutex> lock(g_graphs_mutex);
+  auto it = g_graphs.find(id);
+  return it == g_graphs.end() ? 0 : it->second.size();
+}
+
+void free_graph(uint64_t id) {
+  std::lock_guard<std::mutex> lock(g_graphs_mutex);
+  g_graphs.erase(id);
 }
 
 void set_max_dynamic_shared(const void* kernel, int bytes) {

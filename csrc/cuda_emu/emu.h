@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -103,9 +104,10 @@ void* dynamic_shared_bytes();
 // thread that reaches its declaration does it (CMake inserts the call after each declaration).
 void poison_shared(void* address, size_t bytes);
 
-// Runs `body` once per thread of the grid (see emu.cpp).
+// Runs `body` once per thread of the grid (see emu.cpp), or records the launch while a
+// graph is being captured on this OS thread.
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t shared,
-              const std::function<void()>& body);
+              std::function<void()> body);
 void set_max_dynamic_shared(const void* kernel, int bytes);
 
 template <typename T>
@@ -121,14 +123,15 @@ struct Launch {
   template <typename... Args>
   void operator()(Args&&... args) const {
     // Arguments are converted to the parameter types once, as CUDA copies them to the
-    // kernel's parameter space; every thread gets its own copy.
-    std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+    // kernel's parameter space; every thread gets its own copy. The body owns them, so that
+    // a launch recorded into a graph (begin_capture) can be replayed later.
+    auto params = std::make_shared<std::tuple<std::decay_t<Params>...>>(
+        std::forward<Args>(args)...);
     auto fn = kernel;
-    run_grid(reinterpret_cast<const void*>(kernel), grid, block, shared,
-             [&params, fn]() {
-               auto copy = params;
-               std::apply(fn, copy);
-             });
+    run_grid(reinterpret_cast<const void*>(kernel), grid, block, shared, [params, fn]() {
+      auto copy = *params;
+      std::apply(fn, copy);
+    });
   }
 };
 

@@ -12,4 +12,11 @@ std::string get_order();
 // a GPU, so this changes nothing but speed (and the order of atomics between blocks).
 void set_workers(unsigned n);
 unsigned get_workers();
+// CUDA graphs, emulated: between begin_capture and end_capture the launches of this OS thread
+// are recorded (with their arguments as they were), not run; launch_graph replays them.
+void begin_capture();
+uint64_t end_capture();
+void launch_graph(uint64_t id);
+size_t graph_size(uint64_t id);
+void free_graph(uint64_t id);
 }  // namespace kg_emu

@@ -17,5 +17,10 @@ PYBIND11_MODULE(_cuda_emu, m) {
   m.def("set_workers", &kg_emu::set_workers, pybind11::arg("n"),
         "OS threads running blocks in parallel (0: one per CPU, at most 8).");
   m.def("get_workers", &kg_emu::get_workers);
+  m.def("begin_capture", &kg_emu::begin_capture);
+  m.def("end_capture", &kg_emu::end_capture);
+  m.def("launch_graph", &kg_emu::launch_graph, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("graph_size", &kg_emu::graph_size);
+  m.def("free_graph", &kg_emu::free_graph);
   register_selftest(m);
 }

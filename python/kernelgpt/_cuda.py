@@ -631,7 +631,7 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
     scores = cp.empty((B, H, T, S), cp.float32) if version == 0 else None
     dev.lib.cuda_attention(version, q.data.ptr, k.data.ptr, v.data.ptr, y.data.ptr, _ptr(lse),
                            _ptr(scores), B, H, Hkv, T, S, cap, D, float(scale), bool(causal),
-                           dev.stream())
+                           0, dev.stream())
     return (y, lse) if return_lse else y
 
 
@@ -804,7 +804,7 @@ def dequantize(raw, qtype, shape, *, out=None, backend="auto"):
     return y
 
 
-def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
+def quant_matmul(x, raw, qtype, n_rows, *, out=None, accumulate=False, backend="auto"):
     """y = x @ W^T, W [n_rows, K] quantized; x [K] or [M, K]. backend: "naive" (a thread per
     output), "warp"/"auto" (a warp per output, lanes over the 32 weights of each block)."""
     fn = "quant_matmul"
@@ -815,6 +815,8 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
     _check_raw(dev, fn, raw, qtype, n_rows, K)
     M = 1 if x.ndim == 1 else x.shape[0]
     y = _output(dev, out, x.shape[:-1] + (n_rows,), fn, (x,))
-    dev.lib.cuda_quant_matmul(version, _QTYPE_IDS[qtype], x.data.ptr, raw.data.ptr, y.data.ptr, M,
-                              n_rows, K, dev.stream())
+    if accumulate and out is None:
+        raise ValueError(f"{fn}: accumulate=True needs out= (the array to add to)")
+    dev.lib.cuda_quant_matmul(version, _QTYPE_IDS[qtype], x.data.ptr, raw.data.ptr, y.data.ptr,
+                              M, n_rows, K, bool(accumulate), dev.stream())
     return y

@@ -68,11 +68,52 @@ class Device:
         return f"<emulated CUDA Device {self.id}>"
 
 
-class _Stream:
-    ptr = 0  # the default stream; the emulator runs each launch to completion
+class Graph:
+    """A captured sequence of kernel launches (as cupy.cuda.Graph): launch() replays them with
+    the arguments they had when captured, as a CUDA graph does."""
+
+    def __init__(self, graph_id):
+        self._id = graph_id
+
+    def __len__(self):
+        return _lib().graph_size(self._id)
+
+    def launch(self, stream=None):
+        _lib().launch_graph(self._id)
+
+    def __del__(self):
+        try:
+            _lib().free_graph(self._id)
+        except Exception:
+            pass
 
 
-cuda = types.SimpleNamespace(Device=Device, get_current_stream=lambda: _Stream())
+class Stream:
+    """The emulator's one stream (as cupy.cuda.Stream): every launch runs to completion at
+    once, except between begin_capture() and end_capture(), which record them into a Graph."""
+    ptr = 0
+
+    def __init__(self, non_blocking=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self, mode=None):
+        _lib().begin_capture()
+
+    def end_capture(self):
+        return Graph(_lib().end_capture())
+
+    def synchronize(self):
+        pass
+
+
+cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Graph=Graph,
+                             get_current_stream=lambda: Stream())
 
 
 class ndarray(np.ndarray):

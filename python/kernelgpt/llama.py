@@ -223,7 +223,7 @@ class LlamaModel(GPT):
             self.params = _Params(tensors)
             self.grads, self._acts, self._sin_cache, self._runner = None, None, {}, None
             self.n_decayed = 0
-            self.device, self.xp = "cpu", np
+            self.device, self.xp, self.cuda_graphs = "cpu", np, True
         else:
             super().__init__(config, seed=None)
             for name in self.params.names():
@@ -256,7 +256,7 @@ class LlamaModel(GPT):
 
             self.params = _Params({n: move(t) for n, t in self.params.views.items()})
             self.device, self.xp = device, xp
-            self._runner, self._sin_cache = None, {}
+            self._runner, self._sin_cache, self._graph_decoder = None, {}, None
         self._chat_cache = None
         return self
 
@@ -266,7 +266,7 @@ class LlamaModel(GPT):
         return super().forward_backward(*args, **kwargs)
 
     def supports_fast_decode(self, cache) -> bool:
-        if not self.quantized:
+        if not self.quantized or self.device != "cpu":
             return super().supports_fast_decode(cache)
         return self.device == "cpu" and cache.k[0].shape[0] == 1 and \
             cache.k[0].dtype == np.float32

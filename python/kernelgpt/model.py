@@ -236,6 +236,7 @@ class GPT:
         self._sin_cache: Dict[int, np.ndarray] = {}
         self._runner = None  # (params.data, cache, _C.Transformer) of the last decode_next
         self.device, self.xp, self.precision = "cpu", np, "fp32"  # see to()
+        self.cuda_graphs = True  # decode_next on a device replays a CUDA graph (graph_decode)
 
     # ---- devices ------------------------------------------------------------------------------
 
@@ -265,6 +266,7 @@ class GPT:
         self.device, self.xp, self.precision = device, xp, precision
         self.ops = _MixedOps() if precision == "bf16" else ops
         self._acts, self._runner, self._sin_cache = None, None, {}
+        self._graph_decoder = None
         return self
 
     # ---- parameters ------------------------------------------------------------------------
@@ -606,16 +608,22 @@ class GPT:
     # ---- fast decode: the whole model in one native call per token -------------------------
 
     def supports_fast_decode(self, cache) -> bool:
-        """Whether decode_next can run with this cache: the native backend, batch 1."""
-        return self.ops is ops and self.device == "cpu" and cache.k[0].shape[0] == 1 and \
-            cache.k[0].dtype == np.float32
+        """Whether decode_next can run with this cache: the native backend, batch 1 (on a
+        device: what GraphDecoder supports)."""
+        if self.device != "cpu":
+            from .graph_decode import GraphDecoder
+            return GraphDecoder.supports(self, cache)[0]
+        return self.ops is ops and cache.k[0].shape[0] == 1 and cache.k[0].dtype == np.float32
 
     def decode_next(self, token: int, cache, out: Optional[np.ndarray] = None) -> np.ndarray:
         """forward_cached(np.array([[token]]), cache)[0] in one native call: appends the token
         (at position cache.length) to the cache and returns the next-token logits [V] (written
         into out, float32 [V], if given). The same numbers as forward_cached, which stays the
         readable version; this one skips ~10 Python-level kernel calls per layer
-        (csrc/model/transformer.h). Kept short: it runs once per generated token."""
+        (csrc/model/transformer.h). Kept short: it runs once per generated token.
+        On a device the step is a CUDA graph replayed per token (graph_decode.GraphDecoder)."""
+        if self.device != "cpu":
+            return self._decode_on_device(token, cache, out)
         r = self._runner
         if r is None or r[1] is not cache or r[0] is not self.params.data:
             r = self._build_runner(cache)
@@ -628,6 +636,15 @@ class GPT:
         if out is None:
             out = np.empty(self.config.vocab_size, np.float32)
         r[2].decode(token, pos, out)
+        cache.advance((token,))
+        return out
+
+    def _decode_on_device(self, token, cache, out):
+        from .graph_decode import GraphDecoder
+        dec = getattr(self, "_graph_decoder", None)
+        if dec is None or dec.cache is not cache:
+            dec = self._graph_decoder = GraphDecoder(self, cache, graphs=self.cuda_graphs)
+        out = dec.step(int(token), cache.length, out)
         cache.advance((token,))
         return out
 
