@@ -20,6 +20,7 @@ float32 weights only. ``supports(model, cache)`` says why not otherwise.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -154,6 +155,21 @@ class GraphDecoder:
         self._norm(self.x, "ln_f", self.h)
         self._linear(self.h, self.model.lm_head, None, self.logits)
 
+    def _capture(self):
+        """Records the step's launches as a graph (they do not run while captured)."""
+        try:
+            self.stream.begin_capture()
+            try:
+                self._launches()
+            finally:
+                graph = self.stream.end_capture()
+            self.graph = graph
+        except Exception as err:  # e.g. a CuPy without graph capture: decode still works
+            warnings.warn(f"GraphDecoder: CUDA graph capture failed ({err}); decoding launches "
+                          f"the kernels one by one instead", RuntimeWarning)
+            self.use_graphs = False
+            self.stream = self.xp.cuda.Stream(non_blocking=True)
+
     # ---- one token --------------------------------------------------------------------------------
 
     def step(self, token: int, pos: int, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -175,12 +191,7 @@ class GraphDecoder:
             else:
                 self._launches()
                 if self.use_graphs:
-                    self.stream.begin_capture()
-                    try:
-                        self._launches()
-                    finally:
-                        graph = self.stream.end_capture()
-                    self.graph = graph
+                    self._capture()
             host = self.logits[0].get()
         if out is None:
             return np.asarray(host)
