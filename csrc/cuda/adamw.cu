@@ -44,29 +44,21 @@ constexpr int kNormBlocks = 512, kNormThreads = 256;
 
 int64_t grad_norm_partials() { return kNormBlocks; }
 
-// Sum of v over the block, in thread order of warps: returned by thread 0.
-__device__ inline double block_sum(double v) {
-  __shared__ double warps[32];
-  v = warp_sum(v);
-  if (threadIdx.x % 32 == 0) warps[threadIdx.x / 32] = v;
-  __syncthreads();
-  v = threadIdx.x < blockDim.x / 32 ? warps[threadIdx.x] : 0.0;
-  return threadIdx.x < 32 ? warp_sum(v) : 0.0;
-}
-
 __global__ void sum_squares(const float* g, int64_t n, double* partials) {
+  __shared__ double warps[32];
   double s = 0.0;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
     s += (double)g[i] * g[i];
-  s = block_sum(s);
+  s = block_sum(s, warps);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
 __global__ void add_partials(const double* partials, int count, double* total) {
+  __shared__ double warps[32];
   double s = 0.0;
   for (int i = threadIdx.x; i < count; i += blockDim.x) s += partials[i];
-  s = block_sum(s);
+  s = block_sum(s, warps);
   if (threadIdx.x == 0) *total += s;
 }
 

@@ -52,42 +52,15 @@ __global__ void cross_entropy_naive(CrossEntropyArgs p) {
   finish_row(p, r, mx, sum, 0, 1);
 }
 
-__device__ inline void online_merge(float& m, float& s, float m2, float s2) {
-  float mx = fmaxf(m, m2);
-  if (mx == -INFINITY) return;  // both empty
-  s = s * expf(m - mx) + s2 * expf(m2 - mx);
-  m = mx;
-}
-
 __global__ void cross_entropy_online(CrossEntropyArgs p) {
   __shared__ float sh_m[32];
   __shared__ float sh_s[32];
   int64_t r = blockIdx.x;
   const float* x = p.logits + r * p.v;
   float m = -INFINITY, s = 0.0f;
-  for (int64_t j = threadIdx.x; j < p.v; j += blockDim.x) {
-    float z = x[j];
-    if (z > m) {
-      s = s * expf(m - z) + 1.0f;
-      m = z;
-    } else {
-      s += expf(z - m);  // NaN falls here and makes s NaN, as it should
-    }
-  }
-  for (int o = 16; o > 0; o >>= 1)
-    online_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) sh_m[warp] = m, sh_s[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    m = lane < warps ? sh_m[lane] : -INFINITY;
-    s = lane < warps ? sh_s[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1)
-      online_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-    if (lane == 0) sh_m[0] = m, sh_s[0] = s;
-  }
-  __syncthreads();
-  finish_row(p, r, sh_m[0], sh_s[0], threadIdx.x, blockDim.x);
+  for (int64_t j = threadIdx.x; j < p.v; j += blockDim.x) online_add(m, s, x[j]);
+  block_online_merge(m, s, sh_m, sh_s);
+  finish_row(p, r, m, s, threadIdx.x, blockDim.x);
 }
 
 void cross_entropy(int version, const float* logits, const int64_t* targets, float* losses,

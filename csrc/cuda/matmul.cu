@@ -102,6 +102,52 @@ __global__ void matmul_tiled(MatmulShape p) {
   if (i < p.m && j < p.n) store_c(p, bi, i, j, sum);
 }
 
+// ---- staging tiles in shared memory (versions 3 to 6) -----------------------------------------
+// The tiles of step k0: op(A) rows i0.. stored k-major (as[k][i]), op(B) columns j0.. (bs[k][j]);
+// values past the matrix edges are 0. `threads` threads share the work; `tid` is this one.
+
+// One value per load, any transposes.
+template <int BM, int BN, int BK>
+__device__ inline void stage_tiles(const MatmulShape& p, const float* a, const float* b,
+                                   float (*as)[BM], float (*bs)[BN], int64_t i0, int64_t j0,
+                                   int64_t k0, int tid, int threads) {
+  for (int e = tid; e < BM * BK; e += threads) {
+    int i = e / BK, kk = e % BK;
+    as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
+  }
+  for (int e = tid; e < BK * BN; e += threads) {
+    int kb = e / BN, j = e % BN;
+    bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
+  }
+}
+
+// row[col .. col + 3] as one 16-byte load when all four are inside (row_in, col + 3 < cols);
+// element by element at the ragged edge.
+__device__ inline float4 load4(const float* row, int64_t col, int64_t cols, bool row_in) {
+  if (row_in && col + 3 < cols) return *reinterpret_cast<const float4*>(row + col);
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int q = 0; q < 4; ++q) (&v.x)[q] = (row_in && col + q < cols) ? row[col + q] : 0.0f;
+  return v;
+}
+
+// float4 global loads: A along k, B along n (untransposed operands, k and n multiples of 4,
+// rows 16-byte aligned: the launcher checks).
+template <int BM, int BN, int BK>
+__device__ inline void stage_tiles_vec4(const MatmulShape& p, const float* a, const float* b,
+                                        float (*as)[BM], float (*bs)[BN], int64_t i0,
+                                        int64_t j0, int64_t k0, int tid, int threads) {
+  for (int e = tid; e < BM * BK / 4; e += threads) {
+    int i = e / (BK / 4), kq = (e % (BK / 4)) * 4;
+    float4 v = load4(a + (i0 + i) * p.k, k0 + kq, p.k, i0 + i < p.m);
+    as[kq][i] = v.x, as[kq + 1][i] = v.y, as[kq + 2][i] = v.z, as[kq + 3][i] = v.w;
+  }
+  for (int e = tid; e < BK * BN / 4; e += threads) {
+    int kb = e / (BN / 4), jq = (e % (BN / 4)) * 4;
+    *reinterpret_cast<float4*>(&bs[kb][jq]) = load4(b + (k0 + kb) * p.n, j0 + jq, p.n,
+                                                    k0 + kb < p.k);
+  }
+}
+
 // ---- version 3: 1-D register blocking ------------------------------------------------------
 
 constexpr int k1BM = 64, k1BN = 64, k1BK = 8, k1TM = 8, k1Threads = k1BM * k1BN / k1TM;
@@ -115,12 +161,8 @@ __global__ void matmul_blocked1d(MatmulShape p) {
   const float* b = p.b + bi * p.sb;
   float acc[k1TM] = {};
   for (int64_t k0 = 0; k0 < p.k; k0 += k1BK) {
-    {  // 512 threads, 512 values per tile: one of each
-      int i = tid / k1BK, kk = tid % k1BK;
-      as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
-      int kb = tid / k1BN, j = tid % k1BN;
-      bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
-    }
+    // 512 threads, 512 values per tile: one each
+    stage_tiles<k1BM, k1BN, k1BK>(p, a, b, as, bs, i0, j0, k0, tid, k1Threads);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < k1BK; ++kk) {
@@ -149,33 +191,10 @@ __global__ void matmul_register_blocked(MatmulShape p) {
   const float* b = p.b + bi * p.sb;
   float acc[kMicro][kMicro] = {};
   for (int64_t k0 = 0; k0 < p.k; k0 += kBlockK) {
-    if (kVectorLoads) {  // 256 threads, 256 float4 per tile: A along k, B along n
-      int i = tid / 4, ka = (tid % 4) * 4, kb = tid / 16, j = (tid % 16) * 4;
-      float4 va = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vb = va;
-      if (i0 + i < p.m && k0 + ka + 3 < p.k)
-        va = *reinterpret_cast<const float4*>(a + (i0 + i) * p.k + k0 + ka);
-      else  // the ragged edge: element by element
-        for (int q = 0; q < 4; ++q) {
-          bool in = i0 + i < p.m && k0 + ka + q < p.k;
-          (&va.x)[q] = in ? a[(i0 + i) * p.k + k0 + ka + q] : 0.0f;
-        }
-      if (k0 + kb < p.k && j0 + j + 3 < p.n)
-        vb = *reinterpret_cast<const float4*>(b + (k0 + kb) * p.n + j0 + j);
-      else
-        for (int q = 0; q < 4; ++q) {
-          bool in = k0 + kb < p.k && j0 + j + q < p.n;
-          (&vb.x)[q] = in ? b[(k0 + kb) * p.n + j0 + j + q] : 0.0f;
-        }
-      as[ka][i] = va.x, as[ka + 1][i] = va.y, as[ka + 2][i] = va.z, as[ka + 3][i] = va.w;
-      *reinterpret_cast<float4*>(&bs[kb][j]) = vb;
-    } else {
-      for (int e = tid; e < kBlockM * kBlockK; e += kSide * kSide) {
-        int i = e / kBlockK, kk = e % kBlockK;
-        as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
-        int kb = e / kBlockN, j = e % kBlockN;
-        bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
-      }
-    }
+    if (kVectorLoads)  // 256 threads, 256 float4 per tile: one each
+      stage_tiles_vec4<kBlockM, kBlockN, kBlockK>(p, a, b, as, bs, i0, j0, k0, tid, kSide * kSide);
+    else
+      stage_tiles<kBlockM, kBlockN, kBlockK>(p, a, b, as, bs, i0, j0, k0, tid, kSide * kSide);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kBlockK; ++kk) {
@@ -217,37 +236,10 @@ __global__ void matmul_warptiled(MatmulShape p) {
   const float* b = p.b + bi * p.sb;
   float acc[2][2][kLaneM][kLaneN] = {};
   for (int64_t k0 = 0; k0 < p.k; k0 += kWBK) {
-    if (kVectorLoads) {  // 2 x 256 float4 per operand tile
-      for (int e = tid; e < kWBM * kWBK / 4; e += kWThreads) {
-        int i = e / (kWBK / 4), kq = (e % (kWBK / 4)) * 4;
-        float4 va = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (i0 + i < p.m && k0 + kq + 3 < p.k)
-          va = *reinterpret_cast<const float4*>(a + (i0 + i) * p.k + k0 + kq);
-        else
-          for (int q = 0; q < 4; ++q)
-            (&va.x)[q] = (i0 + i < p.m && k0 + kq + q < p.k) ? a[(i0 + i) * p.k + k0 + kq + q]
-                                                             : 0.0f;
-        as[kq][i] = va.x, as[kq + 1][i] = va.y, as[kq + 2][i] = va.z, as[kq + 3][i] = va.w;
-      }
-      for (int e = tid; e < kWBK * kWBN / 4; e += kWThreads) {
-        int kb = e / (kWBN / 4), jq = (e % (kWBN / 4)) * 4;
-        float4 vb = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (k0 + kb < p.k && j0 + jq + 3 < p.n)
-          vb = *reinterpret_cast<const float4*>(b + (k0 + kb) * p.n + j0 + jq);
-        else
-          for (int q = 0; q < 4; ++q)
-            (&vb.x)[q] = (k0 + kb < p.k && j0 + jq + q < p.n) ? b[(k0 + kb) * p.n + j0 + jq + q]
-                                                               : 0.0f;
-        *reinterpret_cast<float4*>(&bs[kb][jq]) = vb;
-      }
-    } else {
-      for (int e = tid; e < kWBM * kWBK; e += kWThreads) {
-        int i = e / kWBK, kk = e % kWBK;
-        as[kk][i] = (i0 + i < p.m && k0 + kk < p.k) ? a_at(p, a, i0 + i, k0 + kk) : 0.0f;
-        int kb = e / kWBN, j = e % kWBN;
-        bs[kb][j] = (k0 + kb < p.k && j0 + j < p.n) ? b_at(p, b, k0 + kb, j0 + j) : 0.0f;
-      }
-    }
+    if (kVectorLoads)  // 2 x 256 float4 per operand tile
+      stage_tiles_vec4<kWBM, kWBN, kWBK>(p, a, b, as, bs, i0, j0, k0, tid, kWThreads);
+    else
+      stage_tiles<kWBM, kWBN, kWBK>(p, a, b, as, bs, i0, j0, k0, tid, kWThreads);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kWBK; ++kk) {

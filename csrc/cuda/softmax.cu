@@ -45,13 +45,6 @@ __global__ void softmax_naive(const float* x, float* y, int64_t rows, int64_t co
   }
 }
 
-__device__ inline void online_merge(float& m, float& s, float m2, float s2) {
-  float mx = fmaxf(m, m2);
-  if (mx == -INFINITY) return;
-  s = s * expf(m - mx) + s2 * expf(m2 - mx);
-  m = mx;
-}
-
 __global__ void softmax_online(const float* x, float* y, int64_t rows, int64_t cols, int64_t t,
                                float scale, bool causal, bool log) {
   __shared__ float sh_m[32];
@@ -61,34 +54,8 @@ __global__ void softmax_online(const float* x, float* y, int64_t rows, int64_t c
   float* yr = y + row * cols;
   int64_t valid = valid_cols(row, cols, t, causal);
   float m = -INFINITY, s = 0.0f;
-  for (int64_t j = threadIdx.x; j < valid; j += blockDim.x) {
-    float v = xr[j] * scale;
-    if (v > m) {
-      s = s * expf(m - v) + 1.0f;
-      m = v;
-    } else {
-      s += expf(v - m);
-    }
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-    online_merge(m, s, m2, s2);
-  }
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) sh_m[warp] = m, sh_s[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    m = lane < warps ? sh_m[lane] : -INFINITY;
-    s = lane < warps ? sh_s[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) {
-      float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-      online_merge(m, s, m2, s2);
-    }
-    if (lane == 0) sh_m[0] = m, sh_s[0] = s;
-  }
-  __syncthreads();
-  m = sh_m[0];
-  s = sh_s[0];
+  for (int64_t j = threadIdx.x; j < valid; j += blockDim.x) online_add(m, s, xr[j] * scale);
+  block_online_merge(m, s, sh_m, sh_s);
   float lse = m + logf(s), inv = 1.0f / s;
   for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
     if (j >= valid)
@@ -126,16 +93,7 @@ __global__ void softmax_backward_block(const float* dy, const float* y, float* d
   float total = 0.0f;
   for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
     total += backward_term(dyr[j], yr[j], log);
-  total = warp_sum(total);
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) partial[warp] = total;
-  __syncthreads();
-  if (warp == 0) {
-    total = warp_sum(lane < warps ? partial[lane] : 0.0f);
-    if (lane == 0) partial[0] = total;
-  }
-  __syncthreads();
-  total = partial[0];
+  total = block_sum(total, partial);
   for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
     dx[row * cols + j] = backward_dx(dyr[j], yr[j], total, scale, log);
 }
