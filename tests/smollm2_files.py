@@ -102,3 +102,19 @@ def case_ids(model, case) -> list:
     if case["kind"] == "chat":
         return encode_chat(model.tokenizer, case["messages"], template=model.chat_template)
     return model.tokenizer.encode(case["text"], allowed_special="all")
+
+
+def assert_runner_equals_python(model, ids, steps=6):
+    """decode_next (one native call per token) gives forward_cached's logits, greedy for
+    `steps` tokens after the prompt ids, and both caches hold the same tokens."""
+    ids = np.asarray([ids])
+    a_cache, b_cache = model.new_cache(64), model.new_cache(64)
+    a = model.forward_cached(ids, a_cache)[0]
+    model.forward_cached(ids, b_cache)
+    assert model.supports_fast_decode(b_cache)
+    for _ in range(steps):
+        token = int(np.argmax(a))
+        a = model.forward_cached(np.asarray([[token]]), a_cache)[0]
+        b = model.decode_next(token, b_cache)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+    assert a_cache.tokens == b_cache.tokens

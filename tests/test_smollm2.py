@@ -5,7 +5,7 @@ tests/data/make_smollm2_reference.py; the GGUF from `kernelgpt fetch smollm2`.""
 import numpy as np
 import pytest
 
-from smollm2_files import case_ids, gguf_path, load_reference
+from smollm2_files import assert_runner_equals_python, case_ids, gguf_path, load_reference
 
 GGUF = gguf_path()
 REF = load_reference()
@@ -107,17 +107,7 @@ def test_bad_input(model, tmp_path):
 
 def test_native_runner_equals_python_path(model):
     """decode_next (one C++ call per token, quantized matvecs) gives forward_cached's logits."""
-    ids = np.asarray([CASES[0]["ids"]])
-    a_cache, b_cache = model.new_cache(64), model.new_cache(64)
-    a = model.forward_cached(ids, a_cache)[0]
-    b = model.forward_cached(ids, b_cache)[0]
-    assert model.supports_fast_decode(b_cache)
-    for _ in range(6):
-        token = int(np.argmax(a))
-        a = model.forward_cached(np.asarray([[token]]), a_cache)[0]
-        b = model.decode_next(token, b_cache)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
-    assert a_cache.tokens == b_cache.tokens
+    assert_runner_equals_python(model, CASES[0]["ids"])
     fast = model.generate(CASES[0]["ids"], 12, temperature=0.7, seed=3)
     from kernelgpt.generate import generate
     slow = "".join(generate(model, model.tokenizer, CASES[0]["ids"], 12, temperature=0.7, seed=3,

@@ -12,7 +12,7 @@ gravity?" answer is unchanged.
 import numpy as np
 import pytest
 
-from smollm2_files import case_ids, gguf_path, load_reference
+from smollm2_files import assert_runner_equals_python, case_ids, gguf_path, load_reference
 
 GGUF = gguf_path()
 REF = load_reference()
@@ -91,17 +91,7 @@ def test_gravity_chat_answer_unchanged(model):
 
 def test_native_runner_equals_python_path(model):
     """decode_next (one C++ call per token, bf16 matvecs) gives forward_cached's logits."""
-    ids = np.asarray([CASES[0]["ids"]])
-    a_cache, b_cache = model.new_cache(64), model.new_cache(64)
-    a = model.forward_cached(ids, a_cache)[0]
-    b = model.forward_cached(ids, b_cache)[0]
-    assert model.supports_fast_decode(b_cache)
-    for _ in range(6):
-        token = int(np.argmax(a))
-        a = model.forward_cached(np.asarray([[token]]), a_cache)[0]
-        b = model.decode_next(token, b_cache)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
-    assert a_cache.tokens == b_cache.tokens
+    assert_runner_equals_python(model, CASES[0]["ids"])
 
 
 def test_bad_input(model):

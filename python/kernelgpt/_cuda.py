@@ -215,14 +215,20 @@ def _ptr(x):
 _NORM_VERSIONS = ["naive", "fast"]
 
 
-def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, backend="auto"):
-    fn = "layernorm"
-    dev = _backend(x, fn)
-    version = _version(backend, _NORM_VERSIONS)
+def _check_norm(dev, fn, x, weight):
+    """x [..., C] and weight [C]; returns C."""
     _check(dev, x, fn, "x")
     C = x.shape[-1]
     _check(dev, weight, fn, "weight")
     _shape_is(weight, (C,), fn, "weight")
+    return C
+
+
+def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, backend="auto"):
+    fn = "layernorm"
+    dev = _backend(x, fn)
+    version = _version(backend, _NORM_VERSIONS)
+    C = _check_norm(dev, fn, x, weight)
     if bias is not None:
         _check(dev, bias, fn, "bias")
         _shape_is(bias, (C,), fn, "bias")
@@ -230,8 +236,8 @@ def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, b
     y = _output(dev, out, x.shape, fn, (x, weight, bias))
     mean = cp.empty(x.shape[:-1], cp.float32) if return_stats else None
     rstd = cp.empty(x.shape[:-1], cp.float32) if return_stats else None
-    dev.lib.cuda_layernorm(version, x.data.ptr, weight.data.ptr, _ptr(bias), y.data.ptr, _ptr(mean),
-                           _ptr(rstd), x.size // C, C, float(eps), dev.stream())
+    dev.lib.cuda_layernorm(version, x.data.ptr, weight.data.ptr, _ptr(bias), y.data.ptr,
+                           _ptr(mean), _ptr(rstd), x.size // C, C, float(eps), dev.stream())
     return (y, mean, rstd) if return_stats else y
 
 
@@ -264,10 +270,7 @@ def rmsnorm(x, weight, eps=1e-6, *, return_stats=False, out=None, backend="auto"
     fn = "rmsnorm"
     dev = _backend(x, fn)
     version = _version(backend, _NORM_VERSIONS)
-    _check(dev, x, fn, "x")
-    C = x.shape[-1]
-    _check(dev, weight, fn, "weight")
-    _shape_is(weight, (C,), fn, "weight")
+    C = _check_norm(dev, fn, x, weight)
     y = _output(dev, out, x.shape, fn, (x, weight))
     rstd = dev.xp.empty(x.shape[:-1], "float32") if return_stats else None
     dev.lib.cuda_rmsnorm(version, x.data.ptr, weight.data.ptr, y.data.ptr, _ptr(rstd), x.size // C,
