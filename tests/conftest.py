@@ -66,3 +66,16 @@ def finite_difference(f, x, h=1e-4):
         flat[i] = old
         g[i] = (fp - fm) / (2 * h)
     return grad
+
+
+def check_within(y, expected, scale, tol, what):
+    """|y - expected| <= tol * scale elementwise (scale: the size of the summed terms, e.g.
+    |x| @ |W|^T), no NaN; the failure names the worst element."""
+    y = np.asarray(y, np.float64)
+    assert y.shape == expected.shape, f"{what}: shape {y.shape} != {expected.shape}"
+    assert not np.isnan(y).any(), f"{what}: NaN"
+    err = np.abs(y - expected)
+    bound = tol * scale + 1e-30
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert (err <= bound).all(), (f"{what}: error {err[worst]:.3g} > {bound[worst]:.3g} at "
+                                  f"{worst} (got {y[worst]!r}, expected {expected[worst]!r})")

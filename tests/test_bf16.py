@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kernelgpt import _C, ops, reference
-from conftest import randn
+from conftest import check_within, randn
 
 FP32_BACKENDS = ["naive", "widen", "tiled", "auto"]
 # (M, N, K): K not a multiple of the vector width, of 32, primes, SmolLM2's 576 and 1536.
@@ -29,17 +29,6 @@ def bits_of(values):
 
 def matmul_bound(x, w):
     return np.abs(x.astype(np.float64)) @ np.abs(reference.from_bf16(w).astype(np.float64)).T
-
-
-def check_within(y, expected, scale, tol, what):
-    y = np.asarray(y, np.float64)
-    assert y.shape == expected.shape, f"{what}: shape {y.shape} != {expected.shape}"
-    assert not np.isnan(y).any(), f"{what}: NaN"
-    err = np.abs(y - expected)
-    bound = tol * scale + 1e-30
-    worst = np.unravel_index(np.argmax(err / bound), err.shape)
-    assert (err <= bound).all(), (f"{what}: error {err[worst]:.3g} > {bound[worst]:.3g} at "
-                                  f"{worst} (got {y[worst]!r}, expected {expected[worst]!r})")
 
 
 def bf16_weights(rng, N, K):

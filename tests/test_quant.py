@@ -18,7 +18,7 @@ import pytest
 
 import kernelgpt
 from kernelgpt import _C, ops, reference
-from conftest import randn
+from conftest import check_within, randn
 
 QTYPES = ["q8_0", "q4_1"]
 FP32_BACKENDS = ["naive", "fused", "tiled", "auto"]
@@ -41,17 +41,6 @@ def matmul_bound(x, raw, qtype, N):
     K = x.shape[-1]
     w = reference.dequantize(raw, qtype, (N, K)).astype(np.float64)
     return np.abs(x.astype(np.float64)) @ np.abs(w).T
-
-
-def check_within(y, expected, scale, tol, what):
-    y = np.asarray(y, np.float64)
-    assert y.shape == expected.shape, f"{what}: shape {y.shape} != {expected.shape}"
-    assert not np.isnan(y).any(), f"{what}: NaN"
-    err = np.abs(y - expected)
-    bound = tol * scale + 1e-30
-    worst = np.unravel_index(np.argmax(err / bound), err.shape)
-    assert (err <= bound).all(), (f"{what}: error {err[worst]:.3g} > {bound[worst]:.3g} at "
-                                  f"{worst} (got {y[worst]!r}, expected {expected[worst]!r})")
 
 
 # ---- formats --------------------------------------------------------------------------------

@@ -120,6 +120,17 @@ void context_start(Context& c, char* stack, size_t bytes, void (*entry)()) {
 #endif
 }
 
+#if KG_EMU_ASAN
+// Tells ASan a switch has landed, and learns the stack it came from when that context's stack
+// is not known yet (the scheduler's is the OS thread's own).
+void switch_finished(void* fake, Context& came_from) {
+  const void* bottom = nullptr;
+  size_t bytes = 0;
+  __sanitizer_finish_switch_fiber(fake, &bottom, &bytes);
+  if (!came_from.stack) came_from.stack = bottom, came_from.stack_bytes = bytes;
+}
+#endif
+
 // `from` saves where it is; `to` resumes. `finished`: `from` will never run again.
 void context_switch(Context& from, Context& to, bool finished = false) {
 #if KG_EMU_ASAN
@@ -134,21 +145,14 @@ void context_switch(Context& from, Context& to, bool finished = false) {
   swapcontext(&from.uc, &to.uc);
 #endif
 #if KG_EMU_ASAN
-  // back in `from`: learn the stack we came from (the scheduler's is the OS thread's own)
-  const void* bottom = nullptr;
-  size_t bytes = 0;
-  __sanitizer_finish_switch_fiber(fake, &bottom, &bytes);
-  if (!to.stack) to.stack = bottom, to.stack_bytes = bytes;
+  switch_finished(fake, to);  // back in `from`
 #endif
 }
 
 // The first thing a new fiber does (it arrives here without returning from context_switch).
 void context_entered(Context& came_from) {
 #if KG_EMU_ASAN
-  const void* bottom = nullptr;
-  size_t bytes = 0;
-  __sanitizer_finish_switch_fiber(nullptr, &bottom, &bytes);
-  if (!came_from.stack) came_from.stack = bottom, came_from.stack_bytes = bytes;
+  switch_finished(nullptr, came_from);
 #else
   (void)came_from;
 #endif
