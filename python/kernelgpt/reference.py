@@ -472,6 +472,17 @@ def _bpe_replace(ids, pair, new_id):
     return out
 
 
+def _bpe_merge_piece(ids, rank):
+    """Merges the adjacent pair with the earliest merge until none has one. rank: (left,
+    right) -> (merge index, new id)."""
+    while len(ids) >= 2:
+        pair = min(zip(ids, ids[1:]), key=lambda p: rank.get(p, (float("inf"),))[0])
+        if pair not in rank:
+            break
+        ids = _bpe_replace(ids, pair, rank[pair][1])
+    return ids
+
+
 def bpe_encode(pieces, merges):
     """Encodes pieces (list of bytes) with a merges list from bpe_train: in each piece,
     apply the earliest-learned merge present, until none applies."""
@@ -479,12 +490,7 @@ def bpe_encode(pieces, merges):
     out = []
     for piece in pieces:
         ids = list(piece)
-        while len(ids) >= 2:
-            pair = min(zip(ids, ids[1:]), key=lambda p: rank.get(p, (float("inf"),))[0])
-            if pair not in rank:
-                break
-            ids = _bpe_replace(ids, pair, rank[pair][1])
-        out.extend(ids)
+        out.extend(_bpe_merge_piece(ids, rank))
     return out
 
 
@@ -623,12 +629,7 @@ def bpe_encode_merges(pieces, byte_ids, merges):
     out = []
     for piece in pieces:
         ids = [byte_ids[b] for b in piece if b in byte_ids]
-        while len(ids) >= 2:
-            pair = min(zip(ids, ids[1:]), key=lambda p: rank.get(p, (float("inf"),))[0])
-            if pair not in rank:
-                break
-            ids = _bpe_replace(ids, pair, rank[pair][1])
-        out.extend(ids)
+        out.extend(_bpe_merge_piece(ids, rank))
     return out
 
 
