@@ -1,7 +1,7 @@
 """bf16 weights at SmolLM2-135M's shapes, 2 threads.
 
-    flock /work/main/.bench.lock env PYTHONPATH=python python3 benchmarks/bench_bf16.py
-    ... bench_bf16.py --quick          # fewer repeats, no one-thread naive version
+    flock .bench.lock python benchmarks/bench_bf16.py
+    flock .bench.lock python benchmarks/bench_bf16.py --quick   # fewer repeats, no naive version
 
 1. Decode (M = 1), one weight matrix at a time: GB/s of the weight bytes each version reads
    (2 bytes per weight for bf16, 4 for fp32) against numpy (widen to fp32, then W @ x: the
@@ -15,20 +15,19 @@
 4. SmolLM2 end to end (when the GGUF is fetched): model.generate, greedy, 64 new tokens after a
    chat prompt, decode tok/s (GenerationStats) for weights = quantized, bf16, fp32.
 Times are medians of repeats after a warm-up, best repeat beside it (a shared 2-core machine
-often loses a core for a time slice; the best is the kernel's own speed).
+often loses a core for a time slice; the best is the kernel's own speed). Timing, threads and
+the stream peak: kernelgpt/bench.py.
 """
 import argparse
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _timing import StreamPeak, setup_threads  # noqa: E402
-from kernelgpt import ops, reference  # noqa: E402
+from kernelgpt import ops, reference
+from kernelgpt.bench import StreamPeak, median_best, paired_median, print_row, setup_threads
+from kernelgpt.generate import GenerationStats
+from kernelgpt.io import fetch
+from kernelgpt.llama import load_model
 
 C, I, KV, V, LAYERS = 576, 1536, 192, 49152, 30
 SHAPES = [("q / o", C, C), ("k / v", KV, C), ("gate / up", I, C), ("down", C, I),
@@ -39,29 +38,6 @@ def bf16(rng, n, k):
     return ops.to_bf16(rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.05))
 
 
-def timed(fn, repeats):
-    """(median, best) seconds over repeats after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
-
-
-def row(name, t, nbytes=None, flops=None, base=None):
-    seconds, best = t
-    cols = f"  {name:30s} {seconds * 1e6:10.1f} us (best {best * 1e6:9.1f})"
-    if nbytes is not None:
-        cols += f" {nbytes / seconds / 1e9:7.1f} GB/s (best {nbytes / best / 1e9:5.1f})"
-    if flops is not None:
-        cols += f" {flops / seconds / 1e9:7.1f} GFLOP/s"
-    if base is not None:
-        cols += f" {base[0] / seconds:7.2f}x numpy"
-    print(cols)
-
-
 def decode_shapes(rng, reps, naive):
     print("\n1. decode, M = 1, one matrix (cache-resident except lm_head)")
     for name, n, k in SHAPES:
@@ -69,21 +45,21 @@ def decode_shapes(rng, reps, naive):
         wf = ops.from_bf16(w)
         x = rng.standard_normal(k, dtype=np.float32)
         y = np.empty(n, np.float32)
-        print(f" {name}: {k} -> {n}, {w.nbytes / 2**20:.2f} MiB bf16, {wf.nbytes / 2**20:.2f} MiB fp32")
+        print(f" {name}: {k} -> {n}, {w.nbytes / 2**20:.2f} MiB bf16, "
+              f"{wf.nbytes / 2**20:.2f} MiB fp32")
         r = max(3, reps // 10) if n == V else reps
-        t_np = timed(lambda: reference.from_bf16(w) @ x, max(3, r // 10))
-        row("numpy widen + matvec", t_np, w.nbytes, base=t_np)
-        row("numpy fp32 matvec", timed(lambda: wf @ x, r), wf.nbytes, base=t_np)
-        row("kernelgpt fp32 matvec", timed(lambda: ops.linear(x[None], wf), r), wf.nbytes,
-            base=t_np)
+        t_np = median_best(lambda: reference.from_bf16(w) @ x, max(3, r // 10))
+        print_row("numpy widen + matvec", t_np, w.nbytes, base=t_np)
+        print_row("numpy fp32 matvec", median_best(lambda: wf @ x, r), wf.nbytes, base=t_np)
+        print_row("kernelgpt fp32 matvec", median_best(lambda: ops.linear(x[None], wf), r),
+                  wf.nbytes, base=t_np)
         if naive:
-            row("kernelgpt naive (1 thread)",
-                timed(lambda: ops.bf16_matmul(x, w, out=y, backend="naive"), max(3, r // 10)),
+            print_row("kernelgpt naive (1 thread)", median_best(
+                lambda: ops.bf16_matmul(x, w, out=y, backend="naive"), max(3, r // 10)),
                 w.nbytes, base=t_np)
         for backend in ("widen", "dpbf16"):
-            row(f"kernelgpt bf16 {backend}",
-                timed(lambda: ops.bf16_matmul(x, w, out=y, backend=backend), r), w.nbytes,
-                base=t_np)
+            print_row(f"kernelgpt bf16 {backend}", median_best(
+                lambda: ops.bf16_matmul(x, w, out=y, backend=backend), r), w.nbytes, base=t_np)
 
 
 def model_weights(rng):
@@ -118,15 +94,7 @@ def decode_sweep(layers, head, peak, rounds, rng):
     for name, fn, size in [("bf16 widen", run_bf16("widen"), nbytes),
                            ("bf16 dpbf16", run_bf16("dpbf16"), nbytes),
                            ("fp32 matvec", run_fp32, 2 * nbytes)]:
-        times, bests, peaks = [], [], []
-        fn()
-        for _ in range(rounds):
-            peaks.append(peak.measure(repeats=3))
-            time.sleep(0.05)
-            median, best = timed(fn, 3)
-            times.append(median)
-            bests.append(best)
-        t, best, p = statistics.median(times), min(bests), statistics.median(peaks)
+        t, best, p = paired_median(fn, peak, rounds)
         print(f"  kernelgpt {name:12s} {t * 1e3:7.2f} ms = {1 / t:6.1f} tok/s (best "
               f"{1 / best:6.1f})  {size / t / 1e9:5.1f} GB/s = {100 * size / t / 1e9 / p:3.0f}% "
               f"of stream {p:.1f} GB/s")
@@ -143,20 +111,17 @@ def crossover(rng, reps):
         y = np.empty((M, n), np.float32)
         flops = 2.0 * M * n * k
         print(f" M = {M}")
-        t_np = timed(lambda: x @ reference.from_bf16(w).T, reps)
-        row("numpy widen + matmul", t_np, flops=flops, base=t_np)
-        row("kernelgpt fp32 matmul", timed(lambda: ops.linear(x, wf, out=y), reps), flops=flops,
-            base=t_np)
+        t_np = median_best(lambda: x @ reference.from_bf16(w).T, reps)
+        print_row("numpy widen + matmul", t_np, flops=flops, base=t_np)
+        print_row("kernelgpt fp32 matmul", median_best(lambda: ops.linear(x, wf, out=y), reps),
+                  flops=flops, base=t_np)
         for backend in ("widen", "tiled", "dpbf16"):
-            row(f"kernelgpt bf16 {backend}",
-                timed(lambda: ops.bf16_matmul(x, w, out=y, backend=backend), reps), flops=flops,
+            print_row(f"kernelgpt bf16 {backend}", median_best(
+                lambda: ops.bf16_matmul(x, w, out=y, backend=backend), reps), flops=flops,
                 base=t_np)
 
 
 def end_to_end(new_tokens, rounds):
-    from kernelgpt.io import fetch
-    from kernelgpt.generate import GenerationStats
-    from kernelgpt.llama import load_model
     path = fetch.cached("smollm2")
     if path is None:
         print("\n4. SmolLM2 end to end: skipped (kernelgpt fetch smollm2)")

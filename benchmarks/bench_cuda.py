@@ -1,9 +1,10 @@
 """Every version of every CUDA kernel against CuPy's built-ins, and two end-to-end jobs.
 
-    env PYTHONPATH=python python3 benchmarks/bench_cuda.py [--repeats 20]
-    env PYTHONPATH=python python3 benchmarks/bench_cuda.py --device emu --small   # a dry run
+    python benchmarks/bench_cuda.py [--repeats 20] [--no-e2e]
+    flock .bench.lock python benchmarks/bench_cuda.py --device emu --small   # a dry run on the CPU
 
-Kernels are timed with CUDA events on CuPy's stream (median of --repeats after a warm-up).
+Kernels are timed with CUDA events on CuPy's stream (median of --repeats after a warm-up;
+kernelgpt.bench.median_time_cuda).
 Each line: the median time, the rate it implies (TFLOP/s for products, GB/s for the memory-bound
 kernels: the bytes each must read + write once), that rate as a % of the GPU's peak (memory
 bandwidth from the device properties; FLOP peaks are not computed, compare with the baseline
@@ -24,35 +25,17 @@ it checks that the script and the kernels run, its times mean nothing.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import numpy as np
 
-from kernelgpt import _cuda, cuda_emu, ops, reference
-
-
-class Timer:
-    def __init__(self, xp, device, repeats):
-        self.xp, self.device, self.repeats = xp, device, repeats
-
-    def __call__(self, fn):
-        fn()  # warm-up (and CuPy's lazy kernel compilation)
-        times = []
-        for _ in range(self.repeats):
-            if self.device == "cuda":
-                start, stop = self.xp.cuda.Event(), self.xp.cuda.Event()
-                start.record()
-                fn()
-                stop.record()
-                stop.synchronize()
-                times.append(self.xp.cuda.get_elapsed_time(start, stop) * 1e-3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+from kernelgpt import cuda_emu, ops, reference
+from kernelgpt.bench import median_time, median_time_cuda
+from kernelgpt.device import cuda_available
+from kernelgpt.generate import GenerationStats
+from kernelgpt.kernels.matmul import VERSIONS as MATMUL_VERSIONS
+from kernelgpt.llama import load_model
+from kernelgpt.model import GPT, GPTConfig
 
 
 def peak_bandwidth(xp, device):
@@ -82,7 +65,7 @@ def main():
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end jobs")
     args = parser.parse_args()
     if args.device == "cuda":
-        if not _cuda.available():
+        if not cuda_available():
             sys.exit("bench_cuda: needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU "
                      "(--device emu --small runs it on the CPU emulator)")
         import cupy as xp
@@ -90,7 +73,12 @@ def main():
         xp = cuda_emu
     small = args.small
     expr = "CuPy" if args.device == "cuda" else "numpy"  # the baseline expressions' library
-    timed = Timer(xp, args.device, args.repeats)
+    if args.device == "cuda":
+        def timed(fn):
+            return median_time_cuda(fn, args.repeats, xp)
+    else:
+        def timed(fn):
+            return median_time(fn, args.repeats)
     bw = peak_bandwidth(xp, args.device)
     torch = cuda_torch() if args.device == "cuda" else None
     rng = np.random.default_rng(0)
@@ -112,7 +100,7 @@ def main():
     base = timed(lambda: xp.matmul(a, b))
     lib = "cuBLAS" if args.device == "cuda" else "numpy"  # what xp.matmul is
     row(f"matmul fp32 {n}^3", lib, base, 2 * n ** 3, "TFLOP/s")
-    for v in _cuda.MATMUL_VERSIONS:
+    for v in MATMUL_VERSIONS.names("cuda"):  # the SGEMM ladder
         if small:
             assert np.allclose(xp.asnumpy(ops.matmul(a, b, backend=v)), ref, atol=1e-3), v
         row(f"matmul fp32 {n}^3", v, timed(lambda: ops.matmul(a, b, backend=v)), 2 * n ** 3,
@@ -132,7 +120,7 @@ def main():
     if base:
         row(f"matmul bf16 {n}^3", what, base, 2 * n ** 3, "TFLOP/s")
     for v in ("naive", "wmma"):
-        row(f"matmul bf16 {n}^3", v, timed(lambda: _cuda.matmul_bf16(ab, bb, backend=v)),
+        row(f"matmul bf16 {n}^3", v, timed(lambda: ops.matmul_bf16(ab, bb, backend=v)),
             2 * n ** 3, "TFLOP/s", base)
 
     # ---- memory-bound kernels against CuPy expressions ----------------------------------------
@@ -233,7 +221,6 @@ def main():
     if args.no_e2e:
         return
     # ---- end to end -------------------------------------------------------------------------
-    from kernelgpt.model import GPT, GPTConfig
     if small:
         cfg = GPTConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=32, block_size=16)
         batch = 2
@@ -256,12 +243,10 @@ def main():
     if small:
         return
     try:
-        from kernelgpt import load_model
         smol = load_model("smollm2", device=args.device)
     except Exception as e:  # not fetched
         print(f"SmolLM2 decode: skipped ({e})")
         return
-    from kernelgpt.generate import GenerationStats
     stats = GenerationStats()
     smol.generate("The capital of France is", 128, temperature=0, stats=stats)
     prefill = stats.prompt_tokens / max(stats.prefill_seconds, 1e-9)

@@ -1,13 +1,12 @@
 """Embedding forward (row gather) and backward (scatter-add): numpy vs naive vs fast (vs torch).
 
-    flock /work/main/.bench.lock env PYTHONPATH=python python3 benchmarks/bench_embedding.py
-        [--threads 2] [--repeats 7] [--no-naive] [--no-torch]
+    flock .bench.lock python benchmarks/bench_embedding.py [--threads 2] [--repeats 7]
+        [--no-naive] [--no-torch]
 
-Alternating rounds with a 0.2 s pause between libraries and one untimed call after it (it
-wakes the library's threads), median times. GB/s counts the bytes
-each call must move once: forward reads n rows of the table and writes n rows (n = B*T);
-backward reads dout (n rows) and reads + writes the rows it adds into, plus, unless it
-accumulates, writes the whole [V, C] table once (zeros). The peak is kernelgpt._C.stream_scale
+Alternating rounds (kernelgpt.bench.run_case), median times. GB/s counts the bytes each call
+must move once: forward reads n rows of the table and writes n rows (n = B*T); backward
+reads dout (n rows) and reads + writes the rows it adds into, plus, unless it accumulates,
+writes the whole [V, C] table once (zeros). The peak is kernelgpt._C.stream_scale
 (read + write) on 256 MiB.
 
 "fresh" calls allocate their result as the API does by default (the backward's fresh table
@@ -18,62 +17,63 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
-import time
 
 import numpy as np
 
 import kernelgpt
-from kernelgpt import _C, ops, reference
+from kernelgpt import ops, reference
+from kernelgpt.bench import StreamPeak, run_case, setup_threads, torch_or_none
 
-PAUSE = 0.2
-
-
-def measure_stream_peak():
-    src = np.random.default_rng(0).random(64 << 20, dtype=np.float32)  # 256 MiB
-    dst = np.empty_like(src)
-    _C.stream_scale(src, dst, 1.0)
-    times = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        _C.stream_scale(src, dst, 1.0)
-        times.append(time.perf_counter() - t0)
-    return 2 * src.nbytes / min(times) / 1e9
+# (name, V, C, B, T): GPT-2 small token table; a position table (ids = arange); Llama-ish
+CASES = [("GPT-2 wte", 50257, 768, 8, 1024), ("GPT-2 wpe (ids = arange)", 1024, 768, 8, 1024),
+         ("Llama-ish", 32000, 4096, 1, 2048), ("small", 1000, 64, 4, 256)]
 
 
-def run_case(name, nbytes, impls, repeats, peak):
-    """impls: list of (label, fn) or (label, fn, bytes moved by this one if not nbytes).
-    Prints median time, ratio vs numpy, GB/s, % of peak.
+def inputs(rng, name, V, C, B, T):
+    """table [V, C], ids [B, T], dout [B, T, C]."""
+    table = rng.standard_normal((V, C), dtype=np.float32)
+    if "arange" in name:
+        ids = np.broadcast_to(np.arange(T), (B, T)).copy()
+    else:
+        ids = rng.integers(0, V, size=(B, T))
+    return table, ids, rng.standard_normal((B, T, C), dtype=np.float32)
 
-    Each round: pause, one untimed call (wakes this library's threads: after a pause the OS
-    takes up to a few ms to schedule them, which a training loop never sees), then enough
-    timed calls to fill ~0.1 s."""
-    own_bytes = {impl[0]: impl[2] for impl in impls if len(impl) > 2}
-    impls = [impl[:2] for impl in impls]
-    samples = {label: [] for label, _ in impls}
-    reps = {}
-    for label, fn in impls:  # warm up: page faults, thread pools, caches; size the rounds
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        reps[label] = max(1, min(50, int(0.1 / (time.perf_counter() - t0))))
-    for _ in range(repeats):
-        for label, fn in impls:
-            time.sleep(PAUSE)
-            fn()
-            for _ in range(reps[label]):
-                t0 = time.perf_counter()
-                fn()
-                samples[label].append(time.perf_counter() - t0)
-    base = statistics.median(samples["numpy"]) if "numpy" in samples else None
-    print(f"\n{name}   ({nbytes / 1e6:.0f} MB moved per call)")
-    for label, _ in impls:
-        t = statistics.median(samples[label])
-        gbs = own_bytes.get(label, nbytes) / t / 1e9
-        ratio = f"{base / t:6.2f}x" if base else "       "
-        print(f"  {label:<26} {t * 1e3:9.3f} ms  {ratio} numpy  {gbs:6.1f} GB/s"
-              f"  {100 * gbs / peak:5.1f}% of peak")
-    gc.collect()
+
+def forward_impls(table, ids, torch, naive=True):
+    """([(label, fn)], bytes moved per call)."""
+    out = np.empty(ids.shape + table.shape[1:], np.float32)
+    impls = [("numpy", lambda: reference.embedding(ids, table)),  # table[ids]
+             ("numpy take out=", lambda: np.take(table, ids, axis=0, out=out))]
+    if naive:
+        impls.append(("kernelgpt naive out=",
+                      lambda: ops.embedding(ids, table, out=out, backend="naive")))
+    impls += [("kernelgpt fast fresh", lambda: ops.embedding(ids, table)),
+              ("kernelgpt fast out=", lambda: ops.embedding(ids, table, out=out))]
+    if torch is not None:
+        tt, ti = torch.from_numpy(table), torch.from_numpy(ids)
+        impls.append(("torch F.embedding", lambda: torch.nn.functional.embedding(ti, tt)))
+    return impls, 2 * out.nbytes + ids.size * 8
+
+
+def backward_impls(dout, ids, V, torch, naive=True):
+    """([(label, fn)], bytes moved per call, {label: its own bytes when they differ})."""
+    n, C = ids.size, dout.shape[-1]
+    dtable = np.empty((V, C), np.float32)
+    touched = len(np.unique(ids))
+    impls = [("numpy", lambda: reference.embedding_backward(dout, ids, V))]
+    if naive:
+        impls.append(("kernelgpt naive out=", lambda: ops.embedding_backward(
+            dout, ids, V, out=dtable, backend="naive")))
+    impls += [("kernelgpt fast fresh", lambda: ops.embedding_backward(dout, ids, V)),
+              ("kernelgpt fast out=", lambda: ops.embedding_backward(dout, ids, V, out=dtable)),
+              ("kernelgpt fast accumulate", lambda: ops.embedding_backward(
+                  dout, ids, V, out=dtable, accumulate=True))]
+    if torch is not None:
+        td, til = torch.from_numpy(dout).reshape(-1, C), torch.from_numpy(ids).reshape(-1)
+        impls.append(("torch zeros + index_add_",
+                      lambda: torch.zeros(V, C).index_add_(0, til, td)))
+    moved = (n * C + 2 * touched * C) * 4 + n * 8
+    return impls, moved + V * C * 4, {"kernelgpt fast accumulate": moved}  # (no zeroing)
 
 
 def main():
@@ -83,65 +83,25 @@ def main():
     ap.add_argument("--no-naive", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args()
-    kernelgpt.set_num_threads(args.threads)
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-            torch.set_num_threads(args.threads)
-        except ImportError:
-            pass
-
-    peak = measure_stream_peak()
+    torch = None if args.no_torch else torch_or_none()
+    _limiter = setup_threads(args.threads, torch=torch)
+    peak = StreamPeak().best()
     print(f"kernelgpt {kernelgpt.__version__}, {args.threads} threads, isa {kernelgpt.get_isa()}")
     print(f"stream peak (stream_scale, 256 MiB, read + write): {peak:.1f} GB/s")
     print(f"path: {ops.kernel_paths()['embedding']}")
     rng = np.random.default_rng(0)
-
-    # (name, V, C, B, T): GPT-2 small token table; a position table (ids = arange); Llama-ish
-    cases = [("GPT-2 wte", 50257, 768, 8, 1024), ("GPT-2 wpe (ids = arange)", 1024, 768, 8, 1024),
-             ("Llama-ish", 32000, 4096, 1, 2048), ("small", 1000, 64, 4, 256)]
-    for name, V, C, B, T in cases:
-        table = rng.standard_normal((V, C), dtype=np.float32)
-        if "arange" in name:
-            ids = np.broadcast_to(np.arange(T), (B, T)).copy()
-        else:
-            ids = rng.integers(0, V, size=(B, T))
-        n = B * T
-        out = np.empty((B, T, C), np.float32)
-        impls = [("numpy", lambda: reference.embedding(ids, table)),  # table[ids]
-                 ("numpy take out=", lambda: np.take(table, ids, axis=0, out=out))]
-        if not args.no_naive:
-            impls.append(("kernelgpt naive out=", lambda: ops.embedding(ids, table, out=out, backend="naive")))
-        impls += [("kernelgpt fast fresh", lambda: ops.embedding(ids, table)),
-                  ("kernelgpt fast out=", lambda: ops.embedding(ids, table, out=out))]
-        if torch is not None:
-            tt, ti, to = torch.from_numpy(table), torch.from_numpy(ids), torch.from_numpy(out)
-            impls.append(("torch F.embedding", lambda: torch.nn.functional.embedding(ti, tt)))
+    naive = not args.no_naive
+    for name, V, C, B, T in CASES:
+        table, ids, dout = inputs(rng, name, V, C, B, T)
+        impls, nbytes = forward_impls(table, ids, torch, naive)
         run_case(f"embedding forward, {name}: table [{V}, {C}], ids [{B}, {T}]",
-                 2 * n * C * 4 + n * 8, impls, args.repeats, peak)
-
-        dout = rng.standard_normal((B, T, C), dtype=np.float32)
-        dtable = np.empty((V, C), np.float32)
-        touched = len(np.unique(ids))
-        impls = [("numpy", lambda: reference.embedding_backward(dout, ids, V))]
-        if not args.no_naive:
-            impls.append(("kernelgpt naive out=", lambda: ops.embedding_backward(
-                dout, ids, V, out=dtable, backend="naive")))
-        impls += [("kernelgpt fast fresh", lambda: ops.embedding_backward(dout, ids, V)),
-                  ("kernelgpt fast out=", lambda: ops.embedding_backward(dout, ids, V, out=dtable)),
-                  ("kernelgpt fast accumulate", lambda: ops.embedding_backward(
-                      dout, ids, V, out=dtable, accumulate=True),
-                   (n * C + 2 * touched * C) * 4 + n * 8)]  # (no zeroing)
-        if torch is not None:
-            td, tdt = torch.from_numpy(dout).reshape(-1, C), torch.from_numpy(dtable)
-            til = ti.reshape(-1)
-            impls.append(("torch zeros + index_add_",
-                          lambda: torch.zeros(V, C).index_add_(0, til, td)))
-        nbytes = (n * C + 2 * touched * C + V * C) * 4 + n * 8
-        run_case(f"embedding backward, {name}: dtable [{V}, {C}], {n} ids, {touched} distinct",
-                 nbytes, impls, args.repeats, peak)
-        del table, out, dout, dtable, impls
+                 [(label, fn, None) for label, fn in impls], rounds=args.repeats, nbytes=nbytes,
+                 peak=peak)
+        impls, nbytes, own = backward_impls(dout, ids, V, torch, naive)
+        run_case(f"embedding backward, {name}: dtable [{V}, {C}], {B * T} ids, "
+                 f"{len(np.unique(ids))} distinct", [(label, fn, None) for label, fn in impls],
+                 rounds=args.repeats, nbytes=nbytes, peak=peak, own_bytes=own)
+        del table, ids, dout, impls
         gc.collect()
 
 

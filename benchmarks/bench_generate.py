@@ -2,7 +2,8 @@
 decode path (GPT.forward_cached + Sampler) and against recomputing the whole context for every
 token (no KV cache).
 
-    python benchmarks/bench_generate.py [--threads 2] [--reps 3] [--new-tokens 256]
+    flock .bench.lock python benchmarks/bench_generate.py [--threads 2] [--reps 3]
+        [--new-tokens 256] [--only default|shakespeare-char]
 
 Models: the "default" preset (n_layer 4, n_head 6, n_embd 192, block 128) and the
 "shakespeare-char" preset (6 / 6 / 384, block 256), vocab 65, random weights (speed does not
@@ -20,21 +21,21 @@ Every number is the median of --reps repetitions, with the thread count fixed (2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _timing import setup_threads  # noqa: E402
-from kernelgpt import _C  # noqa: E402
-from kernelgpt.data import CharTokenizer  # noqa: E402
-from kernelgpt.generate import GenerationStats, generate  # noqa: E402
-from kernelgpt.model import GPT, GPTConfig  # noqa: E402
-from kernelgpt.sampling import Sampler, SamplingConfig  # noqa: E402
+import kernelgpt
+from kernelgpt import _C, sampling
+from kernelgpt.bench import median_time, setup_threads
+from kernelgpt.data import CharTokenizer
+from kernelgpt.generate import GenerationStats, generate
+from kernelgpt.kernels import FAMILIES
+from kernelgpt.model import GPT, GPTConfig
+from kernelgpt.sampling import Sampler, SamplingConfig
 
 PRESETS = {
     "default": dict(n_layer=4, n_head=6, n_embd=192, block_size=128),
@@ -48,24 +49,20 @@ def tokenizer():
     return CharTokenizer([chr(32 + i) for i in range(VOCAB)])
 
 
-def generate_seconds(model, tok, n, fast) -> float:
-    t0 = time.perf_counter()
+def run_generate(model, tok, n, fast):
     for _ in generate(model, tok, "A", max_new_tokens=n, sampling=SAMPLING, seed=0,
                       fast_decode=fast):
         pass
-    return time.perf_counter() - t0
 
 
-def no_cache_seconds(model, n) -> float:
+def run_no_cache(model, n):
     """Every token recomputes the whole (window of the) context: no KV cache."""
     block = model.config.block_size
     sampler = Sampler(SAMPLING, seed=0)
     context = [33]
-    t0 = time.perf_counter()
     for _ in range(n):
         logits = model.logits(np.asarray([context[-block:]]))[0, -1]
         context.append(sampler(logits, previous_tokens=context))
-    return time.perf_counter() - t0
 
 
 def step_times(model, fast) -> np.ndarray:
@@ -111,72 +108,70 @@ class _Timed:
         return timed
 
 
+@contextlib.contextmanager
+def timed_native(modules):
+    """Swaps the `_C` global of each module for one _Timed(_C) while the block runs: every
+    kernel family module (kernelgpt/kernels/<family>.py calls _C through its own global) for
+    the Python path, the sampler's module for Sampler.fast."""
+    timer = _Timed(_C)
+    saved = [m._C for m in modules]
+    for m in modules:
+        m._C = timer
+    try:
+        yield timer
+    finally:
+        for m, real in zip(modules, saved):
+            m._C = real
+
+
+KERNEL_MODULES = list(FAMILIES.values())
+SAMPLER_MODULES = [sampling if hasattr(sampling, "_C") else kernelgpt]  # where .fast finds _C
+
+
 def overhead(model, tok, fast):
     """(wall, native) seconds per generated token inside generate(), for block - 1 new tokens
     after a 1-token prompt (no window slide). Native: the runner's decode and _C.sample_token
-    (runner path), or every _C kernel call that kernelgpt.ops makes (Python path)."""
-    import kernelgpt
-    from kernelgpt import ops
-
+    (runner path), or every _C kernel call of the kernel families (Python path)."""
     n = model.config.block_size - 1
     cache = model.new_cache()
-    timers = []
+    stats = GenerationStats()
+    runner = None
     if fast:
         real = _C.Transformer(model.config.to_dict(), model.params.views, cache.k, cache.v)
         runner = _Timed(real)
         # decode_next takes this runner (GPT._build_runner's tuple)
         model._runner = (model.params.data, cache, runner, real.max_positions)
-        sampler_c = _Timed(_C)
-        kernelgpt._C = sampler_c  # Sampler.fast looks kernelgpt._C up at every call
-        timers = [runner, sampler_c]
-    else:
-        kernels = _Timed(_C)
-        ops._C = kernels
-        timers = [kernels]
-    stats = GenerationStats()
     try:
-        for _ in generate(model, tok, "A", max_new_tokens=n, sampling=SAMPLING, seed=0,
-                          stats=stats, cache=cache, fast_decode=fast):
-            pass
+        with timed_native(SAMPLER_MODULES if fast else KERNEL_MODULES) as native:
+            for _ in generate(model, tok, "A", max_new_tokens=n, sampling=SAMPLING, seed=0,
+                              stats=stats, cache=cache, fast_decode=fast):
+                pass
     finally:
-        kernelgpt._C = _C
-        ops._C = _C
         model._runner = None
     # decode_seconds covers the loop after prefill: n samples and n - 1 decode steps; the
     # prefill's kernel calls (Python path) happened before it and are not counted
-    native = sum(t.seconds for t in timers)
-    if not fast:
-        native = kernels.seconds - prefill_kernel_seconds(model)
-    return stats.decode_seconds / n, native / n
+    if fast:
+        seconds = runner.seconds + native.seconds
+    else:
+        seconds = native.seconds - prefill_kernel_seconds(model)
+    return stats.decode_seconds / n, seconds / n
 
 
 def prefill_kernel_seconds(model) -> float:
     """Kernel time of the 1-token prefill (forward_cached) that generate() runs first."""
-    from kernelgpt import ops
-
-    kernels = _Timed(_C)
-    ops._C = kernels
-    try:
+    with timed_native(KERNEL_MODULES) as kernels:
         model.forward_cached(np.asarray([[33]]), model.new_cache())
-    finally:
-        ops._C = _C
     return kernels.seconds
-
-
-def median(fn, reps):
-    return statistics.median(fn() for _ in range(reps))
 
 
 def run(name, reps, n_new):
     cfg = GPTConfig(vocab_size=VOCAB, **PRESETS[name])
     model = GPT(cfg, seed=0)
     tok = tokenizer()
-    generate_seconds(model, tok, 8, True)  # warm-up (builds the runner, touches the pages)
-    generate_seconds(model, tok, 8, False)
-    rows = {}
-    rows["runner"] = n_new / median(lambda: generate_seconds(model, tok, n_new, True), reps)
-    rows["python"] = n_new / median(lambda: generate_seconds(model, tok, n_new, False), reps)
-    rows["no_cache"] = n_new / median(lambda: no_cache_seconds(model, n_new), reps)
+    rows = {}  # median_time's warm-up run builds the runner and touches the pages
+    rows["runner"] = n_new / median_time(lambda: run_generate(model, tok, n_new, True), reps)
+    rows["python"] = n_new / median_time(lambda: run_generate(model, tok, n_new, False), reps)
+    rows["no_cache"] = n_new / median_time(lambda: run_no_cache(model, n_new), reps)
     steps = {}
     for fast in (True, False):
         t = np.median(np.stack([step_times(model, fast) for _ in range(reps)]), axis=0)
@@ -195,13 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--only", default=None, help="one preset: default | shakespeare-char")
     args = p.parse_args(argv)
-    if args.threads:
-        import os
-        os.environ["KERNELGPT_THREADS"] = str(args.threads)
-        import _timing
-        _timing.THREADS = args.threads
-    setup_threads()
-    import kernelgpt
+    _limiter = setup_threads(args.threads)
     print(f"threads {kernelgpt.get_num_threads()}, isa {kernelgpt.get_isa()}, median of "
           f"{args.reps}, {args.new_tokens} new tokens, vocab {VOCAB}, random weights")
     us = 1e6
@@ -221,7 +210,7 @@ def main(argv=None) -> int:
                 early, late = steps[fast]
                 line += f"{early * us:>11.1f}us{late * us:>12.1f}us{late / early:>12.2f}"
             print(line)
-        print(f"  per generated token inside generate() (wall = native calls + Python overhead):")
+        print("  per generated token inside generate() (wall = native calls + Python overhead):")
         for label, (wall, native) in [("C++ runner", fast_o), ("Python forward_cached", slow_o)]:
             print(f"    {label:<24}{wall * us:>9.1f} us = {native * us:>8.1f} us + "
                   f"{(wall - native) * us:>8.1f} us")

@@ -2,7 +2,7 @@
 
     kernelgpt fetch smollm2
     pip install gguf                                              # the peer (optional)
-    flock /work/main/.bench.lock python benchmarks/bench_gguf.py [--repeats 21] [--file F.gguf]
+    flock .bench.lock python benchmarks/bench_gguf.py [--repeats 21] [--file F.gguf]
 
 Prints one table (median of repeats, the page cache warm: the file was read once before):
   open                 GGUFFile(path): mmap + the whole header parsed and validated in C++
@@ -15,24 +15,26 @@ The issue's target: open <= 50 ms for SmolLM2-135M-Instruct (98 MB, 49,152 token
 from __future__ import annotations
 
 import argparse
-import gc
-import statistics
 import sys
-import time
 
+from kernelgpt.bench import median_best
 from kernelgpt.io import fetch
 from kernelgpt.io.gguf import GGUFFile, validate_llama
 
+try:
+    import gguf  # llama.cpp's reader, the peer (optional)
+except ImportError:
+    gguf = None
+
 
 def median_ms(f, repeats):
-    f()  # warm up: page cache, first imports
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3, min(times) * 1e3
+    """(median, best) milliseconds after a warm-up call (page cache, first imports), the
+    garbage collector run before each call."""
+    return tuple(t * 1e3 for t in median_best(f, repeats, collect=True))
+
+
+def open_close(path):
+    GGUFFile(path).close()
 
 
 def main(argv=None) -> int:
@@ -54,9 +56,6 @@ def main(argv=None) -> int:
     def opened():
         return GGUFFile(path)
 
-    def open_close():
-        GGUFFile(path).close()
-
     def key(name):
         def read():
             with GGUFFile(path) as f:
@@ -68,18 +67,16 @@ def main(argv=None) -> int:
             validate_llama(f.metadata, f.tensors)
 
     rows.append(("open", *median_ms(opened, args.repeats)))
-    rows.append(("open + close", *median_ms(open_close, args.repeats)))
+    rows.append(("open + close", *median_ms(lambda: open_close(path), args.repeats)))
     base = rows[-1][1]
     for name in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
         med, low = median_ms(key(name), args.repeats)
         rows.append((f"  + read {name.split('.')[-1]}", med - base, low - base))
     med, low = median_ms(validate, max(3, args.repeats // 3))
     rows.append(("  + validate_llama", med - base, low - base))
-    try:
-        import gguf
-        med, low = median_ms(lambda: gguf.GGUFReader(path), 3)
-        rows.append(("gguf.GGUFReader(path)", med, low))
-    except ImportError:
+    if gguf is not None:
+        rows.append(("gguf.GGUFReader(path)", *median_ms(lambda: gguf.GGUFReader(path), 3)))
+    else:
         rows.append(("gguf.GGUFReader(path)", float("nan"), float("nan")))
 
     print(f"{path}")

@@ -1,7 +1,7 @@
 """Quantized matmuls (Q4_1 / Q8_0) at SmolLM2-135M's shapes, 2 threads.
 
-    flock /work/main/.bench.lock env PYTHONPATH=python python3 benchmarks/bench_quant.py
-    ... bench_quant.py --quick          # fewer repeats, no one-thread naive version
+    flock .bench.lock python benchmarks/bench_quant.py
+    flock .bench.lock python benchmarks/bench_quant.py --quick   # fewer repeats, no naive version
 
 1. Decode (M = 1), one weight matrix at a time: GB/s of the weight bytes each version reads
    (quantized bytes for the quantized kernels, float32 bytes for the fp32 matvecs), against
@@ -18,16 +18,15 @@
    same sweep as 2 for a 128-token prompt, in tokens/s.
 Times are medians of repeats after a warm-up; the best repeat is printed beside it, since on
 a shared 2-core machine another process often takes a core for a whole time slice (then the
-2-thread medians show ~4-12 ms stalls; the best is the kernel's own speed).
+2-thread medians show ~4-12 ms stalls; the best is the kernel's own speed). Timing, threads
+and the stream peak: kernelgpt/bench.py.
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 from kernelgpt import ops, reference
-from _timing import StreamPeak, setup_threads
+from kernelgpt.bench import StreamPeak, median_best, paired_median, print_row, setup_threads
 
 C, I, KV, V, LAYERS = 576, 1536, 192, 49152, 30
 SHAPES = [("q", C, C, "q4_1"), ("k / v", KV, C, "q4_1"), ("gate / up", I, C, "q4_1"),
@@ -36,31 +35,6 @@ SHAPES = [("q", C, C, "q4_1"), ("k / v", KV, C, "q4_1"), ("gate / up", I, C, "q4
 
 def quantized(rng, n, k, qtype):
     return reference.quantize(rng.standard_normal((n, k), dtype=np.float32) * 0.05, qtype)
-
-
-def timed(fn, repeats):
-    """(median, best) seconds over repeats after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
-
-
-def row(name, t, nbytes=None, flops=None, base=None, peak=None):
-    seconds, best = t
-    cols = f"  {name:28s} {seconds * 1e6:10.1f} us (best {best * 1e6:9.1f})"
-    if nbytes is not None:
-        cols += f" {nbytes / seconds / 1e9:8.1f} GB/s"
-        if peak:
-            cols += f" {100 * nbytes / seconds / 1e9 / peak:5.0f}% peak"
-    if flops is not None:
-        cols += f" {flops / seconds / 1e9:8.1f} GFLOP/s"
-    if base is not None:
-        cols += f" {base[0] / seconds:7.2f}x numpy"
-    print(cols)
 
 
 def decode_shapes(rng, reps, naive):
@@ -73,19 +47,19 @@ def decode_shapes(rng, reps, naive):
         print(f" {name}: {k} -> {n} {qtype}, {raw.nbytes / 2**20:.2f} MiB quantized, "
               f"{w.nbytes / 2**20:.2f} MiB float32")
         r = max(3, reps // 10) if n == V else reps
-        t_np = timed(lambda: reference.quant_matmul(x, raw, qtype, n), max(3, r // 10))
-        row("numpy dequantize + matvec", t_np, raw.nbytes, base=t_np)
-        t = timed(lambda: w @ x, r)
-        row("numpy fp32 matvec", t, w.nbytes, base=t_np)
-        t = timed(lambda: ops.linear(x[None], w), r)
-        row("kernelgpt fp32 matvec", t, w.nbytes, base=t_np)
+        t_np = median_best(lambda: reference.quant_matmul(x, raw, qtype, n), max(3, r // 10))
+        print_row("numpy dequantize + matvec", t_np, raw.nbytes, base=t_np)
+        t = median_best(lambda: w @ x, r)
+        print_row("numpy fp32 matvec", t, w.nbytes, base=t_np)
+        t = median_best(lambda: ops.linear(x[None], w), r)
+        print_row("kernelgpt fp32 matvec", t, w.nbytes, base=t_np)
         if naive:
-            t = timed(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend="naive"),
+            t = median_best(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend="naive"),
                             max(3, r // 10))
-            row("kernelgpt naive (1 thread)", t, raw.nbytes, base=t_np)
+            print_row("kernelgpt naive (1 thread)", t, raw.nbytes, base=t_np)
         for backend in ("fused", "vnni"):
-            t = timed(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend=backend), r)
-            row(f"kernelgpt {backend}", t, raw.nbytes, base=t_np)
+            t = median_best(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend=backend), r)
+            print_row(f"kernelgpt {backend}", t, raw.nbytes, base=t_np)
 
 
 def model_weights(rng):
@@ -113,25 +87,12 @@ def sweep(layers, head, M, backend, rng):
     return run
 
 
-def paired(fn, peak, rounds):
-    """Alternates kernel and stream measurements (this machine's bandwidth drifts)."""
-    times, bests, peaks = [], [], []
-    fn()
-    for _ in range(rounds):
-        peaks.append(peak.measure(repeats=3))
-        time.sleep(0.05)
-        median, best = timed(fn, 3)
-        times.append(median)
-        bests.append(best)
-    return statistics.median(times), min(bests), statistics.median(peaks)
-
-
 def decode_sweep(rng, layers, head, peak, rounds):
     nbytes = sum(raw.nbytes for mats in layers for raw, _ in mats) + head.nbytes
     print(f"\n2. decode sweep: one token's matvecs, {nbytes / 2**20:.0f} MiB of distinct weights "
           "(from DRAM)")
     for backend in ("fused", "vnni"):
-        t, best, p = paired(sweep(layers, head, 1, backend, rng), peak, rounds)
+        t, best, p = paired_median(sweep(layers, head, 1, backend, rng), peak, rounds)
         for what, s in (("median", t), ("best", best)):
             print(f"  kernelgpt {backend:6s} {what:6s} {s * 1e3:7.2f} ms = {1 / s:6.1f} tok/s   "
                   f"{nbytes / s / 1e9:5.1f} GB/s = {100 * nbytes / s / 1e9 / p:3.0f}% of stream "
@@ -148,16 +109,16 @@ def prefill(rng, layers, head, reps, M=128):
         flops = 2.0 * M * n * k
         r = max(3, reps // 10) if n == V else reps
         print(f" {name}: [{M}, {k}] x [{n}, {k}]^T {qtype}")
-        t_np = timed(lambda: reference.quant_matmul(x, raw, qtype, n), max(3, r // 5))
-        row("numpy dequantize + matmul", t_np, flops=flops, base=t_np)
-        t = timed(lambda: ops.linear(x, w, out=y), r)
-        row("kernelgpt fp32 matmul", t, flops=flops, base=t_np)
+        t_np = median_best(lambda: reference.quant_matmul(x, raw, qtype, n), max(3, r // 5))
+        print_row("numpy dequantize + matmul", t_np, flops=flops, base=t_np)
+        t = median_best(lambda: ops.linear(x, w, out=y), r)
+        print_row("kernelgpt fp32 matmul", t, flops=flops, base=t_np)
         for backend in ("tiled", "fused", "vnni"):
-            t = timed(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend=backend), r)
-            row(f"kernelgpt {backend}", t, flops=flops, base=t_np)
+            t = median_best(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend=backend), r)
+            print_row(f"kernelgpt {backend}", t, flops=flops, base=t_np)
     print(f" sweep: every matmul of a {M}-token prompt (LM head for the last token)")
     for backend in ("auto", "vnni"):
-        t, best = timed(sweep(layers, head, M, backend, rng), 5)
+        t, best = median_best(sweep(layers, head, M, backend, rng), 5)
         print(f"  kernelgpt {backend:6s} {t * 1e3:7.1f} ms = {M / t:6.1f} tok/s "
               f"(best {best * 1e3:7.1f} ms = {M / best:6.1f} tok/s)")
 

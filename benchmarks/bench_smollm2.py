@@ -2,22 +2,25 @@
 (llama-cpp-python, when installed) on the same GGUF, same token ids, same thread count,
 alternating runs, medians.
 
-    python benchmarks/bench_smollm2.py [--threads 2] [--prompt-tokens 128] [--new-tokens 128]
+    flock .bench.lock python benchmarks/bench_smollm2.py [--threads 2] [--prompt-tokens 128]
+        [--new-tokens 128] [--rounds 5] [--weights quantized,fp32]
 
 kernelgpt runs the weights as stored (Q4_1 / Q8_0) by default; --weights fp32 also times the
 dequantized model. llama.cpp is loaded with use_extra_bufts = False (its AMX / repacked buffers
-crash on this CPU for prompts of 2+ tokens, see ../shared/DATA.md) and logits of the last
-position only.
+crash on this CPU for prompts of 2+ tokens, see the project's data notes, DATA.md) and logits
+of the last position only. Threads: kernelgpt.bench.setup_threads; a 0.2 s pause
+(kernelgpt.bench.PAUSE) before each run lets the other library's worker threads go idle.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import time
 
 import numpy as np
 
-import kernelgpt
+from kernelgpt.bench import PAUSE, setup_threads
 from kernelgpt.llama import load_model
 
 TEXT = ("The Roman Empire was the post-Republican state of ancient Rome. It included large "
@@ -42,8 +45,6 @@ def kernelgpt_run(model, ids, new_tokens):
 
 class LlamaCpp:
     def __init__(self, path, threads, n_ctx):
-        import ctypes
-
         import llama_cpp as L
         self.L, self.ctypes = L, ctypes
         # keep llama.cpp's load log off the table
@@ -96,7 +97,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--weights", default="quantized", help="comma list: quantized,fp32")
     args = ap.parse_args()
-    kernelgpt.set_num_threads(args.threads)
+    _limiter = setup_threads(args.threads, torch=None)
     peers = {}
     for w in args.weights.split(","):
         t0 = time.perf_counter()
@@ -116,7 +117,7 @@ def main():
         texts[name] = fn(ids, 8)[2]
     for _ in range(args.rounds):
         for name, fn in peers.items():
-            time.sleep(0.2)
+            time.sleep(PAUSE)
             pre, dec, out = fn(ids, args.new_tokens)
             times[name][0].append(pre)
             times[name][1].append(dec)
@@ -132,7 +133,8 @@ def main():
             bp = len(ids) / statistics.median(times[base][0])
             bd = args.new_tokens / statistics.median(times[base][1])
             same = sum(a == b for a, b in zip(texts[name], texts[base]))
-            line += f"  ({p / bp:.2f}x, {d / bd:.2f}x llama.cpp; greedy tokens equal for {same}/{args.new_tokens})"
+            line += (f"  ({p / bp:.2f}x, {d / bd:.2f}x llama.cpp; greedy tokens equal for "
+                     f"{same}/{args.new_tokens})")
         print(line)
 
 

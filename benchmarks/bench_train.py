@@ -1,7 +1,8 @@
 """Training throughput: kernelgpt vs the same model in PyTorch eager (benchmarks/torch_gpt.py),
 side by side in one run, same data, same hyper-parameters, same thread count.
 
-    python benchmarks/bench_train.py [--threads 2] [--steps 20] [--converge 2000]
+    flock .bench.lock python benchmarks/bench_train.py [--threads 2] [--steps 20] [--converge 2000]
+        [--configs baby,shakespeare-char] [--profile]
 
 Configs: nanoGPT's CPU "baby" config (n_layer 4, n_head 4, n_embd 128, block 64, batch 12)
 and its shakespeare-char config (n_layer 6, n_head 6, n_embd 384, block 256, batch 64), on the
@@ -12,19 +13,14 @@ initial weights and batches, and the validation losses are compared.
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import kernelgpt  # noqa: E402
-from kernelgpt import ops  # noqa: E402
-from kernelgpt.data import CharTokenizer, shakespeare_text  # noqa: E402
-from kernelgpt.model import GPT, GPTConfig  # noqa: E402
+from kernelgpt import ops
+from kernelgpt.bench import alternate, setup_threads, torch_or_none
+from kernelgpt.data import CharTokenizer, shakespeare_text
+from kernelgpt.model import GPT, GPTConfig
 
 CONFIGS = {
     "baby": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64), 12),
@@ -100,17 +96,15 @@ def throughput(name, data, vocab, steps, torch_ok):
     if torch_ok:
         trainers["torch"] = TorchTrainer(cfg, kg.model)
     data_batches = list(batches(data, B, cfg.block_size, 1, steps + 2))
-    times = {k: [] for k in trainers}
-    for k, tr in trainers.items():
-        tr.step(*data_batches[0])  # warm up
-    for i in range(1, steps + 1):  # alternate the frameworks step by step
-        for k, tr in trainers.items():
-            time.sleep(0.05)
-            t0 = time.perf_counter()
-            tr.step(*data_batches[i])
-            times[k].append(time.perf_counter() - t0)
+
+    def next_step(trainer):  # each call trains on the next batch (the first one warms up)
+        feed = iter(data_batches)
+        return lambda: trainer.step(*next(feed))
+    # the frameworks alternate step by step, one timed step each per round
+    seconds = alternate([(k, next_step(tr), 1) for k, tr in trainers.items()], steps,
+                        pause=0.05, warmup=False, wake_single=False)
     tokens = B * cfg.block_size
-    out = {k: tokens / statistics.median(v) for k, v in times.items()}
+    out = {k: tokens / v for k, v in seconds.items()}
     line = f"{name}: " + ", ".join(f"{k} {v:,.0f} tok/s ({tokens / v * 1e3:.1f} ms/step)"
                                    for k, v in out.items())
     if "torch" in out:
@@ -137,7 +131,8 @@ class _TimedOps:
                 a, b = args[0], args[1]
                 ta = "T" if kwargs.get("trans_a") else ""
                 tb = "T" if kwargs.get("trans_b") or name == "linear" else ""
-                key = f"{name} {'x'.join(map(str, a.shape))}{ta} @ {'x'.join(map(str, b.shape))}{tb}"
+                shape_a, shape_b = "x".join(map(str, a.shape)), "x".join(map(str, b.shape))
+                key = f"{name} {shape_a}{ta} @ {shape_b}{tb}"
             t0 = time.perf_counter()
             result = fn(*args, **kwargs)
             self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
@@ -201,13 +196,8 @@ def main():
     ap.add_argument("--converge", type=int, default=0, help="iterations for the loss comparison")
     ap.add_argument("--profile", action="store_true", help="also print a per-kernel profile")
     args = ap.parse_args()
-    kernelgpt.set_num_threads(args.threads)
-    try:
-        import torch
-        torch.set_num_threads(args.threads)
-        torch_ok = True
-    except ImportError:
-        torch_ok = False
+    torch_ok = torch_or_none() is not None
+    _limiter = setup_threads(args.threads)
     text = shakespeare_text()
     tok = CharTokenizer.from_text(text)
     data = np.asarray(tok.encode(text), dtype=np.int64)

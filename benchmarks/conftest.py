@@ -1,30 +1,27 @@
 """pytest-benchmark groups: `pytest benchmarks/ --benchmark-only` (numpy vs kernelgpt vs
-PyTorch per kernel and shape). Threads: 2 for every library unless KERNELGPT_THREADS says."""
-import os
-
+peers per kernel and shape). Threads: 2 for every library unless KERNELGPT_THREADS says
+(kernelgpt.bench.setup_threads). The cases come from the plain scripts beside these files
+(bench_<family>.py), which print the full tables."""
 import pytest
 
-import kernelgpt
-
-THREADS = int(os.environ.get("KERNELGPT_THREADS", "2"))
+from kernelgpt.bench import setup_threads, torch_or_none
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads():
-    kernelgpt.set_num_threads(THREADS)
-    try:
-        import threadpoolctl
-        limiter = threadpoolctl.threadpool_limits(THREADS)
-    except ImportError:
-        limiter = None
-    try:
-        import torch
-        torch.set_num_threads(THREADS)
-    except ImportError:
-        pass
+    limiter = setup_threads()
     yield
     del limiter
 
 
 def torch_or_skip():
-    return pytest.importorskip("torch")
+    torch = torch_or_none()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    return torch
+
+
+def torch_if(impl):
+    """PyTorch when impl == "torch" (the test is skipped without it), else None: the peer is
+    built only for its own test."""
+    return torch_or_skip() if impl == "torch" else None

@@ -1,8 +1,10 @@
 """Prints one table: every kernel against numpy (and PyTorch CPU when installed).
 
-    python benchmarks/run.py [--threads 2] [--only matmul,softmax] [--json results.json]
+    flock .bench.lock python benchmarks/run.py [--threads 2] [--only matmul,softmax] [--quick]
+        [--json results.json]
 
-Same as `kernelgpt bench`; see kernelgpt/bench.py for the method.
+Same as `kernelgpt bench` (kernelgpt/cli/bench.py); the method and the cases:
+kernelgpt/bench.py.
 """
 import sys
 

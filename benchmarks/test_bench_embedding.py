@@ -1,42 +1,36 @@
-"""pytest-benchmark: embedding forward / backward, numpy vs kernelgpt (2 threads).
+"""pytest-benchmark: embedding forward / backward, numpy vs kernelgpt vs PyTorch (2 threads),
+the cases of benchmarks/bench_embedding.py (GPT-2 small's token table, 8 x 1024 ids).
 
-    flock /work/main/.bench.lock env PYTHONPATH=python python3 -m pytest -q \\
-        benchmarks/test_bench_embedding.py --benchmark-group-by=group
+    flock .bench.lock python -m pytest -q benchmarks/test_bench_embedding.py \
+        --benchmark-group-by=group
 """
 import numpy as np
 import pytest
 
-import kernelgpt
-from kernelgpt import ops, reference
+from bench_embedding import CASES, backward_impls, forward_impls, inputs
+from conftest import torch_if
 
-V, C, N = 50257, 768, 8192  # GPT-2 small token table, 8 x 1024 tokens
+NAME, V, C, B, T = CASES[0]
+FORWARD = {"numpy": "numpy take out=", "kernelgpt": "kernelgpt fast out=",
+           "torch": "torch F.embedding"}
+BACKWARD = {"numpy": "numpy", "kernelgpt": "kernelgpt fast out=",
+            "torch": "torch zeros + index_add_"}
 
 
 @pytest.fixture(scope="module")
 def data():
-    kernelgpt.set_num_threads(2)
-    rng = np.random.default_rng(0)
-    return dict(table=rng.standard_normal((V, C), dtype=np.float32),
-                ids=rng.integers(0, V, size=N),
-                dout=rng.standard_normal((N, C), dtype=np.float32),
-                out=np.empty((N, C), np.float32), dtable=np.empty((V, C), np.float32))
+    return inputs(np.random.default_rng(0), NAME, V, C, B, T)
 
 
-@pytest.mark.benchmark(group="embedding forward [50257, 768] x 8192 ids")
-@pytest.mark.parametrize("impl", ["numpy", "kernelgpt"])
+@pytest.mark.benchmark(group=f"embedding forward [{V}, {C}] x {B * T} ids")
+@pytest.mark.parametrize("impl", list(FORWARD))
 def test_embedding_forward(benchmark, data, impl):
-    d = data
-    if impl == "numpy":
-        benchmark(lambda: np.take(d["table"], d["ids"], axis=0, out=d["out"]))
-    else:
-        benchmark(lambda: ops.embedding(d["ids"], d["table"], out=d["out"]))
+    table, ids, _ = data
+    benchmark(dict(forward_impls(table, ids, torch_if(impl), naive=False)[0])[FORWARD[impl]])
 
 
-@pytest.mark.benchmark(group="embedding backward [50257, 768] x 8192 ids")
-@pytest.mark.parametrize("impl", ["numpy", "kernelgpt"])
+@pytest.mark.benchmark(group=f"embedding backward [{V}, {C}] x {B * T} ids")
+@pytest.mark.parametrize("impl", list(BACKWARD))
 def test_embedding_backward(benchmark, data, impl):
-    d = data
-    if impl == "numpy":
-        benchmark(lambda: reference.embedding_backward(d["dout"], d["ids"], V))
-    else:
-        benchmark(lambda: ops.embedding_backward(d["dout"], d["ids"], V, out=d["dtable"]))
+    _, ids, dout = data
+    benchmark(dict(backward_impls(dout, ids, V, torch_if(impl), naive=False)[0])[BACKWARD[impl]])

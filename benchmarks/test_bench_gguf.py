@@ -1,12 +1,13 @@
-"""pytest-benchmark group for GGUF open time: kernelgpt.io.gguf vs the `gguf` package.
+"""pytest-benchmark group for GGUF open time: kernelgpt.io.gguf vs the `gguf` package
+(benchmarks/bench_gguf.py prints the full table).
 
     kernelgpt fetch smollm2; pip install gguf
-    flock /work/main/.bench.lock python -m pytest benchmarks/test_bench_gguf.py --benchmark-only
+    flock .bench.lock python -m pytest benchmarks/test_bench_gguf.py --benchmark-only
 """
 import pytest
 
+from bench_gguf import open_close
 from kernelgpt.io import fetch
-from kernelgpt.io.gguf import GGUFFile
 
 
 @pytest.fixture(scope="module")
@@ -15,10 +16,6 @@ def path():
     if p is None:
         pytest.skip("run `kernelgpt fetch smollm2`")
     return str(p)
-
-
-def open_close(path):
-    GGUFFile(path).close()
 
 
 @pytest.mark.benchmark(group="GGUF open SmolLM2-135M")

@@ -1,8 +1,7 @@
-"""pytest-benchmark: quantized matmuls at SmolLM2-135M's shapes, numpy (dequantize + matmul)
-vs kernelgpt's versions (2 threads).
+"""pytest-benchmark: quantized matmuls at SmolLM2-135M's shapes (benchmarks/bench_quant.py's
+SHAPES and weights), numpy (dequantize + matmul) vs kernelgpt's versions (2 threads).
 
-    flock /work/main/.bench.lock env PYTHONPATH=python python3 -m pytest -q \\
-        benchmarks/test_bench_quant.py --benchmark-group-by=group
+    flock .bench.lock python -m pytest -q benchmarks/test_bench_quant.py --benchmark-group-by=group
 
 The plain script benchmarks/bench_quant.py adds GB/s, the DRAM sweep over a whole model and
 the prefill tokens/s.
@@ -10,26 +9,21 @@ the prefill tokens/s.
 import numpy as np
 import pytest
 
+from bench_quant import SHAPES, quantized
 from kernelgpt import ops, reference
-
-# (name, N out features, K in features, qtype)
-SHAPES = [("q 576->576", 576, 576, "q4_1"), ("gate 576->1536", 1536, 576, "q4_1"),
-          ("down 1536->576", 576, 1536, "q4_1"), ("lm_head 576->49152", 49152, 576, "q8_0")]
 
 
 @pytest.fixture(scope="module", params=SHAPES, ids=[s[0] for s in SHAPES])
 def weights(request):
     name, n, k, qtype = request.param
-    rng = np.random.default_rng(0)
-    raw = reference.quantize(rng.standard_normal((n, k), dtype=np.float32) * 0.05, qtype)
-    return name, n, k, qtype, raw
+    return name, n, k, qtype, quantized(np.random.default_rng(0), n, k, qtype)
 
 
 @pytest.mark.parametrize("M", [1, 128])
 @pytest.mark.parametrize("impl", ["numpy", "auto", "fused", "tiled", "vnni"])
 def test_quant_matmul(benchmark, weights, M, impl):
     name, n, k, qtype, raw = weights
-    benchmark.group = f"quant_matmul {name} {qtype}, M = {M}"
+    benchmark.group = f"quant_matmul {name} {k}->{n} {qtype}, M = {M}"
     x = np.random.default_rng(1).standard_normal((M, k), dtype=np.float32)
     if impl == "numpy":
         benchmark(reference.quant_matmul, x, raw, qtype, n)
@@ -41,7 +35,7 @@ def test_quant_matmul(benchmark, weights, M, impl):
 @pytest.mark.parametrize("impl", ["numpy", "kernelgpt"])
 def test_dequantize(benchmark, weights, impl):
     name, n, k, qtype, raw = weights
-    benchmark.group = f"dequantize {name} {qtype}"
+    benchmark.group = f"dequantize {name} {k}->{n} {qtype}"
     if impl == "numpy":
         benchmark(reference.dequantize, raw, qtype, (n, k))
     else:

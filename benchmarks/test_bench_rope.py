@@ -1,37 +1,35 @@
-"""pytest-benchmark: RoPE (both layouts) and the sinusoidal table, numpy vs kernelgpt.
+"""pytest-benchmark: RoPE (both layouts) and the sinusoidal table, numpy vs kernelgpt (vs
+transformers-style PyTorch for the half layout), the cases of benchmarks/bench_rope.py.
 
-    flock /work/main/.bench.lock env PYTHONPATH=python python3 -m pytest -q \\
-        benchmarks/test_bench_rope.py --benchmark-group-by=group
+    flock .bench.lock python -m pytest -q benchmarks/test_bench_rope.py --benchmark-group-by=group
 """
 import numpy as np
 import pytest
 
-import kernelgpt
-from kernelgpt import ops, reference
+from bench_rope import CASES, TABLES, rope_impls, sinusoidal_impls
+from conftest import torch_if
+
+NAME, SHAPE, OFFSET, BASE, _, _ = CASES[0]
+LABELS = {"numpy": "numpy", "kernelgpt": "kernelgpt fast out=", "torch": "torch HF"}
 
 
 @pytest.fixture(scope="module")
 def x():
-    kernelgpt.set_num_threads(2)
-    return np.random.default_rng(0).standard_normal((8, 12, 1024, 64), dtype=np.float32)
+    return np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
 
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
-@pytest.mark.parametrize("impl", ["numpy", "kernelgpt"])
+@pytest.mark.parametrize("impl", list(LABELS))
 def test_rope(benchmark, x, layout, impl):
-    benchmark.group = f"rope {layout} [8, 12, 1024, 64]"
-    out = np.empty_like(x)
-    if impl == "numpy":
-        benchmark(lambda: reference.rope(x, None, 0, 10000.0, layout))
-    else:
-        benchmark(lambda: ops.rope(x, layout=layout, out=out))
+    benchmark.group = f"rope {layout} {list(SHAPE)}"
+    if impl == "torch" and layout != "half":
+        pytest.skip("the transformers-style rotation is the half layout")
+    fns = dict(rope_impls(x, OFFSET, BASE, layout, torch_if(impl), naive=False))
+    benchmark(fns[LABELS[impl]])
 
 
-@pytest.mark.benchmark(group="sinusoidal_positions 1024 x 768")
+@pytest.mark.benchmark(group="sinusoidal_positions %d x %d" % TABLES[0][:2])
 @pytest.mark.parametrize("impl", ["numpy", "kernelgpt"])
 def test_sinusoidal(benchmark, impl):
-    kernelgpt.set_num_threads(2)
-    if impl == "numpy":
-        benchmark(lambda: reference.sinusoidal_positions(1024, 768).astype(np.float32))
-    else:
-        benchmark(lambda: ops.sinusoidal_positions(1024, 768))
+    fns = dict(sinusoidal_impls(*TABLES[0], naive=False))
+    benchmark(fns["kernelgpt fast" if impl == "kernelgpt" else "numpy"])

@@ -1,112 +1,45 @@
 """pytest-benchmark groups for softmax / cross-entropy: numpy reference vs kernelgpt (vs PyTorch
-CPU when installed), 2 threads each (KERNELGPT_THREADS overrides).
+CPU when installed), 2 threads each (KERNELGPT_THREADS overrides), the cases of
+benchmarks/bench_softmax.py (its out= rows).
 
-    flock /work/main/.bench.lock env PYTHONPATH=python python3 -m pytest \
-        benchmarks/test_bench_softmax.py --benchmark-only
+    flock .bench.lock python -m pytest benchmarks/test_bench_softmax.py --benchmark-only
 """
-import os
-
 import numpy as np
 import pytest
 
-import kernelgpt
-from kernelgpt import ops, reference
+from bench_softmax import ATTENTION, attention_impls, vocab_impls, vocab_inputs
+from conftest import torch_if
 
-THREADS = int(os.environ.get("KERNELGPT_THREADS", "2"))
+N, V = 1024, 50304
+CASES = ["softmax", "softmax_backward", "cross_entropy + grad", "cross_entropy loss only"]
 IMPLS = ["numpy", "kernelgpt", "torch"]
+KERNELGPT = {"online (out=)", "online", "fused (out=)"}  # the rows that reuse their output
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _softmax_threads():
-    kernelgpt.set_num_threads(THREADS)
-    try:
-        import threadpoolctl
-        limiter = threadpoolctl.threadpool_limits(THREADS)
-    except ImportError:
-        limiter = None
-    try:
-        import torch
-        torch.set_num_threads(THREADS)
-    except ImportError:
-        pass
-    yield
-    del limiter
+def _pick(impls, impl):
+    """The numpy row, kernelgpt's fastest row or the PyTorch row of a case."""
+    for label, fn, _ in impls:
+        if label == impl or label in KERNELGPT and impl == "kernelgpt" or \
+                label.startswith("torch") and impl == "torch":
+            return fn
+    raise KeyError(impl)
 
 
-def _torch():
-    return pytest.importorskip("torch")
+@pytest.fixture(scope="module")
+def vocab():
+    return vocab_inputs(np.random.default_rng(0), N, V)
 
 
-def _logits(n, v):
-    return np.random.default_rng(0).standard_normal((n, v), dtype=np.float32) * 3
-
-
-@pytest.mark.parametrize("shape", [(1024, 50304), (64, 12, 256, 256)])
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_softmax(benchmark, shape, impl):
-    benchmark.group = f"softmax {list(shape)}"
+def test_vocab(benchmark, vocab, case, impl):
+    benchmark.group = f"{case} [{N}, {V}]"
+    benchmark(_pick(vocab_impls(*vocab, torch_if(impl), naive=False)[case], impl))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_attention_scores(benchmark, impl):
+    shape, causal = ATTENTION[1]
+    benchmark.group = f"softmax {list(shape)}, scale 0.125"
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    y = np.empty_like(x)
-    if impl == "numpy":
-        benchmark(reference.softmax, x)
-    elif impl == "kernelgpt":
-        benchmark(lambda: ops.softmax(x, out=y))
-    else:
-        torch = _torch()
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        benchmark(lambda: torch.softmax(tx, -1, out=ty))
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_softmax_backward(benchmark, impl):
-    n, v = 1024, 50304
-    benchmark.group = f"softmax_backward [{n}, {v}]"
-    y = ops.softmax(_logits(n, v))
-    dy = np.random.default_rng(1).standard_normal((n, v), dtype=np.float32)
-    dx = np.empty_like(y)
-    if impl == "numpy":
-        benchmark(reference.softmax_backward, dy, y)
-    elif impl == "kernelgpt":
-        benchmark(lambda: ops.softmax_backward(dy, y, out=dx))
-    else:
-        torch = _torch()
-        ty, tdy = torch.from_numpy(y), torch.from_numpy(dy)
-        benchmark(lambda: torch._softmax_backward_data(tdy, ty, -1, torch.float32))
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_cross_entropy_with_grad(benchmark, impl):
-    n, v = 1024, 50304
-    benchmark.group = f"cross_entropy + grad [{n}, {v}]"
-    x = _logits(n, v)
-    targets = np.random.default_rng(2).integers(0, v, n)
-    g = np.empty_like(x)
-    if impl == "numpy":
-        benchmark(lambda: reference.cross_entropy(x, targets, return_grad=True))
-    elif impl == "kernelgpt":
-        benchmark(lambda: ops.cross_entropy(x, targets, return_grad=True, out=g))
-    else:
-        torch = _torch()
-        tx, tt = torch.from_numpy(x), torch.from_numpy(targets)
-
-        def step():
-            leaf = tx.detach().requires_grad_(True)
-            torch.nn.functional.cross_entropy(leaf, tt).backward()
-            return leaf.grad
-        benchmark(step)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_cross_entropy_loss(benchmark, impl):
-    n, v = 1024, 50304
-    benchmark.group = f"cross_entropy loss [{n}, {v}]"
-    x = _logits(n, v)
-    targets = np.random.default_rng(2).integers(0, v, n)
-    if impl == "numpy":
-        benchmark(reference.cross_entropy, x, targets)
-    elif impl == "kernelgpt":
-        benchmark(ops.cross_entropy, x, targets)
-    else:
-        torch = _torch()
-        tx, tt = torch.from_numpy(x), torch.from_numpy(targets)
-        benchmark(torch.nn.functional.cross_entropy, tx, tt)
+    benchmark(_pick(attention_impls(x, causal, torch_if(impl), naive=False), impl))

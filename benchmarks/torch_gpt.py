@@ -6,8 +6,6 @@ logits and gradients, tests/test_model.py) and as the peer in the training bench
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -50,8 +48,8 @@ class RMSNorm(nn.Module):
 class Block(nn.Module):
     def __init__(self, c):
         super().__init__()
-        Norm = (lambda: nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)) if c.norm == "layernorm" \
-            else (lambda: RMSNorm(c.n_embd, c.norm_eps))
+        Norm = (lambda: nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)) \
+            if c.norm == "layernorm" else (lambda: RMSNorm(c.n_embd, c.norm_eps))
         self.c = c
         self.ln_1 = Norm()
         self.ln_2 = Norm()

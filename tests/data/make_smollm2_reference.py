@@ -3,8 +3,8 @@ Hugging Face transformers makes of SmolLM2-135M-Instruct (the Q4_1 GGUF that `ke
 smollm2` provides), for kernelgpt's tokenizer, chat template and model to be checked against.
 
 Not part of the test run: it needs transformers + gguf + torch, which kernelgpt never depends on.
-Run it with a separate environment (see /work/shared/DATA.md: one pip command, so that torch
-stays the CPU build):
+Run it with a separate environment (see the project's data notes, DATA.md: one pip command, so
+that torch stays the CPU build):
 
     python3 -m venv /tmp/venv-ref
     /tmp/venv-ref/bin/pip install transformers gguf accelerate torch==2.13.0 numpy
