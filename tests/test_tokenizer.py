@@ -410,7 +410,7 @@ def test_threads_share_an_encoding(cl100k):
 
 def test_get_encoding_says_what_to_fetch(monkeypatch, tmp_path):
     monkeypatch.setenv("KERNELGPT_CACHE", str(tmp_path))
-    monkeypatch.setattr(tk, "_ENCODINGS", {})
+    monkeypatch.setattr(tk.registry, "_ENCODINGS", {})  # the cache of named encodings
     with pytest.raises(FileNotFoundError, match="kernelgpt fetch cl100k_base"):
         kernelgpt.get_encoding("cl100k_base")
     with pytest.raises(FileNotFoundError, match=r"kernelgpt.fetch\('gpt2'\)"):

@@ -1,0 +1,410 @@
+"""`Encoding`, the tokenizer object with tiktoken's API, and `StreamDecoder` for generation.
+
+`Encoding` holds the policy, as tiktoken's core.py does: the special-token checks, the
+lone-surrogate fix-up, argument handling, pickling. The work happens in the C++ core
+(`_C.BPE`, csrc/bpe), which releases the GIL. Where the pieces come from: the patterns are in
+patterns.py, reading GPT-2 / GGUF vocabularies in vocab_import.py, named encodings in
+registry.py, training in training.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from typing import AbstractSet, Callable, Collection, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .. import _C
+from . import vocab_import
+from .patterns import GPT2_PATTERN, fix_surrogates, pattern_string, scanner_for
+
+__all__ = ["Encoding", "StreamDecoder"]
+
+
+def _raise_disallowed_special_token(token: str):
+    raise ValueError(
+        f"Encountered text corresponding to disallowed special token {token!r}.\n"
+        "If you want this text to be encoded as a special token, "
+        f"pass it to `allowed_special`, e.g. `allowed_special={{{token!r}, ...}}`.\n"
+        f"If you want this text to be encoded as normal text, disable the check for this token "
+        f"by passing `disallowed_special=(enc.special_tokens_set - {{{token!r}}})`.\n"
+        "To disable this check for all special tokens, pass `disallowed_special=()`.\n"
+    )
+
+
+class Encoding:
+    """A BPE tokenizer with tiktoken's API. Immutable, picklable, safe to share between
+    threads (the C++ core releases the GIL while it works)."""
+
+    def __init__(self, name: str, *, pat_str: str, mergeable_ranks: Dict[bytes, int],
+                 special_tokens: Dict[str, int], explicit_n_vocab: Optional[int] = None):
+        """Same arguments as tiktoken.Encoding; `pat_str` must be one of the patterns with a
+        scanner (CL100K_PATTERN, GPT2_PATTERN, WHITESPACE_PATTERN, or their short names)."""
+        core = _C.BPE.from_ranks(mergeable_ranks, special_tokens, scanner_for(pat_str))
+        self._init(name, pat_str, core, special_tokens)
+        if explicit_n_vocab:
+            if len(mergeable_ranks) + len(special_tokens) != explicit_n_vocab:
+                raise ValueError(f"explicit_n_vocab={explicit_n_vocab} but there are "
+                                 f"{len(mergeable_ranks)} + {len(special_tokens)} tokens")
+            if self.max_token_value != explicit_n_vocab - 1:
+                raise ValueError(f"explicit_n_vocab={explicit_n_vocab} but the largest id is "
+                                 f"{self.max_token_value}")
+
+    def _init(self, name, pat_str, core, special_tokens):
+        self.name = name
+        self._pat_str = pattern_string(pat_str)
+        self._core = core
+        self._special_tokens = dict(special_tokens)
+        self._special_token_values = set(self._special_tokens.values())
+        self.special_tokens_set = set(self._special_tokens)
+        self.max_token_value = core.max_token_value
+        self.trace = None
+        self._registered = False
+        # Set by from_gguf_vocab: the model's BOS / EOS ids and whether its prompts start with
+        # BOS (encode never adds it; the caller does, as llama.cpp and transformers do).
+        self.bos_token_id: Optional[int] = None
+        self.eos_token_id: Optional[int] = None
+        self.add_bos_token = False
+
+    @classmethod
+    def _from_core(cls, name, pat_str, core):
+        enc = cls.__new__(cls)
+        enc._init(name, pat_str, core, core.special_tokens())
+        return enc
+
+    def __repr__(self) -> str:
+        return f"<Encoding {self.name!r}>"
+
+    # ---- loading and saving -------------------------------------------------------------
+
+    @classmethod
+    def from_tiktoken_file(cls, path: Union[str, os.PathLike], pattern: str,
+                           special_tokens: Optional[Dict[str, int]] = None, *,
+                           name: Optional[str] = None, sha256: Optional[str] = None) -> "Encoding":
+        """Loads a `.tiktoken` vocabulary ("<base64 token> <rank>" per line) with the given
+        pre-tokenization pattern and special tokens. With `sha256`, the file is verified."""
+        data = pathlib.Path(path).read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+            raise ValueError(f"{path} does not have the expected sha256 {sha256}")
+        core = _C.BPE.from_tiktoken(data, special_tokens or {}, scanner_for(pattern))
+        return cls._from_core(name or pathlib.Path(path).stem, pattern, core)
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json: Union[str, os.PathLike],
+                        vocab_bpe: Union[str, os.PathLike], *, name: str = "gpt2",
+                        special_tokens: Optional[Dict[str, int]] = None) -> "Encoding":
+        """Loads a GPT-2 style vocabulary (encoder.json + vocab.bpe, tokens written with the
+        byte-to-unicode mapping). Ranks follow the merges list, as in tiktoken's r50k_base,
+        and are checked against encoder.json."""
+        ranks, specials = vocab_import.gpt2_files(encoder_json, vocab_bpe, special_tokens)
+        return cls(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+
+    @classmethod
+    def from_gguf_vocab(cls, tokens: Sequence[str], merges: Sequence[str],
+                        token_types: Sequence[int], pre: str, *,
+                        bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None,
+                        add_bos_token: bool = False, name: str = "gguf") -> "Encoding":
+        """The tokenizer a GGUF file describes with `tokenizer.ggml.model = "gpt2"` (byte-level
+        BPE), from its metadata as plain lists, so that any GGUF reader can feed it:
+
+            tokens       tokenizer.ggml.tokens: token texts in GPT-2's byte-to-unicode spelling
+            merges       tokenizer.ggml.merges: "left right", highest priority first
+            token_types  tokenizer.ggml.token_type: 1 normal, 3 control (llama.cpp's numbers)
+            pre          tokenizer.ggml.pre: "smollm" or "gpt2" (the pre-tokenizer)
+            bos_token_id, eos_token_id, add_bos_token: tokenizer.ggml.* of the same names
+
+        Control tokens (`<|im_start|>`, `<|im_end|>`, `<|endoftext|>`, ...) become special
+        tokens: `encode(text, allowed_special="all")` turns their text into their ids as
+        Hugging Face tokenizers does, `encode_ordinary` treats it as plain text, and decode
+        writes their text. A byte that has no token of its own (SmolLM2 has none for 21 byte
+        values, e.g. \\x04) is dropped before merging, as transformers and llama.cpp do.
+
+        Merging follows the ranks (ids) of the merged tokens, tiktoken's rule; Hugging Face
+        follows the position of the pair in the merge list. The vocabulary is checked for the
+        conditions under which the two agree (ValueError otherwise): see vocab_import.py.
+        """
+        ranks, specials, scanner = vocab_import.gguf_vocab(tokens, merges, token_types, pre,
+                                                           bos_token_id, eos_token_id)
+        core = _C.BPE.from_ranks(ranks, specials, scanner, skip_unknown_bytes=True)
+        enc = cls._from_core(name, scanner, core)
+        enc.bos_token_id, enc.eos_token_id = bos_token_id, eos_token_id
+        enc.add_bos_token = bool(add_bos_token)
+        return enc
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Dict[str, object], *, name: str = "gguf") -> "Encoding":
+        """from_gguf_vocab on a GGUF file's metadata as a {key: value} dict (any GGUF reader's
+        output: `tokenizer.ggml.model` must be "gpt2"; tokens, merges, token_type and pre are
+        required, the BOS / EOS entries optional). The chat template stays in the metadata
+        (`tokenizer.chat_template`, for kernelgpt.chat)."""
+        args, kwargs = vocab_import.gguf_metadata_arguments(metadata)
+        return cls.from_gguf_vocab(*args, **kwargs, name=name)
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Writes the mergeable tokens as a `.tiktoken` file (tiktoken's own format, so
+        tiktoken.load.load_tiktoken_bpe reads it too). The pattern and the special tokens are
+        not part of that format: pass them to `from_tiktoken_file` when loading."""
+        path = pathlib.Path(path)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(self._core.to_tiktoken())
+        os.replace(tmp, path)
+
+    @property
+    def _mergeable_ranks(self) -> Dict[bytes, int]:
+        return self._core.mergeable_ranks()
+
+    # ---- pickling: named encodings by name, others with their vocabulary --------------------
+
+    # How unpickling finds a named encoding: registry.py sets this to get_encoding (registry.py
+    # imports this module, so this module does not import it).
+    _by_name: Callable[[str], "Encoding"]
+
+    def __getstate__(self):
+        if self._registered:
+            return self.name
+        return {"name": self.name, "pat_str": self._pat_str, "tiktoken": self._core.to_tiktoken(),
+                "special_tokens": self._special_tokens,
+                "skip_unknown_bytes": self._core.skip_unknown_bytes,
+                "gguf": (self.bos_token_id, self.eos_token_id, self.add_bos_token)}
+
+    def __setstate__(self, value) -> None:
+        if isinstance(value, str):
+            self.__dict__ = self._by_name(value).__dict__
+            return
+        core = _C.BPE.from_tiktoken(value["tiktoken"], value["special_tokens"],
+                                    scanner_for(value["pat_str"]),
+                                    value.get("skip_unknown_bytes", False))
+        self._init(value["name"], value["pat_str"], core, value["special_tokens"])
+        self.bos_token_id, self.eos_token_id, self.add_bos_token = value.get("gguf", (None, None, False))
+
+    # ---- encoding -----------------------------------------------------------------------
+
+    def _allowed(self, allowed_special, disallowed_special, text_or_texts, many=False):
+        """tiktoken's special-token policy: returns the allowed set after checking that no
+        disallowed special token occurs in the text(s)."""
+        if allowed_special == "all":
+            allowed_special = self.special_tokens_set
+        if disallowed_special == "all":
+            disallowed_special = self.special_tokens_set - allowed_special
+        if disallowed_special:
+            if not isinstance(disallowed_special, frozenset):
+                disallowed_special = frozenset(disallowed_special)
+            strings = sorted(disallowed_special)
+            for text in (text_or_texts if many else (text_or_texts,)):
+                if not isinstance(text, str):
+                    raise TypeError(f"expected string, got {type(text).__name__}")
+                try:
+                    hit = self._core.find_special(text, strings)
+                except UnicodeEncodeError:
+                    hit = self._core.find_special(fix_surrogates(text), strings)
+                if hit is not None:
+                    _raise_disallowed_special_token(hit[1])
+        return allowed_special
+
+    def encode_ordinary(self, text: str) -> List[int]:
+        """Encodes a str into token ids, treating special-token text as ordinary text."""
+        try:
+            return self._core.encode(text)
+        except UnicodeEncodeError:
+            return self._core.encode(fix_surrogates(text))
+
+    def encode(self, text: str, *, allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
+               disallowed_special: Union[str, Collection[str]] = "all") -> List[int]:
+        """Encodes a str into token ids.
+
+        Text equal to a special token raises ValueError unless the token is in
+        `allowed_special` (then it becomes that token) or left out of `disallowed_special`
+        (then it is encoded as ordinary text). "all" means every special token.
+        """
+        allowed = self._allowed(allowed_special, disallowed_special, text)
+        try:
+            return self._core.encode(text, allowed)
+        except UnicodeEncodeError:
+            return self._core.encode(fix_surrogates(text), allowed)
+
+    def encode_to_numpy(self, text: str, *, allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
+                        disallowed_special: Union[str, Collection[str]] = "all") -> np.ndarray:
+        """Like encode, as a uint32 numpy array."""
+        allowed = self._allowed(allowed_special, disallowed_special, text)
+        try:
+            return self._core.encode_to_numpy(text, allowed)
+        except UnicodeEncodeError:
+            return self._core.encode_to_numpy(fix_surrogates(text), allowed)
+
+    def count(self, text: str, *, allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
+              disallowed_special: Union[str, Collection[str]] = "all") -> int:
+        """len(encode(text, ...)) without building the list."""
+        allowed = self._allowed(allowed_special, disallowed_special, text)
+        try:
+            return self._core.count(text, allowed)
+        except UnicodeEncodeError:
+            return self._core.count(fix_surrogates(text), allowed)
+
+    def _batch(self, texts, allowed, num_threads):
+        if num_threads is None:
+            num_threads = _C.get_num_threads()
+        if isinstance(texts, str):
+            raise TypeError("encode_batch expects a list of str, got a str")
+        texts = list(texts)
+        try:
+            return self._core.encode_batch(texts, allowed, num_threads)
+        except UnicodeEncodeError:
+            return self._core.encode_batch([fix_surrogates(t) for t in texts], allowed,
+                                           num_threads)
+
+    def encode_ordinary_batch(self, text: Sequence[str], *,
+                              num_threads: Optional[int] = None) -> List[List[int]]:
+        """encode_ordinary for each str, on `num_threads` threads (default:
+        kernelgpt.get_num_threads())."""
+        return self._batch(text, None, num_threads)
+
+    def encode_batch(self, text: Sequence[str], *, num_threads: Optional[int] = None,
+                     allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
+                     disallowed_special: Union[str, Collection[str]] = "all") -> List[List[int]]:
+        """encode for each str, on `num_threads` threads (default: kernelgpt.get_num_threads())."""
+        if isinstance(text, str):
+            raise TypeError("encode_batch expects a list of str, got a str")
+        text = list(text)
+        if disallowed_special != "all" and not isinstance(disallowed_special, frozenset):
+            disallowed_special = frozenset(disallowed_special)  # as tiktoken (None: TypeError)
+        allowed = self._allowed(allowed_special, disallowed_special, text, many=True)
+        return self._batch(text, allowed, num_threads)
+
+    def encode_single_token(self, text_or_bytes: Union[str, bytes]) -> int:
+        """The id of the token whose text is exactly `text_or_bytes` (special tokens
+        included); KeyError if there is none."""
+        if isinstance(text_or_bytes, str):
+            text_or_bytes = text_or_bytes.encode("utf-8")
+        return self._core.encode_single_token(text_or_bytes)
+
+    def _encode_single_piece(self, text_or_bytes: Union[str, bytes]) -> List[int]:
+        """BPE on the whole input as one piece (no pre-tokenization, no special tokens)."""
+        if isinstance(text_or_bytes, str):
+            text_or_bytes = text_or_bytes.encode("utf-8")
+        return self._core.encode_single_piece(text_or_bytes)
+
+    def split(self, text: str) -> List[str]:
+        """The pieces pre-tokenization cuts `text` into (BPE then merges inside each)."""
+        try:
+            return self._core.split(text)
+        except UnicodeEncodeError:
+            return self._core.split(fix_surrogates(text))
+
+    # ---- decoding -----------------------------------------------------------------------
+
+    def decode_bytes(self, tokens: Sequence[int]) -> bytes:
+        """The bytes of the tokens, concatenated."""
+        return self._core.decode_bytes(tokens)
+
+    def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
+        """The text of the tokens. Bytes that are not valid UTF-8 (a token sequence cut in
+        the middle of a character) become U+FFFD unless `errors` says otherwise."""
+        return self._core.decode(tokens, errors)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        """The bytes of one token (special tokens included); KeyError if there is none."""
+        return self._core.decode_single_token_bytes(token)
+
+    def decode_tokens_bytes(self, tokens: Sequence[int]) -> List[bytes]:
+        """The bytes of each token, e.g. [b'hello', b' world']."""
+        return self._core.decode_tokens_bytes(tokens)
+
+    def decode_with_offsets(self, tokens: Sequence[int]):
+        """The text and, for each token, the index of the character where it starts (the
+        character containing its first byte when a token starts inside a character)."""
+        token_bytes = self.decode_tokens_bytes(tokens)
+        text_len = 0
+        offsets = []
+        for token in token_bytes:
+            offsets.append(max(0, text_len - (0x80 <= token[0] < 0xC0)))
+            text_len += sum(1 for c in token if not 0x80 <= c < 0xC0)
+        text = b"".join(token_bytes).decode("utf-8", errors="strict")
+        return text, offsets
+
+    def decode_batch(self, batch: Sequence[Sequence[int]], *, errors: str = "replace",
+                     num_threads: Optional[int] = None) -> List[str]:
+        return [self.decode(tokens, errors=errors) for tokens in batch]
+
+    def decode_bytes_batch(self, batch: Sequence[Sequence[int]], *,
+                           num_threads: Optional[int] = None) -> List[bytes]:
+        return [self.decode_bytes(tokens) for tokens in batch]
+
+    def stream_decoder(self, errors: str = "replace") -> "StreamDecoder":
+        """A decoder for tokens arriving one by one (generation): push(token) returns the
+        text completed so far, holding back the bytes of a character that is not complete."""
+        return StreamDecoder(self, errors)
+
+    # ---- the vocabulary -----------------------------------------------------------------
+
+    def token_byte_values(self) -> List[bytes]:
+        """The byte strings of all mergeable tokens, sorted."""
+        return self._core.token_byte_values()
+
+    @property
+    def eot_token(self) -> int:
+        return self._special_tokens["<|endoftext|>"]
+
+    def is_special_token(self, token: int) -> bool:
+        assert isinstance(token, int)
+        return token in self._special_token_values
+
+    @property
+    def n_vocab(self) -> int:
+        """max_token_value + 1 (ids may have holes, as in cl100k_base)."""
+        return self.max_token_value + 1
+
+    @property
+    def pattern(self) -> str:
+        """The pre-tokenizer: 'cl100k', 'gpt2', 'whitespace' or 'smollm'."""
+        return self._core.pattern
+
+
+class StreamDecoder:
+    """Turns tokens into text one at a time without ever emitting half a character.
+
+    push(token) appends the token's bytes and returns the longest prefix of what is pending
+    that ends on a character boundary; bytes that start a UTF-8 character which later tokens
+    may complete stay pending. finish() returns what is left (U+FFFD for an incomplete
+    character). The concatenated outputs equal enc.decode(all tokens, errors).
+    """
+
+    def __init__(self, encoding: Encoding, errors: str = "replace"):
+        self._encoding = encoding
+        self._errors = errors
+        self._pending = b""
+
+    @staticmethod
+    def _complete_prefix(data: bytes) -> int:
+        """Length of `data` without a trailing, still completable UTF-8 character."""
+        n = len(data)
+        for back in range(1, min(4, n) + 1):
+            b = data[n - back]
+            if b < 0x80:
+                return n  # ASCII: complete
+            if b >= 0xC0:  # a lead byte
+                need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+                if back >= need or b > 0xF4 or b < 0xC2:
+                    return n  # complete, or can never be completed (invalid)
+                # The bytes after the lead must be a valid continuation so far.
+                second = data[n - back + 1] if back > 1 else None
+                if second is not None and not _valid_second(b, second):
+                    return n
+                return n - back
+        return n
+
+    def push(self, token: int) -> str:
+        self._pending += self._encoding.decode_single_token_bytes(token)
+        cut = self._complete_prefix(self._pending)
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out.decode("utf-8", self._errors)
+
+    def finish(self) -> str:
+        out, self._pending = self._pending, b""
+        return out.decode("utf-8", self._errors)
+
+
+def _valid_second(lead: int, second: int) -> bool:
+    lo, hi = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF),
+              0xF4: (0x80, 0x8F)}.get(lead, (0x80, 0xBF))
+    return lo <= second <= hi
