@@ -9,7 +9,9 @@ shared memory shows up as a wrong answer in at least one of them.
 import numpy as np
 import pytest
 
-from kernelgpt import _cuda, cuda_emu, ops
+from kernelgpt import cuda_emu, ops
+from kernelgpt.device import cuda_available
+from kernelgpt.kernels import matmul as matmul_family
 from conftest import randn
 
 cp = None  # the array module of the current device: cuda_emu or cupy (set by `device`)
@@ -21,7 +23,7 @@ cp = None  # the array module of the current device: cuda_emu or cupy (set by `d
     pytest.param("emu-shuffle", id="emu-shuffle"),
     pytest.param("gpu", id="gpu", marks=[
         pytest.mark.gpu,
-        pytest.mark.skipif(not _cuda.available(),
+        pytest.mark.skipif(not cuda_available(),
                            reason="needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU")]),
 ])
 def device(request):
@@ -46,7 +48,7 @@ def device(request):
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 13, 5), (64, 64, 64), (129, 257, 65),
                                    (67, 36, 132), (5, 100, 8), (130, 33, 260)])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, True), (False, True), (True, False)])
-@pytest.mark.parametrize("backend", _cuda.MATMUL_VERSIONS + ["auto"])
+@pytest.mark.parametrize("backend", matmul_family.VERSIONS.names("cuda") + ["auto"])
 def test_cuda_matmul(rng, m, k, n, ta, tb, backend):
     a = randn(rng, *((k, m) if ta else (m, k)))
     b = randn(rng, *((n, k) if tb else (k, n)))
@@ -67,7 +69,7 @@ def test_cuda_mixed_devices_rejected(rng):
 @pytest.mark.parametrize("backend", ["naive", "auto"])
 def test_cuda_softmax(rng, rows, cols, backend):
     x = randn(rng, rows, cols, scale=3.0)
-    y = _cuda.softmax(cp.asarray(x), backend=backend)
+    y = ops.softmax(cp.asarray(x), backend=backend)
     x64 = x.astype(np.float64)
     e = np.exp(x64 - x64.max(-1, keepdims=True))
     # a long reduction (up to 50257 terms summed in float32): 1e-4 (tests/conftest.py)
@@ -338,7 +340,7 @@ def test_cuda_mixed_and_dtype_errors(rng):
                          "q8_0", 2)
 
 
-@pytest.mark.parametrize("backend", _cuda.MATMUL_VERSIONS)
+@pytest.mark.parametrize("backend", matmul_family.VERSIONS.names("cuda"))
 def test_cuda_matmul_batched_accumulate(rng, backend):
     a, b = randn(rng, 3, 67, 44), randn(rng, 44, 72)  # k, n multiples of 4: float4 loads
     c0 = randn(rng, 3, 67, 72)
@@ -429,11 +431,11 @@ def test_cuda_matmul_bf16(rng, M, K, N, ta, tb, backend):
     fa, fb = f64(reference.from_bf16(a)), f64(reference.from_bf16(b))
     fa, fb = (fa.T if ta else fa), (fb.T if tb else fb)
     ref, terms = fa @ fb, np.abs(fa) @ np.abs(fb)
-    c = _cuda.matmul_bf16(gpu(a), gpu(b), trans_a=ta, trans_b=tb, backend=backend)
+    c = ops.matmul_bf16(gpu(a), gpu(b), trans_a=ta, trans_b=tb, backend=backend)
     # products of bf16 values are exact in float32; the sums round (tensor cores may truncate)
     assert_close(host(c), ref, rtol=0, atol=1e-4 * terms.max())
     out = gpu(c0)
-    _cuda.matmul_bf16(gpu(a), gpu(b), gpu(bias), trans_a=ta, trans_b=tb, out=out,
+    ops.matmul_bf16(gpu(a), gpu(b), gpu(bias), trans_a=ta, trans_b=tb, out=out,
                       accumulate=True, backend=backend)
     assert_close(host(out), c0 + ref + bias, rtol=0, atol=1e-4 * (terms.max() + 3))
 

@@ -11,15 +11,17 @@ import pytest
 
 import gguf_writer
 from kernelgpt import load_model
-from kernelgpt import _cuda, cuda_emu
-from kernelgpt.model import GPT, GPTConfig, to_numpy
+from kernelgpt import cuda_emu
+from kernelgpt.device import cuda_available
+from kernelgpt.device import to_numpy
+from kernelgpt.model import GPT, GPTConfig
 from kernelgpt.train import TrainConfig, load_checkpoint, train
 
 DEVICES = [
     pytest.param("emu", marks=pytest.mark.skipif(not cuda_emu.available(),
                                                  reason="built without the CUDA emulator")),
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not _cuda.available(), reason="needs a CUDA build of kernelgpt, CuPy and a GPU")]),
+        not cuda_available(), reason="needs a CUDA build of kernelgpt, CuPy and a GPU")]),
 ]
 
 ARCHS = [

@@ -132,12 +132,12 @@ def test_cli_generate_and_chat(capsys, monkeypatch):
 def test_on_a_device_matches_the_cpu(model, device):
     """The real model through the CUDA kernels, on the emulator (~5 s per token) or a GPU: the
     prompt's logits and the greedy text are the CPU's."""
-    from kernelgpt import _cuda, cuda_emu
+    from kernelgpt import cuda_emu
+    from kernelgpt.device import cuda_available, to_numpy
     from kernelgpt.llama import load_model
-    from kernelgpt.model import to_numpy
     if device == "emu" and not cuda_emu.available():
         pytest.skip("built without the CUDA emulator")
-    if device == "cuda" and not _cuda.available():
+    if device == "cuda" and not cuda_available():
         pytest.skip("needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU")
     dev = load_model(GGUF, device=device)
     ids = model.tokenizer.encode("The capital of France is")

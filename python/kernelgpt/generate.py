@@ -17,15 +17,17 @@ streamed out as it is decoded.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .model import to_numpy
+from .device import to_numpy
 from .sampling import Sampler, SamplingConfig
 
-__all__ = ["generate", "GenerationStats"]
+__all__ = ["generate", "GenerationStats", "default_model_dir"]
 
 
 @dataclass
@@ -61,8 +63,6 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
     cache holds only processes the new tokens. With fast_decode (and a native model, batch 1)
     each new token is one native call (model.decode_next) and the sampler runs in C++
     (Sampler.fast); the text is the same as with fast_decode=False for the same seed."""
-    import time
-
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     sampling = sampling or SamplingConfig(**settings)
@@ -148,45 +148,6 @@ def _longest_stop_prefix(text: str, stop_strings: Sequence[str]) -> int:
     return best
 
 
-# ---- `kernelgpt sample` -------------------------------------------------------------------------
-
 def default_model_dir():
-    from importlib.resources import files
+    """The character-level Shakespeare GPT shipped inside the package (a checkpoint directory)."""
     return files("kernelgpt") / "models" / "shakespeare_char"
-
-
-def add_sample_arguments(p) -> None:
-    p.add_argument("--ckpt", default=None,
-                   help="checkpoint directory (default: the Shakespeare model shipped with kernelgpt)")
-    p.add_argument("--prompt", default="\n", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=500)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--stats", action="store_true", help="print tokens/s at the end")
-
-
-def sample_main(args) -> int:
-    import sys
-
-    from .train import load_checkpoint
-    path = args.ckpt or default_model_dir()
-    model, tokenizer, _, _, _ = load_checkpoint(path)
-    stats = GenerationStats()
-    cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         min_p=args.min_p, repetition_penalty=args.repetition_penalty)
-    sys.stdout.write(args.prompt)
-    for piece in generate(model, tokenizer, args.prompt, args.max_new_tokens, cfg, seed=args.seed,
-                          stop_strings=args.stop, stats=stats):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    if args.stats:
-        print(f"[{stats.prompt_tokens} prompt tokens in {stats.prefill_seconds * 1e3:.1f} ms, "
-              f"{len(stats.new_tokens)} new tokens at {stats.decode_tokens_per_second:.1f} tok/s]",
-              file=sys.stderr)
-    return 0

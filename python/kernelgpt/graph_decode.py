@@ -25,13 +25,31 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .device import device_for
+from .kernels import activation, attention, embedding, matmul, norm, quant, rope
+from .precision import QuantWeight
+
 __all__ = ["GraphDecoder"]
 
-_QTYPE_IDS = {"q8_0": 8, "q4_1": 3}
+
+def _cuda_version(versions, name: str) -> int:
+    """What the CUDA launcher takes for the version of that name (see kernels/_dispatch.py)."""
+    return versions.cuda(versions.number(name, "cuda"))
+
+
+# The versions one decoding step launches: one row of x at a time.
+_MATMUL = _cuda_version(matmul.VERSIONS, "coalesced")  # a thread per output beats the tiled ones
+_QUANT_MATMUL = _cuda_version(quant.VERSIONS, "warp")
+_NORM = _cuda_version(norm.VERSIONS, "fast")
+_ROPE = _cuda_version(rope.VERSIONS, "naive")
+_DECODE = _cuda_version(attention.VERSIONS, "decode")
+_ACTIVATION = _cuda_version(activation.VERSIONS, "naive")
+_SWIGLU = _cuda_version(activation.VERSIONS, "fast")
+_EMBEDDING = _cuda_version(embedding.VERSIONS, "naive")
 
 
 def _is_quant(w) -> bool:
-    return type(w).__name__ == "QuantWeight"
+    return isinstance(w, QuantWeight)
 
 
 class GraphDecoder:
@@ -59,10 +77,9 @@ class GraphDecoder:
         ok, why = self.supports(model, cache)
         if not ok:
             raise ValueError(f"GraphDecoder: not for this model / cache: {why}")
-        from . import _cuda
         xp, c = model.xp, model.config
         self.model, self.cache, self.xp, self.config = model, cache, xp, c
-        self.dev = _cuda._backend(model.xp.zeros(1, np.float32), "GraphDecoder")
+        self.dev = device_for(model.xp.zeros(1, np.float32), "GraphDecoder")
         self.use_graphs = graphs
         self.graph = None
         self.stream = xp.cuda.Stream(non_blocking=True)
@@ -85,10 +102,10 @@ class GraphDecoder:
         lib, s = self.dev.lib, self.dev.stream()
         N, K = w.shape
         if _is_quant(w):
-            lib.cuda_quant_matmul(1, _QTYPE_IDS[w.qtype], x.data.ptr, w.raw.data.ptr,
+            lib.cuda_quant_matmul(_QUANT_MATMUL, quant.QUANT_TYPES[w.qtype], x.data.ptr, w.raw.data.ptr,
                                   out.data.ptr, 1, N, K, accumulate, s)
         else:
-            lib.cuda_matmul(1, x.data.ptr, w.data.ptr, 0 if bias is None else bias.data.ptr,
+            lib.cuda_matmul(_MATMUL, x.data.ptr, w.data.ptr, 0 if bias is None else bias.data.ptr,
                             out.data.ptr, 1, 1, N, K, 0, 0, 0, False, True, accumulate, s)
 
     def _norm(self, x, prefix, out):
@@ -96,15 +113,15 @@ class GraphDecoder:
         w = P[prefix + ".weight"]
         if c.norm == "layernorm":
             b = P.views.get(prefix + ".bias")
-            lib.cuda_layernorm(1, x.data.ptr, w.data.ptr, 0 if b is None else b.data.ptr,
+            lib.cuda_layernorm(_NORM, x.data.ptr, w.data.ptr, 0 if b is None else b.data.ptr,
                                out.data.ptr, 0, 0, 1, c.n_embd, c.norm_eps, s)
         else:
-            lib.cuda_rmsnorm(1, x.data.ptr, w.data.ptr, out.data.ptr, 0, 1, c.n_embd,
+            lib.cuda_rmsnorm(_NORM, x.data.ptr, w.data.ptr, out.data.ptr, 0, 1, c.n_embd,
                              c.norm_eps, s)
 
     def _rope(self, x, out):
         c, hd = self.config, self.config.head_dim
-        self.dev.lib.cuda_rope(0, x.data.ptr, out.data.ptr, self.pos.data.ptr, 0,
+        self.dev.lib.cuda_rope(_ROPE, x.data.ptr, out.data.ptr, self.pos.data.ptr, 0,
                                float(c.rope_base), c.rope_layout == "interleaved", hd, False,
                                x.size // hd, 1, hd, self.dev.stream())
 
@@ -114,10 +131,10 @@ class GraphDecoder:
         cap = self.cache.max_len
         wte = P["wte"]
         if _is_quant(wte):
-            lib.cuda_dequantize_rows(_QTYPE_IDS[wte.qtype], wte.raw.data.ptr, self.token.data.ptr,
+            lib.cuda_dequantize_rows(quant.QUANT_TYPES[wte.qtype], wte.raw.data.ptr, self.token.data.ptr,
                                      self.x.data.ptr, 1, c.n_embd, s)
         else:
-            lib.cuda_embedding(0, self.token.data.ptr, wte.data.ptr, self.x.data.ptr, 1,
+            lib.cuda_embedding(_EMBEDDING, self.token.data.ptr, wte.data.ptr, self.x.data.ptr, 1,
                                c.vocab_size, c.n_embd, s)
         for i in range(c.n_layer):
             L = f"h.{i}."
@@ -136,7 +153,7 @@ class GraphDecoder:
                               cap, hd, s)
             lib.cuda_kv_write(self.cache.v[i].data.ptr, v.data.ptr, self.pos.data.ptr, Hkv, cap,
                               hd, s)
-            lib.cuda_attention(2, self.q.data.ptr, self.cache.k[i].data.ptr,
+            lib.cuda_attention(_DECODE, self.q.data.ptr, self.cache.k[i].data.ptr,
                                self.cache.v[i].data.ptr, self.y.data.ptr, 0, 0, 1, H, Hkv, 1,
                                cap, cap, hd, float(hd ** -0.5), True, self.length.data.ptr, s)
             self._linear(self.y.reshape(1, H * hd), P[L + "attn.c_proj.weight"],
@@ -145,11 +162,11 @@ class GraphDecoder:
             self._linear(self.h, P[L + "mlp.c_fc.weight"], P.views.get(L + "mlp.c_fc.bias"),
                          self.fc)
             if c.activation == "swiglu":
-                lib.cuda_swiglu(1, self.fc[:, :F].data.ptr, self.fc[:, F:].data.ptr,
+                lib.cuda_swiglu(_SWIGLU, self.fc[:, :F].data.ptr, self.fc[:, F:].data.ptr,
                                 self.act.data.ptr, F, s)
             else:
-                op = {"gelu": 0, "relu": 3}[c.activation]
-                lib.cuda_activation(0, op, self.fc.data.ptr, self.act.data.ptr, F, s)
+                lib.cuda_activation(_ACTIVATION, activation.cuda_op(c.activation),
+                                    self.fc.data.ptr, self.act.data.ptr, F, s)
             self._linear(self.act, P[L + "mlp.c_proj.weight"], P.views.get(L + "mlp.c_proj.bias"),
                          self.x, accumulate=True)
         self._norm(self.x, "ln_f", self.h)

@@ -12,6 +12,8 @@ from typing import List, Sequence
 
 import numpy as np
 
+from .device import array_module
+
 __all__ = ["KVCache"]
 
 
@@ -20,7 +22,6 @@ class KVCache:
                  device: str = "cpu"):
         if min(n_layer, n_kv_head, head_dim, max_len, batch) < 1:
             raise ValueError("KVCache: every dimension must be >= 1")
-        from .model import array_module
         xp = array_module(device)  # the buffers live where the model runs (GPT.to)
         self.max_len, self.device = max_len, device
         shape = (batch, n_kv_head, max_len, head_dim)

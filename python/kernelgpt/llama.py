@@ -22,120 +22,24 @@ the permutation.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import ops
-from .model import GPT, GPTConfig, _move, array_module, to_numpy
+from .chat import encode_chat, stop_token_ids
+from .config import GPTConfig
+from .generate import generate
+from .io import fetch
+from .io.gguf import GGUFFile, validate_llama
+from .model import GPT
+from .precision import Bf16Weight, QuantWeight
+from .tokenizer import Encoding
 
 __all__ = ["QuantWeight", "Bf16Weight", "LlamaModel", "load_model", "config_from_gguf"]
 
 _QUANT_TYPES = {"Q8_0": "q8_0", "Q4_1": "q4_1"}
-
-
-@dataclass
-class QuantWeight:
-    """A [rows, K] weight matrix kept in its quantized GGUF blocks (raw: uint8 [rows, row_bytes])."""
-    raw: np.ndarray
-    qtype: str
-    shape: tuple
-
-    @property
-    def size(self) -> int:
-        return int(self.shape[0]) * int(self.shape[1])
-
-    def dequantize(self) -> np.ndarray:
-        return ops.dequantize(self.raw, self.qtype, self.shape)
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Dequantized rows ids (an embedding lookup straight from the quantized table)."""
-        picked = self.raw[ids]  # fancy indexing: a new C-contiguous array (numpy or device)
-        return ops.dequantize(picked, self.qtype, (len(ids), int(self.shape[1])))
-
-
-@dataclass
-class Bf16Weight:
-    """A [rows, K] weight matrix stored as bfloat16 bit patterns (bits: uint16 [rows, K])."""
-    bits: np.ndarray
-    shape: tuple
-
-    @classmethod
-    def from_float(cls, w: np.ndarray) -> "Bf16Weight":
-        """Rounds a float32 [rows, K] matrix to bf16 (nearest, ties to even)."""
-        w = np.ascontiguousarray(w, np.float32)
-        return cls(ops.to_bf16(w), tuple(w.shape))
-
-    @property
-    def size(self) -> int:
-        return int(self.shape[0]) * int(self.shape[1])
-
-    def dequantize(self) -> np.ndarray:
-        return ops.from_bf16(self.bits)
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Rows ids widened to float32 (an embedding lookup straight from the bf16 table)."""
-        return ops.from_bf16(self.bits[ids])
-
-
-class _QuantOps:
-    """model.py's `ops`, except that linear layers and the embedding lookup accept QuantWeight
-    and Bf16Weight."""
-
-    def __init__(self, inner=ops):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def linear(self, x, weight, bias=None, *, out=None, **kw):
-        if isinstance(weight, QuantWeight):
-            y = ops.quant_matmul(x, weight.raw, weight.qtype, weight.shape[0], out=out)
-            if bias is not None:
-                y += bias
-            return y
-        if isinstance(weight, Bf16Weight):
-            y = ops.bf16_matmul(x, weight.bits, out=out)
-            if bias is not None:
-                y += bias
-            return y
-        return self.inner.linear(x, weight, bias, out=out, **kw)
-
-    def embedding(self, ids, table, *, out=None, **kw):
-        if isinstance(table, (QuantWeight, Bf16Weight)):
-            host = to_numpy(ids)  # ids may live on a device; the range check reads them here
-            if host.size and (host.min() < 0 or host.max() >= table.shape[0]):
-                raise ValueError(f"embedding: token ids must be in [0, {table.shape[0]})")
-            rows = table.rows(ids.reshape(-1))
-            if out is not None:
-                out[...] = rows.reshape(out.shape)
-                return out
-            return rows.reshape(*ids.shape, -1)
-        return self.inner.embedding(ids, table, out=out, **kw)
-
-
-class _Params:
-    """The slice of FlatBuffer's interface that inference uses, over a dict of arrays and
-    QuantWeights (quantized weights cannot live in one float32 buffer)."""
-
-    def __init__(self, tensors: Dict[str, object]):
-        self.views = dict(tensors)
-        self.data = self  # what GPT.decode_next checks to know its runner is current
-
-    def __getitem__(self, name):
-        return self.views[name]
-
-    def __contains__(self, name):
-        return name in self.views
-
-    def names(self) -> List[str]:
-        return list(self.views)
-
-    @property
-    def size(self) -> int:
-        return sum(int(t.size) for t in self.views.values())
 
 
 # ---- GGUF -> config and weights -----------------------------------------------------------------
@@ -210,80 +114,45 @@ def _to_bf16(tensors: Dict[str, object]) -> Dict[str, object]:
             for name, t in tensors.items()}
 
 
-class LlamaModel(GPT):
-    """GPT (Llama flavour) with weights from a GGUF file, its tokenizer and chat template."""
+class LlamaModel:
+    """A pretrained model from a GGUF file: model.py's GPT (Llama flavour) with the file's
+    tokenizer, chat template and stop tokens, and text in, text out (generate, chat).
 
-    def __init__(self, config: GPTConfig, tensors: Dict[str, object], tokenizer, chat_template=None,
-                 stop_tokens: Sequence[int] = (), quantized: bool = True, source: str = "",
-                 weights: Optional[str] = None):
-        if quantized:
-            # inference only: quantized weights do not fit model.py's one float32 buffer
-            self.config, self.dtype = config, np.float32
-            self.ops = _QuantOps()
-            self.params = _Params(tensors)
-            self.grads, self._acts, self._sin_cache, self._runner = None, None, {}, None
-            self.n_decayed = 0
-            self.device, self.xp, self.cuda_graphs = "cpu", np, True
-        else:
-            super().__init__(config, seed=None)
-            for name in self.params.names():
-                self.params[name][...] = tensors[name]
-        self.quantized = quantized
-        # 'quantized' / 'bf16' (packed weights, inference only) or 'fp32'
-        self.weights = weights or ("quantized" if quantized else "fp32")
+    ``model.gpt`` is the network; everything a GPT has (config, params, forward_cached,
+    logits, decode_next, and with fp32 weights forward_backward) is also reached on the
+    LlamaModel itself."""
+
+    def __init__(self, gpt: GPT, tokenizer, chat_template=None, stop_tokens: Sequence[int] = (),
+                 weights: str = "quantized", source: str = ""):
+        self.gpt = gpt
+        self.weights = weights  # 'quantized' / 'bf16' (packed, inference only) or 'fp32'
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.stop_tokens = list(stop_tokens)
         self.source = source
         self._chat_cache = None
 
+    def __getattr__(self, name):
+        if name == "gpt":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.gpt, name)
+
+    @property
+    def quantized(self) -> bool:
+        """True for packed weights (quantized or bf16), which are inference only."""
+        return self.gpt.packed
+
     def to(self, device: str) -> "LlamaModel":
         """Moves the weights (quantized blocks as they are) to 'cpu', 'cuda' or 'emu' (see
         GPT.to). On a device, generate / chat run every step with the CUDA kernels (quantized
         matvecs, attention against a KV cache kept on the device); logits come back to the host
         for sampling."""
-        if not self.quantized:
-            super().to(device)
-        else:
-            xp = array_module(device)
-
-            def move(t):
-                if isinstance(t, QuantWeight):
-                    return QuantWeight(_move(t.raw, xp), t.qtype, t.shape)
-                if isinstance(t, Bf16Weight):
-                    return Bf16Weight(_move(t.bits, xp), t.shape)
-                return _move(t, xp)
-
-            self.params = _Params({n: move(t) for n, t in self.params.views.items()})
-            self.device, self.xp = device, xp
-            self._runner, self._sin_cache, self._graph_decoder = None, {}, None
+        self.gpt.to(device)
         self._chat_cache = None
         return self
 
-    def forward_backward(self, *args, **kwargs):
-        if self.quantized:
-            raise ValueError(f"a {self.weights} model cannot be trained: load it with weights='fp32'")
-        return super().forward_backward(*args, **kwargs)
-
-    def supports_fast_decode(self, cache) -> bool:
-        if not self.quantized or self.device != "cpu":
-            return super().supports_fast_decode(cache)
-        return self.device == "cpu" and cache.k[0].shape[0] == 1 and \
-            cache.k[0].dtype == np.float32
-
-    def _build_runner(self, cache):
-        if not self.quantized:
-            return super()._build_runner(cache)
-        from . import _C
-        views = {name: (t.raw, t.qtype) if isinstance(t, QuantWeight)
-                 else (t.bits, "bf16") if isinstance(t, Bf16Weight) else t
-                 for name, t in self.params.views.items()}
-        runner = _C.Transformer(self.config.to_dict(), views, cache.k, cache.v)
-        self._runner = (self.params.data, cache, runner, runner.max_positions)
-        return self._runner
-
     def new_cache(self, max_len: Optional[int] = None, batch: int = 1):
-        return super().new_cache(max_len or min(self.config.block_size, 4096), batch)
+        return self.gpt.new_cache(max_len or min(self.config.block_size, 4096), batch)
 
     # ---- text in, text out --------------------------------------------------------------------
 
@@ -293,7 +162,6 @@ class LlamaModel(GPT):
         """Continues `prompt` (text or token ids). Returns the text, or an iterator of pieces
         with stream=True. sampling: temperature (0 = greedy), top_k, top_p, min_p,
         repetition_penalty (SamplingConfig)."""
-        from .generate import generate
         pieces = generate(self, self.tokenizer, prompt, max_new_tokens, seed=seed,
                           stop_tokens=self.stop_tokens, stop_strings=stop_strings,
                           cache=cache, stats=stats, **sampling)
@@ -304,7 +172,6 @@ class LlamaModel(GPT):
         """Streams the assistant's reply to `messages` ([{"role", "content"}], the chat
         template's format). Keeps one KV cache across calls, so the next turn of the same
         conversation only prefills what is new (prompt caching)."""
-        from .chat import encode_chat
         ids = encode_chat(self.tokenizer, messages, template=self.chat_template)
         if self._chat_cache is None:
             self._chat_cache = self.new_cache()
@@ -318,7 +185,6 @@ def _gguf_path(name_or_path: Union[str, os.PathLike]) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"no such GGUF file: {path}")
         return path
-    from .io import fetch
     name = str(name_or_path)
     if name not in fetch.names():
         raise FileNotFoundError(f"{name!r} is neither a GGUF file nor a known model "
@@ -339,133 +205,18 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     CUDA kernels on the CPU emulator: slow, for checking the GPU path); see LlamaModel.to."""
     if weights not in ("quantized", "fp32", "bf16"):
         raise ValueError(f"weights must be 'quantized', 'fp32' or 'bf16', got {weights!r}")
-    from .io.gguf import GGUFFile, validate_llama
     path = _gguf_path(name_or_path)
     gguf = GGUFFile(path)
     md = gguf.metadata
     config = config_from_gguf(validate_llama(md, gguf.tensors), max_context)
-    from .chat import stop_token_ids
-    from .tokenizer import Encoding
     tok_md = {key: md[key] for key in md if key.startswith("tokenizer.ggml.")}
     tok_md.setdefault("tokenizer.ggml.pre", "gpt2")  # llama.cpp's default when a file has none
     tokenizer = Encoding.from_gguf_metadata(tok_md)
     tensors = _tensors(gguf, config, weights == "quantized")
     if weights == "bf16":
         tensors = _to_bf16(tensors)
-    model = LlamaModel(config, tensors, tokenizer, md.get("tokenizer.chat_template"),
-                       stop_token_ids(tokenizer), weights != "fp32", str(path), weights)
+    model = LlamaModel(GPT(config, seed=None, weights=tensors), tokenizer,
+                       md.get("tokenizer.chat_template"), stop_token_ids(tokenizer), weights,
+                       str(path))
     model._gguf = gguf  # keeps the memory map alive as long as the model
     return model.to(device) if device != "cpu" else model
-
-
-# ---- `kernelgpt generate` and `kernelgpt chat` --------------------------------------------------
-
-def _add_common(p) -> None:
-    p.add_argument("--model", default="smollm2", help="'smollm2' (kernelgpt fetch smollm2) or a .gguf path")
-    p.add_argument("--weights", choices=["quantized", "fp32", "bf16"], default="quantized",
-                   help="quantized: as stored in the GGUF; fp32: dequantized; bf16: rounded to bfloat16")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stats", action="store_true", help="print prefill and decode speed")
-    p.add_argument("--device", choices=["cpu", "cuda", "emu"], default="cpu",
-                   help="cpu (default): C++ kernels; cuda: CUDA kernels on a GPU (CuPy); emu: "
-                        "the CUDA kernels on the CPU emulator (very slow, for checking)")
-
-
-def _sampling(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                min_p=args.min_p, repetition_penalty=args.repetition_penalty)
-
-
-def _print_stats(stats) -> None:
-    import sys
-    print(f"[{stats.prompt_tokens} prompt tokens in {stats.prefill_seconds * 1e3:.0f} ms "
-          f"({stats.prompt_tokens / max(stats.prefill_seconds, 1e-9):.0f} tok/s), "
-          f"{len(stats.new_tokens)} new tokens at {stats.decode_tokens_per_second:.1f} tok/s]",
-          file=sys.stderr)
-
-
-def add_generate_arguments(p) -> None:
-    _add_common(p)
-    p.add_argument("--prompt", required=True, help="text to continue (no chat template)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt as one user message")
-
-
-def generate_main(args) -> int:
-    import sys
-    from .generate import GenerationStats
-    model = load_model(args.model, weights=args.weights, device=args.device)
-    stats = GenerationStats()
-    if args.chat:
-        pieces = model.chat([{"role": "user", "content": args.prompt}], args.max_new_tokens,
-                            seed=args.seed, stats=stats, **_sampling(args))
-    else:
-        sys.stdout.write(args.prompt)
-        pieces = model.generate(args.prompt, args.max_new_tokens, stream=True, seed=args.seed,
-                                stats=stats, **_sampling(args))
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    if args.stats:
-        _print_stats(stats)
-    return 0
-
-
-def add_chat_arguments(p) -> None:
-    _add_common(p)
-    p.add_argument("--system", default=None, help="system prompt (default: the template's)")
-
-
-def chat_main(args) -> int:
-    """Interactive chat: type a message; /reset forgets the conversation, /system TEXT sets the
-    system prompt, /quit (or Ctrl-D) leaves."""
-    import sys
-    from .generate import GenerationStats
-    model = load_model(args.model, weights=args.weights, device=args.device)
-    system = args.system
-    history: List[dict] = []
-    print(f"kernelgpt chat: {Path(model.source).name}, {model.config.n_layer} layers, "
-          f"{model.weights} weights on {model.device}. /reset, /system TEXT, /quit",
-          file=sys.stderr)
-    if model.device == "emu":
-        print("(device emu: the CUDA kernels on the CPU emulator, for checking them: seconds per "
-              "token)", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            print()
-            return 0
-        if not line.strip():
-            continue
-        if line.strip() in ("/quit", "/exit"):
-            return 0
-        if line.strip() == "/reset":
-            history = []
-            print("(conversation cleared)", file=sys.stderr)
-            continue
-        if line.startswith("/system"):
-            system = line[len("/system"):].strip() or None
-            history = []
-            print(f"(system prompt {'set' if system else 'reset to the default'}; conversation "
-                  "cleared)", file=sys.stderr)
-            continue
-        history.append({"role": "user", "content": line})
-        messages = ([{"role": "system", "content": system}] if system else []) + history
-        stats = GenerationStats()
-        reply = []
-        for piece in model.chat(messages, args.max_new_tokens, seed=args.seed, stats=stats,
-                                **_sampling(args)):
-            reply.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        history.append({"role": "assistant", "content": "".join(reply)})
-        if args.stats:
-            _print_stats(stats)

@@ -5,8 +5,10 @@
                 x += mlp(norm(x))              (GELU 4x, or SwiGLU)
     norm ─▶ lm_head (tied to the embedding) ─▶ logits [B, T, V] ─▶ cross-entropy
 
-Two flavours from one config: GPT-2 (learned positions, LayerNorm, GELU, biases, tied head)
-and Llama (RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention).
+Two flavours from one config (config.py): GPT-2 (learned positions, LayerNorm, GELU, biases,
+tied head) and Llama (RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention). Every kernel
+is called through ``self.ops``: kernelgpt.ops by default, or one of precision.py's stand-ins
+(float64 reference, bf16 mixed precision, packed weights).
 
 Like llm.c, all parameters live in one flat float32 buffer (``model.params.data``) with named
 views (``model.params["h.0.attn.c_attn.weight"]``), the gradients in another of the same
@@ -16,195 +18,20 @@ layer's backward in reverse; each layer's backward is written out by hand below 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 
-from . import ops, reference
+from . import _C, ops
+from .config import GPTConfig, parameter_layout
+from .device import array_module, move, to_numpy
+from .flat_buffer import FlatBuffer
+from .graph_decode import GraphDecoder
+from .kv_cache import KVCache
+from .precision import MixedPrecisionOps, PackedParams, PackedWeightOps, ReferenceOps, is_packed
 
-__all__ = ["GPTConfig", "GPT", "FlatBuffer"]
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 65
-    block_size: int = 256          # longest context
-    n_layer: int = 6
-    n_head: int = 6
-    n_kv_head: Optional[int] = None  # None: = n_head (multi-head); fewer: grouped-query
-    n_embd: int = 384
-    mlp_hidden: Optional[int] = None  # None: 4 * n_embd for GELU, (8/3) n_embd rounded for SwiGLU
-    norm: str = "layernorm"        # "layernorm" | "rmsnorm"
-    norm_eps: float = 1e-5
-    activation: str = "gelu"       # "gelu" | "swiglu" | "relu"
-    positions: str = "learned"     # "learned" | "sinusoidal" | "rope"
-    rope_base: float = 10000.0
-    rope_layout: str = "half"      # "half" (HF / NeoX) | "interleaved" (GPT-J / llama.cpp)
-    bias: bool = True              # biases in the linear layers and LayerNorms
-    tied_head: bool = True         # lm_head shares the token embedding
-
-    def __post_init__(self):
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        checks = [
-            (self.vocab_size >= 1, "vocab_size must be >= 1"),
-            (self.block_size >= 1, "block_size must be >= 1"),
-            (self.n_layer >= 1, "n_layer must be >= 1"),
-            (self.n_head >= 1 and self.n_embd % self.n_head == 0,
-             f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"),
-            (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
-             f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})"),
-            (self.norm in ("layernorm", "rmsnorm"), f"unknown norm {self.norm!r}"),
-            (self.activation in ("gelu", "swiglu", "relu"),
-             f"unknown activation {self.activation!r}"),
-            (self.positions in ("learned", "sinusoidal", "rope"),
-             f"unknown positions {self.positions!r}"),
-            (self.rope_layout in ("half", "interleaved"), f"unknown rope_layout {self.rope_layout!r}"),
-            (self.positions != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
-            (self.norm_eps >= 0 and math.isfinite(self.norm_eps), "norm_eps must be finite, >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"GPTConfig: {msg}")
-        if self.mlp_hidden is None:
-            if self.activation == "swiglu":
-                self.mlp_hidden = 256 * ((int(8 * self.n_embd / 3) + 255) // 256)
-            else:
-                self.mlp_hidden = 4 * self.n_embd
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def qkv_dim(self) -> int:
-        return (self.n_head + 2 * self.n_kv_head) * self.head_dim
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
-
-
-def array_module(device: str):
-    """The array module of a device: numpy ("cpu"), cupy ("cuda"), kernelgpt.cuda_emu ("emu")."""
-    if device == "cpu":
-        return np
-    if device == "emu":
-        from . import cuda_emu
-        if not cuda_emu.available():
-            raise RuntimeError("device 'emu': kernelgpt was built without the CUDA emulator")
-        return cuda_emu
-    if device == "cuda":
-        from . import _cuda
-        if not _cuda.available():
-            raise RuntimeError("device 'cuda' needs a CUDA build of kernelgpt, CuPy "
-                               "(pip install kernelgpt[cuda]) and an NVIDIA GPU; none was found "
-                               "(device='emu' runs the CUDA kernels on the CPU instead)")
-        import cupy
-        return cupy
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'emu', got {device!r}")
-
-
-def to_numpy(a) -> np.ndarray:
-    """A host numpy array of a numpy, CuPy or cuda_emu array (a copy for device arrays)."""
-    on_device = type(a).__module__.split(".")[0] == "cupy" or \
-        type(a).__module__ == "kernelgpt.cuda_emu"
-    return np.asarray(a.get()) if on_device else np.asarray(a)
-
-
-def _move(a, xp):
-    """Array `a` on the device of array module xp (no copy when it is already there)."""
-    if xp is np:
-        return to_numpy(a)
-    return xp.asarray(a)
-
-
-class FlatBuffer:
-    """One contiguous float32 array with named, shaped views into it."""
-
-    def __init__(self, layout: List[Tuple[str, Tuple[int, ...]]], data: Optional[np.ndarray] = None,
-                 dtype=np.float32, xp=np):
-        self.layout = list(layout)
-        self.offsets: Dict[str, Tuple[int, Tuple[int, ...]]] = {}
-        offset = 0
-        for name, shape in self.layout:
-            self.offsets[name] = (offset, tuple(shape))
-            offset += int(np.prod(shape))
-        self.size = offset
-        if data is None:
-            data = xp.zeros(offset, dtype=dtype)  # xp: numpy, cupy or kernelgpt.cuda_emu
-        if data.dtype != dtype or data.shape != (offset,) or not data.flags.c_contiguous:
-            raise ValueError(f"FlatBuffer: data must be contiguous {np.dtype(dtype).name} of "
-                             f"shape ({offset},)")
-        self.data = data
-        self.views = {name: self.view(name) for name, _ in self.layout}
-
-    def view(self, name: str) -> np.ndarray:
-        offset, shape = self.offsets[name]
-        return self.data[offset: offset + int(np.prod(shape))].reshape(shape)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.views[name]
-
-    def __setitem__(self, name: str, value) -> None:
-        view = self.views[name]  # `buf[name] += x` updates the view in place, then lands here
-        if value is not view:
-            view[...] = value
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.views
-
-    def names(self) -> List[str]:
-        return [name for name, _ in self.layout]
-
-    def zero(self) -> None:
-        self.data.fill(0.0)
-
-
-def parameter_layout(c: GPTConfig) -> List[Tuple[str, Tuple[int, ...], bool]]:
-    """(name, shape, weight_decay) of every parameter, in buffer order: the decayed matrices
-    first, then embeddings' positions, norms and biases, so that AdamW sees two contiguous
-    ranges. Linear weights use PyTorch's [out, in] layout."""
-    C, F, L = c.n_embd, c.mlp_hidden, c.n_layer
-    fc_out = 2 * F if c.activation == "swiglu" else F
-    decayed = [("wte", (c.vocab_size, C))]
-    for i in range(L):
-        decayed += [
-            (f"h.{i}.attn.c_attn.weight", (c.qkv_dim, C)),
-            (f"h.{i}.attn.c_proj.weight", (C, C)),
-            (f"h.{i}.mlp.c_fc.weight", (fc_out, C)),
-            (f"h.{i}.mlp.c_proj.weight", (C, F)),
-        ]
-    if not c.tied_head:
-        decayed.append(("lm_head.weight", (c.vocab_size, C)))
-    rest = []
-    if c.positions == "learned":
-        rest.append(("wpe", (c.block_size, C)))
-    for i in range(L):
-        rest.append((f"h.{i}.ln_1.weight", (C,)))
-        if c.bias and c.norm == "layernorm":
-            rest.append((f"h.{i}.ln_1.bias", (C,)))
-        if c.bias:
-            rest += [(f"h.{i}.attn.c_attn.bias", (c.qkv_dim,)), (f"h.{i}.attn.c_proj.bias", (C,))]
-        rest.append((f"h.{i}.ln_2.weight", (C,)))
-        if c.bias and c.norm == "layernorm":
-            rest.append((f"h.{i}.ln_2.bias", (C,)))
-        if c.bias:
-            rest += [(f"h.{i}.mlp.c_fc.bias", (fc_out,)), (f"h.{i}.mlp.c_proj.bias", (C,))]
-    rest.append(("ln_f.weight", (C,)))
-    if c.bias and c.norm == "layernorm":
-        rest.append(("ln_f.bias", (C,)))
-    return [(n, s, True) for n, s in decayed] + [(n, s, False) for n, s in rest]
+__all__ = ["GPTConfig", "GPT", "FlatBuffer", "parameter_layout"]
 
 
 class GPT:
@@ -213,11 +40,13 @@ class GPT:
     ``GPT(config, seed=0)`` initializes like GPT-2 / nanoGPT: normal(0, 0.02) for weights and
     embeddings, residual projections scaled by 1/sqrt(2 * n_layer), zeros for biases, ones for
     norm weights. ``seed=None`` leaves every parameter 0 (for loading); ``params=`` adopts a
-    flat float32 buffer as the parameters.
+    flat float32 buffer as the parameters; ``weights=`` a dict of named weights (a pretrained
+    model: llama.py): float arrays are copied into the buffer, while packed ones (QuantWeight,
+    Bf16Weight from kernelgpt.precision) are kept as they are and make the model inference-only.
     """
 
     def __init__(self, config: GPTConfig, seed: Optional[int] = 0, params: Optional[np.ndarray] = None,
-                 backend: str = "native"):
+                 backend: str = "native", weights: Optional[Dict[str, object]] = None):
         if backend not in ("native", "reference"):
             raise ValueError(f"backend must be 'native' or 'reference', got {backend!r}")
         self.config = config
@@ -227,16 +56,42 @@ class GPT:
         self.dtype = np.float32 if backend == "native" else np.float64
         layout = parameter_layout(config)
         self.param_decay = {name: decay for name, _, decay in layout}
-        self.params = FlatBuffer([(n, s) for n, s, _ in layout], params, self.dtype)
         self.n_decayed = sum(int(np.prod(s)) for _, s, d in layout if d)
         self.grads: Optional[FlatBuffer] = None
         self._acts: Optional[_Activations] = None
-        if params is None and seed is not None:
-            self.init_weights(seed)  # seed=None: all zeros (to be loaded)
         self._sin_cache: Dict[int, np.ndarray] = {}
         self._runner = None  # (params.data, cache, _C.Transformer) of the last decode_next
+        self._graph_decoder: Optional[GraphDecoder] = None
         self.device, self.xp, self.precision = "cpu", np, "fp32"  # see to()
         self.cuda_graphs = True  # decode_next on a device replays a CUDA graph (graph_decode)
+        if weights is not None and any(is_packed(w) for w in weights.values()):
+            self._adopt_packed(layout, weights)
+            return
+        self.params = FlatBuffer([(n, s) for n, s, _ in layout], params, self.dtype)
+        if weights is not None:
+            for name in self.params.names():
+                if name not in weights:
+                    raise ValueError(f"GPT: weight {name!r} is missing")
+                self.params[name][...] = weights[name]
+        elif params is None and seed is not None:
+            self.init_weights(seed)  # seed=None: all zeros (to be loaded)
+
+    def _adopt_packed(self, layout, weights: Dict[str, object]) -> None:
+        """Packed weights: kept as given (quantized blocks, bf16 bits), run by PackedWeightOps."""
+        for name, shape, _ in layout:
+            w = weights.get(name)
+            if w is None:
+                raise ValueError(f"GPT: weight {name!r} is missing")
+            if tuple(w.shape) != tuple(shape):
+                raise ValueError(f"GPT: weight {name!r} has shape {tuple(w.shape)}, expected "
+                                 f"{tuple(shape)}")
+        self.params = PackedParams(weights)
+        self.ops = PackedWeightOps()
+
+    @property
+    def packed(self) -> bool:
+        """True when some weights are packed (quantized or bf16): inference only."""
+        return isinstance(self.params, PackedParams)
 
     # ---- devices ------------------------------------------------------------------------------
 
@@ -248,7 +103,7 @@ class GPT:
         the same CUDA kernels run by the CPU emulator (slow; for checking the GPU path on a
         machine without one). Everything runs on any device: training (forward_backward,
         loss, train()) and generation (forward_cached, logits, generate; logits stay on the
-        device).
+        device). Packed weights move as they are (quantized blocks stay quantized).
         precision="bf16" (devices only): mixed precision, every matrix product on bf16 tensor
         cores (inputs rounded to bf16, float32 accumulation); the master weights, gradients,
         optimizer state, norms, softmax and loss stay float32."""
@@ -259,12 +114,18 @@ class GPT:
         if precision == "bf16" and device == "cpu":
             raise ValueError("precision='bf16' (tensor-core mixed precision) needs device "
                              "'cuda' or 'emu'")
+        if precision == "bf16" and self.packed:
+            raise ValueError("precision='bf16' is for training; this model's weights are packed")
         xp = array_module(device)
-        self.params = FlatBuffer(self.params.layout, _move(self.params.data, xp), self.dtype, xp)
+        if self.packed:
+            self.params = self.params.to(xp)
+        else:
+            self.params = FlatBuffer(self.params.layout, move(self.params.data, xp), self.dtype,
+                                     xp)
+            self.ops = MixedPrecisionOps() if precision == "bf16" else ops
         if self.grads is not None:
-            self.grads = FlatBuffer(self.grads.layout, _move(self.grads.data, xp), self.dtype, xp)
+            self.grads = FlatBuffer(self.grads.layout, move(self.grads.data, xp), self.dtype, xp)
         self.device, self.xp, self.precision = device, xp, precision
-        self.ops = _MixedOps() if precision == "bf16" else ops
         self._acts, self._runner, self._sin_cache = None, None, {}
         self._graph_decoder = None
         return self
@@ -320,7 +181,7 @@ class GPT:
         if c.positions == "sinusoidal":
             table = self._sin_cache.get(c.block_size)
             if table is None:
-                table = _move(self.ops.sinusoidal_positions(c.block_size, c.n_embd), self.xp)
+                table = move(self.ops.sinusoidal_positions(c.block_size, c.n_embd), self.xp)
                 self._sin_cache[c.block_size] = table
             return table[t0: t0 + T]
         return None  # RoPE: positions enter inside attention
@@ -367,12 +228,13 @@ class GPT:
         """One training pass: the mean cross-entropy loss of predicting targets [B, T] from
         idx [B, T]; adds grad_scale * d(loss)/d(params) into ``self.grads`` (call zero_grad()
         first; several calls accumulate, e.g. for gradient accumulation)."""
+        self._check_trainable()
         idx, targets = self._check_batch(idx, targets)
         if self.grads is None:
             self.zero_grad()
         B, T = idx.shape
         count = int(np.count_nonzero(targets != ignore_index))
-        idx, targets = _move(idx, self.xp), _move(targets, self.xp)
+        idx, targets = move(idx, self.xp), move(targets, self.xp)
         acts = self._activations(B, T)
         self._forward_train(idx, acts)
         loss, d_x = self._head_loss(acts, targets.reshape(-1), ignore_index, count,
@@ -385,11 +247,16 @@ class GPT:
         idx, targets = self._check_batch(idx, targets)
         B, T = idx.shape
         count = int(np.count_nonzero(targets != ignore_index))
-        idx, targets = _move(idx, self.xp), _move(targets, self.xp)
+        idx, targets = move(idx, self.xp), move(targets, self.xp)
         acts = self._activations(B, T)
         self._forward_train(idx, acts)
         loss, _ = self._head_loss(acts, targets.reshape(-1), ignore_index, count, with_grad=False)
         return loss
+
+    def _check_trainable(self) -> None:
+        if self.packed:
+            raise ValueError("a model with packed (quantized or bf16) weights cannot be "
+                             "trained: load it with weights='fp32'")
 
     def _check_batch(self, idx, targets):
         """Validated host (numpy) int64 copies of idx and targets [B, T]."""
@@ -422,7 +289,6 @@ class GPT:
     def _forward_train(self, idx, a: "_Activations") -> None:
         c, P = self.config, self.params
         B, T = idx.shape
-        N = B * T
         x = a["res0"]
         self.ops.embedding(idx.reshape(-1), P["wte"], out=x)
         pos = self._positions_table(0, T)
@@ -555,8 +421,7 @@ class GPT:
 
     # ---- inference with a KV cache ---------------------------------------------------------
 
-    def new_cache(self, max_len: Optional[int] = None, batch: int = 1):
-        from .kv_cache import KVCache
+    def new_cache(self, max_len: Optional[int] = None, batch: int = 1) -> KVCache:
         c = self.config
         return KVCache(c.n_layer, c.n_kv_head, c.head_dim, max_len or c.block_size, batch,
                        device=self.device)
@@ -571,7 +436,7 @@ class GPT:
             raise ValueError(f"forward_cached: the cache is on {getattr(cache, 'device', 'cpu')!r}"
                              f" and the model on {self.device!r} (make it with model.new_cache())")
         host_ids, _ = self._check_batch(ids, None)
-        ids = _move(host_ids, self.xp)
+        ids = move(host_ids, self.xp)
         B, T = ids.shape
         t0 = cache.length
         if t0 + T > min(c.block_size, cache.max_len):
@@ -611,9 +476,9 @@ class GPT:
         """Whether decode_next can run with this cache: the native backend, batch 1 (on a
         device: what GraphDecoder supports)."""
         if self.device != "cpu":
-            from .graph_decode import GraphDecoder
             return GraphDecoder.supports(self, cache)[0]
-        return self.ops is ops and cache.k[0].shape[0] == 1 and cache.k[0].dtype == np.float32
+        return not isinstance(self.ops, ReferenceOps) and cache.k[0].shape[0] == 1 and \
+            cache.k[0].dtype == np.float32
 
     def decode_next(self, token: int, cache, out: Optional[np.ndarray] = None) -> np.ndarray:
         """forward_cached(np.array([[token]]), cache)[0] in one native call: appends the token
@@ -640,8 +505,7 @@ class GPT:
         return out
 
     def _decode_on_device(self, token, cache, out):
-        from .graph_decode import GraphDecoder
-        dec = getattr(self, "_graph_decoder", None)
+        dec = self._graph_decoder
         if dec is None or dec.cache is not cache:
             dec = self._graph_decoder = GraphDecoder(self, cache, graphs=self.cuda_graphs)
         out = dec.step(int(token), cache.length, out)
@@ -655,8 +519,8 @@ class GPT:
         if not self.supports_fast_decode(cache):
             raise ValueError("decode_next needs the native backend and a batch-1 cache; "
                              "use forward_cached")
-        from . import _C
-        runner = _C.Transformer(self.config.to_dict(), self.params.views, cache.k, cache.v)
+        views = self.params.runner_views() if self.packed else self.params.views
+        runner = _C.Transformer(self.config.to_dict(), views, cache.k, cache.v)
         self._runner = (self.params.data, cache, runner, runner.max_positions)
         return self._runner
 
@@ -689,98 +553,3 @@ class _Activations:
 
     def __getitem__(self, name):
         return self.buffer[name]
-
-
-class _MixedOps:
-    """kernelgpt.ops with every matrix product in bf16 on tensor cores (both operands rounded
-    to bf16 on the device, float32 accumulation and output, bias and accumulate= in the
-    epilogue): GPT.to(device, precision="bf16"). Everything else is kernelgpt.ops."""
-
-    def __getattr__(self, name):
-        return getattr(ops, name)
-
-    def matmul(self, a, b, bias=None, *, trans_a=False, trans_b=False, out=None,
-               accumulate=False, backend="auto"):
-        from . import _cuda
-        return _cuda.matmul_bf16(ops.to_bf16(a), ops.to_bf16(b), bias, trans_a=trans_a,
-                                 trans_b=trans_b, out=out, accumulate=accumulate)
-
-    def linear(self, x, weight, bias=None, *, out=None, backend="auto"):
-        return self.matmul(x, weight, bias, trans_b=True, out=out)
-
-
-class ReferenceOps:
-    """The ops the model uses, as kernelgpt.reference's numpy formulas in the input's dtype
-    (float64 for the gradient checks). Same signatures as kernelgpt.ops."""
-
-    @staticmethod
-    def _out(result, out):
-        if out is None:
-            return result
-        out[...] = result
-        return out
-
-    def matmul(self, a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False):
-        r = reference.matmul(a, b, bias, trans_a=trans_a, trans_b=trans_b)
-        if accumulate:
-            out += r
-            return out
-        return self._out(r, out)
-
-    def linear(self, x, weight, bias=None, *, out=None):
-        return self.matmul(x, weight, bias, trans_b=True, out=out)
-
-    def embedding(self, ids, table, *, out=None):
-        return self._out(reference.embedding(ids, table), out)
-
-    def embedding_backward(self, dout, ids, num_embeddings, *, out=None, accumulate=False):
-        r = reference.embedding_backward(dout, ids, num_embeddings)
-        if accumulate:
-            out += r
-            return out
-        return self._out(r, out)
-
-    def layernorm(self, x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None):
-        y, mean, rstd = reference.layernorm(x, weight, bias, eps)
-        y = self._out(y, out)
-        return (y, mean, rstd) if return_stats else y
-
-    def rmsnorm(self, x, weight, eps=1e-6, *, return_stats=False, out=None):
-        y, rstd = reference.rmsnorm(x, weight, eps)
-        y = self._out(y, out)
-        return (y, rstd) if return_stats else y
-
-    def __getattr__(self, name):
-        fn = getattr(reference, name)  # the backward ops, activations, rope, attention...
-
-        def call(*args, out=None, **kwargs):
-            return self._out(fn(*args, **kwargs), out)
-        return call
-
-    def attention(self, q, k, v, *, causal=True, return_lse=False, kv_length=None, out=None):
-        if kv_length is not None:
-            k, v = k[:, :, :kv_length], v[:, :, :kv_length]
-        y, lse = reference.attention(q, k, v, causal)
-        y = self._out(y, out)
-        return (y, lse) if return_lse else y
-
-    def attention_backward(self, dout, q, k, v, out, lse, *, causal=True):
-        return reference.attention_backward(dout, q, k, v, out, lse, causal)
-
-    def cross_entropy(self, logits, targets, *, ignore_index=-100, reduction="mean",
-                      return_grad=False):
-        m = logits.max(axis=1, keepdims=True)
-        logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
-        valid = targets != ignore_index
-        safe = np.where(valid, targets, 0)
-        losses = np.where(valid, -logp[np.arange(len(targets)), safe], 0.0)
-        count = max(int(valid.sum()), 1)
-        loss = float(losses.sum()) / (count if reduction == "mean" else 1)
-        if not return_grad:
-            return loss
-        grad = np.exp(logp)
-        grad[np.arange(len(targets)), safe] -= 1.0
-        grad *= valid[:, None]
-        if reduction == "mean":
-            grad /= count
-        return loss, grad

@@ -25,6 +25,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import _C
+
 __all__ = ["SamplingConfig", "Sampler", "filtered_distribution", "top_candidates", "sample"]
 
 
@@ -179,8 +181,6 @@ class Sampler:
         """The same step in C++ (kernelgpt._C.sample_token): the same token as calling the
         sampler, for the same logits and the same generator state (it draws the one uniform
         number the same way, and none when greedy), with a few microseconds of Python."""
-        from . import _C
-
         c = self.config
         u = 0.0 if c.temperature == 0 else self.rng.random()
         return _C.sample_token(logits, c.temperature, c.top_k, c.top_p, c.min_p,

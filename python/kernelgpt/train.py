@@ -1,4 +1,4 @@
-"""Training: data, the loop, the schedule, clipping, evaluation and checkpoints.
+"""Training: the loop, the learning-rate schedule, clipping and evaluation.
 
     kernelgpt train --data shakespeare --out runs/shakespeare
     kernelgpt train --resume --out runs/shakespeare      # continue exactly where it stopped
@@ -8,21 +8,17 @@ adds gradients); clip the global gradient norm; AdamW with linear warmup then co
 the learning rate. Every ``eval_interval`` steps the validation loss is estimated and a
 checkpoint written; a CSV log and a loss-curve PNG sit beside it.
 
-Checkpoints are directories ``OUT/ckpt-000500/`` holding model.safetensors (loadable by
-safetensors.numpy and PyTorch), optimizer.safetensors, config.json and state.json (step, the
-data sampler's RNG state, the log). ``OUT/latest`` names the newest complete one; it is
-replaced atomically only after the directory is fully written and fsynced, so a kill at any
-moment leaves the previous checkpoint usable. A resumed run continues bit-identically: the
-same losses as an uninterrupted run, for the same thread count.
+Checkpoints (checkpoint.py) are written atomically: a kill at any moment leaves the previous
+one usable. A resumed run continues bit-identically: the same losses as an uninterrupted run,
+for the same thread count. The data (tokenized once into OUT/tokens.bin) comes from data.py.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,13 +26,17 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from . import ops
-from .data import CharTokenizer, TokenData, read_texts, save_json
-from .io import safetensors
-from .io.atomic import atomic_write_bytes, fsync_dir
-from .model import GPT, GPTConfig, array_module, to_numpy
+from . import tokenizer as bpe
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import CharTokenizer, TokenData, read_texts
+from .device import array_module
+from .io.atomic import atomic_write_bytes
+from .model import GPT, GPTConfig
 
+# load_checkpoint and save_checkpoint live in checkpoint.py; they stay importable from here.
 __all__ = ["TrainConfig", "train", "load_checkpoint", "save_checkpoint", "latest_checkpoint"]
 
 
@@ -110,107 +110,8 @@ def make_tokenizer(kind: str, text: str, vocab_size: int):
     if kind == "char":
         return CharTokenizer.from_text(text)
     if kind == "bpe":
-        from . import tokenizer as bpe
         return bpe.train([text], vocab_size)
-    from .tokenizer import get_encoding
-    return get_encoding(kind)
-
-
-def tokenizer_to_dict(tok) -> dict:
-    if isinstance(tok, CharTokenizer):
-        return tok.to_dict()
-    if getattr(tok, "name", None) == "cl100k_base":
-        return {"kind": "tiktoken", "name": "cl100k_base"}
-    return {"kind": "bpe", "tiktoken_file": "tokenizer.tiktoken", "pattern": tok._pat_str,
-            "special_tokens": dict(tok._special_tokens)}
-
-
-def tokenizer_from_dict(d: dict, directory: Path):
-    if d["kind"] == "char":
-        return CharTokenizer(d["chars"])
-    from . import tokenizer as bpe
-    if d["kind"] == "tiktoken":
-        return bpe.get_encoding(d["name"])
-    return bpe.Encoding.from_tiktoken_file(directory / d["tiktoken_file"], d["pattern"],
-                                           d.get("special_tokens", {}))
-
-
-# ---- checkpoints --------------------------------------------------------------------------------
-
-def latest_checkpoint(path) -> Path:
-    """The checkpoint directory `path` names: itself if it holds model.safetensors, else the
-    one its `latest` file points to."""
-    path = Path(path)
-    if (path / "model.safetensors").exists():
-        return path
-    pointer = path / "latest"
-    if not pointer.exists():
-        raise FileNotFoundError(f"no checkpoint in {path} (no model.safetensors, no latest)")
-    target = path / pointer.read_text().strip()
-    if not (target / "model.safetensors").exists():
-        raise FileNotFoundError(f"{pointer} names {target}, which holds no model.safetensors")
-    return target
-
-
-def save_checkpoint(out: Path, model: GPT, tc: TrainConfig, tokenizer, state: dict,
-                    m: np.ndarray, v: np.ndarray, keep: int = 2) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"ckpt-{state['step']:06d}"
-    final = out / name
-    tmp = out / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    host = to_numpy(model.params.data)  # one copy from the device (a no-op on the CPU)
-    tensors = {n: host[o: o + int(np.prod(s))].reshape(s)
-               for n, (o, s) in model.params.offsets.items()}
-    safetensors.save(tensors, tmp / "model.safetensors", metadata={"format": "np"})
-    safetensors.save({"m": to_numpy(m), "v": to_numpy(v)}, tmp / "optimizer.safetensors")
-    tok = tokenizer_to_dict(tokenizer)
-    if tok["kind"] == "bpe":
-        tokenizer.save(tmp / tok["tiktoken_file"])
-    save_json(tmp / "config.json", {"model": model.config.to_dict(),
-                                    "train": dataclasses.asdict(tc), "tokenizer": tok})
-    save_json(tmp / "state.json", state)
-    fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(out)
-    atomic_write_bytes(out / "latest", (name + "\n").encode())
-    # prune older checkpoints only once `latest` points at the new one
-    old = sorted(p for p in out.glob("ckpt-*") if p.is_dir() and p.name != name)
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path, with_optimizer: bool = False):
-    """(model, tokenizer, config dict, state, (m, v) or None) from a checkpoint directory."""
-    ckpt = latest_checkpoint(path)
-    try:
-        cfg = json.loads((ckpt / "config.json").read_text())
-        state = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").exists() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{ckpt}: corrupt checkpoint metadata ({err})") from None
-    config = GPTConfig.from_dict(cfg["model"])
-    tensors, _ = safetensors.load(ckpt / "model.safetensors")
-    model = GPT(config, seed=None)  # zeros, filled below
-    for name in model.params.names():
-        if name not in tensors:
-            raise ValueError(f"{ckpt}: parameter {name!r} missing")
-        t = tensors[name]
-        if t.shape != model.params[name].shape:
-            raise ValueError(f"{ckpt}: parameter {name!r} has shape {t.shape}, "
-                             f"expected {model.params[name].shape}")
-        model.params[name][...] = t.astype(np.float32)
-    tokenizer = tokenizer_from_dict(cfg["tokenizer"], ckpt)
-    opt = None
-    if with_optimizer:
-        o, _ = safetensors.load(ckpt / "optimizer.safetensors")
-        opt = (o["m"].astype(np.float32), o["v"].astype(np.float32))
-    return model, tokenizer, cfg, state, opt
+    return bpe.get_encoding(kind)
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -312,12 +213,8 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
     tokens_per_step = tc.batch_size * block * tc.grad_accum
     progress = None
     if tc.progress:
-        try:
-            from tqdm import tqdm
-            progress = tqdm(total=tc.max_iters, initial=step, unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
-        except ImportError:
-            progress = None
+        progress = tqdm(total=tc.max_iters, initial=step, unit="step", dynamic_ncols=True,
+                        file=sys.stderr)
     t_start = time.perf_counter()
     steps_this_call = 0
     last_loss = float("nan")
@@ -377,7 +274,6 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
 
 
 def _write_csv(path: Path, fields, rows) -> None:
-    import io
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
@@ -386,7 +282,7 @@ def _write_csv(path: Path, fields, rows) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-# ---- command line -------------------------------------------------------------------------------
+# ---- model sizes (kernelgpt train --preset) -------------------------------------------------------------------------------
 
 MODEL_PRESETS = {
     # nanoGPT's CPU "baby" config and its shakespeare-char config
@@ -395,63 +291,3 @@ MODEL_PRESETS = {
     # the model shipped with the package (kernelgpt/models/shakespeare_char)
     "default": dict(n_layer=4, n_head=6, n_embd=192, block_size=128),
 }
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--data", nargs="+", default=["shakespeare"],
-                   help="'shakespeare' (built in) or text files / directories (default: shakespeare)")
-    p.add_argument("--out", default="runs/kernelgpt", help="checkpoint directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--tokenizer", default="char", choices=["char", "bpe", "cl100k_base"])
-    p.add_argument("--bpe-vocab-size", type=int, default=1024)
-    p.add_argument("--preset", default="baby", choices=sorted(MODEL_PRESETS),
-                   help="model size (default: baby = nanoGPT's CPU config)")
-    for name, typ in [("n_layer", int), ("n_head", int), ("n_kv_head", int), ("n_embd", int),
-                      ("block_size", int)]:
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
-    p.add_argument("--positions", choices=["learned", "sinusoidal", "rope"], default=None)
-    p.add_argument("--norm", choices=["layernorm", "rmsnorm"], default=None)
-    p.add_argument("--activation", choices=["gelu", "swiglu", "relu"], default=None)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in ("data", "out", "tokenizer", "bpe_vocab_size", "progress", "plot", "device",
-                      "precision"):
-            continue
-        typ = {int: int, float: float}.get(type(f.default), float)
-        if f.name == "lr_decay_iters":
-            typ = int
-        p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=None)
-    p.add_argument("--device", choices=["cpu", "cuda", "emu"], default=None,
-                   help="cpu (default): C++ kernels; cuda: the CUDA kernels on a GPU through "
-                        "CuPy (pip install '.[cuda]'); emu: the same CUDA kernels on the CPU "
-                        "emulator (slow, for checking the GPU path without a GPU)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
-                   help="bf16 (with --device cuda/emu): matrix products on bf16 tensor cores, "
-                        "fp32 master weights, gradients and optimizer state")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-plot", action="store_true")
-
-
-def main(args) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None and f.name not in ("data", "out")}
-    tc = TrainConfig(data=list(args.data), out=args.out, tokenizer=args.tokenizer,
-                     bpe_vocab_size=args.bpe_vocab_size, progress=not args.no_progress,
-                     plot=not args.no_plot)
-    max_iters = overrides.pop("max_iters", None)
-    tc = dataclasses.replace(tc, **overrides)
-    if args.resume:
-        result = train(tc, resume=True, max_iters=max_iters)
-    else:
-        model_kwargs = dict(MODEL_PRESETS[args.preset])
-        for name in ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "positions",
-                     "norm", "activation"):
-            if getattr(args, name, None) is not None:
-                model_kwargs[name] = getattr(args, name)
-        if model_kwargs.get("norm") == "rmsnorm":
-            model_kwargs.setdefault("bias", False)
-        result = train(tc, GPTConfig(vocab_size=1, **model_kwargs), max_iters=max_iters)
-    val = result["val_loss"]
-    print(f"step {result['step']}: train loss {result['loss']:.4f}"
-          + (f", val loss {val:.4f}" if val is not None else "")
-          + f" ({result['seconds']:.1f} s); checkpoint in {result['out']}")
-    return 0

