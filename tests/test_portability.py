@@ -45,7 +45,9 @@ print(kernelgpt.cpu_features()["best_isa"])
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-x86_64 not installed")
 @pytest.mark.parametrize("cpu,expected", [("Nehalem", "generic"), ("Haswell", "avx2")])
 def test_runs_on_older_cpu(cpu, expected):
-    result = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", SMOKE],
+    # -X faulthandler: a SIGILL prints the Python line that reached the illegal instruction.
+    result = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-X", "faulthandler",
+                             "-c", SMOKE],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == expected
