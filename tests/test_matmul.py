@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from kernelgpt import ops
+from kernelgpt import _C, ops
+from kernelgpt.kernels import matmul as matmul_family
 from conftest import randn
 
 SHAPES = [  # (M, K, N): ones, odd, primes, tile edges, large
@@ -147,3 +148,17 @@ def test_matmul_non_contiguous_and_aliasing(rng):
         ops.matmul(a, a.copy(), accumulate=True)
     with pytest.raises(ValueError, match="unknown version"):
         ops.matmul(a, a.copy(), backend="bogus")
+
+
+def test_binding_takes_the_family_version_numbers(rng):
+    """kernelgpt._C.matmul takes the numbers of kernels/matmul.py's table: 1 naive, 5 blocked."""
+    a, b = randn(rng, 9, 13), randn(rng, 13, 7)
+    assert matmul_family.VERSIONS.numbers("cpu") == [1, 5]
+    for version in (1, 5):
+        check(_C.matmul(a, b, version=version), a, b)
+    for bad in (0, 2, 3, 7):  # 0: no version; 2..4, 6, 7: CUDA only
+        with pytest.raises(ValueError, match=rf"matmul: unknown version {bad} for the C\+\+ "
+                                             r"kernel, expected one of 1 \(naive\), 5 \(blocked\)"):
+            _C.matmul(a, b, version=bad)
+    with pytest.raises(TypeError):
+        _C.matmul(a, b, version="blocked")  # names are for backend=, the binding takes numbers

@@ -23,16 +23,15 @@ static Activation parse_activation(const std::string& name, const std::string& a
               "', expected 'relu', 'sigmoid', 'tanh', 'silu' or 'gelu'");
 }
 
-static const ActivationVersion& activation_version(const std::string& version,
-                                                   const std::string& fn) {
-  int v = version_index(version, {"naive", "fast"}, fn.c_str());
+static const ActivationVersion& activation_version(int version, const std::string& fn) {
+  int v = check_version(fn.c_str(), version, {{1, "naive"}, {2, "fast"}});
   const ActivationKernels& k = KG_DISPATCH(activation_kernels);
-  return v == 0 ? k.naive : k.fast;
+  return v == 1 ? k.naive : k.fast;
 }
 
 static py::array activation(py::handle x_obj, const std::string& name,
                             const std::string& approximate, py::handle out_obj,
-                            const std::string& version) {
+                            int version) {
   const std::string fn = name;
   Activation kind = parse_activation(name, approximate, fn);
   const ActivationVersion& kernels = activation_version(version, fn);
@@ -52,7 +51,7 @@ static py::array activation(py::handle x_obj, const std::string& name,
 
 static py::array activation_backward(py::handle dy_obj, py::handle x_obj, const std::string& name,
                                      const std::string& approximate, py::handle out_obj,
-                                     const std::string& version) {
+                                     int version) {
   const std::string fn = name + "_backward";
   Activation kind = parse_activation(name, approximate, fn);
   const ActivationVersion& kernels = activation_version(version, fn);
@@ -74,7 +73,7 @@ static py::array activation_backward(py::handle dy_obj, py::handle x_obj, const 
 }
 
 static py::array swiglu(py::handle gate_obj, py::handle up_obj, py::handle out_obj,
-                        const std::string& version) {
+                        int version) {
   const std::string fn = "swiglu";
   const ActivationVersion& kernels = activation_version(version, fn);
   Array gate = f32(gate_obj, fn.c_str(), "gate");
@@ -94,7 +93,7 @@ static py::array swiglu(py::handle gate_obj, py::handle up_obj, py::handle out_o
 }
 
 static py::tuple swiglu_backward(py::handle dy_obj, py::handle gate_obj, py::handle up_obj,
-                                 const std::string& version) {
+                                 int version) {
   const std::string fn = "swiglu_backward";
   const ActivationVersion& kernels = activation_version(version, fn);
   Array dy = f32(dy_obj, fn.c_str(), "dy");
@@ -142,14 +141,14 @@ static py::array simd_math(const std::string& name, py::handle x_obj) {
 void register_activation(py::module_& m) {
   m.def("activation", &activation, py::arg("x"), py::arg("name"),
         py::arg("approximate") = "tanh", py::arg("out") = py::none(),
-        py::arg("version") = "fast");
+        py::arg("version") = 2);
   m.def("activation_backward", &activation_backward, py::arg("dy"), py::arg("x"),
         py::arg("name"), py::arg("approximate") = "tanh", py::arg("out") = py::none(),
-        py::arg("version") = "fast");
+        py::arg("version") = 2);
   m.def("swiglu", &swiglu, py::arg("gate"), py::arg("up"), py::arg("out") = py::none(),
-        py::arg("version") = "fast");
+        py::arg("version") = 2);
   m.def("swiglu_backward", &swiglu_backward, py::arg("dy"), py::arg("gate"), py::arg("up"),
-        py::arg("version") = "fast");
+        py::arg("version") = 2);
   m.def("simd_math", &simd_math, py::arg("name"), py::arg("x"),
         "exp, tanh or sigmoid from common/simd.h applied to x, one thread (accuracy tests).");
   m.def("activation_path",

@@ -24,9 +24,9 @@ static void check_writeable(const Array& a, const char* fn, const std::string& n
 
 static void adamw_step(py::handle param_obj, py::handle grad_obj, py::handle m_obj,
                        py::handle v_obj, int64_t step, double lr, double beta1, double beta2,
-                       double eps, double weight_decay, const std::string& version) {
+                       double eps, double weight_decay, int version) {
   const char* fn = "adamw_step";
-  int ver = version_index(version, {"naive", "fast"}, fn);
+  int ver = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   Array param = f32(param_obj, fn, "param");
   Array grad = f32(grad_obj, fn, "grad");
   Array m = f32(m_obj, fn, "m");
@@ -71,7 +71,7 @@ static void adamw_step(py::handle param_obj, py::handle grad_obj, py::handle m_o
   args.weight_decay = weight_decay;
   const AdamwKernels& kernels = KG_DISPATCH(adamw_kernels);
   py::gil_scoped_release release;
-  (ver == 0 ? kernels.adamw_naive : kernels.adamw_fast)(args);
+  (ver == 1 ? kernels.adamw_naive : kernels.adamw_fast)(args);
 }
 
 // One float32 array, or a list / tuple of them, as an ArrayListArgs (kept alive by `arrays`).
@@ -117,19 +117,19 @@ static GradList grad_list(py::handle obj, const char* fn, bool writeable) {
   return g;
 }
 
-static double grad_norm(py::handle grads, const std::string& version) {
+static double grad_norm(py::handle grads, int version) {
   const char* fn = "grad_norm";
-  int ver = version_index(version, {"naive", "fast"}, fn);
+  int ver = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   GradList g = grad_list(grads, fn, false);
   const AdamwKernels& kernels = KG_DISPATCH(adamw_kernels);
   py::gil_scoped_release release;
-  return std::sqrt((ver == 0 ? kernels.sum_squares_naive : kernels.sum_squares_fast)(g.args()));
+  return std::sqrt((ver == 1 ? kernels.sum_squares_naive : kernels.sum_squares_fast)(g.args()));
 }
 
 static double clip_grad_norm(py::handle grads, double max_norm, double eps,
-                             const std::string& version) {
+                             int version) {
   const char* fn = "clip_grad_norm";
-  int ver = version_index(version, {"naive", "fast"}, fn);
+  int ver = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   if (!(std::isfinite(max_norm) && max_norm >= 0.0))
     value_error(std::string(fn) + ": max_norm must be a finite number >= 0, got " + num(max_norm));
   if (!(std::isfinite(eps) && eps >= 0.0))
@@ -137,13 +137,13 @@ static double clip_grad_norm(py::handle grads, double max_norm, double eps,
   GradList g = grad_list(grads, fn, true);
   const AdamwKernels& kernels = KG_DISPATCH(adamw_kernels);
   py::gil_scoped_release release;
-  double norm = std::sqrt((ver == 0 ? kernels.sum_squares_naive : kernels.sum_squares_fast)(g.args()));
+  double norm = std::sqrt((ver == 1 ? kernels.sum_squares_naive : kernels.sum_squares_fast)(g.args()));
   if (!std::isfinite(norm)) return norm;  // NaN / inf: report it, leave the gradients alone
   // PyTorch: clip_coef = max_norm / (norm + eps), clamped to at most 1.
   if (norm + eps > 0.0) {
     double coef = max_norm / (norm + eps);
     if (coef < 1.0)
-      (ver == 0 ? kernels.scale_naive : kernels.scale_fast)(g.args(), static_cast<float>(coef));
+      (ver == 1 ? kernels.scale_naive : kernels.scale_fast)(g.args(), static_cast<float>(coef));
   }
   return norm;
 }
@@ -151,10 +151,10 @@ static double clip_grad_norm(py::handle grads, double max_norm, double eps,
 void register_adamw(py::module_& m) {
   m.def("adamw_step", &adamw_step, py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"),
         py::arg("step"), py::arg("lr"), py::arg("beta1") = 0.9, py::arg("beta2") = 0.999,
-        py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0, py::arg("version") = "fast");
-  m.def("grad_norm", &grad_norm, py::arg("grads"), py::arg("version") = "fast");
+        py::arg("eps") = 1e-8, py::arg("weight_decay") = 0.0, py::arg("version") = 2);
+  m.def("grad_norm", &grad_norm, py::arg("grads"), py::arg("version") = 2);
   m.def("clip_grad_norm", &clip_grad_norm, py::arg("grads"), py::arg("max_norm"),
-        py::arg("eps") = 1e-6, py::arg("version") = "fast");
+        py::arg("eps") = 1e-6, py::arg("version") = 2);
   m.def("adamw_path", [] { return std::string(KG_DISPATCH(adamw_kernels).description); });
 }
 

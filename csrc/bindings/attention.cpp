@@ -60,9 +60,9 @@ AttentionShape check_qkv(const char* fn, const Array& q, const Array& k, const A
 
 py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle out_obj,
                      bool causal, py::handle scale_obj, bool return_lse,
-                     const std::string& version, py::handle kv_length_obj) {
+                     int version, py::handle kv_length_obj) {
   const char* fn = "attention";
-  int ver = version_index(version, {"naive", "flash", "decode"}, fn);
+  int ver = check_version(fn, version, {{1, "naive"}, {2, "flash"}, {3, "decode"}});
   Array q = f32(q_obj, fn, "q", {4});
   Array k = f32(k_obj, fn, "k", {4});
   Array v = f32(v_obj, fn, "v", {4});
@@ -102,7 +102,7 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::h
   args.causal = causal;
   args.kv_capacity = capacity;
   const AttentionKernels& kernels = KG_DISPATCH(attention_kernels);
-  AttentionFn kernel = ver == 0 ? kernels.naive : ver == 1 ? kernels.flash : kernels.decode;
+  AttentionFn kernel = ver == 1 ? kernels.naive : ver == 2 ? kernels.flash : kernels.decode;
   {
     py::gil_scoped_release release;
     kernel(args);
@@ -113,9 +113,9 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::h
 
 py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k_obj,
                              py::handle v_obj, py::handle out_obj, py::handle lse_obj,
-                             bool causal, py::handle scale_obj, const std::string& version) {
+                             bool causal, py::handle scale_obj, int version) {
   const char* fn = "attention_backward";
-  int ver = version_index(version, {"naive", "flash"}, fn);
+  int ver = check_version(fn, version, {{1, "naive"}, {2, "flash"}});
   Array dout = f32(dout_obj, fn, "dout", {4});
   Array q = f32(q_obj, fn, "q", {4});
   Array k = f32(k_obj, fn, "k", {4});
@@ -149,7 +149,7 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
   args.scale = sh.scale;
   args.causal = causal;
   const AttentionKernels& kernels = KG_DISPATCH(attention_kernels);
-  AttentionBackwardFn kernel = ver == 0 ? kernels.naive_backward : kernels.flash_backward;
+  AttentionBackwardFn kernel = ver == 1 ? kernels.naive_backward : kernels.flash_backward;
   {
     py::gil_scoped_release release;
     kernel(args);
@@ -162,11 +162,11 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
 void register_attention(py::module_& m) {
   m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out") = py::none(), py::arg("causal") = true, py::arg("scale") = py::none(),
-        py::arg("return_lse") = false, py::arg("version") = "flash",
+        py::arg("return_lse") = false, py::arg("version") = 2,
         py::arg("kv_length") = py::none());
   m.def("attention_backward", &attention_backward, py::arg("dout"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("causal") = true,
-        py::arg("scale") = py::none(), py::arg("version") = "flash");
+        py::arg("scale") = py::none(), py::arg("version") = 2);
   m.def("attention_path",
         [] { return std::string(KG_DISPATCH(attention_kernels).flash_description); });
 }

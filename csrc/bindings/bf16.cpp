@@ -84,9 +84,12 @@ static py::array from_bf16(py::handle bits_obj, py::handle out_obj) {
 }
 
 static py::array bf16_matmul(py::handle x_obj, py::handle w_obj, py::handle out_obj,
-                             const std::string& version) {
+                             int version) {
   const char* fn = "bf16_matmul";
-  int v = version_index(version, {"naive", "widen", "tiled", "dpbf16", "auto"}, fn);
+  // 0 is not a version of the table but "auto": the binding picks widen (few rows of x,
+  // decode) or tiled (prefill) by shape, as the decode runner does (kernels/bf16.cpp).
+  int v = check_version(fn, version, {{0, "auto, by shape"}, {1, "naive"}, {2, "widen"},
+                                      {3, "tiled"}, {4, "dpbf16"}});
   Array x = f32(x_obj, fn, "x", {1, 2});
   Array w = bf16_array(w_obj, fn, "w", {2});
   int64_t k = x.dim(-1), m = x.ndim() == 2 ? x.dim(0) : 1, n = w.dim(0);
@@ -103,8 +106,8 @@ static py::array bf16_matmul(py::handle x_obj, py::handle w_obj, py::handle out_
   a.n = n;
   a.k = k;
   const Bf16Kernels& kr = KG_DISPATCH(bf16_kernels);
-  Bf16MatmulFn f[] = {kr.matmul_naive, kr.matmul_widen, kr.matmul_tiled, kr.matmul_dpbf16,
-                      kr.matmul_auto};
+  Bf16MatmulFn f[] = {kr.matmul_auto, kr.matmul_naive, kr.matmul_widen, kr.matmul_tiled,
+                      kr.matmul_dpbf16};  // indexed by version number
   {
     py::gil_scoped_release release;
     f[v](a);
@@ -116,7 +119,7 @@ void register_bf16(py::module_& m) {
   m.def("to_bf16", &to_bf16, py::arg("x"), py::arg("out") = py::none());
   m.def("from_bf16", &from_bf16, py::arg("bits"), py::arg("out") = py::none());
   m.def("bf16_matmul", &bf16_matmul, py::arg("x"), py::arg("w"), py::arg("out") = py::none(),
-        py::arg("version") = "auto");
+        py::arg("version") = 0);
   m.def("bf16_path", [] { return std::string(KG_DISPATCH(bf16_kernels).description); });
 }
 

@@ -36,17 +36,17 @@ static CeInputs ce_inputs(py::handle logits_obj, py::handle targets_obj, int64_t
   return in;
 }
 
-static CrossEntropyFn pick(const std::string& version, const char* fn) {
-  int v = version_index(version, {"naive", "online"}, fn);
+static CrossEntropyFn pick(int version, const char* fn) {
+  int v = check_version(fn, version, {{1, "naive"}, {2, "online"}});
   const CrossEntropyKernels& k = KG_DISPATCH(cross_entropy_kernels);
-  return v == 0 ? k.naive : k.online;
+  return v == 1 ? k.naive : k.online;
 }
 
 // loss (a float for mean/sum, float32 [N] for none), or (loss, dlogits) with return_grad.
 static py::object cross_entropy(py::handle logits_obj, py::handle targets_obj,
                                 int64_t ignore_index, const std::string& reduction,
                                 bool return_grad, py::handle out_obj,
-                                const std::string& version) {
+                                int version) {
   const char* fn = "cross_entropy";
   CrossEntropyFn kernel = pick(version, fn);
   Reduction red = parse_reduction(reduction, fn);
@@ -95,7 +95,7 @@ static py::object cross_entropy(py::handle logits_obj, py::handle targets_obj,
 static py::array cross_entropy_backward(py::handle logits_obj, py::handle targets_obj,
                                         py::handle dloss_obj, int64_t ignore_index,
                                         const std::string& reduction, py::handle out_obj,
-                                        const std::string& version) {
+                                        int version) {
   const char* fn = "cross_entropy_backward";
   CrossEntropyFn kernel = pick(version, fn);
   Reduction red = parse_reduction(reduction, fn);
@@ -141,11 +141,11 @@ void register_cross_entropy(py::module_& m) {
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("targets"),
         py::arg("ignore_index") = -100, py::arg("reduction") = "mean",
         py::arg("return_grad") = false, py::arg("out") = py::none(),
-        py::arg("version") = "online");
+        py::arg("version") = 2);
   m.def("cross_entropy_backward", &cross_entropy_backward, py::arg("logits"),
         py::arg("targets"), py::arg("dloss") = 1.0, py::arg("ignore_index") = -100,
         py::arg("reduction") = "mean", py::arg("out") = py::none(),
-        py::arg("version") = "online");
+        py::arg("version") = 2);
   m.def("cross_entropy_path",
         [] { return std::string(KG_DISPATCH(cross_entropy_kernels).online_description); });
 }

@@ -8,9 +8,9 @@ namespace kg {
 namespace bind {
 
 static py::array embedding(py::handle ids_obj, py::handle table_obj, py::handle out_obj,
-                           const std::string& version) {
+                           int version) {
   const char* fn = "embedding";
-  int v = version_index(version, {"naive", "fast"}, fn);
+  int v = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   Array table = f32(table_obj, fn, "table", {2});
   Array ids = kg::bind::ids(ids_obj, fn, "ids", table.dim(0));
   Shape out_shape = ids.shape;
@@ -27,16 +27,16 @@ static py::array embedding(py::handle ids_obj, py::handle table_obj, py::handle 
   const EmbeddingKernels& kernels = KG_DISPATCH(embedding_kernels);
   {
     py::gil_scoped_release release;
-    (v == 0 ? kernels.forward_naive : kernels.forward_fast)(args);
+    (v == 1 ? kernels.forward_naive : kernels.forward_fast)(args);
   }
   return out.array;
 }
 
 static py::array embedding_backward(py::handle dout_obj, py::handle ids_obj,
                                     int64_t num_embeddings, py::handle out_obj, bool accumulate,
-                                    const std::string& version) {
+                                    int version) {
   const char* fn = "embedding_backward";
-  int v = version_index(version, {"naive", "fast"}, fn);
+  int v = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   if (num_embeddings < 1)
     value_error(std::string(fn) + ": num_embeddings must be >= 1, got " +
                 std::to_string(num_embeddings));
@@ -76,17 +76,17 @@ static py::array embedding_backward(py::handle dout_obj, py::handle ids_obj,
   const EmbeddingKernels& kernels = KG_DISPATCH(embedding_kernels);
   {
     py::gil_scoped_release release;
-    (v == 0 ? kernels.backward_naive : kernels.backward_fast)(args);
+    (v == 1 ? kernels.backward_naive : kernels.backward_fast)(args);
   }
   return out.array;
 }
 
 void register_embedding(py::module_& m) {
   m.def("embedding", &embedding, py::arg("ids"), py::arg("table"), py::arg("out") = py::none(),
-        py::arg("version") = "fast");
+        py::arg("version") = 2);
   m.def("embedding_backward", &embedding_backward, py::arg("dout"), py::arg("ids"),
         py::arg("num_embeddings"), py::arg("out") = py::none(), py::arg("accumulate") = false,
-        py::arg("version") = "fast");
+        py::arg("version") = 2);
   m.def("embedding_path",
         [] { return std::string(KG_DISPATCH(embedding_kernels).description); });
 }

@@ -9,9 +9,9 @@ namespace bind {
 
 static py::array matmul(py::handle a_obj, py::handle b_obj, py::handle bias_obj,
                         py::handle out_obj, bool trans_a, bool trans_b, bool accumulate,
-                        const std::string& version) {
+                        int version) {
   const char* fn = "matmul";
-  int v = version_index(version, {"naive", "blocked"}, fn);
+  int v = check_version(fn, version, {{1, "naive"}, {5, "blocked"}});
   Array a = f32(a_obj, fn, "a", {2, 3});
   Array b = f32(b_obj, fn, "b", {2, 3});
   // op(A) is [M, K] and op(B) is [K, N] for the last two dimensions.
@@ -63,7 +63,7 @@ static py::array matmul(py::handle a_obj, py::handle b_obj, py::handle bias_obj,
   const MatmulKernels& kernels = KG_DISPATCH(matmul_kernels);
   {
     py::gil_scoped_release release;
-    (v == 0 ? kernels.naive : kernels.blocked)(args);
+    (v == 1 ? kernels.naive : kernels.blocked)(args);
   }
   return c.array;
 }
@@ -71,7 +71,7 @@ static py::array matmul(py::handle a_obj, py::handle b_obj, py::handle bias_obj,
 void register_matmul(py::module_& m) {
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("bias") = py::none(),
         py::arg("out") = py::none(), py::arg("trans_a") = false, py::arg("trans_b") = false,
-        py::arg("accumulate") = false, py::arg("version") = "blocked");
+        py::arg("accumulate") = false, py::arg("version") = 5);
   m.def("matmul_path", [] { return std::string(KG_DISPATCH(matmul_kernels).blocked_description); });
 }
 

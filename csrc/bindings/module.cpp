@@ -1,24 +1,5 @@
 // kernelgpt._C: validate arguments -> release the GIL -> call the kernel for this CPU.
-#include "bindings/args.h"
 #include "bindings/registry.h"
-
-namespace kg {
-namespace bind {
-
-int version_index(const std::string& version, std::initializer_list<const char*> names,
-                  const char* fn) {
-  int i = 0;
-  std::string known;
-  for (const char* n : names) {
-    if (version == n) return i;
-    known += (i ? ", " : "") + std::string("'") + n + "'";
-    ++i;
-  }
-  value_error(std::string(fn) + ": unknown version '" + version + "', expected one of " + known);
-}
-
-}  // namespace bind
-}  // namespace kg
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "kernelgpt native kernels (C++, runtime-dispatched SIMD, OpenMP threads)";

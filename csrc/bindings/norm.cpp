@@ -48,14 +48,14 @@ static Array new_array(const Shape& shape) {
   return r;
 }
 
-static const NormVersion& norm_version(const std::string& version, const char* fn) {
-  int v = version_index(version, {"naive", "fast"}, fn);
+static const NormVersion& norm_version(int version, const char* fn) {
+  int v = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   const NormKernels& k = KG_DISPATCH(norm_kernels);
-  return v == 0 ? k.naive : k.fast;
+  return v == 1 ? k.naive : k.fast;
 }
 
 static py::object layernorm(py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps,
-                            py::handle out_obj, bool return_stats, const std::string& version) {
+                            py::handle out_obj, bool return_stats, int version) {
   const char* fn = "layernorm";
   const NormVersion& kernels = norm_version(version, fn);
   Array x = f32(x_obj, fn, "x");
@@ -92,7 +92,7 @@ static py::object layernorm(py::handle x_obj, py::handle w_obj, py::handle b_obj
 
 static py::tuple layernorm_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
                                     py::handle mean_obj, py::handle rstd_obj,
-                                    const std::string& version) {
+                                    int version) {
   const char* fn = "layernorm_backward";
   const NormVersion& kernels = norm_version(version, fn);
   Array x = f32(x_obj, fn, "x");
@@ -130,7 +130,7 @@ static py::tuple layernorm_backward(py::handle dy_obj, py::handle x_obj, py::han
 }
 
 static py::object rmsnorm(py::handle x_obj, py::handle w_obj, double eps, py::handle out_obj,
-                          bool return_stats, const std::string& version) {
+                          bool return_stats, int version) {
   const char* fn = "rmsnorm";
   const NormVersion& kernels = norm_version(version, fn);
   Array x = f32(x_obj, fn, "x");
@@ -159,7 +159,7 @@ static py::object rmsnorm(py::handle x_obj, py::handle w_obj, double eps, py::ha
 }
 
 static py::tuple rmsnorm_backward(py::handle dy_obj, py::handle x_obj, py::handle w_obj,
-                                  py::handle rstd_obj, const std::string& version) {
+                                  py::handle rstd_obj, int version) {
   const char* fn = "rmsnorm_backward";
   const NormVersion& kernels = norm_version(version, fn);
   Array x = f32(x_obj, fn, "x");
@@ -195,14 +195,14 @@ static py::tuple rmsnorm_backward(py::handle dy_obj, py::handle x_obj, py::handl
 void register_norm(py::module_& m) {
   m.def("layernorm", &layernorm, py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
         py::arg("eps") = 1e-5, py::arg("out") = py::none(), py::arg("return_stats") = false,
-        py::arg("version") = "fast");
+        py::arg("version") = 2);
   m.def("layernorm_backward", &layernorm_backward, py::arg("dy"), py::arg("x"),
-        py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("version") = "fast");
+        py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("version") = 2);
   m.def("rmsnorm", &rmsnorm, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6,
         py::arg("out") = py::none(), py::arg("return_stats") = false,
-        py::arg("version") = "fast");
+        py::arg("version") = 2);
   m.def("rmsnorm_backward", &rmsnorm_backward, py::arg("dy"), py::arg("x"), py::arg("weight"),
-        py::arg("rstd"), py::arg("version") = "fast");
+        py::arg("rstd"), py::arg("version") = 2);
   m.def("norm_path", [] { return std::string(KG_DISPATCH(norm_kernels).fast_description); });
 }
 

@@ -62,9 +62,9 @@ static std::string describe(int64_t rows, int64_t k, const std::string& qtype) {
 }
 
 static py::array dequantize(py::handle raw_obj, const std::string& qtype, const Shape& shape,
-                            py::handle out_obj, const std::string& version) {
+                            py::handle out_obj, int version) {
   const char* fn = "dequantize";
-  int v = version_index(version, {"naive", "fast"}, fn);
+  int v = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   QuantType t = quant_type(qtype, fn);
   if (shape.empty()) value_error("dequantize: shape must have at least one dimension");
   int64_t rows = 1;
@@ -89,15 +89,18 @@ static py::array dequantize(py::handle raw_obj, const std::string& qtype, const 
   const QuantKernels& kernels = KG_DISPATCH(quant_kernels);
   {
     py::gil_scoped_release release;
-    (v == 0 ? kernels.dequantize_naive : kernels.dequantize_fast)(args);
+    (v == 1 ? kernels.dequantize_naive : kernels.dequantize_fast)(args);
   }
   return out.array;
 }
 
 static py::array quant_matmul(py::handle x_obj, py::handle raw_obj, const std::string& qtype,
-                              int64_t n_rows, py::handle out_obj, const std::string& version) {
+                              int64_t n_rows, py::handle out_obj, int version) {
   const char* fn = "quant_matmul";
-  int v = version_index(version, {"naive", "fused", "tiled", "vnni", "auto"}, fn);
+  // 0 is not a version of the table but "auto": the binding picks fused (few rows of x,
+  // decode) or tiled (prefill) by shape, as the decode runner does (kernels/quant.cpp).
+  int v = check_version(fn, version, {{0, "auto, by shape"}, {1, "naive"}, {2, "fused"},
+                                      {3, "tiled"}, {4, "vnni"}});
   QuantType t = quant_type(qtype, fn);
   Array x = f32(x_obj, fn, "x", {1, 2});
   int64_t k = x.dim(-1), m = x.ndim() == 2 ? x.dim(0) : 1;
@@ -116,8 +119,8 @@ static py::array quant_matmul(py::handle x_obj, py::handle raw_obj, const std::s
   args.k = k;
   args.type = t;
   const QuantKernels& kr = KG_DISPATCH(quant_kernels);
-  QuantMatmulFn f[] = {kr.matmul_naive, kr.matmul_fused, kr.matmul_tiled, kr.matmul_vnni,
-                       kr.matmul_auto};
+  QuantMatmulFn f[] = {kr.matmul_auto, kr.matmul_naive, kr.matmul_fused, kr.matmul_tiled,
+                       kr.matmul_vnni};  // indexed by version number
   {
     py::gil_scoped_release release;
     f[v](args);
@@ -127,9 +130,9 @@ static py::array quant_matmul(py::handle x_obj, py::handle raw_obj, const std::s
 
 void register_quant(py::module_& m) {
   m.def("dequantize", &dequantize, py::arg("raw"), py::arg("qtype"), py::arg("shape"),
-        py::arg("out") = py::none(), py::arg("version") = "fast");
+        py::arg("out") = py::none(), py::arg("version") = 2);
   m.def("quant_matmul", &quant_matmul, py::arg("x"), py::arg("raw"), py::arg("qtype"),
-        py::arg("n_rows"), py::arg("out") = py::none(), py::arg("version") = "auto");
+        py::arg("n_rows"), py::arg("out") = py::none(), py::arg("version") = 0);
   m.def("quant_path", [] { return std::string(KG_DISPATCH(quant_kernels).description); });
 }
 

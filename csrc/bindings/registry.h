@@ -2,6 +2,8 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <initializer_list>
+#include <stdexcept>
 #include <string>
 
 namespace kg {
@@ -26,9 +28,29 @@ void register_model(pybind11::module_& m);
 void register_sampling(pybind11::module_& m);
 void register_bf16(pybind11::module_& m);
 
-// Throws ValueError unless `version` is one of `names` (used to pick naive / fast kernels).
-int version_index(const std::string& version, std::initializer_list<const char*> names,
-                  const char* fn);
+// One version of a kernel: its number in the family's table (the Versions(...) of
+// python/kernelgpt/kernels/<family>.py, the one numbering of C++, CUDA and backend= names)
+// and its name there.
+struct VersionName {
+  int number;
+  const char* name;
+};
+
+// Returns `version` if it is one of `versions` (the numbers this binding or launcher runs);
+// otherwise throws ValueError naming them, e.g. "matmul: unknown version 3 for the C++ kernel,
+// expected one of 1 (naive), 5 (blocked)". `processor` is "C++" or "CUDA". Inline and
+// std::invalid_argument (pybind11 turns it into ValueError), because the CUDA emulator module
+// compiles csrc/bindings/cuda.cpp without the rest of _C.
+inline int check_version(const char* fn, int version, std::initializer_list<VersionName> versions,
+                         const char* processor = "C++") {
+  std::string known;
+  for (const VersionName& v : versions) {
+    if (v.number == version) return version;
+    known += (known.empty() ? "" : ", ") + std::to_string(v.number) + " (" + v.name + ")";
+  }
+  throw std::invalid_argument(std::string(fn) + ": unknown version " + std::to_string(version) +
+                              " for the " + processor + " kernel, expected one of " + known);
+}
 
 }  // namespace bind
 }  // namespace kg

@@ -26,9 +26,9 @@ static void check_offset(int64_t offset, int64_t t, const char* fn) {
 }
 
 static py::array sinusoidal_positions(int64_t t, int64_t c, double base, int64_t offset,
-                                      const std::string& version) {
+                                      int version) {
   const char* fn = "sinusoidal_positions";
-  int v = version_index(version, {"naive", "fast"}, fn);
+  int v = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   if (t < 1) value_error(std::string(fn) + ": T must be >= 1, got " + std::to_string(t));
   if (c < 1) value_error(std::string(fn) + ": C must be >= 1, got " + std::to_string(c));
   check_base(base, fn);
@@ -45,16 +45,16 @@ static py::array sinusoidal_positions(int64_t t, int64_t c, double base, int64_t
   const RopeKernels& kernels = KG_DISPATCH(rope_kernels);
   {
     py::gil_scoped_release release;
-    (v == 0 ? kernels.sinusoidal_naive : kernels.sinusoidal_fast)(args);
+    (v == 1 ? kernels.sinusoidal_naive : kernels.sinusoidal_fast)(args);
   }
   return out;
 }
 
 static py::array rope(py::handle x_obj, py::handle positions_obj, int64_t offset, double base,
                       const std::string& layout, py::handle rotary_dim_obj, bool inverse,
-                      py::handle out_obj, const std::string& version) {
+                      py::handle out_obj, int version) {
   const char* fn = "rope";
-  int v = version_index(version, {"naive", "fast"}, fn);
+  int v = check_version(fn, version, {{1, "naive"}, {2, "fast"}});
   Array x = f32(x_obj, fn, "x");
   if (x.ndim() < 2)
     value_error(std::string(fn) + ": x must be [..., T, D] (at least 2-D), got shape " +
@@ -100,7 +100,7 @@ static py::array rope(py::handle x_obj, py::handle positions_obj, int64_t offset
   args.inverse = inverse;
   std::unique_ptr<float[]> table;  // the fast version's workspace (uninitialised)
   std::unique_ptr<double[]> freq;
-  if (v == 1) {
+  if (v == 2) {
     table.reset(new float[rope_table_floats(args)]);
     freq.reset(new double[rd / 2]);
     args.table = table.get();
@@ -109,18 +109,18 @@ static py::array rope(py::handle x_obj, py::handle positions_obj, int64_t offset
   const RopeKernels& kernels = KG_DISPATCH(rope_kernels);
   {
     py::gil_scoped_release release;
-    (v == 0 ? kernels.rope_naive : kernels.rope_fast)(args);
+    (v == 1 ? kernels.rope_naive : kernels.rope_fast)(args);
   }
   return out.array;
 }
 
 void register_rope(py::module_& m) {
   m.def("sinusoidal_positions", &sinusoidal_positions, py::arg("T"), py::arg("C"),
-        py::arg("base") = 10000.0, py::arg("offset") = 0, py::arg("version") = "fast");
+        py::arg("base") = 10000.0, py::arg("offset") = 0, py::arg("version") = 2);
   m.def("rope", &rope, py::arg("x"), py::arg("positions") = py::none(), py::arg("offset") = 0,
         py::arg("base") = 10000.0, py::arg("layout") = "half",
         py::arg("rotary_dim") = py::none(), py::arg("inverse") = false,
-        py::arg("out") = py::none(), py::arg("version") = "fast");
+        py::arg("out") = py::none(), py::arg("version") = 2);
   m.def("rope_path", [] { return std::string(KG_DISPATCH(rope_kernels).description); });
 }
 

@@ -18,9 +18,9 @@ static float finite_scale(double scale, const char* fn) {
 
 // softmax / log-softmax over the last axis of x [..., S]; causal views x as [..., T, S].
 static py::array softmax_forward(py::handle x_obj, py::handle out_obj, double scale, bool causal,
-                                 bool log, const std::string& version) {
+                                 bool log, int version) {
   const char* fn = log ? "log_softmax" : "softmax";
-  int v = version_index(version, {"naive", "online"}, fn);
+  int v = check_version(fn, version, {{1, "naive"}, {2, "online"}});
   Array x = f32(x_obj, fn, "x");
   if (x.ndim() < 1) value_error(std::string(fn) + ": x must have at least 1 dimension [..., S], got a 0-d array");
   SoftmaxArgs args;
@@ -44,15 +44,15 @@ static py::array softmax_forward(py::handle x_obj, py::handle out_obj, double sc
   const SoftmaxKernels& kernels = KG_DISPATCH(softmax_kernels);
   {
     py::gil_scoped_release release;
-    (v == 0 ? kernels.naive : kernels.online)(args);
+    (v == 1 ? kernels.naive : kernels.online)(args);
   }
   return y.array;
 }
 
 static py::array softmax_backward(py::handle dy_obj, py::handle y_obj, py::handle out_obj,
-                                  double scale, bool log, const std::string& version) {
+                                  double scale, bool log, int version) {
   const char* fn = log ? "log_softmax_backward" : "softmax_backward";
-  int v = version_index(version, {"naive", "fused"}, fn);
+  int v = check_version(fn, version, {{1, "naive"}, {2, "fused"}});
   Array dy = f32(dy_obj, fn, "dy");
   Array y = f32(y_obj, fn, "y");
   if (y.ndim() < 1) value_error(std::string(fn) + ": y must have at least 1 dimension [..., S], got a 0-d array");
@@ -69,7 +69,7 @@ static py::array softmax_backward(py::handle dy_obj, py::handle y_obj, py::handl
   const SoftmaxKernels& kernels = KG_DISPATCH(softmax_kernels);
   {
     py::gil_scoped_release release;
-    (v == 0 ? kernels.backward_naive : kernels.backward_fused)(args);
+    (v == 1 ? kernels.backward_naive : kernels.backward_fused)(args);
   }
   return dx.array;
 }
@@ -77,10 +77,10 @@ static py::array softmax_backward(py::handle dy_obj, py::handle y_obj, py::handl
 void register_softmax(py::module_& m) {
   m.def("softmax", &softmax_forward, py::arg("x"), py::arg("out") = py::none(),
         py::arg("scale") = 1.0, py::arg("causal") = false, py::arg("log") = false,
-        py::arg("version") = "online");
+        py::arg("version") = 2);
   m.def("softmax_backward", &softmax_backward, py::arg("dy"), py::arg("y"),
         py::arg("out") = py::none(), py::arg("scale") = 1.0, py::arg("log") = false,
-        py::arg("version") = "fused");
+        py::arg("version") = 2);
   m.def("softmax_path",
         [] { return std::string(KG_DISPATCH(softmax_kernels).online_description); });
 }

@@ -1,8 +1,9 @@
 // GELU (tanh and exact), SiLU, SwiGLU (and ReLU, sigmoid, tanh) on the GPU, forward and
 // backward (formulas in ops.py).
 //
-// version 0: naive, one thread per element in a grid-stride loop.
-// version 1: float4: each thread loads and stores four neighbours at once (16-byte
+// Versions as in python/kernelgpt/kernels/activation.py:
+// version 1 "naive": one thread per element in a grid-stride loop.
+// version 2 "fast": float4: each thread loads and stores four neighbours at once (16-byte
 //            transactions); the n % 4 tail and unaligned arrays take the scalar path.
 // The math is the CPU reference's: exp only of -|x| (no overflow), 1 - sigmoid(x) written as
 // sigmoid(-x) (no cancellation), gelu_tanh as x * sigmoid(2u).
@@ -112,7 +113,7 @@ static bool aligned16(const void* ptr) { return ptr == nullptr || (uintptr_t)ptr
 
 static void run(int version, const Elementwise& p, uintptr_t stream) {
   const int threads = 256;
-  bool vec = version == 1 && aligned16(p.a) && aligned16(p.b) && aligned16(p.c) &&
+  bool vec = version == 2 && aligned16(p.a) && aligned16(p.b) && aligned16(p.c) &&
              aligned16(p.y) && aligned16(p.y2);
   if (vec)
     elementwise_vec4<<<grid_for(p.n / 4 + 1, threads), threads, 0, as_stream(stream)>>>(p);

@@ -1,7 +1,8 @@
 // AdamW step, global gradient norm and clipping on the GPU (formulas in ops.adamw_step).
 //
-// adamw version 0 (the only one; one read and write of each of param, m, v): one thread per
-//            element in a grid-stride loop, torch.optim.AdamW's arithmetic order.
+// adamw version 1 "naive" (python/kernelgpt/kernels/adamw.py; the only one on the GPU: one read
+//            and write of each of param, m, v): one thread per element in a grid-stride loop,
+//            torch.optim.AdamW's arithmetic order.
 // grad_norm: squares summed in float64 in two fixed-order stages (no atomics, so the same
 //            gradients give the same bits every run): a fixed grid of blocks writes one
 //            partial sum each (grid-stride loop, then a block reduction), and one block adds

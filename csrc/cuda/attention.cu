@@ -1,20 +1,21 @@
 // Scaled dot-product attention forward on the GPU (causal or not, grouped-query heads, a KV
 // cache read in place), float32. Formulas and masks as in ops.attention.
 //
-// version 0: naive: the score matrix [b, h, t, s] is materialized (one thread per score),
+// Versions as in python/kernelgpt/kernels/attention.py:
+// version 1 "naive": the score matrix [b, h, t, s] is materialized (one thread per score),
 //            softmax'd in place (one thread per row) and multiplied by V (one thread per
 //            output element). Three kernels, O(t * s) memory: the one to read first.
-// version 1: flash: a block of 4 warps takes 4 consecutive query rows of one head; tiles of
+// version 2 "flash": a block of 4 warps takes 4 consecutive query rows of one head; tiles of
 //            32 keys and values are staged in shared memory and shared by the 4 rows. Lane j
 //            of a warp scores key j of the tile, the warp keeps an online softmax (running
 //            max m, sum l, rescaled output accumulators, each lane owning columns lane,
 //            lane + 32, ...): the scores never leave registers. dh <= 128.
-// version 3: flash_tc: version 1's algorithm with both products on tensor cores (WMMA, bf16
-//            inputs, float accumulation): csrc/cuda/attention_tc.cu.
-// version 2: decode (few queries against a long cache): one block per query row; its 8 warps
+// version 3 "decode" (few queries against a long cache): one block per query row; its 8 warps
 //            split the keys (tiles of 32, round robin), each keeps the same online state as
-//            version 1 straight from global memory, and the 8 states are merged at the end.
+//            version 2 straight from global memory, and the 8 states are merged at the end.
 //            dh <= 128.
+// version 4 "flash_tc": version 2's algorithm with both products on tensor cores (WMMA, bf16
+//            inputs, float accumulation): csrc/cuda/attention_tc.cu.
 // Query row i sees keys j <= i + (s - t) when causal (bottom-right aligned, as in a KV cache).
 #include <cmath>
 
@@ -49,7 +50,7 @@ __device__ inline int64_t visible_keys(const AttentionArgs& p, int64_t i) {
   return p.causal ? i + p.s - p.t + 1 : p.s;
 }
 
-// ---- version 0: naive ---------------------------------------------------------------------
+// ---- version 1: naive ---------------------------------------------------------------------
 
 __global__ void attention_scores_naive(AttentionArgs p) {
   int64_t total = p.b * p.h * p.t * p.s;
@@ -93,7 +94,7 @@ __global__ void attention_values_naive(AttentionArgs p) {
   }
 }
 
-// ---- the online-softmax state of one query row, held by one warp (versions 1 and 2) -------
+// ---- the online-softmax state of one query row, held by one warp (versions 2 and 3) -------
 
 struct RowState {
   float m, l, acc[kPerLane];  // running max, running sum, this lane's output columns
@@ -143,7 +144,7 @@ __device__ inline void row_finish(const RowState& st, const AttentionArgs& p, in
   if (lane == 0 && p.lse) p.lse[row] = st.m + logf(st.l);
 }
 
-// ---- version 1: flash ---------------------------------------------------------------------
+// ---- version 2: flash ---------------------------------------------------------------------
 
 constexpr int kFlashRows = 4, kKeyTile = 32;
 
@@ -182,7 +183,7 @@ __global__ void attention_flash(AttentionArgs p) {
   if (active) row_finish(st, p, bh * p.t + i);
 }
 
-// ---- version 2: decode --------------------------------------------------------------------
+// ---- version 3: decode --------------------------------------------------------------------
 
 constexpr int kDecodeWarps = 8;
 
@@ -249,19 +250,19 @@ void attention(int version, const float* q, const float* k, const float* v, floa
                const int64_t* s_dev, uintptr_t stream) {
   AttentionArgs p{q, k, v, out, lse, scores, b, h, hkv, t, s, kv_capacity, dh, scale, causal,
                   s_dev};
-  if (s_dev && version != 2)
+  if (s_dev && version != 3)
     throw std::runtime_error("attention (cuda): a device-side key count needs the decode "
                              "version");
   cudaStream_t st = as_stream(stream);
   if (hkv <= 0 || h % hkv != 0) throw std::runtime_error("attention (cuda): h % hkv != 0");
   if (causal && s < t) throw std::runtime_error("attention (cuda): causal needs s >= t");
   if (s > kv_capacity) throw std::runtime_error("attention (cuda): s > kv capacity");
-  if (version == 3) {
+  if (version == 4) {
     attention_tensor_cores(q, k, v, out, lse, b, h, hkv, t, s, kv_capacity, dh, scale, causal,
                            stream);
     return;
   }
-  if (version == 0) {
+  if (version == 1) {
     if (!scores) throw std::runtime_error("attention (cuda): the naive version needs scores");
     int64_t rows = b * h * t;
     attention_scores_naive<<<grid_for(rows * s, 256), 256, 0, st>>>(p);
@@ -273,7 +274,7 @@ void attention(int version, const float* q, const float* k, const float* v, floa
                                "size <= 128 (use the naive version)");
     if (b * h > 65535 || b * h * t > 0x7fffffff)
       throw std::runtime_error("attention (cuda): too many heads or rows");
-    if (version == 1) {
+    if (version == 2) {
       dim3 grid((unsigned)((t + kFlashRows - 1) / kFlashRows), (unsigned)(b * h));
       size_t shared = sizeof(float) * (kKeyTile * (dh + 1) + kKeyTile * dh + kFlashRows * dh);
       attention_flash<<<grid, 32 * kFlashRows, shared, st>>>(p);

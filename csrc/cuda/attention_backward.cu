@@ -8,10 +8,11 @@
 // dk and dv sum over the query heads of a group; every sum runs in a fixed order (no atomics),
 // so results are the same from run to run.
 //
-// version 0: naive: P materialized in `scores` [b, h, t, s] (one thread per entry), then dv
+// Versions as in python/kernelgpt/kernels/attention.py (backward):
+// version 1 "naive": P materialized in `scores` [b, h, t, s] (one thread per entry), then dv
 //            (one thread per output, over the group's heads and queries), P turned into dS in
 //            place, then dq and dk (one thread per output). Six small kernels to read first.
-// version 1: flash (FlashAttention-2 style, no [t, s] matrix): two kernels.
+// version 2 "flash" (FlashAttention-2 style, no [t, s] matrix): two kernels.
 //            dq: a block of 4 warps takes 4 query rows; tiles of 32 keys and values sit in
 //            shared memory; lane j recomputes p_ij and ds_ij for key j of the tile, and the
 //            warp adds ds_ij * k_j into the row's dq (each lane owning columns lane, lane + 32,
@@ -48,7 +49,7 @@ __device__ inline bool sees(const AttnBwdArgs& p, int64_t i, int64_t j) {
   return !p.causal || j <= i + p.s - p.t;
 }
 
-// ---- version 0: naive ---------------------------------------------------------------------
+// ---- version 1: naive ---------------------------------------------------------------------
 
 __global__ void bwd_delta_naive(AttnBwdArgs p) {
   int64_t row = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -118,7 +119,7 @@ __global__ void bwd_dq_naive(AttnBwdArgs p) {
   }
 }
 
-// ---- version 1: flash -----------------------------------------------------------------------
+// ---- version 2: flash -----------------------------------------------------------------------
 
 __device__ inline float dot_smem(const float* a, const float* b, int dh) {
   float sum = 0.0f;
@@ -264,7 +265,7 @@ void attention_backward(int version, const float* dout, const float* q, const fl
     throw std::runtime_error("attention_backward (cuda): h % hkv != 0");
   if (causal && s < t) throw std::runtime_error("attention_backward (cuda): causal needs s >= t");
   int64_t rows = b * h * t;
-  if (version == 0) {
+  if (version == 1) {
     if (!scores)
       throw std::runtime_error("attention_backward (cuda): the naive version needs scores");
     bwd_delta_naive<<<(unsigned)((rows + 127) / 128), 128, 0, st>>>(p);

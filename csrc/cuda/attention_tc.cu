@@ -1,5 +1,5 @@
-// Attention forward on tensor cores (attention version 3, "flash_tc"): the flash algorithm of
-// version 1 with both matrix products, S = Q K^T and O += P V, done by WMMA on bf16 tiles with
+// Attention forward on tensor cores (attention version 4, "flash_tc"): the flash algorithm of
+// version 2 with both matrix products, S = Q K^T and O += P V, done by WMMA on bf16 tiles with
 // float accumulation. Same arguments and masks as csrc/cuda/attention.cu (causal bottom-right,
 // grouped-query heads, a KV cache read in place); q, k, v, out stay float32 in memory and are
 // rounded to bf16 when staged, as are the probabilities P: expect ~3 significant digits.

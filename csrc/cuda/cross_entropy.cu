@@ -1,9 +1,10 @@
 // Fused cross-entropy (loss and dlogits in one kernel) over large vocabularies on the GPU.
 //
-// version 0: naive, one thread per row: max, sum of exp, then the loss and the gradient.
-// version 1: one block per row: each thread keeps an online (max, sum) over its strided
-//            columns (one read of the logits for both), merged with warp shuffles and then
-//            across warps in shared memory; a second coalesced pass writes the gradient.
+// Versions as in python/kernelgpt/kernels/cross_entropy.py:
+// version 1 "naive": one thread per row: max, sum of exp, then the loss and the gradient.
+// version 2 "online": one block per row: each thread keeps an online (max, sum) over its
+//            strided columns (one read of the logits for both), merged with warp shuffles and
+//            then across warps in shared memory; a second coalesced pass writes the gradient.
 // Rows whose target equals ignore_index get loss 0 and gradient 0. A target outside [0, v)
 // (the Python side rejects those first) gives loss NaN and never reads out of bounds.
 #include <cmath>
@@ -68,7 +69,7 @@ void cross_entropy(int version, const float* logits, const int64_t* targets, flo
                    int64_t v, int64_t ignore_index, uintptr_t stream) {
   CrossEntropyArgs p{logits, targets, losses, dlogits, row_weight, weight_stride, n, v,
                      ignore_index};
-  if (version == 0) {
+  if (version == 1) {
     cross_entropy_naive<<<(unsigned)((n + 127) / 128), 128, 0, as_stream(stream)>>>(p);
   } else {
     if (n > 0x7fffffff) throw std::runtime_error("cross_entropy (cuda): too many rows");

@@ -1,12 +1,14 @@
 // Embedding lookup and its scatter-add backward on the GPU.
 //
-// forward (one version): one thread per output element (row ids[i], column c): coalesced.
-// backward version 0: naive scatter: one thread per dout element, atomicAdd into its table
+// Versions as in python/kernelgpt/kernels/embedding.py:
+// forward version 1 "naive" (the only one on the GPU): one thread per output element (row
+//            ids[i], column c): coalesced.
+// backward version 1 "naive": scatter: one thread per dout element, atomicAdd into its table
 //            row. Simple and fast, but float additions land in whatever order the threads
 //            arrive: not bit-reproducible when ids repeat.
-// backward version 1: deterministic: the positions sorted by id (a stable argsort done by the
-//            caller) form one run per id; the thread at the start of a run sums the run in
-//            position order, exactly the order of the CPU kernels.
+// backward version 2 "fast" (backend="sorted"): deterministic: the positions sorted by id (a
+//            stable argsort done by the caller) form one run per id; the thread at the start
+//            of a run sums the run in position order, exactly the order of the CPU kernels.
 // Ids outside [0, vocab) (the Python side rejects them first) are skipped: never an
 // out-of-bounds access (forward rows get NaN).
 #include <cmath>
@@ -59,7 +61,7 @@ void embedding(int, const int64_t* ids, const float* table, float* out, int64_t 
 void embedding_backward(int version, const float* dout, const int64_t* ids, const int64_t* order,
                         float* dtable, int64_t n, int64_t vocab, int64_t c, uintptr_t stream) {
   unsigned blocks = grid_for(n * c, 256);
-  if (version == 0)
+  if (version == 1)
     embedding_backward_atomic<<<blocks, 256, 0, as_stream(stream)>>>(dout, ids, dtable, n, vocab,
                                                                       c);
   else

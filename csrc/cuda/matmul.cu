@@ -1,28 +1,29 @@
 // matmul on the GPU: C = op(A) @ op(B) (+ bias) (+ C), float32, row-major (see matmul.h).
-// The classic SGEMM ladder, each rung named for its idea (pick one with backend=):
+// The classic SGEMM ladder, each rung named for its idea (pick one with backend=); the numbers
+// are the versions of python/kernelgpt/kernels/matmul.py (C++ runs 1 and 5):
 //
-// version 0 "naive":      one thread per output, threadIdx.x walking down the rows of C: the
+// version 1 "naive":      one thread per output, threadIdx.x walking down the rows of C: the
 //                         32 threads of a warp read 32 different rows of A and write C with a
 //                         stride of n floats (uncoalesced), the slowest way to do it.
-// version 1 "coalesced":  the same with threadIdx.x walking along a row of C: a warp reads one
+// version 2 "coalesced":  the same with threadIdx.x walking along a row of C: a warp reads one
 //                         value of A (a broadcast) and 32 consecutive values of B and C.
-// version 2 "tiled":      shared-memory tiling: a 32x32 block stages 32x32 tiles of op(A) and
+// version 3 "tiled":      shared-memory tiling: a 32x32 block stages 32x32 tiles of op(A) and
 //                         op(B) in shared memory, so each global value is read once per tile.
-// version 3 "blocked1d":  1-D register blocking: 512 threads compute a 64x64 tile of C, each
+// version 4 "blocked1d":  1-D register blocking: 512 threads compute a 64x64 tile of C, each
 //                         thread 8 outputs down a column; per step of k one value of B from
 //                         shared memory feeds 8 multiply-adds.
-// version 4 "blocked":    2-D register blocking: a 16x16 block computes a 64x64 tile, each
+// version 5 "blocked":    2-D register blocking: a 16x16 block computes a 64x64 tile, each
 //                         thread a 4x4 grid of outputs (rows ty + 16 r, columns tx + 16 c);
 //                         per step of k, 4 + 4 shared-memory reads feed 16 multiply-adds.
-// version 5 "vectorized": version 4 with float4 (16-byte) global loads of the tiles when both
+// version 6 "vectorized": version 5 with float4 (16-byte) global loads of the tiles when both
 //                         operands are untransposed and every row starts 16-byte aligned (k and
-//                         n multiples of 4); otherwise the launcher runs version 4.
-// version 6 "warptiled":  a 256-thread block computes a 128x128 tile; its 8 warps each own a
+//                         n multiples of 4); otherwise the launcher runs version 5.
+// version 7 "warptiled":  a 256-thread block computes a 128x128 tile; its 8 warps each own a
 //                         64x32 piece, split in 2x2 sub-tiles of 32x16 in which lane
 //                         (lane / 4, lane % 4) owns a 4x4 block: 64 accumulators per thread, fed
 //                         by float4 shared-memory reads that the lanes of a warp share
 //                         (broadcasts, no bank conflicts); float4 global loads when the layout
-//                         allows (as version 5), scalar loads otherwise.
+//                         allows (as version 6), scalar loads otherwise.
 // bf16 on tensor cores: csrc/cuda/matmul_bf16.cu.
 #include "cuda/common.cuh"
 #include "cuda/cuda_kernels.h"
@@ -54,7 +55,7 @@ __device__ inline void store_c(const MatmulShape& p, int64_t bi, int64_t i, int6
   *c = p.accumulate ? *c + sum : sum;
 }
 
-// C[i, j] of batch bi as one dot product straight from global memory (versions 0 and 1).
+// C[i, j] of batch bi as one dot product straight from global memory (versions 1 and 2).
 __device__ inline void dot_product(const MatmulShape& p, int64_t bi, int64_t i, int64_t j) {
   if (i >= p.m || j >= p.n) return;
   const float* a = p.a + bi * p.sa;
@@ -102,7 +103,7 @@ __global__ void matmul_tiled(MatmulShape p) {
   if (i < p.m && j < p.n) store_c(p, bi, i, j, sum);
 }
 
-// ---- staging tiles in shared memory (versions 3 to 6) -----------------------------------------
+// ---- staging tiles in shared memory (versions 4 to 7) -----------------------------------------
 // The tiles of step k0: op(A) rows i0.. stored k-major (as[k][i]), op(B) columns j0.. (bs[k][j]);
 // values past the matrix edges are 0. `threads` threads share the work; `tid` is this one.
 
@@ -148,7 +149,7 @@ __device__ inline void stage_tiles_vec4(const MatmulShape& p, const float* a, co
   }
 }
 
-// ---- version 3: 1-D register blocking ------------------------------------------------------
+// ---- version 4: 1-D register blocking ------------------------------------------------------
 
 constexpr int k1BM = 64, k1BN = 64, k1BK = 8, k1TM = 8, k1Threads = k1BM * k1BN / k1TM;
 
@@ -176,7 +177,7 @@ __global__ void matmul_blocked1d(MatmulShape p) {
     if (i0 + rows + r < p.m && j0 + col < p.n) store_c(p, bi, i0 + rows + r, j0 + col, acc[r]);
 }
 
-// ---- versions 4 and 5: 2-D register blocking (5: float4 global loads) ------------------------
+// ---- versions 5 and 6: 2-D register blocking (6: float4 global loads) ------------------------
 
 constexpr int kBlockM = 64, kBlockN = 64, kBlockK = 16, kMicro = 4, kSide = 16;
 
@@ -219,7 +220,7 @@ __global__ void matmul_register_blocked(MatmulShape p) {
   }
 }
 
-// ---- version 6: warp tiling -------------------------------------------------------------------
+// ---- version 7: warp tiling -------------------------------------------------------------------
 
 constexpr int kWBM = 128, kWBN = 128, kWBK = 16, kWThreads = 256;
 constexpr int kWarpM = 64, kWarpN = 32, kSubM = 32, kSubN = 16, kLaneM = 4, kLaneN = 4;
@@ -286,38 +287,41 @@ void matmul(int version, const float* a, const float* b, const float* bias, floa
              aligned(b, batch_stride_b);
   dim3 square(kTile, kTile);
   switch (version) {
-    case 0:
+    case 1:
       matmul_naive<<<dim3(blocks(m, kTile), blocks(n, kTile), (unsigned)batch), square, 0,
                      st>>>(p);
       break;
-    case 1:
+    case 2:
       matmul_coalesced<<<dim3(blocks(n, kTile), blocks(m, kTile), (unsigned)batch), square, 0,
                          st>>>(p);
       break;
-    case 2:
+    case 3:
       matmul_tiled<<<dim3(blocks(n, kTile), blocks(m, kTile), (unsigned)batch), square, 0,
                      st>>>(p);
       break;
-    case 3:
+    case 4:
       matmul_blocked1d<<<dim3(blocks(n, k1BN), blocks(m, k1BM), (unsigned)batch), k1Threads, 0,
                          st>>>(p);
       break;
-    case 4:
-    case 5: {
+    case 5:
+    case 6: {
       dim3 grid(blocks(n, kBlockN), blocks(m, kBlockM), (unsigned)batch);
-      if (version == 5 && vec)
+      if (version == 6 && vec)
         matmul_register_blocked<true><<<grid, dim3(kSide, kSide), 0, st>>>(p);
       else
         matmul_register_blocked<false><<<grid, dim3(kSide, kSide), 0, st>>>(p);
       break;
     }
-    default: {
+    case 7: {
       dim3 grid(blocks(n, kWBN), blocks(m, kWBM), (unsigned)batch);
       if (vec)
         matmul_warptiled<true><<<grid, kWThreads, 0, st>>>(p);
       else
         matmul_warptiled<false><<<grid, kWThreads, 0, st>>>(p);
+      break;
     }
+    default:
+      throw std::runtime_error("matmul (cuda): unknown version " + std::to_string(version));
   }
   check(cudaGetLastError(), "matmul (cuda) launch");
 }

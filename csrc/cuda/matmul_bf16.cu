@@ -4,8 +4,9 @@
 // products of a linear layer's training step (forward, dX, dW) are all of this form, which is
 // how GPT.to(device, precision="bf16") trains with fp32 master weights.
 //
-// version 0 "naive": one thread per output, bf16 widened to float, float multiply-adds.
-// version 1 "wmma":  tensor cores through WMMA: a block of 4 warps computes a 64x64 tile of C,
+// Versions as in python/kernelgpt/kernels/bf16.py (2 to 4 are C++ only):
+// version 1 "naive": one thread per output, bf16 widened to float, float multiply-adds.
+// version 5 "wmma":  tensor cores through WMMA: a block of 4 warps computes a 64x64 tile of C,
 //                    each warp a 32x32 piece as 2x2 fragments of 16x16 (mma_sync on 16x16x16
 //                    bf16 tiles, float accumulators). Per step of 16 along k the block stages
 //                    the A and B tiles in shared memory (transposed on the way in where
@@ -118,7 +119,7 @@ void matmul_bf16(int version, const uint16_t* a, const uint16_t* b, const float*
   Bf16Shape p{reinterpret_cast<const bf16*>(a), reinterpret_cast<const bf16*>(b), bias, c, m, n,
               k, trans_a, trans_b, accumulate};
   cudaStream_t st = as_stream(stream);
-  if (version == 0) {
+  if (version == 1) {
     dim3 grid((unsigned)((n + 31) / 32), (unsigned)((m + 31) / 32));
     matmul_bf16_naive<<<grid, dim3(32, 32), 0, st>>>(p);
   } else {

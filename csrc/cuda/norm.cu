@@ -1,8 +1,9 @@
 // layernorm and rmsnorm on the GPU, forward and backward (formulas in kernels/norm.h).
 //
-// version 0: naive, one thread per row, the CPU's naive loops with float64 sums.
-// version 1: one warp per row: lanes stride over the columns (coalesced), sums meet in warp
-//            shuffles; the layernorm variance is a second pass over (x - mean), which the
+// Versions as in python/kernelgpt/kernels/norm.py:
+// version 1 "naive": one thread per row, the CPU's naive loops with float64 sums.
+// version 2 "fast": one warp per row: lanes stride over the columns (coalesced), sums meet in
+//            warp shuffles; the layernorm variance is a second pass over (x - mean), which the
 //            row's recent reads keep in L1/L2 (no sum(x^2) - mean^2 cancellation).
 // Backward, both versions: dx row by row (as in the forward), then dweight / dbias with one
 // thread per column summing the rows in order, in float64: deterministic, no atomics.
@@ -12,7 +13,7 @@
 namespace kg {
 namespace cuda {
 
-// ---- version 0: one thread per row ----------------------------------------------------
+// ---- version 1: one thread per row ----------------------------------------------------
 
 __global__ void layernorm_naive(const float* x, const float* w, const float* b, float* y,
                                 float* mean_out, float* rstd_out, int64_t rows, int64_t C,
@@ -65,7 +66,7 @@ __global__ void norm_backward_dx_naive(const float* dy, const float* x, const fl
   }
 }
 
-// ---- version 1: one warp per row ------------------------------------------------------
+// ---- version 2: one warp per row ------------------------------------------------------
 
 constexpr int kWarpsPerBlock = 8;
 
@@ -146,17 +147,17 @@ __global__ void norm_backward_params(const float* dy, const float* x, const floa
 // ---- launchers ----------------------------------------------------------------------------
 
 static unsigned row_blocks(int version, int64_t rows) {
-  int64_t per = version == 0 ? 128 : kWarpsPerBlock;
+  int64_t per = version == 1 ? 128 : kWarpsPerBlock;
   int64_t blocks = (rows + per - 1) / per;
   if (blocks > 0x7fffffff) throw std::runtime_error("norm (cuda): too many rows");
   return (unsigned)blocks;
 }
-static int row_threads(int version) { return version == 0 ? 128 : 32 * kWarpsPerBlock; }
+static int row_threads(int version) { return version == 1 ? 128 : 32 * kWarpsPerBlock; }
 
 void layernorm(int version, const float* x, const float* weight, const float* bias, float* y,
                float* mean, float* rstd, int64_t rows, int64_t cols, float eps,
                uintptr_t stream) {
-  auto launch = version == 0 ? layernorm_naive : layernorm_warp;
+  auto launch = version == 1 ? layernorm_naive : layernorm_warp;
   launch<<<row_blocks(version, rows), row_threads(version), 0, as_stream(stream)>>>(
       x, weight, bias, y, mean, rstd, rows, cols, eps);
   check(cudaGetLastError(), "layernorm (cuda) launch");
@@ -164,7 +165,7 @@ void layernorm(int version, const float* x, const float* weight, const float* bi
 
 void rmsnorm(int version, const float* x, const float* weight, float* y, float* rstd,
              int64_t rows, int64_t cols, float eps, uintptr_t stream) {
-  auto launch = version == 0 ? rmsnorm_naive : rmsnorm_warp;
+  auto launch = version == 1 ? rmsnorm_naive : rmsnorm_warp;
   launch<<<row_blocks(version, rows), row_threads(version), 0, as_stream(stream)>>>(
       x, weight, y, rstd, rows, cols, eps);
   check(cudaGetLastError(), "rmsnorm (cuda) launch");
@@ -174,7 +175,7 @@ static void norm_backward(int version, const float* dy, const float* x, const fl
                           const float* mean, const float* rstd, float* dx, float* dweight,
                           float* dbias, int64_t rows, int64_t cols, uintptr_t stream) {
   cudaStream_t s = as_stream(stream);
-  auto launch = version == 0 ? norm_backward_dx_naive : norm_backward_dx_warp;
+  auto launch = version == 1 ? norm_backward_dx_naive : norm_backward_dx_warp;
   launch<<<row_blocks(version, rows), row_threads(version), 0, s>>>(dy, x, weight, mean, rstd,
                                                                      dx, rows, cols);
   check(cudaGetLastError(), "norm backward (cuda) launch");

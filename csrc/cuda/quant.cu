@@ -4,13 +4,15 @@
 //   Q8_0: fp16 d, 32 x int8 q                    w = d * q            (34 bytes)
 //   Q4_1: fp16 d, fp16 m, 16 bytes of nibbles    w = d * q + m        (20 bytes)
 //         (byte j holds weight j in its low nibble and weight j + 16 in its high one)
-// dequantize (one version): one thread per weight; dequantize_rows: the rows named by device
-// ids (an embedding lookup that a CUDA graph can replay: the id is read on the device).
-// quant_matmul version 0: naive, one thread per output y[m, n]: decode a weight, multiply, add.
-// quant_matmul version 1: one warp per output; lane j decodes weight j of every block of the
-//            row, so a warp reads each block's bytes together (coalesced), and the 32 partial
-//            dots meet in a warp shuffle at the end. (The weights are read once per x row:
-//            meant for decoding, M small.)
+// Versions as in python/kernelgpt/kernels/quant.py (2 to 4 are C++ only):
+// dequantize version 1 "naive" (the only one on the GPU): one thread per weight;
+// dequantize_rows: the rows named by device ids (an embedding lookup that a CUDA graph can
+// replay: the id is read on the device).
+// quant_matmul version 1 "naive": one thread per output y[m, n]: decode a weight, multiply, add.
+// quant_matmul version 5 "warp": one warp per output; lane j decodes weight j of every block of
+//            the row, so a warp reads each block's bytes together (coalesced), and the 32
+//            partial dots meet in a warp shuffle at the end. (The weights are read once per x
+//            row: meant for decoding, M small.)
 // Every byte offset is computed from the row and block index: raw has exactly n * k / 32
 // blocks (checked by the caller), so nothing is read past it.
 
@@ -114,7 +116,7 @@ void quant_matmul(int version, int qtype, const float* x, const uint8_t* raw, fl
                   int64_t m, int64_t n, int64_t k, bool accumulate, uintptr_t stream) {
   check_qtype(qtype);
   if (k % 32 != 0) throw std::runtime_error("quant_matmul (cuda): k must be a multiple of 32");
-  if (version == 0)
+  if (version == 1)
     quant_matmul_naive<<<grid_for(m * n, 128), 128, 0, as_stream(stream)>>>(qtype, x, raw, y, m,
                                                                              n, k, accumulate);
   else

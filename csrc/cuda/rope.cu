@@ -1,9 +1,10 @@
 // Rotary position embedding (RoPE) on the GPU, both layouts (formulas in ops.rope).
 //
-// version 0 (the only one; the kernel is memory-bound already): one thread per rotated pair
-//            (row, i). As on the CPU the angle p * base^(-2i/rd) is formed in float64 and
-//            only its sin / cos are rounded to float32, so position 1e6 is as accurate as 1.
-//            Columns rd..d-1 are copied by the threads of the last pairs of each row.
+// version 1 "naive" (python/kernelgpt/kernels/rope.py; the only one on the GPU, the kernel is
+//            memory-bound already): one thread per rotated pair (row, i). As on the CPU the
+//            angle p * base^(-2i/rd) is formed in float64 and only its sin / cos are rounded
+//            to float32, so position 1e6 is as accurate as 1. Columns rd..d-1 are copied by
+//            the threads of the last pairs of each row.
 #include <cmath>
 
 #include "cuda/common.cuh"

@@ -1,15 +1,17 @@
 // softmax / log-softmax over the last axis on the GPU (see cuda_kernels.h).
 //
-// version 0: naive, one thread per row, three passes (max, sum, write).
-// version 1: one block per row; each thread keeps an online (max, sum) pair over its strided
-//            columns, merged with warp shuffles and then across warps in shared memory.
+// Versions as in python/kernelgpt/kernels/softmax.py:
+// version 1 "naive": one thread per row, three passes (max, sum, write).
+// version 2 "online": one block per row; each thread keeps an online (max, sum) pair over its
+//            strided columns, merged with warp shuffles and then across warps in shared memory.
 //
 // softmax_backward (dx from dy and the forward output y; see ops.softmax_backward):
 //   softmax:     dx = scale * y * (dy - sum_j dy_j y_j)
 //   log-softmax: dx = scale * (dy - exp(y) * sum_j dy_j), over the entries with y != -inf
 //                (masked entries get 0 and their dy is left out of the sum)
-// version 0: one thread per row, two passes. version 1: one block per row, the row sum in a
-//            block reduction (warp shuffles, then the warps' partial sums in shared memory).
+// version 1 "naive": one thread per row, two passes. version 2 "fused": one block per row, the
+//            row sum in a block reduction (warp shuffles, then the warps' partial sums in
+//            shared memory).
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -100,7 +102,7 @@ __global__ void softmax_backward_block(const float* dy, const float* y, float* d
 
 void softmax_backward(int version, const float* dy, const float* y, float* dx, int64_t rows,
                       int64_t cols, float scale, bool log, uintptr_t stream) {
-  if (version == 0) {
+  if (version == 1) {
     softmax_backward_naive<<<(unsigned)((rows + 127) / 128), 128, 0, as_stream(stream)>>>(
         dy, y, dx, rows, cols, scale, log);
   } else {
@@ -114,7 +116,7 @@ void softmax_backward(int version, const float* dy, const float* y, float* dx, i
 
 void softmax(int version, const float* x, float* y, int64_t rows, int64_t cols, int64_t t,
              float scale, bool causal, bool log, uintptr_t stream) {
-  if (version == 0) {
+  if (version == 1) {
     int threads = 128;
     unsigned blocks = (unsigned)((rows + threads - 1) / threads);
     softmax_naive<<<blocks, threads, 0, as_stream(stream)>>>(x, y, rows, cols, t, scale, causal,

@@ -252,7 +252,7 @@ void matmul_dpbf16(const Bf16MatmulArgs& p) {
   });
 }
 
-// ---- auto --------------------------------------------------------------------------------------
+// ---- auto: version 0 of the binding, the version chosen by shape -------------------------------
 
 constexpr int64_t kWidenMaxRows = 32;
 

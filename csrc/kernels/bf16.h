@@ -40,7 +40,7 @@ struct Bf16Kernels {
   Bf16MatmulFn matmul_widen;   // version 2: SIMD widen by shifting + FMA, 4 rows of x at a time
   Bf16MatmulFn matmul_tiled;   // version 3: widen W panels to fp32, blocked fp32 matmul
   Bf16MatmulFn matmul_dpbf16;  // version 4: x rounded to bf16, bf16 pair dot products
-  Bf16MatmulFn matmul_auto;    // widen for small m (decode), tiled for large m (prefill)
+  Bf16MatmulFn matmul_auto;    // "version 0" = auto: widen for small m (decode), tiled above
   const char* description;
 };
 

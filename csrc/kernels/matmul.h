@@ -23,7 +23,7 @@ using MatmulFn = void (*)(const MatmulArgs&);
 
 struct MatmulKernels {
   MatmulFn naive;    // version 1: the textbook triple loop, one thread
-  MatmulFn blocked;  // version 2: BLIS-style packing + register-blocked SIMD microkernel, threads
+  MatmulFn blocked;  // version 5: BLIS-style packing + register-blocked SIMD microkernel, threads
   const char* blocked_description;
 };
 

@@ -416,7 +416,7 @@ void matmul_vnni(const QuantMatmulArgs& p) {
   });
 }
 
-// ---- auto ------------------------------------------------------------------------------------
+// ---- auto: version 0 of the binding, the version chosen by shape -----------------------------
 
 constexpr int64_t kFusedMaxRows = 16;
 

@@ -42,7 +42,7 @@ struct QuantKernels {
   QuantMatmulFn matmul_fused;     // version 2: fused decode-and-dot, fp32, 4 rows of x at a time
   QuantMatmulFn matmul_tiled;     // version 3: dequantize row panels to fp32, blocked matmul
   QuantMatmulFn matmul_vnni;      // version 4: int8 dot products (x quantized to Q8 per block)
-  QuantMatmulFn matmul_auto;      // fused for small m (decode), tiled for large m (prefill)
+  QuantMatmulFn matmul_auto;      // "version 0" = auto: fused for small m (decode), tiled above
   const char* description;
 };
 

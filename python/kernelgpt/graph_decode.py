@@ -32,20 +32,16 @@ from .precision import QuantWeight
 __all__ = ["GraphDecoder"]
 
 
-def _cuda_version(versions, name: str) -> int:
-    """What the CUDA launcher takes for the version of that name (see kernels/_dispatch.py)."""
-    return versions.cuda(versions.number(name, "cuda"))
-
-
-# The versions one decoding step launches: one row of x at a time.
-_MATMUL = _cuda_version(matmul.VERSIONS, "coalesced")  # a thread per output beats the tiled ones
-_QUANT_MATMUL = _cuda_version(quant.VERSIONS, "warp")
-_NORM = _cuda_version(norm.VERSIONS, "fast")
-_ROPE = _cuda_version(rope.VERSIONS, "naive")
-_DECODE = _cuda_version(attention.VERSIONS, "decode")
-_ACTIVATION = _cuda_version(activation.VERSIONS, "naive")
-_SWIGLU = _cuda_version(activation.VERSIONS, "fast")
-_EMBEDDING = _cuda_version(embedding.VERSIONS, "naive")
+# The versions one decoding step launches (one row of x at a time), by name; the CUDA launchers
+# take the family's version number (see kernels/_dispatch.py).
+_MATMUL = matmul.VERSIONS.number("coalesced", "cuda")  # a thread per output beats the tiled ones
+_QUANT_MATMUL = quant.VERSIONS.number("warp", "cuda")
+_NORM = norm.VERSIONS.number("fast", "cuda")
+_ROPE = rope.VERSIONS.number("naive", "cuda")
+_DECODE = attention.VERSIONS.number("decode", "cuda")
+_ACTIVATION = activation.VERSIONS.number("naive", "cuda")
+_SWIGLU = activation.VERSIONS.number("fast", "cuda")
+_EMBEDDING = embedding.VERSIONS.number("naive", "cuda")
 
 
 def _is_quant(w) -> bool:

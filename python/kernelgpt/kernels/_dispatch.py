@@ -55,6 +55,12 @@ class Versions:
     ``number(backend, where)`` turns a backend= name ("auto" and "fast" mean the fastest, as
     given by ``auto``) into the version number, or raises ValueError naming the versions that
     exist on that processor. ``names(where)`` lists them, slowest idea first.
+
+    The number is what every layer below takes: the C++ binding in kernelgpt._C (``version=``,
+    checked against the numbers it runs) and the CUDA launcher (its first argument). The one
+    number outside a table is 0, which the quant and bf16 C++ bindings take as "auto, by
+    shape" (``auto={"cpu": 0}``): the kernel picks its version from the number of rows, as the
+    decode runner does.
     """
 
     def __init__(self, kernel: str, table: Dict[int, Tuple[str, str]], auto: Dict[str, int],
@@ -89,15 +95,6 @@ class Versions:
         processor = "CUDA" if where == "cuda" else "C++"
         raise ValueError(f"{self.kernel}: unknown version {backend!r} for the {processor} "
                          f"kernel, expected one of {known}")
-
-    def cpu(self, number: int) -> str:
-        """The argument kernelgpt._C's binding takes for version `number` (its name)."""
-        return self.table[number][0]
-
-    def cuda(self, number: int) -> int:
-        """The argument the CUDA launcher takes for version `number` (its index among the
-        CUDA versions)."""
-        return self.numbers("cuda").index(number)
 
     def describe(self) -> str:
         """One line per version: number, name, where it runs (for docs and `kernelgpt bench`)."""

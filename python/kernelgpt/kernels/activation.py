@@ -46,14 +46,14 @@ def _forward(name, x, out, backend, approximate="tanh"):
     where, dev = where_of(name, backend, x)
     if where == "cpu":
         return _C.activation(x, name, approximate, out,
-                             VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                             VERSIONS.number(backend, "cpu"))
     check_f32(dev, x, name, "x")
     if where == "numpy":
         formula = getattr(reference, name)
         return into(out, formula(x, approximate) if name == "gelu" else formula(x))
     version = VERSIONS.number(backend, "cuda")
     y = output(dev, out, x.shape, name, (x,))
-    dev.lib.cuda_activation(VERSIONS.cuda(version), cuda_op(name, approximate), x.data.ptr,
+    dev.lib.cuda_activation(version, cuda_op(name, approximate), x.data.ptr,
                             y.data.ptr, x.size, dev.stream())
     return y
 
@@ -63,7 +63,7 @@ def _backward(name, dy, x, out, backend, approximate="tanh"):
     where, dev = where_of(fn, backend, x, dy)
     if where == "cpu":
         return _C.activation_backward(dy, x, name, approximate, out,
-                                      VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                                      VERSIONS.number(backend, "cpu"))
     check_f32(dev, x, fn, "x")
     check_f32(dev, dy, fn, "dy")
     check_shape(dy, x.shape, fn, "dy")
@@ -72,7 +72,7 @@ def _backward(name, dy, x, out, backend, approximate="tanh"):
         return into(out, formula(dy, x, approximate) if name == "gelu" else formula(dy, x))
     version = VERSIONS.number(backend, "cuda")
     dx = output(dev, out, x.shape, fn, (x, dy))
-    dev.lib.cuda_activation_backward(VERSIONS.cuda(version), cuda_op(name, approximate),
+    dev.lib.cuda_activation_backward(version, cuda_op(name, approximate),
                                      dy.data.ptr, x.data.ptr, dx.data.ptr, x.size, dev.stream())
     return dx
 
@@ -138,7 +138,7 @@ def swiglu(gate, up, *, out=None, backend="auto"):
     fn = "swiglu"
     where, dev = where_of(fn, backend, gate, up)
     if where == "cpu":
-        return _C.swiglu(gate, up, out, VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+        return _C.swiglu(gate, up, out, VERSIONS.number(backend, "cpu"))
     check_f32(dev, gate, fn, "gate")
     check_f32(dev, up, fn, "up")
     check_shape(up, gate.shape, fn, "up")
@@ -146,7 +146,7 @@ def swiglu(gate, up, *, out=None, backend="auto"):
         return into(out, reference.swiglu(gate, up))
     version = VERSIONS.number(backend, "cuda")
     y = output(dev, out, gate.shape, fn, (gate, up))
-    dev.lib.cuda_swiglu(VERSIONS.cuda(version), gate.data.ptr, up.data.ptr, y.data.ptr,
+    dev.lib.cuda_swiglu(version, gate.data.ptr, up.data.ptr, y.data.ptr,
                         gate.size, dev.stream())
     return y
 
@@ -156,7 +156,7 @@ def swiglu_backward(dy, gate, up, *, backend="auto"):
     fn = "swiglu_backward"
     where, dev = where_of(fn, backend, gate, up, dy)
     if where == "cpu":
-        return _C.swiglu_backward(dy, gate, up, VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+        return _C.swiglu_backward(dy, gate, up, VERSIONS.number(backend, "cpu"))
     for name, a in (("dy", dy), ("gate", gate), ("up", up)):
         check_f32(dev, a, fn, name)
         check_shape(a, gate.shape, fn, name)
@@ -165,6 +165,6 @@ def swiglu_backward(dy, gate, up, *, backend="auto"):
     version = VERSIONS.number(backend, "cuda")
     xp = dev.xp
     dgate, dup = xp.empty(gate.shape, xp.float32), xp.empty(gate.shape, xp.float32)
-    dev.lib.cuda_swiglu_backward(VERSIONS.cuda(version), dy.data.ptr, gate.data.ptr, up.data.ptr,
+    dev.lib.cuda_swiglu_backward(version, dy.data.ptr, gate.data.ptr, up.data.ptr,
                                  dgate.data.ptr, dup.data.ptr, gate.size, dev.stream())
     return dgate, dup

@@ -46,7 +46,7 @@ def adamw_step(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
     where, dev = where_of(fn, backend, param)
     if where == "cpu":
         _C.adamw_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay,
-                      VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                      VERSIONS.number(backend, "cpu"))
         return None
     arrays = (("param", param), ("grad", grad), ("m", m), ("v", v))
     for name, a in arrays:
@@ -69,7 +69,7 @@ def adamw_step(param, grad, m, v, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
         return None
     version = VERSIONS.number(backend, "cuda")
     bc1, bc2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step
-    dev.lib.cuda_adamw(VERSIONS.cuda(version), param.data.ptr, grad.data.ptr, m.data.ptr,
+    dev.lib.cuda_adamw(version, param.data.ptr, grad.data.ptr, m.data.ptr,
                        v.data.ptr, param.size, lr, beta1, beta2, eps, weight_decay, bc1, bc2,
                        dev.stream())
     return None
@@ -115,7 +115,7 @@ def grad_norm(grads, *, backend="auto"):
     fn = "grad_norm"
     where, dev = _route(grads, backend, fn)
     if where == "cpu":
-        return _C.grad_norm(grads, VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+        return _C.grad_norm(grads, VERSIONS.number(backend, "cpu"))
     if where == "numpy":
         return reference.grad_norm(grads)
     VERSIONS.number(backend, "cuda")
@@ -138,8 +138,7 @@ def clip_grad_norm(grads, max_norm, *, eps=1e-6, backend="auto"):
     max_norm, eps = float_option(max_norm, fn, "max_norm"), float_option(eps, fn, "eps")
     where, dev = _route(grads, backend, fn)
     if where == "cpu":
-        return _C.clip_grad_norm(grads, max_norm, eps, VERSIONS.cpu(VERSIONS.number(backend,
-                                                                                    "cpu")))
+        return _C.clip_grad_norm(grads, max_norm, eps, VERSIONS.number(backend, "cpu"))
     if where == "numpy":
         return reference.clip_grad_norm(grads, max_norm, eps)
     VERSIONS.number(backend, "cuda")

@@ -107,7 +107,7 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
         T = q.shape[2] if isinstance(q, np.ndarray) and q.ndim == 4 else DECODE_MAX_QUERIES + 1
         version = _auto(backend, "cpu", T, 0)
         return _C.attention(q, k, v, out, bool(causal), scale, bool(return_lse),
-                            VERSIONS.cpu(version), kv_length)
+                            version, kv_length)
     B, H, Hkv, T, S, cap, D, scale = _check(dev, fn, q, k, v, causal, scale, kv_length)
     if where == "numpy":
         if kv_length is not None:
@@ -126,7 +126,7 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
     y = output(dev, out, q.shape, fn, (q, k, v))
     lse = xp.empty((B, H, T), xp.float32) if return_lse else None
     scores = xp.empty((B, H, T, S), xp.float32) if version == 1 else None
-    dev.lib.cuda_attention(VERSIONS.cuda(version), q.data.ptr, k.data.ptr, v.data.ptr,
+    dev.lib.cuda_attention(version, q.data.ptr, k.data.ptr, v.data.ptr,
                            y.data.ptr, ptr(lse), ptr(scores), B, H, Hkv, T, S, cap, D, scale,
                            bool(causal), 0, dev.stream())
     return (y, lse) if return_lse else y
@@ -145,8 +145,7 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, back
     where, dev = where_of(fn, backend, q)
     if where == "cpu":
         return _C.attention_backward(dout, q, k, v, out, lse, bool(causal), scale,
-                                     BACKWARD_VERSIONS.cpu(BACKWARD_VERSIONS.number(backend,
-                                                                                    "cpu")))
+                                     BACKWARD_VERSIONS.number(backend, "cpu"))
     B, H, Hkv, T, S, _, D, scale = _check(dev, fn, q, k, v, causal, scale)
     for name, a in (("dout", dout), ("out", out)):
         check_f32(dev, a, fn, name, (4,))
@@ -168,7 +167,7 @@ def attention_backward(dout, q, k, v, out, lse, *, causal=True, scale=None, back
     dk, dv = xp.empty(k.shape, xp.float32), xp.empty(k.shape, xp.float32)
     delta = xp.empty((B, H, T), xp.float32)
     scores = xp.empty((B, H, T, S), xp.float32) if version == 1 else None
-    dev.lib.cuda_attention_backward(BACKWARD_VERSIONS.cuda(version), dout.data.ptr, q.data.ptr,
+    dev.lib.cuda_attention_backward(version, dout.data.ptr, q.data.ptr,
                                     k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
                                     dq.data.ptr, dk.data.ptr, dv.data.ptr, delta.data.ptr,
                                     ptr(scores), B, H, Hkv, T, S, D, scale, bool(causal),

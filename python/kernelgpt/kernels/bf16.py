@@ -13,7 +13,8 @@ Versions (one numbering: csrc/kernels/bf16.cpp, csrc/cuda/matmul_bf16.cu, backen
     5 wmma    CUDA       tensor cores (WMMA 16x16x16 bf16 tiles, float accumulators); x is
                          rounded to bf16 on the device, as for version 4
 backend="auto": on the CPU "widen" for M <= 32 rows of x, "tiled" above (chosen in
-csrc/kernels/bf16.cpp, which the decode runner shares); on a GPU "wmma". "numpy":
+csrc/kernels/bf16.cpp, which the decode runner shares: the C++ binding takes it as version 0,
+"auto, by shape"); on a GPU "wmma". "numpy":
 kernelgpt.reference.bf16_matmul (float64 accumulation).
 to_bf16 / from_bf16 have one version each: round to nearest even on the bit pattern, and a
 16-bit shift (exact).
@@ -32,7 +33,7 @@ __all__ = ["to_bf16", "from_bf16", "bf16_matmul", "matmul_bf16", "VERSIONS",
 VERSIONS = Versions("bf16_matmul", {1: ("naive", "cpu cuda"), 2: ("widen", "cpu"),
                                     3: ("tiled", "cpu"), 4: ("dpbf16", "cpu"),
                                     5: ("wmma", "cuda")},
-                    auto={"cuda": 5})
+                    auto={"cpu": 0, "cuda": 5})  # 0: the C++ binding's "auto, by shape"
 
 CONVERSION_VERSIONS = Versions("bf16 conversion", {1: ("naive", "cpu cuda")},
                                auto={"cpu": 1, "cuda": 1})
@@ -96,8 +97,7 @@ def bf16_matmul(x, w, *, out=None, backend="auto"):
     fn = "bf16_matmul"
     where, dev = where_of(fn, backend, x)
     if where == "cpu":
-        version = 0 if backend in ("auto", "fast") else VERSIONS.number(backend, "cpu")
-        return _C.bf16_matmul(x, w, out, "auto" if version == 0 else VERSIONS.cpu(version))
+        return _C.bf16_matmul(x, w, out, VERSIONS.number(backend, "cpu"))
     check_f32(dev, x, fn, "x", (1, 2))
     check_typed(dev, w, np.uint16, fn, "w", _BITS)
     if w.ndim != 2 or w.shape[1] != x.shape[-1]:
@@ -138,7 +138,7 @@ def matmul_bf16(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accu
     if accumulate and out is None:
         raise ValueError(f"{fn}: accumulate=True needs out= (the array to add to)")
     c = output(dev, out, (M, N), fn, (bias,))
-    dev.lib.cuda_matmul_bf16(VERSIONS.cuda(version), a.data.ptr, b.data.ptr, ptr(bias),
+    dev.lib.cuda_matmul_bf16(version, a.data.ptr, b.data.ptr, ptr(bias),
                              c.data.ptr, M, N, K, bool(trans_a), bool(trans_b), bool(accumulate),
                              dev.stream())
     return c

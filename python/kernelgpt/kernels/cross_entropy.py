@@ -63,7 +63,7 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", retur
     where, dev = where_of(fn, backend, logits)
     if where == "cpu":
         return _C.cross_entropy(logits, targets, ignore_index, reduction, bool(return_grad), out,
-                                VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                                VERSIONS.number(backend, "cpu"))
     targets = _check(dev, fn, logits, targets, ignore_index, reduction)
     if where == "numpy":
         result = reference.cross_entropy(logits, targets, ignore_index=ignore_index,
@@ -75,7 +75,7 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", retur
     losses = xp.empty(N, xp.float32)
     grad = output(dev, out, logits.shape, fn, (logits,)) if return_grad else None
     weight, stride = _row_weight(dev, targets, ignore_index, reduction, 1.0)
-    dev.lib.cuda_cross_entropy(VERSIONS.cuda(version), logits.data.ptr, targets.data.ptr,
+    dev.lib.cuda_cross_entropy(version, logits.data.ptr, targets.data.ptr,
                                losses.data.ptr, ptr(grad), weight.data.ptr, stride, N, V,
                                ignore_index, dev.stream())
     if reduction == "none":
@@ -101,7 +101,7 @@ def cross_entropy_backward(logits, targets, *, dloss=1.0, ignore_index=-100, red
     where, dev = where_of(fn, backend, logits)
     if where == "cpu":
         return _C.cross_entropy_backward(logits, targets, dloss, ignore_index, reduction, out,
-                                         VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                                         VERSIONS.number(backend, "cpu"))
     targets = _check(dev, fn, logits, targets, ignore_index, reduction)
     if where == "numpy":
         return into(out, reference.cross_entropy_backward(logits, targets, dloss=dloss,
@@ -111,7 +111,7 @@ def cross_entropy_backward(logits, targets, *, dloss=1.0, ignore_index=-100, red
     N, V = logits.shape
     grad = output(dev, out, logits.shape, fn, (logits,))
     weight, stride = _row_weight(dev, targets, ignore_index, reduction, dloss)
-    dev.lib.cuda_cross_entropy(VERSIONS.cuda(version), logits.data.ptr, targets.data.ptr, 0,
+    dev.lib.cuda_cross_entropy(version, logits.data.ptr, targets.data.ptr, 0,
                                grad.data.ptr, weight.data.ptr, stride, N, V, ignore_index,
                                dev.stream())
     return grad

@@ -41,7 +41,7 @@ def embedding(ids, table, *, out=None, backend="auto"):
     fn = "embedding"
     where, dev = where_of(fn, backend, table)
     if where == "cpu":
-        return _C.embedding(ids, table, out, VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+        return _C.embedding(ids, table, out, VERSIONS.number(backend, "cpu"))
     ids = check_ints(dev, ids, fn, "ids")
     check_f32(dev, table, fn, "table", (2,))
     V, C = table.shape
@@ -50,7 +50,7 @@ def embedding(ids, table, *, out=None, backend="auto"):
         return into(out, reference.embedding(ids, table))
     version = VERSIONS.number(backend, "cuda")
     y = output(dev, out, ids.shape + (C,), fn, (table,))
-    dev.lib.cuda_embedding(VERSIONS.cuda(version), ids.data.ptr, table.data.ptr, y.data.ptr,
+    dev.lib.cuda_embedding(version, ids.data.ptr, table.data.ptr, y.data.ptr,
                            ids.size, V, C, dev.stream())
     return y
 
@@ -70,8 +70,7 @@ def embedding_backward(dout, ids, num_embeddings, *, out=None, accumulate=False,
     where, dev = where_of(fn, backend, dout)
     if where == "cpu":
         return _C.embedding_backward(dout, ids, num_embeddings, out, bool(accumulate),
-                                     BACKWARD_VERSIONS.cpu(BACKWARD_VERSIONS.number(backend,
-                                                                                    "cpu")))
+                                     BACKWARD_VERSIONS.number(backend, "cpu"))
     ids = check_ints(dev, ids, fn, "ids")
     check_f32(dev, dout, fn, "dout")
     if num_embeddings < 1:
@@ -93,7 +92,7 @@ def embedding_backward(dout, ids, num_embeddings, *, out=None, accumulate=False,
     order = None
     if version == 2:  # unique keys (id, position): any sort gives the same order
         order = xp.argsort(flat * flat.size + xp.arange(flat.size, dtype=xp.int64))
-    dev.lib.cuda_embedding_backward(BACKWARD_VERSIONS.cuda(version), dout.data.ptr, flat.data.ptr,
+    dev.lib.cuda_embedding_backward(version, dout.data.ptr, flat.data.ptr,
                                     ptr(order), dtable.data.ptr, flat.size, num_embeddings, C,
                                     dev.stream())
     return dtable

@@ -48,7 +48,7 @@ def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulat
     where, dev = where_of(fn, backend, a, b)
     if where == "cpu":
         return _C.matmul(a, b, bias, out, bool(trans_a), bool(trans_b), bool(accumulate),
-                         VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                         VERSIONS.number(backend, "cpu"))
     shape, (batch, m, n, k) = _check(dev, fn, a, b, bias, trans_a, trans_b)
     if where == "numpy":
         return accumulate_into(fn, out, reference.matmul(a, b, bias, trans_a=trans_a,
@@ -57,7 +57,7 @@ def matmul(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulat
     if accumulate and out is None:
         raise ValueError(f"{fn}: accumulate=True needs out= (the array to add to)")
     c = output(dev, out, shape, fn, (a, b, bias))
-    dev.lib.cuda_matmul(VERSIONS.cuda(version), a.data.ptr, b.data.ptr, ptr(bias), c.data.ptr,
+    dev.lib.cuda_matmul(version, a.data.ptr, b.data.ptr, ptr(bias), c.data.ptr,
                         batch, m, n, k, m * k if a.ndim == 3 else 0, k * n if b.ndim == 3 else 0,
                         m * n, bool(trans_a), bool(trans_b), bool(accumulate), dev.stream())
     return c

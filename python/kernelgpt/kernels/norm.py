@@ -67,7 +67,7 @@ def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, b
     where, dev = where_of(fn, backend, x)
     if where == "cpu":
         return _C.layernorm(x, weight, bias, eps, out, bool(return_stats),
-                            VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                            VERSIONS.number(backend, "cpu"))
     C = _check(dev, fn, x, weight, bias)
     if where == "numpy":
         y, mean, rstd = reference.layernorm(x, weight, bias, eps)
@@ -78,7 +78,7 @@ def layernorm(x, weight, bias=None, eps=1e-5, *, return_stats=False, out=None, b
     y = output(dev, out, x.shape, fn, (x, weight, bias))
     mean = xp.empty(x.shape[:-1], xp.float32) if return_stats else None
     rstd = xp.empty(x.shape[:-1], xp.float32) if return_stats else None
-    dev.lib.cuda_layernorm(VERSIONS.cuda(version), x.data.ptr, weight.data.ptr, ptr(bias),
+    dev.lib.cuda_layernorm(version, x.data.ptr, weight.data.ptr, ptr(bias),
                            y.data.ptr, ptr(mean), ptr(rstd), x.size // C, C, eps, dev.stream())
     return (y, mean, rstd) if return_stats else y
 
@@ -94,7 +94,7 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, backend="auto"):
     where, dev = where_of(fn, backend, x, dy)
     if where == "cpu":
         return _C.layernorm_backward(dy, x, weight, mean, rstd,
-                                     VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                                     VERSIONS.number(backend, "cpu"))
     C = _check(dev, fn, x, weight, dy=dy, stats=(("mean", mean), ("rstd", rstd)))
     if where == "numpy":
         return tuple(into(None, g) for g in reference.layernorm_backward(dy, x, weight, mean,
@@ -102,7 +102,7 @@ def layernorm_backward(dy, x, weight, mean, rstd, *, backend="auto"):
     version = VERSIONS.number(backend, "cuda")
     xp = dev.xp
     dx, dw, db = xp.empty(x.shape, xp.float32), xp.empty(C, xp.float32), xp.empty(C, xp.float32)
-    dev.lib.cuda_layernorm_backward(VERSIONS.cuda(version), dy.data.ptr, x.data.ptr,
+    dev.lib.cuda_layernorm_backward(version, dy.data.ptr, x.data.ptr,
                                     weight.data.ptr, mean.data.ptr, rstd.data.ptr, dx.data.ptr,
                                     dw.data.ptr, db.data.ptr, x.size // C, C, dev.stream())
     return dx, dw, db
@@ -120,7 +120,7 @@ def rmsnorm(x, weight, eps=1e-6, *, return_stats=False, out=None, backend="auto"
     where, dev = where_of(fn, backend, x)
     if where == "cpu":
         return _C.rmsnorm(x, weight, eps, out, bool(return_stats),
-                          VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                          VERSIONS.number(backend, "cpu"))
     C = _check(dev, fn, x, weight)
     if where == "numpy":
         y, rstd = reference.rmsnorm(x, weight, eps)
@@ -129,7 +129,7 @@ def rmsnorm(x, weight, eps=1e-6, *, return_stats=False, out=None, backend="auto"
     version = VERSIONS.number(backend, "cuda")
     y = output(dev, out, x.shape, fn, (x, weight))
     rstd = dev.xp.empty(x.shape[:-1], np.float32) if return_stats else None
-    dev.lib.cuda_rmsnorm(VERSIONS.cuda(version), x.data.ptr, weight.data.ptr, y.data.ptr,
+    dev.lib.cuda_rmsnorm(version, x.data.ptr, weight.data.ptr, y.data.ptr,
                          ptr(rstd), x.size // C, C, eps, dev.stream())
     return (y, rstd) if return_stats else y
 
@@ -143,14 +143,14 @@ def rmsnorm_backward(dy, x, weight, rstd, *, backend="auto"):
     where, dev = where_of(fn, backend, x, dy)
     if where == "cpu":
         return _C.rmsnorm_backward(dy, x, weight, rstd,
-                                   VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                                   VERSIONS.number(backend, "cpu"))
     C = _check(dev, fn, x, weight, dy=dy, stats=(("rstd", rstd),))
     if where == "numpy":
         return tuple(into(None, g) for g in reference.rmsnorm_backward(dy, x, weight, rstd))
     version = VERSIONS.number(backend, "cuda")
     xp = dev.xp
     dx, dw = xp.empty(x.shape, xp.float32), xp.empty(C, xp.float32)
-    dev.lib.cuda_rmsnorm_backward(VERSIONS.cuda(version), dy.data.ptr, x.data.ptr,
+    dev.lib.cuda_rmsnorm_backward(version, dy.data.ptr, x.data.ptr,
                                   weight.data.ptr, rstd.data.ptr, dx.data.ptr, dw.data.ptr,
                                   x.size // C, C, dev.stream())
     return dx, dw

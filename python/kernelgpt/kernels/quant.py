@@ -16,7 +16,8 @@ Versions (one numbering: csrc/kernels/quant.cpp, csrc/cuda/quant.cu, backend= na
                         dots (AVX512-VNNI where the CPU has it); ~1% error from quantizing x
     5 warp   CUDA       a warp per output, lane j decodes weight j of each block (coalesced)
 backend="auto": on the CPU "fused" for M <= 16 rows of x, "tiled" above (chosen in
-csrc/kernels/quant.cpp, which the decode runner shares); on a GPU "warp". "numpy":
+csrc/kernels/quant.cpp, which the decode runner shares: the C++ binding takes it as version 0,
+"auto, by shape"); on a GPU "warp". "numpy":
 kernelgpt.reference (dequantize, then x @ W.T).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ DEQUANTIZE_VERSIONS = Versions("dequantize", {1: ("naive", "cpu cuda"), 2: ("fas
 VERSIONS = Versions("quant_matmul", {1: ("naive", "cpu cuda"), 2: ("fused", "cpu"),
                                      3: ("tiled", "cpu"), 4: ("vnni", "cpu"),
                                      5: ("warp", "cuda")},
-                    auto={"cuda": 5})
+                    auto={"cpu": 0, "cuda": 5})  # 0: the C++ binding's "auto, by shape"
 
 # ggml's type ids (gguf.GGMLQuantizationType) for the formats we run.
 QUANT_TYPES = {"q4_1": 3, "q8_0": 8}
@@ -89,14 +90,14 @@ def dequantize(raw, qtype, shape, *, out=None, backend="auto"):
     where, dev = where_of(fn, backend, raw)
     if where == "cpu":
         return _C.dequantize(raw, name, shape, out,
-                             DEQUANTIZE_VERSIONS.cpu(DEQUANTIZE_VERSIONS.number(backend, "cpu")))
+                             DEQUANTIZE_VERSIONS.number(backend, "cpu"))
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if shape else 0
     _check_raw(dev, fn, raw, name, rows, shape[-1] if shape else 0)
     if where == "numpy":
         return into(out, reference.dequantize(raw, name, shape))
     version = DEQUANTIZE_VERSIONS.number(backend, "cuda")
     y = output(dev, out, shape, fn)
-    dev.lib.cuda_dequantize(DEQUANTIZE_VERSIONS.cuda(version), QUANT_TYPES[name], raw.data.ptr,
+    dev.lib.cuda_dequantize(version, QUANT_TYPES[name], raw.data.ptr,
                             y.data.ptr, y.size // 32, dev.stream())
     return y
 
@@ -114,9 +115,7 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
     n_rows = int_option(n_rows, fn, "n_rows")
     where, dev = where_of(fn, backend, x, raw)
     if where == "cpu":
-        version = 0 if backend in ("auto", "fast") else VERSIONS.number(backend, "cpu")
-        return _C.quant_matmul(x, raw, name, n_rows, out,
-                               "auto" if version == 0 else VERSIONS.cpu(version))
+        return _C.quant_matmul(x, raw, name, n_rows, out, VERSIONS.number(backend, "cpu"))
     check_f32(dev, x, fn, "x", (1, 2))
     K = x.shape[-1]
     _check_raw(dev, fn, raw, name, n_rows, K)
@@ -125,7 +124,7 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
     version = VERSIONS.number(backend, "cuda")
     M = 1 if x.ndim == 1 else x.shape[0]
     y = output(dev, out, x.shape[:-1] + (n_rows,), fn, (x,))
-    dev.lib.cuda_quant_matmul(VERSIONS.cuda(version), QUANT_TYPES[name], x.data.ptr, raw.data.ptr,
+    dev.lib.cuda_quant_matmul(version, QUANT_TYPES[name], x.data.ptr, raw.data.ptr,
                               y.data.ptr, M, n_rows, K, False, dev.stream())
     return y
 

@@ -53,8 +53,7 @@ def sinusoidal_positions(T, C, *, base=10000.0, offset=0, backend="auto"):
         _check_base(base, fn)
         _check_offset(offset, T, fn)
         return reference.sinusoidal_positions(T, C, base, offset).astype(np.float32)
-    return _C.sinusoidal_positions(T, C, base, offset, VERSIONS.cpu(VERSIONS.number(backend,
-                                                                                    "cpu")))
+    return _C.sinusoidal_positions(T, C, base, offset, VERSIONS.number(backend, "cpu"))
 
 
 def rope(x, *, positions=None, offset=0, base=10000.0, layout="half", rotary_dim=None,
@@ -82,7 +81,7 @@ def rope(x, *, positions=None, offset=0, base=10000.0, layout="half", rotary_dim
     where, dev = where_of(fn, backend, x)
     if where == "cpu":
         return _C.rope(x, positions, offset, base, layout, rotary_dim, bool(inverse), out,
-                       VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                       VERSIONS.number(backend, "cpu"))
     check_f32(dev, x, fn, "x")
     if x.ndim < 2:
         raise ValueError(f"{fn}: x must be [..., T, D] (at least 2-D), got shape {x.shape}")
@@ -107,7 +106,7 @@ def rope(x, *, positions=None, offset=0, base=10000.0, layout="half", rotary_dim
                                         bool(inverse)))
     version = VERSIONS.number(backend, "cuda")
     y = output(dev, out, x.shape, fn, (x,))
-    dev.lib.cuda_rope(VERSIONS.cuda(version), x.data.ptr, y.data.ptr, ptr(positions), offset,
+    dev.lib.cuda_rope(version, x.data.ptr, y.data.ptr, ptr(positions), offset,
                       base, layout == "interleaved", rd, bool(inverse), x.size // D, T, D,
                       dev.stream())
     return y

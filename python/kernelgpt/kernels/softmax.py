@@ -56,7 +56,7 @@ def _forward(fn, x, scale, causal, out, backend, log):
     where, dev = where_of(fn, backend, x)
     if where == "cpu":
         return _C.softmax(x, out, scale, bool(causal), log,
-                          VERSIONS.cpu(VERSIONS.number(backend, "cpu")))
+                          VERSIONS.number(backend, "cpu"))
     check_f32(dev, x, fn, "x")
     cols = x.shape[-1]
     t = x.shape[-2] if x.ndim >= 2 else 1
@@ -70,7 +70,7 @@ def _forward(fn, x, scale, causal, out, backend, log):
         return into(out, formula(x, scale=scale, causal=causal))
     version = VERSIONS.number(backend, "cuda")
     y = output(dev, out, x.shape, fn, (x,))
-    dev.lib.cuda_softmax(VERSIONS.cuda(version), x.data.ptr, y.data.ptr, x.size // cols, cols, t,
+    dev.lib.cuda_softmax(version, x.data.ptr, y.data.ptr, x.size // cols, cols, t,
                          float(scale), bool(causal), log, dev.stream())
     return y
 
@@ -98,7 +98,7 @@ def _backward(fn, dy, y, scale, out, backend, log):
     where, dev = where_of(fn, backend, dy, y)
     if where == "cpu":
         return _C.softmax_backward(dy, y, out, scale, log,
-                                   BACKWARD_VERSIONS.cpu(BACKWARD_VERSIONS.number(backend, "cpu")))
+                                   BACKWARD_VERSIONS.number(backend, "cpu"))
     check_f32(dev, dy, fn, "dy")
     check_f32(dev, y, fn, "y")
     check_shape(y, dy.shape, fn, "y")
@@ -108,7 +108,7 @@ def _backward(fn, dy, y, scale, out, backend, log):
     version = BACKWARD_VERSIONS.number(backend, "cuda")
     dx = output(dev, out, dy.shape, fn, (dy, y))
     cols = dy.shape[-1]
-    dev.lib.cuda_softmax_backward(BACKWARD_VERSIONS.cuda(version), dy.data.ptr, y.data.ptr,
+    dev.lib.cuda_softmax_backward(version, dy.data.ptr, y.data.ptr,
                                   dx.data.ptr, dy.size // cols, cols, float(scale), log,
                                   dev.stream())
     return dx
