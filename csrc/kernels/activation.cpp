@@ -5,11 +5,12 @@
 //   thread. Both gelus are evaluated in float64 (see the gelu_tanh note below).
 // version 2 (fast): the same formulas on simd.h vectors, threads over contiguous chunks:
 //   - one read of each input and one write of each output; outputs larger than the
-//     last-level cache are written with streaming stores (kernels/stream_store.h), so a
+//     last-level cache are written with streaming stores (simd.h's store_range), so a
 //     large activation moves 8 bytes per element instead of 12;
-//   - exp(-a) for a >= 0 without simd::exp's overflow handling, and 2^-n by vscalefps on
-//     AVX-512: sigmoid, silu and gelu cost 1.2-1.7 cycles per element (below the ~2.5 that
-//     two threads' share of DRAM bandwidth allows), the exact gelu ~3.7;
+//   - every exp is simd.h's exp_upto88 (arguments <= 0 or nearly: no overflow handling),
+//     with 2^n by vscalefps on AVX-512: sigmoid, silu and gelu cost 1.2-1.7 cycles per
+//     element (below the ~2.5 that two threads' share of DRAM bandwidth allows), the exact
+//     gelu ~3.7; sigmoid and tanh are simd.h's;
 //   - gelu_tanh: float64 only for the vectors that need it (below).
 //
 // Numerics, shared by both versions (max relative error over all floats about 2e-7, gelu
@@ -36,7 +37,6 @@
 
 #include "common/simd.h"
 #include "common/threading.h"
-#include "kernels/stream_store.h"
 
 KG_BEGIN_ISA_NAMESPACE
 namespace {
@@ -166,47 +166,6 @@ inline bool any_greater(vfloat v, float t) {  // is some lane > t?
 #endif
 }
 
-// p * 2^-n for integer-valued n in [0, 160] (denormal results come out right).
-inline vfloat scale_pow2_neg(vfloat p, vfloat n) {
-#if defined(__AVX512F__)
-  return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)(-n));
-#else
-  vint ni = (vint)(n + 12582912.0f) - (vint)broadcast(12582912.0f);  // n as an integer
-  vint half = ni >> 1;  // two factors 2^-(n/2): each stays a normal float
-  vfloat scale_a = (vfloat)((127 - half) << 23);
-  vfloat scale_b = (vfloat)((127 - (ni - half)) << 23);
-  return p * scale_a * scale_b;
-#endif
-}
-
-// exp(-r) * 2^-n for |r| <= ln2 / 2: the Taylor series of simd::exp, then the scaling.
-inline vfloat exp_reduced_neg(vfloat r, vfloat n) {
-  r = -r;
-  vfloat p = exp_taylor(r);
-  return scale_pow2_neg(p, n);
-}
-
-// exp(-a) for -0.3 <= a <= 110 (every use here has a >= 0 or nearly): simd::exp's method
-// without its overflow handling, which a >= 0 does not need. NaN stays NaN.
-inline vfloat exp_neg_upto110(vfloat a) {
-  vfloat n = (a * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(a / ln2)
-  vfloat r = (a - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;  // ln2 in 2 parts
-  return exp_reduced_neg(r, n);
-}
-// exp(-a) for a >= -0.3, any size (0 beyond 110).
-inline vfloat exp_neg(vfloat a) { return exp_neg_upto110(a > 110.0f ? broadcast(110.0f) : a); }
-
-// sigmoid(z) and sigmoid(-z) = 1 - sigmoid(z), both without overflow or cancellation.
-struct SigmoidPair {
-  vfloat pos, neg;
-};
-inline SigmoidPair sigmoid_pair(vfloat z) {
-  vfloat e = exp_neg(abs(z));         // in [0, 1]
-  vfloat r = 1.0f / (1.0f + e);    // sigmoid(|z|)
-  vfloat er = e * r;                  // sigmoid(-|z|)
-  return {z >= 0.0f ? r : er, z >= 0.0f ? er : r};
-}
-
 // The standard normal CDF Phi(x) and density phi(x), accurate where they are tiny.
 // Phi(x) = 0.5 erfc(|x| / sqrt 2) for x < 0 and 1 - that for x >= 0, where
 // erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2) (Numerical Recipes' erfcc), and
@@ -220,8 +179,8 @@ inline Normal normal_parts(vfloat x) {
   x = clamp_abs(x, 30.0f);  // Phi(30) = 1 and phi(30) = 0 in float32
   vfloat xh = (vfloat)((vint)x & (int32_t)0xFFFFF000u);  // 12 significant bits: xh^2 exact
   vfloat xl = x - xh;
-  vfloat minus_a = (xh * xh) * 0.5f;       // >= 0
-  vfloat minus_b = (xl * (x + xh)) * 0.5f;  // >= 0, and -(a + b) = x^2 / 2
+  vfloat a = (xh * xh) * -0.5f;       // <= 0
+  vfloat b = (xl * (x + xh)) * -0.5f;  // <= 0, and a + b = -x^2 / 2
   vfloat z = abs(x) * (float)kInvSqrt2;
   vfloat t = 1.0f / (1.0f + 0.5f * z);
   vfloat p = broadcast(0.17087277f);
@@ -234,11 +193,11 @@ inline Normal normal_parts(vfloat x) {
   p = p * t + 0.37409196f;
   p = p * t + 1.00002368f;
   p = p * t + -1.26551223f;  // P(t) in [-1.27, 3e-8]
-  vfloat ea = exp_neg(minus_a);
-  vfloat half_erfc = 0.5f * t * ea * exp_neg(minus_b - p);  // Phi(-|x|)
+  vfloat ea = exp_upto88(a);
+  vfloat half_erfc = 0.5f * t * ea * exp_upto88(b + p);  // Phi(-|x|)
   Normal r;
   r.cdf = x < 0.0f ? half_erfc : 1.0f - half_erfc;
-  r.pdf = kWantPdf ? ea * exp_neg(minus_b) * (float)kInvSqrt2Pi : zero();
+  r.pdf = kWantPdf ? ea * exp_upto88(b) * (float)kInvSqrt2Pi : zero();
   return r;
 }
 
@@ -295,13 +254,13 @@ inline void gelu_tanh_reduce(vhalf ax, vhalf& r, vhalf& n) {
 inline vfloat gelu_tanh_exp_neg_abs_z(vfloat x) {
   vfloat ax = abs(x);
   if (!any_greater(-x, -kGeluFloatMinX))  // float32 (x = inf or 1e20 gives z = inf: clamped)
-    return exp_neg(ax * ((float)kGeluZ1 + (float)kGeluZ3 * (ax * ax)));
+    return exp_upto88(-(ax * ((float)kGeluZ1 + (float)kGeluZ3 * (ax * ax))));
   ax = ax > 10.9f ? broadcast(10.9f) : ax;  // |z(10.9)| = 110: exp(-110) = 0 in float32
   vhalf x_lo, x_hi, r_lo, n_lo, r_hi, n_hi;
   split_halves(ax, x_lo, x_hi);
   gelu_tanh_reduce(x_lo, r_lo, n_lo);
   gelu_tanh_reduce(x_hi, r_hi, n_hi);
-  return exp_reduced_neg(join_halves(r_lo, r_hi), join_halves(n_lo, n_hi));
+  return exp_reduced(-join_halves(r_lo, r_hi), -join_halves(n_lo, n_hi));
 }
 
 // One functor per activation: f(x) and f'(x) on a vector.
@@ -312,32 +271,17 @@ struct Relu {
   }
 };
 struct Sigmoid {
-  static vfloat f(vfloat x) { return sigmoid_pair(x).pos; }
+  static vfloat f(vfloat x) { return simd::sigmoid(x); }
   static vfloat df(vfloat x) {  // sigmoid(x) sigmoid(-x) = e / (1 + e)^2, e = exp(-|x|)
-    vfloat e = exp_neg(abs(x));
+    vfloat e = exp_upto88(-abs(x));
     vfloat r = 1.0f / (1.0f + e);
     return e * r * r;
   }
 };
 struct Tanh {
-  // simd::tanh's method on exp_neg: for |x| >= 0.5, (1 - e) / (1 + e) with e = exp(-2|x|)
-  // <= 0.37 (no cancellation) and the sign restored; below, the odd Taylor series to x^15.
-  static vfloat f(vfloat x) {
-    vfloat ax = abs(x);
-    vfloat e = exp_neg(2.0f * ax);
-    vfloat big = copysign((1.0f - e) / (1.0f + e), x);
-    vfloat x2 = x * x;
-    vfloat p = broadcast(-929569.0f / 638512875.0f);
-    p = p * x2 + 21844.0f / 6081075.0f;
-    p = p * x2 + -1382.0f / 155925.0f;
-    p = p * x2 + 62.0f / 2835.0f;
-    p = p * x2 + -17.0f / 315.0f;
-    p = p * x2 + 2.0f / 15.0f;
-    p = p * x2 + -1.0f / 3.0f;
-    return ax < 0.5f ? x + x * x2 * p : big;
-  }
+  static vfloat f(vfloat x) { return simd::tanh(x); }
   static vfloat df(vfloat x) {  // 1 - tanh^2 = 4e / (1 + e)^2, e = exp(-2|x|)
-    vfloat e = exp_neg(2.0f * abs(x));
+    vfloat e = exp_upto88(-2.0f * abs(x));
     vfloat r = 1.0f / (1.0f + e);
     return 4.0f * e * r * r;
   }
@@ -345,7 +289,7 @@ struct Tanh {
 struct Silu {
   static vfloat f(vfloat x) {
     x = clamp_below(x, -kSaturate);
-    return x * sigmoid_pair(x).pos;
+    return x * simd::sigmoid(x);
   }
   static vfloat df(vfloat x) {
     x = clamp_abs(x, kSaturate);
@@ -395,7 +339,7 @@ void parallel_chunks(int64_t n, Body body) {
 }
 
 // Outputs larger than the last-level cache are written with streaming stores
-// (kernels/stream_store.h): that saves the read of every output line.
+// (simd.h's store_range): that saves the read of every output line.
 template <class Fn>
 void forward_fast(const ActivationArgs& p) {
   const bool stream = use_streaming(p.out, p.n * (int64_t)sizeof(float));

@@ -7,11 +7,12 @@
 //   scores never leaves L1 and the T x S matrix never exists. Each query keeps a running max m,
 //   a running sum l and an unnormalised output accumulator; a new key block with a larger max
 //   rescales them by exp(m_old - m_new) ("online softmax"). The two products per tile (Q K^T and
-//   P V) are register-blocked SIMD micro-GEMMs (`tile`, the matmul microkernel with a strided
-//   A). The forward puts queries in the vector lanes, so the softmax statistics are plain
-//   vectors and K, V are read in place; causal key blocks entirely above the diagonal are
-//   skipped, the diagonal ones masked. Threads take (batch, head, query block) items in
-//   contiguous, cost-balanced ranges (later query blocks see more keys).
+//   P V) are register-blocked SIMD micro-GEMMs (`tile` of microkernel.h, matmul's microkernel,
+//   here reading A in place: rows or columns with a stride). The forward puts queries in the
+//   vector lanes, so the softmax statistics are plain vectors and K, V are read in place;
+//   causal key blocks entirely above the diagonal are skipped, the diagonal ones masked.
+//   Threads take (batch, head, query block) items in contiguous, cost-balanced ranges (later
+//   query blocks see more keys).
 //   The backward (flash-attention-2) recomputes P = exp(S - lse) tile by tile with the keys in
 //   the lanes: a key block accumulates its dK, dV over every query (of every query head that
 //   shares its kv head) in L1 and adds its share of dQ to a per-thread partial. Threads take
@@ -37,6 +38,7 @@
 #include "common/simd.h"
 #include "common/workspace.h"
 #include "common/threading.h"
+#include "kernels/microkernel.h"
 
 KG_BEGIN_ISA_NAMESPACE
 namespace {
@@ -139,65 +141,24 @@ void attention_naive_backward(const AttentionBackwardArgs& p) {
 }
 
 // ---- the micro-GEMM shared by versions 2 and 3 -------------------------------------------
+using microkernel::Init;
+using microkernel::tile;
+constexpr int MR = microkernel::kRows;  // rows of a tile (broadcast operand)
+constexpr int NV = microkernel::kVecs;  // vectors per tile row (8 x 48 with AVX-512)
 #if defined(__AVX512F__)
-constexpr int MR = 8;     // rows of a tile (broadcast operand)
-constexpr int NV = 3;     // vectors per tile row: 8 x 48 like matmul's microkernel
 constexpr int MR_DQ = 6;  // the backward's dQ tile: 6 rows x 4 vectors of head dimension
 constexpr int NV_DQ = 4;
 #else
-constexpr int MR = 6;     // 6 x 2 vectors: 12 accumulators + 2 + 1 of 16 registers
-constexpr int NV = 2;
 constexpr int MR_DQ = 6;
 constexpr int NV_DQ = 2;
 #endif
 constexpr int kMaxRows = MR > MR_DQ ? MR : MR_DQ;
 constexpr int kMaxVecs = NV > NV_DQ ? NV : NV_DQ;
 
-enum class Init { kZero, kAdd, kScaleAdd };  // C = A B,  C += A B,  C = C * c_scale + A B
-
-// The register tile: C[0:R, 0:NVT vectors] (row stride ldc) = init + sum_{kk<kc} A(r,kk) B[kk,:]
-// where B's rows (stride ldb) are loaded as vectors and A(r, kk) is broadcast from
-//   a[r * lda + kk]   (kACols = false: A's rows are R rows of a row-major matrix), or
-//   a[kk * lda + r]   (kACols = true:  A's rows are R adjacent columns).
-// Both forms read the operands where they lie, so no packing is needed for A.
-template <int R, int NVT, bool kACols>
-__attribute__((always_inline)) inline void tile(int64_t kc, const float* __restrict a,
-                                                int64_t lda, const float* __restrict b,
-                                                int64_t ldb, float* __restrict c, int64_t ldc,
-                                                Init init, const vfloat* c_scale) {
-  vfloat acc[R][NVT];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NVT; ++v) {
-      if (init == Init::kZero) {
-        acc[r][v] = zero();
-      } else {
-        acc[r][v] = load(c + r * ldc + v * kWidth);
-        if (init == Init::kScaleAdd) acc[r][v] *= c_scale[v];
-      }
-    }
-  for (int64_t kk = 0; kk < kc; ++kk) {
-    vfloat bv[NVT];
-#pragma GCC unroll 4
-    for (int v = 0; v < NVT; ++v) bv[v] = load(b + kk * ldb + v * kWidth);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      vfloat av = broadcast(kACols ? a[kk * lda + r] : a[r * lda + kk]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NVT; ++v) acc[r][v] += av * bv[v];
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NVT; ++v) store(c + r * ldc + v * kWidth, acc[r][v]);
-}
-
 // tile<R, NVT> for R and NVT known only at run time (edges of blocks).
 template <int R, bool kACols>
 void tile_v(int nvt, int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb,
-            float* c, int64_t ldc, Init init, const vfloat* c_scale) {
+            float* c, int64_t ldc, Init init, const float* c_scale) {
   switch (nvt) {
     case 1: return tile<R, 1, kACols>(kc, a, lda, b, ldb, c, ldc, init, c_scale);
     case 2: return tile<R, 2, kACols>(kc, a, lda, b, ldb, c, ldc, init, c_scale);
@@ -212,7 +173,7 @@ void tile_v(int nvt, int64_t kc, const float* a, int64_t lda, const float* b, in
 
 template <bool kACols>
 void tile_rv(int rows, int nvt, int64_t kc, const float* a, int64_t lda, const float* b,
-             int64_t ldb, float* c, int64_t ldc, Init init, const vfloat* c_scale = nullptr) {
+             int64_t ldb, float* c, int64_t ldc, Init init, const float* c_scale = nullptr) {
   switch (rows) {
     case 1: return tile_v<1, kACols>(nvt, kc, a, lda, b, ldb, c, ldc, init, c_scale);
     case 2: return tile_v<2, kACols>(nvt, kc, a, lda, b, ldb, c, ldc, init, c_scale);
@@ -233,7 +194,7 @@ void tile_rv(int rows, int nvt, int64_t kc, const float* a, int64_t lda, const f
 // vectors; kACols as in `tile`.
 template <bool kACols>
 void gemm_rows(int64_t rows, int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb,
-               float* c, int64_t ldc, Init init, const vfloat* c_scale = nullptr) {
+               float* c, int64_t ldc, Init init, const float* c_scale = nullptr) {
   for (int64_t r = 0; r < rows; r += MR) {
     int R = static_cast<int>(min64(MR, rows - r));
     const float* ar = kACols ? a + r : a + r * lda;
@@ -242,24 +203,6 @@ void gemm_rows(int64_t rows, int64_t kc, const float* a, int64_t lda, const floa
     else
       tile_rv<kACols>(R, NV, kc, ar, lda, b, ldb, c + r * ldc, ldc, init, c_scale);
   }
-}
-
-// exp(x) for the softmax, where x = score - max <= 0 (or -inf for a hidden key): the same
-// range reduction and degree-7 polynomial as simd::exp, but with AVX-512 the 2^n scaling is
-// one vscalefps, which also flushes exp(x < -104) to 0 and needs no overflow checks. NaN
-// stays NaN. Other levels use simd::exp.
-inline vfloat softmax_exp(vfloat x) {
-#if defined(__AVX512F__)
-  const vfloat kRound = broadcast(12582912.0f);  // 1.5 * 2^23
-  vfloat xc = x < -104.0f ? broadcast(-104.0f) : x;  // (not max(): keeps NaN)
-  vfloat n = (xc * 1.44269504088896341f + kRound) - kRound;
-  vfloat r = xc - n * 0.693145751953125f;
-  r = r - n * 1.428606765330187045e-06f;
-  vfloat p = exp_taylor(r);
-  return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)n);
-#else
-  return exp(x);
-#endif
 }
 
 // Vectors of lane indices 0, 1, ..., NV * kWidth - 1 (as floats), for masks.
@@ -334,22 +277,23 @@ void flash_forward_block(const AttentionArgs& p, int64_t b, int64_t h, int64_t i
       }
     }
     // 3. online softmax: new max, rescale factor, probabilities, running sum
-    vfloat m_new[NV], alpha[NV], sum[NV];
+    vfloat m_new[NV], sum[NV];
+    alignas(64) float alpha[BQ];  // as floats: the micro-GEMM loads its factors from memory
     for (int u = 0; u < NV; ++u) m_new[u] = m[u];
     for (int64_t jj = 0; jj < kb; ++jj)
       for (int u = 0; u < NV; ++u) m_new[u] = max(m_new[u], load(st + jj * BQ + u * kWidth));
     for (int u = 0; u < NV; ++u) {
-      alpha[u] = softmax_exp(m[u] - m_new[u]);  // exp(-inf) = 0 on the first block
+      store(alpha + u * kWidth, exp_upto88(m[u] - m_new[u]));  // exp(-inf) = 0 on block 0
       m[u] = m_new[u];
       sum[u] = zero();
     }
     for (int64_t jj = 0; jj < kb; ++jj)
       for (int u = 0; u < NV; ++u) {
-        vfloat e = softmax_exp(load(st + jj * BQ + u * kWidth) - m[u]);
+        vfloat e = exp_upto88(load(st + jj * BQ + u * kWidth) - m[u]);
         store(st + jj * BQ + u * kWidth, e);
         sum[u] += e;
       }
-    for (int u = 0; u < NV; ++u) l[u] = l[u] * alpha[u] + sum[u];
+    for (int u = 0; u < NV; ++u) l[u] = l[u] * load(alpha + u * kWidth) + sum[u];
     // 4. Ot = Ot * alpha + V[j0:j0+kb]^T Pt  (rows of Ot are head dimensions)
     gemm_rows<true>(D, kb, v + j0 * D, D, st, BQ, ot, BQ,
                     j0 == 0 ? Init::kZero : Init::kScaleAdd, alpha);
@@ -459,7 +403,7 @@ void flash_backward_key_block(const AttentionBackwardArgs& p, int64_t b, int64_t
         for (int u = 0; u < NV; ++u) {
           float* pr = w.prob + r * BKB + u * kWidth;
           float* ds = w.dsc + r * BKB + u * kWidth;
-          vfloat pv = softmax_exp(load(pr) - lse_i);
+          vfloat pv = exp_upto88(load(pr) - lse_i);
           if (last < BKB - 1) pv = lane.v[u] <= last_v ? pv : zero();
           store(pr, pv);
           store(ds, pv * (load(ds) - delta_i) * p.scale);
@@ -719,7 +663,7 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
       vfloat sum = zero();
       const vfloat mb = broadcast(m_new);
       for (jj = 0; jj + kWidth <= nk; jj += kWidth) {
-        vfloat e = softmax_exp(load(sc + jj) - mb);
+        vfloat e = exp_upto88(load(sc + jj) - mb);
         store(sc + jj, e);
         sum += e;
       }

@@ -56,7 +56,7 @@ void cross_entropy_naive(const CrossEntropyArgs& p) {
 
 // ---- version 2: online -----------------------------------------------------------------
 void cross_entropy_online(const CrossEntropyArgs& p) {
-  const RowPlan plan = plan_rows(p.n, p.v);
+  const RowPlan plan = plan_rows(p.n, p.v, p.dlogits);
   const bool stream = p.dlogits && plan.stream;
   parallel_for(p.n, min_rows_per_thread(p.v), [&](int64_t r0, int64_t r1) {
     float* kept = plan.keep && p.dlogits ? kept_buffer(p.v) : nullptr;  // null: recompute
@@ -67,7 +67,7 @@ void cross_entropy_online(const CrossEntropyArgs& p) {
       const int64_t t = p.targets[i];
       if (t == p.ignore_index) {
         if (p.losses) p.losses[i] = 0.0f;
-        if (g) write_row(g, p.v, stream, [](int64_t, int64_t) { return zero(); });
+        if (g) store_range(g, 0, p.v, stream, [](int64_t, int64_t) { return zero(); });
         continue;
       }
       RowStats st = online_row(x, p.v, 1.0f, kept, kept ? chunk_max : nullptr);  // one read
@@ -84,12 +84,12 @@ void cross_entropy_online(const CrossEntropyArgs& p) {
         write_from_kept(g, p.v, kept, chunk_max, st, w, stream, minus_target);
       } else {
         const vfloat m = broadcast(st.max), ws = broadcast((float)(w / st.sum));
-        write_row(g, p.v, stream, [&](int64_t j, int64_t k) {
-          return minus_target(j, k, exp_upto88(load_n(x + j, k) - m) * ws);
+        store_range(g, 0, p.v, stream, [&](int64_t j, int64_t k) {
+          return minus_target(j, k, exp_upto88(load_upto(x + j, k) - m) * ws);
         });
       }
     }
-    end_streaming(stream);
+    if (stream) stream_fence();
   });
 }
 

@@ -1,10 +1,12 @@
 // matmul: C = op(A) @ op(B) (+ bias) (+ C), float32.  Shapes in matmul.h.
 //
 // version 1 (naive): the textbook triple loop, one dot product per output, one thread.
-// version 2 (blocked): the BLIS/GotoBLAS structure. Written for row-major C, it keeps a
+// (versions 2-4, 6 and 7 are GPU ideas: csrc/cuda/matmul.cu)
+// version 5 (blocked): the BLIS/GotoBLAS structure. Written for row-major C, it keeps a
 //   thin sliver of A (MR rows x KC) in L1 and streams slivers of B (KC x NR) from a block
-//   packed into L2; the MR x NR register tile is the "microkernel": per k it loads NR/W
-//   vectors of B, broadcasts MR scalars of A and issues MR*NR/W independent FMAs.
+//   packed into L2; the MR x NR register tile is the "microkernel" (microkernel.h, shared
+//   with attention): per k it loads NR/W vectors of B, broadcasts MR scalars of A and
+//   issues MR*NR/W independent FMAs.
 //     loop 1  M in blocks of MB  (packed A panel, MB x KC, lives in L3)
 //     loop 2  K in blocks of KC
 //     loop 3  N in blocks of NB  (packed B block, KC x NB, lives in L2)
@@ -23,11 +25,13 @@
 #include "common/simd.h"
 #include "common/threading.h"
 #include "common/workspace.h"
+#include "kernels/microkernel.h"
 
 KG_BEGIN_ISA_NAMESPACE
 namespace {
 
 using namespace simd;
+using microkernel::Init;
 
 // ---- version 1: naive ------------------------------------------------------------------
 void matmul_naive(const MatmulArgs& p) {
@@ -50,15 +54,10 @@ void matmul_naive(const MatmulArgs& p) {
   }
 }
 
-// ---- version 2: blocked ------------------------------------------------------------------
-#ifndef KG_MM_MR
-#if defined(__AVX512F__)
-#define KG_MM_MR 8  // 8 x 3 accumulators + 3 B vectors + 1 broadcast = 28 of 32 zmm
-#define KG_MM_NV 3  // (measured here: 8x48 beats 14x32, 12x32 and 6x64 by 3-10%)
-#else
-#define KG_MM_MR 6  // 6 x 2 accumulators + 2 + 1 = 15 of 16 registers
-#define KG_MM_NV 2
-#endif
+// ---- version 5: blocked ------------------------------------------------------------------
+#ifndef KG_MM_MR  // -DKG_MM_MR=... -DKG_MM_NV=...: other tile shapes, for tuning
+#define KG_MM_MR microkernel::kRows
+#define KG_MM_NV microkernel::kVecs
 #endif
 #ifndef KG_MM_KC
 #define KG_MM_KC 384
@@ -134,42 +133,19 @@ void pack_b(const MatmulArgs& p, const float* b, int64_t k0, int64_t kc, int64_t
   }
 }
 
-// The register tile: C[0:MR, 0:NR] (row stride ldc) = init + sum_k ap[k, :]^T bp[k, :],
-// where init is C itself (load_c), the bias row, or zero.
-__attribute__((always_inline)) inline void microkernel(int64_t kc, const float* __restrict ap,
-                                                       const float* __restrict bp,
-                                                       float* __restrict c, int64_t ldc,
+// The register tile on packed slivers: C[0:MR, 0:NR] (row stride ldc) = init +
+// sum_k ap[k, :]^T bp[k, :], where init is C itself (load_c), the bias row, or zero.
+__attribute__((always_inline)) inline void packed_tile(int64_t kc, const float* ap,
+                                                       const float* bp, float* c, int64_t ldc,
                                                        bool load_c, const float* bias) {
-  vfloat acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v)
-      acc[r][v] = load_c ? load(c + r * ldc + v * kWidth)
-                         : (bias ? load(bias + v * kWidth) : zero());
-  for (int64_t kk = 0; kk < kc; ++kk) {
-    vfloat b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = load(bp + v * kWidth);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      vfloat a = broadcast(ap[r]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
-    }
-    ap += MR;
-    bp += NR;
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) store(c + r * ldc + v * kWidth, acc[r][v]);
+  microkernel::tile<MR, NV, true>(kc, ap, MR, bp, NR, c, ldc,
+                                  load_c ? Init::kAdd : (bias ? Init::kRow : Init::kZero), bias);
 }
 
 // Loops 4 and 5 over one packed A panel (mc x kc) and one packed B block (kc x nc).
 void macro_kernel(const MatmulArgs& p, const float* packed_a, const float* packed_b, float* c,
                   int64_t mc, int64_t nc, int64_t kc, bool load_c, const float* bias) {
-  alignas(64) float tile[MR * NR];
+  alignas(64) float edge[MR * NR];
   for (int64_t ir = 0; ir < mc; ir += MR) {
     const float* ap = packed_a + ir * kc;
     int64_t rows = mc - ir < MR ? mc - ir : MR;
@@ -179,7 +155,7 @@ void macro_kernel(const MatmulArgs& p, const float* packed_a, const float* packe
       float* cij = c + ir * p.n + jr;
       const float* bias_j = bias ? bias + jr : nullptr;
       if (rows == MR && cols == NR) {
-        microkernel(kc, ap, bp, cij, p.n, load_c, bias_j);
+        packed_tile(kc, ap, bp, cij, p.n, load_c, bias_j);
         continue;
       }
       // Ragged edge: run the full tile on a local copy, keep the valid part.
@@ -188,11 +164,11 @@ void macro_kernel(const MatmulArgs& p, const float* packed_a, const float* packe
           float init = 0.0f;
           if (r < rows && cc < cols)
             init = load_c ? cij[r * p.n + cc] : (bias_j ? bias_j[cc] : 0.0f);
-          tile[r * NR + cc] = init;
+          edge[r * NR + cc] = init;
         }
-      microkernel(kc, ap, bp, tile, NR, true, nullptr);
+      packed_tile(kc, ap, bp, edge, NR, true, nullptr);
       for (int64_t r = 0; r < rows; ++r)
-        for (int64_t cc = 0; cc < cols; ++cc) cij[r * p.n + cc] = tile[r * NR + cc];
+        for (int64_t cc = 0; cc < cols; ++cc) cij[r * p.n + cc] = edge[r * NR + cc];
     }
   }
 }

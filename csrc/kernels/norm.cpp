@@ -13,7 +13,7 @@
 //   - rmsnorm: sum of squares in 4 independent vector accumulators.
 //   - the output pass is a few multiply-adds per element; meanwhile the next row is
 //     prefetched into L2, and outputs larger than the last-level cache are written with
-//     streaming stores (kernels/stream_store.h), saving the read of every output line.
+//     streaming stores (simd.h's store_range), saving the read of every output line.
 //   - backward: one pass for the row sums mean(g), mean(g * xhat) while adding dy * xhat and
 //     dy into a per-thread float block of dweight / dbias, a second pass (from cache) for dx.
 //     Every 32 rows the block is folded into per-thread float64 sums; the threads' sums are
@@ -25,7 +25,6 @@
 
 #include "common/simd.h"
 #include "common/threading.h"
-#include "kernels/stream_store.h"
 
 KG_BEGIN_ISA_NAMESPACE
 namespace {
@@ -122,14 +121,6 @@ void rmsnorm_backward_naive(const RMSNormBackwardArgs& p) {
 }
 
 // ---- version 2: fast -------------------------------------------------------------------
-
-// Stores a whole vector when n >= kWidth, else the first n lanes (the masked tail).
-inline void store_upto(float* p, vfloat v, int64_t n) {
-  if (n >= kWidth)
-    store(p, v);
-  else
-    store_partial(p, v, n);
-}
 
 // Rows per thread: enough elements (~16k) to pay for waking a thread.
 inline int64_t min_rows_per_thread(int64_t cols) {

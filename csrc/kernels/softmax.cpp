@@ -82,7 +82,7 @@ void softmax_backward_naive(const SoftmaxBackwardArgs& p) {
 
 // ---- version 2: online -----------------------------------------------------------------
 void softmax_online(const SoftmaxArgs& p) {
-  const RowPlan plan = plan_rows(p.rows, p.cols);
+  const RowPlan plan = plan_rows(p.rows, p.cols, p.y);
   const bool stream = plan.stream;
   parallel_for(p.rows, min_rows_per_thread(p.cols), [&](int64_t r0, int64_t r1) {
     const vfloat vs = broadcast(p.scale);
@@ -97,23 +97,23 @@ void softmax_online(const SoftmaxArgs& p) {
       // pass 2: the outputs, from x (or the kept exps) still in L1/L2
       if (p.log) {  // y = scale*x - (M + log sum): no exp at all
         const vfloat lse = broadcast((float)(st.max + std::log(st.sum)));
-        write_row(y, valid, stream,
-                  [&](int64_t j, int64_t k) { return load_n(x + j, k) * vs - lse; });
+        store_range(y, 0, valid, stream,
+                    [&](int64_t j, int64_t k) { return load_upto(x + j, k) * vs - lse; });
       } else if (kept) {  // y = kept exp * exp(chunk max - M) / sum: a multiply per value
         write_from_kept(y, valid, kept, chunk_max, st, 1.0, stream,
                         [](int64_t, int64_t, vfloat v) { return v; });
       } else {  // y = exp(scale*x - M) / sum
         const vfloat m = broadcast(st.max), inv = broadcast((float)(1.0 / st.sum));
-        write_row(y, valid, stream, [&](int64_t j, int64_t k) {
-          return exp_upto88(load_n(x + j, k) * vs - m) * inv;
+        store_range(y, 0, valid, stream, [&](int64_t j, int64_t k) {
+          return exp_upto88(load_upto(x + j, k) * vs - m) * inv;
         });
       }
       if (valid < p.cols) {
         const vfloat fill = broadcast(p.log ? -INFINITY : 0.0f);
-        write_row(y + valid, p.cols - valid, stream, [&](int64_t, int64_t) { return fill; });
+        store_range(y + valid, 0, p.cols - valid, stream, [&](int64_t, int64_t) { return fill; });
       }
     }
-    end_streaming(stream);
+    if (stream) stream_fence();
   });
 }
 
@@ -136,7 +136,7 @@ inline double backward_row_sum(const float* dy, const float* y, int64_t n, bool 
     }
     for (; j < len; j += kWidth) {
       int64_t k = len - j < kWidth ? len - j : kWidth;
-      a0 += term(load_n(dc + j, k), load_n(yc + j, k));  // zero padding adds 0 either way
+      a0 += term(load_upto(dc + j, k), load_upto(yc + j, k));  // zero padding adds 0 either way
     }
     total += reduce_add_double((a0 + a1) + (a2 + a3));
   }
@@ -144,7 +144,7 @@ inline double backward_row_sum(const float* dy, const float* y, int64_t n, bool 
 }
 
 void softmax_backward_fused(const SoftmaxBackwardArgs& p) {
-  const bool stream = plan_rows(p.rows, p.cols).stream;
+  const bool stream = plan_rows(p.rows, p.cols, p.dx).stream;
   parallel_for(p.rows, min_rows_per_thread(p.cols), [&](int64_t r0, int64_t r1) {
     const vfloat vs = broadcast(p.scale), ninf = broadcast(-INFINITY);
     for (int64_t r = r0; r < r1; ++r) {
@@ -153,18 +153,18 @@ void softmax_backward_fused(const SoftmaxBackwardArgs& p) {
       float* dx = p.dx + r * p.cols;
       const vfloat s = broadcast((float)backward_row_sum(dy, y, p.cols, p.log));
       if (p.log)
-        write_row(dx, p.cols, stream, [&](int64_t j, int64_t k) {
-          vfloat yv = load_n(y + j, k);
-          vfloat g = vs * (load_n(dy + j, k) - row_exp(yv) * s);
+        store_range(dx, 0, p.cols, stream, [&](int64_t j, int64_t k) {
+          vfloat yv = load_upto(y + j, k);
+          vfloat g = vs * (load_upto(dy + j, k) - simd::exp(yv) * s);
           return yv != ninf ? g : zero();
         });
       else
-        write_row(dx, p.cols, stream, [&](int64_t j, int64_t k) {
-          vfloat yv = load_n(y + j, k);
-          return vs * yv * (load_n(dy + j, k) - s);
+        store_range(dx, 0, p.cols, stream, [&](int64_t j, int64_t k) {
+          vfloat yv = load_upto(y + j, k);
+          return vs * yv * (load_upto(dy + j, k) - s);
         });
     }
-    end_streaming(stream);
+    if (stream) stream_fence();
   });
 }
 

@@ -1,10 +1,14 @@
 // Row primitives shared by softmax.cpp and cross_entropy.cpp (include only from
 // csrc/kernels/*.cpp: like simd.h it opens namespace kg::<level>).
 //
-//   online_row   one read of a row from memory gives its max M and sum_j exp(scale*x_j - M)
-//                (online softmax, chunk by chunk), optionally keeping the exps it computed
-//   write_row    y[0:n] = f(vector j), with streaming (non-temporal) stores for outputs too
-//                large for the caches
+//   online_row       one read of a row from memory gives its max M and
+//                    sum_j exp(scale*x_j - M) (online softmax, chunk by chunk), optionally
+//                    keeping the exps it computed
+//   plan_rows        for a [rows, cols] call: whether to keep those exps for the second pass,
+//                    and whether to write the outputs with streaming stores
+//   write_from_kept  the second pass from the kept exps
+// The exp is simd.h's exp_upto88 (its arguments are x - max(x) <= 0); the outputs are
+// written with simd.h's store_range.
 #pragma once
 #include <cfloat>
 #include <cmath>
@@ -26,52 +30,6 @@ inline vfloat fill_tail(vfloat v, int64_t n, float fill) {
 #else
   for (int64_t i = n; i < kWidth; ++i) v[i] = fill;
   return v;
-#endif
-}
-
-// The first n floats at p (n <= kWidth), zeros after; a full load when n == kWidth.
-inline vfloat load_n(const float* p, int64_t n) { return n == kWidth ? load(p) : load_partial(p, n); }
-inline void store_partial_n(float* p, vfloat v, int64_t n) {
-  if (n == kWidth)
-    store(p, v);
-  else
-    store_partial(p, v, n);
-}
-
-// exp for the row kernels. On AVX-512: the range reduction of simd::exp (x = n ln2 + r,
-// |r| <= ln2/2), a degree-6 minimax polynomial for exp(r) (relative error 2e-9 before
-// rounding, ~1e-7 after) and vscalefps for the 2^n, which overflows to inf and underflows
-// through the denormals to 0 by itself: 12 instructions instead of ~25, and exp is most of
-// the work here. Elsewhere simd::exp (same accuracy).
-//
-// exp_upto88: for x <= 88.8, -inf (-> 0) and NaN (-> NaN), which covers x - max(x).
-inline vfloat exp_upto88(vfloat x) {
-#if defined(__AVX512F__)
-  // MAXPS returns its second operand when either is NaN: x stays NaN.
-  __m512 xc = _mm512_max_ps(_mm512_set1_ps(-104.0f), (__m512)x);  // exp(-104) rounds to 0
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);  // ln2, high part
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);   // ... and the rest
-  __m512 p = _mm512_set1_ps(1.384365372e-03f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.374155499e-03f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166800156e-02f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666643173e-01f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.999999404e-01f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return (vfloat)_mm512_scalef_ps(p, n);
-#else
-  return exp(x);
-#endif
-}
-
-// exp for any x: +inf -> inf as well.
-inline vfloat row_exp(vfloat x) {
-#if defined(__AVX512F__)
-  return exp_upto88((vfloat)_mm512_min_ps(_mm512_set1_ps(88.8f), (__m512)x));
-#else
-  return exp(x);
 #endif
 }
 
@@ -136,7 +94,7 @@ inline RowStats online_row_impl(const float* x, int64_t n, float scale, float* k
     }
     for (; j < len; j += kWidth) {
       int64_t k = len - j < kWidth ? len - j : kWidth;
-      m0 = max(m0, fill_tail(scaled(load_n(xc + j, k)), k, -FLT_MAX));
+      m0 = max(m0, fill_tail(scaled(load_upto(xc + j, k)), k, -FLT_MAX));
     }
     float chunk = reduce_max(max(m0, m1));
     if (chunk > m) {  // the running max grows: rescale the sum so far
@@ -171,8 +129,8 @@ inline RowStats online_row_impl(const float* x, int64_t n, float scale, float* k
     }
     for (; j < len; j += kWidth) {  // padding lanes: exp(-inf) = 0
       int64_t k = len - j < kWidth ? len - j : kWidth;
-      vfloat e = exp_upto88(fill_tail(scaled(load_n(xc + j, k)), k, -INFINITY) - vm);
-      if (kept) store_partial_n(kept + c0 + j, e, k);
+      vfloat e = exp_upto88(fill_tail(scaled(load_upto(xc + j, k)), k, -INFINITY) - vm);
+      if (kept) store_upto(kept + c0 + j, e, k);
       s0 += e;
     }
     total += reduce_add_double((s0 + s1) + (s2 + s3));
@@ -207,11 +165,12 @@ inline float* kept_buffer(int64_t n) {
 
 // ---- the plan for a [rows, cols] call, measured on this Zen 4 machine with 2 threads ------
 //
-// stream: streaming (non-temporal) stores for outputs of at least 32 MiB (about the L3 size:
-//   nobody will find them in the cache anyway) with rows of at least 1024 values. They skip
-//   reading each output line before overwriting it (1.2-1.3x for long rows); but with short
-//   rows, where reads and writes alternate every few KiB, they were up to 2x SLOWER than
-//   plain stores.
+// stream: streaming (non-temporal) stores for outputs `out` of at least 32 MiB (about the L3
+//   size: nobody will find them in the cache anyway) with rows of at least 1024 values, if
+//   out is float aligned (store_range needs that; numpy's arrays are). They skip reading
+//   each output line before overwriting it (1.2-1.3x for long rows); but with short rows,
+//   where reads and writes alternate every few KiB, they were up to 2x SLOWER than plain
+//   stores.
 // keep: keep the exps of pass 1 for pass 2 for inputs up to 8 MiB, or rows of up to 1024
 //   values: 1.3-1.4x while the inputs come from the caches. For larger inputs with longer
 //   rows, keeping was measured SLOWER than recomputing the exps from x (still in L2) --
@@ -219,42 +178,13 @@ inline float* kept_buffer(int64_t n) {
 struct RowPlan {
   bool stream, keep;
 };
-inline RowPlan plan_rows(int64_t rows, int64_t cols) {
+inline RowPlan plan_rows(int64_t rows, int64_t cols, const float* out) {
   const int64_t bytes = rows * cols * (int64_t)sizeof(float);
   RowPlan plan;
-  plan.stream = bytes >= (int64_t(32) << 20) && cols >= 1024;
+  plan.stream = bytes >= (int64_t(32) << 20) && cols >= 1024 &&
+                reinterpret_cast<uintptr_t>(out) % sizeof(float) == 0;
   plan.keep = bytes <= (int64_t(8) << 20) || cols <= 1024;
   return plan;
-}
-
-// A non-temporal store of a full vector to p, which must be aligned to the vector size.
-inline void stream_store(float* p, vfloat v) {
-#if defined(__AVX512F__)
-  _mm512_stream_ps(p, (__m512)v);
-#elif defined(__AVX2__)
-  _mm256_stream_ps(p, (__m256)v);
-#elif defined(__SSE2__)
-  _mm_stream_ps(p, (__m128)v);
-#else
-  store(p, v);
-#endif
-}
-
-// y[0:n] = f(j, k) for j = 0, kWidth, 2 kWidth, ..., where f returns the vector of outputs
-// j .. j+k-1 (k = kWidth, or fewer at the ends: f must read only k elements then). With
-// `stream`, full vectors go out with non-temporal stores once y is aligned to the vector size.
-template <class F>
-inline void write_row(float* y, int64_t n, bool stream, F&& f) {
-  constexpr uintptr_t kAlign = kWidth * sizeof(float);
-  int64_t j = 0;
-  if (stream && ((uintptr_t)y & 3) == 0) {
-    int64_t head = (int64_t)((kAlign - ((uintptr_t)y & (kAlign - 1))) & (kAlign - 1)) / 4;
-    if (head > n) head = n;
-    if (head > 0) store_partial(y, f(0, head), head);
-    for (j = head; j + kWidth <= n; j += kWidth) stream_store(y + j, f(j, kWidth));
-  }
-  for (; j + kWidth <= n; j += kWidth) store(y + j, f(j, kWidth));
-  if (j < n) store_partial(y + j, f(j, n - j), n - j);
 }
 
 // The second pass from kept exps (see online_row): y[j] = patch(j, k, kept[j] * f_c) with
@@ -266,19 +196,10 @@ inline void write_from_kept(float* y, int64_t n, const float* kept, const float*
     const int64_t len = n - c0 < kChunk ? n - c0 : kChunk;
     const double rescale = chunk_max[c] == st.max ? 1.0 : std::exp((double)chunk_max[c] - st.max);
     const vfloat f = broadcast((float)(w * rescale / st.sum));
-    write_row(y + c0, len, stream, [&](int64_t j, int64_t k) {
-      return patch(c0 + j, k, load_n(kept + c0 + j, k) * f);
+    store_range(y + c0, 0, len, stream, [&](int64_t j, int64_t k) {
+      return patch(c0 + j, k, load_upto(kept + c0 + j, k) * f);
     });
   }
-}
-
-// Orders the streaming stores before whatever the caller does next (another thread may read y).
-inline void end_streaming(bool stream) {
-#if defined(__SSE2__)
-  if (stream) _mm_sfence();
-#else
-  (void)stream;
-#endif
 }
 
 // Rows per thread worth waking a thread for: about 32k elements.
