@@ -76,7 +76,7 @@ def backward_reference(dout, q, k, v, out, lse, causal=True, scale=None):
     not, and both dP and delta carry float32 rounding)."""
     grads = reference.attention_backward(dout, q, k, v, out, lse, causal=causal, scale=scale)
     B, H, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
+    Hkv = k.shape[1]
     G = H // Hkv
     scale = 1.0 / np.sqrt(D) if scale is None else scale
     qg, s, hidden = reference._attention_probs(q, k, causal, scale)

@@ -1,7 +1,6 @@
 """The GPT model: the hand-written backward against float64 finite differences, the native
 float32 model against the float64 reference model, PyTorch (optional) as a second oracle, and
 the KV-cache inference path against the full forward pass."""
-import dataclasses
 import sys
 from pathlib import Path
 

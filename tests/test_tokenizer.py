@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernelgpt
-from kernelgpt import _C, reference
+from kernelgpt import reference
 from kernelgpt import tokenizer as tk
 from kernelgpt.io import fetch
 

@@ -1,7 +1,6 @@
 """Training loop, checkpoints (atomic, bit-exact resume), generation from a checkpoint."""
 import csv
 import dataclasses
-import json
 import os
 import signal
 import subprocess

@@ -70,7 +70,7 @@ def attention_backward(dout, q, k, v, out, lse, causal=True, scale=None):
     dk and dv are summed over the query heads that share a kv head.
     """
     B, H, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
+    Hkv = k.shape[1]
     G = H // Hkv
     if scale is None:
         scale = 1.0 / np.sqrt(D)
