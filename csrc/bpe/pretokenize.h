@@ -20,7 +20,7 @@
 // tokenizer.json, two regexes in llama.cpp): every \p{N} character is a piece of its own, and
 // the text between two of them is split by the GPT-2 pattern as a text of its own, so that
 // white space before a digit is "at the end" ($, (?!\S)). As one regex (SMOLLM_PATTERN in
-// tokenizer.py; the tests check the scanner against it):
+// kernelgpt/tokenizer/patterns.py; the tests check the scanner against it):
 //   \p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++|\s++(?:$|(?=\p{N}))|\s+(?!\S)|\s
 //
 // `$` is the end of the text being split (encode() splits the text between special tokens
