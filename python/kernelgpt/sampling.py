@@ -14,6 +14,13 @@ The steps, in order (the order Hugging Face transformers uses):
 ``filtered_distribution`` returns the probabilities after steps 1-5 so the explainer's "bars
 of probabilities" can be printed (``top_candidates`` gives the first few bars).
 
+``DEFAULT_SAMPLING`` is the one set of defaults every text-producing entry point starts from
+(``generate``, ``model.generate`` / ``chat`` / ``create_chat_completion`` and the CLI's
+``sample``, ``generate`` and ``chat``): temperature 0.2 and top-p 0.9, the settings
+SmolLM2-Instruct's authors recommend; a few of the most likely tokens compete, so answers stay
+on topic without looping. ``temperature=0`` asks for greedy decoding. ``SamplingConfig()``
+itself is the neutral "filters off" distribution (temperature 1), what the lessons print.
+
 Logits may contain -inf (a masked token) but not NaN or +inf, and at least one entry must be
 finite: anything else is a ValueError, as are invalid settings.
 """
@@ -27,7 +34,7 @@ import numpy as np
 
 from . import _C
 
-__all__ = ["SamplingConfig", "Sampler", "filtered_distribution", "top_candidates", "sample"]
+__all__ = ["SamplingConfig", "DEFAULT_SAMPLING", "sampling_config", "Sampler", "filtered_distribution", "top_candidates", "sample"]
 
 
 @dataclass
@@ -58,6 +65,31 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+DEFAULT_SAMPLING = SamplingConfig(temperature=0.2, top_p=0.9)
+
+# Other libraries' names for the same settings (llama-cpp-python's repeat_penalty).
+_ALIASES = {"repeat_penalty": "repetition_penalty"}
+
+
+def sampling_config(settings: Optional[dict] = None, base: Optional[SamplingConfig] = None,
+                    where: str = "sampling", also: Sequence[str] = ()) -> SamplingConfig:
+    """``base`` (default DEFAULT_SAMPLING) with the given fields replaced. A name that is not a
+    sampling setting raises TypeError listing the accepted ones (``where`` names the caller,
+    ``also`` its other keyword arguments, for the message); None values are ignored (an
+    OpenAI-style request may send temperature=None)."""
+    base = DEFAULT_SAMPLING if base is None else base
+    fields = dict(base.__dict__)
+    for name, value in (settings or {}).items():
+        key = _ALIASES.get(name, name)
+        if key not in fields:
+            accepted = ", ".join(sorted(set(fields) | set(_ALIASES) | set(also)))
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}; it accepts: "
+                            f"{accepted}")
+        if value is not None:
+            fields[key] = value
+    return SamplingConfig(**fields)
 
 
 def _check_logits(logits) -> np.ndarray:
