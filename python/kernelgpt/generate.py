@@ -142,6 +142,9 @@ def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop_tokens, stop_
         pending = ""  # decoded text not yet yielded (may be the start of a stop string)
         t_decode = time.perf_counter()
         for _ in range(max_new_tokens):
+            if not slide and len(context) >= capacity:  # prompt + reply fill the context
+                stats.stop_reason = "context"
+                break
             token = sample(logits, previous_tokens=context)
             if token in stop_tokens:
                 stats.stop_reason = "stop_token"
@@ -168,8 +171,7 @@ def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop_tokens, stop_
                 break
             if cache.length >= capacity:  # full: the new token has no room
                 if not slide:
-                    stats.stop_reason = "context"
-                    break
+                    continue  # the check above ends it
                 # a sliding window: keep the newest half (at least the new token), re-prefill
                 keep_tokens = context[-max(1, capacity // 2):]
                 cache.reset()
