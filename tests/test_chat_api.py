@@ -115,6 +115,17 @@ def test_readme_snippet_answers_like_the_cli(capsys):
     assert _first_words(reply) == _first_words(answer), (reply[:200], answer[:200])
 
 
+@needs_smollm2
+def test_readme_conversation_snippet_runs(smol, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    snippet = next(b for b in blocks if "chat_session" in b)
+    scope = {"smol": smol}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert scope["r"].finish_reason in ("stop", "length") and scope["r"].text
+    assert len(scope["session"].messages) == 5  # system, two user turns, two replies
+    assert capsys.readouterr().out.strip()
+
+
 # ---- conversations as objects -------------------------------------------------------------------
 
 @needs_smollm2
