@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -63,7 +63,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 1337
     val_fraction: float = 0.1
-    progress: bool = True
+    progress: Union[bool, str] = True  # True: a tqdm bar; "lines": a line per log_interval
     plot: bool = True
     device: str = "cpu"              # "cpu" | "cuda" (CuPy, a GPU) | "emu" (the CUDA emulator)
     precision: str = "fp32"          # "bf16": tensor-core products, fp32 master weights (devices)
@@ -211,12 +211,14 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
     csv_path = out / "log.csv"
     fields = ["step", "loss", "val_loss", "train_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
     tokens_per_step = tc.batch_size * block * tc.grad_accum
+    lines = tc.progress == "lines"  # a plain line per log_interval instead of the bar
     progress = None
-    if tc.progress:
+    if tc.progress and not lines:
         progress = tqdm(total=tc.max_iters, initial=step, unit="step", dynamic_ncols=True,
                         file=sys.stderr)
     t_start = time.perf_counter()
     steps_this_call = 0
+    line_steps, line_seconds = 0, 0.0  # training steps and time since the last plain line
     last_loss = float("nan")
 
     def checkpoint(evaluate: bool):
@@ -255,15 +257,23 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
         last_loss = loss
         if not math.isfinite(loss):
             raise RuntimeError(f"training diverged at step {step}: loss {loss}")
-        if step % tc.log_interval == 0 or step == 1:
+        logged = step % tc.log_interval == 0 or step == 1
+        if logged:
             log_rows.append({"step": step, "loss": loss, "lr": lr, "grad_norm": float(gnorm),
                              "tokens_per_s": tokens_per_step / dt,
                              "elapsed_s": time.perf_counter() - t_start})
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
-        if step % tc.eval_interval == 0 or step == tc.max_iters:
+        evaluated = step % tc.eval_interval == 0 or step == tc.max_iters
+        if evaluated:
             checkpoint(evaluate=True)
+        line_steps, line_seconds = line_steps + 1, line_seconds + dt
+        if lines and (logged or evaluated):
+            print(_progress_line(step, tc.max_iters, loss, log_rows[-1].get("val_loss") if
+                                 evaluated else None, line_steps * tokens_per_step / max(line_seconds, 1e-9),
+                                 time.perf_counter() - t_start), flush=True)
+            line_steps, line_seconds = 0, 0.0
     if steps_this_call and step % tc.eval_interval != 0 and step != tc.max_iters:
         checkpoint(evaluate=False)  # stopped early (stop_after): keep the progress
     if progress is not None:
@@ -271,6 +281,15 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
     vals = [r["val_loss"] for r in log_rows if "val_loss" in r]
     return {"step": step, "loss": last_loss, "val_loss": vals[-1] if vals else None,
             "out": str(out), "seconds": time.perf_counter() - t_start, "log": log_rows}
+
+
+def _progress_line(step: int, max_iters: int, loss: float, val_loss: Optional[float],
+                   tokens_per_s: float, elapsed: float) -> str:
+    """TrainConfig(progress="lines"): e.g. "step 250/2000: loss 1.8421, val loss 1.9033, 41,250
+    tok/s, 12.3 s" (tok/s: the training steps since the previous line, evaluation left out)."""
+    val = f", val loss {val_loss:.4f}" if val_loss is not None else ""
+    return (f"step {step}/{max_iters}: loss {loss:.4f}{val}, {tokens_per_s:,.0f} tok/s, "
+            f"{elapsed:.1f} s")
 
 
 def _write_csv(path: Path, fields, rows) -> None:

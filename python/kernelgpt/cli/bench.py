@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 
 from .. import bench
+from ._common import positive_int
 
 
 def add_arguments(p):
-    p.add_argument("--threads", type=int, default=2, help="threads for every library (2)")
-    p.add_argument("--only", default="", help="comma-separated kernel families to run "
-                   f"({', '.join(bench.CASE_BUILDERS)})")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (5)")
+    p.add_argument("--threads", type=positive_int, default=2, metavar="N",
+                   help="threads for every library, >= 1")
+    p.add_argument("--only", default="", metavar="FAMILIES", help="comma-separated kernel families to run "
+                   f"({', '.join(bench.CASE_BUILDERS)}; default: all)")
+    p.add_argument("--rounds", type=positive_int, default=5, metavar="N",
+                   help="alternating timing rounds")
     p.add_argument("--quick", action="store_true", help="fewer shapes and rounds")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
-    p.add_argument("--json", metavar="FILE", help="also save the results as JSON")
+    p.add_argument("--json", metavar="FILE", help="also save the results as JSON to FILE")
 
 
 def _argv(args) -> list:

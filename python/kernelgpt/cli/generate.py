@@ -1,6 +1,7 @@
 """`kernelgpt generate`: continue a prompt with a GGUF model (default: SmolLM2-135M-Instruct).
 
-Also the options `kernelgpt chat` shares (model, weights, sampling, device).
+Also the options `kernelgpt chat` shares (model, weights, context, template, sampling,
+device, threads).
 """
 from __future__ import annotations
 
@@ -8,28 +9,39 @@ import sys
 
 from ..generate import GenerationStats
 from ..llama import load_model
+from ._common import (add_max_tokens_argument, add_sampling_arguments, add_threads_argument,
+                      positive_int, sampling_settings)
+
+__all__ = ["add_model_arguments", "sampling_settings", "print_stats", "load_model_from_args"]
 
 
-def add_model_arguments(p) -> None:
-    p.add_argument("--model", default="smollm2", help="'smollm2' (kernelgpt fetch smollm2) or a .gguf path")
+def add_model_arguments(p, max_new_tokens: int = 256) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="'smollm2' (kernelgpt fetch smollm2), a .gguf path or a checkpoint "
+                        "directory written by kernelgpt train")
     p.add_argument("--weights", choices=["quantized", "fp32", "bf16"], default="quantized",
-                   help="quantized: as stored in the GGUF; fp32: dequantized; bf16: rounded to bfloat16")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+                   help="quantized: as stored in the GGUF; fp32: dequantized; bf16: rounded to "
+                        "bfloat16")
+    p.add_argument("--max-context", type=positive_int, default=None, metavar="N",
+                   help="a shorter context than the model's, in tokens: smaller KV caches "
+                        "(default: the model's context length)")
+    p.add_argument("--template", default=None, metavar="NAME|FILE|JINJA",
+                   help="the chat template: 'chatml', a Jinja template file or string "
+                        "(default: the model file's tokenizer.chat_template)")
+    add_max_tokens_argument(p, max_new_tokens)
+    add_sampling_arguments(p)
     p.add_argument("--stats", action="store_true", help="print prefill and decode speed")
     p.add_argument("--device", choices=["cpu", "cuda", "emu"], default="cpu",
-                   help="cpu (default): C++ kernels; cuda: CUDA kernels on a GPU (CuPy); emu: "
+                   help="cpu: C++ kernels; cuda: CUDA kernels on a GPU (CuPy); emu: "
                         "the CUDA kernels on the CPU emulator (very slow, for checking)")
+    add_threads_argument(p)
 
 
-def sampling_settings(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                min_p=args.min_p, repetition_penalty=args.repetition_penalty)
+def load_model_from_args(args):
+    """The model the options name (after checking the sampling options, which is quick)."""
+    sampling_settings(args)
+    return load_model(args.model, weights=args.weights, max_context=args.max_context,
+                      device=args.device, template=args.template)
 
 
 def print_stats(stats) -> None:
@@ -39,6 +51,14 @@ def print_stats(stats) -> None:
           file=sys.stderr)
 
 
+def print_cut_note(stats, max_new_tokens: int, what: str = "text") -> None:
+    """On stderr, why a reply ended before it was finished, if it did."""
+    if stats.stop_reason == "length":
+        print(f"[{what} cut at {max_new_tokens} tokens: --max-new-tokens]", file=sys.stderr)
+    elif stats.stop_reason == "context":
+        print(f"[{what} cut: the context is full (--max-context)]", file=sys.stderr)
+
+
 def add_arguments(p) -> None:
     add_model_arguments(p)
     p.add_argument("--prompt", required=True, help="text to continue (no chat template)")
@@ -46,7 +66,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    model = load_model_from_args(args)
     stats = GenerationStats()
     if args.chat:
         pieces = model.chat([{"role": "user", "content": args.prompt}], args.max_new_tokens,
@@ -59,8 +79,7 @@ def main(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    print_cut_note(stats, args.max_new_tokens)
     if args.stats:
         print_stats(stats)
     return 0
-
-

@@ -8,6 +8,7 @@ import sys
 
 from ..tokenizer import Encoding, format_trace, get_encoding, train
 from ..tokenizer.training import show_bytes
+from ._common import add_threads_argument, positive_int
 
 
 def add_arguments(parser) -> None:
@@ -15,7 +16,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("-e", "--encoding", default="cl100k_base",
                         help="encoding name (cl100k_base, gpt2) or a .tiktoken file")
     parser.add_argument("--pattern", default="cl100k",
-                        help="pre-tokenizer for --train or a .tiktoken file: cl100k, gpt2, whitespace")
+                        help="pre-tokenizer for --train or a .tiktoken file: cl100k, gpt2, "
+                             "whitespace")
     parser.add_argument("-d", "--decode", action="store_true",
                         help="decode: the arguments (or standard input) are token ids")
     parser.add_argument("--pieces", action="store_true",
@@ -23,16 +25,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--count", action="store_true", help="print only the number of tokens")
     parser.add_argument("--train", nargs="+", metavar="FILE",
                         help="train a vocabulary on these files ('-' reads standard input)")
-    parser.add_argument("--vocab-size", type=int, default=1024, help="vocabulary size for --train")
+    parser.add_argument("--vocab-size", type=positive_int, default=1024,
+                        help="vocabulary size for --train")
     parser.add_argument("--trace", action="store_true", help="print every merge of --train")
     parser.add_argument("--save", metavar="PATH", help="write the trained vocabulary (.tiktoken)")
-    parser.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
+    add_threads_argument(parser)
 
 
 def _encoding_for_cli(args) -> Encoding:
     if args.encoding.endswith(".tiktoken") or os.path.sep in args.encoding:
         return Encoding.from_tiktoken_file(args.encoding, args.pattern)
     return get_encoding(args.encoding)
+
+
+def _check_ids(enc: Encoding, ids) -> None:
+    """ValueError for an id the vocabulary does not have (out of range, or in one of its
+    holes, as cl100k_base has)."""
+    for i in ids:
+        if not 0 <= i < enc.n_vocab:
+            raise ValueError(f"token id {i} is out of range [0, {enc.n_vocab}) of {enc.name}")
+        try:
+            enc.decode_single_token_bytes(i)
+        except KeyError:
+            raise ValueError(f"token id {i} is not in {enc.name} (a hole in its ids)") from None
 
 
 def main(args) -> int:
@@ -63,6 +78,7 @@ def main(args) -> int:
             ids = [int(w) for w in words]
         except ValueError as err:
             raise ValueError(f"--decode expects integer token ids: {err}") from None
+        _check_ids(enc, ids)
         sys.stdout.write(enc.decode(ids))
         sys.stdout.write("\n")
         return 0
