@@ -139,15 +139,15 @@ def overhead(model, tok, fast):
     if fast:
         real = _C.Transformer(model.config.to_dict(), model.params.views, cache.k, cache.v)
         runner = _Timed(real)
-        # decode_next takes this runner (GPT._build_runner's tuple)
-        model._runner = (model.params.data, cache, runner, real.max_positions)
+        # decode_next takes this runner for this cache (GPT._build_runner's tuple)
+        model._runners[cache] = (model.params.data, runner, real.max_positions)
     try:
         with timed_native(SAMPLER_MODULES if fast else KERNEL_MODULES) as native:
             for _ in generate(model, tok, "A", max_new_tokens=n, sampling=SAMPLING, seed=0,
                               stats=stats, cache=cache, fast_decode=fast):
                 pass
     finally:
-        model._runner = None
+        model._runners.pop(cache, None)
     # decode_seconds covers the loop after prefill: n samples and n - 1 decode steps; the
     # prefill's kernel calls (Python path) happened before it and are not counted
     if fast:

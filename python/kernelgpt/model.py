@@ -19,6 +19,7 @@ layer's backward in reverse; each layer's backward is written out by hand below 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Dict, Optional
 
 import numpy as np
@@ -60,7 +61,9 @@ class GPT:
         self.grads: Optional[FlatBuffer] = None
         self._acts: Optional[_Activations] = None
         self._sin_cache: Dict[int, np.ndarray] = {}
-        self._runner = None  # (params.data, cache, _C.Transformer) of the last decode_next
+        # decode_next's native runners, one per live cache (so interleaved conversations do not
+        # rebuild one per token): cache -> (params.data, _C.Transformer, max positions)
+        self._runners = weakref.WeakKeyDictionary()
         self._graph_decoder: Optional[GraphDecoder] = None
         self.device, self.xp, self.precision = "cpu", np, "fp32"  # see to()
         self.cuda_graphs = True  # decode_next on a device replays a CUDA graph (graph_decode)
@@ -126,7 +129,8 @@ class GPT:
         if self.grads is not None:
             self.grads = FlatBuffer(self.grads.layout, move(self.grads.data, xp), self.dtype, xp)
         self.device, self.xp, self.precision = device, xp, precision
-        self._acts, self._runner, self._sin_cache = None, None, {}
+        self._acts, self._sin_cache = None, {}
+        self._runners = weakref.WeakKeyDictionary()
         self._graph_decoder = None
         return self
 
@@ -489,18 +493,18 @@ class GPT:
         On a device the step is a CUDA graph replayed per token (graph_decode.GraphDecoder)."""
         if self.device != "cpu":
             return self._decode_on_device(token, cache, out)
-        r = self._runner
-        if r is None or r[1] is not cache or r[0] is not self.params.data:
+        r = self._runners.get(cache)
+        if r is None or r[0] is not self.params.data:
             r = self._build_runner(cache)
         pos = cache.length
-        if pos >= r[3]:
+        if pos >= r[2]:
             c = self.config
             raise ValueError(f"context of {pos + 1} tokens exceeds the model's block_size "
                              f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
                                                   f" / the cache's max_len {cache.max_len}"))
         if out is None:
             out = np.empty(self.config.vocab_size, np.float32)
-        r[2].decode(token, pos, out)
+        r[1].decode(token, pos, out)
         cache.advance((token,))
         return out
 
@@ -515,14 +519,14 @@ class GPT:
     def _build_runner(self, cache):
         """The native runner for this cache: it borrows the parameter views and the cache's
         buffers (and keeps them alive); in-place parameter updates are seen, a new parameter
-        buffer or another cache builds a new runner."""
+        buffer builds a new runner. Kept per cache while the cache lives."""
         if not self.supports_fast_decode(cache):
             raise ValueError("decode_next needs the native backend and a batch-1 cache; "
                              "use forward_cached")
         views = self.params.runner_views() if self.packed else self.params.views
         runner = _C.Transformer(self.config.to_dict(), views, cache.k, cache.v)
-        self._runner = (self.params.data, cache, runner, runner.max_positions)
-        return self._runner
+        r = self._runners[cache] = (self.params.data, runner, runner.max_positions)
+        return r
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits of every position of ids [B, T] (no cache kept): [B, T, V]."""
