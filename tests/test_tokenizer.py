@@ -409,13 +409,16 @@ def test_threads_share_an_encoding(cl100k):
 # ---- loading, saving, named encodings ------------------------------------------------------
 
 def test_get_encoding_says_what_to_fetch(monkeypatch, tmp_path):
+    # Offline (KERNELGPT_OFFLINE) with an empty cache: nothing is downloaded, the error says
+    # which command fetches the vocabulary.
     monkeypatch.setenv("KERNELGPT_CACHE", str(tmp_path))
+    monkeypatch.setenv("KERNELGPT_OFFLINE", "1")
     monkeypatch.setattr(tk.registry, "_ENCODINGS", {})  # the cache of named encodings
-    with pytest.raises(FileNotFoundError, match="kernelgpt fetch cl100k_base"):
+    with pytest.raises(kernelgpt.NotFetchedError, match="kernelgpt fetch cl100k_base"):
         kernelgpt.get_encoding("cl100k_base")
-    with pytest.raises(FileNotFoundError, match=r"kernelgpt.fetch\('gpt2'\)"):
-        kernelgpt.get_encoding("gpt2")
-    with pytest.raises(ValueError, match="unknown encoding"):
+    with pytest.raises(FileNotFoundError, match=r"kernelgpt.fetch\('gpt2'\).*KERNELGPT_OFFLINE"):
+        kernelgpt.get_encoding("r50k_base")
+    with pytest.raises(ValueError, match="unknown encoding 'o999k'; known: cl100k_base, gpt2"):
         kernelgpt.get_encoding("o999k")
 
 

@@ -28,9 +28,10 @@ if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
 
 from . import _C, ops, reference  # noqa: E402
 from ._version import __version__  # noqa: E402
-from .io.fetch import fetch  # noqa: E402
+from .io.fetch import NotFetchedError, fetch  # noqa: E402
 from .llama import load_model  # noqa: E402
-from .tokenizer import Encoding, get_encoding  # noqa: E402
+from .tokenizer import (Encoding, encoding_for_model, encoding_name_for_model,  # noqa: E402
+                        get_encoding, list_encoding_names)
 
 __all__ = [
     "ops",
@@ -44,7 +45,11 @@ __all__ = [
     "__version__",
     "Encoding",
     "get_encoding",
+    "encoding_for_model",
+    "encoding_name_for_model",
+    "list_encoding_names",
     "fetch",
+    "NotFetchedError",
     "load_model",
 ]
 

