@@ -329,9 +329,9 @@ def test_resolve_template_errors(tmp_path):
     missing = str(tmp_path / "missing.jinja")
     with pytest.raises(TemplateError, match="not an existing file"):
         resolve_template(missing)
-    with pytest.raises(TypeError, match="template must be"):
+    with pytest.raises(TypeError, match="chat template must be a str"):
         resolve_template(3)
-    with pytest.raises(TypeError, match="template must be"):
+    with pytest.raises(TypeError, match="chat template must be a str"):
         resolve_template(b"chatml")
 
 

@@ -251,8 +251,9 @@ def resolve_template(template=None, model_template: Optional[str] = None,
     if isinstance(template, os.PathLike):
         template = os.fspath(template)
     if not isinstance(template, str):
-        raise TypeError("template must be None, a built-in name, a Jinja string, a path or a "
-                        f"ChatTemplate, got {type(template).__name__}")
+        raise TypeError("the chat template must be a str (a built-in name, Jinja source or a "
+                        "file's path), a path, a ChatTemplate or None, got "
+                        f"{type(template).__name__}")
     key = template.strip().lower()
     if key in BUILTIN_TEMPLATES:
         return ChatTemplate(BUILTIN_TEMPLATES[key], bos, eos, name=key)
