@@ -131,10 +131,12 @@ def test_ensure_offline_raises_not_fetched(tiny, monkeypatch):
         assert isinstance(info.value, FileNotFoundError)
         assert f"kernelgpt fetch {name}" in str(info.value) and "KERNELGPT_OFFLINE" in str(info.value)
     with pytest.raises(fetch.NotFetchedError):
-        fetch.fetch("tiny")  # implicit fetches honour offline mode too
+        fetch.fetch("tiny")  # fetch() honours offline mode too, unless told otherwise
     assert tiny == []
+    assert fetch.fetch("tiny", offline_ok=True).read_bytes() == TINY and len(tiny) == 1
+    fetch.cached("tiny").unlink()
     # ... but the command downloads: it is how the error says to fetch
-    assert cli.main(["fetch", "tiny", "-q"]) == 0 and len(tiny) == 1
+    assert cli.main(["fetch", "tiny", "-q"]) == 0 and len(tiny) == 2
     assert fetch.ensure("tiny").read_bytes() == TINY  # offline, cached: fine
 
 

