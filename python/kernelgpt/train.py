@@ -142,29 +142,45 @@ def estimate_loss(model: GPT, data: TokenData, tc: TrainConfig, block: int, seed
     return out
 
 
+_PLOT_HINT_SHOWN = False
+
+
 def _plot(log_rows: List[dict], path: Path) -> None:
+    """Draws the loss curves into `path` (loss.png). matplotlib is optional (the `[plot]`
+    extra): without it training goes on and one line, once, says how to get the picture."""
+    global _PLOT_HINT_SHOWN
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure   # no pyplot: no backend chosen, nothing left open
     except ImportError:
+        if not _PLOT_HINT_SHOWN:
+            _PLOT_HINT_SHOWN = True
+            tqdm.write(f"not writing {path.name}: plots need matplotlib: "
+                       "pip install 'kernelgpt[plot]'", file=sys.stderr)
         return
-    steps = [r["step"] for r in log_rows if r.get("loss") not in (None, "")]
-    losses = [float(r["loss"]) for r in log_rows if r.get("loss") not in (None, "")]
-    vsteps = [r["step"] for r in log_rows if r.get("val_loss") not in (None, "")]
-    vloss = [float(r["val_loss"]) for r in log_rows if r.get("val_loss") not in (None, "")]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, losses, label="train (batch)", lw=0.8, alpha=0.7)
+
+    def series(key):
+        rows = [r for r in log_rows if r.get(key) not in (None, "")]
+        return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
+
+    fig = Figure(figsize=(8, 4.5), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    steps, losses = series("loss")
+    ax.plot(steps, losses, label="train (each step's batch)", lw=0.8, alpha=0.6)
+    tsteps, tloss = series("train_loss")
+    if tsteps:
+        ax.plot(tsteps, tloss, "s-", ms=4, label="train (estimate at evaluation)", lw=1.5)
+    vsteps, vloss = series("val_loss")
     if vsteps:
-        ax.plot(vsteps, vloss, "o-", label="validation", lw=1.5)
+        ax.plot(vsteps, vloss, "o-", ms=4, label="validation", lw=1.5)
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_ylabel("loss (cross-entropy, nats / token)")
+    last = f" (at step {vsteps[-1]}: validation {vloss[-1]:.3f})" if vsteps else ""
+    ax.set_title(f"training and validation loss{last}")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    if steps or vsteps:
+        ax.legend()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, path)
 
 

@@ -1,9 +1,12 @@
 """What the lessons share: the explainer's example sentences, plotting, the shipped model."""
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import List
+from typing import Iterator, List, Optional
 
 import numpy as np
 
@@ -13,25 +16,86 @@ from ..generate import default_model_dir
 
 COOKIES = "How do I bake chocolate chip cookies?"
 CAT = "The cat sat on the mat because it was tired"
+DPI = 110
 
 
-def _figure(plot, name):
-    """(figure, path) when plotting was asked for, else (None, None)."""
+PLOT_HINT = "plots need matplotlib: pip install 'kernelgpt[plot]'"
+
+
+class PlotDependencyError(ImportError, RuntimeError):
+    """Raised when a plot is asked for and matplotlib is not installed (it is the optional
+    ``[plot]`` extra). An ImportError, and a RuntimeError so that the CLI reports it cleanly."""
+
+
+def require_matplotlib():
+    """The ``matplotlib.figure.Figure`` class, or PlotDependencyError with how to install it.
+
+    Figures are made with ``Figure`` directly, never through pyplot: no backend is chosen or
+    changed, and nothing global is left open."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise PlotDependencyError(PLOT_HINT) from err
+    return Figure
+
+
+_collected: ContextVar[Optional[list]] = ContextVar("kernelgpt_lesson_figures", default=None)
+
+
+@contextmanager
+def collect_figures() -> Iterator[List]:
+    """Keeps every figure a lesson saves inside the block, to look at (tests inspect titles
+    and labels this way):
+
+        with collect_figures() as figs:
+            run_lesson("attention", plot="out")
+        figs[0].axes[0].get_title()
+    """
+    figs: list = []
+    token = _collected.set(figs)
+    try:
+        yield figs
+    finally:
+        _collected.reset(token)
+
+
+def lesson(name: str):
+    """Registers a lesson's name (the one `kernelgpt explain` takes, and the stem of the png
+    it writes) and checks for matplotlib before any work when a plot is asked for."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kw):
+            if kw.get("plot", args[0] if args else None) is not None:
+                require_matplotlib()
+            return fn(*args, **kw)
+        run.lesson_name = name
+        return run
+    return wrap
+
+
+def _figure(plot, name: str, *, figsize=(8, 4.5), **kw):
+    """(figure, path) when plotting was asked for, else (None, None): a constrained-layout
+    figure that `_save` writes to ``plot/<name>.png``, name being the lesson's name."""
     if plot is None:
         return None, None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Figure = require_matplotlib()
     path = Path(plot)
     path.mkdir(parents=True, exist_ok=True)
-    return plt, path / f"{name}.png"
+    return Figure(figsize=figsize, layout="constrained", **kw), path / f"{name}.png"
 
 
-def _save(plt, fig, path, out: List[str], **kw) -> None:
+def _save(fig, path, out: List[str]) -> None:
     """Writes the lesson's figure and says where."""
-    fig.savefig(path, dpi=100, **kw)
-    plt.close(fig)
+    fig.savefig(path, dpi=DPI)
+    figs = _collected.get()
+    if figs is not None:
+        figs.append(fig)
     out.append(f"plot: {path}")
+
+
+def _char_label(c: str) -> str:
+    """A character as a readable tick label: space and newline made visible."""
+    return {" ": "\u2423", "\n": "\\n", "\t": "\\t"}.get(c, c)
 
 
 def _bar(p: float, width: int = 40) -> str:

@@ -6,11 +6,12 @@ import time
 import numpy as np
 
 from ..sampling import SamplingConfig, filtered_distribution
-from ._common import _bar, _figure, _save, _shipped_model
+from ._common import _bar, _char_label, _figure, _save, _shipped_model, lesson
 
 
 # ---- 7. sampling --------------------------------------------------------------------------------
 
+@lesson("sampling")
 def lesson_sampling(plot=None) -> str:
     """Logits -> probabilities -> one token: greedy, temperature, top-k, top-p, min-p."""
     model, tok = _shipped_model()
@@ -33,20 +34,48 @@ def lesson_sampling(plot=None) -> str:
         for j in top:
             if p[j] > 0:
                 out.append(f"   {tok.chars[j]!r:>6} {p[j]:6.3f} {_bar(p[j])}")
-    plt, path = _figure(plot, "sampling")
-    if plt:
-        fig, axes = plt.subplots(len(dists), 1, figsize=(7, 1.6 * len(dists)), sharex=True)
-        order = np.argsort(-dists["temperature 1.0"])[:15]
+    fig, path = _figure(plot, "sampling", figsize=(12, 5.6))
+    if fig:
+        order = np.argsort(-dists["temperature 1.0"])[:12]
+        axes = fig.subplots(2, 4, sharex=True).ravel()
+        top = max(float(p[order].max()) for p in dists.values())
+        for ax in axes[1:len(dists)]:
+            ax.sharey(axes[0])   # one probability scale; the logits keep their own
+            if ax not in axes[::4]:
+                ax.tick_params(labelleft=False)
+        axes[0].set_ylim(0, 1.05)
         for ax, (name, p) in zip(axes, dists.items()):
-            ax.bar(range(len(order)), p[order])
-            ax.set_ylabel(name, rotation=0, ha="right", fontsize=7)
-        axes[-1].set_xticks(range(len(order)), [repr(tok.chars[j]) for j in order], fontsize=7)
-        _save(plt, fig, path, out, bbox_inches="tight")
+            kept = p[order] > 0
+            ax.bar(np.arange(len(order))[kept], p[order][kept], color="tab:blue")
+            ax.bar(np.arange(len(order))[~kept], np.full((~kept).sum(), top * 0.02),
+                   color="lightgray")
+            ax.set_title(f"{name}: {int((p > 0).sum())} left", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+        for ax in axes[::4]:
+            ax.set_ylabel("probability")
+        ax = axes[len(dists)]
+        ax.bar(np.arange(len(order)), logits[order], color="tab:orange")
+        ax.set_title("the raw logits (own scale)", fontsize=10)
+        ax.set_ylabel("logit", labelpad=1)
+        ax.yaxis.set_label_position("right")
+        ax.tick_params(labelleft=False, labelright=True)
+        ax.grid(axis="y", alpha=0.3)
+        lo, hi = float(logits[order].min()), float(logits[order].max())
+        ax.set_ylim(min(0.0, lo * 1.1), max(0.0, hi * 1.1))
+        ax.tick_params(left=False)
+        for ax in axes[4:]:
+            ax.set_xticks(range(len(order)), [repr(_char_label(tok.chars[j]))[1:-1]
+                                              for j in order])
+            ax.set_xlabel("next character (12 likeliest)")
+        fig.suptitle(f"Sampling: the next character after {prompt.splitlines()[-1]!r} under each "
+                     "setting (grey: filtered out)")
+        _save(fig, path, out)
     return "\n".join(out)
 
 
 # ---- 8. the KV cache ----------------------------------------------------------------------------
 
+@lesson("kv-cache")
 def lesson_kv_cache(plot=None, n_tokens: int = 100) -> str:
     """Why generation keeps keys and values: time per token with and without the cache."""
     model, tok = _shipped_model()
@@ -77,13 +106,23 @@ def lesson_kv_cache(plot=None, n_tokens: int = 100) -> str:
                    f"{without[i] * 1e3:10.3f}")
     out.append(f"total: {sum(with_cache) * 1e3:.1f} ms with the cache, {sum(without) * 1e3:.1f} ms "
                f"without ({sum(without) / sum(with_cache):.1f}x); the same logits either way")
-    plt, path = _figure(plot, "kv_cache")
-    if plt:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(np.array(with_cache) * 1e3, label="with KV cache")
-        ax.plot(np.array(without) * 1e3, label="recompute the whole sequence")
-        ax.set_xlabel("generated token")
-        ax.set_ylabel("ms per token")
-        ax.legend()
-        _save(plt, fig, path, out)
+    fig, path = _figure(plot, "kv-cache", figsize=(11, 4.2))
+    if fig:
+        ax, ax2 = fig.subplots(1, 2, sharex=True)
+        pos = len(ids) + np.arange(n_tokens)
+        for times, label in ((with_cache, "with KV cache"),
+                             (without, "recompute the whole sequence")):
+            ms = np.array(times) * 1e3
+            ax.plot(pos, ms, lw=1, label=label)
+            ax2.plot(pos, np.cumsum(ms), lw=1.5, label=label)
+        ax.set(xlabel="position of the new token", ylabel="milliseconds per token",
+               title="time for one new token")
+        ax2.set(xlabel="position of the new token", ylabel="milliseconds, total",
+                title="total time so far")
+        for a_ in (ax, ax2):
+            a_.set_ylim(bottom=0)
+            a_.grid(alpha=0.3)
+            a_.legend(fontsize=8)
+        fig.suptitle("The KV cache: each new token reuses the keys and values of the earlier ones")
+        _save(fig, path, out)
     return "\n".join(out)

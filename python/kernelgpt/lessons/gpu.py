@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import cuda_emu, ops
 from ..kernels import matmul as matmul_family
-from ._common import _figure, _save
+from ._common import _figure, _save, lesson
 
 
 # ---- 12. the GPU ---------------------------------------------------------------------------------
@@ -25,11 +25,15 @@ _SGEMM_LADDER = [
 ]
 
 
+@lesson("gpu")
 def lesson_gpu(plot=None) -> str:
-    """How a GPU runs a kernel: threads, blocks, barriers, and the SGEMM ladder (on the CPU
-    emulator: the real CUDA source, every thread a fiber)."""
+    """How a GPU runs a kernel: threads, blocks, barriers and the SGEMM ladder, emulated.
+
+    Runs on the CPU emulator: the real CUDA source, every thread a fiber."""
     if not cuda_emu.available():
-        return "this build has no CUDA emulator (built with -DKG_CUDA_EMU=OFF)"
+        out = ["this build has no CUDA emulator (built with -DKG_CUDA_EMU=OFF)"]
+        _plot_ladder(plot, None, out)
+        return "\n".join(out)
     lib = cuda_emu._lib()
     rng = np.random.default_rng(0)
     out = ["A CUDA kernel is one function run by many threads: blocks of up to 1024 threads,",
@@ -69,8 +73,10 @@ def lesson_gpu(plot=None) -> str:
             "shared memory (fast, per block) or registers (per thread, fastest):",
             f"{'version':<11} {'tile':<11} {'outputs':>7} {'global/FMA':>10} {'shared/FMA':>10}"
             f"  max |error|  idea"]
+    errors = []
     for name, idea, tile, per_thread, dram, shared in _SGEMM_LADDER:
         err = np.abs(cuda_emu.asnumpy(ops.matmul(a, b, backend=name)) - ref).max()
+        errors.append(float(err))
         out.append(f"{name:<11} {tile:<11} {per_thread:>7} {dram:>10.4f} {shared:>10.3f}"
                    f"  {err:11.1e}  {idea}")
     assert [r[0] for r in _SGEMM_LADDER] == matmul_family.VERSIONS.names("cuda")
@@ -78,17 +84,42 @@ def lesson_gpu(plot=None) -> str:
             "from global and from shared memory, the rest come from registers. An H100 does ~40",
             "fp32 FMA per float its DRAM delivers (67 TFLOP/s vs 3.35 TB/s), so only the later",
             "rungs can keep it busy; the caches rescue the first ones only partly.)"]
-    plt, path = _figure(plot, "gpu")
-    if plt:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        names = [r[0] for r in _SGEMM_LADDER]
-        pos = np.arange(len(names))
-        ax.bar(pos - 0.2, [r[4] for r in _SGEMM_LADDER], 0.4, label="from global memory")
-        ax.bar(pos + 0.2, [r[5] for r in _SGEMM_LADDER], 0.4, label="from shared memory")
-        ax.set_yscale("symlog", linthresh=0.01)
-        ax.set_xticks(pos, names, rotation=20)
-        ax.set_ylabel("values loaded per multiply-add")
-        ax.set_title("The SGEMM ladder: each rung reuses more of what it loads")
-        ax.legend()
-        _save(plt, fig, path, out)
+    _plot_ladder(plot, errors, out)
     return "\n".join(out)
+
+
+def _plot_ladder(plot, errors, out) -> None:
+    """The SGEMM ladder's memory traffic per multiply-add (and each rung's error, if run)."""
+    fig, path = _figure(plot, "gpu", figsize=(11, 4.4))
+    if not fig:
+        return
+    names = [r[0] for r in _SGEMM_LADDER]
+    pos = np.arange(len(names))
+    ax, ax2 = fig.subplots(1, 2, sharex=True, width_ratios=[1.4, 1])
+    ax.bar(pos - 0.2, [r[4] for r in _SGEMM_LADDER], 0.4, label="from global memory (slow)")
+    ax.bar(pos + 0.2, [r[5] for r in _SGEMM_LADDER], 0.4, label="from shared memory (fast)")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set(ylabel="values loaded per multiply-add\n(log scale below 0.01 linear)",
+           title="memory traffic: each rung reuses more of what it loads")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    if errors is None:
+        ax2.set_axis_off()
+        ax2.text(0.5, 0.5, "no CUDA emulator in this build:\nthe kernels were not run",
+                 ha="center", va="center", transform=ax2.transAxes)
+    else:
+        bars = ax2.bar(pos, np.maximum(errors, 1e-12), color="tab:green")
+        ax2.bar_label(bars, [f"{e:.1e}" for e in errors], fontsize=7, rotation=90, padding=3)
+        ax2.axhline(np.finfo(np.float32).eps, color="gray", ls="--", lw=1,
+                    label="float32 machine epsilon")
+        ax2.set_yscale("log")
+        ax2.set_ylim(1e-9, 1e-2)
+        ax2.set(ylabel="max |C − A @ B| vs float64 (log scale)",
+                title="every rung computes the same product")
+        ax2.legend(fontsize=8, loc="upper left")
+        ax2.grid(axis="y", alpha=0.3)
+    for a_ in (ax, ax2):
+        a_.set_xticks(pos, names, rotation=30, ha="right")
+        a_.set_xlabel("matmul.cu version (the ladder, in order)")
+    fig.suptitle("The SGEMM ladder on the CUDA emulator: same answer, less memory traffic")
+    _save(fig, path, out)

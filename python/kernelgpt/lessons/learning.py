@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ._common import _figure, _save
+from ._common import _figure, _save, lesson
 
 
 # ---- 1. gradient descent ------------------------------------------------------------------------
@@ -19,6 +19,7 @@ def _descend(grad, start, lr, momentum, steps):
     return np.array(path)
 
 
+@lesson("gradient-descent")
 def lesson_gradient_descent(plot=None) -> str:
     """Follow the slope downhill: plain steps, a too-large learning rate, and momentum."""
     # An elongated valley: the error is 0.5 * (x^2 + 4 y^2), lowest at (0, 0).
@@ -39,24 +40,33 @@ def lesson_gradient_descent(plot=None) -> str:
                    + " ".join(f"{y:+.2f}" for y in path[:6, 1]))
     out.append("(with lr 0.60 each step multiplies y by 1 - 0.6*4 = -1.4: it jumps across the "
                "valley further every time and diverges; momentum 0.90 keeps speed, spiralling in)")
-    plt, path = _figure(plot, "gradient_descent")
-    if plt:
-        g = np.linspace(-3, 3, 200)
+    fig, path = _figure(plot, "gradient-descent", figsize=(11, 4.6))
+    if fig:
+        g = np.linspace(-3, 3, 241)
         X, Y = np.meshgrid(g, g)
-        fig, ax = plt.subplots(figsize=(6, 5))
-        ax.contourf(X, Y, loss(np.stack([X, Y], -1)), 30, cmap="viridis_r")
+        ax, ax2 = fig.subplots(1, 2, width_ratios=[1.1, 1])
+        cs = ax.contourf(X, Y, loss(np.stack([X, Y], -1)), 25, cmap="viridis_r")
+        fig.colorbar(cs, ax=ax, label="error 0.5 (x² + 4y²)")
         for name, p in paths.items():
-            ax.plot(p[:, 0], p[:, 1], "o-", ms=3, label=name)
-        ax.legend(fontsize=8)
-        ax.set_xlim(-3, 3)
-        ax.set_ylim(-3, 3)
-        ax.set_title("gradient descent on 0.5 (x² + 4y²)")
-        _save(plt, fig, path, out)
+            shown = p[np.all(np.abs(p) <= 3, axis=1)]   # the diverging run leaves the map
+            ax.plot(shown[:, 0], shown[:, 1], "o-", ms=3, lw=1.2, label=name)
+        ax.plot(0, 0, "*", color="white", ms=12, mec="black", label="minimum (0, 0)")
+        ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", xlabel="parameter x",
+               ylabel="parameter y", title="paths from (-2.5, 1.5) across the error surface")
+        ax.legend(fontsize=7, loc="lower right")
+        for name, p in paths.items():
+            ax2.semilogy(loss(p), "o-", ms=3, lw=1.2, label=name)
+        ax2.set(xlabel="step", ylabel="error (log scale)", title="error after each step")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=7)
+        fig.suptitle("Gradient descent: follow the slope downhill (x ← x − lr · slope)")
+        _save(fig, path, out)
     return "\n".join(out)
 
 
 # ---- 2. the neuron and activation functions -----------------------------------------------------
 
+@lesson("neuron")
 def lesson_neuron(plot=None) -> str:
     """output = activation(w . x + b) with the explainer's inputs [0.8, 0.2, 0.5]."""
     x = np.array([0.8, 0.2, 0.5], np.float32)
@@ -73,21 +83,30 @@ def lesson_neuron(plot=None) -> str:
         a = fn(zs)
         out.append(f"{name:>8}(z) = {a[0]:+.4f}    {name}(-z) = {a[1]:+.4f}")
     out.append("without an activation two layers collapse into one: W2 (W1 x) = (W2 W1) x")
-    plt, path = _figure(plot, "activations")
-    if plt:
+    fig, path = _figure(plot, "neuron", figsize=(10, 4.2))
+    if fig:
         t = np.linspace(-4, 4, 401).astype(np.float32)
-        fig, ax = plt.subplots(figsize=(6, 4))
+        ax, ax2 = fig.subplots(1, 2, sharex=True)
         for name, fn in acts.items():
-            ax.plot(t, fn(t), label=name)
-        ax.axhline(0, color="gray", lw=0.5)
-        ax.legend()
-        ax.set_title("activation functions (kernelgpt.ops)")
-        _save(plt, fig, path, out)
+            y = np.asarray(fn(t), np.float64)
+            line, = ax.plot(t, y, label=name)
+            ax2.plot(t, np.gradient(y, t.astype(np.float64)), color=line.get_color(), label=name)
+        for a_ in (ax, ax2):
+            a_.axhline(0, color="gray", lw=0.5)
+            a_.axvline(z, color="black", ls=":", lw=1, label=f"this neuron: z = {z:.2f}")
+            a_.grid(alpha=0.3)
+            a_.set_xlabel("pre-activation z = w · x + b")
+        ax.set(ylabel="activation(z)", title="activation functions (kernelgpt.ops)")
+        ax2.set(ylabel="d activation / dz", title="their slopes (what backprop multiplies by)")
+        ax.legend(fontsize=8)
+        fig.suptitle("A neuron: output = activation(w · x + b), x = [0.8, 0.2, 0.5]")
+        _save(fig, path, out)
     return "\n".join(out)
 
 
 # ---- 3. backpropagation -------------------------------------------------------------------------
 
+@lesson("backprop")
 def lesson_backprop(plot=None) -> str:
     """A 3 -> 4 -> 2 network (cat / dog) trained by the chain rule, checked against nudging."""
     rng = np.random.default_rng(0)
@@ -129,6 +148,7 @@ def lesson_backprop(plot=None) -> str:
             for r in range(W1.shape[0]):
                 out.append("   " + "  ".join(f"{d_W1[r, c]:+.4f}/{num[r, c]:+.4f}"
                                              for c in range(W1.shape[1])))
+            grads = (d_W1.copy(), num)
             out.append(f"   largest difference {np.abs(d_W1 - num).max():.1e} "
                        "(the nudge is a finite difference in float32)")
         W1 = W1 - 0.5 * d_W1   # weight = weight - lr * gradient
@@ -136,12 +156,25 @@ def lesson_backprop(plot=None) -> str:
     p = ops.softmax(forward(W1, W2)[2])[0]
     out.append("update w -= 0.5 * dL/dw, repeated: loss " + " -> ".join(f"{v:.3f}" for v in losses)
                + f"; now p(cat) = {p[0]:.3f}")
-    plt, path = _figure(plot, "backprop")
-    if plt:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot(losses, "o-")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title("backprop + gradient descent on one example")
-        _save(plt, fig, path, out)
+    fig, path = _figure(plot, "backprop", figsize=(12, 3.9))
+    if fig:
+        axes = fig.subplots(1, 3, width_ratios=[1, 1, 1.3])
+        lim = float(max(np.abs(g).max() for g in grads))
+        for ax, g, title in zip(axes, grads, ("dL/dW1 by the chain rule",
+                                              "dL/dW1 by nudging each weight")):
+            im = ax.imshow(g, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            for (r, c), val in np.ndenumerate(g):
+                ax.text(c, r, f"{val:+.3f}", ha="center", va="center", fontsize=7.5,
+                        color="white" if abs(val) > 0.55 * lim else "black")
+            ax.set_title(title)
+            ax.set_xticks(range(g.shape[1]), [f"x{i + 1}" for i in range(g.shape[1])])
+            ax.set_yticks(range(g.shape[0]), [f"h{i + 1}" for i in range(g.shape[0])])
+            ax.set(xlabel="input the weight reads", ylabel="hidden unit it feeds")
+        fig.colorbar(im, ax=list(axes[:2]), label="dL/dw (one scale for both)", shrink=0.9)
+        axes[2].plot(range(len(losses) + 1), losses + [loss_of(W1, W2)], "o-")
+        axes[2].set(xlabel="update step", ylabel="loss = −log p(cat)",
+                    title="w ← w − 0.5 · dL/dw, repeated")
+        axes[2].grid(alpha=0.3)
+        fig.suptitle("Backpropagation in a 3 → 4 → 2 network (cat / dog)")
+        _save(fig, path, out)
     return "\n".join(out)

@@ -11,11 +11,12 @@ from ..data import CharTokenizer, shakespeare_text
 from ..generate import generate
 from ..model import GPT, GPTConfig
 from ..sampling import SamplingConfig
-from ._common import _figure, _save, _shipped_model
+from ._common import _figure, _save, _shipped_model, lesson
 
 
 # ---- 9. training --------------------------------------------------------------------------------
 
+@lesson("training")
 def lesson_training(plot=None, steps: int = 150) -> str:
     """Pre-training in miniature: a tiny GPT learns Shakespeare's letters, loss going down."""
     text = shakespeare_text()[:300_000]
@@ -47,21 +48,31 @@ def lesson_training(plot=None, steps: int = 150) -> str:
            f"before training: ROMEO:{before!r}",
            f"after training:  ROMEO:{after!r}",
            "the shipped model is the same loop, longer: see `kernelgpt train --help`"]
-    plt, path = _figure(plot, "training")
-    if plt:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(losses)
-        ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy")
-        _save(plt, fig, path, out)
+    fig, path = _figure(plot, "training", figsize=(7.5, 4.4))
+    if fig:
+        ax = fig.subplots()
+        ax.plot(range(1, steps + 1), losses, lw=1, label="loss on the step's batch")
+        ax.axhline(math.log(tok.n_vocab), color="gray", ls="--", lw=1,
+                   label=f"uniform guess: ln {tok.n_vocab} = {math.log(tok.n_vocab):.2f}")
+        ax.set(xlabel="step (AdamW, batches of 16 x 64 characters)",
+               ylabel="cross-entropy loss (nats / character)",
+               ylim=(min(losses) * 0.95, math.log(tok.n_vocab) * 1.04),
+               title="loss on each step's batch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.suptitle(f"Pre-training in miniature: a {model.num_parameters():,}-parameter GPT "
+                     "learns Shakespeare")
+        _save(fig, path, out)
     return "\n".join(out)
 
 
 # ---- 10. alignment ------------------------------------------------------------------------------
 
+@lesson("alignment")
 def lesson_alignment(plot=None, steps: int = 20, beta: float = 0.5) -> str:
-    """Preference tuning (DPO, Rafailov et al. 2023) on the shipped model: make it prefer one
-    answer over another without a reward model. The same idea as RLHF's reward, in one loss:
+    """Preference tuning (DPO): the shipped model learns to prefer one answer over another.
+
+    DPO (Rafailov et al. 2023) needs no reward model: the same idea as RLHF's reward, in one loss
         L = -log sigmoid(beta * [(log p(chosen) - log p_ref(chosen)) - (same for rejected)])."""
     model, tok = _shipped_model()
     pair = align.PreferencePair(tok.encode("ROMEO:\n"), tok.encode("Good morrow, sweet friend."),
@@ -86,11 +97,24 @@ def lesson_alignment(plot=None, steps: int = 20, beta: float = 0.5) -> str:
                + " -> ".join(f"{x:.1f}" for x in margins[::max(1, steps // 5)]))
     out.append("Chat models are tuned this way (and with RLHF) on human preferences; their "
                "knowledge barely changes, which answers they prefer does.")
-    plt, path = _figure(plot, "alignment")
-    if plt:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(margins, "o-")
-        ax.set_xlabel("DPO step")
-        ax.set_ylabel("log p(chosen) - log p(rejected)")
-        _save(plt, fig, path, out)
+    fig, path = _figure(plot, "alignment", figsize=(11, 4.2))
+    if fig:
+        ax, ax2 = fig.subplots(1, 2)
+        ax.plot(range(len(margins)), margins, "o-", ms=3)
+        ax.set(xlabel="DPO step", ylabel="log p(chosen) − log p(rejected)  (nats)",
+               title="margin of the preferred answer")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        pos = np.arange(2)
+        ax2.bar(pos - 0.2, [ref_c, ref_r], 0.4, label="before (reference model)")
+        ax2.bar(pos + 0.2, [lc, lr_], 0.4, label=f"after {steps} DPO steps")
+        ax2.set_xticks(pos, [f"chosen\n{tok.decode(pair.chosen)!r}",
+                             f"rejected\n{tok.decode(pair.rejected)!r}"])
+        ax2.set(xlabel="answer", ylabel="log p(answer | 'ROMEO:')  (nats)",
+                title="log-probability of each answer")
+        ax2.axhline(0, color="gray", lw=0.5)
+        ax2.grid(axis="y", alpha=0.3)
+        ax2.legend(fontsize=8, loc="lower left")
+        fig.suptitle(f"Preference tuning (DPO, beta = {beta}) of the shipped model")
+        _save(fig, path, out)
     return "\n".join(out)
