@@ -228,7 +228,8 @@ def test_chat_template_renders_smollm2():
     custom = [{"role": "system", "content": "Be brief."}] + messages
     assert chat.apply_chat_template(custom, add_generation_prompt=False) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is gravity?<|im_end|>\n")
-    assert chat.apply_chat_template([]) == "<|im_start|>assistant\n"
+    with pytest.raises(ValueError, match="empty"):
+        chat.apply_chat_template([])
     # The default system prompt is added only before the first message.
     two = messages + [{"role": "assistant", "content": "Mass."}, {"role": "user", "content": "?"}]
     assert chat.apply_chat_template(two).count("<|im_start|>system") == 1
@@ -248,7 +249,8 @@ _VARIANTS = [
 
 conversation = st.lists(st.fixed_dictionaries({
     "role": st.sampled_from(["system", "user", "assistant", "tool"]),
-    "content": st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)}), max_size=5)
+    "content": st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)}), min_size=1,
+    max_size=5)
 
 
 @settings(max_examples=200, deadline=None)
@@ -262,19 +264,17 @@ def test_chat_template_matches_jinja(messages, add, which):
     assert chat.apply_chat_template(messages, add, template=template) == expected
 
 
-@pytest.mark.parametrize("template", [
-    "{% for message in messages %}{{ message['content'] }}{% endfor %}",
-    "{{ bos_token }}" + chat.SMOLLM2_CHAT_TEMPLATE,
-    chat.SMOLLM2_CHAT_TEMPLATE + " ",
-    chat.SMOLLM2_CHAT_TEMPLATE.replace("'<|im_end|>' + '\n'", "'<|im_end|>'"),
-    chat.SMOLLM2_CHAT_TEMPLATE.replace("message['content']", "message['content'] | trim"),
-    chat.SMOLLM2_CHAT_TEMPLATE.replace("assistant\n", "assistant"),
-    "",
-])
-def test_unknown_template_is_refused(template):
-    with pytest.raises(chat.UnsupportedTemplateError, match="unsupported chat template"):
-        chat.apply_chat_template([{"role": "user", "content": "hi"}], template=template)
-    assert issubclass(chat.UnsupportedTemplateError, ValueError)
+def test_any_template_renders_as_jinja_does():
+    """Templates outside the ChatML family (once refused) render exactly as jinja2 does."""
+    jinja2 = pytest.importorskip("jinja2")
+    messages = [{"role": "user", "content": "hi"}]
+    for template in ["{% for message in messages %}{{ message['content'] }}{% endfor %}",
+                     chat.SMOLLM2_CHAT_TEMPLATE.replace("message['content']",
+                                                        "message['content'] | trim"),
+                     chat.SMOLLM2_CHAT_TEMPLATE.replace("assistant\n", "assistant")]:
+        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        expected = env.from_string(template).render(messages=messages, add_generation_prompt=True)
+        assert chat.apply_chat_template(messages, template=template) == expected
 
 
 def test_chat_bad_messages():
@@ -349,9 +349,10 @@ def test_vocabulary_facts(smollm, metadata):
     assert smollm.encode_single_token("<|im_start|>") == 1 == smollm.bos_token_id
     assert smollm.encode_single_token("<|im_end|>") == 2 == smollm.eos_token_id
     assert smollm.eot_token == 0 and smollm.add_bos_token is False
-    assert chat.stop_token_ids(smollm) == [2]
-    assert chat.parse_chat_template(metadata["tokenizer.chat_template"]).default_system == (
-        "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+    assert chat.stop_token_ids(smollm) == [0, 2]  # <|endoftext|>, <|im_end|>
+    rendered = chat.parse_chat_template(metadata["tokenizer.chat_template"]).render(
+        [{"role": "user", "content": "hi"}])
+    assert "You are a helpful AI assistant named SmolLM, trained by Hugging Face" in rendered
 
 
 def test_reference_prompts(smollm, as_transformers, metadata, ref):
