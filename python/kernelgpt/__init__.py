@@ -30,6 +30,8 @@ from . import _C, ops, reference  # noqa: E402
 from ._version import __version__  # noqa: E402
 from .io.fetch import NotFetchedError, fetch  # noqa: E402
 from .llama import load_model  # noqa: E402
+from .sampling import DEFAULT_SAMPLING, SamplingConfig  # noqa: E402
+from .text_model import ChatResult, ChatSession, TextModel  # noqa: E402
 from .tokenizer import (Encoding, encoding_for_model, encoding_name_for_model,  # noqa: E402
                         get_encoding, list_encoding_names)
 
@@ -51,6 +53,11 @@ __all__ = [
     "fetch",
     "NotFetchedError",
     "load_model",
+    "TextModel",
+    "ChatSession",
+    "ChatResult",
+    "SamplingConfig",
+    "DEFAULT_SAMPLING",
 ]
 
 
