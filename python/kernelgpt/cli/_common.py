@@ -16,7 +16,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or "default:" in text or default is None or default is False
+        if ("%(default)" in text or "(default" in text or default is None or default is False
                 or default is argparse.SUPPRESS or default in ("", []) or not action.option_strings):
             return text
         if isinstance(default, (list, tuple)):

@@ -49,7 +49,7 @@ def add_arguments(p) -> None:
                    help="vocabulary size for --tokenizer bpe")
     p.add_argument("--preset", default="baby", choices=sorted(MODEL_PRESETS),
                    help="model size: " + "; ".join(
-                       f"{name}: " + ", ".join(f"{k} {v}" for k, v in preset.items())
+                       f"{name} = " + ", ".join(f"{k} {v}" for k, v in preset.items())
                        for name, preset in sorted(MODEL_PRESETS.items())))
     model_help = {"n_layer": "transformer blocks", "n_head": "attention heads",
                   "n_kv_head": "key/value heads (fewer than --n-head: grouped-query attention)",
@@ -71,7 +71,7 @@ def add_arguments(p) -> None:
         if f.name == "lr_decay_iters":
             typ = int
         text = TRAIN_HELP.get(f.name, f"TrainConfig.{f.name}")
-        if "default:" not in text:
+        if "(default" not in text:
             text += f" (default: {f.default})"
         p.add_argument("--" + f.name.replace("_", "-"), type=typ, default=None,
                        metavar="N" if typ is int else "X", help=text)
