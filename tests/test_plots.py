@@ -104,3 +104,13 @@ def test_train_loss_png(tmp_path):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("train" in t for t in labels) and "validation" in labels
     assert np.isclose(ax.get_lines()[-1].get_ydata()[-1], 4.05 - 100 / 95)
+
+
+def test_gpu_plot_without_the_emulator(tmp_path, monkeypatch):
+    from kernelgpt import cuda_emu
+    monkeypatch.setattr(cuda_emu, "available", lambda: False)
+    with lessons.collect_figures() as figs:
+        text = lessons.run_lesson("gpu", plot=str(tmp_path))
+    assert "no CUDA emulator" in text and "plot:" in text
+    _check_png(tmp_path / "gpu.png")
+    _check_figure(figs[0], "gpu")
