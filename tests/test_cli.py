@@ -303,6 +303,14 @@ def test_chat_with_a_chosen_template_and_its_commands(tiny_gguf):
     assert "prompt tokens in" in r.stderr  # --stats
 
 
+def test_chat_says_when_old_turns_are_dropped(tiny_gguf):
+    r = kernelgpt_cmd("chat", "--model", tiny_gguf, "--template", "chatml", "--max-tokens", 8,
+                      "--seed", 0, input="hello there friend\n" * 6)
+    assert r.returncode == 0, r.stderr
+    assert "[dropped the 2 oldest messages to fit the 64-token context]" in r.stderr, r.stderr
+    assert "KV cache up to 16 kB" in r.stderr  # 2 layers x (K, V) x 2 heads x 8 x 64 x 4 bytes
+
+
 def test_chat_ends_at_end_of_input(tiny_gguf):
     r = kernelgpt_cmd("chat", "--model", tiny_gguf, "--template", "chatml", "--max-tokens", 3,
                       input="hello\n")

@@ -77,13 +77,20 @@ class _LineEditing:
             pass
 
 
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.{1 if unit == 'GB' else 0}f} {unit}"
+    return f"{n_bytes / 1e3:.0f} kB"
+
+
 def _banner(model, session) -> str:
     c = model.config
     context = session.context_length
-    kv = model.kv_cache_bytes(context) / 1e6
+    kv = _size(model.kv_cache_bytes(context))
     name = getattr(model, "name", "") or Path(str(model.source)).name
     return (f"kernelgpt chat: {name}, {c.n_layer} layers, {model.weights} weights on "
-            f"{model.device}; context {context} tokens (KV cache up to {kv:.0f} MB). "
+            f"{model.device}; context {context} tokens (KV cache up to {kv}). "
             "/help for the commands, /quit to leave")
 
 
