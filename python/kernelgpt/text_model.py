@@ -327,7 +327,8 @@ def _fit(model: TextModel, messages: List[dict], max_tokens: int, context: int):
 
 class _Reply:
     """One assistant reply being generated: iterate for the text pieces; ``result`` (and
-    ``run()``) give the ChatResult. The cache it uses is either a session's or borrowed from
+    ``run()``) give the ChatResult. ``notice`` (what was dropped to fit the context) is known
+    before the first piece. The cache it uses is either a session's or borrowed from
     the model's pool and given back when the reply ends, however it ends."""
 
     def __init__(self, model, ids, max_tokens, config, seed, stop, stats, cache, n_dropped,

@@ -97,6 +97,8 @@ def _banner(model, session) -> str:
 def _reply(session, line: str, args, settings: dict) -> bool:
     """Streams the reply to `line`; False if Ctrl-C stopped it."""
     reply = session.send(line, max_tokens=args.max_new_tokens, seed=args.seed, **settings)
+    if reply.notice:  # decided before the reply starts: the oldest turns make room
+        _note(f"[{reply.notice}]")
     stopped = False
     try:
         for piece in reply:
@@ -114,8 +116,6 @@ def _reply(session, line: str, args, settings: dict) -> bool:
         _note("[stopped]")
     if last is None:
         return not stopped
-    if last.notice:
-        _note(f"[{last.notice}]")
     if last.finish_reason == "length":
         if getattr(last.stats, "stop_reason", "length") == "context":
             _note(f"[reply cut: the {session.context_length}-token context is full; /reset "
