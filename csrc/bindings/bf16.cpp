@@ -1,5 +1,6 @@
 // bfloat16 weights: to_bf16, from_bf16, bf16_matmul. Shapes in kernels/bf16.h.
 #include "kernels/bf16.h"
+#include "kernels/matmul_bf16.h"
 
 #include <string>
 
@@ -115,7 +116,53 @@ static py::array bf16_matmul(py::handle x_obj, py::handle w_obj, py::handle out_
   return y.array;
 }
 
+// c = op(a) @ op(b) (+ bias) (+ c): a, b bf16 bits (2-D), float32 bias / out.
+static py::array matmul_bf16(py::handle a_obj, py::handle b_obj, py::handle bias_obj,
+                             py::handle out_obj, bool trans_a, bool trans_b, bool accumulate,
+                             int version) {
+  const char* fn = "matmul_bf16";
+  int v = check_version(fn, version, {{1, "naive"}, {6, "packed"}});
+  Array a = bf16_array(a_obj, fn, "a", {2});
+  Array b = bf16_array(b_obj, fn, "b", {2});
+  int64_t m = trans_a ? a.dim(1) : a.dim(0), ka = trans_a ? a.dim(0) : a.dim(1);
+  int64_t kb = trans_b ? b.dim(1) : b.dim(0), n = trans_b ? b.dim(0) : b.dim(1);
+  if (ka != kb)
+    value_error(std::string(fn) + ": inner dimensions differ: a " + shape_str(a.shape) +
+                (trans_a ? " (transposed)" : "") + ", b " + shape_str(b.shape) +
+                (trans_b ? " (transposed)" : ""));
+  Array bias;
+  if (!bias_obj.is_none()) {
+    bias = f32(bias_obj, fn, "bias", {1});
+    expect_shape(bias, {n}, fn, "bias");
+  }
+  if (accumulate && out_obj.is_none())
+    value_error(std::string(fn) + ": accumulate=True needs out= (the array to add to)");
+  Array c = output(out_obj, {m, n}, fn, {&a, &b, bias ? &bias : nullptr});
+  MatmulBf16Args args;
+  args.a = static_cast<const uint16_t*>(a.array.data());
+  args.b = static_cast<const uint16_t*>(b.array.data());
+  args.bias = bias ? bias.cf32() : nullptr;
+  args.c = c.f32();
+  args.m = m;
+  args.n = n;
+  args.k = ka;
+  args.trans_a = trans_a;
+  args.trans_b = trans_b;
+  args.accumulate = accumulate;
+  const MatmulBf16Kernels& kr = KG_DISPATCH(matmul_bf16_kernels);
+  {
+    py::gil_scoped_release release;
+    (v == 1 ? kr.naive : kr.packed)(args);
+  }
+  return c.array;
+}
+
 void register_bf16(py::module_& m) {
+  m.def("matmul_bf16", &matmul_bf16, py::arg("a"), py::arg("b"), py::arg("bias") = py::none(),
+        py::arg("out") = py::none(), py::arg("trans_a") = false, py::arg("trans_b") = false,
+        py::arg("accumulate") = false, py::arg("version") = 6);
+  m.def("matmul_bf16_path",
+        [] { return std::string(KG_DISPATCH(matmul_bf16_kernels).description); });
   m.def("to_bf16", &to_bf16, py::arg("x"), py::arg("out") = py::none());
   m.def("from_bf16", &from_bf16, py::arg("bits"), py::arg("out") = py::none());
   m.def("bf16_matmul", &bf16_matmul, py::arg("x"), py::arg("w"), py::arg("out") = py::none(),

@@ -30,7 +30,8 @@ from .device import array_module, move, to_numpy
 from .flat_buffer import FlatBuffer
 from .graph_decode import GraphDecoder
 from .kv_cache import KVCache
-from .precision import MixedPrecisionOps, PackedParams, PackedWeightOps, ReferenceOps, is_packed
+from .precision import (MixedPrecisionOps, PackedParams, PackedWeightOps, ReferenceOps, is_packed,
+                        native_bf16)
 
 __all__ = ["GPTConfig", "GPT", "FlatBuffer", "parameter_layout"]
 
@@ -107,16 +108,18 @@ class GPT:
         machine without one). Everything runs on any device: training (forward_backward,
         loss, train()) and generation (forward_cached, logits, generate; logits stay on the
         device). Packed weights move as they are (quantized blocks stay quantized).
-        precision="bf16" (devices only): mixed precision, every matrix product on bf16 tensor
-        cores (inputs rounded to bf16, float32 accumulation); the master weights, gradients,
-        optimizer state, norms, softmax and loss stay float32."""
+        precision="bf16": mixed precision, every matrix product of the linear layers and the
+        LM head (forward and backward) with both operands rounded to bf16 and float32
+        accumulation (ops.matmul_bf16: AVX512-BF16 on the CPU, tensor cores on a GPU); the
+        master weights, gradients, optimizer state, attention, norms, softmax and loss stay
+        float32. "auto": bf16 where the processor multiplies bf16 natively (a GPU, or a CPU
+        with AVX512-BF16), else fp32."""
         if isinstance(self.ops, ReferenceOps):
             raise ValueError("to(): only the native backend runs on devices")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-        if precision == "bf16" and device == "cpu":
-            raise ValueError("precision='bf16' (tensor-core mixed precision) needs device "
-                             "'cuda' or 'emu'")
+        if precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+        if precision == "auto":
+            precision = "bf16" if not self.packed and native_bf16(device) else "fp32"
         if precision == "bf16" and self.packed:
             raise ValueError("precision='bf16' is for training; this model's weights are packed")
         xp = array_module(device)

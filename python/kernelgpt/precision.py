@@ -6,9 +6,10 @@ arithmetic, without a line of the model changing:
     kernelgpt.ops            float32 kernels (C++ on the CPU, CUDA on a device): the default
     ReferenceOps()           kernelgpt.reference's numpy formulas in float64: the oracle the
                              gradient checks compare the float32 model with
-    MixedPrecisionOps()      every matrix product on bf16 tensor cores (both operands rounded
-                             to bf16, float32 accumulation), the rest float32: mixed-precision
-                             training on a device (GPT.to(device, precision="bf16"))
+    MixedPrecisionOps()      every matrix product with both operands rounded to bf16 and
+                             float32 accumulation (VDPBF16PS on the CPU, tensor cores on a
+                             GPU), the rest float32: mixed-precision training
+                             (GPT.to(device, precision="bf16"))
     PackedWeightOps()        linear layers and embedding lookups that take packed weights:
                              QuantWeight (GGUF Q8_0 / Q4_1 blocks) and Bf16Weight (bf16 bits)
 
@@ -26,7 +27,7 @@ from . import ops, reference
 from .device import move, to_numpy
 
 __all__ = ["QuantWeight", "Bf16Weight", "PackedParams", "PackedWeightOps", "MixedPrecisionOps",
-           "ReferenceOps", "is_packed"]
+           "ReferenceOps", "is_packed", "native_bf16"]
 
 
 # ---- packed weights -----------------------------------------------------------------------
@@ -152,10 +153,21 @@ class PackedWeightOps:
         return rows.reshape(*ids.shape, -1)
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` multiplies bf16 natively: a GPU (tensor cores), the emulator (which
+    stands for one), or a CPU whose kernels run the AVX512-BF16 copy."""
+    if device != "cpu":
+        return True
+    from . import _C
+    return _C.get_isa() == "avx512bf16"
+
+
 class MixedPrecisionOps:
-    """kernelgpt.ops with every matrix product in bf16 on tensor cores (both operands rounded
-    to bf16 on the device, float32 accumulation and output, bias and accumulate= in the
-    epilogue): GPT.to(device, precision="bf16"). Everything else is kernelgpt.ops."""
+    """kernelgpt.ops with every matrix product in bf16 (both operands rounded to bf16 where
+    they live, float32 accumulation and output, bias and accumulate= in the epilogue):
+    GPT.to(device, precision="bf16"). On the CPU ops.matmul_bf16 runs VDPBF16PS (or, without
+    AVX512-BF16, the same products through float32 FMAs); on a GPU tensor cores. Everything
+    else is kernelgpt.ops."""
 
     def __getattr__(self, name):
         return getattr(ops, name)

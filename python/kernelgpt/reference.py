@@ -638,7 +638,7 @@ def bpe_encode_merges(pieces, byte_ids, merges):
 # A bf16 number is the top 16 bits of a float32 (sign, 8 exponent bits, 7 mantissa bits); arrays
 # of them are stored as uint16 bit patterns.
 
-__all__ += ["to_bf16", "from_bf16", "bf16_matmul"]
+__all__ += ["to_bf16", "from_bf16", "bf16_matmul", "matmul_bf16"]
 
 
 def to_bf16(x):
@@ -659,3 +659,15 @@ def from_bf16(bits):
 def bf16_matmul(x, w):
     """y = x @ W^T with W = from_bf16(w) [N, K], accumulated in float64; x [K] or [M, K]."""
     return (np.asarray(x, np.float64) @ from_bf16(w).astype(np.float64).T).astype(np.float32)
+
+
+def matmul_bf16(a, b, bias=None, trans_a=False, trans_b=False):
+    """op(A) @ op(B) (+ bias) with A = from_bf16(a), B = from_bf16(b) (bf16 bits), in float64:
+    every product of two bf16 numbers is exact, so this is the mixed-precision product with
+    exact accumulation; float32 result."""
+    A = from_bf16(a).astype(np.float64)
+    B = from_bf16(b).astype(np.float64)
+    c = (A.T if trans_a else A) @ (B.T if trans_b else B)
+    if bias is not None:
+        c = c + np.asarray(bias, np.float64)
+    return c.astype(np.float32)

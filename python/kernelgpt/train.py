@@ -66,7 +66,7 @@ class TrainConfig:
     progress: Union[bool, str] = True  # True: a tqdm bar; "lines": a line per log_interval
     plot: bool = True
     device: str = "cpu"              # "cpu" | "cuda" (CuPy, a GPU) | "emu" (the CUDA emulator)
-    precision: str = "fp32"          # "bf16": tensor-core products, fp32 master weights (devices)
+    precision: str = "fp32"          # "bf16": bf16 matrix products, fp32 master weights; "auto"
 
     def validate(self):
         checks = [
@@ -83,8 +83,8 @@ class TrainConfig:
             (0 < self.val_fraction < 1, "val_fraction must be in (0, 1)"),
             (self.tokenizer in ("char", "bpe", "cl100k_base"), f"unknown tokenizer {self.tokenizer!r}"),
             (self.device in ("cpu", "cuda", "emu"), f"device must be cpu, cuda or emu, got {self.device!r}"),
-            (self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}"),
-            (self.precision == "fp32" or self.device != "cpu", "precision bf16 needs --device cuda or emu"),
+            (self.precision in ("fp32", "bf16", "auto"),
+             f"precision must be fp32, bf16 or auto, got {self.precision!r}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -79,9 +79,11 @@ def add_arguments(p) -> None:
                    help="cpu: C++ kernels; cuda: the CUDA kernels on a GPU through "
                         "CuPy (pip install '.[cuda]'); emu: the same CUDA kernels on the CPU "
                         "emulator (slow, for checking the GPU path without a GPU) (default: cpu)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
-                   help="bf16 (with --device cuda/emu): matrix products on bf16 tensor cores, "
-                        "fp32 master weights, gradients and optimizer state (default: fp32)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
+                   help="bf16: every matrix product with bf16 operands and fp32 accumulation "
+                        "(AVX512-BF16 on the CPU, tensor cores on a GPU), fp32 master weights, "
+                        "gradients and optimizer state; auto: bf16 where the processor "
+                        "multiplies bf16 natively (default: fp32)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: print one plain line every --log-interval steps "
                         "(step, loss, validation loss when estimated, tokens/s, time)")

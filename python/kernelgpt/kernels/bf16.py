@@ -12,7 +12,14 @@ Versions (one numbering: csrc/kernels/bf16.cpp, csrc/cuda/matmul_bf16.cu, backen
                          where the CPU has it): ~2^-9 relative error per element of x
     5 wmma    CUDA       tensor cores (WMMA 16x16x16 bf16 tiles, float accumulators); x is
                          rounded to bf16 on the device, as for version 4
-backend="auto": on the CPU "widen" for M <= 32 rows of x, "tiled" above (chosen in
+    6 packed  C++        matmul_bf16 (both operands bf16, any transposes): matmul's BLIS loops
+                         on operands packed as bf16 pairs, an 8x48 VDPBF16PS microkernel (two
+                         multiply-adds per lane per instruction: ~2x the float32 matmul);
+                         without AVX512-BF16 the pairs are widened and go through float32 FMAs
+                         (csrc/kernels/matmul_bf16.cpp)
+matmul_bf16 (mixed-precision training: GPT.to(device, precision="bf16")) has versions 1, 5
+and 6; auto: "packed" on the CPU, "wmma" on a GPU.
+backend="auto" of bf16_matmul: on the CPU "widen" for M <= 32 rows of x, "tiled" above (chosen in
 csrc/kernels/bf16.cpp, which the decode runner shares: the C++ binding takes it as version 0,
 "auto, by shape"); on a GPU "wmma". "numpy":
 kernelgpt.reference.bf16_matmul (float64 accumulation).
@@ -28,12 +35,16 @@ from ._dispatch import (Versions, check_f32, check_shape, check_typed, into, out
                         where_of)
 
 __all__ = ["to_bf16", "from_bf16", "bf16_matmul", "matmul_bf16", "VERSIONS",
-           "CONVERSION_VERSIONS"]
+           "MATMUL_VERSIONS", "CONVERSION_VERSIONS"]
 
 VERSIONS = Versions("bf16_matmul", {1: ("naive", "cpu cuda"), 2: ("widen", "cpu"),
                                     3: ("tiled", "cpu"), 4: ("dpbf16", "cpu"),
                                     5: ("wmma", "cuda")},
                     auto={"cpu": 0, "cuda": 5})  # 0: the C++ binding's "auto, by shape"
+
+MATMUL_VERSIONS = Versions("matmul_bf16", {1: ("naive", "cpu cuda"), 5: ("wmma", "cuda"),
+                                           6: ("packed", "cpu")},
+                           auto={"cpu": 6, "cuda": 5})
 
 CONVERSION_VERSIONS = Versions("bf16 conversion", {1: ("naive", "cpu cuda")},
                                auto={"cpu": 1, "cuda": 1})
@@ -112,17 +123,18 @@ def bf16_matmul(x, w, *, out=None, backend="auto"):
 
 def matmul_bf16(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False,
                 backend="auto"):
-    """c = op(a) @ op(b) (+ bias) (+ c), device arrays only: a [M, K] ([K, M] with trans_a) and
-    b [K, N] ([N, K] with trans_b) as bf16 bits (uint16), float32 bias [N], float32
-    accumulation and output. The three products of a linear layer's training step (forward, dX,
-    dW) all have this form: GPT.to(device, precision="bf16") trains with it.
-    backend: "naive", "wmma"/"auto" (tensor cores)."""
+    """c = op(a) @ op(b) (+ bias) (+ c): a [M, K] ([K, M] with trans_a) and b [K, N] ([N, K]
+    with trans_b) as bf16 bits (uint16), float32 bias [N], float32 accumulation and output.
+    The three products of a linear layer's training step (forward, dX, dW) all have this form:
+    GPT.to(device, precision="bf16") trains with it, on the CPU ("packed": VDPBF16PS) or a GPU
+    ("wmma": tensor cores). backend: "auto", "naive", "packed" (C++), "wmma" (CUDA), "numpy"
+    (reference.matmul_bf16: exact products, float64 sums)."""
     fn = "matmul_bf16"
     where, dev = where_of(fn, backend, a)
-    if where != "device":
-        raise TypeError(f"{fn}: runs on device arrays (CuPy or kernelgpt.cuda_emu); on the CPU "
-                        f"use bf16_matmul")
-    version = VERSIONS.number(backend, "cuda")
+    if where == "cpu":
+        return _C.matmul_bf16(a, b, bias, out, bool(trans_a), bool(trans_b), bool(accumulate),
+                              MATMUL_VERSIONS.number(backend, "cpu"))
+    version = MATMUL_VERSIONS.number(backend, "cuda") if where == "device" else None
     check_typed(dev, a, np.uint16, fn, "a", _BITS)
     check_typed(dev, b, np.uint16, fn, "b", _BITS)
     if a.ndim != 2 or b.ndim != 2:
@@ -137,6 +149,9 @@ def matmul_bf16(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accu
         check_shape(bias, (N,), fn, "bias")
     if accumulate and out is None:
         raise ValueError(f"{fn}: accumulate=True needs out= (the array to add to)")
+    if where == "numpy":
+        c = reference.matmul_bf16(a, b, bias, trans_a, trans_b)
+        return into(out, out + c if accumulate else c)
     c = output(dev, out, (M, N), fn, (bias,))
     dev.lib.cuda_matmul_bf16(version, a.data.ptr, b.data.ptr, ptr(bias),
                              c.data.ptr, M, N, K, bool(trans_a), bool(trans_b), bool(accumulate),
