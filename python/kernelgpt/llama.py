@@ -149,13 +149,7 @@ def _resolve(name_or_path: Union[str, os.PathLike]) -> Path:
         raise FileNotFoundError(
             f"{name!r} is neither a path (a .gguf file or a checkpoint directory) nor a known "
             f"model (known: {', '.join(list(_CHECKPOINT_NAMES[:1]) + fetch.names())})")
-    ensure = getattr(fetch, "ensure", None)
-    if ensure is not None:
-        return Path(ensure(name))
-    found = fetch.cached(name)
-    if found is None:
-        raise FileNotFoundError(f"model {name!r} is not downloaded yet: run `kernelgpt fetch {name}`")
-    return Path(found)
+    return Path(fetch.ensure(name))
 
 
 def _is_checkpoint(path: Path) -> bool:
