@@ -1,4 +1,4 @@
-#include "kernels/activation.h"
+#include "bindings/activation.h"
 
 #include "bindings/args.h"
 #include "bindings/registry.h"
@@ -7,9 +7,8 @@
 namespace kg {
 namespace bind {
 
-// "relu", "sigmoid", "tanh", "silu", or "gelu" with approximate "tanh" / "none".
-static Activation parse_activation(const std::string& name, const std::string& approximate,
-                                   const std::string& fn) {
+Activation parse_activation(const std::string& name, const std::string& approximate,
+                            const std::string& fn) {
   if (name == "relu") return Activation::relu;
   if (name == "sigmoid") return Activation::sigmoid;
   if (name == "tanh") return Activation::tanh;

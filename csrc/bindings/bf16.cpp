@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "bindings/activation.h"
 #include "bindings/args.h"
 #include "bindings/registry.h"
 #include "common/cpu.h"
@@ -117,13 +118,30 @@ static py::array bf16_matmul(py::handle x_obj, py::handle w_obj, py::handle out_
 }
 
 // c = op(a) @ op(b) (+ bias) (+ c): a, b bf16 bits (2-D), float32 bias / out.
+// A matmul_bf16 operand: bf16 bits (uint16) or float32 that the kernel rounds as it packs.
+static Array bf16_or_f32(py::handle obj, const char* fn, const char* name) {
+  if (py::isinstance<py::array>(obj) &&
+      py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<float>()))
+    return f32(obj, fn, name, {2});
+  if (py::isinstance<py::array>(obj) &&
+      !py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<uint16_t>()))
+    type_error(std::string(fn) + ": " + name +
+               " must be uint16 (bf16 bit patterns) or float32 (rounded to bf16), got " +
+               std::string(py::str(py::reinterpret_borrow<py::array>(obj).dtype())));
+  return bf16_array(obj, fn, name, {2});
+}
+
+static bool is_f32(const Array& a) { return a.array.dtype().is(py::dtype::of<float>()); }
+
 static py::array matmul_bf16(py::handle a_obj, py::handle b_obj, py::handle bias_obj,
                              py::handle out_obj, bool trans_a, bool trans_b, bool accumulate,
-                             int version) {
+                             int version, const std::string& activation,
+                             const std::string& approximate, py::handle act_out_obj,
+                             py::handle act_x_obj) {
   const char* fn = "matmul_bf16";
   int v = check_version(fn, version, {{1, "naive"}, {6, "packed"}});
-  Array a = bf16_array(a_obj, fn, "a", {2});
-  Array b = bf16_array(b_obj, fn, "b", {2});
+  Array a = bf16_or_f32(a_obj, fn, "a");
+  Array b = bf16_or_f32(b_obj, fn, "b");
   int64_t m = trans_a ? a.dim(1) : a.dim(0), ka = trans_a ? a.dim(0) : a.dim(1);
   int64_t kb = trans_b ? b.dim(1) : b.dim(0), n = trans_b ? b.dim(0) : b.dim(1);
   if (ka != kb)
@@ -137,10 +155,28 @@ static py::array matmul_bf16(py::handle a_obj, py::handle b_obj, py::handle bias
   }
   if (accumulate && out_obj.is_none())
     value_error(std::string(fn) + ": accumulate=True needs out= (the array to add to)");
-  Array c = output(out_obj, {m, n}, fn, {&a, &b, bias ? &bias : nullptr});
   MatmulBf16Args args;
-  args.a = static_cast<const uint16_t*>(a.array.data());
-  args.b = static_cast<const uint16_t*>(b.array.data());
+  Array act_out, act_x;
+  if (!activation.empty()) {
+    args.activation = parse_activation(activation, approximate, fn);
+    if (act_out_obj.is_none() == act_x_obj.is_none())
+      value_error(std::string(fn) + ": activation= needs exactly one of act_out= (forward: "
+                  "act_out = f(c)) and act_x= (backward: c *= f'(act_x))");
+    if (!act_x_obj.is_none()) {
+      act_x = f32(act_x_obj, fn, "act_x", {2});
+      expect_shape(act_x, {m, n}, fn, "act_x");
+    }
+  } else if (!act_out_obj.is_none() || !act_x_obj.is_none()) {
+    value_error(std::string(fn) + ": act_out= and act_x= need activation=");
+  }
+  Array c = output(out_obj, {m, n}, fn, {&a, &b, bias ? &bias : nullptr, act_x ? &act_x : nullptr});
+  if (!activation.empty() && !act_out_obj.is_none()) {
+    act_out = output(act_out_obj, {m, n}, fn, {&a, &b, bias ? &bias : nullptr, &c}, "act_out");
+    if (act_out_obj.is(out_obj))
+      value_error(std::string(fn) + ": act_out must not be out (c keeps the pre-activation)");
+  }
+  (is_f32(a) ? (void)(args.a_f32 = a.cf32()) : (void)(args.a = static_cast<const uint16_t*>(a.array.data())));
+  (is_f32(b) ? (void)(args.b_f32 = b.cf32()) : (void)(args.b = static_cast<const uint16_t*>(b.array.data())));
   args.bias = bias ? bias.cf32() : nullptr;
   args.c = c.f32();
   args.m = m;
@@ -149,6 +185,8 @@ static py::array matmul_bf16(py::handle a_obj, py::handle b_obj, py::handle bias
   args.trans_a = trans_a;
   args.trans_b = trans_b;
   args.accumulate = accumulate;
+  args.act_out = act_out ? act_out.f32() : nullptr;
+  args.act_x = act_x ? act_x.cf32() : nullptr;
   const MatmulBf16Kernels& kr = KG_DISPATCH(matmul_bf16_kernels);
   {
     py::gil_scoped_release release;
@@ -160,7 +198,9 @@ static py::array matmul_bf16(py::handle a_obj, py::handle b_obj, py::handle bias
 void register_bf16(py::module_& m) {
   m.def("matmul_bf16", &matmul_bf16, py::arg("a"), py::arg("b"), py::arg("bias") = py::none(),
         py::arg("out") = py::none(), py::arg("trans_a") = false, py::arg("trans_b") = false,
-        py::arg("accumulate") = false, py::arg("version") = 6);
+        py::arg("accumulate") = false, py::arg("version") = 6, py::arg("activation") = "",
+        py::arg("approximate") = "tanh", py::arg("act_out") = py::none(),
+        py::arg("act_x") = py::none());
   m.def("matmul_bf16_path",
         [] { return std::string(KG_DISPATCH(matmul_bf16_kernels).description); });
   m.def("to_bf16", &to_bf16, py::arg("x"), py::arg("out") = py::none());

@@ -383,6 +383,44 @@ void activation_backward_fast(const ActivationArgs& p) {
   }
 }
 
+template <class Fn>
+void span_forward_fn(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += kWidth) {
+    const int64_t m = n - i < kWidth ? n - i : kWidth;
+    store_upto(y + i, Fn::f(load_upto(x + i, m)), m);
+  }
+}
+
+template <class Fn>
+void span_backward_fn(const float* dy, const float* x, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += kWidth) {
+    const int64_t m = n - i < kWidth ? n - i : kWidth;
+    store_upto(out + i, load_upto(dy + i, m) * Fn::df(load_upto(x + i, m)), m);
+  }
+}
+
+void span_forward(Activation kind, const float* x, float* y, int64_t n) {
+  switch (kind) {
+    case Activation::relu: return span_forward_fn<Relu>(x, y, n);
+    case Activation::sigmoid: return span_forward_fn<Sigmoid>(x, y, n);
+    case Activation::tanh: return span_forward_fn<Tanh>(x, y, n);
+    case Activation::silu: return span_forward_fn<Silu>(x, y, n);
+    case Activation::gelu_tanh: return span_forward_fn<GeluTanh>(x, y, n);
+    case Activation::gelu_erf: return span_forward_fn<GeluErf>(x, y, n);
+  }
+}
+
+void span_backward(Activation kind, const float* dy, const float* x, float* out, int64_t n) {
+  switch (kind) {
+    case Activation::relu: return span_backward_fn<Relu>(dy, x, out, n);
+    case Activation::sigmoid: return span_backward_fn<Sigmoid>(dy, x, out, n);
+    case Activation::tanh: return span_backward_fn<Tanh>(dy, x, out, n);
+    case Activation::silu: return span_backward_fn<Silu>(dy, x, out, n);
+    case Activation::gelu_tanh: return span_backward_fn<GeluTanh>(dy, x, out, n);
+    case Activation::gelu_erf: return span_backward_fn<GeluErf>(dy, x, out, n);
+  }
+}
+
 void swiglu_fast(const SwigluArgs& p) {
   const bool stream = use_streaming(p.out, p.n * (int64_t)sizeof(float));
   parallel_chunks(p.n, [&](int64_t i0, int64_t i1) {
@@ -472,6 +510,8 @@ extern const ActivationKernels activation_kernels = {
     {activation_naive, activation_backward_naive, swiglu_naive, swiglu_backward_naive},
     {activation_fast, activation_backward_fast, swiglu_fast, swiglu_backward_fast},
     KG_ACTIVATION_PATH,
-    simd_math};
+    simd_math,
+    span_forward,
+    span_backward};
 
 KG_END_ISA_NAMESPACE

@@ -52,6 +52,12 @@ struct ActivationKernels {
   ActivationVersion fast;   // version 2: simd.h vectors, threads, one pass
   const char* fast_description;
   void (*simd_math)(SimdMath fn, const float* x, float* y, int64_t n);
+  // Version 2's formulas on one span, on the calling thread (the epilogue of a GEMM tile, for
+  // a fused linear + activation): y = f(x), and out = dy * f'(x) (out may be dy). Results match
+  // version 2's to its documented accuracy (bit for bit except where gelu's float64 branch,
+  // taken per vector, sees a different grouping of lanes: 2e-6 relative at most).
+  void (*span_forward)(Activation kind, const float* x, float* y, int64_t n);
+  void (*span_backward)(Activation kind, const float* dy, const float* x, float* out, int64_t n);
 };
 
 }  // namespace kg

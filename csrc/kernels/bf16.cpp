@@ -25,6 +25,7 @@
 //   auto: widen for M <= 32, tiled otherwise (measured, 2 threads, [M, 576] x [1536, 576]^T:
 //     widen 2.2x faster at M = 4, 1.5x at 16, even at 32; tiled 1.15x faster at 64, 1.3x at 128).
 #include "kernels/bf16.h"
+#include "kernels/bf16_bits.h"
 
 #include <cstring>
 
@@ -40,20 +41,6 @@ namespace {
 using namespace simd;
 
 typedef uint32_t vuint __attribute__((vector_size(kWidth * 4)));
-
-inline uint16_t round_to_bf16(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40u);  // quiet NaN
-  return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
-
-inline float bf16_to_float(uint16_t h) {
-  uint32_t b = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
 
 // kWidth bf16 -> kWidth floats.
 inline vfloat widen(const uint16_t* p) {

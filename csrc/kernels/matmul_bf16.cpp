@@ -13,11 +13,14 @@
 //   Without AVX512-BF16 (AVX-512, AVX2, SSE copies) the same packed pairs are widened by a
 //   16-bit shift and go through two float32 FMAs: the same products (each exact in float32),
 //   added in a slightly different order.
-//   Threads split the columns (each packs the A panel it needs and its own B blocks), or the
-//   rows when there are few columns.
+//   Threads split the columns or the rows, whichever makes them pack the smaller operand twice.
+//   Operands may come as float32: packing rounds them (the same bits as to_bf16 first).
+//   Epilogue: an activation on each finished tile (linear + GELU forward, or dX * GELU'(x)).
 #include "kernels/matmul_bf16.h"
 
 #include <cstring>
+
+#include "kernels/bf16_bits.h"
 
 #include "common/simd.h"
 #include "common/threading.h"
@@ -33,27 +36,58 @@ using namespace simd;
 
 typedef uint32_t vuint __attribute__((vector_size(kWidth * 4)));
 
-inline float widen1(uint16_t h) {
-  uint32_t b = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
+inline float widen1(uint16_t h) { return bf16_to_float(h); }
+
+// An operand element as bf16 bits: stored bits as they are, float32 rounded.
+inline uint16_t bits_at(const uint16_t* x, int64_t i) { return x[i]; }
+inline uint16_t bits_at(const float* x, int64_t i) { return round_to_bf16(x[i]); }
+
+// The activation epilogue on C[0:rows, 0:cols] (row stride n) at element offset `at`.
+void epilogue(const MatmulBf16Args& p, int64_t at, int64_t rows, int64_t cols) {
+  const ActivationKernels& act = activation_kernels;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* c = p.c + at + r * p.n;
+    if (p.act_out) act.span_forward(p.activation, c, p.act_out + at + r * p.n, cols);
+    if (p.act_x) act.span_backward(p.activation, c, p.act_x + at + r * p.n, c, cols);
+  }
+}
+
+// The epilogue's other array (act_x read, or act_out written) for a tile, fetched while the
+// tile computes: its rows are 4 n bytes apart, too far for the hardware prefetcher to follow.
+inline void prefetch_epilogue(const MatmulBf16Args& p, int64_t at, int64_t rows, int64_t cols) {
+  const float* base = p.act_x ? p.act_x : p.act_out;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; c += 16) {
+      if (p.act_x)
+        __builtin_prefetch(base + at + r * p.n + c, 0, 3);
+      else
+        __builtin_prefetch(base + at + r * p.n + c, 1, 3);
+    }
 }
 
 // ---- version 1: naive --------------------------------------------------------------------
-void matmul_naive(const MatmulBf16Args& p) {
+template <class TA, class TB>
+void naive_typed(const MatmulBf16Args& p, const TA* a, const TB* b) {
   for (int64_t i = 0; i < p.m; ++i)
     for (int64_t j = 0; j < p.n; ++j) {
       float sum = 0.0f;
       for (int64_t kk = 0; kk < p.k; ++kk) {
-        uint16_t aik = p.trans_a ? p.a[kk * p.m + i] : p.a[i * p.k + kk];
-        uint16_t bkj = p.trans_b ? p.b[j * p.k + kk] : p.b[kk * p.n + j];
+        uint16_t aik = p.trans_a ? bits_at(a, kk * p.m + i) : bits_at(a, i * p.k + kk);
+        uint16_t bkj = p.trans_b ? bits_at(b, j * p.k + kk) : bits_at(b, kk * p.n + j);
         sum += widen1(aik) * widen1(bkj);
       }
       if (p.bias) sum += p.bias[j];
       float* c = p.c + i * p.n + j;
       *c = p.accumulate ? *c + sum : sum;
+      epilogue(p, i * p.n + j, 1, 1);
     }
+}
+
+void matmul_naive(const MatmulBf16Args& p) {
+  if (p.a_f32 && p.b_f32) return naive_typed(p, p.a_f32, p.b_f32);
+  if (p.a_f32) return naive_typed(p, p.a_f32, p.b);
+  if (p.b_f32) return naive_typed(p, p.a, p.b_f32);
+  naive_typed(p, p.a, p.b);
 }
 
 // ---- version 6: packed pairs ---------------------------------------------------------------
@@ -74,8 +108,54 @@ thread_local PackBuffers tl_pack;
 
 inline uint32_t pair(uint16_t even, uint16_t odd) { return (uint32_t)even | ((uint32_t)odd << 16); }
 
+// ---- rounding float32 operands while packing (vectorized; bits identical to round_to_bf16) --
+typedef uint64_t vu64 __attribute__((vector_size(kWidth * 4)));
+typedef uint32_t vu32half __attribute__((vector_size(kWidth * 2)));
+
+// round_to_bf16 on every lane of float bit patterns; the bf16 lands in each lane's low 16 bits.
+inline vuint round_lanes(vuint b) {
+  const vuint rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  const vuint quiet_nan = (b >> 16) | 0x40u;
+  return (b & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+}
+
+inline vuint load_bits(const float* x) {
+  vuint v;
+  std::memcpy(&v, x, sizeof(v));
+  return v;
+}
+
+// dst[c] = (bf16(r0[c]), bf16(r1[c])) for c < cnt; r1 == nullptr: odd half 0. Two rows of
+// consecutive k interleaved (B [K, N], or A [K, M] when trans_a).
+void round_rows_pair(const float* r0, const float* r1, uint32_t* dst, int64_t cnt) {
+  int64_t c = 0;
+  for (; c + kWidth <= cnt; c += kWidth) {
+    vuint w = round_lanes(load_bits(r0 + c));
+    if (r1) w |= round_lanes(load_bits(r1 + c)) << 16;
+    std::memcpy(dst + c, &w, sizeof(w));
+  }
+  for (; c < cnt; ++c) dst[c] = pair(round_to_bf16(r0[c]), r1 ? round_to_bf16(r1[c]) : 0);
+}
+
+// dst[q * stride] = (bf16(x[2q]), bf16(x[2q+1])) for q < (cnt + 1) / 2 (x[cnt] taken as 0 when
+// cnt is odd): consecutive k of one row (A [M, K], or B [N, K] when trans_b).
+void round_pairs_strided(const float* x, int64_t cnt, uint32_t* dst, int64_t stride) {
+  alignas(64) uint32_t words[kWidth / 2];
+  int64_t i = 0;
+  for (; i + kWidth <= cnt; i += kWidth) {
+    vu64 u = (vu64)round_lanes(load_bits(x + i));  // lane q: (low: bf16(x[2q]), high: bf16(x[2q+1]))
+    vu64 w = (u & 0xffffu) | ((u >> 16) & 0xffff0000u);
+    vu32half n = __builtin_convertvector(w, vu32half);
+    std::memcpy(words, &n, sizeof(n));
+    for (int q = 0; q < kWidth / 2; ++q) dst[(i / 2 + q) * stride] = words[q];
+  }
+  for (; i < cnt; i += 2)
+    dst[(i / 2) * stride] = pair(round_to_bf16(x[i]), i + 1 < cnt ? round_to_bf16(x[i + 1]) : 0);
+}
+
 // op(A)[i0:i0+mc, k0:k0+kc] as slivers of MR rows: word (s, p, r) = (A(r, 2p), A(r, 2p+1)).
-void pack_a(const MatmulBf16Args& p, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+template <class T>
+void pack_a(const MatmulBf16Args& p, const T* a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
             uint32_t* out) {
   const int64_t pairs = (kc + 1) / 2;
   for (int64_t s = 0; s * MR < mc; ++s) {
@@ -89,9 +169,9 @@ void pack_a(const MatmulBf16Args& p, int64_t i0, int64_t mc, int64_t k0, int64_t
         if (r < rows) {
           const int64_t i = row0 + r;
           if (p.trans_a)
-            w = pair(p.a[k * p.m + i], has_odd ? p.a[(k + 1) * p.m + i] : 0);
+            w = pair(bits_at(a, k * p.m + i), has_odd ? bits_at(a, (k + 1) * p.m + i) : 0);
           else
-            w = pair(p.a[i * p.k + k], has_odd ? p.a[i * p.k + k + 1] : 0);
+            w = pair(bits_at(a, i * p.k + k), has_odd ? bits_at(a, i * p.k + k + 1) : 0);
         }
         dst[q * MR + r] = w;
       }
@@ -100,7 +180,8 @@ void pack_a(const MatmulBf16Args& p, int64_t i0, int64_t mc, int64_t k0, int64_t
 }
 
 // op(B)[k0:k0+kc, j0:j0+nc] as slivers of NR columns: word (s, p, c) = (B(2p, c), B(2p+1, c)).
-void pack_b(const MatmulBf16Args& p, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+template <class T>
+void pack_b(const MatmulBf16Args& p, const T* b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
             uint32_t* out) {
   const int64_t pairs = (kc + 1) / 2;
   for (int64_t s = 0; s < nc; s += NR) {
@@ -111,16 +192,61 @@ void pack_b(const MatmulBf16Args& p, int64_t k0, int64_t kc, int64_t j0, int64_t
       uint32_t* dst = out + q * NR;
       if (p.trans_b) {  // B [N, K]: the pair is adjacent in memory
         for (int64_t c = 0; c < cols; ++c) {
-          const uint16_t* row = p.b + (j0 + s + c) * p.k + k;
-          dst[c] = pair(row[0], has_odd ? row[1] : 0);
+          const T* row = b + (j0 + s + c) * p.k + k;
+          dst[c] = pair(bits_at(row, 0), has_odd ? bits_at(row, 1) : 0);
         }
       } else {  // B [K, N]: interleave two rows
-        const uint16_t* r0 = p.b + k * p.n + j0 + s;
-        const uint16_t* r1 = has_odd ? r0 + p.n : nullptr;
-        for (int64_t c = 0; c < cols; ++c) dst[c] = pair(r0[c], r1 ? r1[c] : 0);
+        const T* r0 = b + k * p.n + j0 + s;
+        if (has_odd)
+          for (int64_t c = 0; c < cols; ++c) dst[c] = pair(bits_at(r0, c), bits_at(r0 + p.n, c));
+        else
+          for (int64_t c = 0; c < cols; ++c) dst[c] = pair(bits_at(r0, c), 0);
       }
       for (int64_t c = cols; c < NR; ++c) dst[c] = 0;
     }
+    out += pairs * NR;
+  }
+}
+
+// The float32 operands: the same words, rounded in vectors.
+void pack_a(const MatmulBf16Args& p, const float* a, int64_t i0, int64_t mc, int64_t k0,
+            int64_t kc, uint32_t* out) {
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t s = 0; s * MR < mc; ++s) {
+    uint32_t* dst = out + s * MR * pairs;
+    const int64_t row0 = i0 + s * MR, rows = mc - s * MR < MR ? mc - s * MR : MR;
+    if (p.trans_a) {  // A [K, M]: rows k and k+1 hold the pair of each of the MR rows
+      for (int64_t q = 0; q < pairs; ++q) {
+        const int64_t k = k0 + 2 * q;
+        const float* r0 = a + k * p.m + row0;
+        round_rows_pair(r0, 2 * q + 1 < kc ? r0 + p.m : nullptr, dst + q * MR, rows);
+        for (int64_t r = rows; r < MR; ++r) dst[q * MR + r] = 0;
+      }
+    } else {  // A [M, K]: each row's k are consecutive
+      for (int64_t r = 0; r < rows; ++r)
+        round_pairs_strided(a + (row0 + r) * p.k + k0, kc, dst + r, MR);
+      for (int64_t r = rows; r < MR; ++r)
+        for (int64_t q = 0; q < pairs; ++q) dst[q * MR + r] = 0;
+    }
+  }
+}
+
+void pack_b(const MatmulBf16Args& p, const float* b, int64_t k0, int64_t kc, int64_t j0,
+            int64_t nc, uint32_t* out) {
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t s = 0; s < nc; s += NR) {
+    const int64_t cols = nc - s < NR ? nc - s : NR;
+    if (p.trans_b) {  // B [N, K]: each column's k are consecutive
+      for (int64_t c = 0; c < cols; ++c)
+        round_pairs_strided(b + (j0 + s + c) * p.k + k0, kc, out + c, NR);
+    } else {  // B [K, N]: interleave two rows
+      for (int64_t q = 0; q < pairs; ++q) {
+        const float* r0 = b + (k0 + 2 * q) * p.n + j0 + s;
+        round_rows_pair(r0, 2 * q + 1 < kc ? r0 + p.n : nullptr, out + q * NR, cols);
+      }
+    }
+    for (int64_t q = 0; q < pairs; ++q)
+      for (int64_t c = cols; c < NR; ++c) out[q * NR + c] = 0;
     out += pairs * NR;
   }
 }
@@ -179,8 +305,13 @@ __attribute__((always_inline)) inline void tile(int64_t pairs, const uint32_t* _
     for (int u = 0; u < NV; ++u) store(c + r * ldc + u * kWidth, acc[r][u]);
 }
 
-void macro_kernel(const MatmulBf16Args& p, const uint32_t* pa, const uint32_t* pb, float* c,
-                  int64_t mc, int64_t nc, int64_t kc, bool load_c, const float* bias) {
+// C[ic:ic+mc, jc:jc+nc] (+)= packed A panel @ packed B block; `last`: the final k block,
+// after which each tile gets the activation epilogue.
+void macro_kernel(const MatmulBf16Args& p, const uint32_t* pa, const uint32_t* pb, int64_t ic,
+                  int64_t jc, int64_t mc, int64_t nc, int64_t kc, bool load_c, const float* bias,
+                  bool last) {
+  float* c = p.c + ic * p.n + jc;
+  const bool epi = last && (p.act_out || p.act_x);
   alignas(64) float edge[MR * NR];
   const int64_t pairs = (kc + 1) / 2;
   for (int64_t ir = 0; ir < mc; ir += MR) {
@@ -191,8 +322,10 @@ void macro_kernel(const MatmulBf16Args& p, const uint32_t* pa, const uint32_t* p
       const int64_t cols = nc - jr < NR ? nc - jr : NR;
       float* cij = c + ir * p.n + jr;
       const float* bias_j = bias ? bias + jr : nullptr;
+      if (epi) prefetch_epilogue(p, (ic + ir) * p.n + jc + jr, rows, cols);
       if (rows == MR && cols == NR) {
         tile(pairs, ap, bp, cij, p.n, load_c, bias_j);
+        if (epi) epilogue(p, (ic + ir) * p.n + jc + jr, rows, cols);
         continue;
       }
       for (int64_t r = 0; r < MR; ++r)
@@ -204,12 +337,15 @@ void macro_kernel(const MatmulBf16Args& p, const uint32_t* pa, const uint32_t* p
       tile(pairs, ap, bp, edge, NR, true, nullptr);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t cc = 0; cc < cols; ++cc) cij[r * p.n + cc] = edge[r * NR + cc];
+      if (epi) epilogue(p, (ic + ir) * p.n + jc + jr, rows, cols);
     }
   }
 }
 
-// C[i0:i1, j0:j1] on the calling thread.
-void gemm_region(const MatmulBf16Args& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+// C[i0:i1, j0:j1] on the calling thread; A and B as stored (bits or float32).
+template <class TA, class TB>
+void gemm_region_typed(const MatmulBf16Args& p, const TA* a, const TB* b, int64_t i0, int64_t i1,
+                       int64_t j0, int64_t j1) {
   if (i0 >= i1 || j0 >= j1) return;
   const int64_t k_blocks = (p.k + KC - 1) / KC;
   int64_t kc_step = (p.k + k_blocks - 1) / k_blocks;
@@ -221,32 +357,43 @@ void gemm_region(const MatmulBf16Args& p, int64_t i0, int64_t i1, int64_t j0, in
     const int64_t mc = i1 - ic < MB ? i1 - ic : MB;
     for (int64_t pc = 0; pc < p.k; pc += kc_step) {
       const int64_t kc = p.k - pc < kc_step ? p.k - pc : kc_step;
-      const bool first = pc == 0;
+      const bool first = pc == 0, last = pc + kc >= p.k;
       const bool load_c = !first || p.accumulate;
       const float* bias = first && !p.accumulate ? p.bias : nullptr;
-      pack_a(p, ic, mc, pc, kc, pa);
+      pack_a(p, a, ic, mc, pc, kc, pa);
       for (int64_t jc = j0; jc < j1; jc += NB) {
         const int64_t nc = j1 - jc < NB ? j1 - jc : NB;
-        pack_b(p, pc, kc, jc, nc, pb);
-        macro_kernel(p, pa, pb, p.c + ic * p.n + jc, mc, nc, kc, load_c,
-                     bias ? bias + jc : nullptr);
+        pack_b(p, b, pc, kc, jc, nc, pb);
+        macro_kernel(p, pa, pb, ic, jc, mc, nc, kc, load_c, bias ? bias + jc : nullptr, last);
       }
     }
   }
 }
 
+void gemm_region(const MatmulBf16Args& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  if (p.a_f32 && p.b_f32) return gemm_region_typed(p, p.a_f32, p.b_f32, i0, i1, j0, j1);
+  if (p.a_f32) return gemm_region_typed(p, p.a_f32, p.b, i0, i1, j0, j1);
+  if (p.b_f32) return gemm_region_typed(p, p.a, p.b_f32, i0, i1, j0, j1);
+  gemm_region_typed(p, p.a, p.b, i0, i1, j0, j1);
+}
+
+// Threads split C's columns (each thread packs all of op(A) and its share of op(B)) or its rows
+// (each packs its rows of op(A) and all of op(B)): the split that packs the smaller operand
+// twice, as long as it gives every thread at least two tiles across.
 void matmul_packed(const MatmulBf16Args& p) {
   const int64_t kMinWork = (int64_t)64 * 64 * 64;
   const int nt = threads_for(p.m * p.n * p.k, kMinWork);
-  const int64_t col_units = (p.n + NR - 1) / NR;
-  if (col_units >= 2 * nt) {  // threads split the columns
+  const int64_t col_units = (p.n + NR - 1) / NR, row_units = (p.m + MR - 1) / MR;
+  const bool cols_ok = col_units >= 2 * nt, rows_ok = row_units >= 2 * nt;
+  const bool split_cols = nt > 1 && cols_ok && (!rows_ok || p.m <= p.n);
+  if (split_cols) {
     parallel_region(nt, [&](int t, int count) {
       int64_t j0 = col_units * t / count * NR, j1 = col_units * (t + 1) / count * NR;
       gemm_region(p, 0, p.m, j0, j1 < p.n ? j1 : p.n);
     });
-  } else {  // few columns: threads split the rows
-    const int64_t row_units = (p.m + MR - 1) / MR;
-    parallel_for(row_units, 1, [&](int64_t u0, int64_t u1) {
+  } else {
+    parallel_region(nt, [&](int t, int count) {
+      int64_t u0 = row_units * t / count, u1 = row_units * (t + 1) / count;
       gemm_region(p, u0 * MR, u1 * MR < p.m ? u1 * MR : p.m, 0, p.n);
     });
   }

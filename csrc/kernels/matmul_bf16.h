@@ -7,16 +7,29 @@
 #include <cstdint>
 
 #include "common/isa.h"
+#include "kernels/activation.h"
 
 namespace kg {
 
 struct MatmulBf16Args {
+  // Each operand either as bf16 bits (a, b) or as float32 (a_f32, b_f32) that the packing
+  // rounds to bf16 (nearest, ties to even: to_bf16's rounding) on the way: the same products
+  // without a separate conversion pass. Exactly one of each pair is set.
   const uint16_t* a = nullptr;
   const uint16_t* b = nullptr;
+  const float* a_f32 = nullptr;
+  const float* b_f32 = nullptr;
   const float* bias = nullptr;
   float* c = nullptr;
   int64_t m = 0, n = 0, k = 0;
   bool trans_a = false, trans_b = false, accumulate = false;
+  // Activation epilogue on each finished tile of C (after bias and accumulate), while it is in
+  // cache; at most one of:
+  //   act_out [M, N]: act_out = f(C) too, C keeps the pre-activation (a linear layer + f)
+  //   act_x [M, N]:   C = C * f'(act_x) (dX of the layer before f: the backward of the pair)
+  Activation activation = Activation::relu;
+  float* act_out = nullptr;
+  const float* act_x = nullptr;
 };
 
 using MatmulBf16Fn = void (*)(const MatmulBf16Args&);

@@ -320,9 +320,14 @@ class GPT:
             mid += x
             ln2 = self._norm(mid, i, "ln_2", out=a[f"ln2_{i}"], stats=True)
             a.stats[f"ln2_{i}"] = ln2[1:]
-            h = self.ops.linear(a[f"ln2_{i}"], P[L + "mlp.c_fc.weight"],
-                           P.views.get(L + "mlp.c_fc.bias"), out=a[f"fch_{i}"])
-            self._activate(h, out=a[f"fcha_{i}"])
+            if self._fused_activation():
+                self.ops.linear_activation(a[f"ln2_{i}"], P[L + "mlp.c_fc.weight"],
+                                           P.views.get(L + "mlp.c_fc.bias"), c.activation,
+                                           out=a[f"fch_{i}"], act_out=a[f"fcha_{i}"])
+            else:
+                h = self.ops.linear(a[f"ln2_{i}"], P[L + "mlp.c_fc.weight"],
+                                    P.views.get(L + "mlp.c_fc.bias"), out=a[f"fch_{i}"])
+                self._activate(h, out=a[f"fcha_{i}"])
             nxt = a[f"res{i + 1}"]
             self.ops.linear(a[f"fcha_{i}"], P[L + "mlp.c_proj.weight"],
                        P.views.get(L + "mlp.c_proj.bias"), out=nxt)
@@ -359,12 +364,20 @@ class GPT:
             self.ops.matmul(dlogits, W, out=d_lnf[r0:r1])
         return float(total) / max(count, 1), d_lnf  # float(): one device-to-host read
 
-    def _linear_backward(self, d_y, x, name, d_x_out=None, accumulate_dx=False):
-        """y = x @ W^T + b: adds dW, db into the gradient buffer and returns dx."""
+    def _fused_activation(self) -> bool:
+        """Whether the ops fuse the MLP's linear layer with its activation (bf16 ops do)."""
+        return getattr(self.ops, "fuses_activation", False) and self.config.activation in ("gelu", "relu")
+
+    def _linear_backward(self, d_y, x, name, d_x_out=None, accumulate_dx=False, activation_x=None):
+        """y = x @ W^T + b: adds dW, db into the gradient buffer and returns dx (with
+        activation_x: x = act(activation_x), and the gradient at activation_x is returned)."""
         G, P = self.grads, self.params
         self.ops.matmul(d_y, x, trans_a=True, out=G[name + ".weight"], accumulate=True)
         if name + ".bias" in G:
             G[name + ".bias"] += d_y.sum(axis=0)
+        if activation_x is not None:
+            return self.ops.matmul_activation_backward(d_y, P[name + ".weight"], activation_x,
+                                                       self.config.activation, out=d_x_out)
         if d_x_out is None:
             return self.ops.matmul(d_y, P[name + ".weight"])
         return self.ops.matmul(d_y, P[name + ".weight"], out=d_x_out, accumulate=accumulate_dx)
@@ -392,13 +405,20 @@ class GPT:
         for i in reversed(range(c.n_layer)):
             L = f"h.{i}."
             # MLP: res{i+1} = mid + c_proj(act(c_fc(ln_2(mid))))
-            d_act = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj")
             h = a[f"fch_{i}"]
-            if c.activation == "gelu":
-                d_h = self.ops.gelu_backward(d_act, h)
+            if self._fused_activation():  # d_h = (d_res @ W_proj) * act'(h) in one pass
+                d_h = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj",
+                                            d_x_out=a["d_ff"], activation_x=h)
+            elif c.activation == "gelu":
+                d_h = self.ops.gelu_backward(
+                    self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj"), h,
+                    out=a["d_ff"])
             elif c.activation == "relu":
-                d_h = self.ops.relu_backward(d_act, h)
+                d_h = self.ops.relu_backward(
+                    self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj"), h,
+                    out=a["d_ff"])
             else:
+                d_act = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj")
                 xp = self.xp
                 d_gate, d_up = self.ops.swiglu_backward(d_act, xp.ascontiguousarray(h[:, :F]),
                                                         xp.ascontiguousarray(h[:, F:]))
@@ -546,7 +566,8 @@ class _Activations:
         self.shape = (B, T)
         N, C = B * T, c.n_embd
         fc_out = 2 * c.mlp_hidden if c.activation == "swiglu" else c.mlp_hidden
-        layout = [("qkv", (N, c.qkv_dim)), ("lnf", (N, C)), ("d_x", (N, C))]
+        # qkv doubles as d_qkv in backward, d_ff holds the MLP's hidden gradient
+        layout = [("qkv", (N, c.qkv_dim)), ("lnf", (N, C)), ("d_x", (N, C)), ("d_ff", (N, fc_out))]
         for i in range(c.n_layer + 1):
             layout.append((f"res{i}", (N, C)))
         for i in range(c.n_layer):

@@ -163,22 +163,41 @@ def native_bf16(device: str) -> bool:
 
 
 class MixedPrecisionOps:
-    """kernelgpt.ops with every matrix product in bf16 (both operands rounded to bf16 where
-    they live, float32 accumulation and output, bias and accumulate= in the epilogue):
-    GPT.to(device, precision="bf16"). On the CPU ops.matmul_bf16 runs VDPBF16PS (or, without
-    AVX512-BF16, the same products through float32 FMAs); on a GPU tensor cores. Everything
-    else is kernelgpt.ops."""
+    """kernelgpt.ops with every matrix product in bf16 (both operands rounded to bf16, float32
+    accumulation and output, bias and accumulate= in the epilogue): GPT.to(device,
+    precision="bf16"). On the CPU ops.matmul_bf16 runs VDPBF16PS (or, without AVX512-BF16,
+    the same products through float32 FMAs) and rounds float32 operands as it packs them: no
+    conversion pass, no bf16 copy of a weight or an activation kept anywhere. On a GPU tensor
+    cores. Everything else is kernelgpt.ops.
+
+    It also fuses a linear layer with the activation after it (GPT's MLP): forward
+    linear_activation (the GELU in the GEMM's epilogue) and backward matmul_activation_backward
+    (dX * GELU'(x) in the epilogue); GPT calls them where its ops object has them."""
+
+    fuses_activation = True
 
     def __getattr__(self, name):
         return getattr(ops, name)
 
     def matmul(self, a, b, bias=None, *, trans_a=False, trans_b=False, out=None,
                accumulate=False, backend="auto"):
-        return ops.matmul_bf16(ops.to_bf16(a), ops.to_bf16(b), bias, trans_a=trans_a,
-                               trans_b=trans_b, out=out, accumulate=accumulate)
+        return ops.matmul_bf16(a, b, bias, trans_a=trans_a, trans_b=trans_b, out=out,
+                               accumulate=accumulate)
 
     def linear(self, x, weight, bias=None, *, out=None, backend="auto"):
         return self.matmul(x, weight, bias, trans_b=True, out=out)
+
+    def linear_activation(self, x, weight, bias, activation, *, out, act_out):
+        """out = x @ weight^T + bias (the pre-activation, kept for backward) and
+        act_out = activation(out), in one pass. activation: "gelu" (tanh form) or "relu"."""
+        ops.matmul_bf16(x, weight, bias, trans_b=True, out=out, activation=activation,
+                        act_out=act_out)
+        return act_out
+
+    def matmul_activation_backward(self, d_y, weight, x_pre, activation, *, out=None):
+        """(d_y @ weight) * activation'(x_pre): the gradient at the pre-activation x_pre of
+        y = linear(activation(x_pre)), from the gradient d_y at y."""
+        return ops.matmul_bf16(d_y, weight, activation=activation, act_x=x_pre, out=out)
 
 
 class ReferenceOps:

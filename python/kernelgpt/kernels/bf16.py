@@ -122,19 +122,34 @@ def bf16_matmul(x, w, *, out=None, backend="auto"):
 
 
 def matmul_bf16(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accumulate=False,
-                backend="auto"):
+                activation=None, approximate="tanh", act_out=None, act_x=None, backend="auto"):
     """c = op(a) @ op(b) (+ bias) (+ c): a [M, K] ([K, M] with trans_a) and b [K, N] ([N, K]
-    with trans_b) as bf16 bits (uint16), float32 bias [N], float32 accumulation and output.
+    with trans_b) as bf16 bits (uint16) or as float32 (rounded to bf16, nearest even: the same
+    products as to_bf16 first; on the CPU the rounding happens as the operand is packed, so it
+    costs no extra pass), float32 bias [N], float32 accumulation and output.
     The three products of a linear layer's training step (forward, dX, dW) all have this form:
     GPT.to(device, precision="bf16") trains with it, on the CPU ("packed": VDPBF16PS) or a GPU
     ("wmma": tensor cores). backend: "auto", "naive", "packed" (C++), "wmma" (CUDA), "numpy"
-    (reference.matmul_bf16: exact products, float64 sums)."""
+    (reference.matmul_bf16: exact products, float64 sums).
+
+    Activation epilogue (activation= "gelu" (approximate "tanh"/"none"), "relu", "silu",
+    "sigmoid", "tanh"), applied to the finished c while it is in cache:
+      act_out=Y  forward of a linear layer + f: c is the pre-activation, and Y = f(c) too;
+      act_x=X    backward through f: c = (op(a) @ op(b)) * f'(X) (dX of the layer before f).
+    The unfused composition (matmul_bf16, then ops.gelu / ops.gelu_backward) is its oracle."""
     fn = "matmul_bf16"
+    if (act_out is not None or act_x is not None) and not activation:
+        raise ValueError(f"{fn}: act_out= and act_x= need activation=")
     where, dev = where_of(fn, backend, a)
     if where == "cpu":
         return _C.matmul_bf16(a, b, bias, out, bool(trans_a), bool(trans_b), bool(accumulate),
-                              MATMUL_VERSIONS.number(backend, "cpu"))
+                              MATMUL_VERSIONS.number(backend, "cpu"), activation or "",
+                              approximate, act_out, act_x)
     version = MATMUL_VERSIONS.number(backend, "cuda") if where == "device" else None
+    if isinstance(a, dev.xp.ndarray) and a.dtype == np.float32:
+        a = to_bf16(a)
+    if isinstance(b, dev.xp.ndarray) and b.dtype == np.float32:
+        b = to_bf16(b)
     check_typed(dev, a, np.uint16, fn, "a", _BITS)
     check_typed(dev, b, np.uint16, fn, "b", _BITS)
     if a.ndim != 2 or b.ndim != 2:
@@ -149,11 +164,24 @@ def matmul_bf16(a, b, bias=None, *, trans_a=False, trans_b=False, out=None, accu
         check_shape(bias, (N,), fn, "bias")
     if accumulate and out is None:
         raise ValueError(f"{fn}: accumulate=True needs out= (the array to add to)")
+    if activation and (act_out is None) == (act_x is None):
+        raise ValueError(f"{fn}: activation= needs exactly one of act_out= (forward) and act_x= "
+                         "(backward)")
     if where == "numpy":
         c = reference.matmul_bf16(a, b, bias, trans_a, trans_b)
-        return into(out, out + c if accumulate else c)
-    c = output(dev, out, (M, N), fn, (bias,))
-    dev.lib.cuda_matmul_bf16(version, a.data.ptr, b.data.ptr, ptr(bias),
-                             c.data.ptr, M, N, K, bool(trans_a), bool(trans_b), bool(accumulate),
-                             dev.stream())
+        c = into(out, out + c if accumulate else c)
+    else:
+        c = output(dev, out, (M, N), fn, (bias,))
+        dev.lib.cuda_matmul_bf16(version, a.data.ptr, b.data.ptr, ptr(bias),
+                                 c.data.ptr, M, N, K, bool(trans_a), bool(trans_b),
+                                 bool(accumulate), dev.stream())
+    if activation:  # the unfused epilogue: the activation kernels on the finished product
+        from . import activation as act
+        kw = {"approximate": approximate} if activation == "gelu" else {}
+        sub = "numpy" if where == "numpy" else "auto"
+        if act_out is not None:
+            getattr(act, activation)(c, out=act_out, backend=sub, **kw)
+        else:
+            check_shape(act_x, (M, N), fn, "act_x")
+            c[...] = getattr(act, activation + "_backward")(c, act_x, backend=sub, **kw)
     return c
