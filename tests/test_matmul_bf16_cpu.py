@@ -156,3 +156,15 @@ def test_fused_mlp_matches_unfused_bf16_step(activation):
     for name in fused.grads.names():
         g1, g2 = fused.grads[name], plain.grads[name]
         assert np.abs(g1 - g2).max() <= 1e-4 * max(np.abs(g2).max(), 1e-12), name
+
+
+def test_bf16_peak_is_measured_and_used_by_the_bench_table():
+    from kernelgpt import _C, bench
+    gf = _C.measure_bf16_gflops(1, 0.01)
+    assert np.isfinite(gf) and gf > 0
+    with pytest.raises(ValueError, match="threads"):
+        _C.measure_bf16_gflops(0)
+    peaks = {"fma_gflops": 100.0, "bf16_gflops": 200.0, "dram_gbs": 10.0}
+    r = bench.Result("matmul bf16", "[2x2]@[2x2]", {"kernelgpt": 1e-9 * 100}, 100.0 * 100, 0.0,
+                     peak="bf16_gflops")
+    assert "| 50% " in bench.format_table([r], peaks)  # 100 GFLOP/s of the 200 bf16 peak

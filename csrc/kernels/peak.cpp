@@ -1,6 +1,10 @@
 #include "kernels/peak.h"
 
 #include "common/simd.h"
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 #include "common/threading.h"
 
 KG_BEGIN_ISA_NAMESPACE
@@ -27,6 +31,34 @@ double fma_flops(int64_t iterations, int threads) {
   volatile float keep = sink[0];
   (void)keep;
   return 2.0 * 12 * kWidth * (double)iterations * threads;
+}
+
+// The bf16 dot-product rate: VDPBF16PS does two multiply-adds per fp32 lane (4 flops), on 12
+// independent accumulators like fma_flops. Without AVX512-BF16 the bf16 matmul runs on fp32
+// FMAs, so its peak is the FMA rate.
+double bf16_dot_flops(int64_t iterations, int threads) {
+#if defined(__AVX512BF16__)
+  float sink[64] = {};
+  parallel_region(threads, [&](int t, int) {
+    __m512 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(1e-3f * (i + t));
+    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f7f3f7f);  // (0.996, 0.996) as bf16 pairs
+    __m512bh y = (__m512bh)_mm512_set1_epi32(0x33d633d6);  // (1e-7, 1e-7)
+    for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 12
+      for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], x, y);
+      __asm__ volatile("" : "+v"(x));  // keep the loop from being folded
+    }
+    __m512 s = _mm512_setzero_ps();
+    for (int i = 0; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
+    if (t < 64) sink[t] = _mm512_reduce_add_ps(s);
+  });
+  volatile float keep = sink[0];
+  (void)keep;
+  return 4.0 * 12 * 16 * (double)iterations * threads;
+#else
+  return fma_flops(iterations, threads);
+#endif
 }
 
 void scale_copy(const float* src, float* dst, int64_t n, float s) {
@@ -60,6 +92,6 @@ float sum(const float* src, int64_t n) {
 
 }  // namespace
 
-extern const PeakKernels peak_kernels = {fma_flops, scale_copy, sum};
+extern const PeakKernels peak_kernels = {fma_flops, bf16_dot_flops, scale_copy, sum};
 
 KG_END_ISA_NAMESPACE

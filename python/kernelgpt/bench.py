@@ -12,7 +12,8 @@ each turn we sleep 0.2 s, because the worker threads a library leaves spinning a
 (OpenBLAS, OpenMP) would steal cycles from the next one, then make one untimed call that
 wakes the library's own threads (:func:`alternate`).
 
-Peaks: the fp32 FMA rate (kernelgpt._C.measure_fma_gflops) and the DRAM bandwidth, which
+Peaks: the fp32 FMA rate (kernelgpt._C.measure_fma_gflops), the bf16 dot-product rate
+(measure_bf16_gflops: the % peak of the bf16 matmul rows) and the DRAM bandwidth, which
 counts the bytes a kernel must read plus the bytes it must write, once each; the reference
 is kernelgpt._C.stream_scale (dst = src * 1) on 256 MiB, counted the same way
 (:class:`StreamPeak`). On a shared machine the bandwidth drifts by tens of percent over
@@ -175,9 +176,17 @@ def measure_fma_gflops(threads: int) -> float:
     return max(_C.measure_fma_gflops(threads, 0.2) for _ in range(3))
 
 
+def measure_bf16_gflops(threads: int) -> float:
+    """The machine's bf16 dot-product rate (VDPBF16PS; the fp32 FMA rate without AVX512-BF16)
+    on `threads` threads, GFLOP/s (best of 3)."""
+    return max(_C.measure_bf16_gflops(threads, 0.2) for _ in range(3))
+
+
 def measure_peaks(threads: int) -> dict:
-    """The fp32 FMA rate and the streaming bandwidth (best of 5 passes)."""
-    return {"fma_gflops": measure_fma_gflops(threads), "dram_gbs": StreamPeak().best(5)}
+    """The fp32 FMA rate, the bf16 dot-product rate and the streaming bandwidth (best of 5
+    passes)."""
+    return {"fma_gflops": measure_fma_gflops(threads), "bf16_gflops": measure_bf16_gflops(threads),
+            "dram_gbs": StreamPeak().best(5)}
 
 
 def paired_with_peak(fn, peak: StreamPeak, rounds: int) -> List[Tuple[float, float, float]]:
@@ -289,6 +298,7 @@ def machine_summary(threads: int, peaks: dict, torch=None) -> dict:
         "torch": getattr(torch, "__version__", None) if torch else None,
         "python": platform.python_version(),
         "fma_peak_gflops": round(peaks["fma_gflops"], 1),
+        "bf16_peak_gflops": round(peaks["bf16_gflops"], 1),
         "dram_gbs": round(peaks["dram_gbs"], 1),
     }
 
@@ -317,6 +327,7 @@ class Case:
     flops: float = 0.0    # per call, 0 if memory-bound
     bytes: float = 0.0    # DRAM traffic per call (read + write once), 0 if compute-bound
     impls: Dict[str, Callable[[], object]] = field(default_factory=dict)
+    peak: str = "fma_gflops"  # the measure_peaks entry its flops are a % of
 
 
 @dataclass
@@ -326,6 +337,7 @@ class Result:
     seconds: Dict[str, float]
     flops: float
     bytes: float
+    peak: str = "fma_gflops"
 
 
 def _rand(rng, *shape, scale=1.0):
@@ -352,6 +364,27 @@ def matmul_cases(torch, quick: bool) -> List[Case]:
     rng = np.random.default_rng(0)
     shapes = [MATMUL_SHAPES[0], MATMUL_SHAPES[2]] if quick else MATMUL_SHAPES
     return [matmul_case(torch, m, k, n, rng) for m, k, n in shapes]
+
+
+def matmul_bf16_cases(torch, quick: bool) -> List[Case]:
+    """bf16 operands, fp32 accumulation (ops.matmul_bf16 on float32 arrays: rounded while
+    packed, as training calls it), beside numpy's fp32 product and torch's bf16 one; its
+    % peak is of the bf16 dot-product rate."""
+    rng = np.random.default_rng(0)
+    shapes = [MATMUL_SHAPES[2]] if quick else MATMUL_SHAPES[1:3]
+    cases = []
+    for m, k, n in shapes:
+        a, b = _rand(rng, m, k), _rand(rng, k, n)
+        c = np.empty((m, n), np.float32)
+        case = Case("matmul bf16", f"[{m}x{k}]@[{k}x{n}]", flops=2.0 * m * n * k,
+                    peak="bf16_gflops")
+        case.impls["numpy"] = lambda a=a, b=b, c=c: np.matmul(a, b, out=c)
+        if torch is not None:
+            ta, tb = (torch.from_numpy(x).to(torch.bfloat16) for x in (a, b))
+            case.impls["torch"] = lambda ta=ta, tb=tb: torch.matmul(ta, tb)
+        case.impls["kernelgpt"] = lambda a=a, b=b, c=c: ops.matmul_bf16(a, b, out=c)
+        cases.append(case)
+    return cases
 
 
 def softmax_cases(torch, quick: bool) -> List[Case]:
@@ -495,6 +528,7 @@ def embedding_rope_adamw_cases(torch, quick: bool) -> List[Case]:
 # Kernel families register their case builders here: name -> builder(torch, quick).
 CASE_BUILDERS: Dict[str, Callable] = {
     "matmul": matmul_cases,
+    "matmul_bf16": matmul_bf16_cases,
     "softmax": softmax_cases,
     "norm": norm_activation_cases,
     "attention": attention_cases,
@@ -507,7 +541,7 @@ def run_bench_case(case: Case, rounds: int, pause: float = PAUSE) -> Result:
     calls lasting about 0.05 s (at most 200), the median of the rounds' medians."""
     seconds = alternate([(name, fn, None) for name, fn in case.impls.items()], rounds,
                         pause=pause, fill=0.05, max_reps=200, per_round=True)
-    return Result(case.kernel, case.shape, seconds, case.flops, case.bytes)
+    return Result(case.kernel, case.shape, seconds, case.flops, case.bytes, case.peak)
 
 
 def format_table(results: List[Result], peaks: dict) -> str:
@@ -521,7 +555,7 @@ def format_table(results: List[Result], peaks: dict) -> str:
         npy, tor = s.get("numpy"), s.get("torch")
         if r.flops:
             rate = f"{r.flops / kg / 1e9:.1f} GFLOP/s"
-            pct = f"{100 * r.flops / kg / 1e9 / peaks['fma_gflops']:.0f}%"
+            pct = f"{100 * r.flops / kg / 1e9 / peaks[r.peak]:.0f}%"
         elif r.bytes:
             rate = f"{r.bytes / kg / 1e9:.1f} GB/s"
             pct = f"{100 * r.bytes / kg / 1e9 / peaks['dram_gbs']:.0f}%"
