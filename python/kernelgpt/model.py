@@ -342,7 +342,7 @@ class GPT:
         lnf = a["lnf"]
         N = lnf.shape[0]
         W = self.lm_head
-        rows = max(1, min(N, (1 << 24) // c.vocab_size))  # <= 64 MiB of logits per chunk
+        rows = a["logits"].shape[0]  # <= 64 MiB of logits per chunk
         total = 0.0
         d_lnf = a["d_x"] if with_grad else None
         g_head = None
@@ -351,13 +351,14 @@ class GPT:
         scale = grad_scale / max(count, 1)
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
-            logits = self.ops.linear(lnf[r0:r1], W)
+            logits = self.ops.linear(lnf[r0:r1], W, out=a["logits"][:r1 - r0])
             if not with_grad:
                 total += self.ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
                                            reduction="sum")
                 continue
             loss, dlogits = self.ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
-                                              reduction="sum", return_grad=True)
+                                                   reduction="sum", return_grad=True,
+                                                   out=a["d_logits"][:r1 - r0])
             total += loss
             dlogits *= dlogits.dtype.type(scale)
             self.ops.matmul(dlogits, lnf[r0:r1], trans_a=True, out=g_head, accumulate=True)
@@ -566,8 +567,12 @@ class _Activations:
         self.shape = (B, T)
         N, C = B * T, c.n_embd
         fc_out = 2 * c.mlp_hidden if c.activation == "swiglu" else c.mlp_hidden
-        # qkv doubles as d_qkv in backward, d_ff holds the MLP's hidden gradient
-        layout = [("qkv", (N, c.qkv_dim)), ("lnf", (N, C)), ("d_x", (N, C)), ("d_ff", (N, fc_out))]
+        # qkv doubles as d_qkv in backward, d_ff holds the MLP's hidden gradient; the LM head
+        # runs over row chunks of <= 64 MiB of logits (and as much of their gradient), reused
+        # chunk after chunk and step after step (fresh arrays that size cost page faults)
+        head_rows = max(1, min(N, (1 << 24) // c.vocab_size))
+        layout = [("qkv", (N, c.qkv_dim)), ("lnf", (N, C)), ("d_x", (N, C)), ("d_ff", (N, fc_out)),
+                  ("logits", (head_rows, c.vocab_size)), ("d_logits", (head_rows, c.vocab_size))]
         for i in range(c.n_layer + 1):
             layout.append((f"res{i}", (N, C)))
         for i in range(c.n_layer):

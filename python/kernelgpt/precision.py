@@ -259,7 +259,7 @@ class ReferenceOps:
         return reference.attention_backward(dout, q, k, v, out, lse, causal)
 
     def cross_entropy(self, logits, targets, *, ignore_index=-100, reduction="mean",
-                      return_grad=False):
+                      return_grad=False, out=None):
         m = logits.max(axis=1, keepdims=True)
         logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
         valid = targets != ignore_index
@@ -274,4 +274,4 @@ class ReferenceOps:
         grad *= valid[:, None]
         if reduction == "mean":
             grad /= count
-        return loss, grad
+        return loss, self._out(grad, out)
