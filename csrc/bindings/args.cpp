@@ -61,7 +61,7 @@ static void check_layout(const py::array& a, const char* fn, const char* name,
 
 Array f32(py::handle obj, const char* fn, const char* name, std::initializer_list<int> ranks) {
   py::array a = as_ndarray(obj, fn, name);
-  if (!a.dtype().is(py::dtype::of<float>()))
+  if (!a.dtype().equal(py::dtype::of<float>()))
     type_error(std::string(fn) + ": " + name + " must be float32, got " +
                std::string(py::str(a.dtype())));
   check_layout(a, fn, name, ranks);
@@ -80,7 +80,7 @@ Array ids(py::handle obj, const char* fn, const char* name, int64_t limit,
   if (kind != 'i' && kind != 'u')
     type_error(std::string(fn) + ": " + name + " must be an integer array, got " +
                std::string(py::str(a.dtype())));
-  if (!a.dtype().is(py::dtype::of<int64_t>()) || !(a.flags() & py::array::c_style))
+  if (!a.dtype().equal(py::dtype::of<int64_t>()) || !(a.flags() & py::array::c_style))
     a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
   check_layout(a, fn, name, {});
   Array r;

@@ -23,7 +23,7 @@ static Array bf16_array(py::handle obj, const char* fn, const char* name,
     type_error(std::string(fn) + ": " + name + " must be a numpy uint16 array (bf16 bits), got " +
                type_name(obj));
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<uint16_t>()))
+  if (!a.dtype().equal(py::dtype::of<uint16_t>()))
     type_error(std::string(fn) + ": " + name + " must be uint16 (bf16 bit patterns), got " +
                std::string(py::str(a.dtype())));
   if (ranks.size()) {
@@ -121,17 +121,17 @@ static py::array bf16_matmul(py::handle x_obj, py::handle w_obj, py::handle out_
 // A matmul_bf16 operand: bf16 bits (uint16) or float32 that the kernel rounds as it packs.
 static Array bf16_or_f32(py::handle obj, const char* fn, const char* name) {
   if (py::isinstance<py::array>(obj) &&
-      py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<float>()))
+      py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<float>()))
     return f32(obj, fn, name, {2});
   if (py::isinstance<py::array>(obj) &&
-      !py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<uint16_t>()))
+      !py::reinterpret_borrow<py::array>(obj).dtype().equal(py::dtype::of<uint16_t>()))
     type_error(std::string(fn) + ": " + name +
                " must be uint16 (bf16 bit patterns) or float32 (rounded to bf16), got " +
                std::string(py::str(py::reinterpret_borrow<py::array>(obj).dtype())));
   return bf16_array(obj, fn, name, {2});
 }
 
-static bool is_f32(const Array& a) { return a.array.dtype().is(py::dtype::of<float>()); }
+static bool is_f32(const Array& a) { return a.array.dtype().equal(py::dtype::of<float>()); }
 
 static py::array matmul_bf16(py::handle a_obj, py::handle b_obj, py::handle bias_obj,
                              py::handle out_obj, bool trans_a, bool trans_b, bool accumulate,

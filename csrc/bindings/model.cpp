@@ -149,8 +149,8 @@ class PyTransformer {
       if (!py::isinstance<py::array>(t[0]))
         type_error(std::string(kFn) + ": quantized '" + name + "' raw data must be a numpy array");
       py::array raw = py::reinterpret_borrow<py::array>(t[0]);
-      const bool dtype_ok = bf16 ? raw.dtype().is(py::dtype::of<uint16_t>())
-                                 : raw.dtype().is(py::dtype::of<uint8_t>());
+      const bool dtype_ok = bf16 ? raw.dtype().equal(py::dtype::of<uint16_t>())
+                                 : raw.dtype().equal(py::dtype::of<uint8_t>());
       if (!dtype_ok || !(raw.flags() & py::array::c_style) || raw.ndim() != 2 ||
           raw.shape(0) != rows || raw.shape(1) != row_elems)
         value_error(std::string(kFn) + ": " + qtype + " '" + name + "' must be C-contiguous " +

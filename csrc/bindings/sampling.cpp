@@ -112,7 +112,7 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
     type_error(std::string(kSample) + ": logits must be floating point, got " +
                std::string(py::str(raw.dtype())));
   const int64_t V = raw.size();
-  const bool is_f32 = raw.dtype().is(py::dtype::of<float>()) && (raw.flags() & py::array::c_style);
+  const bool is_f32 = raw.dtype().equal(py::dtype::of<float>()) && (raw.flags() & py::array::c_style);
   py::array_t<double> x64({V});  // float64 logits (the Python path's logits.astype(float64))
   double* x = x64.mutable_data();
   if (is_f32) {

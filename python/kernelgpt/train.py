@@ -10,7 +10,12 @@ checkpoint written; a CSV log and a loss-curve PNG sit beside it.
 
 Checkpoints (checkpoint.py) are written atomically: a kill at any moment leaves the previous
 one usable. A resumed run continues bit-identically: the same losses as an uninterrupted run,
-for the same thread count. The data (tokenized once into OUT/tokens.bin) comes from data.py.
+for the same thread count, however the run is split (``stop_after`` / ``--stop-after``): the
+schedule's length (lr_decay_iters, max_iters by default) is saved with the run. Ctrl-C stops
+at the end of the current step and saves a checkpoint (a second Ctrl-C quits at once). The
+output folder is checked, locked against a second trainer and cleaned of a crashed run's
+leftovers before the first step (io/run_dir.py). The data (tokenized once into
+OUT/tokens.bin) comes from data.py.
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ import dataclasses
 import io
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +37,20 @@ from tqdm import tqdm
 
 from . import ops
 from . import tokenizer as bpe
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, check_resume_state, latest_checkpoint, load_checkpoint,
+                         save_checkpoint)
 from .data import CharTokenizer, TokenData, read_texts
 from .device import array_module
 from .io.atomic import atomic_write_bytes
+from .io.run_dir import open_run_dir
 from .model import GPT, GPTConfig
 
 # load_checkpoint and save_checkpoint live in checkpoint.py; they stay importable from here.
-__all__ = ["TrainConfig", "train", "load_checkpoint", "save_checkpoint", "latest_checkpoint"]
+__all__ = ["TrainConfig", "train", "load_checkpoint", "save_checkpoint", "latest_checkpoint",
+           "FIXED_ON_RESUME"]
+
+# Settings a resumed run cannot change: they decide the data, its split and the tokenizer.
+FIXED_ON_RESUME = ("data", "tokenizer", "bpe_vocab_size", "seed", "val_fraction")
 
 
 @dataclass
@@ -184,39 +197,128 @@ def _plot(log_rows: List[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+class _StopOnCtrlC:
+    """While active (main thread only): the first Ctrl-C asks the loop to stop after the
+    current step and save; the handler is then restored, so a second Ctrl-C quits at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        tqdm.write("\nCtrl-C: stopping after this step and saving a checkpoint "
+                   "(Ctrl-C again to quit at once, without saving)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _resume_config(saved: TrainConfig, tc: TrainConfig, overrides: dict, where) -> TrainConfig:
+    """The resumed run's settings: the saved ones, with this call's device, precision and
+    output options and the explicit `overrides` (training settings; those that fix the data
+    cannot change)."""
+    if saved.lr_decay_iters is None:  # a run saved before the schedule length was stored
+        saved = dataclasses.replace(saved, lr_decay_iters=saved.max_iters)
+    fixed = [k for k in overrides if k in FIXED_ON_RESUME and overrides[k] != getattr(saved, k)]
+    if fixed:
+        raise ValueError("a resumed run keeps its data and tokenizer: " + ", ".join(
+            f"{k} is {getattr(saved, k)!r} in {where}, not {overrides[k]!r}" for k in fixed))
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown training settings {sorted(unknown)}")
+    changed = {k: v for k, v in overrides.items() if v != getattr(saved, k)}
+    if changed:
+        tqdm.write("resuming with changed settings: " + ", ".join(
+            f"{k} {getattr(saved, k)} -> {v}" for k, v in changed.items()), file=sys.stderr)
+    tc = dataclasses.replace(saved, out=tc.out, progress=tc.progress, plot=tc.plot,
+                             device=tc.device, precision=tc.precision, **overrides)
+    if tc.max_iters > tc.lr_decay_iters:
+        tqdm.write(f"note: the learning rate decays to min_lr by step {tc.lr_decay_iters} (the "
+                   f"run's saved schedule) and stays there up to --max-iters {tc.max_iters}; "
+                   "--lr-decay-iters stretches it", file=sys.stderr)
+    return tc.validate()
+
+
+def _model_differences(saved: GPTConfig, asked: GPTConfig) -> List[str]:
+    return [f"{f.name} {getattr(saved, f.name)!r} (asked {getattr(asked, f.name)!r})"
+            for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"
+            and getattr(saved, f.name) != getattr(asked, f.name)]
+
+
 def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: bool = False,
-          stop_after: Optional[int] = None, max_iters: Optional[int] = None) -> dict:
-    """Trains (or resumes from tc.out) and returns a summary dict. On resume the saved
-    training settings are used; max_iters, if given, extends or shortens the run.
-    stop_after: stop after that many steps of this call (for tests and for splitting a run)."""
+          stop_after: Optional[int] = None, max_iters: Optional[int] = None,
+          overrides: Optional[dict] = None) -> dict:
+    """Trains (or resumes from tc.out) and returns a summary dict.
+
+    On resume the saved training settings are used, except device, precision, progress and
+    plot (taken from tc) and `overrides` (a dict of TrainConfig fields to change, e.g.
+    {"max_iters": 4000}; data, tokenizer, seed and val_fraction cannot change); max_iters, if
+    given, is one such override. model_config on resume must match the saved model (else
+    ValueError naming the differences). stop_after: stop after that many steps of this call
+    (a run split this way resumes to exactly the losses of a straight one). The summary's
+    "checkpoint" is the last checkpoint written (None if none) and "interrupted" says whether
+    Ctrl-C stopped it."""
+    overrides = dict(overrides or {})
     if max_iters is not None:
-        tc = dataclasses.replace(tc, max_iters=max_iters)
+        overrides["max_iters"] = max_iters
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1, got {stop_after}")
+    if not resume:
+        tc = dataclasses.replace(tc, **overrides)
     tc.validate()
     out = Path(tc.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        model, tokenizer, cfg, state, (m, v) = load_checkpoint(out, with_optimizer=True)
-        tc = dataclasses.replace(TrainConfig(**cfg["train"]), out=str(out), progress=tc.progress,
-                                 plot=tc.plot, device=tc.device, precision=tc.precision)
-        tokenizer, data = _prepare_data(tc, out, tokenizer)
-        if max_iters is not None:
-            tc = dataclasses.replace(tc, max_iters=max_iters)
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng"]
-        step = state["step"]
-        log_rows = state.get("log", [])
-    else:
-        tokenizer, data = _prepare_data(tc, out)
-        if model_config is None:
-            model_config = GPTConfig(vocab_size=tokenizer.n_vocab)
-        if model_config.vocab_size < tokenizer.n_vocab:
-            model_config = dataclasses.replace(model_config, vocab_size=tokenizer.n_vocab)
-        model = GPT(model_config, seed=tc.seed)
-        m = np.zeros(model.params.size, np.float32)
-        v = np.zeros(model.params.size, np.float32)
-        rng = np.random.default_rng(tc.seed)
-        step = 0
-        log_rows = []
+    run = open_run_dir(out)
+    try:
+        if resume:
+            model, tokenizer, cfg, state, (m, v) = load_checkpoint(out, with_optimizer=True)
+            ckpt = latest_checkpoint(out)
+            check_resume_state(state, ckpt / "state.json")
+            if "train" not in cfg:
+                raise CheckpointError(ckpt / "config.json", "train",
+                                      "missing, so the run cannot be resumed")
+            if model_config is not None and _model_differences(model.config, model_config):
+                raise ValueError(f"the run in {out} has a different model: " +
+                                 ", ".join(_model_differences(model.config, model_config)) +
+                                 "; a resumed run keeps its model")
+            tc = _resume_config(TrainConfig(**cfg["train"]), tc, overrides, ckpt / "config.json")
+            tokenizer, data = _prepare_data(tc, out, tokenizer)
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state["rng"]
+            step = state["step"]
+            log_rows = state.get("log", [])
+        else:
+            if tc.lr_decay_iters is None:  # saved with the run: resuming keeps the schedule
+                tc = dataclasses.replace(tc, lr_decay_iters=tc.max_iters)
+            tokenizer, data = _prepare_data(tc, out)
+            if model_config is None:
+                model_config = GPTConfig(vocab_size=tokenizer.n_vocab)
+            if model_config.vocab_size < tokenizer.n_vocab:
+                model_config = dataclasses.replace(model_config, vocab_size=tokenizer.n_vocab)
+            model = GPT(model_config, seed=tc.seed)
+            m = np.zeros(model.params.size, np.float32)
+            v = np.zeros(model.params.size, np.float32)
+            rng = np.random.default_rng(tc.seed)
+            step = 0
+            log_rows = []
+            run.check_space(3 * 4 * model.params.size + (1 << 20))  # parameters, m and v
+        with _StopOnCtrlC() as ctrl_c:
+            return _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows,
+                               stop_after, ctrl_c)
+    finally:
+        run.release()
+
+
+def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop_after, ctrl_c):
     xp = array_module(tc.device)
     model.to(tc.device, precision=tc.precision)
     m, v = xp.asarray(m), xp.asarray(v)  # AdamW's moments live with the parameters
@@ -236,8 +338,10 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
     steps_this_call = 0
     line_steps, line_seconds = 0, 0.0  # training steps and time since the last plain line
     last_loss = float("nan")
+    written = None
 
     def checkpoint(evaluate: bool):
+        nonlocal written
         row = {"step": step}
         if evaluate:
             losses = estimate_loss(model, data, tc, block, tc.seed)
@@ -247,12 +351,13 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
                 progress.set_postfix(loss=f"{last_loss:.4f}", val=f"{losses['val']:.4f}")
         state = {"step": step, "rng": rng.bit_generator.state, "log": log_rows,
                  "tokens_seen": step * tokens_per_step}
-        save_checkpoint(out, model, tc, tokenizer, state, m, v, tc.keep_checkpoints)
+        written = save_checkpoint(out, model, tc, tokenizer, state, m, v, tc.keep_checkpoints)
         _write_csv(csv_path, fields, log_rows)
         if tc.plot:
             _plot(log_rows, out / "loss.png")
 
-    while step < tc.max_iters and (stop_after is None or steps_this_call < stop_after):
+    while (step < tc.max_iters and (stop_after is None or steps_this_call < stop_after)
+           and not ctrl_c.requested):
         t0 = time.perf_counter()
         lr = learning_rate(step, tc)
         model.zero_grad()
@@ -291,12 +396,17 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
                                  time.perf_counter() - t_start), flush=True)
             line_steps, line_seconds = 0, 0.0
     if steps_this_call and step % tc.eval_interval != 0 and step != tc.max_iters:
-        checkpoint(evaluate=False)  # stopped early (stop_after): keep the progress
+        checkpoint(evaluate=False)  # stopped early (stop_after, Ctrl-C): keep the progress
     if progress is not None:
         progress.close()
+    if ctrl_c.requested:
+        tqdm.write(f"stopped by Ctrl-C at step {step}" + (f"; checkpoint {written}" if written
+                   else "") + "; --resume continues", file=sys.stderr)
     vals = [r["val_loss"] for r in log_rows if "val_loss" in r]
     return {"step": step, "loss": last_loss, "val_loss": vals[-1] if vals else None,
-            "out": str(out), "seconds": time.perf_counter() - t_start, "log": log_rows}
+            "out": str(out), "seconds": time.perf_counter() - t_start, "log": log_rows,
+            "checkpoint": str(written) if written else None, "interrupted": ctrl_c.requested,
+            "max_iters": tc.max_iters}
 
 
 def _progress_line(step: int, max_iters: int, loss: float, val_loss: Optional[float],

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ..model import GPTConfig
-from ..train import MODEL_PRESETS, TrainConfig, train
+from ..train import FIXED_ON_RESUME, MODEL_PRESETS, TrainConfig, train
 from ._common import add_threads_argument, positive_int
 
 # --flag help for each TrainConfig field the command exposes (their defaults are added).
@@ -35,20 +36,26 @@ _NOT_FLAGS = ("data", "out", "tokenizer", "bpe_vocab_size", "progress", "plot", 
 
 def add_arguments(p) -> None:
     p.description = (p.description or "") + (
-        "\n\nWith --resume the run's saved settings are used: an option given on the command "
-        "line overrides them (the defaults below are those of a new run).")
-    p.add_argument("--data", nargs="+", default=["shakespeare"], metavar="PATH",
-                   help="'shakespeare' (built in) or text files / directories")
+        "\n\nWith --resume the run's saved settings are used: a training option given on the "
+        "command line overrides them; the model, the data and the tokenizer stay those of the "
+        "run (a different value is an error). The defaults below are those of a new run. "
+        "Ctrl-C stops after the current step and saves a checkpoint.")
+    p.add_argument("--data", nargs="+", default=None, metavar="PATH",
+                   help="'shakespeare' (built in) or text files / directories "
+                        "(default: shakespeare)")
     p.add_argument("--out", default="runs/kernelgpt",
                    help="checkpoint directory (also log.csv and loss.png)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--tokenizer", default="char", choices=["char", "bpe", "cl100k_base"],
+    p.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
+                   help="stop after N steps of this invocation, with a checkpoint (split a run: "
+                        "--resume then continues exactly as an unbroken run would)")
+    p.add_argument("--tokenizer", default=None, choices=["char", "bpe", "cl100k_base"],
                    help="char: one token per character; bpe: a BPE vocabulary trained on the "
-                        "data; cl100k_base: GPT-4's vocabulary")
-    p.add_argument("--bpe-vocab-size", type=positive_int, default=1024, metavar="N",
-                   help="vocabulary size for --tokenizer bpe")
-    p.add_argument("--preset", default="baby", choices=sorted(MODEL_PRESETS),
-                   help="model size: " + "; ".join(
+                        "data; cl100k_base: GPT-4's vocabulary (default: char)")
+    p.add_argument("--bpe-vocab-size", type=positive_int, default=None, metavar="N",
+                   help="vocabulary size for --tokenizer bpe (default: 1024)")
+    p.add_argument("--preset", default=None, choices=sorted(MODEL_PRESETS),
+                   help="model size (default: baby): " + "; ".join(
                        f"{name} = " + ", ".join(f"{k} {v}" for k, v in preset.items())
                        for name, preset in sorted(MODEL_PRESETS.items())))
     model_help = {"n_layer": "transformer blocks", "n_head": "attention heads",
@@ -91,27 +98,70 @@ def add_arguments(p) -> None:
     add_threads_argument(p)
 
 
+_MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "positions", "norm",
+                "activation")
+
+
+def _model_kwargs(args, explicit_only: bool) -> dict:
+    """GPTConfig keywords from --preset and the model flags (only those given, if
+    explicit_only)."""
+    kwargs = {} if explicit_only and args.preset is None else dict(MODEL_PRESETS[args.preset or "baby"])
+    for name in _MODEL_FLAGS:
+        if getattr(args, name, None) is not None:
+            kwargs[name] = getattr(args, name)
+    if kwargs.get("norm") == "rmsnorm":
+        kwargs.setdefault("bias", False)
+    return kwargs
+
+
+def _check_resume_flags(args, out) -> None:
+    """--resume keeps the saved model, data and tokenizer: a flag asking for different ones
+    is an error that names them (the same values, as in a repeated command line, are fine)."""
+    from ..checkpoint import load_checkpoint
+    asked = _model_kwargs(args, explicit_only=True)
+    data = {k: getattr(args, k, None) for k in FIXED_ON_RESUME}
+    data = {k: v for k, v in data.items() if v is not None}
+    if not asked and not data:
+        return
+    model, _, cfg, _, _ = load_checkpoint(out)
+    saved_train = cfg.get("train", {})
+    wrong = [f"--{k.replace('_', '-')} {v} (the run has {getattr(model.config, k)})"
+             for k, v in asked.items() if getattr(model.config, k) != v]
+    wrong += [f"--{k.replace('_', '-')} {v} (the run has {saved_train.get(k)})"
+              for k, v in data.items() if k in saved_train and saved_train[k] != v]
+    if wrong:
+        raise ValueError("--resume continues the run saved in " + str(out) + " with its own "
+                         "model, data and tokenizer: " + "; ".join(wrong) +
+                         ". Drop these flags, or train into a new --out")
+
+
 def main(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None and f.name not in ("data", "out")}
-    tc = TrainConfig(data=list(args.data), out=args.out, tokenizer=args.tokenizer,
-                     bpe_vocab_size=args.bpe_vocab_size,
-                     progress="lines" if args.no_progress else True, plot=not args.no_plot)
-    max_iters = overrides.pop("max_iters", None)
-    tc = dataclasses.replace(tc, **overrides)
+                 if getattr(args, f.name, None) is not None
+                 and f.name not in ("data", "out") + FIXED_ON_RESUME}
+    tc = TrainConfig(out=args.out, progress="lines" if args.no_progress else True,
+                     plot=not args.no_plot)
     if args.resume:
-        result = train(tc, resume=True, max_iters=max_iters)
+        _check_resume_flags(args, args.out)
+        result = train(tc, resume=True, stop_after=args.stop_after, overrides=overrides)
     else:
-        model_kwargs = dict(MODEL_PRESETS[args.preset])
-        for name in ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "positions",
-                     "norm", "activation"):
-            if getattr(args, name, None) is not None:
-                model_kwargs[name] = getattr(args, name)
-        if model_kwargs.get("norm") == "rmsnorm":
-            model_kwargs.setdefault("bias", False)
-        result = train(tc, GPTConfig(vocab_size=1, **model_kwargs), max_iters=max_iters)
+        new_run = {"data": list(args.data or ["shakespeare"]), "tokenizer": args.tokenizer or "char",
+                   "bpe_vocab_size": args.bpe_vocab_size or 1024}
+        if getattr(args, "seed", None) is not None:
+            new_run["seed"] = args.seed
+        if getattr(args, "val_fraction", None) is not None:
+            new_run["val_fraction"] = args.val_fraction
+        tc = dataclasses.replace(tc, **new_run)
+        result = train(tc, GPTConfig(vocab_size=1, **_model_kwargs(args, explicit_only=False)),
+                       stop_after=args.stop_after, overrides=overrides)
     val = result["val_loss"]
-    print(f"step {result['step']}: train loss {result['loss']:.4f}"
+    if result["checkpoint"]:
+        where = f"checkpoint in {result['checkpoint']}"
+    else:
+        where = (f"nothing to train (the run is at step {result['step']} of --max-iters "
+                 f"{result['max_iters']}), no checkpoint written")
+    loss = "no step taken" if math.isnan(result["loss"]) else f"train loss {result['loss']:.4f}"
+    print(f"step {result['step']}: {loss}"
           + (f", val loss {val:.4f}" if val is not None else "")
-          + f" ({result['seconds']:.1f} s); checkpoint in {result['out']}")
-    return 0
+          + f" ({result['seconds']:.1f} s); {where}")
+    return 130 if result.get("interrupted") else 0

@@ -10,6 +10,7 @@ raises ValueError instead of reading out of bounds.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -76,12 +77,14 @@ def load(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
             dtype = np.dtype(_DTYPES[info["dtype"]])
             shape = tuple(int(s) for s in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError(f"{path}: corrupt entry for tensor {name!r}") from None
         if any(s < 0 for s in shape) or not (0 <= begin <= end <= len(body)):
             raise ValueError(f"{path}: tensor {name!r} lies outside the file")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # Python ints: no overflow
         if count * dtype.itemsize != end - begin:
             raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape}")
-        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype.newbyteorder("<")).reshape(shape).copy()
+        # the native dtype object (a '<f4' array fails numpy-identity checks of C extensions)
+        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype.newbyteorder("<")).astype(
+            dtype, copy=True).reshape(shape)
     return tensors, metadata
