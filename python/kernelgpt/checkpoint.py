@@ -137,7 +137,7 @@ def check_resume_state(state, where) -> dict:
     rng = state.get("rng")
     try:
         np.random.default_rng().bit_generator.state = rng
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError):
         raise CheckpointError(where, "rng", "expected the data sampler's RNG state "
                               "(numpy PCG64 bit_generator.state)") from None
     log = state.get("log", [])

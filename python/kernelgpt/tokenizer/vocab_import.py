@@ -48,16 +48,25 @@ def gpt2_files(encoder_json: Union[str, os.PathLike], vocab_bpe: Union[str, os.P
     char_to_byte = gpt2_char_to_byte()
 
     def to_bytes(word: str) -> bytes:
-        return bytes(char_to_byte[c] for c in word)
+        try:
+            return bytes(char_to_byte[c] for c in word)
+        except KeyError as err:
+            raise ValueError(f"{vocab_bpe}: token {word!r:.40} has the character {err.args[0]!r}, "
+                             "which is not in GPT-2's byte-to-unicode alphabet") from None
 
     ranks = {bytes([b]): i for i, b in enumerate(char_to_byte.values())}
     lines = pathlib.Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
     for line in lines[1:]:
         if not line:
             continue
-        first, second = line.split()
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{vocab_bpe}: a merge line must be two tokens, got {line!r:.60}")
+        first, second = parts
         ranks[to_bytes(first) + to_bytes(second)] = len(ranks)
     encoder = json.loads(pathlib.Path(encoder_json).read_text(encoding="utf-8"))
+    if not isinstance(encoder, dict):
+        raise ValueError(f"{encoder_json}: expected a JSON object of token -> id")
     specials = {"<|endoftext|>": 50256} if special_tokens is None else dict(special_tokens)
     from_json = {to_bytes(k): v for k, v in encoder.items() if k not in specials and
                  k != "<|startoftext|>"}
