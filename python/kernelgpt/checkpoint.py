@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,8 @@ from .io.atomic import atomic_write_bytes, fsync_dir
 from .model import GPT, GPTConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "tokenizer_to_dict",
-           "tokenizer_from_dict", "CheckpointError", "check_fields", "check_resume_state"]
+           "tokenizer_from_dict", "CheckpointError", "check_fields", "check_resume_state",
+           "load_config"]
 
 
 class CheckpointError(ValueError):
@@ -225,10 +225,9 @@ def save_checkpoint(out: Path, model: GPT, tc, tokenizer, state: dict,
     return final
 
 
-def load_checkpoint(path, with_optimizer: bool = False):
-    """(model, tokenizer, config dict, state, (m, v) or None) from a checkpoint directory.
-    state is {} when state.json is missing or damaged (check_resume_state says so)."""
-    ckpt = latest_checkpoint(path)
+def load_config(ckpt: Path):
+    """(config.json as a dict, its GPTConfig) of checkpoint directory `ckpt`, every field
+    validated (CheckpointError otherwise); no tensor is read."""
     cfg_path = ckpt / "config.json"
     cfg = _read_json(cfg_path, "every checkpoint has one")
     if not isinstance(cfg, dict):
@@ -245,6 +244,14 @@ def load_checkpoint(path, with_optimizer: bool = False):
     if "train" in cfg:
         from .train import TrainConfig  # train imports this module
         check_fields(TrainConfig, cfg["train"], cfg_path, "train")
+    return cfg, config
+
+
+def load_checkpoint(path, with_optimizer: bool = False):
+    """(model, tokenizer, config dict, state, (m, v) or None) from a checkpoint directory.
+    state is {} when state.json is missing or damaged (check_resume_state says so)."""
+    ckpt = latest_checkpoint(path)
+    cfg, config = load_config(ckpt)
     try:
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
         state = state if isinstance(state, dict) else {}

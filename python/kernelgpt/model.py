@@ -410,20 +410,17 @@ class GPT:
             if self._fused_activation():  # d_h = (d_res @ W_proj) * act'(h) in one pass
                 d_h = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj",
                                             d_x_out=a["d_ff"], activation_x=h)
-            elif c.activation == "gelu":
-                d_h = self.ops.gelu_backward(
-                    self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj"), h,
-                    out=a["d_ff"])
-            elif c.activation == "relu":
-                d_h = self.ops.relu_backward(
-                    self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj"), h,
-                    out=a["d_ff"])
             else:
                 d_act = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj")
-                xp = self.xp
-                d_gate, d_up = self.ops.swiglu_backward(d_act, xp.ascontiguousarray(h[:, :F]),
-                                                        xp.ascontiguousarray(h[:, F:]))
-                d_h = xp.concatenate([d_gate, d_up], axis=1)
+                if c.activation == "gelu":
+                    d_h = self.ops.gelu_backward(d_act, h, out=a["d_ff"])
+                elif c.activation == "relu":
+                    d_h = self.ops.relu_backward(d_act, h, out=a["d_ff"])
+                else:
+                    xp = self.xp
+                    d_gate, d_up = self.ops.swiglu_backward(d_act, xp.ascontiguousarray(h[:, :F]),
+                                                            xp.ascontiguousarray(h[:, F:]))
+                    d_h = xp.concatenate([d_gate, d_up], axis=1)
             d_ln2 = self._linear_backward(d_h, a[f"ln2_{i}"], L + "mlp.c_fc")
             d_mid = self._norm_backward(d_ln2, a[f"mid{i}"], i, "ln_2", a.stats[f"ln2_{i}"])
             d_mid += d_res

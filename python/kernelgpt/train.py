@@ -286,10 +286,10 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
             if "train" not in cfg:
                 raise CheckpointError(ckpt / "config.json", "train",
                                       "missing, so the run cannot be resumed")
-            if model_config is not None and _model_differences(model.config, model_config):
+            differences = _model_differences(model.config, model_config) if model_config else []
+            if differences:
                 raise ValueError(f"the run in {out} has a different model: " +
-                                 ", ".join(_model_differences(model.config, model_config)) +
-                                 "; a resumed run keeps its model")
+                                 ", ".join(differences) + "; a resumed run keeps its model")
             tc = _resume_config(TrainConfig(**cfg["train"]), tc, overrides, ckpt / "config.json")
             tokenizer, data = _prepare_data(tc, out, tokenizer)
             rng = np.random.default_rng()

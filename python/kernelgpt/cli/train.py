@@ -117,16 +117,16 @@ def _model_kwargs(args, explicit_only: bool) -> dict:
 def _check_resume_flags(args, out) -> None:
     """--resume keeps the saved model, data and tokenizer: a flag asking for different ones
     is an error that names them (the same values, as in a repeated command line, are fine)."""
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import latest_checkpoint, load_config
     asked = _model_kwargs(args, explicit_only=True)
     data = {k: getattr(args, k, None) for k in FIXED_ON_RESUME}
     data = {k: v for k, v in data.items() if v is not None}
     if not asked and not data:
         return
-    model, _, cfg, _, _ = load_checkpoint(out)
+    cfg, config = load_config(latest_checkpoint(out))  # the weights are read once, by train
     saved_train = cfg.get("train", {})
-    wrong = [f"--{k.replace('_', '-')} {v} (the run has {getattr(model.config, k)})"
-             for k, v in asked.items() if getattr(model.config, k) != v]
+    wrong = [f"--{k.replace('_', '-')} {v} (the run has {getattr(config, k)})"
+             for k, v in asked.items() if getattr(config, k) != v]
     wrong += [f"--{k.replace('_', '-')} {v} (the run has {saved_train.get(k)})"
               for k, v in data.items() if k in saved_train and saved_train[k] != v]
     if wrong:
