@@ -12,13 +12,13 @@ tests/data/fuzz/<target>/ as a regression input, which tests/test_fuzz_regressio
 replays on every test run, and this script exits 1. The summary line of each target gives
 its executions and the coverage libFuzzer reached (cov: edges, ft: features).
 
-To fuzz the native parsers under AddressSanitizer, run this with the sanitized build of
-tools/asan_test.sh on PYTHONPATH and libasan preloaded (.ci/run does, for a short time).
+To fuzz the native parsers under AddressSanitizer + UBSan, guided by their coverage too, run
+it through the clang build of tools/sanitize.sh (.ci/run does, for a short time):
+    tools/sanitize.sh build && tools/sanitize.sh python fuzz/run.py all --seconds 60
 """
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess

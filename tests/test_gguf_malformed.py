@@ -3,7 +3,7 @@ problem, within 1 s, without allocating more than 64 MiB, and never crash. The f
 built by tests/gguf_writer.py from a valid 2-layer Llama and then broken one field at a time.
 `*_model` cases are valid GGUF files that validate_llama must reject.
 
-Run them under AddressSanitizer + UBSan too: tools/asan_test.sh tests/test_gguf_malformed.py
+Run them under AddressSanitizer + UBSan too: tools/sanitize.sh tests/test_gguf_malformed.py
 """
 import json
 import os

@@ -23,7 +23,13 @@ Isa active_isa();  // the level kernels use now (best_isa() unless lowered by se
 void set_active_isa(Isa isa);  // throws std::invalid_argument if unsupported here
 
 template <class T>
-const T& select_isa(const T* generic, const T* avx2, const T* avx512, const T* avx512bf16) {
+struct same_type { using type = T; };
+
+// T is deduced from the generic copy alone: the others may be nullptr (a level not compiled).
+template <class T>
+const T& select_isa(const T* generic, const typename same_type<T>::type* avx2,
+                    const typename same_type<T>::type* avx512,
+                    const typename same_type<T>::type* avx512bf16) {
   switch (active_isa()) {
     case Isa::avx512bf16:
       if (avx512bf16) return *avx512bf16;

@@ -73,7 +73,7 @@ struct Context {
 
 // AddressSanitizer must be told about every switch of stacks (KG_SANITIZE builds): the
 // emulator then runs the CUDA kernels with every out-of-bounds read or write of an array
-// reported, which is how tools/asan_test.sh checks them.
+// reported, which is how tools/sanitize.sh checks them.
 #if defined(__SANITIZE_ADDRESS__)
 #define KG_EMU_ASAN 1
 #elif defined(__has_feature)

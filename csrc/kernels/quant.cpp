@@ -296,7 +296,7 @@ void quantize_x(const QuantMatmulArgs& p, int8_t* qx, float* dx, float* sx) {
     float inv = finite && d != 0.0f ? 1.0f / d : 0.0f;
     int sum = 0;
     for (int j = 0; j < 32; ++j) {
-      int q = (int)std::roundf(xb[j] * inv);
+      int q = finite ? (int)std::roundf(xb[j] * inv) : 0;  // inf * 0 would be NaN
       qx[b * kQuantBlock + j] = (int8_t)q;
       sum += q;
     }
