@@ -286,7 +286,8 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
             if "train" not in cfg:
                 raise CheckpointError(ckpt / "config.json", "train",
                                       "missing, so the run cannot be resumed")
-            differences = _model_differences(model.config, model_config) if model_config else []
+            differences = (_model_differences(model.config, model_config)
+                           if model_config is not None else [])
             if differences:
                 raise ValueError(f"the run in {out} has a different model: " +
                                  ", ".join(differences) + "; a resumed run keeps its model")
