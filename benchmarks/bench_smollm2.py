@@ -4,6 +4,18 @@ alternating runs, medians.
 
     flock .bench.lock python benchmarks/bench_smollm2.py [--threads 2] [--prompt-tokens 128]
         [--new-tokens 128] [--rounds 5] [--weights quantized,fp32]
+        [--sections main,ceiling,contexts,load]
+
+Sections (default all):
+  main      prefill of the prompt and greedy decode, kernelgpt against llama.cpp.
+  ceiling   where a decoded token's time goes (the runner's profile: matrix-vector products,
+            attention over the cache, the rest) and the bandwidth ceiling measured in the same
+            run: the bytes of weights read per token / the read bandwidth of a 256 MiB sum
+            (kernelgpt._C.stream_sum on the same threads, one pass between decode rounds).
+  contexts  decode at 1k and 4k tokens of context (attention over the cache grows), and a
+            2,000-token prompt prefilled in chunks of --chunk tokens.
+  load      decode with another process busy on one core: the default threads against one
+            thread, alternating, in the same minute.
 
 kernelgpt runs the weights as stored (Q4_1 / Q8_0) by default; --weights fp32 also times the
 dequantized model. llama.cpp is loaded with use_extra_bufts = False (its AMX / repacked buffers
@@ -16,31 +28,82 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
 
+from kernelgpt import _C
 from kernelgpt.bench import PAUSE, setup_threads
 from kernelgpt.llama import load_model
+from kernelgpt.precision import Bf16Weight, QuantWeight
 
 TEXT = ("The Roman Empire was the post-Republican state of ancient Rome. It included large "
         "territorial holdings around the Mediterranean Sea in Europe, North Africa, and Western "
         "Asia, and was ruled by emperors. ") * 20
 
 
-def kernelgpt_run(model, ids, new_tokens):
+def prefill(model, ids, cache, chunk=None):
+    """Logits [V] after the prompt ids, fed in chunks of `chunk` tokens (None: one pass)."""
+    chunk = chunk or len(ids)
+    for i in range(0, len(ids), chunk):
+        logits = model.forward_cached(np.asarray([ids[i:i + chunk]]), cache)[0]
+    return logits
+
+
+def kernelgpt_run(model, ids, new_tokens, chunk=None, profile=None):
+    """(prefill s, decode s, greedy tokens); profile: a dict to fill with the runner's
+    profile of the decoded tokens."""
     cache = model.new_cache(len(ids) + new_tokens + 1)
     t0 = time.perf_counter()
-    logits = model.forward_cached(np.asarray([ids]), cache)[0]
-    t1 = time.perf_counter()
+    logits = prefill(model, ids, cache, chunk)
+    pre = time.perf_counter() - t0
     out = []
     buf = np.empty(model.config.vocab_size, np.float32)
+    runner = model.decode_runner(cache)
+    runner.set_profiling(profile is not None)
+    t1 = time.perf_counter()
     for _ in range(new_tokens):
         token = int(np.argmax(logits))
         out.append(token)
         logits = model.decode_next(token, cache, out=buf)
     t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, out
+    if profile is not None:
+        profile.update(runner.profile())
+        runner.set_profiling(False)
+    return pre, t2 - t1, out
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of parameters one decoded token reads: every matrix once (the embedding table
+    once more only as the tied LM head; an untied one is read one row per token)."""
+    total = 0
+    for name in model.params.names():
+        w = model.params[name]
+        n = w.raw.nbytes if isinstance(w, QuantWeight) else \
+            w.bits.nbytes if isinstance(w, Bf16Weight) else w.nbytes
+        if name == "wte" and not model.config.tied_head:
+            n //= model.config.vocab_size
+        total += n
+    return total
+
+
+class ReadBandwidth:
+    """GB/s of one pass of _C.stream_sum over 256 MiB (far beyond the caches), on the
+    threads set by setup_threads."""
+
+    def __init__(self, mib=256):
+        self.src = np.random.default_rng(0).random(mib << 18, dtype=np.float32)
+        _C.stream_sum(self.src)
+
+    def measure(self, passes=3) -> float:
+        times = []
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            _C.stream_sum(self.src)
+            times.append(time.perf_counter() - t0)
+        return self.src.nbytes / min(times) / 1e9
 
 
 class LlamaCpp:

@@ -117,6 +117,49 @@ def test_runner_follows_parameter_updates_and_cache_changes():
     assert_logits_close(d, model.logits(np.array([[3, 9]]))[0, -1], "after truncate")
 
 
+def _decode_all(model, tokens):
+    cache = model.new_cache()
+    return np.stack([model.decode_next(int(t), cache).copy() for t in tokens])
+
+
+@pytest.mark.parametrize("flavour", ["head64-gqa", "llama-interleaved-mqa", "gpt2"])
+def test_runner_same_logits_for_any_thread_count_and_under_load(flavour):
+    """The runner's work pool (common/pool.h) changes who computes a row, never how: logits
+    are bitwise equal on 1, 2 and 3 threads, and with another process busy on a core (the
+    pool's solo fallback and dynamic chunks included). The profile accounts every token."""
+    import subprocess
+    import sys
+    cfg = GPTConfig(**FLAVOURS[flavour])
+    model = random_model(cfg, seed=5)
+    tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, cfg.block_size)
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(1)
+        one = _decode_all(model, tokens)
+        for n in (2, 3):
+            _C.set_num_threads(n)
+            np.testing.assert_array_equal(_decode_all(model, tokens), one, err_msg=f"{n} threads")
+        _C.set_num_threads(2)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            for _ in range(3):
+                np.testing.assert_array_equal(_decode_all(model, tokens), one, err_msg="under load")
+        finally:
+            busy.kill()
+            busy.wait()
+        cache = model.new_cache()
+        runner = model.decode_runner(cache)
+        runner.set_profiling(True)
+        for t in tokens[:5]:
+            model.decode_next(int(t), cache)
+        prof = runner.profile()
+        assert prof["tokens"] == 5
+        assert min(prof["matvec_s"], prof["attention_s"], prof["other_s"]) > 0
+        assert prof["solo_loops"] <= prof["loops"]
+    finally:
+        _C.set_num_threads(before)
+
+
 def test_runner_bad_input():
     cfg = GPTConfig(**FLAVOURS["llama-half-gqa"])
     model = random_model(cfg)

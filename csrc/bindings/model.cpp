@@ -256,6 +256,24 @@ class PyTransformer {
 
   int64_t max_positions() const { return runner_->max_positions(); }
 
+  void set_profiling(bool on) { runner_->set_profiling(on); }
+
+  py::dict profile() const {
+    model::Transformer::Profile p = runner_->profile();
+    ChunkPool::Stats s = runner_->pool_stats();
+    py::dict d;
+    d["matvec_s"] = p.matvec;
+    d["attention_s"] = p.attention;
+    d["other_s"] = p.other;
+    d["tokens"] = p.tokens;
+    d["loops"] = s.loops;
+    d["solo_loops"] = s.solo_loops;
+    d["lag_events"] = s.lag_events;
+    d["worker_chunks"] = s.worker_chunks;
+    d["caller_chunks"] = s.caller_chunks;
+    return d;
+  }
+
  private:
   void keep(const Array& a) { kept_.push_back(a); }
 
@@ -274,6 +292,11 @@ void register_model(py::module_& m) {
       .def("decode", &PyTransformer::decode, py::arg("token"), py::arg("pos"), py::arg("logits"),
            "Runs token at position pos (the cache holds 0..pos-1), writes its K/V into the "
            "cache and the next-token logits [V] into logits. GIL released.")
+      .def("set_profiling", &PyTransformer::set_profiling, py::arg("on"),
+           "Start (True) or stop timing decode's phases; either way clears the sums.")
+      .def("profile", &PyTransformer::profile,
+           "Seconds in matvec / attention / other phases over the profiled tokens, and the work "
+           "pool's counters (loops, solo_loops, lag_events, worker_chunks, caller_chunks).")
       .def_property_readonly("max_positions", &PyTransformer::max_positions,
                              "min(block_size, the cache's max_len): positions decode accepts");
 }

@@ -24,7 +24,12 @@ static int available_cpus() {
 
 static std::atomic<int> g_num_threads{0};
 
+namespace detail {
+thread_local ThreadState tl_thread_state;
+}
+
 int num_threads() {
+  if (detail::tl_thread_state.serial) return 1;
   int n = g_num_threads.load(std::memory_order_relaxed);
   if (n > 0) return n;
   n = available_cpus();

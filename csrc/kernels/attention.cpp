@@ -20,9 +20,10 @@
 //   split each group's key blocks and sum their dQ partials in thread order (deterministic).
 // version 3 (decode): few queries (T == 1: the next token) against a long KV cache. The query
 //   heads that share a kv head are processed together so K and V are read once; scores are
-//   dot products (keys in the lanes after a transpose-reduce); when there are fewer (batch,
-//   kv head) pairs than threads the keys are split between threads (split-K) and the partial
-//   (max, sum, output) triples are merged in a fixed order. Correct for any T, fast for small.
+//   dot products (keys in the lanes after a transpose-reduce); when there are few (batch,
+//   kv head) pairs the keys are split (split-K) and the partial (max, sum, output) triples are
+//   merged in a fixed order. The split depends on the shapes only, never on the thread count
+//   or schedule, so the result does not either. Correct for any T, fast for small.
 //
 // NaN/inf: finite input never gives NaN or inf (hidden keys get exp(-inf) = 0 and every query
 // sees key 0, so no running max stays -inf). A NaN in q or k makes NaN the query rows whose
@@ -514,7 +515,11 @@ void attention_flash_backward(const AttentionBackwardArgs& p) {
 // ---- version 3: decode -------------------------------------------------------------------
 constexpr int64_t kDecodeRows = 16;    // query rows processed together (heads of one kv head)
 constexpr int64_t kDecodeKeys = 256;   // keys per chunk of scores
-constexpr int64_t kDecodeMinKeysPerSplit = 256;
+constexpr int64_t kDecodeMinKeysPerSplit = 64;
+// Work worth a chunk of its own (a few microseconds; the decode runner's pool hands chunks out
+// for well under one, see common/pool.h): the cache is read from DRAM, so two threads help
+// early, at a few hundred keys.
+constexpr int64_t kDecodeMinFlopsPerChunk = int64_t(1) << 17;
 constexpr int64_t kDecodeMaxSplits = 64;
 constexpr int64_t kDecodePrefetch = 4 * kWidth;  // keys ahead
 
@@ -696,37 +701,34 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
   }
 }
 
-int64_t gcd64(int64_t a, int64_t b) {
-  while (b) {
-    int64_t t = a % b;
-    a = b;
-    b = t;
-  }
-  return a;
+
+// The number of key splits of each (batch, kv head): from the shapes only, never from the
+// thread count, so that the result is the same on any number of threads and any schedule.
+// Enough items (groups x splits) for dynamic chunks to balance a few threads, each split at
+// least kDecodeMinKeysPerSplit keys.
+int64_t decode_splits(int64_t groups, int64_t S) {
+  int64_t splits = groups >= 16 ? 1 : (16 + groups - 1) / groups;
+  splits = min64(splits, kDecodeMaxSplits);
+  while (splits > 1 && S / splits < kDecodeMinKeysPerSplit) --splits;
+  return splits;
 }
+
+thread_local Workspace tl_decode_scratch;
 
 void attention_decode(const AttentionArgs& p) {
   const int64_t T = p.t, S = p.s, D = p.d, G = p.heads / p.kv_heads;
   const int64_t Dp = round_up(D, kWidth), groups = p.batch * p.kv_heads, rows = G * T;
   const int64_t flops = 4 * p.batch * p.heads * T * S * D;
-  int nt = threads_for(flops, kMinFlopsPerThread);
-  // Split the keys of each (batch, kv head) when the groups alone would leave threads idle
-  // or unbalanced: enough splits that the items divide evenly between the threads.
-  int64_t splits = 1;
-  if (nt > 1 && groups < 8 * nt) {
-    splits = nt / gcd64(groups, nt);
-    splits = min64(splits, kDecodeMaxSplits);
-    while (splits > 1 && S / splits < kDecodeMinKeysPerSplit) --splits;
-  }
-  const int64_t items = groups * splits;
-  if (items < nt) nt = static_cast<int>(items);
+  const int64_t splits = decode_splits(groups, S), items = groups * splits;
   const int64_t part_floats = Dp + 2;  // m, l, acc[Dp] per (item, row)
-  const int64_t scratch_floats = DecodeScratch::floats(Dp);
-  const int64_t parts = splits > 1 ? round_up(items * rows * part_floats, 16) : 0;
-  float* ws = tl_workspace.get(parts + nt * scratch_floats);
-  parallel_region(nt, [&](int t, int count) {
-    DecodeScratch w(ws + parts + t * scratch_floats, Dp);
-    for (int64_t item = items * t / count; item < items * (t + 1) / count; ++item) {
+  float* parts = splits > 1 ? tl_workspace.get(items * rows * part_floats) : nullptr;
+  // one item is worth a thread when it holds a few microseconds of work
+  const int64_t min_items = max64(1, kDecodeMinFlopsPerChunk / max64(1, flops / items));
+  parallel_for(items, min_items, [&](int64_t i0, int64_t i1) {
+    float* scratch = tl_decode_scratch.try_get(DecodeScratch::floats(Dp));
+    if (!scratch) return;  // out of memory: cannot happen for any real D (a few KiB)
+    DecodeScratch w(scratch, Dp);
+    for (int64_t item = i0; item < i1; ++item) {
       const int64_t gi = item / splits, split = item % splits;
       const int64_t b = gi / p.kv_heads, kvh = gi % p.kv_heads;
       const int64_t k0 = S * split / splits, k1 = S * (split + 1) / splits;
@@ -742,7 +744,7 @@ void attention_decode(const AttentionArgs& p) {
             for (int64_t d = 0; d < D; ++d) p.out[row * D + d] = acc[d] * inv_l;
             if (p.lse) p.lse[row] = w.m[r] + std::log(w.l[r]);
           } else {
-            float* part = ws + (item * rows + r0 + r) * part_floats;
+            float* part = parts + (item * rows + r0 + r) * part_floats;
             part[0] = w.m[r];
             part[1] = w.l[r];
             for (int64_t d = 0; d < Dp; ++d) part[2 + d] = acc[d];
@@ -750,15 +752,13 @@ void attention_decode(const AttentionArgs& p) {
         }
       }
     }
-    if (splits == 1) return;
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-    // merge the splits of each (group, row) in split order
-    const int64_t all = groups * rows;
-    for (int64_t x = all * t / count; x < all * (t + 1) / count; ++x) {
+  });
+  if (splits == 1) return;
+  // merge the splits of each (group, row) in split order
+  parallel_for(groups * rows, max64(1, 4096 / (splits * Dp)), [&](int64_t x0, int64_t x1) {
+    for (int64_t x = x0; x < x1; ++x) {
       const int64_t gi = x / rows, r = x % rows;
-      const float* part0 = ws + (gi * splits * rows + r) * part_floats;
+      const float* part0 = parts + (gi * splits * rows + r) * part_floats;
       float m = -INFINITY;
       for (int64_t s = 0; s < splits; ++s) {
         float ms = part0[s * rows * part_floats];

@@ -3,12 +3,14 @@
 // one token, so the two agree bit for bit on a given machine and thread count.
 #include "model/transformer.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "common/cpu.h"
+#include "common/threading.h"
 #include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/bf16.h"
@@ -140,6 +142,44 @@ void Transformer::norm(const float* x, const float* weight, const float* bias, f
   }
 }
 
+namespace {
+
+// Adds the time since the previous lap to a Profile bucket (nothing when profiling is off).
+class Laps {
+ public:
+  explicit Laps(bool on) : on_(on) {
+    if (on_) last_ = std::chrono::steady_clock::now();
+  }
+  void lap(double& bucket) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    bucket += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  bool on_;
+  std::chrono::steady_clock::time_point last_;
+};
+
+}  // namespace
+
+void Transformer::set_profiling(bool on) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  profiling_ = on;
+  profile_ = Profile();
+}
+
+Transformer::Profile Transformer::profile() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return profile_;
+}
+
+ChunkPool::Stats Transformer::pool_stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return pool_ ? pool_->stats() : ChunkPool::Stats();
+}
+
 void Transformer::decode(int64_t token, int64_t pos, float* logits) {
   if (token < 0 || token >= c_.vocab_size)
     throw std::invalid_argument("Transformer.decode: token must be in [0, " +
@@ -150,6 +190,11 @@ void Transformer::decode(int64_t token, int64_t pos, float* logits) {
         ") (min of block_size " + std::to_string(c_.block_size) + " and the cache's max_len " +
         std::to_string(cache_.max_len) + "), got " + std::to_string(pos));
   std::lock_guard<std::mutex> lock(mutex_);
+  const int threads = num_threads();
+  if (!pool_ || pool_->threads() != threads) pool_ = std::make_unique<ChunkPool>(threads);
+  ScopedPool on_pool(pool_.get());  // this token's parallel loops run on the pool
+  Laps t(profiling_);
+  double &t_matvec = profile_.matvec, &t_attention = profile_.attention, &t_other = profile_.other;
   const int64_t C = c_.n_embd, H = c_.n_head, Hkv = c_.n_kv_head, hd = c_.head_dim();
   const int64_t F = c_.mlp_hidden;
   float *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *y = y_.data(), *proj = proj_.data();
@@ -185,7 +230,9 @@ void Transformer::decode(int64_t token, int64_t pos, float* logits) {
     const LayerWeights& L = w_.layers[l];
     // attention: qkv holds q [H, hd], k [Hkv, hd], v [Hkv, hd] back to back
     norm(x, L.ln_1_weight, L.ln_1_bias, h);
+    t.lap(t_other);
     L.c_attn.forward(h, qkv);
+    t.lap(t_matvec);
     if (c_.positions == PositionsKind::rope) {
       RopeArgs r;  // q and k rows together: the same rotation as two calls at offset pos
       r.x = qkv;
@@ -201,6 +248,7 @@ void Transformer::decode(int64_t token, int64_t pos, float* logits) {
       r.freq = rope_freq_.data();
       rope.rope_fast(r);
     }
+    t.lap(t_other);
     const float* k_new = qkv + H * hd;
     const float* v_new = k_new + Hkv * hd;
     for (int64_t g = 0; g < Hkv; ++g) {
@@ -221,12 +269,16 @@ void Transformer::decode(int64_t token, int64_t pos, float* logits) {
     a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
     a.causal = true;
     attention.decode(a);
+    t.lap(t_attention);
     L.attn_proj.forward(y, proj);
+    t.lap(t_matvec);
     for (int64_t i = 0; i < C; ++i) x[i] += proj[i];
 
     // MLP
     norm(x, L.ln_2_weight, L.ln_2_bias, h);
+    t.lap(t_other);
     L.c_fc.forward(h, fc_.data());
+    t.lap(t_matvec);
     if (c_.activation == ActivationKind::swiglu) {
       SwigluArgs s;  // fc holds gate [F] then up [F]
       s.gate = fc_.data();
@@ -242,11 +294,16 @@ void Transformer::decode(int64_t token, int64_t pos, float* logits) {
       s.kind = c_.activation == ActivationKind::gelu ? Activation::gelu_tanh : Activation::relu;
       act.forward(s);
     }
+    t.lap(t_other);
     L.mlp_proj.forward(act_.data(), proj);
+    t.lap(t_matvec);
     for (int64_t i = 0; i < C; ++i) x[i] += proj[i];
   }
   norm(x, w_.ln_f_weight, w_.ln_f_bias, h);
+  t.lap(t_other);
   w_.lm_head.forward(h, logits);
+  t.lap(t_matvec);
+  if (profiling_) ++profile_.tokens;
 }
 
 }  // namespace model

@@ -18,8 +18,11 @@
 // Python work and allocates nothing per token.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <vector>
+
+#include "common/pool.h"
 
 namespace kg {
 namespace model {
@@ -95,6 +98,19 @@ class Transformer {
   // std::invalid_argument for a token or position out of range. Thread-safe (serialised).
   void decode(int64_t token, int64_t pos, float* logits);
 
+  // Where decode's time goes, summed over tokens while profiling is on (a clock read at each
+  // phase boundary, ~10 per layer): the matrix-vector products (QKV, output, MLP, LM head),
+  // attention over the cache (with the K/V write), and the rest (embedding, norms, RoPE,
+  // activation, residual adds).
+  struct Profile {
+    double matvec = 0.0, attention = 0.0, other = 0.0;
+    int64_t tokens = 0;
+  };
+  void set_profiling(bool on);  // also clears the sums
+  Profile profile() const;
+  // The work pool's counters (solo loops, lag events...): see common/pool.h.
+  ChunkPool::Stats pool_stats() const;
+
   const TransformerConfig& config() const { return c_; }
   int64_t max_positions() const { return c_.block_size < cache_.max_len ? c_.block_size : cache_.max_len; }
 
@@ -104,7 +120,12 @@ class Transformer {
   TransformerConfig c_;
   TransformerWeights w_;
   KVCacheBuffers cache_;
-  std::mutex mutex_;  // decode uses the scratch below: one call at a time
+  mutable std::mutex mutex_;  // decode uses the scratch below: one call at a time
+  // decode's threads (num_threads() in all; rebuilt when that changes): every parallel loop of
+  // a token runs on it in dynamic chunks, see common/pool.h
+  std::unique_ptr<ChunkPool> pool_;
+  bool profiling_ = false;
+  Profile profile_;
   // scratch, sized once
   std::vector<float> x_, h_, qkv_, y_, proj_, fc_, act_;
   std::vector<float> sinusoidal_;  // [block_size, C] for sinusoidal positions

@@ -529,6 +529,15 @@ class GPT:
         cache.advance((token,))
         return out
 
+    def decode_runner(self, cache):
+        """The native runner decode_next uses for `cache` (_C.Transformer, built if needed):
+        runner.set_profiling(True), then runner.profile() says where the tokens' time went
+        (matrix-vector products, attention, the rest) and how the work pool scheduled them."""
+        r = self._runners.get(cache)
+        if r is None or r[0] is not self.params.data:
+            r = self._build_runner(cache)
+        return r[1]
+
     def _decode_on_device(self, token, cache, out):
         dec = self._graph_decoder
         if dec is None or dec.cache is not cache:
