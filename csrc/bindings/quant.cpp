@@ -128,12 +128,71 @@ static py::array quant_matmul(py::handle x_obj, py::handle raw_obj, const std::s
   return y.array;
 }
 
+// The int8 path's packed panels (kernels/quant_packed.cpp).
+static py::array quant_pack(py::handle raw_obj, const std::string& qtype, int64_t n_rows, int64_t k) {
+  const char* fn = "quant_pack";
+  QuantType t = quant_type(qtype, fn);
+  check_k(k, fn, "k");
+  if (n_rows <= 0) value_error("quant_pack: n_rows must be positive, got " + std::to_string(n_rows));
+  Array raw = raw_bytes(raw_obj, fn, quant_bytes(n_rows, k, t, fn), describe(n_rows, k, qtype));
+  py::array_t<uint8_t> packed(quant_packed_bytes(t, n_rows, k));
+  QuantPackArgs args;
+  args.raw = static_cast<const uint8_t*>(raw.array.data());
+  args.packed = packed.mutable_data();
+  args.n = n_rows;
+  args.k = k;
+  args.type = t;
+  {
+    py::gil_scoped_release release;
+    KG_DISPATCH(quant_packed_kernels).pack(args);
+  }
+  return packed;
+}
+
+static py::array quant_matmul_packed(py::handle x_obj, py::handle packed_obj, const std::string& qtype,
+                                     int64_t n_rows, py::handle out_obj) {
+  const char* fn = "quant_matmul_packed";
+  QuantType t = quant_type(qtype, fn);
+  Array x = f32(x_obj, fn, "x", {1, 2});
+  int64_t k = x.dim(-1), m = x.ndim() == 2 ? x.dim(0) : 1;
+  check_k(k, fn, "K (x's last dimension)");
+  if (n_rows <= 0)
+    value_error("quant_matmul_packed: n_rows must be positive, got " + std::to_string(n_rows));
+  quant_bytes(n_rows, k, t, fn);  // the size check
+  Array w = raw_bytes(packed_obj, fn, quant_packed_bytes(t, n_rows, k),
+                      "the packed panels of " + describe(n_rows, k, qtype) + " (ops.quant_pack)");
+  Shape y_shape = x.ndim() == 2 ? Shape{m, n_rows} : Shape{n_rows};
+  Array y = output(out_obj, y_shape, fn, {&x, &w});
+  PackedMatmulArgs args;
+  args.x = x.cf32();
+  args.w = static_cast<const uint8_t*>(w.array.data());
+  args.y = y.f32();
+  args.m = m;
+  args.n = n_rows;
+  args.k = k;
+  args.type = t;
+  {
+    py::gil_scoped_release release;
+    KG_DISPATCH(quant_packed_kernels).matmul(args);
+  }
+  return y.array;
+}
+
 void register_quant(py::module_& m) {
   m.def("dequantize", &dequantize, py::arg("raw"), py::arg("qtype"), py::arg("shape"),
         py::arg("out") = py::none(), py::arg("version") = 2);
   m.def("quant_matmul", &quant_matmul, py::arg("x"), py::arg("raw"), py::arg("qtype"),
         py::arg("n_rows"), py::arg("out") = py::none(), py::arg("version") = 0);
   m.def("quant_path", [] { return std::string(KG_DISPATCH(quant_kernels).description); });
+  m.def("quant_pack", &quant_pack, py::arg("raw"), py::arg("qtype"), py::arg("n_rows"), py::arg("k"),
+        "GGUF Q8_0 / Q4_1 blocks [n_rows, k] -> the int8 path's packed panels (kernels/quant.h).");
+  m.def("quant_matmul_packed", &quant_matmul_packed, py::arg("x"), py::arg("packed"),
+        py::arg("qtype"), py::arg("n_rows"), py::arg("out") = py::none(),
+        "y = x @ W^T, W as packed panels, x quantized to int8 per block of 32 (VPDPBUSD).");
+  m.def("quant_packed_path", [] {
+    const QuantPackedKernels& k = KG_DISPATCH(quant_packed_kernels);
+    return py::make_tuple(k.native, std::string(k.description));
+  }, "(native, description) of the packed int8 kernels: native means VPDPBUSD.");
 }
 
 }  // namespace bind

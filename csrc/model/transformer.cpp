@@ -41,6 +41,20 @@ void Linear::forward(const float* x, float* y) const {
     }
     case WeightKind::q8_0:
     case WeightKind::q4_1: {
+      if (panels) {  // the int8 path: what ops.quant_matmul_packed runs for one row
+        PackedMatmulArgs a;
+        a.x = x;
+        a.w = panels;
+        a.y = y;
+        a.m = 1;
+        a.n = out;
+        a.k = in;
+        a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+        KG_DISPATCH(quant_packed_kernels).matmul(a);
+        if (bias)
+          for (int64_t i = 0; i < out; ++i) y[i] += bias[i];
+        return;
+      }
       // the kernel ops.quant_matmul(backend="auto") runs for one row: fused decode-and-dot
       QuantMatmulArgs a;
       a.x = x;

