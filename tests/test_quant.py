@@ -178,6 +178,108 @@ def test_quant_matmul_vnni(rng, isa, qtype, M, N, K):
     assert np.abs(y - fp).max() <= 0.02 * np.abs(fp).max() + 1e-3 * bound.max()
 
 
+@pytest.mark.parametrize("x_bits", [8, 16])
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_quant_matmul_packed(rng, isa, qtype, M, N, K, x_bits):
+    """The int8 path (packed panels, csrc/kernels/quant_packed.cpp) against its oracle
+    reference.quant_matmul_q8 (the same integers, float64 scales), on every ISA copy; and
+    against the fp32 product within what rounding x to its grid can move (x_bits 8: half a
+    step of max|x|/127 per element; 16: 1/512 of it)."""
+    raw = weights(rng, N, K, qtype)
+    x = randn(rng, M, K) * np.exp(rng.uniform(-2, 2, (M, K))).astype(np.float32)  # outliers
+    x[0, :32] = 0.0  # a block of zeros: dx = 0
+    panels = ops.quant_pack(raw, qtype, N, K)
+    assert panels.nbytes == 64 + -(-N // 16) * 16 * raw.nbytes // N  # header + the same bytes
+    y = ops.quant_matmul_packed(x, panels, qtype, N, x_bits=x_bits)
+    bound = matmul_bound(x, raw, qtype, N)
+    check_within(y, reference.quant_matmul_q8(x, raw, qtype, N, x_bits=x_bits), bound, 1e-5,
+                 f"packed x_bits={x_bits} vs q8 ref")
+    _, d1 = reference.quantize_activations_q8(x)
+    w = np.abs(reference.dequantize(raw, qtype, (N, K)).astype(np.float64)).reshape(N, -1, 32)
+    step = 0.5 if x_bits == 8 else 1.5 / 256 + 1e-6  # max |x - grid| per element, units of d1
+    rounding = step * d1.astype(np.float64) @ w.sum(axis=2).T
+    fp = reference.quant_matmul(x.astype(np.float64), raw, qtype, N)
+    check_within(y, fp, rounding * (1 + 1e-4) + 1e-5 * bound, 1.0, "packed vs fp32 product")
+
+
+def test_activation_two_passes_reference(rng):
+    """quantize_activations_q8x2: q1 is the one-pass Q8_0 grid, |q2| <= 127, and dx * qx is
+    within d1 / 512 of x (d1 the one-pass step); NaN / inf blocks get dx NaN and qx 0."""
+    x = randn(rng, 7, 96, scale=3.0) * np.exp(rng.uniform(-3, 3, (7, 96))).astype(np.float32)
+    x[2, 32:64] = 0.0
+    x[4, 5] = np.nan
+    q, dx = reference.quantize_activations_q8x2(x)
+    q1, d1 = reference.quantize_activations_q8(x)
+    q2 = q - 256 * q1.astype(np.int32)
+    assert np.abs(q2).max() <= 127
+    ok = np.isfinite(d1).repeat(32, axis=1)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(d1))
+    assert (q[~ok] == 0).all()
+    approx = (dx.repeat(32, axis=1).astype(np.float64) * q)[ok]
+    diff, step = np.abs(approx - x[ok]), d1.repeat(32, axis=1)[ok].astype(np.float64)
+    assert (diff[step == 0] == 0).all()  # the zero block
+    # half a fine step (1/512 of d1), or up to 1.5 fine steps where q2 was clamped to +-127
+    assert (diff <= step * 1.5 / 256 * (1 + 1e-6)).all()
+    assert (diff > step / 512 * (1 + 1e-6)).mean() < 0.02
+
+
+@pytest.mark.parametrize("x_bits", [8, 16])
+def test_packed_rows_independent_of_batch_and_threads(rng, x_bits):
+    """Each output row is the same whether x comes alone or with other rows, on any thread
+    count (bitwise): what batched decoding and the decode runner's work pool rely on."""
+    raw = weights(rng, 211, 576, "q4_1")
+    panels = ops.quant_pack(raw, "q4_1", 211, 576)
+    x = randn(rng, 19, 576)
+    full = ops.quant_matmul_packed(x, panels, "q4_1", 211, x_bits=x_bits)
+    for i in (0, 7, 18):
+        np.testing.assert_array_equal(
+            ops.quant_matmul_packed(x[i], panels, "q4_1", 211, x_bits=x_bits), full[i])
+    threads = kernelgpt.get_num_threads()
+    try:
+        kernelgpt.set_num_threads(1)
+        one = ops.quant_matmul_packed(x, panels, "q4_1", 211, x_bits=x_bits)
+    finally:
+        kernelgpt.set_num_threads(threads)
+    np.testing.assert_array_equal(one, full)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_packed_nan_inf_and_bad_input(rng, isa, qtype):
+    raw = weights(rng, 9, 96, qtype)
+    panels = ops.quant_pack(raw, qtype, 9, 96)
+    x = randn(rng, 5, 96)
+    x[1, 40] = np.nan
+    x[2, 0] = np.inf
+    x[3, 95] = -np.inf
+    for x_bits in (8, 16):
+        y = ops.quant_matmul_packed(x, panels, qtype, 9, x_bits=x_bits)
+        assert np.isnan(y[1:4]).all() and np.isfinite(y[[0, 4]]).all()
+    with pytest.raises(ValueError, match="x_bits"):
+        ops.quant_matmul_packed(x, panels, qtype, 9, x_bits=12)
+    with pytest.raises(ValueError, match="packed panels"):
+        ops.quant_matmul_packed(x, raw.reshape(-1), qtype, 9)  # GGUF blocks, not panels
+    with pytest.raises(ValueError, match="another shape"):
+        ops.quant_matmul_packed(x, panels, qtype, 8)  # the same bytes, but 8 rows
+    other = "q4_1" if qtype == "q8_0" else "q8_0"
+    with pytest.raises(ValueError, match="packed panels"):
+        ops.quant_matmul_packed(x, panels, other, 9)
+    bad = panels.copy()
+    bad[0] = 0
+    with pytest.raises(ValueError, match="KGQP"):
+        ops.quant_matmul_packed(x, bad, qtype, 9)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ops.quant_matmul_packed(np.ascontiguousarray(x[:, :50]), panels, qtype, 9)
+    with pytest.raises(TypeError):
+        ops.quant_matmul_packed(x.astype(np.float64), panels, qtype, 9)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.quant_matmul_packed(x[:, ::2], panels, qtype, 9)
+    with pytest.raises(ValueError, match="bytes"):
+        ops.quant_pack(raw[:-1], qtype, 9, 96)
+    with pytest.raises(ValueError, match="qtype"):
+        ops.quant_pack(raw, "q5_0", 9, 96)
+
+
 def test_activation_quantization_is_llama_cpp_q8_0(rng):
     """reference.quantize_activations_q8 is Q8_0 itself (the bytes gguf writes)."""
     x = randn(rng, 5, 96, scale=2.0)

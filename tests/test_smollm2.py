@@ -86,6 +86,47 @@ def test_fp32_weights_match_quantized(model):
     assert np.abs(b - case["logits"]).max() <= 1e-3 * case["max_abs_logit"]
 
 
+def _greedy(m, ids, n):
+    cache = m.new_cache(len(ids) + n + 1)
+    logits = m.forward_cached(np.asarray([ids]), cache)[0]
+    first, out = logits.copy(), []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = m.decode_next(out[-1], cache)
+    return first, out
+
+
+def test_int8_path_and_its_fp32_oracle(model):
+    """The default model multiplies on int8 activations in two passes when the CPU has
+    AVX512-VNNI (x_bits 16, ops.quant_matmul_packed); int8=False keeps fp32 activations (the
+    oracle). Both: logits within 2e-3 x max|logit| of transformers and every greedy reference
+    (prefill, then the decode runner); x_bits=8 (one pass, llama.cpp's precision) runs too,
+    within its documented few percent."""
+    from kernelgpt import ops
+    from kernelgpt.llama import load_model
+    w = model.gpt.params["h.0.mlp.c_fc.weight"]
+    assert (w.panels is not None) == ops.int8_native() and w.x_bits == 16
+    oracle = load_model(GGUF, int8=False)
+    assert oracle.gpt.params["h.0.mlp.c_fc.weight"].panels is None
+    forced = load_model(GGUF, int8=True, x_bits=8, max_context=256)
+    assert forced.gpt.params["wte"].panels is not None
+    for case in CASES:
+        scale, n = case["max_abs_logit"], len(case["greedy_ids"])
+        for m in (model, oracle):
+            first, out = _greedy(m, case["ids"], n)
+            assert np.abs(first - case["logits"]).max() <= 2e-3 * scale
+            assert out == case["greedy_ids"]
+        cache = forced.new_cache(len(case["ids"]))
+        first = forced.forward_cached(np.asarray([case["ids"]]), cache)[0]
+        assert np.abs(first - case["logits"]).max() <= 0.15 * scale
+    with pytest.raises(ValueError, match="int8=True needs"):
+        load_model(GGUF, weights="fp32", int8=True)
+    with pytest.raises(TypeError, match="int8"):
+        load_model(GGUF, int8="yes")
+    with pytest.raises(ValueError, match="x_bits"):
+        load_model(GGUF, int8=True, x_bits=4)
+
+
 def test_bad_input(model, tmp_path):
     from kernelgpt.llama import load_model
     with pytest.raises(ValueError, match="token ids"):
@@ -139,9 +180,10 @@ def test_on_a_device_matches_the_cpu(model, device):
     if device == "cuda" and not cuda_available():
         pytest.skip("needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU")
     dev = load_model(GGUF, device=device)
+    cpu = load_model(GGUF, int8=False)  # fp32 activations, as the CUDA kernels multiply
     ids = model.tokenizer.encode("The capital of France is")
-    a = model.forward_cached(np.array([ids]), model.new_cache())
+    a = cpu.forward_cached(np.array([ids]), cpu.new_cache())
     b = to_numpy(dev.forward_cached(np.array([ids]), dev.new_cache()))
     assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
     n = 3 if device == "emu" else 32
-    assert dev.generate(ids, n, temperature=0) == model.generate(ids, n, temperature=0)
+    assert dev.generate(ids, n, temperature=0) == cpu.generate(ids, n, temperature=0)

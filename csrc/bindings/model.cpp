@@ -123,10 +123,10 @@ class PyTransformer {
       return a.cf32();
     };
     // A quantized weight comes as (raw uint8 [rows, in / 32 * block bytes], "q8_0" | "q4_1")
-    // or (raw, qtype, panels) with the int8 path's packed panels (ops.quant_pack), a bfloat16
+    // or (raw, qtype, panels, x_bits) with the int8 path's packed panels (ops.quant_pack), a bfloat16
     // one as (uint16 [rows, in], "bf16"); a plain array is float32 (returns null).
     auto quantized = [&](const std::string& name, int64_t rows, int64_t in,
-                         model::WeightKind* kind, const uint8_t** panels) -> const void* {
+                         model::WeightKind* kind, const uint8_t** panels, int* x_bits) -> const void* {
       *panels = nullptr;
       if (!params.contains(name)) value_error(std::string(kFn) + ": params has no '" + name + "'");
       py::handle obj = params[name.c_str()];
@@ -135,9 +135,9 @@ class PyTransformer {
         return nullptr;
       }
       py::tuple t = py::reinterpret_borrow<py::tuple>(obj);
-      if (t.size() < 2 || t.size() > 3 || !py::isinstance<py::str>(t[1]))
+      if ((t.size() != 2 && t.size() != 4) || !py::isinstance<py::str>(t[1]))
         type_error(std::string(kFn) + ": quantized '" + name +
-                   "' must be (raw array, qtype) or (raw array, qtype, panels)");
+                   "' must be (raw array, qtype) or (raw array, qtype, panels, x_bits)");
       std::string qtype = t[1].cast<std::string>();
       if (qtype != "q8_0" && qtype != "q4_1" && qtype != "bf16")
         value_error(std::string(kFn) + ": '" + name + "' has unknown qtype '" + qtype +
@@ -165,8 +165,11 @@ class PyTransformer {
       a.shape = {rows, row_elems};
       a.size = rows * row_elems;
       keep(a);
-      if (t.size() == 3) {
+      if (t.size() == 4) {
         if (bf16) value_error(std::string(kFn) + ": bf16 '" + name + "' takes no panels");
+        *x_bits = index_arg(t[3], "x_bits");
+        if (*x_bits != 8 && *x_bits != 16)
+          value_error(std::string(kFn) + ": '" + name + "' x_bits must be 8 or 16");
         const int64_t bytes = quant_packed_bytes(
             qtype == "q8_0" ? QuantType::q8_0 : QuantType::q4_1, rows, in);
         if (!py::isinstance<py::array>(t[2]))
@@ -176,19 +179,23 @@ class PyTransformer {
             pk.ndim() != 1 || pk.shape(0) != bytes)
           value_error(std::string(kFn) + ": '" + name + "' panels must be C-contiguous uint8 [" +
                       std::to_string(bytes) + "] (ops.quant_pack of the raw blocks)");
+        if (const char* why = quant_panels_mismatch(static_cast<const uint8_t*>(pk.data()),
+                                                    qtype == "q8_0" ? QuantType::q8_0 : QuantType::q4_1,
+                                                    rows, in))
+          value_error(std::string(kFn) + ": '" + name + "' panels: " + why);
         Array p;
         p.array = pk;
         p.present = true;
         p.shape = {bytes};
         p.size = bytes;
         keep(p);
-        *panels = static_cast<const uint8_t*>(pk.data());
+        *panels = static_cast<const uint8_t*>(pk.data()) + kPackHeader;
       }
       return raw.data();
     };
     auto linear = [&](const std::string& name, int64_t out, int64_t in) {
       model::Linear l;
-      if (const void* q = quantized(name + ".weight", out, in, &l.kind, &l.panels)) {
+      if (const void* q = quantized(name + ".weight", out, in, &l.kind, &l.panels, &l.x_bits)) {
         l.weight = q;
         l.bias = bias ? param(name + ".bias", {out}) : nullptr;
         l.in = in;
@@ -204,7 +211,8 @@ class PyTransformer {
     const bool norm_bias = bias && c.norm == model::NormKind::layernorm;
     model::TransformerWeights w;
     const uint8_t* wte_panels = nullptr;
-    const void* wte_packed = quantized("wte", V, C, &w.wte_kind, &wte_panels);
+    int wte_x_bits = 16;
+    const void* wte_packed = quantized("wte", V, C, &w.wte_kind, &wte_panels, &wte_x_bits);
     if (w.wte_kind == model::WeightKind::bf16)
       w.wte_bf16 = static_cast<const uint16_t*>(wte_packed);
     else if (wte_packed)
@@ -231,12 +239,13 @@ class PyTransformer {
       w.lm_head.kind = w.wte_kind;
       w.lm_head.weight = wte_packed ? wte_packed : static_cast<const void*>(w.wte);
       w.lm_head.panels = wte_panels;
+      w.lm_head.x_bits = wte_x_bits;
       w.lm_head.in = C;
       w.lm_head.out = V;
     } else {  // its own matrix, no bias
       w.lm_head.in = C;
       w.lm_head.out = V;
-      const void* q = quantized("lm_head.weight", V, C, &w.lm_head.kind, &w.lm_head.panels);
+      const void* q = quantized("lm_head.weight", V, C, &w.lm_head.kind, &w.lm_head.panels, &w.lm_head.x_bits);
       w.lm_head.weight = q ? q : static_cast<const void*>(param("lm_head.weight", {V, C}));
     }
 

@@ -150,8 +150,10 @@ static py::array quant_pack(py::handle raw_obj, const std::string& qtype, int64_
 }
 
 static py::array quant_matmul_packed(py::handle x_obj, py::handle packed_obj, const std::string& qtype,
-                                     int64_t n_rows, py::handle out_obj) {
+                                     int64_t n_rows, py::handle out_obj, int x_bits) {
   const char* fn = "quant_matmul_packed";
+  if (x_bits != 8 && x_bits != 16)
+    value_error("quant_matmul_packed: x_bits must be 8 or 16, got " + std::to_string(x_bits));
   QuantType t = quant_type(qtype, fn);
   Array x = f32(x_obj, fn, "x", {1, 2});
   int64_t k = x.dim(-1), m = x.ndim() == 2 ? x.dim(0) : 1;
@@ -161,16 +163,19 @@ static py::array quant_matmul_packed(py::handle x_obj, py::handle packed_obj, co
   quant_bytes(n_rows, k, t, fn);  // the size check
   Array w = raw_bytes(packed_obj, fn, quant_packed_bytes(t, n_rows, k),
                       "the packed panels of " + describe(n_rows, k, qtype) + " (ops.quant_pack)");
+  if (const char* why = quant_panels_mismatch(static_cast<const uint8_t*>(w.array.data()), t, n_rows, k))
+    value_error(std::string(fn) + ": " + why + ", expected " + describe(n_rows, k, qtype));
   Shape y_shape = x.ndim() == 2 ? Shape{m, n_rows} : Shape{n_rows};
   Array y = output(out_obj, y_shape, fn, {&x, &w});
   PackedMatmulArgs args;
   args.x = x.cf32();
-  args.w = static_cast<const uint8_t*>(w.array.data());
+  args.w = static_cast<const uint8_t*>(w.array.data()) + kPackHeader;
   args.y = y.f32();
   args.m = m;
   args.n = n_rows;
   args.k = k;
   args.type = t;
+  args.x_bits = x_bits;
   {
     py::gil_scoped_release release;
     KG_DISPATCH(quant_packed_kernels).matmul(args);
@@ -187,8 +192,9 @@ void register_quant(py::module_& m) {
   m.def("quant_pack", &quant_pack, py::arg("raw"), py::arg("qtype"), py::arg("n_rows"), py::arg("k"),
         "GGUF Q8_0 / Q4_1 blocks [n_rows, k] -> the int8 path's packed panels (kernels/quant.h).");
   m.def("quant_matmul_packed", &quant_matmul_packed, py::arg("x"), py::arg("packed"),
-        py::arg("qtype"), py::arg("n_rows"), py::arg("out") = py::none(),
-        "y = x @ W^T, W as packed panels, x quantized to int8 per block of 32 (VPDPBUSD).");
+        py::arg("qtype"), py::arg("n_rows"), py::arg("out") = py::none(), py::arg("x_bits") = 16,
+        "y = x @ W^T, W as packed panels, x quantized per block of 32 in one (x_bits 8) or two "
+        "(x_bits 16) int8 passes (VPDPBUSD).");
   m.def("quant_packed_path", [] {
     const QuantPackedKernels& k = KG_DISPATCH(quant_packed_kernels);
     return py::make_tuple(k.native, std::string(k.description));

@@ -11,9 +11,12 @@
 // The weights of a group of 16 rows stay in L1 while every row of x goes past (prefill), so
 // unpacking them is paid once per group and up to kMaxRows rows of x.
 //
-// x is quantized per block of 32 as llama.cpp's Q8_0 activations: dx = max|x| / 127,
-// qx = roundf(x / dx) computed as x * (1 / dx) (reference.quantize_activations_q8, bit for
-// bit, vectorised here); a block holding NaN or inf gets dx = NaN and qx = 0.
+// x is quantized per block of 32 as llama.cpp's Q8_0 activations: d1 = max|x| / 127,
+// q1 = roundf(x / d1) computed as x * (1 / d1) (reference.quantize_activations_q8, bit for
+// bit, vectorised here); a block holding NaN or inf gets dx = NaN and qx = 0. With x_bits 16 a
+// second int8 pass quantizes the remainder x - q1 d1 on a 256 times finer step (q2), and each
+// block's integer dot is 256 idot(u, q1) + idot(u, q2): twice the VPDPBUSDs on the same
+// weight registers, ~1/250 of the one-pass error (reference.quantize_activations_q8x2).
 //
 // Each output is one lane of one accumulator, summed block by block in order: the same
 // arithmetic whatever range of rows a thread takes, so results do not depend on threads.
@@ -38,16 +41,27 @@ namespace {
 #endif
 
 constexpr int kMaxRows = 8;  // rows of x per pass over a group's weights
+#ifndef KG_PACKED_PREFETCH
+#define KG_PACKED_PREFETCH 8
+#endif
+constexpr int64_t kPrefetchRecords = KG_PACKED_PREFETCH;  // decode: prefetch distance
 
 // ---- pack ----------------------------------------------------------------------------------
 
 void pack(const QuantPackArgs& p) {
   const int64_t nb = p.k / kQuantBlock, bb = quant_block_bytes(p.type), rb = nb * bb;
   const int64_t rec = quant_packed_record(p.type), groups = (p.n + kPackRows - 1) / kPackRows;
+  std::memset(p.packed, 0, kPackHeader);
+  const uint32_t head[3] = {1, (uint32_t)p.type, 0};
+  std::memcpy(p.packed, "KGQP", 4);
+  std::memcpy(p.packed + 4, head, sizeof(head));
+  std::memcpy(p.packed + 16, &p.n, 8);
+  std::memcpy(p.packed + 24, &p.k, 8);
+  uint8_t* records = p.packed + kPackHeader;
   parallel_for(groups, 64, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g)
       for (int64_t b = 0; b < nb; ++b) {
-        uint8_t* out = p.packed + (g * nb + b) * rec;
+        uint8_t* out = records + (g * nb + b) * rec;
         std::memset(out, 0, rec);  // padding rows: d = m = 0, weights 0
         for (int64_t r = 0; r < kPackRows && g * kPackRows + r < p.n; ++r) {
           const uint8_t* blk = p.raw + (g * kPackRows + r) * rb + b * bb;
@@ -71,40 +85,55 @@ void pack(const QuantPackArgs& p) {
 
 // ---- x -> int8 blocks ------------------------------------------------------------------------
 
-// Rows [i0, i1) of x [m, k] -> qx int8, dx [m, k/32], sx = dx * sum(qx).
+// Rows [i0, i1) of x [m, k] -> per block of 32: q1 int8 [32] (then q2 int8 [32] when
+// passes == 2), dx, and sx = dx * sum(qx) with qx = q1 (one pass) or 256 q1 + q2 (two).
+template <int Passes>
 void quantize_rows(const PackedMatmulArgs& p, int64_t i0, int64_t i1, int8_t* qx, float* dx,
                    float* sx) {
   const int64_t nb = p.k / kQuantBlock;
   for (int64_t bi = i0 * nb; bi < i1 * nb; ++bi) {
     const float* xb = p.x + bi * kQuantBlock;
-    int8_t* q = qx + bi * kQuantBlock;
+    int8_t* q = qx + bi * kQuantBlock * Passes;
 #if defined(__AVX512F__)
-    const __m512 sign = _mm512_set1_ps(-0.0f);
-    __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+    const __m512 sign = _mm512_set1_ps(-0.0f), half = _mm512_set1_ps(0.5f);
+    const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
     __m512 a0 = _mm512_andnot_ps(sign, v0), a1 = _mm512_andnot_ps(sign, v1);
     // inf or NaN anywhere: |x| not < inf (unordered compares true)
     const __m512 inf = _mm512_set1_ps(INFINITY);
     bool finite = !(_mm512_cmp_ps_mask(a0, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(a1, inf, _CMP_NLT_UQ));
     if (finite) {
+      // roundf: half away from zero. t = trunc(v); v - t is exact; step away where |.| >= 1/2
+      auto roundf16 = [&](__m512 v) {
+        __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        __m512 frac = _mm512_andnot_ps(sign, _mm512_sub_ps(v, t));
+        __mmask16 up = _mm512_cmp_ps_mask(frac, half, _CMP_GE_OQ);
+        __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(sign, v));  // +-1 as v
+        return _mm512_mask_add_ps(t, up, t, one);
+      };
       float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
       float d = amax / 127.0f;
       float inv = d != 0.0f ? 1.0f / d : 0.0f;
-      const __m512 iv = _mm512_set1_ps(inv);
+      const __m512 iv = _mm512_set1_ps(inv), dv = _mm512_set1_ps(d);
+      const __m512 iv2 = _mm512_set1_ps(inv * 256.0f), lim = _mm512_set1_ps(127.0f);
       __m512i sum = _mm512_setzero_si512();
       for (int h = 0; h < 2; ++h) {
-        // roundf: half away from zero. t = trunc(v); v - t is exact; step away where |.| >= 1/2
-        __m512 v = _mm512_mul_ps(h ? v1 : v0, iv);
-        __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        __m512 frac = _mm512_andnot_ps(sign, _mm512_sub_ps(v, t));
-        __mmask16 up = _mm512_cmp_ps_mask(frac, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
-        __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(sign, v));  // +-1 as v
-        t = _mm512_mask_add_ps(t, up, t, one);
+        const __m512 x = h ? v1 : v0;
+        const __m512 t = roundf16(_mm512_mul_ps(x, iv));
         __m512i qi = _mm512_cvttps_epi32(t);
-        sum = _mm512_add_epi32(sum, qi);
         _mm_storeu_si128((__m128i*)(q + 16 * h), _mm512_cvtepi32_epi8(qi));
+        if (Passes == 2) {
+          const __m512 r = _mm512_fnmadd_ps(t, dv, x);  // x - t d, one rounding
+          __m512 t2 = roundf16(_mm512_mul_ps(r, iv2));
+          t2 = _mm512_max_ps(_mm512_min_ps(t2, lim), _mm512_sub_ps(_mm512_setzero_ps(), lim));
+          const __m512i q2 = _mm512_cvttps_epi32(t2);
+          _mm_storeu_si128((__m128i*)(q + 32 + 16 * h), _mm512_cvtepi32_epi8(q2));
+          qi = _mm512_add_epi32(_mm512_slli_epi32(qi, 8), q2);
+        }
+        sum = _mm512_add_epi32(sum, qi);
       }
-      dx[bi] = d;
-      sx[bi] = d * (float)_mm512_reduce_add_epi32(sum);
+      const float dxv = Passes == 2 ? d / 256.0f : d;
+      dx[bi] = dxv;
+      sx[bi] = dxv * (float)_mm512_reduce_add_epi32(sum);
       continue;
     }
 #else
@@ -117,16 +146,25 @@ void quantize_rows(const PackedMatmulArgs& p, int64_t i0, int64_t i1, int8_t* qx
       float inv = d != 0.0f ? 1.0f / d : 0.0f;
       int sum = 0;
       for (int j = 0; j < 32; ++j) {
-        int v = (int)std::roundf(xb[j] * inv);
+        float t = std::roundf(xb[j] * inv);
+        int v = (int)t;
         q[j] = (int8_t)v;
+        if (Passes == 2) {
+          float r = std::fma(-t, d, xb[j]);  // x - t d, one rounding (as the AVX-512 copy)
+          float t2 = std::roundf(r * (inv * 256.0f));
+          t2 = t2 > 127.0f ? 127.0f : t2 < -127.0f ? -127.0f : t2;
+          q[32 + j] = (int8_t)(int)t2;
+          v = v * 256 + (int)t2;
+        }
         sum += v;
       }
-      dx[bi] = d;
-      sx[bi] = d * (float)sum;
+      const float dxv = Passes == 2 ? d / 256.0f : d;
+      dx[bi] = dxv;
+      sx[bi] = dxv * (float)sum;
       continue;
     }
 #endif
-    std::memset(q, 0, kQuantBlock);  // NaN / inf: scale NaN, so every product with it is NaN
+    std::memset(q, 0, kQuantBlock * Passes);  // NaN / inf: scale NaN, every product NaN
     dx[bi] = NAN;
     sx[bi] = NAN;
   }
@@ -134,8 +172,9 @@ void quantize_rows(const PackedMatmulArgs& p, int64_t i0, int64_t i1, int8_t* qx
 
 // ---- the tile: R rows of x against one group of 16 rows of W ----------------------------------
 
-// y[r * ldy + j] for r < R, j < valid (<= 16) = row r of x . row j of the group.
-template <int R, QuantType T>
+// y[r * ldy + j] for r < R, j < valid (<= 16) = row r of x . row j of the group. qx holds
+// Passes x 32 bytes per block (q1, then q2), k * Passes per row of x.
+template <int R, QuantType T, int Passes>
 void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, const float* sx,
           int64_t k, float* y, int64_t ldy, int valid) {
   const int64_t rec = T == QuantType::q8_0 ? 544 : 320;
@@ -145,6 +184,9 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
   const __m512i low4 = _mm512_set1_epi8(15);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * rec;
+    if (R <= 2)  // decode streams the weights from DRAM: ask for them a few records ahead
+      for (int64_t line = 0; line < rec; line += 64)
+        _mm_prefetch((const char*)(blk + kPrefetchRecords * rec + line), _MM_HINT_T0);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
     const __m512 m = T == QuantType::q4_1
                          ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(blk + 32)))
@@ -161,13 +203,23 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const int8_t* xq = qx + r * k + b * kQuantBlock;
+      const int8_t* xq = qx + (r * k + b * kQuantBlock) * Passes;
       __m512i s = _mm512_setzero_si512();
 #pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) {
         int32_t four;
         std::memcpy(&four, xq + 4 * c, 4);
         s = _mm512_dpbusd_epi32(s, w[c], _mm512_set1_epi32(four));
+      }
+      if (Passes == 2) {  // s = 256 idot(u, q1) + idot(u, q2): exact in int32
+        __m512i s2 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) {
+          int32_t four;
+          std::memcpy(&four, xq + 32 + 4 * c, 4);
+          s2 = _mm512_dpbusd_epi32(s2, w[c], _mm512_set1_epi32(four));
+        }
+        s = _mm512_add_epi32(_mm512_slli_epi32(s, 8), s2);
       }
       const int64_t xb = r * nb + b;
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(dx[xb])), acc[r]);
@@ -184,7 +236,7 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
       const float d = half_to_float(blk + 2 * j);
       const float m = T == QuantType::q4_1 ? half_to_float(blk + 32 + 2 * j) : d * -128.0f;
       for (int r = 0; r < R; ++r) {
-        const int8_t* xq = qx + r * k + b * kQuantBlock;
+        const int8_t* xq = qx + (r * k + b * kQuantBlock) * Passes;
         int32_t s = 0;
         for (int c = 0; c < 8; ++c)
           for (int t = 0; t < 4; ++t) {
@@ -195,7 +247,7 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
             } else {
               u = blk[32 + 64 * c + 4 * j + t];
             }
-            s += u * xq[4 * c + t];
+            s += u * (Passes == 2 ? 256 * xq[4 * c + t] + xq[32 + 4 * c + t] : xq[4 * c + t]);
           }
         const int64_t xb = r * nb + b;
         acc[r][j] += (float)s * (d * dx[xb]);
@@ -208,19 +260,29 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
 #endif
 }
 
-template <QuantType T>
+template <QuantType T, int Passes>
 void tile_rows(int rows, const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx,
                const float* sx, int64_t k, float* y, int64_t ldy, int valid) {
   switch (rows) {
-    case 1: tile<1, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 2: tile<2, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 3: tile<3, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 4: tile<4, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 5: tile<5, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 6: tile<6, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 7: tile<7, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    default: tile<8, T>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 1: tile<1, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 2: tile<2, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 3: tile<3, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 4: tile<4, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 5: tile<5, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 6: tile<6, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 7: tile<7, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    default: tile<8, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
   }
+}
+
+// The tile for this type and pass count.
+template <int Passes>
+void tile_any(QuantType t, int rows, const uint8_t* group, int64_t nb, const int8_t* qx,
+              const float* dx, const float* sx, int64_t k, float* y, int64_t ldy, int valid) {
+  if (t == QuantType::q8_0)
+    tile_rows<QuantType::q8_0, Passes>(rows, group, nb, qx, dx, sx, k, y, ldy, valid);
+  else
+    tile_rows<QuantType::q4_1, Passes>(rows, group, nb, qx, dx, sx, k, y, ldy, valid);
 }
 
 thread_local GrowBuffer<int8_t> tl_qx;
@@ -229,29 +291,34 @@ thread_local Workspace tl_scales;
 // Work per chunk of groups worth a thread of its own: ~64k multiply-adds.
 constexpr int64_t kMinMacsPerChunk = 1 << 16;
 
-void matmul(const PackedMatmulArgs& p) {
+template <int Passes>
+void matmul_passes(const PackedMatmulArgs& p) {
   const int64_t nb = p.k / kQuantBlock, ldy = p.ldy ? p.ldy : p.n;
   const int64_t rec = quant_packed_record(p.type), groups = (p.n + kPackRows - 1) / kPackRows;
-  int8_t* qx = tl_qx.get(p.m * p.k);
+  int8_t* qx = tl_qx.get(p.m * p.k * Passes);
   float* scales = tl_scales.get(2 * p.m * nb);
   float *dx = scales, *sx = scales + p.m * nb;
   parallel_for(p.m, 1 + kMinMacsPerChunk / p.k,
-               [&](int64_t i0, int64_t i1) { quantize_rows(p, i0, i1, qx, dx, sx); });
-  const int64_t macs_per_group = kPackRows * p.k * p.m;
+               [&](int64_t i0, int64_t i1) { quantize_rows<Passes>(p, i0, i1, qx, dx, sx); });
+  const int64_t macs_per_group = kPackRows * p.k * p.m * Passes;
   parallel_for(groups, 1 + kMinMacsPerChunk / macs_per_group, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const uint8_t* group = p.w + g * nb * rec;
       const int valid = (int)(p.n - g * kPackRows < kPackRows ? p.n - g * kPackRows : kPackRows);
       for (int64_t i = 0; i < p.m; i += kMaxRows) {
         const int rows = (int)(p.m - i < kMaxRows ? p.m - i : kMaxRows);
-        float* y = p.y + i * ldy + g * kPackRows;
-        if (p.type == QuantType::q8_0)
-          tile_rows<QuantType::q8_0>(rows, group, nb, qx + i * p.k, dx + i * nb, sx + i * nb, p.k, y, ldy, valid);
-        else
-          tile_rows<QuantType::q4_1>(rows, group, nb, qx + i * p.k, dx + i * nb, sx + i * nb, p.k, y, ldy, valid);
+        tile_any<Passes>(p.type, rows, group, nb, qx + i * p.k * Passes, dx + i * nb, sx + i * nb,
+                         p.k, p.y + i * ldy + g * kPackRows, ldy, valid);
       }
     }
   });
+}
+
+void matmul(const PackedMatmulArgs& p) {
+  if (p.x_bits == 8)
+    matmul_passes<1>(p);
+  else
+    matmul_passes<2>(p);
 }
 
 }  // namespace

@@ -50,6 +50,7 @@ void Linear::forward(const float* x, float* y) const {
         a.n = out;
         a.k = in;
         a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+        a.x_bits = x_bits;
         KG_DISPATCH(quant_packed_kernels).matmul(a);
         if (bias)
           for (int64_t i = 0; i < out; ++i) y[i] += bias[i];

@@ -60,6 +60,7 @@ struct Linear {
   // q8_0 / q4_1 only, may be null: the same weights as packed panels (kernels/quant.h); then
   // x is quantized to int8 per block and the product runs on VPDPBUSD (the int8 path)
   const uint8_t* panels = nullptr;
+  int x_bits = 16;  // with panels: x in one int8 pass (8) or two (16), see kernels/quant.h
   int64_t in = 0, out = 0;
   void forward(const float* x, float* y) const;
 };

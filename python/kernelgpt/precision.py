@@ -43,11 +43,15 @@ class QuantWeight:
     qtype: str
     shape: tuple
     panels: Optional[np.ndarray] = None
+    x_bits: int = 16  # with panels: x in one int8 pass (8, llama.cpp's) or two (16)
 
-    def with_panels(self) -> "QuantWeight":
-        """The same weight with its int8 panels (CPU)."""
-        return QuantWeight(self.raw, self.qtype, self.shape,
-                           ops.quant_pack(self.raw, self.qtype, self.shape[0], self.shape[1]))
+    def with_panels(self, x_bits: int = 16) -> "QuantWeight":
+        """The same weight with its int8 panels (CPU); x_bits: see ops.quant_matmul_packed."""
+        if x_bits not in (8, 16):
+            raise ValueError(f"x_bits must be 8 or 16, got {x_bits!r}")
+        panels = self.panels if self.panels is not None else \
+            ops.quant_pack(self.raw, self.qtype, self.shape[0], self.shape[1])
+        return QuantWeight(self.raw, self.qtype, self.shape, panels, x_bits)
 
     @property
     def size(self) -> int:
@@ -128,8 +132,8 @@ class PackedParams:
 
     def runner_views(self) -> Dict[str, object]:
         """The weights as the native decode runner takes them: arrays, (raw, qtype) or (raw,
-        qtype, panels), (bits, "bf16")."""
-        return {name: ((t.raw, t.qtype) if t.panels is None else (t.raw, t.qtype, t.panels))
+        qtype, panels, x_bits), (bits, "bf16")."""
+        return {name: ((t.raw, t.qtype) if t.panels is None else (t.raw, t.qtype, t.panels, t.x_bits))
                 if isinstance(t, QuantWeight)
                 else (t.bits, "bf16") if isinstance(t, Bf16Weight) else t
                 for name, t in self.views.items()}
@@ -146,7 +150,8 @@ class PackedWeightOps:
 
     def linear(self, x, weight, bias=None, *, out=None, **kw):
         if isinstance(weight, QuantWeight) and weight.panels is not None:
-            y = ops.quant_matmul_packed(x, weight.panels, weight.qtype, weight.shape[0], out=out)
+            y = ops.quant_matmul_packed(x, weight.panels, weight.qtype, weight.shape[0], out=out,
+                                        x_bits=weight.x_bits)
         elif isinstance(weight, QuantWeight):
             y = ops.quant_matmul(x, weight.raw, weight.qtype, weight.shape[0], out=out)
         elif isinstance(weight, Bf16Weight):

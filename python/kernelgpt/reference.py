@@ -517,7 +517,9 @@ def quant_row_bytes(qtype, K):
 
 def _roundf(x):
     """C's roundf (halves away from zero), as ggml rounds; np.round rounds halves to even."""
-    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+    x = np.asarray(x, np.float32)
+    t = np.trunc(x)  # x - trunc(x) is exact: step away from zero where it is >= 1/2
+    return np.where(np.abs(x - t) >= np.float32(0.5), t + np.sign(x), t).astype(np.float32)
 
 
 def _blocks(w):
@@ -577,7 +579,7 @@ def quant_matmul(x, raw, qtype, n_rows):
     return x @ dequantize(raw, qtype, (n_rows, K)).T
 
 
-__all__ += ["quantize_activations_q8", "quant_matmul_q8"]
+__all__ += ["quantize_activations_q8", "quantize_activations_q8x2", "quant_matmul_q8"]
 
 
 def quantize_activations_q8(x):
@@ -596,14 +598,41 @@ def quantize_activations_q8(x):
     return q.reshape(np.shape(x)), d.reshape(*np.shape(x)[:-1], -1)
 
 
-def quant_matmul_q8(x, raw, qtype, n_rows):
-    """quant_matmul as backend="vnni" computes it: x quantized per block (above), then each
-    block adds dw * dx * sum(q * qx) (+ m * dx * sum(qx) for Q4_1). Integer dots exact, the
-    rest in float64: the oracle for the vnni kernels (which differ only in float rounding)."""
+def quantize_activations_q8x2(x):
+    """x [..., K] float32 -> (qx int32 [..., K], dx float32 [..., K/32]): x in two int8 passes,
+    qx = 256 q1 + q2 and x ~ dx qx (what ops.quant_matmul_packed(x_bits=16) multiplies by).
+    q1, d1 = quantize_activations_q8(x); the remainder r = x - q1 d1 (one float32 rounding, as
+    an FMA gives) is quantized on a 256 times finer step: q2 = round(r 256 / d1) clamped to
+    +-127, and dx = d1 / 256. Error <= d1 / 512 per element (~4e-5 of the block's max|x|),
+    <= 1.5 d1 / 256 for the ~1% of elements whose q2 is clamped."""
+    q1, d1 = quantize_activations_q8(x)
+    b = _blocks(x)
+    q1b = q1.reshape(b.shape).astype(np.float64)
+    d1b = d1.reshape(-1, 1)
+    finite = np.isfinite(d1b)
+    d1f = np.where(finite, d1b, np.float32(0)).astype(np.float32)
+    r = (np.where(finite, b, 0).astype(np.float64) - q1b * d1f).astype(np.float32)  # exact, then one rounding
+    with np.errstate(divide="ignore"):
+        inv = np.where(d1f == 0, np.float32(0), np.float32(1) / d1f).astype(np.float32)
+    inv2 = (inv * np.float32(256)).astype(np.float32)
+    q2 = np.clip(_roundf((r * inv2).astype(np.float32)), -127, 127)
+    q = (256 * q1b + q2).astype(np.int32)
+    dx = (d1b / np.float32(256)).astype(np.float32)
+    return q.reshape(np.shape(x)), dx.reshape(*np.shape(x)[:-1], -1)
+
+
+def quant_matmul_q8(x, raw, qtype, n_rows, x_bits=8):
+    """quant_matmul as backend="vnni" (x_bits 8) or ops.quant_matmul_packed computes it: x
+    quantized per block (quantize_activations_q8, or _q8x2 for x_bits 16), then each block
+    adds dw * dx * sum(q * qx) (+ m * dx * sum(qx) for Q4_1). Integer dots exact, the rest in
+    float64: the oracle for those kernels (which differ only in float rounding)."""
     x = np.asarray(x, np.float32)
     K = x.shape[-1]
     nb = K // QK
-    qx, dx = quantize_activations_q8(x.reshape(-1, K))
+    if x_bits not in (8, 16):
+        raise ValueError(f"x_bits must be 8 or 16, got {x_bits!r}")
+    quantize = quantize_activations_q8 if x_bits == 8 else quantize_activations_q8x2
+    qx, dx = quantize(x.reshape(-1, K))
     qx = qx.reshape(-1, nb, QK).astype(np.int64)
     blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(n_rows, nb, -1)
     dw = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)  # [N, nb]

@@ -141,13 +141,14 @@ def quant_pack(raw, qtype, n_rows, K):
                          int_option(K, fn, "K"))
 
 
-def quant_matmul_packed(x, panels, qtype, n_rows, *, out=None):
-    """y = x @ W^T with W as quant_pack's panels: x [K] or [M, K] float32 quantized to int8
-    per block of 32 (as backend="vnni"), integer block dots on VPDPBUSD, float scales per
-    block. Within float rounding of reference.quant_matmul_q8; ~1% from the fp32 product."""
+def quant_matmul_packed(x, panels, qtype, n_rows, *, out=None, x_bits=16):
+    """y = x @ W^T with W as quant_pack's panels: x [K] or [M, K] float32 quantized per block
+    of 32, integer block dots on VPDPBUSD, float scales per block. x_bits 8: one int8 pass,
+    as backend="vnni" and llama.cpp (~1% error per product); x_bits 16: a second int8 pass on
+    the remainder (~4e-5). Within float rounding of reference.quant_matmul_q8(x_bits=...)."""
     fn = "quant_matmul_packed"
     return _C.quant_matmul_packed(x, panels, qtype_name(qtype, fn), int_option(n_rows, fn, "n_rows"),
-                                  out)
+                                  out, int_option(x_bits, fn, "x_bits"))
 
 
 def int8_native() -> bool:
