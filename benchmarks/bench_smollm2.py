@@ -152,24 +152,24 @@ class LlamaCpp:
         return t1 - t0, t2 - t1, out
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--weights", default="quantized", help="comma list: quantized,fp32")
-    args = ap.parse_args()
-    _limiter = setup_threads(args.threads, torch=None)
-    peers = {}
-    for w in args.weights.split(","):
-        t0 = time.perf_counter()
-        m = load_model("smollm2", weights=w)
-        print(f"# kernelgpt {w}: loaded in {time.perf_counter() - t0:.2f} s")
-        peers[f"kernelgpt {w}"] = lambda ids, n, m=m: kernelgpt_run(m, ids, n)
-    ids = m.tokenizer.encode(TEXT)[: args.prompt_tokens]
+def long_text(tokenizer, n):
+    """n token ids of real text (Shakespeare when fetched, else TEXT repeated)."""
     try:
-        lc = LlamaCpp(m.source, args.threads, args.prompt_tokens + args.new_tokens + 8)
+        from kernelgpt.data import shakespeare_text
+        text = shakespeare_text()[:n * 8]
+    except Exception:  # not fetched: kernelgpt fetch shakespeare
+        text = TEXT
+    ids = tokenizer.encode(text)
+    while len(ids) < n:
+        ids = ids + ids
+    return ids[:n]
+
+
+def section_main(args, models, ids):
+    peers = {f"kernelgpt {w}": (lambda i, n, m=m: kernelgpt_run(m, i, n)) for w, m in models.items()}
+    any_model = next(iter(models.values()))
+    try:
+        lc = LlamaCpp(any_model.source, args.threads, args.prompt_tokens + args.new_tokens + 8)
         import llama_cpp
         peers[f"llama.cpp ({llama_cpp.__version__})"] = lc.run
     except ImportError:
@@ -185,13 +185,13 @@ def main():
             times[name][0].append(pre)
             times[name][1].append(dec)
             texts[name] = out
-    print(f"# SmolLM2-135M-Instruct, {len(ids)}-token prompt, {args.new_tokens} greedy tokens, "
+    print(f"\n## prefill and decode: {len(ids)}-token prompt, {args.new_tokens} greedy tokens, "
           f"{args.threads} threads, median of {args.rounds}")
     base = next((k for k in peers if k.startswith("llama.cpp")), None)
     for name, (pre, dec) in times.items():
         p = len(ids) / statistics.median(pre)
         d = args.new_tokens / statistics.median(dec)
-        line = f"{name:>28}: prefill {p:7.0f} tok/s, decode {d:6.1f} tok/s"
+        line = f"{name:>34}: prefill {p:7.0f} tok/s, decode {d:6.1f} tok/s"
         if base and name != base:
             bp = len(ids) / statistics.median(times[base][0])
             bd = args.new_tokens / statistics.median(times[base][1])
@@ -199,6 +199,114 @@ def main():
             line += (f"  ({p / bp:.2f}x, {d / bd:.2f}x llama.cpp; greedy tokens equal for "
                      f"{same}/{args.new_tokens})")
         print(line)
+
+
+def section_ceiling(args, model, ids):
+    """Decode rounds alternating with read-bandwidth passes; the runner's profile."""
+    bw, per_token = ReadBandwidth(), weight_bytes_per_token(model)
+    kernelgpt_run(model, ids, 8)
+    gbs, dec, profs = [], [], []
+    for _ in range(args.rounds):
+        gbs.append(bw.measure())
+        time.sleep(PAUSE)
+        dec.append(kernelgpt_run(model, ids, args.new_tokens)[1] / args.new_tokens)
+        prof = {}
+        kernelgpt_run(model, ids, args.new_tokens, profile=prof)
+        profs.append(prof)
+    g, t = statistics.median(gbs), statistics.median(dec)
+    ceiling = per_token / (g * 1e9)
+    split = {k: statistics.median(p[k + "_s"] / p["tokens"] for p in profs)
+             for k in ("matvec", "attention", "other")}
+    print(f"\n## bandwidth ceiling: {per_token / 1e6:.1f} MB of weights per token, read "
+          f"bandwidth {g:.1f} GB/s ({args.threads} threads, _C.stream_sum over 256 MiB, median "
+          f"of {args.rounds} passes between the decode rounds)")
+    print(f"  ceiling {ceiling * 1e3:.2f} ms/token = {1 / ceiling:.0f} tok/s; decode "
+          f"{t * 1e3:.2f} ms/token = {1 / t:.1f} tok/s = {ceiling / t:.2f} of the ceiling")
+    total = sum(split.values())
+    print("  per token (profiled run): " + ", ".join(
+        f"{k} {v * 1e3:.3f} ms ({v / total:.0%})" for k, v in split.items()) +
+        f"; matrix-vector products at {per_token / split['matvec'] / 1e9:.1f} GB/s "
+        f"= {ceiling / split['matvec']:.2f} of the read bandwidth")
+
+
+def section_contexts(args, model):
+    """Decode speed at several context lengths, and a long prompt prefilled in chunks."""
+    n_new = 64
+    lengths = [args.prompt_tokens] + [int(c) for c in args.contexts.split(",") if c]
+    ids_all = long_text(model.tokenizer, max(lengths + [args.long_prompt]))
+    print(f"\n## context length: decode {n_new} greedy tokens after a prompt of N tokens "
+          f"(prefilled in chunks of {args.chunk}), median of {max(1, args.rounds // 2)}")
+    base = None
+    for n in lengths:
+        decs = []
+        for _ in range(max(1, args.rounds // 2)):
+            time.sleep(PAUSE)
+            decs.append(kernelgpt_run(model, ids_all[:n], n_new, chunk=args.chunk)[1])
+        d = n_new / statistics.median(decs)
+        base = base or d
+        print(f"  context {n:5d}: decode {d:6.1f} tok/s ({d / base:.2f} of {lengths[0]})")
+    pres = []
+    for _ in range(max(1, args.rounds // 2)):
+        time.sleep(PAUSE)
+        pres.append(kernelgpt_run(model, ids_all[:args.long_prompt], 1, chunk=args.chunk)[0])
+    p = statistics.median(pres)
+    print(f"  prefill of a {args.long_prompt}-token prompt in chunks of {args.chunk}: "
+          f"{p:.2f} s = {args.long_prompt / p:.0f} tok/s")
+
+
+def section_load(args, model, ids):
+    """Decode with a busy process on one core: args.threads against 1 thread, alternating."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    res = {args.threads: [], 1: []}
+    try:
+        time.sleep(0.5)
+        for _ in range(args.rounds):
+            for n in res:
+                _C.set_num_threads(n)
+                res[n].append(args.new_tokens / kernelgpt_run(model, ids, args.new_tokens)[1])
+    finally:
+        busy.kill()
+        busy.wait()
+        _C.set_num_threads(args.threads)
+    a, b = statistics.median(res[args.threads]), statistics.median(res[1])
+    print(f"\n## under load (another process busy on one core), {args.new_tokens} tokens, "
+          f"median of {args.rounds}")
+    print(f"  {args.threads} threads {a:6.1f} tok/s, 1 thread {b:6.1f} tok/s: "
+          f"{a / b:.2f}x the one-thread speed")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--weights", default="quantized",
+                    help="comma list: quantized (int8 path where the CPU has VNNI), "
+                         "quantized-fp32 (fp32 activations), quantized-x8 (one int8 pass), fp32, bf16")
+    ap.add_argument("--sections", default="main,ceiling,contexts,load")
+    ap.add_argument("--contexts", default="1024,4096", help="decode at these context lengths")
+    ap.add_argument("--long-prompt", type=int, default=2000)
+    ap.add_argument("--chunk", type=int, default=256, help="prefill chunk for long prompts")
+    args = ap.parse_args()
+    _limiter = setup_threads(args.threads, torch=None)
+    models = {}
+    for w in args.weights.split(","):
+        t0 = time.perf_counter()
+        kw = {"quantized-fp32": dict(int8=False), "quantized-x8": dict(x_bits=8)}.get(w, {})
+        models[w] = load_model("smollm2", weights=w.split("-")[0], **kw)
+        print(f"# kernelgpt {w}: loaded in {time.perf_counter() - t0:.2f} s")
+    first = next(iter(models.values()))
+    ids = first.tokenizer.encode(TEXT)[: args.prompt_tokens]
+    sections = args.sections.split(",")
+    if "main" in sections:
+        section_main(args, models, ids)
+    if "ceiling" in sections:
+        section_ceiling(args, first, ids)
+    if "contexts" in sections:
+        section_contexts(args, first)
+    if "load" in sections:
+        section_load(args, first, ids)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 //   runner = _C.Transformer(config: dict, params: {name: float32 array}, k_cache: [array],
 //                           v_cache: [array])
 //   runner.decode(token, pos, logits)   # logits: float32 [V], written in place
+//   batch = _C.Transformer(config, params, [[array], [array]...], [[array], [array]...])
+//   batch.decode_batch(slots, tokens, positions, logits)   # logits [n, V]: n caches at once
 //
 // config is GPTConfig.to_dict(); params are the model's named views into its flat parameter
 // buffer (GPT.params.views), k_cache / v_cache the KVCache's per-layer [1, Hkv, max_len, hd]
@@ -249,29 +251,42 @@ class PyTransformer {
       w.lm_head.weight = q ? q : static_cast<const void*>(param("lm_head.weight", {V, C}));
     }
 
-    model::KVCacheBuffers cache;
-    if (static_cast<int64_t>(k_cache.size()) != c.n_layer ||
-        static_cast<int64_t>(v_cache.size()) != c.n_layer)
-      value_error(std::string(kFn) + ": k_cache and v_cache must hold one array per layer (" +
-                  std::to_string(c.n_layer) + "), got " + std::to_string(k_cache.size()) + " and " +
-                  std::to_string(v_cache.size()));
-    for (int64_t i = 0; i < c.n_layer; ++i) {
-      for (int kv = 0; kv < 2; ++kv) {
-        std::string name = std::string(kv ? "v_cache[" : "k_cache[") + std::to_string(i) + "]";
-        Array a = f32((kv ? v_cache : k_cache)[i], kFn, name.c_str(), {4});
-        if (i == 0 && kv == 0) cache.max_len = a.dim(2);
-        expect_shape(a, {1, c.n_kv_head, cache.max_len, hd}, kFn, name.c_str());
-        if (!a.array.writeable()) value_error(std::string(kFn) + ": " + name + " is read-only");
-        for (const Array& other : kept_)
-          if (overlaps(a, other))
-            value_error(std::string(kFn) + ": " + name + " overlaps a parameter or another cache buffer");
-        keep(a);
-        (kv ? cache.v : cache.k).push_back(a.f32());
+    // one cache: k_cache = [array per layer]; several: k_cache = [[array per layer], ...]
+    const bool several = k_cache.size() > 0 && !py::isinstance<py::array>(k_cache[0]);
+    if (several && k_cache.size() != v_cache.size())
+      value_error(std::string(kFn) + ": k_cache and v_cache must list the same number of caches");
+    std::vector<model::KVCacheBuffers> caches;
+    const size_t n_caches = several ? k_cache.size() : 1;
+    for (size_t ci = 0; ci < n_caches; ++ci) {
+      const std::string prefix = several ? "[" + std::to_string(ci) + "]" : "";
+      py::sequence ks = several ? k_cache[ci].cast<py::sequence>() : k_cache;
+      py::sequence vs = several ? v_cache[ci].cast<py::sequence>() : v_cache;
+      model::KVCacheBuffers cache;
+      if (static_cast<int64_t>(ks.size()) != c.n_layer || static_cast<int64_t>(vs.size()) != c.n_layer)
+        value_error(std::string(kFn) + ": k_cache" + prefix + " and v_cache" + prefix +
+                    " must hold one array per layer (" + std::to_string(c.n_layer) + "), got " +
+                    std::to_string(ks.size()) + " and " + std::to_string(vs.size()));
+      for (int64_t i = 0; i < c.n_layer; ++i) {
+        for (int kv = 0; kv < 2; ++kv) {
+          std::string name = std::string(kv ? "v_cache" : "k_cache") + prefix + "[" +
+                             std::to_string(i) + "]";
+          Array a = f32((kv ? vs : ks)[i], kFn, name.c_str(), {4});
+          if (i == 0 && kv == 0) cache.max_len = a.dim(2);
+          expect_shape(a, {1, c.n_kv_head, cache.max_len, hd}, kFn, name.c_str());
+          if (!a.array.writeable()) value_error(std::string(kFn) + ": " + name + " is read-only");
+          for (const Array& other : kept_)
+            if (overlaps(a, other))
+              value_error(std::string(kFn) + ": " + name +
+                          " overlaps a parameter or another cache buffer");
+          keep(a);
+          (kv ? cache.v : cache.k).push_back(a.f32());
+        }
       }
+      caches.push_back(std::move(cache));
     }
     vocab_ = V;
     py::gil_scoped_release release;  // the sinusoidal table may take a moment
-    runner_ = std::make_unique<model::Transformer>(c, std::move(w), std::move(cache));
+    runner_ = std::make_unique<model::Transformer>(c, std::move(w), std::move(caches));
   }
 
   void decode(py::handle token_obj, py::handle pos_obj, py::handle logits_obj) {
@@ -287,7 +302,35 @@ class PyTransformer {
     runner_->decode(token, pos, logits.f32());
   }
 
+  void decode_batch(const py::sequence& slots, const py::sequence& tokens,
+                    const py::sequence& positions, py::handle logits_obj) {
+    const char* fn = "Transformer.decode_batch";
+    const size_t n = slots.size();
+    if (tokens.size() != n || positions.size() != n)
+      value_error(std::string(fn) + ": slots, tokens and positions must have the same length");
+    std::vector<int64_t> sl(n), tk(n), ps(n);
+    for (size_t i = 0; i < n; ++i) {
+      sl[i] = index_arg(slots[i], "slot");
+      tk[i] = index_arg(tokens[i], "token");
+      ps[i] = index_arg(positions[i], "pos");
+    }
+    Array logits = f32(logits_obj, fn, "logits", {2});
+    expect_shape(logits, {static_cast<int64_t>(n), vocab_}, fn, "logits");
+    if (!logits.array.writeable()) value_error(std::string(fn) + ": logits is read-only");
+    for (const Array& a : kept_)
+      if (overlaps(logits, a))
+        value_error(std::string(fn) + ": logits must not overlap a parameter or a KV cache");
+    py::gil_scoped_release release;
+    runner_->decode_batch(sl.data(), tk.data(), ps.data(), static_cast<int64_t>(n), logits.f32());
+  }
+
   int64_t max_positions() const { return runner_->max_positions(); }
+  int64_t slot_positions(int64_t slot) const {
+    if (slot < 0 || slot >= runner_->slots())
+      value_error("Transformer.slot_positions: slot must be in [0, " +
+                  std::to_string(runner_->slots()) + ")");
+    return runner_->max_positions(slot);
+  }
 
   void set_profiling(bool on) { runner_->set_profiling(on); }
 
@@ -325,6 +368,13 @@ void register_model(py::module_& m) {
       .def("decode", &PyTransformer::decode, py::arg("token"), py::arg("pos"), py::arg("logits"),
            "Runs token at position pos (the cache holds 0..pos-1), writes its K/V into the "
            "cache and the next-token logits [V] into logits. GIL released.")
+      .def("decode_batch", &PyTransformer::decode_batch, py::arg("slots"), py::arg("tokens"),
+           py::arg("positions"), py::arg("logits"),
+           "Row i runs tokens[i] at positions[i] in cache slots[i] (distinct): logits [n, V]. "
+           "One pass over the (quantized) weights for all rows; each row equals decode's. "
+           "GIL released.")
+      .def("slot_positions", &PyTransformer::slot_positions, py::arg("slot"),
+           "min(block_size, cache slot's max_len)")
       .def("set_profiling", &PyTransformer::set_profiling, py::arg("on"),
            "Start (True) or stop timing decode's phases; either way clears the sums.")
       .def("profile", &PyTransformer::profile,

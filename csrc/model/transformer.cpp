@@ -22,70 +22,73 @@
 namespace kg {
 namespace model {
 
-void Linear::forward(const float* x, float* y) const {
+void Linear::forward(const float* x, float* y, int64_t m) const {
   switch (kind) {
     case WeightKind::f32: {
-      // x [1, in] @ W^T: the matmul kernel takes its matrix-vector path for one row
-      MatmulArgs a;
-      a.a = x;
-      a.b = static_cast<const float*>(weight);
-      a.bias = bias;
-      a.c = y;
-      a.m = 1;
-      a.n = out;
-      a.k = in;
-      a.batch_stride_c = out;
-      a.trans_b = true;
-      KG_DISPATCH(matmul_kernels).blocked(a);
+      // x [1, in] @ W^T, row by row: the matmul kernel's matrix-vector path (a batch of rows
+      // would take the blocked GEMM, whose sums run in another order)
+      for (int64_t i = 0; i < m; ++i) {
+        MatmulArgs a;
+        a.a = x + i * in;
+        a.b = static_cast<const float*>(weight);
+        a.bias = bias;
+        a.c = y + i * out;
+        a.m = 1;
+        a.n = out;
+        a.k = in;
+        a.batch_stride_c = out;
+        a.trans_b = true;
+        KG_DISPATCH(matmul_kernels).blocked(a);
+      }
       return;
     }
     case WeightKind::q8_0:
     case WeightKind::q4_1: {
-      if (panels) {  // the int8 path: what ops.quant_matmul_packed runs for one row
+      const QuantType type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+      if (panels) {  // the int8 path, ops.quant_matmul_packed: every row of x in one pass
         PackedMatmulArgs a;
         a.x = x;
         a.w = panels;
         a.y = y;
+        a.m = m;
+        a.n = out;
+        a.k = in;
+        a.type = type;
+        a.x_bits = x_bits;
+        KG_DISPATCH(quant_packed_kernels).matmul(a);
+      } else {  // ops.quant_matmul's fused decode-and-dot (what backend="auto" runs for a row)
+        QuantMatmulArgs a;
+        a.x = x;
+        a.w = static_cast<const uint8_t*>(weight);
+        a.y = y;
+        a.m = m;
+        a.n = out;
+        a.k = in;
+        a.type = type;
+        KG_DISPATCH(quant_kernels).matmul_fused(a);
+      }
+      break;
+    }
+    case WeightKind::bf16: {
+      // ops.bf16_matmul(backend="auto") for one row, row by row: widen in registers + FMA
+      for (int64_t i = 0; i < m; ++i) {
+        Bf16MatmulArgs a;
+        a.x = x + i * in;
+        a.w = static_cast<const uint16_t*>(weight);
+        a.y = y + i * out;
         a.m = 1;
         a.n = out;
         a.k = in;
-        a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
-        a.x_bits = x_bits;
-        KG_DISPATCH(quant_packed_kernels).matmul(a);
-        if (bias)
-          for (int64_t i = 0; i < out; ++i) y[i] += bias[i];
-        return;
+        KG_DISPATCH(bf16_kernels).matmul_auto(a);
       }
-      // the kernel ops.quant_matmul(backend="auto") runs for one row: fused decode-and-dot
-      QuantMatmulArgs a;
-      a.x = x;
-      a.w = static_cast<const uint8_t*>(weight);
-      a.y = y;
-      a.m = 1;
-      a.n = out;
-      a.k = in;
-      a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
-      KG_DISPATCH(quant_kernels).matmul_auto(a);
-      if (bias)
-        for (int64_t i = 0; i < out; ++i) y[i] += bias[i];
-      return;
+      break;
     }
-    case WeightKind::bf16: {
-      // the kernel ops.bf16_matmul(backend="auto") runs for one row: widen in registers + FMA
-      Bf16MatmulArgs a;
-      a.x = x;
-      a.w = static_cast<const uint16_t*>(weight);
-      a.y = y;
-      a.m = 1;
-      a.n = out;
-      a.k = in;
-      KG_DISPATCH(bf16_kernels).matmul_auto(a);
-      if (bias)
-        for (int64_t i = 0; i < out; ++i) y[i] += bias[i];
-      return;
-    }
+    default:
+      throw std::invalid_argument("Linear: unknown weight kind");
   }
-  throw std::invalid_argument("Linear: unknown weight kind");
+  if (bias)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < out; ++j) y[i * out + j] += bias[j];
 }
 
 static void require(bool ok, const std::string& msg) {
@@ -93,8 +96,8 @@ static void require(bool ok, const std::string& msg) {
 }
 
 Transformer::Transformer(const TransformerConfig& config, TransformerWeights weights,
-                         KVCacheBuffers cache)
-    : c_(config), w_(std::move(weights)), cache_(std::move(cache)) {
+                         std::vector<KVCacheBuffers> caches)
+    : c_(config), w_(std::move(weights)), caches_(std::move(caches)) {
   require(c_.vocab_size >= 1 && c_.block_size >= 1 && c_.n_layer >= 1 && c_.mlp_hidden >= 1,
           "vocab_size, block_size, n_layer and mlp_hidden must be >= 1");
   require(c_.n_head >= 1 && c_.n_embd % c_.n_head == 0, "n_embd must be divisible by n_head");
@@ -103,18 +106,15 @@ Transformer::Transformer(const TransformerConfig& config, TransformerWeights wei
   require(c_.positions != PositionsKind::rope || c_.head_dim() % 2 == 0,
           "RoPE needs an even head_dim");
   require(static_cast<int64_t>(w_.layers.size()) == c_.n_layer, "one LayerWeights per layer");
-  require(static_cast<int64_t>(cache_.k.size()) == c_.n_layer &&
-              static_cast<int64_t>(cache_.v.size()) == c_.n_layer,
-          "one K and one V buffer per layer");
-  require(cache_.max_len >= 1, "the KV cache's max_len must be >= 1");
+  require(!caches_.empty(), "at least one KV cache");
+  for (const KVCacheBuffers& cache : caches_) {
+    require(static_cast<int64_t>(cache.k.size()) == c_.n_layer &&
+                static_cast<int64_t>(cache.v.size()) == c_.n_layer,
+            "one K and one V buffer per layer");
+    require(cache.max_len >= 1, "the KV cache's max_len must be >= 1");
+  }
+  reserve_rows(1);
   const int64_t C = c_.n_embd;
-  x_.resize(C);
-  h_.resize(C);
-  y_.resize(C);
-  proj_.resize(C);
-  qkv_.resize(c_.qkv_dim());
-  fc_.resize(c_.fc_dim());
-  act_.resize(c_.mlp_hidden);
   if (c_.positions == PositionsKind::sinusoidal) {
     // the table the Python path caches: sinusoidal_positions(block_size, C), fast version
     sinusoidal_.resize(c_.block_size * C);
@@ -133,7 +133,25 @@ Transformer::Transformer(const TransformerConfig& config, TransformerWeights wei
   }
 }
 
-void Transformer::norm(const float* x, const float* weight, const float* bias, float* y) const {
+void Transformer::reserve_rows(int64_t n) {
+  if (n <= rows_) return;
+  x_.resize(n * c_.n_embd);
+  h_.resize(n * c_.n_embd);
+  y_.resize(n * c_.n_embd);
+  proj_.resize(n * c_.n_embd);
+  qkv_.resize(n * c_.qkv_dim());
+  fc_.resize(n * c_.fc_dim());
+  act_.resize(n * c_.mlp_hidden);
+  rows_ = n;
+}
+
+int64_t Transformer::max_positions(int64_t slot) const {
+  const int64_t len = caches_.at(slot).max_len;
+  return c_.block_size < len ? c_.block_size : len;
+}
+
+void Transformer::norm(const float* x, const float* weight, const float* bias, float* y,
+                       int64_t rows) const {
   const NormVersion& k = KG_DISPATCH(norm_kernels).fast;
   if (c_.norm == NormKind::layernorm) {
     LayerNormArgs a;
@@ -141,7 +159,7 @@ void Transformer::norm(const float* x, const float* weight, const float* bias, f
     a.weight = weight;
     a.bias = bias;
     a.y = y;
-    a.rows = 1;
+    a.rows = rows;
     a.cols = c_.n_embd;
     a.eps = c_.norm_eps;
     k.layernorm(a);
@@ -150,7 +168,7 @@ void Transformer::norm(const float* x, const float* weight, const float* bias, f
     a.x = x;
     a.weight = weight;
     a.y = y;
-    a.rows = 1;
+    a.rows = rows;
     a.cols = c_.n_embd;
     a.eps = c_.norm_eps;
     k.rmsnorm(a);
@@ -196,129 +214,162 @@ ChunkPool::Stats Transformer::pool_stats() const {
 }
 
 void Transformer::decode(int64_t token, int64_t pos, float* logits) {
-  if (token < 0 || token >= c_.vocab_size)
-    throw std::invalid_argument("Transformer.decode: token must be in [0, " +
-                                std::to_string(c_.vocab_size) + "), got " + std::to_string(token));
-  if (pos < 0 || pos >= max_positions())
-    throw std::invalid_argument(
-        "Transformer.decode: pos must be in [0, " + std::to_string(max_positions()) +
-        ") (min of block_size " + std::to_string(c_.block_size) + " and the cache's max_len " +
-        std::to_string(cache_.max_len) + "), got " + std::to_string(pos));
+  const int64_t slot = 0;
+  decode_batch(&slot, &token, &pos, 1, logits);
+}
+
+void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
+                               const int64_t* positions, int64_t n, float* logits) {
+  const int64_t S = static_cast<int64_t>(caches_.size());
+  if (n < 1 || n > S)
+    throw std::invalid_argument("Transformer.decode_batch: between 1 and " + std::to_string(S) +
+                                " rows (one per cache), got " + std::to_string(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t slot = slots[i], token = tokens[i], pos = positions[i];
+    if (slot < 0 || slot >= S)
+      throw std::invalid_argument("Transformer.decode_batch: slot must be in [0, " +
+                                  std::to_string(S) + "), got " + std::to_string(slot));
+    for (int64_t j = 0; j < i; ++j)
+      if (slots[j] == slot)
+        throw std::invalid_argument("Transformer.decode_batch: cache " + std::to_string(slot) +
+                                    " appears twice in one batch");
+    if (token < 0 || token >= c_.vocab_size)
+      throw std::invalid_argument("Transformer.decode: token must be in [0, " +
+                                  std::to_string(c_.vocab_size) + "), got " + std::to_string(token));
+    if (pos < 0 || pos >= max_positions(slot))
+      throw std::invalid_argument(
+          "Transformer.decode: pos must be in [0, " + std::to_string(max_positions(slot)) +
+          ") (min of block_size " + std::to_string(c_.block_size) + " and the cache's max_len " +
+          std::to_string(caches_[slot].max_len) + "), got " + std::to_string(pos));
+  }
   std::lock_guard<std::mutex> lock(mutex_);
+  reserve_rows(n);
   const int threads = num_threads();
   if (!pool_ || pool_->threads() != threads) pool_ = std::make_unique<ChunkPool>(threads);
-  ScopedPool on_pool(pool_.get());  // this token's parallel loops run on the pool
+  ScopedPool on_pool(pool_.get());  // this step's parallel loops run on the pool
   Laps t(profiling_);
   double &t_matvec = profile_.matvec, &t_attention = profile_.attention, &t_other = profile_.other;
   const int64_t C = c_.n_embd, H = c_.n_head, Hkv = c_.n_kv_head, hd = c_.head_dim();
-  const int64_t F = c_.mlp_hidden;
+  const int64_t F = c_.mlp_hidden, QKV = c_.qkv_dim(), FC = c_.fc_dim();
   float *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *y = y_.data(), *proj = proj_.data();
 
-  // token embedding (+ absolute positions)
-  if (w_.wte_kind == WeightKind::f32) {
-    std::memcpy(x, w_.wte + token * C, C * sizeof(float));
-  } else if (w_.wte_kind == WeightKind::bf16) {  // one bf16 row widened, as ops.from_bf16 does
-    Bf16WidenArgs d;
-    d.bits = w_.wte_bf16 + token * C;
-    d.out = x;
-    d.n = C;
-    KG_DISPATCH(bf16_kernels).from_bf16(d);
-  } else {  // one row of the quantized table, as ops.dequantize does it
-    DequantizeArgs d;
-    d.type = w_.wte_kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
-    d.raw = w_.wte_quantized + token * (C / kQuantBlock) * quant_block_bytes(d.type);
-    d.out = x;
-    d.rows = 1;
-    d.cols = C;
-    KG_DISPATCH(quant_kernels).dequantize_fast(d);
+  // token embeddings (+ absolute positions), row i for tokens[i]
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t token = tokens[i], pos = positions[i];
+    float* xi = x + i * C;
+    if (w_.wte_kind == WeightKind::f32) {
+      std::memcpy(xi, w_.wte + token * C, C * sizeof(float));
+    } else if (w_.wte_kind == WeightKind::bf16) {  // one bf16 row widened, as ops.from_bf16 does
+      Bf16WidenArgs d;
+      d.bits = w_.wte_bf16 + token * C;
+      d.out = xi;
+      d.n = C;
+      KG_DISPATCH(bf16_kernels).from_bf16(d);
+    } else {  // one row of the quantized table, as ops.dequantize does it
+      DequantizeArgs d;
+      d.type = w_.wte_kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+      d.raw = w_.wte_quantized + token * (C / kQuantBlock) * quant_block_bytes(d.type);
+      d.out = xi;
+      d.rows = 1;
+      d.cols = C;
+      KG_DISPATCH(quant_kernels).dequantize_fast(d);
+    }
+    const float* pe = c_.positions == PositionsKind::learned      ? w_.wpe + pos * C
+                      : c_.positions == PositionsKind::sinusoidal ? sinusoidal_.data() + pos * C
+                                                                  : nullptr;
+    if (pe)
+      for (int64_t j = 0; j < C; ++j) xi[j] += pe[j];
   }
-  const float* pe = c_.positions == PositionsKind::learned      ? w_.wpe + pos * C
-                    : c_.positions == PositionsKind::sinusoidal ? sinusoidal_.data() + pos * C
-                                                                : nullptr;
-  if (pe)
-    for (int64_t i = 0; i < C; ++i) x[i] += pe[i];
 
   const AttentionKernels& attention = KG_DISPATCH(attention_kernels);
   const ActivationVersion& act = KG_DISPATCH(activation_kernels).fast;
   const RopeKernels& rope = KG_DISPATCH(rope_kernels);
   for (int64_t l = 0; l < c_.n_layer; ++l) {
     const LayerWeights& L = w_.layers[l];
-    // attention: qkv holds q [H, hd], k [Hkv, hd], v [Hkv, hd] back to back
-    norm(x, L.ln_1_weight, L.ln_1_bias, h);
+    // attention: each row of qkv holds q [H, hd], k [Hkv, hd], v [Hkv, hd] back to back
+    norm(x, L.ln_1_weight, L.ln_1_bias, h, n);
     t.lap(t_other);
-    L.c_attn.forward(h, qkv);
+    L.c_attn.forward(h, qkv, n);
     t.lap(t_matvec);
-    if (c_.positions == PositionsKind::rope) {
-      RopeArgs r;  // q and k rows together: the same rotation as two calls at offset pos
-      r.x = qkv;
-      r.out = qkv;  // in place: each row is read before it is written
-      r.n = H + Hkv;
-      r.t = 1;
-      r.d = hd;
-      r.rotary_dim = hd;
-      r.offset = pos;
-      r.base = c_.rope_base;
-      r.interleaved = c_.rope_interleaved;
-      r.table = rope_table_.data();
-      r.freq = rope_freq_.data();
-      rope.rope_fast(r);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = positions[i];
+      const KVCacheBuffers& cache = caches_[slots[i]];
+      float* qkv_i = qkv + i * QKV;
+      if (c_.positions == PositionsKind::rope) {
+        RopeArgs r;  // q and k rows together: the same rotation as two calls at offset pos
+        r.x = qkv_i;
+        r.out = qkv_i;  // in place: each row is read before it is written
+        r.n = H + Hkv;
+        r.t = 1;
+        r.d = hd;
+        r.rotary_dim = hd;
+        r.offset = pos;
+        r.base = c_.rope_base;
+        r.interleaved = c_.rope_interleaved;
+        r.table = rope_table_.data();
+        r.freq = rope_freq_.data();
+        rope.rope_fast(r);
+      }
+      t.lap(t_other);
+      const float* k_new = qkv_i + H * hd;
+      const float* v_new = k_new + Hkv * hd;
+      for (int64_t g = 0; g < Hkv; ++g) {
+        std::memcpy(cache.k[l] + (g * cache.max_len + pos) * hd, k_new + g * hd, hd * sizeof(float));
+        std::memcpy(cache.v[l] + (g * cache.max_len + pos) * hd, v_new + g * hd, hd * sizeof(float));
+      }
+      AttentionArgs a;
+      a.q = qkv_i;
+      a.k = cache.k[l];
+      a.v = cache.v[l];
+      a.out = y + i * C;  // [H, 1, hd] is already the merged [C]
+      a.heads = H;
+      a.kv_heads = Hkv;
+      a.t = 1;
+      a.s = pos + 1;
+      a.d = hd;
+      a.kv_capacity = cache.max_len;
+      a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+      a.causal = true;
+      attention.decode(a);
+      t.lap(t_attention);
     }
-    t.lap(t_other);
-    const float* k_new = qkv + H * hd;
-    const float* v_new = k_new + Hkv * hd;
-    for (int64_t g = 0; g < Hkv; ++g) {
-      std::memcpy(cache_.k[l] + (g * cache_.max_len + pos) * hd, k_new + g * hd, hd * sizeof(float));
-      std::memcpy(cache_.v[l] + (g * cache_.max_len + pos) * hd, v_new + g * hd, hd * sizeof(float));
-    }
-    AttentionArgs a;
-    a.q = qkv;
-    a.k = cache_.k[l];
-    a.v = cache_.v[l];
-    a.out = y;  // [H, 1, hd] is already the merged [C]
-    a.heads = H;
-    a.kv_heads = Hkv;
-    a.t = 1;
-    a.s = pos + 1;
-    a.d = hd;
-    a.kv_capacity = cache_.max_len;
-    a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-    a.causal = true;
-    attention.decode(a);
-    t.lap(t_attention);
-    L.attn_proj.forward(y, proj);
+    L.attn_proj.forward(y, proj, n);
     t.lap(t_matvec);
-    for (int64_t i = 0; i < C; ++i) x[i] += proj[i];
+    for (int64_t j = 0; j < n * C; ++j) x[j] += proj[j];
 
     // MLP
-    norm(x, L.ln_2_weight, L.ln_2_bias, h);
+    norm(x, L.ln_2_weight, L.ln_2_bias, h, n);
     t.lap(t_other);
-    L.c_fc.forward(h, fc_.data());
+    L.c_fc.forward(h, fc_.data(), n);
     t.lap(t_matvec);
-    if (c_.activation == ActivationKind::swiglu) {
-      SwigluArgs s;  // fc holds gate [F] then up [F]
-      s.gate = fc_.data();
-      s.up = fc_.data() + F;
-      s.out = act_.data();
-      s.n = F;
-      act.swiglu(s);
-    } else {
-      ActivationArgs s;
-      s.x = fc_.data();
-      s.out = act_.data();
-      s.n = F;
-      s.kind = c_.activation == ActivationKind::gelu ? Activation::gelu_tanh : Activation::relu;
-      act.forward(s);
+    for (int64_t i = 0; i < n; ++i) {
+      float* fc = fc_.data() + i * FC;
+      if (c_.activation == ActivationKind::swiglu) {
+        SwigluArgs s;  // fc holds gate [F] then up [F]
+        s.gate = fc;
+        s.up = fc + F;
+        s.out = act_.data() + i * F;
+        s.n = F;
+        act.swiglu(s);
+      } else {
+        ActivationArgs s;
+        s.x = fc;
+        s.out = act_.data() + i * F;
+        s.n = F;
+        s.kind = c_.activation == ActivationKind::gelu ? Activation::gelu_tanh : Activation::relu;
+        act.forward(s);
+      }
     }
     t.lap(t_other);
-    L.mlp_proj.forward(act_.data(), proj);
+    L.mlp_proj.forward(act_.data(), proj, n);
     t.lap(t_matvec);
-    for (int64_t i = 0; i < C; ++i) x[i] += proj[i];
+    for (int64_t j = 0; j < n * C; ++j) x[j] += proj[j];
   }
-  norm(x, w_.ln_f_weight, w_.ln_f_bias, h);
+  norm(x, w_.ln_f_weight, w_.ln_f_bias, h, n);
   t.lap(t_other);
-  w_.lm_head.forward(h, logits);
+  w_.lm_head.forward(h, logits, n);
   t.lap(t_matvec);
-  if (profiling_) ++profile_.tokens;
+  if (profiling_) profile_.tokens += n;
 }
 
 }  // namespace model

@@ -52,7 +52,9 @@ struct TransformerConfig {
 // or bfloat16 bit patterns (uint16 [out, in], kernels/bf16.h) widened in registers.
 enum class WeightKind { f32, q8_0, q4_1, bf16 };
 
-// y [out] = W x + b for one token's x [in]; W in nn.Linear's [out, in] layout.
+// y [m, out] = x W^T + b for m tokens' x [m, in]; W in nn.Linear's [out, in] layout. Each row
+// of y is computed exactly as for m = 1 (quantized weights: one pass over W for all rows;
+// float32 and bf16 weights: row by row), so a batch changes no result.
 struct Linear {
   WeightKind kind = WeightKind::f32;
   const void* weight = nullptr;
@@ -62,7 +64,7 @@ struct Linear {
   const uint8_t* panels = nullptr;
   int x_bits = 16;  // with panels: x in one int8 pass (8) or two (16), see kernels/quant.h
   int64_t in = 0, out = 0;
-  void forward(const float* x, float* y) const;
+  void forward(const float* x, float* y, int64_t m = 1) const;
 };
 
 struct LayerWeights {
@@ -86,7 +88,7 @@ struct TransformerWeights {
   Linear lm_head;  // [V, C]: wte itself when the head is tied
 };
 
-// The KV cache's buffers, per layer [1, Hkv, max_len, hd] float32 (batch 1).
+// One KV cache's buffers, per layer [1, Hkv, max_len, hd] float32 (batch 1).
 struct KVCacheBuffers {
   std::vector<float*> k, v;
   int64_t max_len = 0;
@@ -95,12 +97,20 @@ struct KVCacheBuffers {
 class Transformer {
  public:
   // Checks the config's consistency (std::invalid_argument); shapes are the caller's job.
-  Transformer(const TransformerConfig& config, TransformerWeights weights, KVCacheBuffers cache);
+  // `caches`: one or more sequences' KV caches (slots 0, 1, ...).
+  Transformer(const TransformerConfig& config, TransformerWeights weights,
+              std::vector<KVCacheBuffers> caches);
 
-  // Runs `token` at position `pos` (the cache must hold positions 0..pos-1), writes its K, V
-  // into the cache at pos and the next-token logits [V] into `logits`. Throws
+  // Runs `token` at position `pos` in cache slot 0 (which must hold positions 0..pos-1),
+  // writes its K, V into the cache at pos and the next-token logits [V] into `logits`. Throws
   // std::invalid_argument for a token or position out of range. Thread-safe (serialised).
   void decode(int64_t token, int64_t pos, float* logits);
+
+  // The same for n sequences at once: row i runs tokens[i] at positions[i] in cache slots[i]
+  // (distinct slots), logits [n, V]. Each weight matrix is read once for the whole batch
+  // (quantized weights), and row i's logits equal decode's for that sequence alone.
+  void decode_batch(const int64_t* slots, const int64_t* tokens, const int64_t* positions,
+                    int64_t n, float* logits);
 
   // Where decode's time goes, summed over tokens while profiling is on (a clock read at each
   // phase boundary, ~10 per layer): the matrix-vector products (QKV, output, MLP, LM head),
@@ -116,21 +126,25 @@ class Transformer {
   ChunkPool::Stats pool_stats() const;
 
   const TransformerConfig& config() const { return c_; }
-  int64_t max_positions() const { return c_.block_size < cache_.max_len ? c_.block_size : cache_.max_len; }
+  // min(block_size, the max_len of cache `slot`): the positions decode accepts there
+  int64_t max_positions(int64_t slot = 0) const;
+  int64_t slots() const { return static_cast<int64_t>(caches_.size()); }
 
  private:
-  void norm(const float* x, const float* weight, const float* bias, float* y) const;
+  void norm(const float* x, const float* weight, const float* bias, float* y, int64_t rows) const;
+  void reserve_rows(int64_t n);  // scratch for n rows
 
   TransformerConfig c_;
   TransformerWeights w_;
-  KVCacheBuffers cache_;
+  std::vector<KVCacheBuffers> caches_;
   mutable std::mutex mutex_;  // decode uses the scratch below: one call at a time
   // decode's threads (num_threads() in all; rebuilt when that changes): every parallel loop of
   // a token runs on it in dynamic chunks, see common/pool.h
   std::unique_ptr<ChunkPool> pool_;
   bool profiling_ = false;
   Profile profile_;
-  // scratch, sized once
+  // scratch for rows_ rows, grown when a larger batch comes
+  int64_t rows_ = 0;
   std::vector<float> x_, h_, qkv_, y_, proj_, fc_, act_;
   std::vector<float> sinusoidal_;  // [block_size, C] for sinusoidal positions
   std::vector<float> rope_table_;

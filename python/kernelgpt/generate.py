@@ -34,7 +34,7 @@ import numpy as np
 from .device import to_numpy
 from .sampling import Sampler, SamplingConfig, sampling_config
 
-__all__ = ["generate", "GenerationStats", "default_model_dir"]
+__all__ = ["generate", "generate_batch", "GenerationStats", "default_model_dir"]
 
 
 @dataclass
@@ -119,77 +119,202 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
                      cache, capacity, stats, fast_decode, slide)
 
 
-def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop_tokens, stop_strings, cache,
-              capacity, stats, fast_decode, slide) -> Iterator[str]:
+class _Sequence:
+    """One sequence's generation after its prefill: sampling from the logits, the stop token and
+    stop string rules, the streamed text. step(logits) -> (the token to feed the model next, or
+    None when it has ended; the text to yield now)."""
+
+    def __init__(self, tokenizer, ids, max_new_tokens, sample, stop_tokens, stop_strings, stats,
+                 capacity, slide):
+        self.max_new_tokens, self.sample, self.stats = max_new_tokens, sample, stats
+        self.stop_tokens, self.stop_strings = stop_tokens, stop_strings
+        self.capacity, self.slide = capacity, slide
+        self.context = list(ids)
+        self.decoder = tokenizer.stream_decoder()
+        self.pending = ""  # decoded text not yet yielded (may be the start of a stop string)
+
+    def step(self, logits):
+        stats = self.stats
+        if len(stats.new_tokens) >= self.max_new_tokens:
+            return None, ""
+        if not self.slide and len(self.context) >= self.capacity:  # prompt + reply fill it
+            stats.stop_reason = "context"
+            return None, ""
+        token = self.sample(logits, previous_tokens=self.context)
+        if token in self.stop_tokens:
+            stats.stop_reason = "stop_token"
+            return None, ""
+        stats.new_tokens.append(token)
+        self.context.append(token)
+        self.pending += self.decoder.push(token)
+        out = ""
+        if self.stop_strings:
+            hit = min((self.pending.find(s) for s in self.stop_strings if s and s in self.pending),
+                      default=-1)
+            if hit >= 0:
+                out, self.pending = self.pending[:hit], ""
+                stats.stop_reason = "stop_string"
+                return None, out
+            keep = _longest_stop_prefix(self.pending, self.stop_strings)
+            if len(self.pending) > keep:
+                cut = len(self.pending) - keep
+                out, self.pending = self.pending[:cut], self.pending[cut:]
+        else:
+            out, self.pending = self.pending, ""
+        if len(stats.new_tokens) == self.max_new_tokens:
+            return None, out
+        return token, out
+
+    def finish(self) -> str:
+        """The text still held back, once the sequence has ended."""
+        if not self.stats.stop_reason:
+            self.stats.stop_reason = "length"
+        tail = ""
+        if self.stats.stop_reason != "stop_string":
+            tail = self.pending + self.decoder.finish()
+        self.pending = ""
+        return tail
+
+    def slide_window(self, model, cache):
+        """The cache is full: keep the newest half of the tokens (at least the last one), re-prefill
+        them; returns the next logits."""
+        keep_tokens = self.context[-max(1, self.capacity // 2):]
+        cache.reset()
+        return to_numpy(model.forward_cached(np.asarray([keep_tokens]), cache)[0])
+
+
+def _prefill(model, ids, cache, stats):
+    """Runs the part of ids the cache does not already hold; the logits after ids."""
     stats.prompt_tokens = len(ids)
     stats.stop_reason = ""
-    stop_tokens = set(int(t) for t in stop_tokens)
     t0 = time.perf_counter()
-    t_decode = t0
+    reuse = cache.common_prefix(ids)
+    if reuse == len(ids):  # the whole prompt is cached: recompute its last token for logits
+        reuse -= 1
+    cache.truncate(reuse)
+    stats.cached_tokens = reuse
+    logits = to_numpy(model.forward_cached(np.asarray([ids[reuse:]]), cache)[0])
+    stats.prefill_seconds = time.perf_counter() - t0
+    return logits
+
+
+def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop_tokens, stop_strings, cache,
+              capacity, stats, fast_decode, slide) -> Iterator[str]:
+    stats.stop_reason = ""
+    t_decode = time.perf_counter()
     try:
-        reuse = cache.common_prefix(ids)
-        if reuse == len(ids):  # the whole prompt is cached: recompute its last token for logits
-            reuse -= 1
-        cache.truncate(reuse)
-        stats.cached_tokens = reuse
-        logits = to_numpy(model.forward_cached(np.asarray([ids[reuse:]]), cache)[0])
-        stats.prefill_seconds = time.perf_counter() - t0
-        context = list(ids)
+        logits = _prefill(model, ids, cache, stats)
         fast = fast_decode and hasattr(model, "decode_next") and model.supports_fast_decode(cache)
-        sample = sampler.fast if fast else sampler
+        seq = _Sequence(tokenizer, ids, max_new_tokens, sampler.fast if fast else sampler,
+                        set(int(t) for t in stop_tokens), stop_strings, stats, capacity, slide)
         logits_buffer = np.empty(model.config.vocab_size, np.float32) if fast else None
-        decoder = tokenizer.stream_decoder()
-        pending = ""  # decoded text not yet yielded (may be the start of a stop string)
         t_decode = time.perf_counter()
-        for _ in range(max_new_tokens):
-            if not slide and len(context) >= capacity:  # prompt + reply fill the context
-                stats.stop_reason = "context"
-                break
-            token = sample(logits, previous_tokens=context)
-            if token in stop_tokens:
-                stats.stop_reason = "stop_token"
-                break
-            stats.new_tokens.append(token)
-            context.append(token)
-            pending += decoder.push(token)
-            if stop_strings:
-                hit = min((pending.find(s) for s in stop_strings if s and s in pending), default=-1)
-                if hit >= 0:
-                    if hit:
-                        yield pending[:hit]
-                    pending = ""
-                    stats.stop_reason = "stop_string"
-                    break
-                keep = _longest_stop_prefix(pending, stop_strings)
-                if len(pending) > keep:
-                    yield pending[: len(pending) - keep]
-                    pending = pending[len(pending) - keep:]
-            elif pending:
-                yield pending
-                pending = ""
-            if len(stats.new_tokens) == max_new_tokens:
+        while True:
+            token, text = seq.step(logits)
+            if text:
+                yield text
+            if token is None:
                 break
             if cache.length >= capacity:  # full: the new token has no room
                 if not slide:
-                    continue  # the check above ends it
-                # a sliding window: keep the newest half (at least the new token), re-prefill
-                keep_tokens = context[-max(1, capacity // 2):]
-                cache.reset()
-                logits = to_numpy(model.forward_cached(np.asarray([keep_tokens]), cache)[0])
+                    continue  # step() ends it
+                logits = seq.slide_window(model, cache)
             elif fast:
                 logits = model.decode_next(token, cache, out=logits_buffer)
             else:
                 logits = to_numpy(model.forward_cached(np.asarray([[token]]), cache)[0])
-        if not stats.stop_reason:
-            stats.stop_reason = "length"
-        if stats.stop_reason != "stop_string":
-            pending += decoder.finish()
-            if pending:
-                yield pending
+        tail = seq.finish()
+        if tail:
+            yield tail
     finally:
         if not stats.stop_reason:
             stats.stop_reason = "interrupted"
         stats.decode_seconds = time.perf_counter() - t_decode
+
+
+def generate_batch(model, tokenizer, prompts: Sequence, max_new_tokens=256,
+                   sampling=None, seeds=None, stop_tokens: Sequence[int] = (),
+                   stop_strings=(), stats: Optional[Sequence[GenerationStats]] = None,
+                   **settings) -> List[str]:
+    """Continues several prompts together: each is prefilled on its own, then every step
+    decodes one token of every unfinished sequence in one native call (GPT.batch_decoder: each
+    quantized weight read once for the whole batch). Per sequence (a list, or one value for
+    all): max_new_tokens, sampling (SamplingConfig; settings override DEFAULT_SAMPLING as in
+    generate), seeds, stop_strings (a list of lists); stop_tokens are shared. Sequences end
+    independently (stop token, stop string, their token limit; a full context slides as in
+    generate). Returns the texts; each equals generate()'s for its prompt alone, sampled with
+    the same seed (bitwise the same logits)."""
+    n = len(prompts)
+    if n == 0:
+        return []
+
+    def per_seq(value, name, is_single):
+        if is_single(value):
+            return [value] * n
+        value = list(value)
+        if len(value) != n:
+            raise ValueError(f"generate_batch: {name} has {len(value)} entries for {n} prompts")
+        return value
+
+    limits = per_seq(max_new_tokens, "max_new_tokens", lambda v: isinstance(v, (int, np.integer)))
+    for m in limits:
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
+            raise ValueError(f"generate_batch: max_new_tokens must be ints >= 0, got {m!r}")
+    configs = per_seq(sampling, "sampling", lambda v: v is None or isinstance(v, SamplingConfig))
+    configs = [sampling_config(dict(settings), c, where="generate") for c in configs]
+    seed_list = per_seq(seeds, "seeds", lambda v: v is None or isinstance(v, (int, np.integer)))
+    stop_list = per_seq(stop_strings, "stop_strings",
+                        lambda v: isinstance(v, str) or not v or all(isinstance(s, str) for s in v))
+    stop_list = [[s] if isinstance(s, str) else list(s) for s in stop_list]
+    stats = list(stats) if stats is not None else [GenerationStats() for _ in range(n)]
+    if len(stats) != n:
+        raise ValueError(f"generate_batch: stats has {len(stats)} entries for {n} prompts")
+    ids = [_encode(tokenizer, p) for p in prompts]
+    block = model.config.block_size
+    for i, p in enumerate(ids):
+        if not p:
+            raise ValueError(f"prompt {i} is empty: give at least one token")
+        if len(p) > block:
+            raise ValueError(f"prompt {i} is {len(p)} tokens, longer than the model's context "
+                             f"of {block} tokens")
+    # each cache sized to what its sequence can use (the context slides at block_size)
+    caches = [model.new_cache(min(block, len(p) + m + 1)) for p, m in zip(ids, limits)]
+    capacity = [min(block, c.max_len) for c in caches]
+    stop_set = set(int(t) for t in stop_tokens)
+    fast = hasattr(model, "batch_decoder") and all(model.supports_fast_decode(c) for c in caches)
+    seqs, logits, texts = [], [], [[] for _ in range(n)]
+    for i in range(n):
+        logits.append(_prefill(model, ids[i], caches[i], stats[i]))
+        sampler = Sampler(configs[i], seed=seed_list[i])
+        seqs.append(_Sequence(tokenizer, ids[i], limits[i], sampler.fast if fast else sampler,
+                              stop_set, stop_list[i], stats[i], capacity[i], True))
+    decoder = model.batch_decoder(caches) if fast else None
+    active = list(range(n))
+    t0 = time.perf_counter()
+    while active:
+        feed = []  # (sequence, token) decoded together this step
+        for i in active:
+            token, text = seqs[i].step(logits[i])
+            if text:
+                texts[i].append(text)
+            if token is None:
+                texts[i].append(seqs[i].finish())
+                stats[i].decode_seconds = time.perf_counter() - t0
+            elif caches[i].length >= capacity[i]:
+                logits[i] = seqs[i].slide_window(model, caches[i])
+            else:
+                feed.append((i, token))
+        active = [i for i in active if seqs[i].stats.stop_reason == ""]
+        if not feed:
+            continue
+        if decoder is not None:
+            out = decoder.step([t for _, t in feed], [i for i, _ in feed])
+            for row, (i, _) in enumerate(feed):
+                logits[i] = out[row].copy()
+        else:
+            for i, token in feed:
+                logits[i] = to_numpy(model.forward_cached(np.asarray([[token]]), caches[i])[0])
+    return ["".join(t) for t in texts]
 
 
 def _longest_stop_prefix(text: str, stop_strings: Sequence[str]) -> int:

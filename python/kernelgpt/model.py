@@ -33,7 +33,7 @@ from .kv_cache import KVCache
 from .precision import (MixedPrecisionOps, PackedParams, PackedWeightOps, ReferenceOps, is_packed,
                         native_bf16)
 
-__all__ = ["GPTConfig", "GPT", "FlatBuffer", "parameter_layout"]
+__all__ = ["GPTConfig", "GPT", "BatchDecoder", "FlatBuffer", "parameter_layout"]
 
 
 class GPT:
@@ -529,6 +529,11 @@ class GPT:
         cache.advance((token,))
         return out
 
+    def batch_decoder(self, caches) -> "BatchDecoder":
+        """decode_next for several sequences at once (one KV cache each, batch 1): see
+        BatchDecoder. Native backend on the CPU only."""
+        return BatchDecoder(self, caches)
+
     def decode_runner(self, cache):
         """The native runner decode_next uses for `cache` (_C.Transformer, built if needed):
         runner.set_profiling(True), then runner.profile() says where the tokens' time went
@@ -564,6 +569,49 @@ class GPT:
         if ids.ndim == 1:
             ids = ids[None]
         return self.forward_cached(ids, self.new_cache(ids.shape[1], ids.shape[0]), all_logits=True)
+
+
+class BatchDecoder:
+    """Decodes one token for any subset of several sequences in one native call
+    (GPT.batch_decoder(caches)): every quantized weight matrix is read once for the whole batch
+    (float32 / bf16 weights are multiplied row by row), and each row's logits equal
+    decode_next's for that sequence alone, bit for bit. Used by generate_batch."""
+
+    def __init__(self, model, caches):
+        caches = list(caches)
+        if not caches:
+            raise ValueError("batch_decoder: give at least one cache")
+        if len({id(c) for c in caches}) != len(caches):
+            raise ValueError("batch_decoder: a cache appears twice")
+        for c in caches:
+            if model.device != "cpu" or not model.supports_fast_decode(c):
+                raise ValueError("batch_decoder needs the native backend on the CPU and batch-1 "
+                                 "caches (model.new_cache())")
+        views = model.params.runner_views() if model.packed else model.params.views
+        self.model, self.caches, self._data = model, caches, model.params.data
+        self.runner = _C.Transformer(model.config.to_dict(), views, [c.k for c in caches],
+                                     [c.v for c in caches])
+        self._logits = np.empty((len(caches), model.config.vocab_size), np.float32)
+
+    def step(self, tokens, which=None) -> np.ndarray:
+        """Appends tokens[j] to caches[which[j]] (default: every cache, in order) and returns
+        the next-token logits [len(tokens), V] (a buffer the next step reuses)."""
+        which = list(range(len(self.caches))) if which is None else [int(i) for i in which]
+        if len(which) != len(tokens):
+            raise ValueError(f"BatchDecoder.step: {len(tokens)} tokens for {len(which)} caches")
+        if self.model.params.data is not self._data:
+            raise ValueError("BatchDecoder: the model's parameters were replaced; make a new one")
+        caches = [self.caches[i] for i in which]
+        positions = [c.length for c in caches]
+        for c, pos in zip(caches, positions):
+            if pos >= min(self.model.config.block_size, c.max_len):
+                raise ValueError(f"context of {pos + 1} tokens exceeds the model's block_size "
+                                 f"{self.model.config.block_size} / the cache's max_len {c.max_len}")
+        out = self._logits[:len(which)]
+        self.runner.decode_batch(which, [int(t) for t in tokens], positions, out)
+        for c, t in zip(caches, tokens):
+            c.advance((int(t),))
+        return out
 
 
 class _Activations:

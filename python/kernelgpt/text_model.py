@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 from . import chat as chat_format
-from .generate import GenerationStats, generate as _generate
+from .generate import GenerationStats, generate as _generate, generate_batch
 from .sampling import SamplingConfig, sampling_config
 
 __all__ = ["TextModel", "ChatSession", "ChatResult"]
@@ -181,21 +181,49 @@ class TextModel:
                  stop_strings: Sequence[str] = (), cache=None, stats=None,
                  sampling: Optional[SamplingConfig] = None, **settings):
         """Continues `prompt` (text, or a list of token ids; a list of texts gives a list of
-        continuations). Returns the text, or an iterator of pieces with stream=True.
-        settings: temperature (0 = greedy), top_k, top_p, min_p, repetition_penalty over
-        sampling.DEFAULT_SAMPLING. stop / stop_strings: strings that end the text."""
-        n = _max_tokens(max_tokens, max_new_tokens, 128)
-        stops = _stop_list(stop) + _stop_list(stop_strings)
-        config = sampling_config(settings, sampling, where="generate", also=_GENERATE_ARGS)
+        continuations, decoded together: one pass over the weights per step for the whole batch,
+        each text equal to its prompt's run alone with the same seed). Returns the text, or an
+        iterator of pieces with stream=True. settings: temperature (0 = greedy), top_k, top_p,
+        min_p, repetition_penalty over sampling.DEFAULT_SAMPLING. stop / stop_strings: strings
+        that end the text. For a list: max_tokens, sampling, seed and stop may also be lists
+        (one per prompt); stats, a list of GenerationStats to fill."""
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
             if stream:
                 raise ValueError("stream=True takes one prompt, not a list")
-            return [self.generate(p, n, stream=False, seed=seed, stop=stops, sampling=config)
-                    for p in prompt]
+            if cache is not None:
+                raise ValueError("cache= takes one prompt; a list of prompts gets its own caches")
+            return self._generate_list(prompt, max_new_tokens, max_tokens, seed, stop,
+                                       stop_strings, stats, sampling, settings)
+        n = _max_tokens(max_tokens, max_new_tokens, 128)
+        stops = _stop_list(stop) + _stop_list(stop_strings)
+        config = sampling_config(settings, sampling, where="generate", also=_GENERATE_ARGS)
         pieces = _generate(self, self.tokenizer, prompt, n, config, seed=seed,
                            stop_tokens=self.stop_tokens, stop_strings=stops, cache=cache,
                            stats=stats)
         return pieces if stream else "".join(pieces)
+
+    def _generate_list(self, prompts, max_new_tokens, max_tokens, seed, stop, stop_strings,
+                       stats, sampling, settings):
+        k = len(prompts)
+
+        def each(value, name):  # one value for every prompt, or a list of k
+            if isinstance(value, (list, tuple)) and not (name == "stop" and
+                                                         all(isinstance(v, str) for v in value)):
+                if len(value) != k:
+                    raise ValueError(f"generate: {name} has {len(value)} entries for {k} prompts")
+                return list(value)
+            return [value] * k
+
+        if isinstance(max_tokens, (list, tuple)) or isinstance(max_new_tokens, (list, tuple)):
+            limits = [_max_tokens(a, b, 128) for a, b in zip(each(max_tokens, "max_tokens"),
+                                                             each(max_new_tokens, "max_tokens"))]
+        else:
+            limits = _max_tokens(max_tokens, max_new_tokens, 128)
+        stops = [_stop_list(s) + _stop_list(stop_strings) for s in each(stop, "stop")]
+        configs = [sampling_config(dict(settings), c, where="generate", also=_GENERATE_ARGS)
+                   for c in each(sampling, "sampling")]
+        return generate_batch(self, self.tokenizer, prompts, limits, configs, each(seed, "seed"),
+                              self.stop_tokens, stops, stats)
 
     # ---- chat ------------------------------------------------------------------------------------
 
