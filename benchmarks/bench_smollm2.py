@@ -16,6 +16,9 @@ Sections (default all):
             2,000-token prompt prefilled in chunks of --chunk tokens.
   load      decode with another process busy on one core: the default threads against one
             thread, alternating, in the same minute.
+  batch     greedy decode of --batch sequences together (GPT.batch_decoder: one pass over the
+            weights per step) against one sequence, tokens/s; checks each batched sequence's
+            tokens equal its run alone.
 
 kernelgpt runs the weights as stored (Q4_1 / Q8_0) by default; --weights fp32 also times the
 dequantized model. llama.cpp is loaded with use_extra_bufts = False (its AMX / repacked buffers
@@ -275,6 +278,40 @@ def section_load(args, model, ids):
           f"{a / b:.2f}x the one-thread speed")
 
 
+def section_batch(args, model):
+    prompts = [TEXT[i * 37:i * 37 + 200] for i in range(args.batch)]
+    ids = [model.tokenizer.encode(p)[:args.prompt_tokens] for p in prompts]
+    n = args.new_tokens
+
+    def run_batch():
+        caches = [model.new_cache(len(p) + n + 1) for p in ids]
+        logits = np.stack([prefill(model, p, c) for p, c in zip(ids, caches)])
+        dec = model.batch_decoder(caches)
+        out = [[] for _ in ids]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            tokens = [int(t) for t in np.argmax(logits, axis=1)]
+            for o, t in zip(out, tokens):
+                o.append(t)
+            logits = dec.step(tokens)
+        return time.perf_counter() - t0, out
+
+    singles, batches = [], []
+    run_batch()
+    for _ in range(args.rounds):
+        time.sleep(PAUSE)
+        singles.append(kernelgpt_run(model, ids[0], n)[1])
+        time.sleep(PAUSE)
+        t, out = run_batch()
+        batches.append(t)
+    same = sum(out[i] == kernelgpt_run(model, ids[i], n)[2] for i in range(len(ids)))
+    one = n / statistics.median(singles)
+    many = len(ids) * n / statistics.median(batches)
+    print(f"\n## batched decode: {len(ids)} sequences x {n} greedy tokens, median of {args.rounds}")
+    print(f"  one sequence {one:6.1f} tok/s; {len(ids)} together {many:7.1f} tok/s = "
+          f"{many / one:.2f}x; tokens equal to each sequence alone: {same}/{len(ids)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -284,7 +321,8 @@ def main():
     ap.add_argument("--weights", default="quantized",
                     help="comma list: quantized (int8 path where the CPU has VNNI), "
                          "quantized-fp32 (fp32 activations), quantized-x8 (one int8 pass), fp32, bf16")
-    ap.add_argument("--sections", default="main,ceiling,contexts,load")
+    ap.add_argument("--sections", default="main,ceiling,contexts,load,batch")
+    ap.add_argument("--batch", type=int, default=8, help="sequences for the batch section")
     ap.add_argument("--contexts", default="1024,4096", help="decode at these context lengths")
     ap.add_argument("--long-prompt", type=int, default=2000)
     ap.add_argument("--chunk", type=int, default=256, help="prefill chunk for long prompts")
@@ -307,6 +345,8 @@ def main():
         section_contexts(args, first)
     if "load" in sections:
         section_load(args, first, ids)
+    if "batch" in sections:
+        section_batch(args, first)
 
 
 if __name__ == "__main__":

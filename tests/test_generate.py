@@ -312,3 +312,92 @@ def test_decode_rate_of_one_token_is_zero():
     assert stats.decode_tokens_per_second == 0.0
     stats = GenerationStats(new_tokens=[5, 1, 9, 2], decode_seconds=0.5)
     assert stats.decode_tokens_per_second == 6.0
+
+
+# ---- several prompts at once (generate_batch, GPT.batch_decoder) --------------------------------
+
+def _tiny_llama(tmp_path, **kw):
+    from kernelgpt.llama import load_model
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(gguf_writer.llama_file(untied=True, numeric=True))
+    return load_model(path, **kw)
+
+
+@pytest.mark.parametrize("int8", [True, False])
+def test_batch_decoder_rows_equal_decode_next(tmp_path, int8):
+    """Every row of a batched step is bitwise decode_next's for that sequence alone: a model
+    mixing Q4_1, Q8_0 (int8 panels or fp32 activations), fp32 and an untied head; caches of
+    different lengths and capacities, subsets of the batch per step."""
+    model = _tiny_llama(tmp_path, int8=int8)
+    rng = np.random.default_rng(3)
+    V = model.config.vocab_size
+    prompts = [list(rng.integers(0, V, n)) for n in (1, 5, 11)]
+    caches = [model.new_cache(m) for m in (40, 23, 64)]
+    solo = [model.new_cache(m) for m in (40, 23, 64)]
+    for p, c, s in zip(prompts, caches, solo):
+        model.forward_cached(np.asarray([p]), c)
+        model.forward_cached(np.asarray([p]), s)
+    dec = model.batch_decoder(caches)
+    for step in range(10):
+        which = [0, 1, 2] if step % 3 else [2, 0]
+        tokens = [int(t) for t in rng.integers(0, V, len(which))]
+        out = dec.step(tokens, which)
+        for row, (i, t) in enumerate(zip(which, tokens)):
+            np.testing.assert_array_equal(out[row], model.decode_next(t, solo[i]))
+    for c, s in zip(caches, solo):
+        assert c.tokens == s.tokens
+    with pytest.raises(ValueError, match="twice"):
+        model.batch_decoder([caches[0], caches[0]])
+    with pytest.raises(ValueError, match="at least one"):
+        model.batch_decoder([])
+    with pytest.raises(ValueError, match="tokens for"):
+        dec.step([1, 2], [0])
+    with pytest.raises(ValueError, match="twice"):
+        dec.step([1, 2], [1, 1])
+    with pytest.raises(ValueError, match="token must be in"):
+        dec.step([V], [0])
+    full = model.new_cache(2)
+    model.forward_cached(np.asarray([[1, 2]]), full)
+    with pytest.raises(ValueError, match="exceeds"):
+        model.batch_decoder([full]).step([3])
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0), dict(temperature=1.2, top_k=5),
+                                      dict(temperature=0.9, repetition_penalty=1.3)])
+def test_generate_list_equals_each_prompt_alone(tmp_path, settings):
+    """model.generate([...]) decodes the prompts together; each text is the prompt's own run
+    with the same seed, whatever the others do: per-prompt token limits, stop strings, seeds,
+    a sequence that ends at once and one whose context slides (block_size 64)."""
+    model = _tiny_llama(tmp_path)
+    prompts = ["abcd ab", "a", "dcba dcba dcba", "bbbb"]
+    limits = [23, 0, 80, 9]
+    stops = [[], ["q"], ["ab"], []]
+    seeds = [5, 6, 7, 8]
+    stats = [GenerationStats() for _ in prompts]
+    batch = model.generate(prompts, max_tokens=limits, stop=stops, seed=seeds, stats=stats,
+                           **settings)
+    for i, p in enumerate(prompts):
+        alone = GenerationStats()
+        assert batch[i] == model.generate(p, max_tokens=limits[i], stop=stops[i], seed=seeds[i],
+                                          stats=alone, **settings), i
+        assert stats[i].new_tokens == alone.new_tokens and stats[i].stop_reason == alone.stop_reason
+    assert stats[1].new_tokens == [] and stats[1].stop_reason == "length"
+
+
+def test_generate_batch_fp32_reference_and_bad_input(char_model):
+    """A float32 model (rows multiplied one by one in the batch) and the float64 reference
+    backend (no native runner: forward_cached per sequence) give each prompt's own text;
+    lists of the wrong length are refused."""
+    from kernelgpt.generate import generate_batch
+    model, tok = char_model
+    ref = GPT(model.config, params=model.params.data.astype(np.float64), backend="reference")
+    prompts = ["abc", "hello there", "z"]
+    for m in (model, ref):
+        texts = generate_batch(m, tok, prompts, 12, seeds=1, temperature=0.7)
+        for p, t in zip(prompts, texts):
+            assert t == "".join(generate(m, tok, p, 12, seed=1, temperature=0.7))
+    with pytest.raises(ValueError, match="entries for 3 prompts"):
+        generate_batch(model, tok, prompts, [1, 2])
+    with pytest.raises(ValueError, match="empty"):
+        generate_batch(model, tok, ["abc", ""], 3)
+    assert generate_batch(model, tok, [], 3) == []

@@ -41,6 +41,7 @@ namespace {
 #endif
 
 constexpr int kMaxRows = 8;  // rows of x per pass over a group's weights
+typedef int32_t int32_alias __attribute__((may_alias, aligned(1)));  // 4 int8 read as one
 #ifndef KG_PACKED_PREFETCH
 #define KG_PACKED_PREFETCH 8
 #endif
@@ -172,11 +173,34 @@ void quantize_rows(const PackedMatmulArgs& p, int64_t i0, int64_t i1, int8_t* qx
 
 // ---- the tile: R rows of x against one group of 16 rows of W ----------------------------------
 
+#if KG_PACKED_VNNI
+// The 16 rows' integer dots of one block with x's 32 int8 (each VPDPBUSD takes four of them
+// as one broadcast operand). Few rows of x (decode) leave too few independent chains to hide
+// VPDPBUSD's latency, so the eight are split over two accumulators there.
+template <int R>
+inline __m512i dot_block(const __m512i* w, const int8_t* xq) {
+  const int32_alias* x4 = reinterpret_cast<const int32_alias*>(xq);
+  if (R <= 2) {
+    __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      a = _mm512_dpbusd_epi32(a, w[c], _mm512_set1_epi32(x4[c]));
+      b = _mm512_dpbusd_epi32(b, w[c + 4], _mm512_set1_epi32(x4[c + 4]));
+    }
+    return _mm512_add_epi32(a, b);
+  }
+  __m512i s = _mm512_setzero_si512();
+#pragma GCC unroll 8
+  for (int c = 0; c < 8; ++c) s = _mm512_dpbusd_epi32(s, w[c], _mm512_set1_epi32(x4[c]));
+  return s;
+}
+#endif
+
 // y[r * ldy + j] for r < R, j < valid (<= 16) = row r of x . row j of the group. qx holds
 // Passes x 32 bytes per block (q1, then q2), k * Passes per row of x.
 template <int R, QuantType T, int Passes>
 void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, const float* sx,
-          int64_t k, float* y, int64_t ldy, int valid) {
+          int64_t k, float* y, int64_t ldy, int valid, bool stream) {
   const int64_t rec = T == QuantType::q8_0 ? 544 : 320;
 #if KG_PACKED_VNNI
   __m512 acc[R];
@@ -184,7 +208,7 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
   const __m512i low4 = _mm512_set1_epi8(15);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * rec;
-    if (R <= 2)  // decode streams the weights from DRAM: ask for them a few records ahead
+    if (stream)  // the first pass over these weights reads DRAM: ask a few records ahead
       for (int64_t line = 0; line < rec; line += 64)
         _mm_prefetch((const char*)(blk + kPrefetchRecords * rec + line), _MM_HINT_T0);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)blk));
@@ -204,23 +228,9 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const int8_t* xq = qx + (r * k + b * kQuantBlock) * Passes;
-      __m512i s = _mm512_setzero_si512();
-#pragma GCC unroll 8
-      for (int c = 0; c < 8; ++c) {
-        int32_t four;
-        std::memcpy(&four, xq + 4 * c, 4);
-        s = _mm512_dpbusd_epi32(s, w[c], _mm512_set1_epi32(four));
-      }
-      if (Passes == 2) {  // s = 256 idot(u, q1) + idot(u, q2): exact in int32
-        __m512i s2 = _mm512_setzero_si512();
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) {
-          int32_t four;
-          std::memcpy(&four, xq + 32 + 4 * c, 4);
-          s2 = _mm512_dpbusd_epi32(s2, w[c], _mm512_set1_epi32(four));
-        }
-        s = _mm512_add_epi32(_mm512_slli_epi32(s, 8), s2);
-      }
+      __m512i s = dot_block<R>(w, xq);
+      if (Passes == 2)  // s = 256 idot(u, q1) + idot(u, q2): exact in int32
+        s = _mm512_add_epi32(_mm512_slli_epi32(s, 8), dot_block<R>(w, xq + 32));
       const int64_t xb = r * nb + b;
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(dx[xb])), acc[r]);
       acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[xb]), acc[r]);
@@ -262,27 +272,28 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
 
 template <QuantType T, int Passes>
 void tile_rows(int rows, const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx,
-               const float* sx, int64_t k, float* y, int64_t ldy, int valid) {
+               const float* sx, int64_t k, float* y, int64_t ldy, int valid, bool stream) {
   switch (rows) {
-    case 1: tile<1, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 2: tile<2, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 3: tile<3, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 4: tile<4, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 5: tile<5, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 6: tile<6, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    case 7: tile<7, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
-    default: tile<8, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid); break;
+    case 1: tile<1, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
+    case 2: tile<2, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
+    case 3: tile<3, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
+    case 4: tile<4, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
+    case 5: tile<5, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
+    case 6: tile<6, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
+    case 7: tile<7, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
+    default: tile<8, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
   }
 }
 
 // The tile for this type and pass count.
 template <int Passes>
 void tile_any(QuantType t, int rows, const uint8_t* group, int64_t nb, const int8_t* qx,
-              const float* dx, const float* sx, int64_t k, float* y, int64_t ldy, int valid) {
+              const float* dx, const float* sx, int64_t k, float* y, int64_t ldy, int valid,
+              bool stream) {
   if (t == QuantType::q8_0)
-    tile_rows<QuantType::q8_0, Passes>(rows, group, nb, qx, dx, sx, k, y, ldy, valid);
+    tile_rows<QuantType::q8_0, Passes>(rows, group, nb, qx, dx, sx, k, y, ldy, valid, stream);
   else
-    tile_rows<QuantType::q4_1, Passes>(rows, group, nb, qx, dx, sx, k, y, ldy, valid);
+    tile_rows<QuantType::q4_1, Passes>(rows, group, nb, qx, dx, sx, k, y, ldy, valid, stream);
 }
 
 thread_local GrowBuffer<int8_t> tl_qx;
@@ -308,7 +319,7 @@ void matmul_passes(const PackedMatmulArgs& p) {
       for (int64_t i = 0; i < p.m; i += kMaxRows) {
         const int rows = (int)(p.m - i < kMaxRows ? p.m - i : kMaxRows);
         tile_any<Passes>(p.type, rows, group, nb, qx + i * p.k * Passes, dx + i * nb, sx + i * nb,
-                         p.k, p.y + i * ldy + g * kPackRows, ldy, valid);
+                         p.k, p.y + i * ldy + g * kPackRows, ldy, valid, i == 0);
       }
     }
   });

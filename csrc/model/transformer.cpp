@@ -113,7 +113,6 @@ Transformer::Transformer(const TransformerConfig& config, TransformerWeights wei
             "one K and one V buffer per layer");
     require(cache.max_len >= 1, "the KV cache's max_len must be >= 1");
   }
-  reserve_rows(1);
   const int64_t C = c_.n_embd;
   if (c_.positions == PositionsKind::sinusoidal) {
     // the table the Python path caches: sinusoidal_positions(block_size, C), fast version
@@ -126,11 +125,8 @@ Transformer::Transformer(const TransformerConfig& config, TransformerWeights wei
     s.freq = freq.data();
     KG_DISPATCH(rope_kernels).sinusoidal_fast(s);
   }
-  if (c_.positions == PositionsKind::rope) {
-    const int64_t rd = c_.head_dim();
-    rope_table_.resize(c_.rope_interleaved ? 2 * rd : rd);  // rope_table_floats for T = 1
-    rope_freq_.resize(rd / 2);
-  }
+  rope_table_floats_ = c_.rope_interleaved ? 2 * c_.head_dim() : c_.head_dim();  // T = 1
+  reserve_rows(1);
 }
 
 void Transformer::reserve_rows(int64_t n) {
@@ -142,6 +138,10 @@ void Transformer::reserve_rows(int64_t n) {
   qkv_.resize(n * c_.qkv_dim());
   fc_.resize(n * c_.fc_dim());
   act_.resize(n * c_.mlp_hidden);
+  if (c_.positions == PositionsKind::rope) {  // RoPE's scratch, one per row (rows run in parallel)
+    rope_table_.resize(n * rope_table_floats_);
+    rope_freq_.resize(n * (c_.head_dim() / 2));
+  }
   rows_ = n;
 }
 
@@ -291,7 +291,9 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
     t.lap(t_other);
     L.c_attn.forward(h, qkv, n);
     t.lap(t_matvec);
-    for (int64_t i = 0; i < n; ++i) {
+    // per row: RoPE at its position, K and V into its cache, attention over its cache. One
+    // row splits its heads and keys between the threads; several rows go to the threads whole.
+    auto attend = [&](int64_t i) {
       const int64_t pos = positions[i];
       const KVCacheBuffers& cache = caches_[slots[i]];
       float* qkv_i = qkv + i * QKV;
@@ -306,11 +308,10 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
         r.offset = pos;
         r.base = c_.rope_base;
         r.interleaved = c_.rope_interleaved;
-        r.table = rope_table_.data();
-        r.freq = rope_freq_.data();
+        r.table = rope_table_.data() + i * rope_table_floats_;
+        r.freq = rope_freq_.data() + i * (hd / 2);
         rope.rope_fast(r);
       }
-      t.lap(t_other);
       const float* k_new = qkv_i + H * hd;
       const float* v_new = k_new + Hkv * hd;
       for (int64_t g = 0; g < Hkv; ++g) {
@@ -331,8 +332,14 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
       a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
       a.causal = true;
       attention.decode(a);
-      t.lap(t_attention);
-    }
+    };
+    if (n == 1)
+      attend(0);
+    else
+      parallel_for(n, 1, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) attend(i);
+      });
+    t.lap(t_attention);
     L.attn_proj.forward(y, proj, n);
     t.lap(t_matvec);
     for (int64_t j = 0; j < n * C; ++j) x[j] += proj[j];

@@ -147,6 +147,7 @@ class Transformer {
   int64_t rows_ = 0;
   std::vector<float> x_, h_, qkv_, y_, proj_, fc_, act_;
   std::vector<float> sinusoidal_;  // [block_size, C] for sinusoidal positions
+  int64_t rope_table_floats_ = 0;  // RoPE's table scratch per row
   std::vector<float> rope_table_;
   std::vector<double> rope_freq_;
 };
