@@ -156,6 +156,11 @@ def test_runner_same_logits_for_any_thread_count_and_under_load(flavour):
         assert prof["tokens"] == 5
         assert min(prof["matvec_s"], prof["attention_s"], prof["other_s"]) > 0
         assert prof["solo_loops"] <= prof["loops"]
+        # one thread or two: settable, inherited by the model's next runner, same logits
+        runner.solo = True
+        assert runner.solo
+        np.testing.assert_array_equal(_decode_all(model, tokens), one)
+        assert model.decode_runner(model.new_cache()).solo
     finally:
         _C.set_num_threads(before)
 

@@ -333,6 +333,7 @@ class PyTransformer {
   }
 
   void set_profiling(bool on) { runner_->set_profiling(on); }
+  model::Transformer* runner() const { return runner_.get(); }
 
   py::dict profile() const {
     model::Transformer::Profile p = runner_->profile();
@@ -342,11 +343,14 @@ class PyTransformer {
     d["attention_s"] = p.attention;
     d["other_s"] = p.other;
     d["tokens"] = p.tokens;
+    d["solo_steps"] = p.solo_steps;
+    d["switches"] = p.switches;
     d["loops"] = s.loops;
     d["solo_loops"] = s.solo_loops;
     d["lag_events"] = s.lag_events;
     d["worker_chunks"] = s.worker_chunks;
     d["caller_chunks"] = s.caller_chunks;
+    d["wait_s"] = s.wait_s;
     return d;
   }
 
@@ -375,6 +379,11 @@ void register_model(py::module_& m) {
            "GIL released.")
       .def("slot_positions", &PyTransformer::slot_positions, py::arg("slot"),
            "min(block_size, cache slot's max_len)")
+      .def_property(
+          "solo", [](const PyTransformer& t) { return t.runner()->solo(); },
+          [](PyTransformer& t, bool solo) { t.runner()->set_solo(solo); },
+          "Whether steps run on one thread: the runner's own choice from timing both ways "
+          "every few dozen steps (another process may hold a core); settable as a start.")
       .def("set_profiling", &PyTransformer::set_profiling, py::arg("on"),
            "Start (True) or stop timing decode's phases; either way clears the sums.")
       .def("profile", &PyTransformer::profile,

@@ -108,9 +108,9 @@ void ChunkPool::run(int64_t n, int64_t chunk, Body body, void* ctx) {
   if (chunk < 1) chunk = 1;
   ++stats_.loops;
   const int64_t chunks = (n + chunk - 1) / chunk;
-  if (workers_.empty() || chunks == 1 || solo_left_ > 0) {
-    if (solo_left_ > 0 && chunks > 1) {
-      --solo_left_;
+  if (workers_.empty() || chunks == 1 || solo_left_ > 0 || forced_solo_) {
+    if ((solo_left_ > 0 || forced_solo_) && chunks > 1) {
+      if (solo_left_ > 0) --solo_left_;
       ++stats_.solo_loops;
     }
     SerialScope serial;
@@ -156,6 +156,7 @@ void ChunkPool::run(int64_t n, int64_t chunk, Body body, void* ctx) {
       }
     }
   }
+  stats_.wait_s += std::chrono::duration<double>(Clock::now() - start).count();
   if (lagged) {
     ++stats_.lag_events;
     solo_left_ = solo_next_;

@@ -11,7 +11,9 @@
 // It can still wait for a chunk that a worker took and then lost its core in the middle of.
 // When such a wait passes kLagWait the pool notices the lagging worker and runs the next loops
 // on the caller alone (the workers sleep, so the caller keeps a core to itself), then tries the
-// workers again; the solo stretch doubles each time the lag persists.
+// workers again; the solo stretch doubles each time the lag persists. A caller can also ask
+// for solo loops outright (set_solo): the decode runner does when its own timings of the two
+// ways say so (model/transformer.cpp).
 //
 // Chunks change who computes an output, never how: the kernels compute each row the same way
 // whatever range it falls in, so results do not depend on the schedule or the thread count.
@@ -50,11 +52,17 @@ class ChunkPool {
     run(n, chunk, [](void* c, int64_t b, int64_t e) { (*static_cast<F*>(c))(b, e); }, &f);
   }
 
+  // While set, every loop runs on the caller alone (the workers sleep): the decode runner's
+  // choice when its measurements say that is faster (another process busy on a core).
+  void set_solo(bool solo) { forced_solo_ = solo; }
+  bool solo() const { return forced_solo_; }
+
   struct Stats {
     int64_t loops = 0;        // run() calls
     int64_t solo_loops = 0;   // of which run on the caller alone
     int64_t lag_events = 0;   // times a worker was noticed lagging
     int64_t worker_chunks = 0, caller_chunks = 0;
+    double wait_s = 0.0;  // the caller's time waiting for workers' chunks at the ends of loops
   };
   Stats stats() const;
 
@@ -81,6 +89,7 @@ class ChunkPool {
   std::vector<std::thread> workers_;
   // caller-side state (one caller at a time)
   int64_t solo_left_ = 0, solo_next_ = kMinSolo, clean_loops_ = 0;
+  bool forced_solo_ = false;
   Stats stats_;
 };
 

@@ -247,6 +247,15 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
   const int threads = num_threads();
   if (!pool_ || pool_->threads() != threads) pool_ = std::make_unique<ChunkPool>(threads);
   ScopedPool on_pool(pool_.get());  // this step's parallel loops run on the pool
+  // the last 2 kProbeSteps steps of a period: reference steps in the current way, then probe
+  // steps in the other
+  // (a fresh runner probes every kFirstPeriod steps at first, so that a generation under load
+  // settles within a few tokens)
+  const int64_t period = steps_ < 4 * kFirstPeriod ? kFirstPeriod : kProbePeriod;
+  const int64_t phase = steps_++ % period;
+  const bool probing = threads > 1 && phase >= period - kProbeSteps;
+  pool_->set_solo(probing ? !solo_ : solo_);
+  const auto step_start = std::chrono::steady_clock::now();
   Laps t(profiling_);
   double &t_matvec = profile_.matvec, &t_attention = profile_.attention, &t_other = profile_.other;
   const int64_t C = c_.n_embd, H = c_.n_head, Hkv = c_.n_kv_head, hd = c_.head_dim();
@@ -377,6 +386,18 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
   w_.lm_head.forward(h, logits, n);
   t.lap(t_matvec);
   if (profiling_) profile_.tokens += n;
+  if (threads > 1 && phase >= period - 2 * kProbeSteps) {
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    (probing ? probe_alt_ : probe_ref_) += dt;
+    if (phase == period - 1) {
+      if (probe_alt_ < kProbeMargin * probe_ref_) {
+        solo_ = !solo_;
+        ++profile_.switches;
+      }
+      probe_ref_ = probe_alt_ = 0.0;
+    }
+  }
+  if (solo_) ++profile_.solo_steps;
 }
 
 }  // namespace model

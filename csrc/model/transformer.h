@@ -119,9 +119,17 @@ class Transformer {
   struct Profile {
     double matvec = 0.0, attention = 0.0, other = 0.0;
     int64_t tokens = 0;
+    int64_t solo_steps = 0, switches = 0;  // steps run on one thread; switches between ways
   };
   void set_profiling(bool on);  // also clears the sums
   Profile profile() const;
+  // Whether steps run on one thread (the probes' current choice); a new runner of the same
+  // model may start from an older one's (set_solo).
+  bool solo() const { return solo_; }
+  void set_solo(bool solo) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    solo_ = solo;
+  }
   // The work pool's counters (solo loops, lag events...): see common/pool.h.
   ChunkPool::Stats pool_stats() const;
 
@@ -141,6 +149,14 @@ class Transformer {
   // decode's threads (num_threads() in all; rebuilt when that changes): every parallel loop of
   // a token runs on it in dynamic chunks, see common/pool.h
   std::unique_ptr<ChunkPool> pool_;
+  // Two threads or one: which is faster right now (another process may hold a core). Every
+  // kProbePeriod steps, kProbeSteps steps are timed in the current way and as many in the
+  // other; the runner switches when the other took less than kProbeMargin of the time.
+  static constexpr int64_t kProbePeriod = 48, kFirstPeriod = 12, kProbeSteps = 3;
+  static constexpr double kProbeMargin = 0.95;
+  bool solo_ = false;
+  int64_t steps_ = 0;
+  double probe_ref_ = 0.0, probe_alt_ = 0.0;
   bool profiling_ = false;
   Profile profile_;
   // scratch for rows_ rows, grown when a larger batch comes

@@ -560,6 +560,11 @@ class GPT:
                              "use forward_cached")
         views = self.params.runner_views() if self.packed else self.params.views
         runner = _C.Transformer(self.config.to_dict(), views, cache.k, cache.v)
+        ref = getattr(self, "_last_runner", None)
+        last = ref() if ref is not None else None
+        if last is not None:  # one thread or two: start from what the last runner found
+            runner.solo = last.solo
+        self._last_runner = weakref.ref(runner)
         r = self._runners[cache] = (self.params.data, runner, runner.max_positions)
         return r
 
