@@ -158,9 +158,8 @@ def test_runner_same_logits_for_any_thread_count_and_under_load(flavour):
         assert prof["solo_loops"] <= prof["loops"]
         # one thread or two: settable, inherited by the model's next runner, same logits
         runner.solo = True
-        assert runner.solo
+        assert runner.solo and model.decode_runner(model.new_cache()).solo
         np.testing.assert_array_equal(_decode_all(model, tokens), one)
-        assert model.decode_runner(model.new_cache()).solo
     finally:
         _C.set_num_threads(before)
 
