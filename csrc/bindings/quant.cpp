@@ -129,16 +129,25 @@ static py::array quant_matmul(py::handle x_obj, py::handle raw_obj, const std::s
 }
 
 // The int8 path's packed panels (kernels/quant_packed.cpp).
-static py::array quant_pack(py::handle raw_obj, const std::string& qtype, int64_t n_rows, int64_t k) {
+static py::array quant_pack(py::handle raw_obj, const std::string& qtype, int64_t n_rows, int64_t k,
+                            py::handle out_obj) {
   const char* fn = "quant_pack";
   QuantType t = quant_type(qtype, fn);
   check_k(k, fn, "k");
   if (n_rows <= 0) value_error("quant_pack: n_rows must be positive, got " + std::to_string(n_rows));
   Array raw = raw_bytes(raw_obj, fn, quant_bytes(n_rows, k, t, fn), describe(n_rows, k, qtype));
-  py::array_t<uint8_t> packed(quant_packed_bytes(t, n_rows, k));
+  const int64_t bytes = quant_packed_bytes(t, n_rows, k);
+  // numpy allocates out (np.empty asks the kernel for huge pages on large arrays: a decode
+  // streams the panels, and 4 KiB pages cost it TLB misses and prefetcher restarts)
+  py::array packed = out_obj.is_none() ? py::array(py::module_::import("numpy").attr("empty")(
+                                             bytes, "uint8"))
+                                       : py::reinterpret_borrow<py::array>(out_obj);
+  Array out = raw_bytes(packed, fn, bytes, "the packed panels (out)");
+  if (!packed.writeable()) value_error("quant_pack: out is read-only");
+  if (overlaps(out, raw)) value_error("quant_pack: out overlaps raw");
   QuantPackArgs args;
   args.raw = static_cast<const uint8_t*>(raw.array.data());
-  args.packed = packed.mutable_data();
+  args.packed = static_cast<uint8_t*>(packed.mutable_data());
   args.n = n_rows;
   args.k = k;
   args.type = t;
@@ -190,6 +199,7 @@ void register_quant(py::module_& m) {
         py::arg("n_rows"), py::arg("out") = py::none(), py::arg("version") = 0);
   m.def("quant_path", [] { return std::string(KG_DISPATCH(quant_kernels).description); });
   m.def("quant_pack", &quant_pack, py::arg("raw"), py::arg("qtype"), py::arg("n_rows"), py::arg("k"),
+        py::arg("out") = py::none(),
         "GGUF Q8_0 / Q4_1 blocks [n_rows, k] -> the int8 path's packed panels (kernels/quant.h).");
   m.def("quant_matmul_packed", &quant_matmul_packed, py::arg("x"), py::arg("packed"),
         py::arg("qtype"), py::arg("n_rows"), py::arg("out") = py::none(), py::arg("x_bits") = 16,

@@ -36,7 +36,7 @@ from .config import GPTConfig
 from .io import fetch
 from .io.gguf import GGUFFile, validate_llama
 from .model import GPT
-from .precision import Bf16Weight, QuantWeight
+from .precision import Bf16Weight, QuantWeight, pack_all
 from .text_model import TextModel
 from .tokenizer import Encoding
 
@@ -223,8 +223,10 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     if int8:
         if weights != "quantized":
             raise ValueError(f"int8=True needs weights='quantized', got {weights!r}")
-        tensors = {name: t.with_panels(x_bits) if isinstance(t, QuantWeight) else t
-                   for name, t in tensors.items()}
+        # panels in the order a token reads them: layer by layer, the head (wte) last
+        order = sorted(tensors, key=lambda n: (n == "wte" or n == "lm_head.weight",
+                                               int(n.split(".")[1]) if n.startswith("h.") else 0))
+        tensors = pack_all({n: tensors[n] for n in order}, x_bits)
     if weights == "bf16":
         tensors = _to_bf16(tensors)
     model = LlamaModel(GPT(config, seed=None, weights=tensors), tokenizer,

@@ -32,7 +32,7 @@ from .kernels.embedding import embedding, embedding_backward
 from .kernels.matmul import linear, matmul
 from .kernels.norm import layernorm, layernorm_backward, rmsnorm, rmsnorm_backward
 from .kernels.quant import (QUANT_TYPES, dequantize, int8_native, quant_matmul, quant_matmul_packed,
-                            quant_pack, quant_row_bytes)
+                            quant_pack, quant_packed_bytes, quant_row_bytes)
 from .kernels.rope import rope, rope_backward, sinusoidal_positions
 from .kernels.softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
 
@@ -48,7 +48,7 @@ __all__ = [
     "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
     "cross_entropy", "cross_entropy_backward",
     "QUANT_TYPES", "quant_row_bytes", "dequantize", "quant_matmul", "quant_pack",
-    "quant_matmul_packed", "int8_native",
+    "quant_matmul_packed", "quant_packed_bytes", "int8_native",
     "to_bf16", "from_bf16", "bf16_matmul", "matmul_bf16",
     "kernel_paths",
 ]

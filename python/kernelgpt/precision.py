@@ -27,6 +27,7 @@ from . import ops, reference
 from .device import move, to_numpy
 
 __all__ = ["QuantWeight", "Bf16Weight", "PackedParams", "PackedWeightOps", "MixedPrecisionOps",
+           "pack_all",
            "ReferenceOps", "is_packed", "native_bf16"]
 
 
@@ -45,13 +46,19 @@ class QuantWeight:
     panels: Optional[np.ndarray] = None
     x_bits: int = 16  # with panels: x in one int8 pass (8, llama.cpp's) or two (16)
 
-    def with_panels(self, x_bits: int = 16) -> "QuantWeight":
-        """The same weight with its int8 panels (CPU); x_bits: see ops.quant_matmul_packed."""
+    def with_panels(self, x_bits: int = 16, out=None) -> "QuantWeight":
+        """The same weight with its int8 panels (CPU; written into out if given, see
+        ops.quant_pack); x_bits: see ops.quant_matmul_packed."""
         if x_bits not in (8, 16):
             raise ValueError(f"x_bits must be 8 or 16, got {x_bits!r}")
         panels = self.panels if self.panels is not None else \
-            ops.quant_pack(self.raw, self.qtype, self.shape[0], self.shape[1])
+            ops.quant_pack(self.raw, self.qtype, self.shape[0], self.shape[1], out=out)
         return QuantWeight(self.raw, self.qtype, self.shape, panels, x_bits)
+
+    @property
+    def panels_bytes(self) -> int:
+        return ops.quant_packed_bytes(self.qtype, self.shape[0], self.shape[1])
+
 
     @property
     def size(self) -> int:
@@ -71,6 +78,25 @@ class QuantWeight:
         if xp is np and isinstance(self.raw, np.ndarray):
             return self
         return QuantWeight(move(self.raw, xp), self.qtype, self.shape)
+
+
+def pack_all(weights: Dict[str, object], x_bits: int = 16) -> Dict[str, object]:
+    """Every QuantWeight of a model with its int8 panels, all in one buffer in the order given
+    (a decode then reads one contiguous stream; numpy asks for huge pages on a buffer this
+    large, which spares the stream TLB misses). Other weights as they are."""
+    names = [n for n, w in weights.items() if isinstance(w, QuantWeight)]
+    offsets, total = {}, 0
+    for n in names:
+        offsets[n] = total
+        total += -(-weights[n].panels_bytes // 64) * 64  # each panel 64-byte aligned
+    arena = np.empty(total + 64, np.uint8)
+    base = (-arena.ctypes.data) % 64
+    out = dict(weights)
+    for n in names:
+        w = weights[n]
+        start = base + offsets[n]
+        out[n] = w.with_panels(x_bits, out=arena[start:start + w.panels_bytes])
+    return out
 
 
 @dataclass

@@ -31,7 +31,8 @@ from .. import _C, reference
 from ._dispatch import Versions, check_f32, check_typed, int_option, into, output, where_of
 
 __all__ = ["QUANT_TYPES", "quant_row_bytes", "dequantize", "quant_matmul", "VERSIONS",
-           "DEQUANTIZE_VERSIONS", "quant_pack", "quant_matmul_packed", "int8_native"]
+           "DEQUANTIZE_VERSIONS", "quant_pack", "quant_packed_bytes", "quant_matmul_packed",
+           "int8_native"]
 
 DEQUANTIZE_VERSIONS = Versions("dequantize", {1: ("naive", "cpu cuda"), 2: ("fast", "cpu")},
                                auto={"cpu": 2, "cuda": 1})
@@ -132,13 +133,22 @@ def quant_matmul(x, raw, qtype, n_rows, *, out=None, backend="auto"):
     return y
 
 
-def quant_pack(raw, qtype, n_rows, K):
+def quant_packed_bytes(qtype, n_rows, K) -> int:
+    """Bytes of quant_pack's panels for W [n_rows, K]: a 64-byte header, then n_rows rounded
+    up to 16 rows of the same blocks."""
+    name = qtype_name(qtype, "quant_packed_bytes")
+    return 64 + -(-int(n_rows) // 16) * 16 * quant_row_bytes(name, int(K))
+
+
+def quant_pack(raw, qtype, n_rows, K, *, out=None):
     """The int8 path's packed panels (uint8, 1-D) of W [n_rows, K] given as GGUF blocks raw:
     groups of 16 rows, block by block, one VPDPBUSD's worth per 64 bytes (csrc/kernels/quant.h).
-    The same bytes as raw, rearranged; CPU only."""
+    The same bytes as raw, rearranged, after a header; CPU only. out: a uint8 array of
+    quant_packed_bytes(qtype, n_rows, K) to write them into (e.g. a slice of one buffer for a
+    whole model, which then streams through contiguous huge pages)."""
     fn = "quant_pack"
     return _C.quant_pack(raw, qtype_name(qtype, fn), int_option(n_rows, fn, "n_rows"),
-                         int_option(K, fn, "K"))
+                         int_option(K, fn, "K"), out)
 
 
 def quant_matmul_packed(x, panels, qtype, n_rows, *, out=None, x_bits=16):
