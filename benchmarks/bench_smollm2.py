@@ -48,10 +48,11 @@ TEXT = ("The Roman Empire was the post-Republican state of ancient Rome. It incl
 
 
 def prefill(model, ids, cache, chunk=None):
-    """Logits [V] after the prompt ids, fed in chunks of `chunk` tokens (None: one pass)."""
+    """Logits [V] after the prompt ids, fed in chunks of `chunk` tokens (None: one pass), as
+    generate() does (GPT.prefill: one native call per chunk)."""
     chunk = chunk or len(ids)
     for i in range(0, len(ids), chunk):
-        logits = model.forward_cached(np.asarray([ids[i:i + chunk]]), cache)[0]
+        logits = model.prefill(np.asarray([ids[i:i + chunk]]), cache)
     return logits
 
 

@@ -40,16 +40,24 @@ def random_model(cfg: GPTConfig, seed: int) -> GPT:
 
 
 def spy_on_forward_cached(model, monkeypatch):
-    """Records (token ids of batch entry 0, returned logits) of every forward_cached call."""
+    """Records (token ids of batch entry 0, returned logits) of every forward_cached call and
+    of every native prefill (GPT.prefill, what generate() runs a prompt with)."""
     calls = []
-    original = model.forward_cached
+    original, original_prefill = model.forward_cached, model.prefill
 
     def spy(ids, cache, all_logits=False):
         out = original(ids, cache, all_logits)
         calls.append((np.asarray(ids)[0].tolist(), np.array(out)))
         return out
 
+    def spy_prefill(ids, cache):
+        ids = np.asarray(ids)
+        out = original_prefill(ids, cache)
+        calls.append(((ids[0] if ids.ndim == 2 else ids).tolist(), np.array(out)[None]))
+        return out
+
     monkeypatch.setattr(model, "forward_cached", spy)
+    monkeypatch.setattr(model, "prefill", spy_prefill)
     return calls
 
 

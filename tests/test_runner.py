@@ -117,6 +117,35 @@ def test_runner_follows_parameter_updates_and_cache_changes():
     assert_logits_close(d, model.logits(np.array([[3, 9]]))[0, -1], "after truncate")
 
 
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_native_prefill_matches_forward_cached(flavour):
+    """GPT.prefill (the runner's prefill: one native call per prompt) against forward_cached:
+    the last logits and every K/V written, for a first chunk and a second one after it (decode
+    attention for a few queries, flash for more), and its bad input."""
+    cfg = GPTConfig(**FLAVOURS[flavour])
+    model = random_model(cfg, seed=len(flavour) + 1)
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(0, cfg.vocab_size, cfg.block_size)
+    split = [1, min(20, cfg.block_size - 1), cfg.block_size]
+    a, b = model.new_cache(), model.new_cache()
+    for lo, hi in zip([0] + split[:-1], split):
+        expected = model.forward_cached(tokens[None, lo:hi], a)[0]
+        assert_logits_close(model.prefill(tokens[lo:hi], b), expected, f"{flavour} [{lo}:{hi}]")
+    assert a.tokens == b.tokens
+    for i in range(cfg.n_layer):
+        np.testing.assert_allclose(b.k[i], a.k[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.v[i], a.v[i], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="exceeds"):
+        model.prefill([0], b)
+    with pytest.raises(ValueError, match="token ids"):
+        model.prefill([cfg.vocab_size], model.new_cache())
+    runner = model.decode_runner(model.new_cache())
+    with pytest.raises(TypeError, match="int64"):
+        runner.prefill(np.array([0.5]), 0, np.empty(cfg.vocab_size, np.float32))
+    with pytest.raises(ValueError, match="at least one"):
+        runner.prefill(np.array([], np.int64), 0, np.empty(cfg.vocab_size, np.float32))
+
+
 def _decode_all(model, tokens):
     cache = model.new_cache()
     return np.stack([model.decode_next(int(t), cache).copy() for t in tokens])

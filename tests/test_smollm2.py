@@ -119,6 +119,10 @@ def test_int8_path_and_its_fp32_oracle(model):
         cache = forced.new_cache(len(case["ids"]))
         first = forced.forward_cached(np.asarray([case["ids"]]), cache)[0]
         assert np.abs(first - case["logits"]).max() <= 0.15 * scale
+    ids = np.asarray([CASES[0]["ids"]])  # the native prefill: forward_cached's bits
+    for m in (model, oracle):
+        np.testing.assert_array_equal(m.prefill(ids, m.new_cache(64)),
+                                      m.forward_cached(ids, m.new_cache(64))[0])
     with pytest.raises(ValueError, match="int8=True needs"):
         load_model(GGUF, weights="fp32", int8=True)
     with pytest.raises(TypeError, match="int8"):

@@ -324,6 +324,26 @@ class PyTransformer {
     runner_->decode_batch(sl.data(), tk.data(), ps.data(), static_cast<int64_t>(n), logits.f32());
   }
 
+  void prefill(py::handle tokens_obj, int64_t pos0, py::handle logits_obj, int64_t slot) {
+    const char* fn = "Transformer.prefill";
+    if (!py::isinstance<py::array>(tokens_obj))
+      type_error(std::string(fn) + ": tokens must be a numpy int64 array");
+    py::array tokens = py::reinterpret_borrow<py::array>(tokens_obj);
+    if (!tokens.dtype().equal(py::dtype::of<int64_t>()) || tokens.ndim() != 1 ||
+        !(tokens.flags() & py::array::c_style))
+      type_error(std::string(fn) + ": tokens must be a C-contiguous 1-D int64 array");
+    Array logits = f32(logits_obj, fn, "logits", {1});
+    expect_shape(logits, {vocab_}, fn, "logits");
+    if (!logits.array.writeable()) value_error(std::string(fn) + ": logits is read-only");
+    for (const Array& a : kept_)
+      if (overlaps(logits, a))
+        value_error(std::string(fn) + ": logits must not overlap a parameter or a KV cache");
+    const int64_t* ids = static_cast<const int64_t*>(tokens.data());
+    const int64_t T = tokens.shape(0);
+    py::gil_scoped_release release;
+    runner_->prefill(slot, ids, T, pos0, logits.f32());
+  }
+
   int64_t max_positions() const { return runner_->max_positions(); }
   int64_t slot_positions(int64_t slot) const {
     if (slot < 0 || slot >= runner_->slots())
@@ -377,6 +397,11 @@ void register_model(py::module_& m) {
            "Row i runs tokens[i] at positions[i] in cache slots[i] (distinct): logits [n, V]. "
            "One pass over the (quantized) weights for all rows; each row equals decode's. "
            "GIL released.")
+      .def("prefill", &PyTransformer::prefill, py::arg("tokens"), py::arg("pos0"),
+           py::arg("logits"), py::arg("slot") = 0,
+           "Runs a prompt (int64 [T]) at positions pos0.. in cache slot: K/V into the cache, the "
+           "last position's logits [V] into logits. forward_cached's kernels and order for "
+           "batch 1, natively. GIL released.")
       .def("slot_positions", &PyTransformer::slot_positions, py::arg("slot"),
            "min(block_size, cache slot's max_len)")
       .def_property(

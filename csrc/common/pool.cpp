@@ -52,7 +52,14 @@ ChunkPool::~ChunkPool() {
   for (std::thread& t : workers_) t.join();
 }
 
-int64_t ChunkPool::work(uint64_t ticket) {
+void ChunkPool::finish_chunk(uint64_t gen) {
+  uint64_t d = done_.load(std::memory_order_acquire);
+  while ((d >> 32) == gen &&
+         !done_.compare_exchange_weak(d, d + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+  }
+}
+
+int64_t ChunkPool::work(uint64_t ticket, bool skip) {
   const uint64_t gen = ticket >> 32;
   // The loop's fields are those of `gen` for as long as one of its chunks is unfinished, so
   // they are valid whenever the claim below succeeds (a claim fails once the generation moves).
@@ -69,9 +76,9 @@ int64_t ChunkPool::work(uint64_t ticket) {
                                        std::memory_order_acquire))
       continue;  // ticket now holds the current value
     const int64_t begin = i * chunk, end = begin + chunk < n ? begin + chunk : n;
-    body(ctx, begin, end);
+    if (!skip) body(ctx, begin, end);
     ++ran;
-    done_.fetch_add(1, std::memory_order_acq_rel);
+    finish_chunk(gen);
     ticket = ticket_.load(std::memory_order_acquire);
   }
 }
@@ -125,20 +132,27 @@ void ChunkPool::run(int64_t n, int64_t chunk, Body body, void* ctx) {
   n_.store(n, std::memory_order_relaxed);
   chunk_.store(chunk, std::memory_order_relaxed);
   chunks_.store(chunks, std::memory_order_relaxed);
-  done_.store(0, std::memory_order_relaxed);
   const uint64_t gen = (ticket_.load(std::memory_order_relaxed) >> 32) + 1;
+  done_.store(gen << 32, std::memory_order_relaxed);
   ticket_.store(gen << 32, std::memory_order_seq_cst);
+  const uint64_t all_done = (gen << 32) | static_cast<uint64_t>(chunks);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lock(mutex_);
     wake_.notify_all();
   }
-  int64_t mine;
-  {
+  int64_t mine = 0;
+  try {
     SerialScope serial;
     mine = work(gen << 32);
+  } catch (...) {
+    // The body threw: hand out no more chunks, wait for the workers' (they use the caller's
+    // stack), then let the exception go on.
+    work(ticket_.load(std::memory_order_acquire), true);
+    while (done_.load(std::memory_order_acquire) != all_done) std::this_thread::yield();
+    throw;
   }
   stats_.caller_chunks += mine;
-  if (done_.load(std::memory_order_acquire) == chunks) {
+  if (done_.load(std::memory_order_acquire) == all_done) {
     if (++clean_loops_ >= 16 * kMinSolo) solo_next_ = kMinSolo;  // a quiet stretch: forgive
     return;
   }
@@ -146,7 +160,7 @@ void ChunkPool::run(int64_t n, int64_t chunk, Body body, void* ctx) {
   // last a scheduler time slice: notice it and go solo for a while.
   const auto start = Clock::now();
   bool lagged = false;
-  for (int spins = 0; done_.load(std::memory_order_acquire) != chunks; ++spins) {
+  for (int spins = 0; done_.load(std::memory_order_acquire) != all_done; ++spins) {
     KG_PAUSE();
     if ((spins & 255) == 255) {
       const double waited = std::chrono::duration<double>(Clock::now() - start).count();

@@ -73,14 +73,18 @@ class ChunkPool {
  private:
   void worker_main();
   // Claims and runs chunks of the loop published as `ticket`'s generation; returns how many.
-  int64_t work(uint64_t ticket);
+  // skip: claim them without running them (the caller's body threw: let the loop end).
+  int64_t work(uint64_t ticket, bool skip = false);
+  void finish_chunk(uint64_t gen);  // counts one chunk of generation gen done
 
   // generation << 32 | index of the next unclaimed chunk
   std::atomic<uint64_t> ticket_{0};
   std::atomic<Body> body_{nullptr};
   std::atomic<void*> ctx_{nullptr};
   std::atomic<int64_t> n_{0}, chunk_{1}, chunks_{0};
-  std::atomic<int64_t> done_{0};
+  // generation << 32 | chunks done: a count carries its loop's generation, so nothing late from
+  // an earlier loop can ever count toward a later one
+  std::atomic<uint64_t> done_{0};
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> worker_chunks_{0};

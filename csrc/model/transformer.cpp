@@ -91,6 +91,39 @@ void Linear::forward(const float* x, float* y, int64_t m) const {
       for (int64_t j = 0; j < out; ++j) y[i * out + j] += bias[j];
 }
 
+void Linear::forward_prompt(const float* x, float* y, int64_t m) const {
+  if (kind == WeightKind::f32) {  // ops.linear: the blocked GEMM, m rows at once
+    MatmulArgs a;
+    a.a = x;
+    a.b = static_cast<const float*>(weight);
+    a.bias = bias;
+    a.c = y;
+    a.m = m;
+    a.n = out;
+    a.k = in;
+    a.batch_stride_c = m * out;
+    a.trans_b = true;
+    KG_DISPATCH(matmul_kernels).blocked(a);
+    return;
+  }
+  if (kind == WeightKind::bf16 || panels) {  // one call for m rows in any case
+    forward(x, y, m);
+    return;
+  }
+  QuantMatmulArgs a;  // ops.quant_matmul(backend="auto"): fused for few rows, tiled for more
+  a.x = x;
+  a.w = static_cast<const uint8_t*>(weight);
+  a.y = y;
+  a.m = m;
+  a.n = out;
+  a.k = in;
+  a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+  KG_DISPATCH(quant_kernels).matmul_auto(a);
+  if (bias)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < out; ++j) y[i * out + j] += bias[j];
+}
+
 static void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument("Transformer: " + msg);
 }
@@ -213,6 +246,39 @@ ChunkPool::Stats Transformer::pool_stats() const {
   return pool_ ? pool_->stats() : ChunkPool::Stats();
 }
 
+void Transformer::embed(const int64_t* tokens, const int64_t* positions, int64_t n) {
+  const int64_t C = c_.n_embd;
+  float* x = x_.data();
+  // token embeddings (+ absolute positions), row i for tokens[i]
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t token = tokens[i], pos = positions[i];
+    float* xi = x + i * C;
+    if (w_.wte_kind == WeightKind::f32) {
+      std::memcpy(xi, w_.wte + token * C, C * sizeof(float));
+    } else if (w_.wte_kind == WeightKind::bf16) {  // one bf16 row widened, as ops.from_bf16 does
+      Bf16WidenArgs d;
+      d.bits = w_.wte_bf16 + token * C;
+      d.out = xi;
+      d.n = C;
+      KG_DISPATCH(bf16_kernels).from_bf16(d);
+    } else {  // one row of the quantized table, as ops.dequantize does it
+      DequantizeArgs d;
+      d.type = w_.wte_kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+      d.raw = w_.wte_quantized + token * (C / kQuantBlock) * quant_block_bytes(d.type);
+      d.out = xi;
+      d.rows = 1;
+      d.cols = C;
+      KG_DISPATCH(quant_kernels).dequantize_fast(d);
+    }
+    const float* pe = c_.positions == PositionsKind::learned      ? w_.wpe + pos * C
+                      : c_.positions == PositionsKind::sinusoidal ? sinusoidal_.data() + pos * C
+                                                                  : nullptr;
+    if (pe)
+      for (int64_t j = 0; j < C; ++j) xi[j] += pe[j];
+  }
+
+}
+
 void Transformer::decode(int64_t token, int64_t pos, float* logits) {
   const int64_t slot = 0;
   decode_batch(&slot, &token, &pos, 1, logits);
@@ -262,33 +328,7 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
   const int64_t F = c_.mlp_hidden, QKV = c_.qkv_dim(), FC = c_.fc_dim();
   float *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *y = y_.data(), *proj = proj_.data();
 
-  // token embeddings (+ absolute positions), row i for tokens[i]
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t token = tokens[i], pos = positions[i];
-    float* xi = x + i * C;
-    if (w_.wte_kind == WeightKind::f32) {
-      std::memcpy(xi, w_.wte + token * C, C * sizeof(float));
-    } else if (w_.wte_kind == WeightKind::bf16) {  // one bf16 row widened, as ops.from_bf16 does
-      Bf16WidenArgs d;
-      d.bits = w_.wte_bf16 + token * C;
-      d.out = xi;
-      d.n = C;
-      KG_DISPATCH(bf16_kernels).from_bf16(d);
-    } else {  // one row of the quantized table, as ops.dequantize does it
-      DequantizeArgs d;
-      d.type = w_.wte_kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
-      d.raw = w_.wte_quantized + token * (C / kQuantBlock) * quant_block_bytes(d.type);
-      d.out = xi;
-      d.rows = 1;
-      d.cols = C;
-      KG_DISPATCH(quant_kernels).dequantize_fast(d);
-    }
-    const float* pe = c_.positions == PositionsKind::learned      ? w_.wpe + pos * C
-                      : c_.positions == PositionsKind::sinusoidal ? sinusoidal_.data() + pos * C
-                                                                  : nullptr;
-    if (pe)
-      for (int64_t j = 0; j < C; ++j) xi[j] += pe[j];
-  }
+  embed(tokens, positions, n);
 
   const AttentionKernels& attention = KG_DISPATCH(attention_kernels);
   const ActivationVersion& act = KG_DISPATCH(activation_kernels).fast;
@@ -398,6 +438,128 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
     }
   }
   if (solo_) ++profile_.solo_steps;
+}
+
+}  // namespace model
+}  // namespace kg
+
+namespace kg {
+namespace model {
+
+void Transformer::prefill(int64_t slot, const int64_t* tokens, int64_t T, int64_t pos0,
+                          float* logits) {
+  const int64_t S = static_cast<int64_t>(caches_.size());
+  if (slot < 0 || slot >= S)
+    throw std::invalid_argument("Transformer.prefill: slot must be in [0, " + std::to_string(S) +
+                                "), got " + std::to_string(slot));
+  if (T < 1) throw std::invalid_argument("Transformer.prefill: give at least one token");
+  if (pos0 < 0 || pos0 + T > max_positions(slot))
+    throw std::invalid_argument(
+        "Transformer.prefill: positions " + std::to_string(pos0) + ".." +
+        std::to_string(pos0 + T - 1) + " do not fit in [0, " + std::to_string(max_positions(slot)) +
+        ") (min of block_size and the cache's max_len)");
+  for (int64_t i = 0; i < T; ++i)
+    if (tokens[i] < 0 || tokens[i] >= c_.vocab_size)
+      throw std::invalid_argument("Transformer.prefill: token must be in [0, " +
+                                  std::to_string(c_.vocab_size) + "), got " +
+                                  std::to_string(tokens[i]));
+  std::lock_guard<std::mutex> lock(mutex_);
+  // A prompt's products are large: they run on OpenMP's threads as the Python path's do.
+  reserve_rows(T);
+  const int64_t C = c_.n_embd, H = c_.n_head, Hkv = c_.n_kv_head, hd = c_.head_dim();
+  const int64_t F = c_.mlp_hidden, QKV = c_.qkv_dim(), FC = c_.fc_dim(), NH = H + 2 * Hkv;
+  heads_.resize(NH * T * hd);
+  heads_out_.resize(H * T * hd);
+  std::vector<int64_t> positions(T);
+  for (int64_t i = 0; i < T; ++i) positions[i] = pos0 + i;
+  const KVCacheBuffers& cache = caches_[slot];
+  float *x = x_.data(), *h = h_.data(), *qkv = qkv_.data(), *y = y_.data(), *proj = proj_.data();
+  float *heads = heads_.data(), *out = heads_out_.data();
+  embed(tokens, positions.data(), T);
+
+  const AttentionKernels& attention = KG_DISPATCH(attention_kernels);
+  const ActivationVersion& act = KG_DISPATCH(activation_kernels).fast;
+  const RopeKernels& rope = KG_DISPATCH(rope_kernels);
+  std::vector<float> rope_table;
+  std::vector<double> rope_freq;
+  if (c_.positions == PositionsKind::rope) {
+    rope_table.resize(T * rope_table_floats_);
+    rope_freq.resize(hd / 2);
+  }
+  for (int64_t l = 0; l < c_.n_layer; ++l) {
+    const LayerWeights& L = w_.layers[l];
+    norm(x, L.ln_1_weight, L.ln_1_bias, h, T);
+    L.c_attn.forward_prompt(h, qkv, T);
+    // [T, heads, hd] -> [heads, T, hd]: q, then k, then v (forward_cached's _split_heads)
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t n = 0; n < NH; ++n)
+        std::memcpy(heads + (n * T + i) * hd, qkv + i * QKV + n * hd, hd * sizeof(float));
+    if (c_.positions == PositionsKind::rope) {
+      RopeArgs r;  // q and k heads together: the same rotation as forward_cached's two calls
+      r.x = heads;
+      r.out = heads;
+      r.n = H + Hkv;
+      r.t = T;
+      r.d = hd;
+      r.rotary_dim = hd;
+      r.offset = pos0;
+      r.base = c_.rope_base;
+      r.interleaved = c_.rope_interleaved;
+      r.table = rope_table.data();
+      r.freq = rope_freq.data();
+      rope.rope_fast(r);
+    }
+    for (int64_t g = 0; g < Hkv; ++g) {
+      std::memcpy(cache.k[l] + (g * cache.max_len + pos0) * hd, heads + (H + g) * T * hd,
+                  T * hd * sizeof(float));
+      std::memcpy(cache.v[l] + (g * cache.max_len + pos0) * hd, heads + (H + Hkv + g) * T * hd,
+                  T * hd * sizeof(float));
+    }
+    AttentionArgs a;
+    a.q = heads;
+    a.k = cache.k[l];
+    a.v = cache.v[l];
+    a.out = out;
+    a.heads = H;
+    a.kv_heads = Hkv;
+    a.t = T;
+    a.s = pos0 + T;
+    a.d = hd;
+    a.kv_capacity = cache.max_len;
+    a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+    a.causal = true;
+    // ops.attention(backend="auto"): decode up to 16 queries per head, flash above
+    (T <= 16 ? attention.decode : attention.flash)(a);
+    for (int64_t i = 0; i < T; ++i)  // [H, T, hd] -> [T, C] (_merge_heads)
+      for (int64_t n = 0; n < H; ++n)
+        std::memcpy(y + i * C + n * hd, out + (n * T + i) * hd, hd * sizeof(float));
+    L.attn_proj.forward_prompt(y, proj, T);
+    for (int64_t j = 0; j < T * C; ++j) x[j] += proj[j];
+
+    norm(x, L.ln_2_weight, L.ln_2_bias, h, T);
+    L.c_fc.forward_prompt(h, fc_.data(), T);
+    if (c_.activation == ActivationKind::swiglu) {
+      for (int64_t i = 0; i < T; ++i) {  // fc rows hold gate [F] then up [F]
+        SwigluArgs s;
+        s.gate = fc_.data() + i * FC;
+        s.up = s.gate + F;
+        s.out = act_.data() + i * F;
+        s.n = F;
+        act.swiglu(s);
+      }
+    } else {
+      ActivationArgs s;
+      s.x = fc_.data();
+      s.out = act_.data();
+      s.n = T * F;
+      s.kind = c_.activation == ActivationKind::gelu ? Activation::gelu_tanh : Activation::relu;
+      act.forward(s);
+    }
+    L.mlp_proj.forward_prompt(act_.data(), proj, T);
+    for (int64_t j = 0; j < T * C; ++j) x[j] += proj[j];
+  }
+  norm(x + (T - 1) * C, w_.ln_f_weight, w_.ln_f_bias, h, 1);  // the last position only
+  w_.lm_head.forward_prompt(h, logits, 1);
 }
 
 }  // namespace model

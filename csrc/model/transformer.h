@@ -65,6 +65,10 @@ struct Linear {
   int x_bits = 16;  // with panels: x in one int8 pass (8) or two (16), see kernels/quant.h
   int64_t in = 0, out = 0;
   void forward(const float* x, float* y, int64_t m = 1) const;
+  // The same product as the Python path computes it for a prompt of m tokens (prefill): float32
+  // and bf16 weights as one matrix product, quantized ones as ops.quant_matmul / the packed
+  // kernel do for m rows.
+  void forward_prompt(const float* x, float* y, int64_t m) const;
 };
 
 struct LayerWeights {
@@ -134,6 +138,13 @@ class Transformer {
   ChunkPool::Stats pool_stats() const;
 
   const TransformerConfig& config() const { return c_; }
+  // A prompt: tokens[0..T) at positions pos0.. in cache `slot` (which holds 0..pos0-1), their K
+  // and V into the cache, the logits of the last one into `logits` [V]. The kernels and the
+  // order of forward_cached (python/kernelgpt/model.py) for batch 1, with its ~15 Python-level
+  // calls per layer and their copies gone; the same logits within float rounding (bit for bit
+  // where the weights are int8 panels).
+  void prefill(int64_t slot, const int64_t* tokens, int64_t T, int64_t pos0, float* logits);
+
   // min(block_size, the max_len of cache `slot`): the positions decode accepts there
   int64_t max_positions(int64_t slot = 0) const;
   int64_t slots() const { return static_cast<int64_t>(caches_.size()); }
@@ -162,6 +173,8 @@ class Transformer {
   // scratch for rows_ rows, grown when a larger batch comes
   int64_t rows_ = 0;
   std::vector<float> x_, h_, qkv_, y_, proj_, fc_, act_;
+  std::vector<float> heads_, heads_out_;  // prefill: q, k, v as [heads, T, hd]; attention's out
+  void embed(const int64_t* tokens, const int64_t* positions, int64_t n);
   std::vector<float> sinusoidal_;  // [block_size, C] for sinusoidal positions
   int64_t rope_table_floats_ = 0;  // RoPE's table scratch per row
   std::vector<float> rope_table_;

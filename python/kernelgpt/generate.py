@@ -183,8 +183,9 @@ class _Sequence:
         return to_numpy(model.forward_cached(np.asarray([keep_tokens]), cache)[0])
 
 
-def _prefill(model, ids, cache, stats):
-    """Runs the part of ids the cache does not already hold; the logits after ids."""
+def _prefill(model, ids, cache, stats, native=True):
+    """Runs the part of ids the cache does not already hold; the logits after ids (native:
+    GPT.prefill where it can, else forward_cached)."""
     stats.prompt_tokens = len(ids)
     stats.stop_reason = ""
     t0 = time.perf_counter()
@@ -193,7 +194,9 @@ def _prefill(model, ids, cache, stats):
         reuse -= 1
     cache.truncate(reuse)
     stats.cached_tokens = reuse
-    logits = to_numpy(model.forward_cached(np.asarray([ids[reuse:]]), cache)[0])
+    new = np.asarray([ids[reuse:]])
+    logits = model.prefill(new, cache) if native and hasattr(model, "prefill") else \
+        to_numpy(model.forward_cached(new, cache)[0])
     stats.prefill_seconds = time.perf_counter() - t0
     return logits
 
@@ -203,7 +206,7 @@ def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop_tokens, stop_
     stats.stop_reason = ""
     t_decode = time.perf_counter()
     try:
-        logits = _prefill(model, ids, cache, stats)
+        logits = _prefill(model, ids, cache, stats, native=fast_decode)
         fast = fast_decode and hasattr(model, "decode_next") and model.supports_fast_decode(cache)
         seq = _Sequence(tokenizer, ids, max_new_tokens, sampler.fast if fast else sampler,
                         set(int(t) for t in stop_tokens), stop_strings, stats, capacity, slide)

@@ -529,6 +529,28 @@ class GPT:
         cache.advance((token,))
         return out
 
+    def prefill(self, ids, cache) -> np.ndarray:
+        """forward_cached(ids [1, T] or [T], cache)[0]: runs one sequence's new tokens, appends
+        them to the cache, returns the last position's logits [V]. Where decode_next runs
+        natively (the CPU, batch 1) the whole prompt is one native call (the decode runner's
+        prefill: forward_cached's kernels in its order, without its ~15 Python-level calls and
+        copies per layer); elsewhere it is forward_cached, which stays the readable version."""
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if self.device != "cpu" or ids.shape[0] != 1 or not self.supports_fast_decode(cache):
+            return self.forward_cached(ids, cache)[0]
+        host_ids, _ = self._check_batch(ids, None)
+        c, t0, T = self.config, cache.length, host_ids.shape[1]
+        if t0 + T > min(c.block_size, cache.max_len):
+            raise ValueError(f"context of {t0 + T} tokens exceeds the model's block_size "
+                             f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
+                                                  f" / the cache's max_len {cache.max_len}"))
+        out = np.empty(c.vocab_size, np.float32)
+        self.decode_runner(cache).prefill(np.ascontiguousarray(host_ids[0], np.int64), t0, out)
+        cache.advance(host_ids[0].tolist())
+        return out
+
     def batch_decoder(self, caches) -> "BatchDecoder":
         """decode_next for several sequences at once (one KV cache each, batch 1): see
         BatchDecoder. Native backend on the CPU only."""
