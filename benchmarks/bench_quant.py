@@ -57,9 +57,24 @@ def decode_shapes(rng, reps, naive):
             t = median_best(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend="naive"),
                             max(3, r // 10))
             print_row("kernelgpt naive (1 thread)", t, raw.nbytes, base=t_np)
-        for backend in ("fused", "vnni"):
-            t = median_best(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend=backend), r)
+        for backend in ("fused", "vnni", *PACKED):
+            f = product(backend, raw, qtype, n, k)
+            t = median_best(lambda: f(x, y), r)
             print_row(f"kernelgpt {backend}", t, raw.nbytes, base=t_np)
+
+
+# The int8 path (ops.quant_pack + ops.quant_matmul_packed): what SmolLM2 runs on a VNNI CPU.
+PACKED = {"packed x8": 8, "packed x16": 16}
+
+
+def product(backend, raw, qtype, n, k):
+    """y = x @ W^T as `backend` computes it: a quant_matmul backend or a PACKED mode (W packed
+    once, here)."""
+    if backend in PACKED:
+        panels = ops.quant_pack(raw, qtype, n, k)
+        return lambda x, y: ops.quant_matmul_packed(x, panels, qtype, n, out=y,
+                                                    x_bits=PACKED[backend])
+    return lambda x, y: ops.quant_matmul(x, raw, qtype, n, out=y, backend=backend)
 
 
 def model_weights(rng):
@@ -78,12 +93,15 @@ def sweep(layers, head, M, backend, rng):
     outs = {n: np.empty((M, n), np.float32) for n in (C, KV, I)}
     logits = np.empty(V, np.float32)
 
+    fns = [[(product(backend, raw, "q4_1", n, I if idx == 6 else C), n)
+            for idx, (raw, n) in enumerate(mats)] for mats in layers]
+    head_fn = product(backend, head, "q8_0", V, C)
+
     def run():
-        for mats in layers:
-            for idx, (raw, n) in enumerate(mats):
-                ops.quant_matmul(xi if idx == 6 else x, raw, "q4_1", n, out=outs[n],
-                                 backend=backend)
-        ops.quant_matmul(x[-1], head, "q8_0", V, out=logits, backend=backend)
+        for mats in fns:
+            for idx, (f, n) in enumerate(mats):
+                f(xi if idx == 6 else x, outs[n])
+        head_fn(x[-1], logits)
     return run
 
 
@@ -91,10 +109,10 @@ def decode_sweep(rng, layers, head, peak, rounds):
     nbytes = sum(raw.nbytes for mats in layers for raw, _ in mats) + head.nbytes
     print(f"\n2. decode sweep: one token's matvecs, {nbytes / 2**20:.0f} MiB of distinct weights "
           "(from DRAM)")
-    for backend in ("fused", "vnni"):
+    for backend in ("fused", "vnni", *PACKED):
         t, best, p = paired_median(sweep(layers, head, 1, backend, rng), peak, rounds)
         for what, s in (("median", t), ("best", best)):
-            print(f"  kernelgpt {backend:6s} {what:6s} {s * 1e3:7.2f} ms = {1 / s:6.1f} tok/s   "
+            print(f"  kernelgpt {backend:10s} {what:6s} {s * 1e3:7.2f} ms = {1 / s:6.1f} tok/s   "
                   f"{nbytes / s / 1e9:5.1f} GB/s = {100 * nbytes / s / 1e9 / p:3.0f}% of stream "
                   f"{p:.1f} GB/s (read + write, median)")
 
@@ -113,13 +131,14 @@ def prefill(rng, layers, head, reps, M=128):
         print_row("numpy dequantize + matmul", t_np, flops=flops, base=t_np)
         t = median_best(lambda: ops.linear(x, w, out=y), r)
         print_row("kernelgpt fp32 matmul", t, flops=flops, base=t_np)
-        for backend in ("tiled", "fused", "vnni"):
-            t = median_best(lambda: ops.quant_matmul(x, raw, qtype, n, out=y, backend=backend), r)
+        for backend in ("tiled", "fused", "vnni", *PACKED):
+            f = product(backend, raw, qtype, n, k)
+            t = median_best(lambda: f(x, y), r)
             print_row(f"kernelgpt {backend}", t, flops=flops, base=t_np)
     print(f" sweep: every matmul of a {M}-token prompt (LM head for the last token)")
-    for backend in ("auto", "vnni"):
+    for backend in ("auto", "vnni", *PACKED):
         t, best = median_best(sweep(layers, head, M, backend, rng), 5)
-        print(f"  kernelgpt {backend:6s} {t * 1e3:7.1f} ms = {M / t:6.1f} tok/s "
+        print(f"  kernelgpt {backend:10s} {t * 1e3:7.1f} ms = {M / t:6.1f} tok/s "
               f"(best {best * 1e3:7.1f} ms = {M / best:6.1f} tok/s)")
 
 

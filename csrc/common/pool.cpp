@@ -1,6 +1,7 @@
 #include "common/pool.h"
 
 #include <chrono>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -159,7 +160,7 @@ void ChunkPool::run(int64_t n, int64_t chunk, Body body, void* ctx) {
   // Wait for chunks that workers hold. A worker that lost its core mid-chunk makes this wait
   // last a scheduler time slice: notice it and go solo for a while.
   const auto start = Clock::now();
-  bool lagged = false;
+  bool lagged = false, reported = false;
   for (int spins = 0; done_.load(std::memory_order_acquire) != all_done; ++spins) {
     KG_PAUSE();
     if ((spins & 255) == 255) {
@@ -167,6 +168,18 @@ void ChunkPool::run(int64_t n, int64_t chunk, Body body, void* ctx) {
       if (waited > kLagWait) {
         lagged = true;
         std::this_thread::yield();  // the lagging worker may be waiting for this very core
+      }
+      if (waited > 10.0 && !reported) {  // never seen since the counts carry generations
+        reported = true;
+        const uint64_t d = done_.load(), t = ticket_.load();
+        std::fprintf(stderr,
+                     "kernelgpt ChunkPool: waited 10 s for a loop's chunks (generation %llu: "
+                     "%llu of %lld done, ticket %llu:%llu, %d sleeping of %d workers); please "
+                     "report this\n",
+                     (unsigned long long)gen, (unsigned long long)(d & kIndexMask),
+                     (long long)chunks, (unsigned long long)(t >> 32),
+                     (unsigned long long)(t & kIndexMask), sleepers_.load(),
+                     (int)workers_.size());
       }
     }
   }
