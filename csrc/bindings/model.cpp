@@ -292,12 +292,7 @@ class PyTransformer {
   void decode(py::handle token_obj, py::handle pos_obj, py::handle logits_obj) {
     int64_t token = index_arg(token_obj, "token");
     int64_t pos = index_arg(pos_obj, "pos");
-    Array logits = f32(logits_obj, "Transformer.decode", "logits", {1});
-    expect_shape(logits, {vocab_}, "Transformer.decode", "logits");
-    if (!logits.array.writeable()) value_error("Transformer.decode: logits is read-only");
-    for (const Array& a : kept_)
-      if (overlaps(logits, a))
-        value_error("Transformer.decode: logits must not overlap a parameter or the KV cache");
+    Array logits = logits_out(logits_obj, {vocab_}, "Transformer.decode");
     py::gil_scoped_release release;
     runner_->decode(token, pos, logits.f32());
   }
@@ -314,12 +309,7 @@ class PyTransformer {
       tk[i] = index_arg(tokens[i], "token");
       ps[i] = index_arg(positions[i], "pos");
     }
-    Array logits = f32(logits_obj, fn, "logits", {2});
-    expect_shape(logits, {static_cast<int64_t>(n), vocab_}, fn, "logits");
-    if (!logits.array.writeable()) value_error(std::string(fn) + ": logits is read-only");
-    for (const Array& a : kept_)
-      if (overlaps(logits, a))
-        value_error(std::string(fn) + ": logits must not overlap a parameter or a KV cache");
+    Array logits = logits_out(logits_obj, {static_cast<int64_t>(n), vocab_}, fn);
     py::gil_scoped_release release;
     runner_->decode_batch(sl.data(), tk.data(), ps.data(), static_cast<int64_t>(n), logits.f32());
   }
@@ -332,12 +322,7 @@ class PyTransformer {
     if (!tokens.dtype().equal(py::dtype::of<int64_t>()) || tokens.ndim() != 1 ||
         !(tokens.flags() & py::array::c_style))
       type_error(std::string(fn) + ": tokens must be a C-contiguous 1-D int64 array");
-    Array logits = f32(logits_obj, fn, "logits", {1});
-    expect_shape(logits, {vocab_}, fn, "logits");
-    if (!logits.array.writeable()) value_error(std::string(fn) + ": logits is read-only");
-    for (const Array& a : kept_)
-      if (overlaps(logits, a))
-        value_error(std::string(fn) + ": logits must not overlap a parameter or a KV cache");
+    Array logits = logits_out(logits_obj, {vocab_}, fn);
     const int64_t* ids = static_cast<const int64_t*>(tokens.data());
     const int64_t T = tokens.shape(0);
     py::gil_scoped_release release;
@@ -376,6 +361,17 @@ class PyTransformer {
 
  private:
   void keep(const Array& a) { kept_.push_back(a); }
+
+  // The logits output: writable float32 of `shape`, overlapping nothing the runner holds.
+  Array logits_out(py::handle obj, const Shape& shape, const char* fn) const {
+    Array logits = f32(obj, fn, "logits", {static_cast<int>(shape.size())});
+    expect_shape(logits, shape, fn, "logits");
+    if (!logits.array.writeable()) value_error(std::string(fn) + ": logits is read-only");
+    for (const Array& a : kept_)
+      if (overlaps(logits, a))
+        value_error(std::string(fn) + ": logits must not overlap a parameter or the KV cache");
+    return logits;
+  }
 
   std::vector<Array> kept_;  // every array the runner reads or writes (keeps them alive)
   std::unique_ptr<model::Transformer> runner_;

@@ -22,29 +22,47 @@
 namespace kg {
 namespace model {
 
+namespace {
+
+// y [m, out] = x W^T + b for float32 W: the blocked matmul kernel (its matrix-vector path when
+// m is 1, the packed GEMM above).
+void f32_product(const Linear& l, const float* x, float* y, int64_t m) {
+  MatmulArgs a;
+  a.a = x;
+  a.b = static_cast<const float*>(l.weight);
+  a.bias = l.bias;
+  a.c = y;
+  a.m = m;
+  a.n = l.out;
+  a.k = l.in;
+  a.batch_stride_c = m * l.out;
+  a.trans_b = true;
+  KG_DISPATCH(matmul_kernels).blocked(a);
+}
+
+// y [m, out] = x W^T (no bias) for W in GGUF blocks, by the quant_matmul version `fn`.
+void quant_product(const Linear& l, const float* x, float* y, int64_t m, QuantMatmulFn fn) {
+  QuantMatmulArgs a;
+  a.x = x;
+  a.w = static_cast<const uint8_t*>(l.weight);
+  a.y = y;
+  a.m = m;
+  a.n = l.out;
+  a.k = l.in;
+  a.type = l.kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+  fn(a);
+}
+
+}  // namespace
+
 void Linear::forward(const float* x, float* y, int64_t m) const {
   switch (kind) {
-    case WeightKind::f32: {
-      // x [1, in] @ W^T, row by row: the matmul kernel's matrix-vector path (a batch of rows
-      // would take the blocked GEMM, whose sums run in another order)
-      for (int64_t i = 0; i < m; ++i) {
-        MatmulArgs a;
-        a.a = x + i * in;
-        a.b = static_cast<const float*>(weight);
-        a.bias = bias;
-        a.c = y + i * out;
-        a.m = 1;
-        a.n = out;
-        a.k = in;
-        a.batch_stride_c = out;
-        a.trans_b = true;
-        KG_DISPATCH(matmul_kernels).blocked(a);
-      }
+    case WeightKind::f32:
+      // row by row: a batch of rows would take the blocked GEMM, whose sums run in another order
+      for (int64_t i = 0; i < m; ++i) f32_product(*this, x + i * in, y + i * out, 1);
       return;
-    }
     case WeightKind::q8_0:
-    case WeightKind::q4_1: {
-      const QuantType type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
+    case WeightKind::q4_1:
       if (panels) {  // the int8 path, ops.quant_matmul_packed: every row of x in one pass
         PackedMatmulArgs a;
         a.x = x;
@@ -53,23 +71,14 @@ void Linear::forward(const float* x, float* y, int64_t m) const {
         a.m = m;
         a.n = out;
         a.k = in;
-        a.type = type;
+        a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
         a.x_bits = x_bits;
         KG_DISPATCH(quant_packed_kernels).matmul(a);
       } else {  // ops.quant_matmul's fused decode-and-dot (what backend="auto" runs for a row)
-        QuantMatmulArgs a;
-        a.x = x;
-        a.w = static_cast<const uint8_t*>(weight);
-        a.y = y;
-        a.m = m;
-        a.n = out;
-        a.k = in;
-        a.type = type;
-        KG_DISPATCH(quant_kernels).matmul_fused(a);
+        quant_product(*this, x, y, m, KG_DISPATCH(quant_kernels).matmul_fused);
       }
       break;
-    }
-    case WeightKind::bf16: {
+    case WeightKind::bf16:
       // ops.bf16_matmul(backend="auto") for one row, row by row: widen in registers + FMA
       for (int64_t i = 0; i < m; ++i) {
         Bf16MatmulArgs a;
@@ -82,10 +91,13 @@ void Linear::forward(const float* x, float* y, int64_t m) const {
         KG_DISPATCH(bf16_kernels).matmul_auto(a);
       }
       break;
-    }
     default:
       throw std::invalid_argument("Linear: unknown weight kind");
   }
+  add_bias(y, m);
+}
+
+void Linear::add_bias(float* y, int64_t m) const {
   if (bias)
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < out; ++j) y[i * out + j] += bias[j];
@@ -93,35 +105,13 @@ void Linear::forward(const float* x, float* y, int64_t m) const {
 
 void Linear::forward_prompt(const float* x, float* y, int64_t m) const {
   if (kind == WeightKind::f32) {  // ops.linear: the blocked GEMM, m rows at once
-    MatmulArgs a;
-    a.a = x;
-    a.b = static_cast<const float*>(weight);
-    a.bias = bias;
-    a.c = y;
-    a.m = m;
-    a.n = out;
-    a.k = in;
-    a.batch_stride_c = m * out;
-    a.trans_b = true;
-    KG_DISPATCH(matmul_kernels).blocked(a);
-    return;
-  }
-  if (kind == WeightKind::bf16 || panels) {  // one call for m rows in any case
+    f32_product(*this, x, y, m);
+  } else if (kind == WeightKind::bf16 || panels) {  // one call for m rows in any case
     forward(x, y, m);
-    return;
+  } else {  // ops.quant_matmul(backend="auto"): fused for few rows, tiled for more
+    quant_product(*this, x, y, m, KG_DISPATCH(quant_kernels).matmul_auto);
+    add_bias(y, m);
   }
-  QuantMatmulArgs a;  // ops.quant_matmul(backend="auto"): fused for few rows, tiled for more
-  a.x = x;
-  a.w = static_cast<const uint8_t*>(weight);
-  a.y = y;
-  a.m = m;
-  a.n = out;
-  a.k = in;
-  a.type = kind == WeightKind::q8_0 ? QuantType::q8_0 : QuantType::q4_1;
-  KG_DISPATCH(quant_kernels).matmul_auto(a);
-  if (bias)
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < out; ++j) y[i * out + j] += bias[j];
 }
 
 static void require(bool ok, const std::string& msg) {

@@ -69,6 +69,7 @@ struct Linear {
   // and bf16 weights as one matrix product, quantized ones as ops.quant_matmul / the packed
   // kernel do for m rows.
   void forward_prompt(const float* x, float* y, int64_t m) const;
+  void add_bias(float* y, int64_t m) const;  // y [m, out] += b
 };
 
 struct LayerWeights {
