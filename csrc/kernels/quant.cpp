@@ -35,6 +35,7 @@
 #include "common/workspace.h"
 #include "kernels/decoded_panels.h"
 #include "kernels/fp16.h"
+#include "kernels/quantize_x.h"
 #include "kernels/matmul.h"
 
 KG_BEGIN_ISA_NAMESPACE
@@ -255,33 +256,6 @@ void matmul_tiled(const QuantMatmulArgs& p) {
 
 thread_local GrowBuffer<int8_t> tl_qx;
 
-// x [M, K] -> qx int8 [M, K], dx [M, K/32] (scale), sx [M, K/32] (dx * sum qx, for Q4_1).
-// The same arithmetic as reference.quantize_activations_q8 (float32, roundf), bit for bit.
-void quantize_x(const QuantMatmulArgs& p, int8_t* qx, float* dx, float* sx) {
-  const int64_t blocks = p.m * (p.k / kQuantBlock);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const float* xb = p.x + b * kQuantBlock;
-    float amax = 0.0f;
-    bool finite = true;
-    for (int j = 0; j < 32; ++j) {
-      amax = std::fabs(xb[j]) > amax ? std::fabs(xb[j]) : amax;
-      finite &= std::isfinite(xb[j]);
-    }
-    // A block holding NaN or inf gets scale NaN (so its outputs are NaN, never garbage) and
-    // q = 0 (converting NaN to an integer would be undefined).
-    float d = finite ? amax / 127.0f : NAN;
-    float inv = finite && d != 0.0f ? 1.0f / d : 0.0f;
-    int sum = 0;
-    for (int j = 0; j < 32; ++j) {
-      int q = finite ? (int)std::roundf(xb[j] * inv) : 0;  // inf * 0 would be NaN
-      qx[b * kQuantBlock + j] = (int8_t)q;
-      sum += q;
-    }
-    dx[b] = d;
-    sx[b] = d * (float)sum;
-  }
-}
-
 // sum_j q_j * qx_j over one block: exact in int32 (|sum| <= 32 * 128 * 127).
 inline int32_t block_dot(const uint8_t* blk, QuantType t, const int8_t* qx) {
   int32_t s = 0;
@@ -378,7 +352,7 @@ void matmul_vnni(const QuantMatmulArgs& p) {
   int8_t* qx = tl_qx.get(p.m * p.k);
   float* scales = tl_xsum.get(2 * p.m * nb);
   float *dx = scales, *sx = scales + p.m * nb;
-  quantize_x(p, qx, dx, sx);
+  quantize_x_blocks<1>(p.x, 0, p.m * nb, qx, dx, sx);  // kernels/quantize_x.h
   parallel_for(p.n, min_rows_per_thread(p.k * ((p.m + 3) / 4)), [&](int64_t n0, int64_t n1) {
     for (int64_t i = 0; i < p.m; i += 4) {
       int rows = p.m - i < 4 ? (int)(p.m - i) : 4;

@@ -236,6 +236,53 @@ ChunkPool::Stats Transformer::pool_stats() const {
   return pool_ ? pool_->stats() : ChunkPool::Stats();
 }
 
+void Transformer::rope_heads(float* x, int64_t heads, int64_t t, int64_t offset, float* table,
+                             double* freq) const {
+  RopeArgs r;
+  r.x = x;
+  r.out = x;  // in place: each row is read before it is written
+  r.n = heads;
+  r.t = t;
+  r.d = c_.head_dim();
+  r.rotary_dim = c_.head_dim();
+  r.offset = offset;
+  r.base = c_.rope_base;
+  r.interleaved = c_.rope_interleaved;
+  r.table = table;
+  r.freq = freq;
+  KG_DISPATCH(rope_kernels).rope_fast(r);
+}
+
+void Transformer::store_kv(const KVCacheBuffers& cache, int64_t l, const float* k, const float* v,
+                           int64_t t, int64_t pos) const {
+  const int64_t hd = c_.head_dim(), row = t * hd;
+  for (int64_t g = 0; g < c_.n_kv_head; ++g) {
+    std::memcpy(cache.k[l] + (g * cache.max_len + pos) * hd, k + g * row, row * sizeof(float));
+    std::memcpy(cache.v[l] + (g * cache.max_len + pos) * hd, v + g * row, row * sizeof(float));
+  }
+}
+
+void Transformer::attend_cache(const KVCacheBuffers& cache, int64_t l, const float* q, float* out,
+                               int64_t t, int64_t s) const {
+  const int64_t hd = c_.head_dim();
+  AttentionArgs a;
+  a.q = q;
+  a.k = cache.k[l];
+  a.v = cache.v[l];
+  a.out = out;
+  a.heads = c_.n_head;
+  a.kv_heads = c_.n_kv_head;
+  a.t = t;
+  a.s = s;
+  a.d = hd;
+  a.kv_capacity = cache.max_len;
+  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  a.causal = true;
+  // ops.attention(backend="auto"): decode up to 16 queries per head, flash above
+  const AttentionKernels& attention = KG_DISPATCH(attention_kernels);
+  (t <= 16 ? attention.decode : attention.flash)(a);
+}
+
 void Transformer::embed(const int64_t* tokens, const int64_t* positions, int64_t n) {
   const int64_t C = c_.n_embd;
   float* x = x_.data();
@@ -320,9 +367,7 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
 
   embed(tokens, positions, n);
 
-  const AttentionKernels& attention = KG_DISPATCH(attention_kernels);
   const ActivationVersion& act = KG_DISPATCH(activation_kernels).fast;
-  const RopeKernels& rope = KG_DISPATCH(rope_kernels);
   for (int64_t l = 0; l < c_.n_layer; ++l) {
     const LayerWeights& L = w_.layers[l];
     // attention: each row of qkv holds q [H, hd], k [Hkv, hd], v [Hkv, hd] back to back
@@ -335,42 +380,12 @@ void Transformer::decode_batch(const int64_t* slots, const int64_t* tokens,
     auto attend = [&](int64_t i) {
       const int64_t pos = positions[i];
       const KVCacheBuffers& cache = caches_[slots[i]];
-      float* qkv_i = qkv + i * QKV;
-      if (c_.positions == PositionsKind::rope) {
-        RopeArgs r;  // q and k rows together: the same rotation as two calls at offset pos
-        r.x = qkv_i;
-        r.out = qkv_i;  // in place: each row is read before it is written
-        r.n = H + Hkv;
-        r.t = 1;
-        r.d = hd;
-        r.rotary_dim = hd;
-        r.offset = pos;
-        r.base = c_.rope_base;
-        r.interleaved = c_.rope_interleaved;
-        r.table = rope_table_.data() + i * rope_table_floats_;
-        r.freq = rope_freq_.data() + i * (hd / 2);
-        rope.rope_fast(r);
-      }
-      const float* k_new = qkv_i + H * hd;
-      const float* v_new = k_new + Hkv * hd;
-      for (int64_t g = 0; g < Hkv; ++g) {
-        std::memcpy(cache.k[l] + (g * cache.max_len + pos) * hd, k_new + g * hd, hd * sizeof(float));
-        std::memcpy(cache.v[l] + (g * cache.max_len + pos) * hd, v_new + g * hd, hd * sizeof(float));
-      }
-      AttentionArgs a;
-      a.q = qkv_i;
-      a.k = cache.k[l];
-      a.v = cache.v[l];
-      a.out = y + i * C;  // [H, 1, hd] is already the merged [C]
-      a.heads = H;
-      a.kv_heads = Hkv;
-      a.t = 1;
-      a.s = pos + 1;
-      a.d = hd;
-      a.kv_capacity = cache.max_len;
-      a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-      a.causal = true;
-      attention.decode(a);
+      float* qkv_i = qkv + i * QKV;  // q [H, 1, hd], k [Hkv, 1, hd], v [Hkv, 1, hd]
+      if (c_.positions == PositionsKind::rope)  // q and k heads together
+        rope_heads(qkv_i, H + Hkv, 1, pos, rope_table_.data() + i * rope_table_floats_,
+                   rope_freq_.data() + i * (hd / 2));
+      store_kv(cache, l, qkv_i + H * hd, qkv_i + (H + Hkv) * hd, 1, pos);
+      attend_cache(cache, l, qkv_i, y + i * C, 1, pos + 1);  // [H, 1, hd] is the merged [C]
     };
     if (n == 1)
       attend(0);
@@ -467,9 +482,7 @@ void Transformer::prefill(int64_t slot, const int64_t* tokens, int64_t T, int64_
   float *heads = heads_.data(), *out = heads_out_.data();
   embed(tokens, positions.data(), T);
 
-  const AttentionKernels& attention = KG_DISPATCH(attention_kernels);
   const ActivationVersion& act = KG_DISPATCH(activation_kernels).fast;
-  const RopeKernels& rope = KG_DISPATCH(rope_kernels);
   std::vector<float> rope_table;
   std::vector<double> rope_freq;
   if (c_.positions == PositionsKind::rope) {
@@ -484,42 +497,10 @@ void Transformer::prefill(int64_t slot, const int64_t* tokens, int64_t T, int64_
     for (int64_t i = 0; i < T; ++i)
       for (int64_t n = 0; n < NH; ++n)
         std::memcpy(heads + (n * T + i) * hd, qkv + i * QKV + n * hd, hd * sizeof(float));
-    if (c_.positions == PositionsKind::rope) {
-      RopeArgs r;  // q and k heads together: the same rotation as forward_cached's two calls
-      r.x = heads;
-      r.out = heads;
-      r.n = H + Hkv;
-      r.t = T;
-      r.d = hd;
-      r.rotary_dim = hd;
-      r.offset = pos0;
-      r.base = c_.rope_base;
-      r.interleaved = c_.rope_interleaved;
-      r.table = rope_table.data();
-      r.freq = rope_freq.data();
-      rope.rope_fast(r);
-    }
-    for (int64_t g = 0; g < Hkv; ++g) {
-      std::memcpy(cache.k[l] + (g * cache.max_len + pos0) * hd, heads + (H + g) * T * hd,
-                  T * hd * sizeof(float));
-      std::memcpy(cache.v[l] + (g * cache.max_len + pos0) * hd, heads + (H + Hkv + g) * T * hd,
-                  T * hd * sizeof(float));
-    }
-    AttentionArgs a;
-    a.q = heads;
-    a.k = cache.k[l];
-    a.v = cache.v[l];
-    a.out = out;
-    a.heads = H;
-    a.kv_heads = Hkv;
-    a.t = T;
-    a.s = pos0 + T;
-    a.d = hd;
-    a.kv_capacity = cache.max_len;
-    a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-    a.causal = true;
-    // ops.attention(backend="auto"): decode up to 16 queries per head, flash above
-    (T <= 16 ? attention.decode : attention.flash)(a);
+    if (c_.positions == PositionsKind::rope)  // q and k heads: forward_cached's two calls in one
+      rope_heads(heads, H + Hkv, T, pos0, rope_table.data(), rope_freq.data());
+    store_kv(cache, l, heads + H * T * hd, heads + (H + Hkv) * T * hd, T, pos0);
+    attend_cache(cache, l, heads, out, T, pos0 + T);
     for (int64_t i = 0; i < T; ++i)  // [H, T, hd] -> [T, C] (_merge_heads)
       for (int64_t n = 0; n < H; ++n)
         std::memcpy(y + i * C + n * hd, out + (n * T + i) * hd, hd * sizeof(float));

@@ -176,6 +176,15 @@ class Transformer {
   std::vector<float> x_, h_, qkv_, y_, proj_, fc_, act_;
   std::vector<float> heads_, heads_out_;  // prefill: q, k, v as [heads, T, hd]; attention's out
   void embed(const int64_t* tokens, const int64_t* positions, int64_t n);
+  // RoPE in place on x [heads, t, hd] at positions offset.. (table, freq: the kernel's scratch)
+  void rope_heads(float* x, int64_t heads, int64_t t, int64_t offset, float* table,
+                  double* freq) const;
+  // k, v [Hkv, t, hd] into layer l of cache at positions pos..
+  void store_kv(const KVCacheBuffers& cache, int64_t l, const float* k, const float* v,
+                int64_t t, int64_t pos) const;
+  // q [H, t, hd] (the last t of s positions) against layer l's positions 0..s-1: out [H, t, hd]
+  void attend_cache(const KVCacheBuffers& cache, int64_t l, const float* q, float* out,
+                    int64_t t, int64_t s) const;
   std::vector<float> sinusoidal_;  // [block_size, C] for sinusoidal positions
   int64_t rope_table_floats_ = 0;  // RoPE's table scratch per row
   std::vector<float> rope_table_;

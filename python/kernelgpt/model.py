@@ -465,9 +465,7 @@ class GPT:
         B, T = ids.shape
         t0 = cache.length
         if t0 + T > min(c.block_size, cache.max_len):
-            raise ValueError(f"context of {t0 + T} tokens exceeds the model's block_size "
-                             f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
-                                                  f" / the cache's max_len {cache.max_len}"))
+            raise self._context_error(t0 + T, cache)
         x = self.ops.embedding(ids.reshape(-1), P["wte"])
         pos = self._positions_table(t0, T)
         if pos is not None:
@@ -514,15 +512,10 @@ class GPT:
         On a device the step is a CUDA graph replayed per token (graph_decode.GraphDecoder)."""
         if self.device != "cpu":
             return self._decode_on_device(token, cache, out)
-        r = self._runners.get(cache)
-        if r is None or r[0] is not self.params.data:
-            r = self._build_runner(cache)
+        r = self._runner(cache)
         pos = cache.length
         if pos >= r[2]:
-            c = self.config
-            raise ValueError(f"context of {pos + 1} tokens exceeds the model's block_size "
-                             f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
-                                                  f" / the cache's max_len {cache.max_len}"))
+            raise self._context_error(pos + 1, cache)
         if out is None:
             out = np.empty(self.config.vocab_size, np.float32)
         r[1].decode(token, pos, out)
@@ -543,9 +536,7 @@ class GPT:
         host_ids, _ = self._check_batch(ids, None)
         c, t0, T = self.config, cache.length, host_ids.shape[1]
         if t0 + T > min(c.block_size, cache.max_len):
-            raise ValueError(f"context of {t0 + T} tokens exceeds the model's block_size "
-                             f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
-                                                  f" / the cache's max_len {cache.max_len}"))
+            raise self._context_error(t0 + T, cache)
         out = np.empty(c.vocab_size, np.float32)
         self.decode_runner(cache).prefill(np.ascontiguousarray(host_ids[0], np.int64), t0, out)
         cache.advance(host_ids[0].tolist())
@@ -560,10 +551,21 @@ class GPT:
         """The native runner decode_next uses for `cache` (_C.Transformer, built if needed):
         runner.set_profiling(True), then runner.profile() says where the tokens' time went
         (matrix-vector products, attention, the rest) and how the work pool scheduled them."""
+        return self._runner(cache)[1]
+
+    def _runner(self, cache):
+        """(params.data, runner, max positions) for cache: the kept one while the parameters
+        are the same buffer, else a new one."""
         r = self._runners.get(cache)
         if r is None or r[0] is not self.params.data:
             r = self._build_runner(cache)
-        return r[1]
+        return r
+
+    def _context_error(self, length: int, cache) -> ValueError:
+        c = self.config
+        return ValueError(f"context of {length} tokens exceeds the model's block_size "
+                          f"{c.block_size}" + ("" if cache.max_len >= c.block_size else
+                                               f" / the cache's max_len {cache.max_len}"))
 
     def _decode_on_device(self, token, cache, out):
         dec = self._graph_decoder
@@ -632,8 +634,7 @@ class BatchDecoder:
         positions = [c.length for c in caches]
         for c, pos in zip(caches, positions):
             if pos >= min(self.model.config.block_size, c.max_len):
-                raise ValueError(f"context of {pos + 1} tokens exceeds the model's block_size "
-                                 f"{self.model.config.block_size} / the cache's max_len {c.max_len}")
+                raise self.model._context_error(pos + 1, c)
         out = self._logits[:len(which)]
         self.runner.decode_batch(which, [int(t) for t in tokens], positions, out)
         for c, t in zip(caches, tokens):
