@@ -295,7 +295,11 @@ def test_attention_bad_dtype_and_type(rng):
     with pytest.raises(TypeError, match="q must be float32"):
         ops.attention(q.astype(np.float64), k, v)
     with pytest.raises(TypeError, match="v must be float32"):
+        ops.attention(q, k, v.astype(np.float64))
+    with pytest.raises(TypeError, match="k and v must have the same dtype"):
         ops.attention(q, k, v.astype(np.float16))
+    with pytest.raises(TypeError, match="q must be float32"):
+        ops.attention(q.astype(np.float16), k, v)
     with pytest.raises(TypeError, match="numpy array"):
         ops.attention(q.tolist(), k, v)
     with pytest.raises(TypeError, match="None"):
@@ -486,3 +490,51 @@ def test_attention_kv_length_bad():
         kops.attention(q, kc, kc.copy(), kv_length=2)
     with pytest.raises(TypeError, match="kv_length"):
         kops.attention(q, kc, kc.copy(), kv_length=2.5)
+
+
+# ---- a half-precision KV cache (float16 k and v) ------------------------------------------
+
+@pytest.mark.parametrize("backend", ["naive", "flash", "decode", "auto", "numpy"])
+@pytest.mark.parametrize("B,H,Hkv,T,S,cap,D", [
+    (1, 1, 1, 1, 1, 1, 1), (1, 9, 3, 1, 37, 64, 64), (2, 6, 2, 5, 40, 41, 13),
+    (1, 4, 4, 17, 300, 513, 80), (1, 2, 1, 64, 64, 300, 16), (1, 15, 5, 1, 1031, 1031, 128)])
+def test_attention_half_kv_equals_widened(isa, backend, B, H, Hkv, T, S, cap, D):
+    """float16 k, v give exactly what float32 k.astype(float32), v.astype(float32) give with the
+    same version: the kernels widen the cache (exactly) before any arithmetic."""
+    rng = np.random.default_rng(B * 7 + T * 1000 + S + D)
+    q = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    kc = (rng.standard_normal((B, Hkv, cap, D)) * 3).astype(np.float16)
+    vc = rng.standard_normal((B, Hkv, cap, D)).astype(np.float16)
+    got, lse = ops.attention(q, kc, vc, causal=True, kv_length=S, return_lse=True, backend=backend)
+    want, want_lse = ops.attention(q, kc.astype(np.float32), vc.astype(np.float32), causal=True,
+                                   kv_length=S, return_lse=True, backend=backend)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(lse, want_lse)
+    assert np.isfinite(got).all()
+    ref, _ = reference.attention(q.astype(np.float64), kc[:, :, :S].astype(np.float64),
+                                 vc[:, :, :S].astype(np.float64), True, None)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=2e-5)
+
+
+def test_to_half_rounds_as_numpy(isa):
+    """The KV write's fp32 -> fp16 rounding (nearest even, subnormals, overflow to inf) equals
+    numpy's astype(np.float16), on random values of every magnitude and on the edge cases."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(4099) * np.exp2(rng.integers(-30, 20, 4099))).astype(np.float32)
+    # ties at every scale: halfway between two halves (normal and subnormal), the largest half,
+    # the overflow threshold 65520, the smallest subnormal and half of it
+    bits = rng.integers(0, 0x7bff, 512).astype(np.uint16)
+    halves = bits.view(np.float16).astype(np.float32)
+    nexts = (bits + 1).view(np.float16).astype(np.float32)  # the next half up: (h + n) / 2 a tie
+    edges = np.array([0.0, -0.0, 65504, 65519.99, 65520, 65536, 1e9, np.inf, -np.inf, 2.0 ** -24,
+                      2.0 ** -25, 3 * 2.0 ** -26, 2.0 ** -14, 2.0 ** -14 * (1 - 2.0 ** -12),
+                      6.1e-5, 1e-40], np.float32)
+    x = np.concatenate([x, -x, (halves + nexts) / 2, halves, edges, -edges]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    got = kernelgpt._C.to_half(x)
+    np.testing.assert_array_equal(got, want)
+    for n in (1, 7, 15, 16, 17, 33):  # every vector tail
+        np.testing.assert_array_equal(kernelgpt._C.to_half(x[:n]), want[:n])
+    nan = kernelgpt._C.to_half(np.array([np.nan, -np.nan], np.float32)).view(np.float16)
+    assert np.isnan(nan).all()

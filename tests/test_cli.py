@@ -308,7 +308,7 @@ def test_chat_says_when_old_turns_are_dropped(tiny_gguf):
                       "--seed", 0, input="hello there friend\n" * 6)
     assert r.returncode == 0, r.stderr
     assert "[dropped the 2 oldest messages to fit the 64-token context]" in r.stderr, r.stderr
-    assert "KV cache up to 16 kB" in r.stderr  # 2 layers x (K, V) x 2 heads x 8 x 64 x 4 bytes
+    assert "KV cache up to 8 kB" in r.stderr  # 2 layers x (K, V) x 2 heads x 8 x 64 x 2 bytes (fp16)
 
 
 def test_chat_ends_at_end_of_input(tiny_gguf):

@@ -428,3 +428,58 @@ def test_generate_same_text_with_and_without_runner(flavour, settings):
     plain = "".join(generate(model, tok, prompt + first, max_new_tokens=6, seed=3,
                              fast_decode=False, **settings))
     assert again == plain
+
+
+# ---- a half-precision KV cache ------------------------------------------------------------
+
+@pytest.mark.parametrize("flavour", ["llama-half-gqa", "head64-gqa", "gpt2", "head128",
+                                     "llama-interleaved-mqa"])
+def test_half_kv_cache_in_every_path(flavour, isa):
+    """model.kv_dtype = 'float16': forward_cached (numpy's cast, the attention kernels widen),
+    the native prefill and decode_next (the runner's KV write rounds the same way) and
+    BatchDecoder agree; and the logits stay close to those of a float32 cache."""
+    cfg = GPTConfig(**FLAVOURS[flavour])
+    model = random_model(cfg, seed=len(flavour) + 5)
+    rng = np.random.default_rng(9)
+    tokens = rng.integers(0, cfg.vocab_size, cfg.block_size)
+    full = model.new_cache()  # float32, the comparison
+    model.kv_dtype = "float16"
+    py, nat, batch = model.new_cache(), model.new_cache(), model.new_cache()
+    assert py.k[0].dtype == np.float16 and py.nbytes * 2 == full.nbytes
+    n = min(9, cfg.block_size - 1)
+    expected = model.forward_cached(tokens[None, :n], py)[0]
+    scale = np.abs(expected).max()
+    got = model.prefill(tokens[:n], nat)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3 * scale)
+    model.forward_cached(tokens[None, :n], full)
+    dec = model.batch_decoder([batch])
+    for t in tokens[:n]:  # the batch decoder's cache gets the prompt token by token
+        dec.step([int(t)])
+    for pos in range(n, cfg.block_size):
+        t = int(tokens[pos])
+        want = model.forward_cached(np.array([[t]]), py)[0]
+        got = model.decode_next(t, nat)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.abs(want).max())
+        rows = dec.step([t])
+        np.testing.assert_allclose(rows[0], got, rtol=0, atol=1e-3 * np.abs(want).max())
+        f32 = model.forward_cached(np.array([[t]]), full)[0]
+        np.testing.assert_allclose(got, f32, rtol=0, atol=1e-2 * np.abs(f32).max())
+    for i in range(cfg.n_layer):  # a half ulp or so apart (their fp32 K, V differ slightly)
+        for a, b in ((nat.k[i], py.k[i]), (nat.v[i], py.v[i])):
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32),
+                                       rtol=2 ** -9, atol=1e-4)
+
+
+def test_kv_cache_dtype_checks():
+    from kernelgpt.kv_cache import KVCache
+    assert KVCache(1, 1, 2, 3, dtype=np.float16).k[0].dtype == np.float16
+    for bad in ("int8", "bfloat16", np.float64, None, 3):
+        with pytest.raises(ValueError, match="dtype must be 'float32' or 'float16'"):
+            KVCache(1, 1, 2, 3, dtype=bad)
+    with pytest.raises(ValueError, match="CPU only"):
+        KVCache(1, 1, 2, 3, dtype="float16", device="emu")
+    cfg = GPTConfig(**FLAVOURS["gpt2"])
+    model = random_model(cfg)
+    h = model.new_cache(dtype="float16")
+    with pytest.raises(TypeError, match="share one dtype"):
+        _C.Transformer(cfg.to_dict(), model.params.views, h.k[:1] + [np.zeros_like(h.k[1], np.float32)], h.v)

@@ -184,7 +184,8 @@ def test_on_a_device_matches_the_cpu(model, device):
     if device == "cuda" and not cuda_available():
         pytest.skip("needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU")
     dev = load_model(GGUF, device=device)
-    cpu = load_model(GGUF, int8=False)  # fp32 activations, as the CUDA kernels multiply
+    # fp32 activations and KV cache, as the CUDA kernels multiply and store
+    cpu = load_model(GGUF, int8=False, kv_dtype="float32")
     ids = model.tokenizer.encode("The capital of France is")
     a = cpu.forward_cached(np.array([ids]), cpu.new_cache())
     b = to_numpy(dev.forward_cached(np.array([ids]), dev.new_cache()))

@@ -73,6 +73,23 @@ Array f32(py::handle obj, const char* fn, const char* name, std::initializer_lis
   return r;
 }
 
+Array f32_or_f16(py::handle obj, const char* fn, const char* name,
+                 std::initializer_list<int> ranks) {
+  py::array a = as_ndarray(obj, fn, name);
+  const bool half = a.dtype().kind() == 'f' && a.dtype().itemsize() == 2;
+  if (!half && !a.dtype().equal(py::dtype::of<float>()))
+    type_error(std::string(fn) + ": " + name + " must be float32 or float16, got " +
+               std::string(py::str(a.dtype())));
+  check_layout(a, fn, name, ranks);
+  Array r;
+  r.array = a;
+  r.present = true;
+  r.half = half;
+  r.shape = shape_of(a);
+  r.size = a.size();
+  return r;
+}
+
 Array ids(py::handle obj, const char* fn, const char* name, int64_t limit,
           const int64_t* allowed_extra) {
   py::array a = as_ndarray(obj, fn, name);

@@ -26,6 +26,7 @@ std::string shape_str(const Shape& shape);
 struct Array {
   py::array array;  // only meaningful when present (a default py::array is not null)
   bool present = false;
+  bool half = false;  // float16 (from f32_or_f16)
   Shape shape;
   int64_t size = 0;
   explicit operator bool() const { return present; }
@@ -33,6 +34,8 @@ struct Array {
   int64_t dim(int i) const { return shape[i < 0 ? shape.size() + i : i]; }
   float* f32() const { return static_cast<float*>(const_cast<void*>(array.data())); }
   const float* cf32() const { return static_cast<const float*>(array.data()); }
+  const uint16_t* chalf() const { return static_cast<const uint16_t*>(array.data()); }
+  uint16_t* half_bits() const { return static_cast<uint16_t*>(const_cast<void*>(array.data())); }
   const int64_t* ids() const { return static_cast<const int64_t*>(array.data()); }
   const char* bytes_begin() const { return static_cast<const char*>(array.data()); }
   const char* bytes_end() const { return bytes_begin() + array.nbytes(); }
@@ -40,6 +43,9 @@ struct Array {
 
 // A float32, C-contiguous, non-empty array whose rank is one of `ranks` (empty = any).
 Array f32(py::handle obj, const char* fn, const char* name, std::initializer_list<int> ranks = {});
+// The same, float32 or float16 (a half-precision KV cache); .half says which.
+Array f32_or_f16(py::handle obj, const char* fn, const char* name,
+                 std::initializer_list<int> ranks = {});
 
 // An integer array of ids; int64 is used as is, other integer dtypes are converted (a copy).
 // Every value must lie in [0, limit) unless it equals `allowed_extra` (e.g. ignore_index).

@@ -64,8 +64,13 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::h
   const char* fn = "attention";
   int ver = check_version(fn, version, {{1, "naive"}, {2, "flash"}, {3, "decode"}});
   Array q = f32(q_obj, fn, "q", {4});
-  Array k = f32(k_obj, fn, "k", {4});
-  Array v = f32(v_obj, fn, "v", {4});
+  // k and v: float32, or both float16 (a half-precision KV cache, widened as it is read)
+  Array k = f32_or_f16(k_obj, fn, "k", {4});
+  Array v = f32_or_f16(v_obj, fn, "v", {4});
+  if (k.half != v.half)
+    type_error(std::string(fn) + ": k and v must have the same dtype, got k " +
+               std::string(py::str(k.array.dtype())) + " and v " +
+               std::string(py::str(v.array.dtype())));
   if (k.shape != v.shape)
     value_error(std::string(fn) + ": k and v must have the same shape [B, Hkv, S, D], got k " +
                 shape_str(k.shape) + " and v " + shape_str(v.shape));
@@ -88,8 +93,13 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::h
 
   AttentionArgs args;
   args.q = q.cf32();
-  args.k = k.cf32();
-  args.v = v.cf32();
+  if (k.half) {
+    args.k16 = k.chalf();
+    args.v16 = v.chalf();
+  } else {
+    args.k = k.cf32();
+    args.v = v.cf32();
+  }
   args.out = out.f32();
   args.lse = return_lse ? lse.f32() : nullptr;
   args.batch = sh.batch;
@@ -157,6 +167,19 @@ py::tuple attention_backward(py::handle dout_obj, py::handle q_obj, py::handle k
   return py::make_tuple(dq.array, dk.array, dv.array);
 }
 
+// x (float32) rounded to fp16 bits as a half KV cache stores it (the runner's KV write):
+// numpy's x.astype(np.float16).view(np.uint16) for every non-NaN x.
+py::array to_half(py::handle x_obj) {
+  Array x = f32(x_obj, "to_half", "x");
+  py::array_t<uint16_t> out(x.shape);
+  uint16_t* bits = out.mutable_data();
+  const float* src = x.cf32();
+  const int64_t n = x.size;
+  py::gil_scoped_release release;
+  KG_DISPATCH(attention_kernels).to_half(src, bits, n);
+  return out;
+}
+
 }  // namespace
 
 void register_attention(py::module_& m) {
@@ -167,6 +190,7 @@ void register_attention(py::module_& m) {
   m.def("attention_backward", &attention_backward, py::arg("dout"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("out"), py::arg("lse"), py::arg("causal") = true,
         py::arg("scale") = py::none(), py::arg("version") = 2);
+  m.def("to_half", &to_half, py::arg("x"));
   m.def("attention_path",
         [] { return std::string(KG_DISPATCH(attention_kernels).flash_description); });
 }

@@ -270,8 +270,15 @@ class PyTransformer {
         for (int kv = 0; kv < 2; ++kv) {
           std::string name = std::string(kv ? "v_cache" : "k_cache") + prefix + "[" +
                              std::to_string(i) + "]";
-          Array a = f32((kv ? vs : ks)[i], kFn, name.c_str(), {4});
-          if (i == 0 && kv == 0) cache.max_len = a.dim(2);
+          Array a = f32_or_f16((kv ? vs : ks)[i], kFn, name.c_str(), {4});
+          if (i == 0 && kv == 0) {
+            cache.max_len = a.dim(2);
+            cache.half = a.half;
+          } else if (a.half != cache.half) {
+            type_error(std::string(kFn) + ": " + name + " is " +
+                       std::string(py::str(a.array.dtype())) + " and k_cache" + prefix +
+                       "[0] is not: one cache's buffers share one dtype");
+          }
           expect_shape(a, {1, c.n_kv_head, cache.max_len, hd}, kFn, name.c_str());
           if (!a.array.writeable()) value_error(std::string(kFn) + ": " + name + " is read-only");
           for (const Array& other : kept_)
@@ -279,7 +286,10 @@ class PyTransformer {
               value_error(std::string(kFn) + ": " + name +
                           " overlaps a parameter or another cache buffer");
           keep(a);
-          (kv ? cache.v : cache.k).push_back(a.f32());
+          if (a.half)
+            (kv ? cache.v16 : cache.k16).push_back(a.half_bits());
+          else
+            (kv ? cache.v : cache.k).push_back(a.f32());
         }
       }
       caches.push_back(std::move(cache));

@@ -39,6 +39,7 @@
 #include "common/simd.h"
 #include "common/workspace.h"
 #include "common/threading.h"
+#include "kernels/fp16.h"
 #include "kernels/microkernel.h"
 
 KG_BEGIN_ISA_NAMESPACE
@@ -47,6 +48,29 @@ namespace {
 using namespace simd;
 
 thread_local Workspace tl_workspace;
+thread_local Workspace tl_widened_kv;
+
+// A half-precision KV cache (p.k16, p.v16) for the naive and flash versions: the filled rows
+// widened once into a float32 copy [B, Hkv, S, D], and args that read it. (The decode version
+// widens a chunk of keys at a time instead, in L2.)
+AttentionArgs widened_kv(const AttentionArgs& p) {
+  const int64_t rows = p.s * p.d, groups = p.batch * p.kv_heads, stride = p.kv_rows() * p.d;
+  float* buf = tl_widened_kv.get(2 * groups * rows);
+  parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      halves_to_floats(p.k16 + g * stride, buf + g * rows, rows);
+      halves_to_floats(p.v16 + g * stride, buf + (groups + g) * rows, rows);
+    }
+  });
+  AttentionArgs a = p;
+  a.k = buf;
+  a.v = buf + groups * rows;
+  a.k16 = a.v16 = nullptr;
+  a.kv_capacity = p.s;
+  return a;
+}
+
+void to_half(const float* x, uint16_t* out, int64_t n) { floats_to_halves(x, out, n); }
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -54,6 +78,7 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ---- version 1: naive --------------------------------------------------------------------
 void attention_naive(const AttentionArgs& p) {
+  if (p.k16) return attention_naive(widened_kv(p));
   const int64_t T = p.t, S = p.s, D = p.d, group = p.heads / p.kv_heads;
   const int64_t offset = S - T;  // causal: query i sees keys j <= i + offset
   float* scores = tl_workspace.get(T * S);
@@ -315,6 +340,7 @@ void flash_forward_block(const AttentionArgs& p, int64_t b, int64_t h, int64_t i
 }
 
 void attention_flash(const AttentionArgs& p) {
+  if (p.k16) return attention_flash(widened_kv(p));
   const int64_t T = p.t, S = p.s, D = p.d, offset = S - T;
   const int64_t q_blocks = (T + BQ - 1) / BQ, items = p.batch * p.heads * q_blocks;
   // Cost of an item: the keys its block visits, plus a fixed cost for packing and output.
@@ -560,13 +586,16 @@ inline vfloat reduce_add_each(const vfloat* x) {
 // head kvh * G + r / T, rows [r0, r0 + nrows)) over the keys [k0, k1). Leaves the unnormalised
 // result: m[r] (max), l[r] (sum), acc[r][0:Dp].
 struct DecodeScratch {
-  float *qp, *acc, *scores;
+  float *qp, *acc, *scores, *kv;
   float m[kDecodeRows], l[kDecodeRows];
-  static int64_t floats(int64_t Dp) { return round_up(2 * kDecodeRows * Dp + kDecodeRows * kDecodeKeys, 16); }
+  static int64_t floats(int64_t Dp) {
+    return round_up(2 * kDecodeRows * Dp + kDecodeRows * kDecodeKeys + 2 * kDecodeKeys * Dp, 16);
+  }
   DecodeScratch(float* w, int64_t Dp) {
     qp = w;                              // qp[r][0:Dp] = scale * q (zero padded)
     acc = qp + kDecodeRows * Dp;         // acc[r][0:Dp]
     scores = acc + kDecodeRows * Dp;     // scores[r][0:kDecodeKeys]
+    kv = scores + kDecodeRows * kDecodeKeys;  // an fp16 cache's chunk widened: K then V [keys][D]
   }
 };
 
@@ -618,8 +647,9 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
                  int64_t k0, int64_t k1, DecodeScratch& w) {
   const int64_t T = p.t, S = p.s, D = p.d, G = p.heads / p.kv_heads, offset = S - T;
   const int64_t Dp = round_up(D, kWidth), dvecs = D / kWidth, dtail = D - dvecs * kWidth;
-  const float* k = p.k + (b * p.kv_heads + kvh) * p.kv_rows() * D;
-  const float* v = p.v + (b * p.kv_heads + kvh) * p.kv_rows() * D;
+  const bool half = p.k16 != nullptr;  // an fp16 cache: p.k and p.v are null
+  const float* k = half ? nullptr : p.k + (b * p.kv_heads + kvh) * p.kv_rows() * D;
+  const float* v = half ? nullptr : p.v + (b * p.kv_heads + kvh) * p.kv_rows() * D;
   int64_t key_end[kDecodeRows];  // row r sees keys < key_end[r]
   for (int64_t r = 0; r < nrows; ++r) {
     int64_t g = (r0 + r) / T, i = (r0 + r) % T;
@@ -631,20 +661,30 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
     w.l[r] = 0.0f;
   }
   static const LaneIndex lane;
+  const uint16_t* k16 = half ? p.k16 + (b * p.kv_heads + kvh) * p.kv_rows() * D : nullptr;
+  const uint16_t* v16 = half ? p.v16 + (b * p.kv_heads + kvh) * p.kv_rows() * D : nullptr;
   for (int64_t c0 = k0; c0 < k1; c0 += kDecodeKeys) {
     const int64_t c1 = min64(k1, c0 + kDecodeKeys), nk = c1 - c0;
     float alpha[kDecodeRows];
+    // the chunk's keys and values: in place, or (an fp16 cache) widened into scratch, a
+    // sequential pass the hardware prefetcher follows on its own
+    const float* kc = half ? w.kv : k + c0 * D;
+    const float* vc = half ? w.kv + kDecodeKeys * D : v + c0 * D;
+    if (half) {
+      halves_to_floats(k16 + c0 * D, w.kv, nk * D);
+      halves_to_floats(v16 + c0 * D, w.kv + kDecodeKeys * D, nk * D);
+    }
     // 1. scores of every row against keys c0..c1, kWidth keys at a time; the rows share each
     //    group of keys while it is in L1. The keys a few groups ahead are prefetched (this
     //    loop is too short for the hardware prefetcher to get far enough ahead on its own).
     for (int64_t j = c0; j < c1; j += kWidth) {
       const int64_t n = min64(kWidth, c1 - j);
-      if (j + kDecodePrefetch + n <= k1) {
+      if (!half && j + kDecodePrefetch + n <= k1) {
         const char* ahead = reinterpret_cast<const char*>(k + (j + kDecodePrefetch) * D);
         for (int64_t x = 0; x < n * D * 4; x += 64) __builtin_prefetch(ahead + x, 0, 3);
       }
       for (int64_t r = 0; r < nrows; ++r) {
-        vfloat s = dot_keys_any(w.qp + r * Dp, k + j * D, n, D);
+        vfloat s = dot_keys_any(w.qp + r * Dp, kc + (j - c0) * D, n, D);
         // hidden: past the chunk, or past this row's causal limit
         const vfloat limit = broadcast(static_cast<float>(min64(key_end[r], c1) - j));
         s = lane.v[0] < limit ? s : broadcast(-INFINITY);
@@ -688,7 +728,7 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
       int R = static_cast<int>(min64(MR_DQ, nrows - r));
       for (int64_t u = 0; u < dvecs; u += NV_DQ) {
         int nvt = static_cast<int>(min64(NV_DQ, dvecs - u));
-        tile_rv<false>(R, nvt, nk, w.scores + r * kDecodeKeys, kDecodeKeys, v + c0 * D + u * kWidth,
+        tile_rv<false>(R, nvt, nk, w.scores + r * kDecodeKeys, kDecodeKeys, vc + u * kWidth,
                        D, w.acc + r * Dp + u * kWidth, Dp, Init::kAdd);
       }
     }
@@ -696,7 +736,7 @@ void decode_rows(const AttentionArgs& p, int64_t b, int64_t kvh, int64_t r0, int
       for (int64_t r = 0; r < nrows; ++r)
         for (int64_t jj = 0; jj < nk; ++jj) {
           float pr = w.scores[r * kDecodeKeys + jj];
-          for (int64_t d = dvecs * kWidth; d < D; ++d) w.acc[r * Dp + d] += pr * v[(c0 + jj) * D + d];
+          for (int64_t d = dvecs * kWidth; d < D; ++d) w.acc[r * Dp + d] += pr * vc[jj * D + d];
         }
   }
 }
@@ -794,6 +834,7 @@ void attention_decode(const AttentionArgs& p) {
 
 extern const AttentionKernels attention_kernels = {
     attention_naive,          attention_flash,          attention_decode,
-    attention_naive_backward, attention_flash_backward, KG_ATTENTION_PATH};
+    attention_naive_backward, attention_flash_backward, to_half,
+    KG_ATTENTION_PATH};
 
 KG_END_ISA_NAMESPACE

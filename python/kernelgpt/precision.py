@@ -299,6 +299,7 @@ class ReferenceOps:
     def attention(self, q, k, v, *, causal=True, return_lse=False, kv_length=None, out=None):
         if kv_length is not None:
             k, v = k[:, :, :kv_length], v[:, :, :kv_length]
+        k, v = k.astype(q.dtype, copy=False), v.astype(q.dtype, copy=False)  # a float16 cache
         y, lse = reference.attention(q, k, v, causal)
         y = self._out(y, out)
         return (y, lse) if return_lse else y

@@ -36,6 +36,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
+import numpy as np
+
 from . import chat as chat_format
 from .generate import GenerationStats, generate as _generate, generate_batch
 from .sampling import SamplingConfig, sampling_config
@@ -159,10 +161,12 @@ class TextModel:
         return self.config.block_size
 
     def kv_cache_bytes(self, n_tokens: Optional[int] = None) -> int:
-        """Bytes of the fp32 K and V buffers for n_tokens (default: the whole context)."""
+        """Bytes of the K and V buffers for n_tokens (default: the whole context), in the
+        dtype new_cache makes (self.gpt.kv_dtype: float32, or float16 for half as many)."""
         c = self.config
         n = self.context_length if n_tokens is None else int(n_tokens)
-        return 2 * c.n_layer * c.n_kv_head * c.head_dim * n * 4
+        itemsize = np.dtype(self.gpt.kv_dtype if self.gpt.device == "cpu" else np.float32).itemsize
+        return 2 * c.n_layer * c.n_kv_head * c.head_dim * n * itemsize
 
     def to(self, device: str) -> "TextModel":
         """Moves the weights to 'cpu', 'cuda' or 'emu' (see GPT.to); caches follow."""
@@ -170,9 +174,9 @@ class TextModel:
         self._pool.clear()
         return self
 
-    def new_cache(self, max_len: Optional[int] = None, batch: int = 1):
-        """A KV cache for max_len tokens (default: the whole context)."""
-        return self.gpt.new_cache(max_len or self.context_length, batch)
+    def new_cache(self, max_len: Optional[int] = None, batch: int = 1, dtype=None):
+        """A KV cache for max_len tokens (default: the whole context); dtype as GPT.new_cache."""
+        return self.gpt.new_cache(max_len or self.context_length, batch, dtype)
 
     # ---- plain continuation -------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ def add_model_arguments(p, max_new_tokens: int = 256) -> None:
     p.add_argument("--max-context", type=positive_int, default=None, metavar="N",
                    help="a shorter context than the model's, in tokens: smaller KV caches "
                         "(default: the model's context length)")
+    p.add_argument("--kv-dtype", choices=["float16", "float32"], default=None,
+                   help="the KV cache's dtype (default: float16 with quantized weights, as "
+                        "llama.cpp; float32 otherwise)")
     p.add_argument("--template", default=None, metavar="NAME|FILE|JINJA",
                    help="the chat template: 'chatml', a Jinja template file or string "
                         "(default: the model file's tokenizer.chat_template)")
@@ -41,7 +44,7 @@ def load_model_from_args(args):
     """The model the options name (after checking the sampling options, which is quick)."""
     sampling_settings(args)
     return load_model(args.model, weights=args.weights, max_context=args.max_context,
-                      device=args.device, template=args.template)
+                      device=args.device, template=args.template, kv_dtype=args.kv_dtype)
 
 
 def print_stats(stats) -> None:

@@ -92,7 +92,9 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
     Returns out [B, H, T, D], or (out, lse) with return_lse=True, where lse [B, H, T] is the
     natural-log logsumexp of each query's scaled, masked scores (attention_backward needs it).
     kv_length: use only the first kv_length rows of k and v (S = kv_length): k and v can then be
-    the preallocated buffers of a KV cache [B, Hkv, capacity, D], read in place.
+    the preallocated buffers of a KV cache [B, Hkv, capacity, D], read in place. k and v may
+    both be float16 (a half KV cache, CPU): they are widened to float32 as they are read, and
+    the result equals attention on k.astype(np.float32), v.astype(np.float32).
 
     backend: "auto" ("decode" when T <= 16, else "flash"), "flash" (tiled, online softmax),
     "decode" (split-K over the keys, for few queries against a long cache), "naive" (the full
@@ -108,6 +110,8 @@ def attention(q, k, v, *, causal=True, scale=None, return_lse=False, out=None, k
         version = _auto(backend, "cpu", T, 0)
         return _C.attention(q, k, v, out, bool(causal), scale, bool(return_lse),
                             version, kv_length)
+    if where == "numpy" and all(isinstance(a, np.ndarray) and a.dtype == np.float16 for a in (k, v)):
+        k, v = k.astype(np.float32), v.astype(np.float32)  # a half KV cache, widened (exactly)
     B, H, Hkv, T, S, cap, D, scale = _check(dev, fn, q, k, v, causal, scale, kv_length)
     if where == "numpy":
         if kv_length is not None:
