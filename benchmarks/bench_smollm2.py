@@ -321,7 +321,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--weights", default="quantized",
                     help="comma list: quantized (int8 path where the CPU has VNNI), "
-                         "quantized-fp32 (fp32 activations), quantized-x8 (one int8 pass), fp32, bf16")
+                         "quantized-fp32 (fp32 activations), quantized-x8 (one int8 pass), "
+                         "quantized-kv32 (a float32 KV cache), fp32, bf16")
     ap.add_argument("--sections", default="main,ceiling,contexts,load,batch")
     ap.add_argument("--batch", type=int, default=8, help="sequences for the batch section")
     ap.add_argument("--contexts", default="1024,4096", help="decode at these context lengths")
@@ -332,7 +333,8 @@ def main():
     models = {}
     for w in args.weights.split(","):
         t0 = time.perf_counter()
-        kw = {"quantized-fp32": dict(int8=False), "quantized-x8": dict(x_bits=8)}.get(w, {})
+        kw = {"quantized-fp32": dict(int8=False), "quantized-x8": dict(x_bits=8),
+              "quantized-kv32": dict(kv_dtype="float32")}.get(w, {})
         models[w] = load_model("smollm2", weights=w.split("-")[0], **kw)
         print(f"# kernelgpt {w}: loaded in {time.perf_counter() - t0:.2f} s")
     first = next(iter(models.values()))
@@ -343,7 +345,9 @@ def main():
     if "ceiling" in sections:
         section_ceiling(args, first, ids)
     if "contexts" in sections:
-        section_contexts(args, first)
+        for w, m in models.items():
+            print(f"\n# {w} (KV cache {m.gpt.kv_dtype})")
+            section_contexts(args, m)
     if "load" in sections:
         section_load(args, first, ids)
     if "batch" in sections:
