@@ -122,6 +122,7 @@ class Scheduler:
         self.running: List[Request] = []
         self.free = list(range(max_batch))
         self.steps = 0
+        self.dropped = 0  # requests whose client went away before they ended
         self._cv = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="kernelgpt-scheduler", daemon=True)
@@ -134,7 +135,7 @@ class Scheduler:
     def load(self) -> dict:
         with self._cv:
             return {"running": len(self.running), "waiting": len(self.waiting),
-                    "slots": self.max_batch, "steps": self.steps}
+                    "slots": self.max_batch, "steps": self.steps, "dropped": self.dropped}
 
     def submit(self, request: Request) -> Request:
         with self._cv:
@@ -193,6 +194,7 @@ class Scheduler:
             if r.cancelled:
                 r.stats.stop_reason = r.stats.stop_reason or "interrupted"
                 self._release(r)
+                self.dropped += 1
                 r.finished.set()
         prefilling = next((r for r in self.running if r.seq is None), None)
         if prefilling is not None:
