@@ -286,3 +286,29 @@ def test_kernelgpt_serve_command(tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=30)[0].decode()
     assert "Traceback" not in out, out
+
+
+def test_scheduler_chunked_prefill_and_joining_mid_flight(model):
+    """The scheduler alone (no HTTP): prompts prefilled 7 tokens per step while others decode,
+    requests that arrive while others run; each greedy text equals model.generate's."""
+    from kernelgpt.sampling import Sampler, SamplingConfig
+    from kernelgpt.serve import Request, Scheduler
+    prompts = ["The history of the Roman Empire begins with the founding of Rome, and",
+               "List three fruits:", "def fibonacci(n):"]
+    want = [model.generate(p, max_tokens=12, temperature=0) for p in prompts]
+    sched = Scheduler(model, max_batch=2, prefill_chunk=7, context=256)
+    try:
+        reqs = []
+        for i, p in enumerate(prompts):
+            ids = model.tokenizer.encode(p)
+            reqs.append(sched.submit(Request(ids, 12, Sampler(SamplingConfig(temperature=0)), [])))
+            if i == 0:
+                time.sleep(0.05)  # the next ones join while the first runs
+        for r in reqs:
+            assert r.finished.wait(60)
+        texts = ["".join(v for k, v in r.received if k == "text") for r in reqs]
+        assert texts == want
+        assert all(r.received[-1][0] == "done" for r in reqs)
+        assert sched.load()["running"] == 0 and sorted(sched.free) == [0, 1]
+    finally:
+        sched.close()

@@ -322,6 +322,8 @@ class _Endpoint:
         if settings["top_p"] == 0.0:
             raise APIError(400, "'top_p' must be > 0", "top_p")
         seed = _int_field(body, "seed", -2 ** 63, 2 ** 64 - 1)
+        if seed is not None:
+            seed %= 2 ** 64  # any 64-bit int, as the API takes (the same seed, the same text)
         max_tokens = _int_field(body, "max_completion_tokens", 1)
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", 1)
