@@ -188,7 +188,10 @@ def main():
                 continue
             cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port),
                    "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-                   "--n_ctx", "2048", "--verbose", "False"]
+                   "--n_ctx", "2048", "--verbose", "False",
+                   # queue concurrent requests (by default a new request interrupts the
+                   # stream in flight, which then ends without a finish_reason: lost)
+                   "--interrupt_requests", "False"]
             model = gguf
         else:
             raise SystemExit(f"unknown server {name!r}")
