@@ -143,6 +143,42 @@ class Encoding:
         args, kwargs = vocab_import.gguf_metadata_arguments(metadata)
         return cls.from_gguf_vocab(*args, **kwargs, name=name)
 
+    @classmethod
+    def from_tokenizer_json(cls, path: Union[str, os.PathLike, dict], *,
+                            name: Optional[str] = None) -> "Encoding":
+        """A Hugging Face `tokenizer.json` (a path, or the file parsed into a dict) of the
+        byte-level BPE family: GPT-2, Llama 3, Qwen 2, SmolLM2 style. Read are its BPE model
+        (vocab, merges), its pre-tokenizer (ByteLevel; Digits + ByteLevel; or a Split regex +
+        ByteLevel, mapped to kernelgpt's exact scanner for that regex), its added tokens and a
+        TemplateProcessing post-processor that adds a BOS (`add_bos_token`, as GGUF files say
+        it). Added tokens become special tokens: `encode(text, allowed_special="all")` gives
+        the ids of `tokenizers`' `encode(text, add_special_tokens=False)`.
+        Anything else (a WordPiece / Unigram model, a normalizer, byte fallback, a regex
+        without a scanner, add_prefix_space) raises ValueError naming it; the merge rule is
+        checked as for GGUF vocabularies (vocab_import.py)."""
+        import json
+        if isinstance(path, dict):
+            data, where = path, "tokenizer.json"
+        elif not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"from_tokenizer_json: expected a path or a dict, got "
+                            f"{type(path).__name__}")
+        else:
+            where = str(path)
+            try:
+                data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{where}: not a JSON file: {e}") from None
+        tokens, merges, types, scanner, bos, add_bos = \
+            vocab_import.tokenizer_json_arguments(data, where)
+        ranks, specials = vocab_import.byte_level_vocab(tokens, merges, types, bos, None, where)
+        core = _C.BPE.from_ranks(ranks, specials, scanner, skip_unknown_bytes=True)
+        if name is None:
+            name = "tokenizer.json" if isinstance(path, dict) else pathlib.Path(path).parent.name \
+                or "tokenizer.json"
+        enc = cls._from_core(name, scanner, core)
+        enc.bos_token_id, enc.eos_token_id, enc.add_bos_token = bos, None, add_bos
+        return enc
+
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes the mergeable tokens as a `.tiktoken` file (tiktoken's own format, so
         tiktoken.load.load_tiktoken_bpe reads it too). The pattern and the special tokens are

@@ -16,11 +16,17 @@ from typing import Dict, List
 
 from .. import _C
 
-__all__ = ["CL100K_PATTERN", "GPT2_PATTERN", "GPT2_ORIGINAL_PATTERN", "WHITESPACE_PATTERN",
+__all__ = ["CL100K_PATTERN", "CL100K_ORIGINAL_PATTERN", "GPT2_PATTERN", "GPT2_ORIGINAL_PATTERN", "WHITESPACE_PATTERN",
            "SMOLLM_PATTERN", "pretokenize"]
 
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
                   r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+# cl100k_base's pattern as tiktoken first published it, and as Llama 3's tokenizer.json (and
+# Hugging Face conversions of cl100k vocabularies) write it: the same splits as CL100K_PATTERN,
+# which tiktoken later rewrote with possessive quantifiers (the tests check it against
+# Hugging Face tokenizers' own regex engine).
+CL100K_ORIGINAL_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
+                           r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 # The pattern of the original GPT-2 release; it splits exactly like GPT2_PATTERN.
 GPT2_ORIGINAL_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -34,7 +40,7 @@ SMOLLM_PATTERN = (r"""\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++""
 
 # pattern string or short name -> the scanner's name (what _C.BPE takes)
 _SCANNERS = {
-    "cl100k": "cl100k", CL100K_PATTERN: "cl100k",
+    "cl100k": "cl100k", CL100K_PATTERN: "cl100k", CL100K_ORIGINAL_PATTERN: "cl100k",
     "gpt2": "gpt2", GPT2_PATTERN: "gpt2", GPT2_ORIGINAL_PATTERN: "gpt2",
     "whitespace": "whitespace", WHITESPACE_PATTERN: "whitespace",
     "smollm": "smollm", SMOLLM_PATTERN: "smollm",

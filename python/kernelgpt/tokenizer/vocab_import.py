@@ -84,33 +84,43 @@ def gguf_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: Sequen
     if scanner is None:
         raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: "
                          f"{', '.join(sorted(GGUF_PRE_TOKENIZERS))}")
+    ranks, specials = byte_level_vocab(tokens, merges, token_types, bos_token_id, eos_token_id)
+    return ranks, specials, scanner
+
+
+def byte_level_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
+                     bos_token_id: Optional[int], eos_token_id: Optional[int],
+                     where: str = "from_gguf_vocab") -> Tuple[Dict[bytes, int], Dict[str, int]]:
+    """(mergeable ranks, special tokens) of a byte-level BPE vocabulary in GPT-2's
+    byte-to-unicode spelling (a GGUF's or a tokenizer.json's), after checking everything the
+    merge rule relies on (the module docstring); `where` names the caller in errors."""
     lists = {}
     for what, seq in (("tokens", tokens), ("merges", merges), ("token_types", token_types)):
         if isinstance(seq, (str, bytes, dict)) or not hasattr(seq, "__len__"):
-            raise TypeError(f"from_gguf_vocab: {what} must be a list, got {type(seq).__name__}")
+            raise TypeError(f"{where}: {what} must be a list, got {type(seq).__name__}")
         lists[what] = list(seq)  # numpy arrays too
     tokens, merges, token_types = lists["tokens"], lists["merges"], lists["token_types"]
     if len(token_types) != len(tokens):
-        raise ValueError(f"from_gguf_vocab: {len(tokens)} tokens but {len(token_types)} token types")
+        raise ValueError(f"{where}: {len(tokens)} tokens but {len(token_types)} token types")
     char_to_byte = gpt2_char_to_byte()
     ranks: Dict[bytes, int] = {}
     specials: Dict[str, int] = {}
     for i, (token, kind) in enumerate(zip(tokens, token_types)):
         if not isinstance(token, str):
-            raise TypeError(f"from_gguf_vocab: token {i} is a {type(token).__name__}, not a str")
+            raise TypeError(f"{where}: token {i} is a {type(token).__name__}, not a str")
         if kind == _GGUF_CONTROL:
             specials[token] = i
         elif kind == _GGUF_NORMAL:
             try:
                 data = bytes(char_to_byte[c] for c in token)
             except (KeyError, TypeError):
-                raise ValueError(f"from_gguf_vocab: token {i} ({token!r}) is not written in "
+                raise ValueError(f"{where}: token {i} ({token!r}) is not written in "
                                  "GPT-2's byte-to-unicode alphabet") from None
             if data in ranks:
-                raise ValueError(f"from_gguf_vocab: tokens {ranks[data]} and {i} are both {token!r}")
+                raise ValueError(f"{where}: tokens {ranks[data]} and {i} are both {token!r}")
             ranks[data] = i
         else:
-            raise ValueError(f"from_gguf_vocab: token {i} ({token!r}) has type {kind!r}; only "
+            raise ValueError(f"{where}: token {i} ({token!r}) has type {kind!r}; only "
                              "normal (1) and control (3) tokens are supported")
     # Check that ranks reproduce the merge order (see the module docstring).
     made = set()
@@ -119,28 +129,28 @@ def gguf_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: Sequen
     for k, merge in enumerate(merges):
         parts = merge.split(" ") if isinstance(merge, str) else ()
         if len(parts) != 2 or parts[0] not in ids or parts[1] not in ids:
-            raise ValueError(f"from_gguf_vocab: merge {k} ({merge!r}) is not 'left right' "
+            raise ValueError(f"{where}: merge {k} ({merge!r}) is not 'left right' "
                              "with two tokens of the vocabulary")
         result = ids.get(parts[0] + parts[1])
         if result is None or token_types[result] != _GGUF_NORMAL:
-            raise ValueError(f"from_gguf_vocab: merge {k} ({merge!r}) makes "
+            raise ValueError(f"{where}: merge {k} ({merge!r}) makes "
                              f"{parts[0] + parts[1]!r}, which is not a normal token")
         if result <= previous or result <= max(ids[parts[0]], ids[parts[1]]):
-            raise ValueError(f"from_gguf_vocab: merge {k} ({merge!r}) makes token {result}, "
+            raise ValueError(f"{where}: merge {k} ({merge!r}) makes token {result}, "
                              "which is not numbered after its parts and the tokens of earlier "
                              "merges: kernelgpt needs merged tokens numbered in merge order")
         previous = result
         made.add(result)
     for data, i in ranks.items():
         if len(data) > 1 and i not in made:
-            raise ValueError(f"from_gguf_vocab: token {i} ({tokens[i]!r}) is longer than one "
+            raise ValueError(f"{where}: token {i} ({tokens[i]!r}) is longer than one "
                              "byte but no merge makes it")
     for what, value in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not 0 <= value < len(tokens)):
-            raise ValueError(f"from_gguf_vocab: {what} must be a token id in [0, "
+            raise ValueError(f"{where}: {what} must be a token id in [0, "
                              f"{len(tokens)}), got {value!r}")
-    return ranks, specials, scanner
+    return ranks, specials
 
 
 def gguf_metadata_arguments(metadata: Dict[str, object]) -> Tuple[tuple, Dict[str, object]]:
@@ -164,3 +174,119 @@ def gguf_metadata_arguments(metadata: Dict[str, object]) -> Tuple[tuple, Dict[st
                   eos_token_id=get("tokenizer.ggml.eos_token_id"),
                   add_bos_token=bool(get("tokenizer.ggml.add_bos_token", False)))
     return args, kwargs
+
+
+# ---- Hugging Face tokenizer.json ------------------------------------------------------------
+
+def _byte_level_step(step: dict, use_regex: bool) -> bool:
+    return (step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False)
+            and bool(step.get("use_regex", True)) == use_regex)
+
+
+def tokenizer_json_scanner(pre) -> str:
+    """The scanner that splits like a tokenizer.json's pre_tokenizer, or ValueError naming what
+    is not supported. The byte-level family writes it three ways:
+      ByteLevel(use_regex=True)                        GPT-2's regex        -> 'gpt2'
+      Sequence[Digits(individual_digits), ByteLevel]   SmolLM2               -> 'smollm'
+      Sequence[Split(Regex(P), Isolated), ByteLevel(use_regex=False)]  P itself (Llama 3,
+          Qwen 2, tiktoken's patterns): one of the patterns kernelgpt has a scanner for"""
+    from .patterns import scanner_for  # imported here: patterns imports the C++ module
+    if not isinstance(pre, dict):
+        raise ValueError("tokenizer.json: pre_tokenizer is missing; a byte-level BPE needs one "
+                         "(ByteLevel, or a Split regex then ByteLevel)")
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise ValueError("tokenizer.json: pre_tokenizer.pretokenizers must be a list of objects")
+    kinds = [s.get("type") for s in steps]
+    if len(steps) == 1 and _byte_level_step(steps[0], use_regex=True):
+        return "gpt2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and \
+            _byte_level_step(steps[1], use_regex=True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and _byte_level_step(steps[1], use_regex=False):
+        split = steps[0]
+        pattern = (split.get("pattern") or {}).get("Regex")
+        if split.get("behavior") != "Isolated" or split.get("invert") or not isinstance(pattern, str):
+            raise ValueError("tokenizer.json: only a Split with a Regex pattern, behavior "
+                             f"'Isolated' and invert false is supported, got {json.dumps(split)[:200]}")
+        try:
+            return scanner_for(pattern)
+        except ValueError:
+            raise ValueError(f"tokenizer.json: the pre-tokenizer's Split regex {pattern!r} has no "
+                             "exact scanner in kernelgpt (supported: the cl100k, GPT-2 and "
+                             "SmolLM2 patterns, see kernelgpt.tokenizer.patterns)") from None
+    raise ValueError(f"tokenizer.json: unsupported pre_tokenizer {json.dumps(pre)[:300]}; "
+                     "supported: ByteLevel (add_prefix_space false), Digits(individual_digits) "
+                     "+ ByteLevel, or Split(Regex, Isolated) + ByteLevel(use_regex false)")
+
+
+def tokenizer_json_arguments(data: dict, where: str = "tokenizer.json"):
+    """(tokens, merges, token_types, scanner, bos_token_id, add_bos_token) of a Hugging Face
+    tokenizer.json (parsed) of the byte-level BPE family, or ValueError naming the part that
+    is not supported (a WordPiece or Unigram model, a normalizer, byte fallback, ...)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    model = data.get("model")
+    if not isinstance(model, dict):
+        raise ValueError(f"{where}: has no 'model' object")
+    if model.get("type", "BPE") != "BPE":
+        raise ValueError(f"{where}: the model is {model.get('type')!r}; kernelgpt reads byte-level "
+                         "BPE tokenizers only (not WordPiece, Unigram or WordLevel)")
+    for key, off in (("dropout", None), ("unk_token", None), ("continuing_subword_prefix", None),
+                     ("end_of_word_suffix", None), ("byte_fallback", False)):
+        if model.get(key) not in (off, "", None, False):
+            raise ValueError(f"{where}: model.{key} = {model.get(key)!r} is not supported "
+                             "(byte-level BPE has none)")
+    if data.get("normalizer") is not None:
+        kind = data["normalizer"].get("type") if isinstance(data["normalizer"], dict) else data["normalizer"]
+        raise ValueError(f"{where}: the normalizer {kind!r} is not supported (byte-level BPE "
+                         "tokenizers have none)")
+    scanner = tokenizer_json_scanner(data.get("pre_tokenizer"))
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise ValueError(f"{where}: model.vocab must be an object of token -> id")
+    by_id: Dict[int, str] = {}
+    special = set()
+    for token, i in vocab.items():
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"{where}: model.vocab[{token!r}] = {i!r} is not a token id")
+        by_id[i] = token
+    for added in data.get("added_tokens") or []:
+        if not isinstance(added, dict) or not isinstance(added.get("content"), str) or \
+                isinstance(added.get("id"), bool) or not isinstance(added.get("id"), int):
+            raise ValueError(f"{where}: an added_tokens entry needs 'id' and 'content', got {added!r:.100}")
+        for flag in ("lstrip", "rstrip", "single_word"):
+            if added.get(flag):
+                raise ValueError(f"{where}: added token {added['content']!r} has {flag} = true, "
+                                 "which is not supported")
+        if by_id.get(added["id"], added["content"]) != added["content"]:
+            raise ValueError(f"{where}: added token {added['id']} is {added['content']!r} but the "
+                             f"vocabulary says {by_id[added['id']]!r}")
+        by_id[added["id"]] = added["content"]
+        special.add(added["id"])  # matched in the text before pre-tokenizing, as added tokens are
+    n = max(by_id) + 1 if by_id else 0
+    missing = [i for i in range(n) if i not in by_id]
+    if missing:
+        raise ValueError(f"{where}: token ids must be 0..{n - 1} without gaps; {len(missing)} are "
+                         f"missing (the first is {missing[0]})")
+    tokens = [by_id[i] for i in range(n)]
+    if len(set(tokens)) != n:
+        raise ValueError(f"{where}: two ids have the same token text")
+    merges = model.get("merges")
+    if not isinstance(merges, list):
+        raise ValueError(f"{where}: model.merges must be a list")
+    merges = [m if isinstance(m, str) else " ".join(m) if isinstance(m, list) and len(m) == 2
+              and all(isinstance(x, str) for x in m) else None for m in merges]
+    if None in merges:
+        raise ValueError(f"{where}: model.merges entries must be 'left right' or [left, right]")
+    types = [_GGUF_CONTROL if i in special else _GGUF_NORMAL for i in range(n)]
+    bos, add_bos = None, False
+    post = data.get("post_processor")
+    if isinstance(post, dict) and post.get("type") == "TemplateProcessing":
+        single = post.get("single") or []
+        if len(single) == 2 and "SpecialToken" in single[0] and "Sequence" in single[1]:
+            name = single[0]["SpecialToken"].get("id")
+            ids = [i for i, t in enumerate(tokens) if t == name]
+            if ids:
+                bos, add_bos = ids[0], True
+    return tokens, merges, types, scanner, bos, add_bos

