@@ -102,6 +102,10 @@ def test_smollm2_tokenizer_json(tmp_path):
     tok.add_special_tokens([t for t, k in zip(tokens, types) if k == 3])
     enc = Encoding.from_tokenizer_json(_save(tok, tmp_path, "smollm2"))
     _assert_same_ids(tok, enc, special="<|im_end|>")
+    for text in ["a\x04b \x04\x04 c\x04", "\x04", CORPORA["multilingual"][:5000] + "\x04é"]:
+        ids, spans = enc.encode_with_offsets(text, allowed_special="all")  # bytes dropped
+        want = tok.encode(text, add_special_tokens=False)
+        assert ids == want.ids and spans == [tuple(o) for o in want.offsets]
     # the same tokenizer as the GGUF's own
     ours = Encoding.from_gguf_metadata({k: md[k] for k in md if k.startswith("tokenizer.ggml.")})
     text = CORPORA["code"][:20_000]
@@ -204,3 +208,21 @@ def test_bad_files(tmp_path):
     data = _base()
     assert Encoding.from_tokenizer_json(data).encode("hello world") == \
         Tokenizer.from_str(json.dumps(data)).encode("hello world").ids
+
+
+def test_encode_with_offsets_equals_hugging_face(tmp_path, trained_text):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=[SPECIAL],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([trained_text], trainer)
+    enc = Encoding.from_tokenizer_json(json.loads(tok.to_str()))
+    for text in ["Hello, world! Ünïcödé — 東京は日本の首都です。🎉🚀 naïve" + SPECIAL + "end",
+                 CORPORA["multilingual"][:20_000], CORPORA["code"][:20_000], "", "a"]:
+        ids, spans = enc.encode_with_offsets(text, allowed_special="all")
+        want = tok.encode(text, add_special_tokens=False)
+        assert ids == want.ids
+        assert spans == [tuple(o) for o in want.offsets]
+        for (a, b), t in zip(spans, ids):  # each span holds the token's text (whole characters)
+            assert 0 <= a < b <= len(text)

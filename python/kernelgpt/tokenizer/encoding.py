@@ -270,6 +270,32 @@ class Encoding:
         except UnicodeEncodeError:
             return self._core.encode_to_numpy(fix_surrogates(text), allowed)
 
+    def encode_with_offsets(self, text: str, *,
+                            allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
+                            disallowed_special: Union[str, Collection[str]] = "all"
+                            ) -> Tuple[List[int], List[Tuple[int, int]]]:
+        """encode(text) and, for each token, the (start, end) character span of text it came
+        from, as Hugging Face tokenizers' `offsets`: a token holding part of a multi-byte
+        character spans that whole character. Bytes a vocabulary has no token for (dropped
+        before merging, see from_gguf_vocab) belong to no token."""
+        ids = self.encode(text, allowed_special=allowed_special,
+                          disallowed_special=disallowed_special)
+        data = fix_surrogates(text).encode("utf-8") if ids else b""
+        sizes = np.fromiter((len(b) for b in self.decode_tokens_bytes(ids)), np.int64, len(ids))
+        if int(sizes.sum()) == len(data):
+            ends = np.cumsum(sizes)
+        else:  # some bytes were dropped: find each token's bytes in the text, in order
+            ends, at = np.empty(len(ids), np.int64), 0
+            for i, b in enumerate(self.decode_tokens_bytes(ids)):
+                at = data.index(b, at) + len(b)
+                ends[i] = at
+        starts = ends - sizes
+        raw = np.frombuffer(data, np.uint8)
+        chars = np.cumsum((raw & 0xC0) != 0x80)  # chars[k]: characters that start at or before byte k
+        spans = [(int(chars[s]) - 1, int(chars[e - 1])) if e > s else (int(chars[s - 1]) if s else 0,) * 2
+                 for s, e in zip(starts.tolist(), ends.tolist())]
+        return ids, spans
+
     def count(self, text: str, *, allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
               disallowed_special: Union[str, Collection[str]] = "all") -> int:
         """len(encode(text, ...)) without building the list."""
