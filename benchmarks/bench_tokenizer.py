@@ -178,6 +178,9 @@ def main():
     t_tt = median_time(lambda: tt.decode_bytes(ids), R)
     row("decode_bytes, same tokens", nbytes, t_ours, t_tt)
 
+    # ---- issue 18: cold / warm / batch against fastokens and HF tokenizers ----
+    peers_section(enc, tt, corpora, R, args.quick)
+
     # ---- training ----
     if not args.quick:
         files = stdlib_sources(limit_bytes=20_000_000)
@@ -203,6 +206,91 @@ def main():
             print("    (pip install tokenizers to compare with HF tokenizers)")
         row("train 32k vocab on 20 MB stdlib, 2 threads", nbytes, t_ours, t_hf,
             "target <= 2.5 s", peer_name="HF tokenizers")
+
+
+def _hf_cl100k():
+    """HF tokenizers with cl100k_base: built from the same .tiktoken ranks (GPT-2's
+    byte-to-unicode spelling, merges in rank order) and cl100k's original pattern, which is
+    how tokenizer.json files write it."""
+    import base64
+    from kernelgpt.tokenizer.patterns import LLAMA3_PATTERN
+    from kernelgpt.tokenizer.vocab_import import gpt2_char_to_byte
+    byte_to_char = {b: c for c, b in gpt2_char_to_byte().items()}
+    ranks = {}
+    for line in fetch.cached("cl100k_base").read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    spell = lambda b: "".join(byte_to_char[x] for x in b)  # noqa: E731
+    vocab = {spell(b): r for b, r in ranks.items()}
+    merges = []  # token -> its two parts: BPE on its bytes with the ranks below its own
+    for b, r in sorted(ranks.items(), key=lambda kv: kv[1]):
+        parts = [bytes([x]) for x in b]
+        while len(parts) > 2:
+            pairs = [(ranks.get(parts[k] + parts[k + 1], r), k) for k in range(len(parts) - 1)]
+            best, k = min(pairs)
+            if best >= r:
+                break
+            parts[k:k + 2] = [parts[k] + parts[k + 1]]
+        if len(parts) == 2:
+            merges.append((spell(parts[0]), spell(parts[1])))
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    return hf
+
+
+def peers_section(enc, tt, corpora, R, quick):
+    """Cold (a first pass over text never seen) and warm (the same text again) encode, and
+    batch encode on 2 threads, against fastokens (optional peer) and HF tokenizers."""
+    peers = {"tiktoken": lambda t: tt.encode_ordinary(t)}
+    try:
+        import fastokens
+        ft = fastokens.Tokenizer.from_tiktoken(str(fetch.cached("cl100k_base")),
+                                               pattern=tk.CL100K_PATTERN,
+                                               special_tokens={"<|endoftext|>": 100257})
+        peers["fastokens"] = lambda t: ft.encode_ordinary(t).ids
+    except ImportError:
+        ft = None
+        print("    (pip install fastokens to compare with it)")
+    if Tokenizer is not None and not quick:
+        hf = _hf_cl100k()
+        peers["HF tokenizers"] = lambda t: hf.encode(t, add_special_tokens=False).ids
+    print("\n# cold = first pass over text no library has seen (a fresh half of the corpus each "
+          "time), warm = the same text again; 1 thread")
+    for name, text in corpora.items():
+        half = len(text) // 2
+        nbytes = len(text[:half].encode())
+        want = enc.encode_ordinary(text[:half])
+        timings = {}
+        for lib, f in [("kernelgpt", enc.encode_ordinary)] + list(peers.items()):
+            pause()
+            t0 = time.perf_counter()
+            got = f(text[half:])
+            cold = time.perf_counter() - t0
+            warm = median_time(lambda: f(text[:half]), R)
+            ok = f(text[:half]) == want
+            timings[lib] = (cold, warm, ok)
+            del got
+        k = timings["kernelgpt"]
+        for lib, (cold, warm, ok) in timings.items():
+            if lib == "kernelgpt":
+                continue
+            row(f"{name}: cold encode vs {lib}{'' if ok else ' (MISMATCH)'}", nbytes, k[0], cold,
+                peer_name=lib)
+            row(f"{name}: warm encode vs {lib}", nbytes, k[1], warm, peer_name=lib)
+    docs = stdlib_sources(limit_bytes=8_000_000) + corpora["prose (Shakespeare)"].split("\n# ")
+    nbytes = sum(len(d.encode()) for d in docs)
+    t_ours = median_time(lambda: enc.encode_ordinary_batch(docs, num_threads=2), R)
+    if ft is not None:
+        os.environ.setdefault("RAYON_NUM_THREADS", "2")
+        pause()
+        t_ft = median_time(lambda: ft.encode_batch_flat(docs), R)
+        row(f"batch {len(docs)} docs, 2 threads, vs fastokens encode_batch_flat", nbytes, t_ours,
+            t_ft, peer_name="fastokens")
+    t_np = median_time(lambda: enc.encode_ordinary_batch(docs, num_threads=2), R)
+    row("  (kernelgpt lists of ids, same run)", nbytes, t_np)
 
 
 if __name__ == "__main__":

@@ -278,7 +278,9 @@ def test_cache_holds_the_models_context(smol):
     assert smol.context_length == 8192 == smol.new_cache().max_len
     assert smol.chat_session().cache.max_len == 8192
     c = smol.config
-    assert smol.kv_cache_bytes() == 2 * c.n_layer * c.n_kv_head * c.head_dim * 8192 * 4
+    # a float16 cache by default with quantized weights (kv_dtype="float32" doubles it)
+    assert smol.kv_cache_bytes() == 2 * c.n_layer * c.n_kv_head * c.head_dim * 8192 * 2
+    assert smol.kv_cache_bytes() == smol.new_cache().nbytes
     short = kernelgpt.load_model("smollm2", max_context=512)
     assert short.context_length == 512 == short.new_cache().max_len
     with pytest.raises(ValueError, match="max_context"):

@@ -120,7 +120,7 @@ def tiny_gguf(tmp_path_factory):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("weights", ["quantized", "fp32", "bf16"])
 def test_llama_gguf_on_device_matches_cpu(tiny_gguf, device, weights):
-    cpu = load_model(tiny_gguf, weights=weights)
+    cpu = load_model(tiny_gguf, weights=weights, kv_dtype="float32")  # as a device's cache
     dev = load_model(tiny_gguf, weights=weights, device=device)
     assert dev.device == device
     ids = np.array([[2, 3, 7, 5, 11, 6, 4]])
@@ -156,7 +156,7 @@ def test_graph_decode_replays_at_every_position(tiny_gguf, device, weights):
     """decode_next on a device captures one step as a CUDA graph and replays it: the token,
     its position and the key count are read on the device, so every replay must match the
     CPU's logits (a position baked into the graph would be wrong from the second token)."""
-    cpu = load_model(tiny_gguf, weights=weights)
+    cpu = load_model(tiny_gguf, weights=weights, kv_dtype="float32")  # as a device's cache
     dev = load_model(tiny_gguf, weights=weights, device=device)
     c_cache, d_cache = cpu.new_cache(), dev.new_cache()
     prompt = np.array([[2, 3, 7]])

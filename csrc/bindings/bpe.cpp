@@ -31,8 +31,10 @@ Pattern parse_pattern(const std::string& name) {
   if (name == "gpt2") return Pattern::gpt2;
   if (name == "whitespace") return Pattern::whitespace;
   if (name == "smollm") return Pattern::smollm;
+  if (name == "llama3") return Pattern::llama3;
+  if (name == "qwen2") return Pattern::qwen2;
   value_error("unknown pre-tokenizer '" + name +
-              "', expected 'cl100k', 'gpt2', 'whitespace' or 'smollm'");
+              "', expected 'cl100k', 'gpt2', 'whitespace', 'smollm', 'llama3' or 'qwen2'");
 }
 
 const char* pattern_name(Pattern p) {
@@ -41,6 +43,8 @@ const char* pattern_name(Pattern p) {
     case Pattern::gpt2: return "gpt2";
     case Pattern::whitespace: return "whitespace";
     case Pattern::smollm: return "smollm";
+    case Pattern::llama3: return "llama3";
+    case Pattern::qwen2: return "qwen2";
   }
   return "?";
 }

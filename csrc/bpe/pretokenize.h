@@ -14,6 +14,13 @@
 //   |\s++$|\s*[\r\n]|\s+(?!\S)|\s
 // GPT-2 (r50k_base, p50k_base):
 //   '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
+// Llama 3 (cl100k_base's pattern as tiktoken first published it, which Llama 3's and Hugging
+// Face conversions' tokenizer.json carry):
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
+//   |\s*[\r\n]+|\s+(?!\S)|\s+
+// It splits as cl100k except at the end of the text: without `\s++$`, white space that holds a
+// CR or LF and runs to the end is cut after its last CR/LF (" \n " -> " \n", " ").
+// Qwen 2: Llama 3's pattern with \p{N} (one number character per piece) for \p{N}{1,3}.
 // whitespace (for the explainer's training walk-through):
 //   \S+|\s+
 // SmolLM2 ("smollm" in GGUF files; Digits(individual_digits=True) then ByteLevel in its
@@ -35,7 +42,7 @@
 namespace kg {
 namespace bpe {
 
-enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2, smollm = 3 };
+enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2, smollm = 3, llama3 = 4, qwen2 = 5 };
 
 namespace detail {
 
@@ -86,9 +93,12 @@ KG_BPE_INLINE size_t contraction_len(const uint8_t* s, size_t j, size_t n, bool 
   return 0;
 }
 
-// The white-space alternatives shared by both patterns, at a white-space character `a`
-// at i:  \s++$  |  (cl100k only) \s*[\r\n]  |  \s+(?!\S)  |  \s
-inline size_t whitespace_end(const uint8_t* s, size_t i, size_t n, Char a, bool crlf_rule) {
+// The white-space alternatives, at a white-space character `a` at i:
+//   \s++$  |  (crlf_rule) \s*[\r\n]  |  \s+(?!\S)  |  \s
+// end_first = false drops the leading \s++$ (Llama 3's form, whose \s*[\r\n]+ comes first;
+// \s+(?!\S) still takes a run that reaches the end).
+inline size_t whitespace_end(const uint8_t* s, size_t i, size_t n, Char a, bool crlf_rule,
+                             bool end_first = true) {
   size_t q = i, last = i;  // q: end of the white-space run; last: start of its last char
   while (q < n) {
     Char ch = char_at(s, q, n);
@@ -96,18 +106,21 @@ inline size_t whitespace_end(const uint8_t* s, size_t i, size_t n, Char a, bool 
     last = q;
     q += ch.len;
   }
-  if (q == n) return n;  // \s++$
-  if (crlf_rule) {       // \s*[\r\n]: up to the last CR or LF of the run
+  if (q == n && end_first) return n;  // \s++$
+  if (crlf_rule) {                    // \s*[\r\n]: up to the last CR or LF of the run
     for (size_t k = q; k > i; --k)
       if (is_crlf(s[k - 1])) return k;
   }
+  if (q == n) return n;  // \s+(?!\S) at the end
   if (last > i) return last;  // \s+(?!\S): all but the last white-space character
   return i + a.len;           // \s
 }
 
 }  // namespace detail
 
-// cl100k_base: end of the piece that starts at i (i < n).
+// cl100k_base (kMaxDigits 3, kEndFirst), Llama 3 (3, !kEndFirst) and Qwen 2 (1, !kEndFirst):
+// end of the piece that starts at i (i < n).
+template <int kMaxDigits = 3, bool kEndFirst = true>
 inline size_t cl100k_piece_end(const uint8_t* s, size_t i, size_t n) {
   using namespace detail;
   uint8_t c = s[i];
@@ -124,10 +137,10 @@ inline size_t cl100k_piece_end(const uint8_t* s, size_t i, size_t n) {
     Char b = char_at(s, i + a.len, n);
     if (b.cls & kLetter) return letters_end(s, i + a.len + b.len, n);
   }
-  // \p{N}{1,3}+
+  // \p{N}{1,3}+ (cl100k), \p{N} (Qwen 2)
   if (a.cls & kNumber) {
     size_t j = i + a.len;
-    for (int k = 1; k < 3 && j < n; ++k) {
+    for (int k = 1; k < kMaxDigits && j < n; ++k) {
       Char b = char_at(s, j, n);
       if (!(b.cls & kNumber)) break;
       j += b.len;
@@ -146,7 +159,7 @@ inline size_t cl100k_piece_end(const uint8_t* s, size_t i, size_t n) {
     }
   }
   // Only white space is left.
-  return whitespace_end(s, i, n, a, true);
+  return whitespace_end(s, i, n, a, true, kEndFirst);
 }
 
 // GPT-2 / r50k_base: end of the piece that starts at i (i < n).
@@ -211,7 +224,13 @@ inline void for_each_piece(Pattern pattern, const uint8_t* s, size_t n, F&& f) {
   size_t i = 0;
   switch (pattern) {
     case Pattern::cl100k:
-      while (i < n) { size_t e = cl100k_piece_end(s, i, n); f(i, e); i = e; }
+      while (i < n) { size_t e = cl100k_piece_end<3, true>(s, i, n); f(i, e); i = e; }
+      break;
+    case Pattern::llama3:
+      while (i < n) { size_t e = cl100k_piece_end<3, false>(s, i, n); f(i, e); i = e; }
+      break;
+    case Pattern::qwen2:
+      while (i < n) { size_t e = cl100k_piece_end<1, false>(s, i, n); f(i, e); i = e; }
       break;
     case Pattern::gpt2:
       while (i < n) { size_t e = gpt2_piece_end(s, i, n); f(i, e); i = e; }

@@ -517,7 +517,7 @@ class Encoding:
 
     @property
     def pattern(self) -> str:
-        """The pre-tokenizer: 'cl100k', 'gpt2', 'whitespace' or 'smollm'."""
+        """The pre-tokenizer: 'cl100k', 'gpt2', 'whitespace', 'smollm', 'llama3' or 'qwen2'."""
         return self._core.pattern
 
 

@@ -16,17 +16,23 @@ from typing import Dict, List
 
 from .. import _C
 
-__all__ = ["CL100K_PATTERN", "CL100K_ORIGINAL_PATTERN", "GPT2_PATTERN", "GPT2_ORIGINAL_PATTERN", "WHITESPACE_PATTERN",
-           "SMOLLM_PATTERN", "pretokenize"]
+__all__ = ["CL100K_PATTERN", "LLAMA3_PATTERN", "CL100K_ORIGINAL_PATTERN", "QWEN2_PATTERN",
+           "GPT2_PATTERN", "GPT2_ORIGINAL_PATTERN", "WHITESPACE_PATTERN", "SMOLLM_PATTERN",
+           "pretokenize"]
 
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
                   r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
-# cl100k_base's pattern as tiktoken first published it, and as Llama 3's tokenizer.json (and
-# Hugging Face conversions of cl100k vocabularies) write it: the same splits as CL100K_PATTERN,
-# which tiktoken later rewrote with possessive quantifiers (the tests check it against
-# Hugging Face tokenizers' own regex engine).
-CL100K_ORIGINAL_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
-                           r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+# Llama 3's tokenizer.json (and Hugging Face conversions of cl100k vocabularies): cl100k_base's
+# pattern as tiktoken first published it. It splits like CL100K_PATTERN except at the end of
+# the text (no \s++$: " \n " is " \n", " " here and one piece there); Hugging Face's regex
+# engine (Oniguruma) reads the newer form's possessive \p{N}{1,3}+ as a nested repeat, which is
+# why tokenizer.json files keep this one.
+LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
+                  r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+CL100K_ORIGINAL_PATTERN = LLAMA3_PATTERN
+# Qwen 2's tokenizer.json: Llama 3's pattern with each number character a piece.
+QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+                 r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 # The pattern of the original GPT-2 release; it splits exactly like GPT2_PATTERN.
 GPT2_ORIGINAL_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -40,14 +46,16 @@ SMOLLM_PATTERN = (r"""\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++""
 
 # pattern string or short name -> the scanner's name (what _C.BPE takes)
 _SCANNERS = {
-    "cl100k": "cl100k", CL100K_PATTERN: "cl100k", CL100K_ORIGINAL_PATTERN: "cl100k",
+    "cl100k": "cl100k", CL100K_PATTERN: "cl100k",
+    "llama3": "llama3", LLAMA3_PATTERN: "llama3",
     "gpt2": "gpt2", GPT2_PATTERN: "gpt2", GPT2_ORIGINAL_PATTERN: "gpt2",
     "whitespace": "whitespace", WHITESPACE_PATTERN: "whitespace",
     "smollm": "smollm", SMOLLM_PATTERN: "smollm",
+    "qwen2": "qwen2", QWEN2_PATTERN: "qwen2",
 }
 # scanner's name -> its pattern string
 _PATTERN_OF = {"cl100k": CL100K_PATTERN, "gpt2": GPT2_PATTERN, "whitespace": WHITESPACE_PATTERN,
-               "smollm": SMOLLM_PATTERN}
+               "smollm": SMOLLM_PATTERN, "llama3": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN}
 
 
 def scanner_for(pattern: str) -> str:
@@ -61,8 +69,8 @@ def scanner_for(pattern: str) -> str:
         raise ValueError(
             f"unsupported pre-tokenization pattern {pattern!r}: kernelgpt has exact scanners "
             "for 'cl100k' (CL100K_PATTERN), 'gpt2' (GPT2_PATTERN), 'whitespace' "
-            "(WHITESPACE_PATTERN) and 'smollm' (SMOLLM_PATTERN); pass one of those names or "
-            "pattern strings") from None
+            "(WHITESPACE_PATTERN), 'smollm' (SMOLLM_PATTERN), 'llama3' (LLAMA3_PATTERN) and "
+            "'qwen2' (QWEN2_PATTERN); pass one of those names or pattern strings") from None
 
 
 def pattern_string(pattern: str) -> str:
