@@ -83,6 +83,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="skip training and the 2-thread batch")
+    parser.add_argument("--peers-only", action="store_true",
+                        help="only the cold / warm / batch comparison with fastokens and HF tokenizers")
     args = parser.parse_args()
     try:
         import tiktoken
@@ -113,6 +115,9 @@ def main():
         "code (stdlib .py)": "\n".join(stdlib_sources(limit_bytes=8_000_000)),
         "multilingual (22 languages)": fetch.cached("multilingual").read_text(encoding="utf-8"),
     }
+    if args.peers_only:
+        peers_section(enc, tt, corpora, R, False)
+        return
     # ---- encode_ordinary, 1 thread ----
     for name, text in corpora.items():
         nbytes = len(text.encode())
