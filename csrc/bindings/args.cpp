@@ -59,26 +59,14 @@ static void check_layout(const py::array& a, const char* fn, const char* name,
                   shape_str(shape_of(a)));
 }
 
-Array f32(py::handle obj, const char* fn, const char* name, std::initializer_list<int> ranks) {
+// A float32 array, or (allow_half) a float16 one: dtype, layout and rank checked.
+static Array float_array(py::handle obj, const char* fn, const char* name,
+                         std::initializer_list<int> ranks, bool allow_half) {
   py::array a = as_ndarray(obj, fn, name);
-  if (!a.dtype().equal(py::dtype::of<float>()))
-    type_error(std::string(fn) + ": " + name + " must be float32, got " +
-               std::string(py::str(a.dtype())));
-  check_layout(a, fn, name, ranks);
-  Array r;
-  r.array = a;
-  r.present = true;
-  r.shape = shape_of(a);
-  r.size = a.size();
-  return r;
-}
-
-Array f32_or_f16(py::handle obj, const char* fn, const char* name,
-                 std::initializer_list<int> ranks) {
-  py::array a = as_ndarray(obj, fn, name);
-  const bool half = a.dtype().kind() == 'f' && a.dtype().itemsize() == 2;
+  const bool half = allow_half && a.dtype().kind() == 'f' && a.dtype().itemsize() == 2;
   if (!half && !a.dtype().equal(py::dtype::of<float>()))
-    type_error(std::string(fn) + ": " + name + " must be float32 or float16, got " +
+    type_error(std::string(fn) + ": " + name + (allow_half ? " must be float32 or float16, got "
+                                                           : " must be float32, got ") +
                std::string(py::str(a.dtype())));
   check_layout(a, fn, name, ranks);
   Array r;
@@ -88,6 +76,15 @@ Array f32_or_f16(py::handle obj, const char* fn, const char* name,
   r.shape = shape_of(a);
   r.size = a.size();
   return r;
+}
+
+Array f32(py::handle obj, const char* fn, const char* name, std::initializer_list<int> ranks) {
+  return float_array(obj, fn, name, ranks, false);
+}
+
+Array f32_or_f16(py::handle obj, const char* fn, const char* name,
+                 std::initializer_list<int> ranks) {
+  return float_array(obj, fn, name, ranks, true);
 }
 
 Array ids(py::handle obj, const char* fn, const char* name, int64_t limit,
