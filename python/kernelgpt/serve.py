@@ -38,6 +38,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .chat import normalize_messages
 from .generate import GenerationStats, _encode, _Sequence
 from .sampling import Sampler, sampling_config
 
@@ -333,7 +334,6 @@ class _Endpoint:
             if not isinstance(messages, list) or not messages:
                 raise APIError(400, "'messages' must be a non-empty array", "messages")
             try:
-                from .chat import normalize_messages
                 ids = model.encode_chat(normalize_messages(messages))
             except (TypeError, ValueError, KeyError) as e:
                 raise APIError(400, f"invalid 'messages': {e}", "messages") from None
