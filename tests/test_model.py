@@ -161,3 +161,12 @@ def test_bad_inputs():
         GPTConfig(norm="batchnorm")
     with pytest.raises(ValueError, match="integer"):
         model.loss(idx.astype(np.float32), tgt)
+
+
+@pytest.mark.parametrize("fields", [dict(n_head=0, positions="rope"), dict(n_head=0),
+                                    dict(n_head=-2, positions="rope"), dict(n_kv_head=0)])
+def test_config_without_heads_is_a_value_error(fields):
+    """A head count below 1 is named, never a ZeroDivisionError (found by fuzzing the
+    checkpoint config: tests/data/fuzz/checkpoint_config)."""
+    with pytest.raises(ValueError, match="GPTConfig"):
+        GPTConfig(vocab_size=11, n_layer=1, **fields)

@@ -50,7 +50,8 @@ class GPTConfig:
             (self.positions in ("learned", "sinusoidal", "rope"),
              f"unknown positions {self.positions!r}"),
             (self.rope_layout in ("half", "interleaved"), f"unknown rope_layout {self.rope_layout!r}"),
-            (self.positions != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head_dim"),
+            (self.positions != "rope" or self.n_head < 1 or self.head_dim % 2 == 0,
+             "RoPE needs an even head_dim"),  # (n_head < 1 fails above; no division by 0)
             (self.norm_eps >= 0 and math.isfinite(self.norm_eps), "norm_eps must be finite, >= 0"),
         ]
         for ok, msg in checks:
