@@ -287,15 +287,22 @@ def peers_section(enc, tt, corpora, R, quick):
             row(f"{name}: warm encode vs {lib}", nbytes, k[1], warm, peer_name=lib)
     docs = stdlib_sources(limit_bytes=8_000_000) + corpora["prose (Shakespeare)"].split("\n# ")
     nbytes = sum(len(d.encode()) for d in docs)
-    t_ours = median_time(lambda: enc.encode_ordinary_batch(docs, num_threads=2), R)
+    flat = lambda: enc.encode_ordinary_batch(docs, num_threads=2, return_numpy=True)  # noqa: E731
+    t_ours = median_time(flat, R)
     if ft is not None:
         os.environ.setdefault("RAYON_NUM_THREADS", "2")
         pause()
         t_ft = median_time(lambda: ft.encode_batch_flat(docs), R)
-        row(f"batch {len(docs)} docs, 2 threads, vs fastokens encode_batch_flat", nbytes, t_ours,
-            t_ft, peer_name="fastokens")
-    t_np = median_time(lambda: enc.encode_ordinary_batch(docs, num_threads=2), R)
-    row("  (kernelgpt lists of ids, same run)", nbytes, t_np)
+        row(f"batch {len(docs)} docs, 2 threads, flat (numpy) vs fastokens encode_batch_flat",
+            nbytes, t_ours, t_ft, peer_name="fastokens")
+        one = ["\n".join(docs)]  # one big document: the work is split by bytes
+        pause()
+        t_one = median_time(lambda: enc.encode_ordinary_batch(one, num_threads=2, return_numpy=True), R)
+        pause()
+        t_ft1 = median_time(lambda: ft.encode_batch_flat(one), R)
+        row("same text as ONE document, 2 threads, flat", nbytes, t_one, t_ft1, peer_name="fastokens")
+    t_list = median_time(lambda: enc.encode_ordinary_batch(docs, num_threads=2), R)
+    row("  (kernelgpt lists of ids, same run)", nbytes, t_list)
 
 
 if __name__ == "__main__":

@@ -262,3 +262,30 @@ def test_encode_with_offsets_equals_hugging_face(tmp_path, trained_text):
         assert spans == [tuple(o) for o in want.offsets]
         for (a, b), t in zip(spans, ids):  # each span holds the token's text (whole characters)
             assert 0 <= a < b <= len(text)
+
+
+def test_batch_split_by_bytes_and_flat_numpy():
+    """One huge text and many small ones: the same ids as encode one at a time, as lists and
+    in the flat numpy form, on 1-3 threads; special tokens allowed or not."""
+    import numpy as np
+    import kernelgpt
+    for name in ("cl100k_base", "gpt2"):
+        try:
+            enc = kernelgpt.get_encoding(name)
+        except Exception:  # noqa: BLE001 - not fetched here
+            continue
+        big = "\n\n".join(CORPORA.values())  # > 2 x 256 kB: cut into chunks
+        texts = [big, "", "a", SPECIAL + " x " + SPECIAL, CORPORA["multilingual"][:999], "\n x\n"]
+        want = [enc.encode_ordinary(t) for t in texts]
+        for threads in (1, 2, 3):
+            assert enc.encode_ordinary_batch(texts, num_threads=threads) == want
+            ids, offsets = enc.encode_ordinary_batch(texts, num_threads=threads, return_numpy=True)
+            assert ids.dtype == np.uint32 and offsets.dtype == np.uint64
+            assert offsets.tolist() == np.cumsum([0] + [len(w) for w in want]).tolist()
+            assert ids.tolist() == [t for w in want for t in w]
+            got = enc.encode_batch(texts, num_threads=threads, allowed_special="all",
+                                   return_numpy=True)
+            want_s = [enc.encode(t, allowed_special="all") for t in texts]
+            assert got[0].tolist() == [t for w in want_s for t in w]
+        ids, offsets = enc.encode_ordinary_batch([], return_numpy=True)
+        assert ids.size == 0 and offsets.tolist() == [0]

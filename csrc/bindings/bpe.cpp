@@ -332,7 +332,20 @@ class PyBPE {
 
   size_t count(py::handle text, py::handle allowed) { return encode_ids(text, allowed).size(); }
 
-  py::list encode_batch(py::handle texts_obj, py::handle allowed, int num_threads) {
+  // The texts of a batch as UTF-8, and their encodings chunk by chunk on `num_threads`
+  // threads (GIL released). Work is split by bytes, not texts: a text longer than
+  // 2 * kBatchChunk bytes is cut at safe positions (bpe::next_safe_cut: every pattern splits a
+  // chunk that ends there as it splits the whole text) when no special token is allowed (a
+  // special token's string could straddle a cut), and the threads take the chunks of all
+  // texts in order, so one long text keeps every thread busy. chunks[k] belongs to text
+  // text_of[k]; the chunks of a text are consecutive and in order.
+  static constexpr size_t kBatchChunk = 256 * 1024;
+  struct BatchResult {
+    std::vector<size_t> text_of;
+    std::vector<std::vector<uint32_t>> chunks;
+  };
+
+  BatchResult encode_chunks(py::handle texts_obj, py::handle allowed, int num_threads) {
     if (num_threads < 1) value_error("num_threads must be at least 1, got " + std::to_string(num_threads));
     PyObject* seq = PySequence_Fast(texts_obj.ptr(), "text must be a list of str");
     if (!seq) throw py::error_already_set();
@@ -341,32 +354,93 @@ class PyBPE {
     std::vector<Text> texts(n);
     for (Py_ssize_t i = 0; i < n; ++i) texts[i] = utf8_of(PySequence_Fast_GET_ITEM(seq, i), "every text");
     std::vector<uint8_t> flags = allowed_flags(allowed);
-    std::vector<std::vector<uint32_t>> results(n);
-    {
-      py::gil_scoped_release release;
-      int threads = static_cast<int>(std::min<Py_ssize_t>(num_threads, std::max<Py_ssize_t>(n, 1)));
-      std::atomic<Py_ssize_t> next{0};
-      std::vector<std::string> errors(threads);
-      // OpenMP's worker threads persist between calls, and with them each thread's merge
-      // cache (fresh std::threads would start cold every call).
-      kg::parallel_region(threads, [&](int t, int) {
-        try {
-          for (Py_ssize_t i; (i = next.fetch_add(1)) < n;)
-            core_->encode(texts[i].data, texts[i].size, flags, results[i]);
-        } catch (const std::exception& e) {
-          errors[t] = e.what();
-          next.store(n);
-        }
-      });
-      for (const std::string& e : errors)
-        if (!e.empty()) throw std::invalid_argument(e);
-    }
-    py::list out(n);
+    const bool specials = std::find(flags.begin(), flags.end(), 1) != flags.end();
+    BatchResult r;
+    py::gil_scoped_release release;
+    struct Range { size_t begin, end; };
+    std::vector<Range> ranges;
     for (Py_ssize_t i = 0; i < n; ++i) {
-      out[i] = to_list(results[i]);
-      std::vector<uint32_t>().swap(results[i]);
+      const Text& t = texts[i];
+      size_t b = 0;
+      while (!specials && t.size - b > 2 * kBatchChunk) {
+        size_t cut = bpe::next_safe_cut(t.data, b + kBatchChunk, t.size);
+        if (cut >= t.size) break;
+        ranges.push_back({b, cut});
+        r.text_of.push_back(i);
+        b = cut;
+      }
+      ranges.push_back({b, t.size});
+      r.text_of.push_back(i);
+    }
+    const size_t m = ranges.size();
+    r.chunks.resize(m);
+    int threads = static_cast<int>(std::min<size_t>(num_threads, std::max<size_t>(m, 1)));
+    std::atomic<size_t> next{0};
+    std::vector<std::string> errors(threads);
+    // OpenMP's worker threads persist between calls, and with them each thread's merge
+    // cache (fresh std::threads would start cold every call).
+    kg::parallel_region(threads, [&](int t, int) {
+      try {
+        for (size_t k; (k = next.fetch_add(1)) < m;) {
+          const Text& text = texts[r.text_of[k]];
+          core_->encode(text.data + ranges[k].begin, ranges[k].end - ranges[k].begin, flags,
+                        r.chunks[k]);
+        }
+      } catch (const std::exception& e) {
+        errors[t] = e.what();
+        next.store(m);
+      }
+    });
+    for (const std::string& e : errors)
+      if (!e.empty()) throw std::invalid_argument(e);
+    return r;
+  }
+
+  py::list encode_batch(py::handle texts_obj, py::handle allowed, int num_threads) {
+    BatchResult r = encode_chunks(texts_obj, allowed, num_threads);
+    py::list out(py::len(texts_obj));
+    std::vector<uint32_t> joined;
+    for (size_t k = 0; k < r.chunks.size();) {
+      size_t i = r.text_of[k], e = k + 1;
+      while (e < r.chunks.size() && r.text_of[e] == i) ++e;
+      if (e == k + 1) {
+        out[i] = to_list(r.chunks[k]);
+      } else {
+        joined.clear();
+        for (size_t j = k; j < e; ++j) joined.insert(joined.end(), r.chunks[j].begin(), r.chunks[j].end());
+        out[i] = to_list(joined);
+      }
+      for (size_t j = k; j < e; ++j) std::vector<uint32_t>().swap(r.chunks[j]);
+      k = e;
     }
     return out;
+  }
+
+  // The batch as one uint32 array of every text's ids, one after the other, and uint64
+  // offsets [len(texts) + 1]: text i's ids are ids[offsets[i]:offsets[i + 1]]. No Python
+  // object per text or token.
+  py::tuple encode_batch_flat(py::handle texts_obj, py::handle allowed, int num_threads) {
+    BatchResult r = encode_chunks(texts_obj, allowed, num_threads);
+    const size_t n = static_cast<size_t>(py::len(texts_obj));
+    size_t total = 0;
+    for (const auto& c : r.chunks) total += c.size();
+    py::array_t<uint32_t> ids(static_cast<py::ssize_t>(total));
+    py::array_t<uint64_t> offsets(static_cast<py::ssize_t>(n + 1));
+    uint32_t* dst = ids.mutable_data();
+    uint64_t* off = offsets.mutable_data();
+    {
+      py::gil_scoped_release release;
+      size_t at = 0, k = 0;
+      for (size_t i = 0; i < n; ++i) {
+        off[i] = at;
+        for (; k < r.chunks.size() && r.text_of[k] == i; ++k) {
+          std::copy(r.chunks[k].begin(), r.chunks[k].end(), dst + at);
+          at += r.chunks[k].size();
+        }
+      }
+      off[n] = at;
+    }
+    return py::make_tuple(ids, offsets);
   }
 
   // The first occurrence of any of `strings` in text: (position in bytes, the string), or None.
@@ -582,6 +656,8 @@ void register_bpe(py::module_& m) {
       .def("encode", &PyBPE::encode, py::arg("text"), py::arg("allowed") = py::none())
       .def("encode_to_numpy", &PyBPE::encode_to_numpy, py::arg("text"), py::arg("allowed") = py::none())
       .def("count", &PyBPE::count, py::arg("text"), py::arg("allowed") = py::none())
+      .def("encode_batch_flat", &PyBPE::encode_batch_flat, py::arg("texts"), py::arg("allowed"),
+           py::arg("num_threads"))
       .def("encode_batch", &PyBPE::encode_batch, py::arg("texts"), py::arg("allowed"),
            py::arg("num_threads"))
       .def("find_special", &PyBPE::find_special, py::arg("text"), py::arg("strings"))

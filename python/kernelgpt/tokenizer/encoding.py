@@ -305,35 +305,41 @@ class Encoding:
         except UnicodeEncodeError:
             return self._core.count(fix_surrogates(text), allowed)
 
-    def _batch(self, texts, allowed, num_threads):
+    def _batch(self, texts, allowed, num_threads, return_numpy=False):
         if num_threads is None:
             num_threads = _C.get_num_threads()
         if isinstance(texts, str):
             raise TypeError("encode_batch expects a list of str, got a str")
         texts = list(texts)
+        run = self._core.encode_batch_flat if return_numpy else self._core.encode_batch
         try:
-            return self._core.encode_batch(texts, allowed, num_threads)
+            return run(texts, allowed, num_threads)
         except UnicodeEncodeError:
-            return self._core.encode_batch([fix_surrogates(t) for t in texts], allowed,
-                                           num_threads)
+            return run([fix_surrogates(t) for t in texts], allowed, num_threads)
 
-    def encode_ordinary_batch(self, text: Sequence[str], *,
-                              num_threads: Optional[int] = None) -> List[List[int]]:
+    def encode_ordinary_batch(self, text: Sequence[str], *, num_threads: Optional[int] = None,
+                              return_numpy: bool = False):
         """encode_ordinary for each str, on `num_threads` threads (default:
-        kernelgpt.get_num_threads())."""
-        return self._batch(text, None, num_threads)
+        kernelgpt.get_num_threads()), the GIL released for the whole batch. Work is split by
+        bytes, not texts: a long text is cut where every pattern splits the same, so one big
+        document keeps every thread busy. return_numpy=True gives the flat form for data
+        pipelines instead of a list of lists: (ids uint32 [total], offsets uint64
+        [len(text) + 1]), text i's ids being ids[offsets[i]:offsets[i + 1]]."""
+        return self._batch(text, None, num_threads, return_numpy)
 
     def encode_batch(self, text: Sequence[str], *, num_threads: Optional[int] = None,
                      allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
-                     disallowed_special: Union[str, Collection[str]] = "all") -> List[List[int]]:
-        """encode for each str, on `num_threads` threads (default: kernelgpt.get_num_threads())."""
+                     disallowed_special: Union[str, Collection[str]] = "all",
+                     return_numpy: bool = False):
+        """encode for each str, on `num_threads` threads (default: kernelgpt.get_num_threads());
+        return_numpy as in encode_ordinary_batch."""
         if isinstance(text, str):
             raise TypeError("encode_batch expects a list of str, got a str")
         text = list(text)
         if disallowed_special != "all" and not isinstance(disallowed_special, frozenset):
             disallowed_special = frozenset(disallowed_special)  # as tiktoken (None: TypeError)
         allowed = self._allowed(allowed_special, disallowed_special, text, many=True)
-        return self._batch(text, allowed, num_threads)
+        return self._batch(text, allowed, num_threads, return_numpy)
 
     def encode_with_unstable(self, text: str, *,
                              allowed_special: Union[str, AbstractSet[str]] = set(),  # noqa: B006
