@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import random
+import string
 import sys
 import sysconfig
 import time
@@ -149,6 +151,10 @@ def main():
     adversarial = {
         "1 MB: 1M spaces then a letter": " " * (mb - 1) + "a",
         "1 MB: 'a' * 1M": "a" * mb,
+        "1 MB: one random lowercase word": "".join(
+            random.Random(0).choice("abcdefghijklmnopqrstuvwxyz") for _ in range(mb)),
+        "1 MB: one random-letter word": "".join(
+            random.Random(1).choice(string.ascii_letters) for _ in range(mb)),
         "1 MB: digits": "1234567890" * (mb // 10),
         "1 MB: '!' * 1M": "!" * mb,
         "1 MB: newlines then a letter": "\n" * (mb - 1) + "a",
