@@ -18,7 +18,7 @@
 // A piece that is a token costs one hash lookup; lookups are batched with prefetches
 // (encode_ordinary) so that their cache misses overlap. A piece that is not a token costs
 // a merge with several lookups, each a likely cache miss in the 4 MB table, so each thread
-// keeps a small bounded cache (8192 entries, 1 MB) of recently merged pieces: text repeats
+// keeps a bounded cache (65536 entries, 8 MB) of recently merged pieces: text repeats
 // its words. Per thread, so an Encoder is shared by many threads without locks.
 #pragma once
 #include <atomic>
