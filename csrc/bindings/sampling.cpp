@@ -1,11 +1,13 @@
 // _C.sample_token: python/kernelgpt/sampling.py's Sampler step in C++, step for step.
 //
 // Seeded generation must give the same tokens whether this or the Python sampler runs, so
-// every step does what numpy does, in the same order and in float64: the repetition penalty
-// once per distinct previous token, the division by the temperature, the shift by the largest
-// finite value, exp, the normalisation by numpy's pairwise sum, top-k / top-p over a stable
-// descending sort (ties: the lower id first), min-p, the renormalisation, and the inverse-CDF
-// draw with the caller's uniform number u (Sampler draws it with rng.random()). exp is numpy's
+// every step does what numpy does, in the same order and in float64 (transformers' order):
+// the repetition penalty once per distinct previous token, the division by the temperature,
+// top-k (every token below the k-th largest logit dropped), top-p over the renormalised
+// candidates sorted ascending (stable), min-p, each softmax as sampling._softmax (shift by the
+// largest, numpy's exp, numpy's pairwise sum), and the inverse-CDF draw with the caller's
+// uniform number u (Sampler draws it with rng.random()). The logit bias, the frequency /
+// presence penalties, typical-p and the llama.cpp order stay in Python (Sampler.fast). exp is numpy's
 // own: its SIMD exp differs from the C library's in the last bit for a few percent of inputs,
 // and one bit can move a token across a top-p or draw boundary.
 #include <algorithm>
@@ -152,78 +154,88 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
   }
   if (greedy) return argmax(x, V);
 
-  // 2. temperature, shift by the largest finite value, exp (numpy's), normalise
-  double top = -INFINITY;
+  // 2. temperature (x / 1 == x, so always dividing is what Python's skipped step gives)
   for (int64_t i = 0; i < V; ++i) {
     x[i] = x[i] / temperature;
     if (x[i] == INFINITY)  // would make the probabilities inf / inf = NaN
       value_error("logits / temperature overflow: temperature " + std::to_string(temperature) +
                   " is too small for these logits (use 0 for greedy)");
-    if (std::isfinite(x[i]) && x[i] > top) top = x[i];
   }
-  if (top == -INFINITY)  // every scaled logit went to -inf: no distribution is left
+  std::vector<int64_t> cand;  // sampling._candidates: the finite ids, in id order
+  auto gather = [&] {
+    cand.clear();
+    for (int64_t i = 0; i < V; ++i)
+      if (x[i] > -INFINITY) cand.push_back(i);
+  };
+  gather();
+  if (cand.empty())  // every scaled logit went to -inf: no distribution is left
     value_error("logits / temperature overflow to -inf everywhere: temperature " +
                 std::to_string(temperature) + " is too small for these logits (use 0 for greedy)");
-  for (int64_t i = 0; i < V; ++i) x[i] = x[i] - top;
-  py::array_t<double> probs_arr({V});
-  py::module_::import("numpy").attr("exp")(x64, probs_arr);
-  double* probs = probs_arr.mutable_data();
-
-  py::gil_scoped_release release;
-  const double sum = pairwise_sum(probs, V);
-  for (int64_t i = 0; i < V; ++i) probs[i] = probs[i] / sum;
-
-  // 3-5. top-k, top-p (both over the same stable descending order), min-p
-  // np.argsort(-probs, kind="stable") is the order "more likely first, then the lower id":
-  // a total order, so any sort (or a partial one, for top-k alone) gives the same ranks
-  std::vector<char> keep(V, 1);
-  std::vector<int64_t> order;
-  auto before = [&](int64_t a, int64_t b) {
-    return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
+  py::object np_exp = py::module_::import("numpy").attr("exp");
+  // sampling._softmax over x[ids[0..n)] in that order: numpy's exp, its pairwise sum
+  auto softmax = [&](const std::vector<int64_t>& ids) {
+    const int64_t n = static_cast<int64_t>(ids.size());
+    double top = -INFINITY;
+    for (int64_t t : ids) top = std::max(top, x[t]);
+    py::array_t<double> e({n});
+    double* ep = e.mutable_data();
+    for (int64_t j = 0; j < n; ++j) ep[j] = x[ids[j]] - top;
+    np_exp(e, e);
+    const double sum = pairwise_sum(ep, n);
+    std::vector<double> p(n);
+    for (int64_t j = 0; j < n; ++j) p[j] = ep[j] / sum;
+    return p;
   };
-  auto rank = [&](int64_t count) {  // order[0:count] = the `count` first ids in that order
-    order.resize(V);
-    std::iota(order.begin(), order.end(), int64_t(0));
-    if (count < V)
-      std::partial_sort(order.begin(), order.begin() + count, order.end(), before);
-    else
-      std::sort(order.begin(), order.end(), before);
-  };
-  if (top_k && top_k < V) {
-    rank(top_p < 1.0 ? V : top_k);
-    for (int64_t i = top_k; i < V; ++i) keep[order[i]] = 0;
+
+  // 3. top-k: drop what is below the k-th largest (ties with it stay)
+  const int64_t n0 = static_cast<int64_t>(cand.size());
+  if (top_k > 0 && top_k < n0) {
+    std::vector<double> v(n0);
+    for (int64_t j = 0; j < n0; ++j) v[j] = x[cand[j]];
+    std::nth_element(v.begin(), v.begin() + (n0 - top_k), v.end());
+    const double kth = v[n0 - top_k];
+    for (int64_t t : cand)
+      if (x[t] < kth) x[t] = -INFINITY;
+    gather();
   }
+  // 4. top-p over the candidates sorted ascending (stable: ties by id), renormalised: drop
+  // while the cumulative probability is <= 1 - p; the last (most likely) one stays
   if (top_p < 1.0) {
-    if (order.empty()) rank(V);
-    // keep tokens until the cumulative probability first reaches top_p (that one stays)
-    double cum = 0.0;
-    int64_t cutoff = V;
-    for (int64_t i = 0; i < V; ++i) {
-      cum += probs[order[i]];
-      if (cum >= top_p) {
-        cutoff = i + 1;
-        break;
-      }
+    std::vector<int64_t> asc = cand;
+    {
+      py::gil_scoped_release release;
+      std::stable_sort(asc.begin(), asc.end(), [&](int64_t a, int64_t b) { return x[a] < x[b]; });
     }
-    for (int64_t i = cutoff; i < V; ++i) keep[order[i]] = 0;
+    std::vector<double> p = softmax(asc);
+    const double threshold = 1.0 - top_p;
+    double cum = 0.0;
+    for (size_t j = 0; j + 1 < asc.size(); ++j) {
+      cum += p[j];
+      if (!(cum <= threshold)) break;
+      x[asc[j]] = -INFINITY;
+    }
+    gather();
   }
+  // 5. min-p: drop tokens less likely than min_p times the top one (the top one stays)
   if (min_p > 0.0) {
-    const double threshold = min_p * probs[argmax(probs, V)];
-    for (int64_t i = 0; i < V; ++i)
-      if (!(probs[i] >= threshold)) keep[i] = 0;
+    std::vector<double> p = softmax(cand);
+    const int64_t best = argmax(p.data(), static_cast<int64_t>(p.size()));
+    const double threshold = min_p * p[best];
+    for (size_t j = 0; j < p.size(); ++j)
+      if (p[j] < threshold && static_cast<int64_t>(j) != best) x[cand[j]] = -INFINITY;
+    gather();
   }
-  for (int64_t i = 0; i < V; ++i)
-    if (!keep[i]) probs[i] = 0.0;
-  const double total = pairwise_sum(probs, V);
-  if (total <= 0) return argmax(x, V);  // cannot happen: the top token always survives
 
-  // 6. inverse CDF: the first token whose cumulative probability exceeds u * total
-  double cum = 0.0, last = 0.0;
-  for (int64_t i = 0; i < V; ++i) last += probs[i] / total;
-  const double target = u * last;
-  for (int64_t i = 0; i < V; ++i) {
-    cum += probs[i] / total;
-    if (cum > target) return i;
+  // 6. the distribution over the candidates and the inverse-CDF draw: the first token whose
+  // cumulative probability (numpy's cumsum over [V]: the zeros add nothing) exceeds u * total
+  std::vector<double> p = softmax(cand);
+  double total = 0.0;
+  for (double q : p) total += q;
+  const double target = u * total;
+  double cum = 0.0;
+  for (size_t j = 0; j < p.size(); ++j) {
+    cum += p[j];
+    if (cum > target) return cand[j];
   }
   return V - 1;
 }
