@@ -131,6 +131,28 @@ def test_stop_strings_and_sampling_fields(server, model):
     assert a.choices[0].message.content == b.choices[0].message.content  # the seed repeats
 
 
+def test_penalties_logit_bias_and_llama_cpp_fields(server, model):
+    """The OpenAI penalties and logit_bias, and llama.cpp's top_k / min_p / typical_p /
+    repeat_penalty: the same text as model.generate with the same settings."""
+    client = server.client()
+    prompt = "List the colors of the rainbow:"
+    greedy = model.generate(prompt, max_tokens=12, temperature=0)
+    first = model.tokenizer.encode(greedy)[0]
+    settings = dict(frequency_penalty=1.5, presence_penalty=0.5, logit_bias={first: -100})
+    expected = model.generate(prompt, max_tokens=12, temperature=0, **settings)
+    r = client.completions.create(model=model.name, prompt=prompt, max_tokens=12, temperature=0,
+                                  frequency_penalty=1.5, presence_penalty=0.5,
+                                  logit_bias={str(first): -100})
+    assert r.choices[0].text == expected != greedy
+    assert first not in model.tokenizer.encode(expected)
+    extra = dict(top_k=20, min_p=0.05, typical_p=0.9, repeat_penalty=1.3)
+    r = client.completions.create(model=model.name, prompt=prompt, max_tokens=12,
+                                  temperature=0.8, seed=3, extra_body=extra)
+    extra["repetition_penalty"] = extra.pop("repeat_penalty")
+    assert r.choices[0].text == model.generate(prompt, max_tokens=12, temperature=0.8, seed=3,
+                                               **extra)
+
+
 def test_concurrent_requests_are_batched_and_each_equals_its_run_alone(server, model):
     prompts = [f"Question {i}: why is the sky blue? Answer:" for i in range(6)]
     alone = [model.generate(p, max_tokens=16, temperature=0) for p in prompts]
@@ -171,7 +193,14 @@ def test_models_and_health(server, model):
     ({"messages": QUESTION, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": QUESTION, "stream": "yes"}, "stream"),
     ({"messages": QUESTION, "model": "gpt-4"}, "model"),
-    ({"messages": QUESTION, "frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"messages": QUESTION, "frequency_penalty": 2.5}, "frequency_penalty"),
+    ({"messages": QUESTION, "presence_penalty": "x"}, "presence_penalty"),
+    ({"messages": QUESTION, "logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"messages": QUESTION, "logit_bias": {"10000000": 1}}, "logit_bias"),
+    ({"messages": QUESTION, "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"messages": QUESTION, "logit_bias": [1]}, "logit_bias"),
+    ({"messages": QUESTION, "typical_p": 0}, "typical_p"),
+    ({"messages": QUESTION, "top_k": -1}, "top_k"),
     ({"messages": QUESTION, "tools": [{"type": "function"}]}, "tools"),
 ])
 def test_bad_fields_get_400_in_the_api_shape(server, body, param):

@@ -275,6 +275,33 @@ def _number_field(body: dict, name: str, lo: float, hi: float) -> Optional[float
     return float(v)
 
 
+_MAX_LOGIT_BIAS = 1024  # entries (OpenAI's API takes up to 300)
+
+
+def _logit_bias_field(body: dict, n_vocab: int) -> Optional[dict]:
+    """{"token id": bias in [-100, 100]} as the OpenAI API sends it."""
+    bias = body.get("logit_bias")
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise APIError(400, "'logit_bias' must be an object mapping token ids to numbers",
+                       "logit_bias")
+    if len(bias) > _MAX_LOGIT_BIAS:
+        raise APIError(400, f"'logit_bias' takes at most {_MAX_LOGIT_BIAS} tokens, got "
+                            f"{len(bias)}", "logit_bias")
+    out = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < n_vocab):
+            raise APIError(400, f"'logit_bias' keys must be token ids in [0, {n_vocab}), got "
+                                f"{json.dumps(key)}", "logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not -100 <= value <= 100:
+            raise APIError(400, f"'logit_bias' values must be numbers in [-100, 100], got "
+                                f"{json.dumps(value)}", "logit_bias")
+        out[int(key)] = float(value)
+    return out
+
+
 def _stop_field(body: dict) -> List[str]:
     stop = body.get("stop")
     if stop is None:
@@ -304,14 +331,11 @@ class _Endpoint:
             raise APIError(400, f"the model {name!r} does not exist; this server has "
                                 f"{st.model_names[0]!r}", "model", "model_not_found")
         _int_field(body, "n", 1, 1)  # one choice per request
-        for unsupported in ("tools", "functions", "logit_bias", "response_format"):
+        for unsupported in ("tools", "functions", "response_format"):
             if body.get(unsupported) not in (None, [], {}, {"type": "text"}):
                 raise APIError(400, f"'{unsupported}' is not supported by this server", unsupported)
         if body.get("logprobs") not in (None, False, 0):
             raise APIError(400, "'logprobs' is not supported by this server", "logprobs")
-        for penalty in ("presence_penalty", "frequency_penalty"):
-            if _number_field(body, penalty, -2.0, 2.0) not in (None, 0.0):
-                raise APIError(400, f"'{penalty}' is not supported yet (only 0)", penalty)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise APIError(400, "'stream' must be a boolean", "stream")
@@ -319,9 +343,20 @@ class _Endpoint:
         if not isinstance(opts, dict):
             raise APIError(400, "'stream_options' must be an object", "stream_options")
         settings = {"temperature": _number_field(body, "temperature", 0.0, 2.0),
-                    "top_p": _number_field(body, "top_p", 0.0, 1.0)}
-        if settings["top_p"] == 0.0:
-            raise APIError(400, "'top_p' must be > 0", "top_p")
+                    "top_p": _number_field(body, "top_p", 0.0, 1.0),
+                    "frequency_penalty": _number_field(body, "frequency_penalty", -2.0, 2.0),
+                    "presence_penalty": _number_field(body, "presence_penalty", -2.0, 2.0),
+                    "logit_bias": _logit_bias_field(body, st.model.config.vocab_size),
+                    # llama.cpp's server's extensions, the same names
+                    "top_k": _int_field(body, "top_k", 0),
+                    "min_p": _number_field(body, "min_p", 0.0, 1.0),
+                    "typical_p": _number_field(body, "typical_p", 0.0, 1.0),
+                    "repetition_penalty": _number_field(body, "repeat_penalty", 0.0, 10.0)}
+        for name in ("top_p", "typical_p"):
+            if settings[name] == 0.0:
+                raise APIError(400, f"'{name}' must be > 0", name)
+        if settings["repetition_penalty"] == 0.0:
+            raise APIError(400, "'repeat_penalty' must be > 0", "repeat_penalty")
         seed = _int_field(body, "seed", -2 ** 63, 2 ** 64 - 1)
         if seed is not None:
             seed %= 2 ** 64  # any 64-bit int, as the API takes (the same seed, the same text)

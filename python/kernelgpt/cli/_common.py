@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..sampling import DEFAULT_SAMPLING, SamplingConfig
+from ..sampling import DEFAULT_SAMPLING, ORDERS, SamplingConfig
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -97,13 +97,44 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--repetition-penalty", type=_float_in(0.0, math.inf, low_open=True),
                    default=d.repetition_penalty, metavar="R",
                    help="divide the scores of tokens already seen by R (> 0); 1 = off")
+    p.add_argument("--typical-p", type=_float_in(0.0, 1.0, low_open=True), default=d.typical_p,
+                   metavar="P", help="locally typical sampling: keep the tokens whose surprise "
+                                     "is closest to the entropy, mass P, in (0, 1]; 1 = off")
+    p.add_argument("--frequency-penalty", type=_float_in(-2.0, 2.0), default=d.frequency_penalty,
+                   metavar="F", help="subtract F x (times the token was generated) from its "
+                                     "logit, in [-2, 2] as the OpenAI API; 0 = off")
+    p.add_argument("--presence-penalty", type=_float_in(-2.0, 2.0), default=d.presence_penalty,
+                   metavar="P", help="subtract P from the logit of every token generated at "
+                                     "least once, in [-2, 2]; 0 = off")
+    p.add_argument("--logit-bias", type=_logit_bias_item, action="append", default=None,
+                   metavar="ID=BIAS", help="add BIAS to token ID's logit (repeatable); -100 "
+                                           "bans the token, 100 forces it")
+    p.add_argument("--sampling-order", choices=ORDERS, default=d.order,
+                   help="the order of the filters: transformers' (temperature first) or "
+                        "llama.cpp's (temperature last)")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed, for a repeatable reply (default: a fresh one each run)")
+
+
+def _logit_bias_item(text: str):
+    token, sep, bias = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(token), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ID=BIAS (a token id and a number), got "
+                                         f"{text!r}") from None
 
 
 def sampling_settings(args) -> dict:
     """The sampling options as keyword arguments (checked: SamplingConfig raises ValueError)."""
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    min_p=args.min_p, repetition_penalty=args.repetition_penalty)
+                    min_p=args.min_p, typical_p=args.typical_p,
+                    repetition_penalty=args.repetition_penalty,
+                    frequency_penalty=args.frequency_penalty,
+                    presence_penalty=args.presence_penalty,
+                    logit_bias=dict(args.logit_bias) if args.logit_bias else None,
+                    order=args.sampling_order)
     SamplingConfig(**settings)
     return settings
