@@ -86,13 +86,14 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
              sampling: Optional[SamplingConfig] = None, seed: Optional[int] = None,
              stop_tokens: Sequence[int] = (), stop_strings: Sequence[str] = (),
              cache=None, stats: Optional[GenerationStats] = None, fast_decode: bool = True,
-             slide: bool = True, **settings) -> Iterator[str]:
+             slide: bool = True, constraint=None, **settings) -> Iterator[str]:
     """Yields text pieces. `settings` are SamplingConfig fields (temperature, top_k, ...) over
     sampling.DEFAULT_SAMPLING (or over `sampling` if given).
     Pass a cache (model.new_cache()) to reuse it across calls: a prompt that extends what the
     cache holds only processes the new tokens. With fast_decode (and a native model, batch 1)
     each new token is one native call (model.decode_next) and the sampler runs in C++
-    (Sampler.fast); the text is the same as with fast_decode=False for the same seed."""
+    (Sampler.fast); the text is the same as with fast_decode=False for the same seed.
+    constraint: a structured.Constraint (a JSON schema, regex or grammar the text follows)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
         raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
     if max_new_tokens < 0:
@@ -116,7 +117,7 @@ def generate(model, tokenizer, prompt: Union[str, Sequence[int]], max_new_tokens
         raise ValueError(f"the prompt is {len(ids)} tokens, more than the cache holds "
                          f"({cache.max_len}; make a larger one with model.new_cache(max_len))")
     return _generate(model, tokenizer, ids, max_new_tokens, sampler, stop_tokens, stop_strings,
-                     cache, capacity, stats, fast_decode, slide)
+                     cache, capacity, stats, fast_decode, slide, constraint)
 
 
 class _Sequence:
@@ -125,8 +126,9 @@ class _Sequence:
     None when it has ended; the text to yield now)."""
 
     def __init__(self, tokenizer, ids, max_new_tokens, sample, stop_tokens, stop_strings, stats,
-                 capacity, slide):
+                 capacity, slide, constraint=None):
         self.max_new_tokens, self.sample, self.stats = max_new_tokens, sample, stats
+        self.constraint = constraint  # structured.Constraint: the grammar's mask, or None
         self.stop_tokens, self.stop_strings = stop_tokens, stop_strings
         self.capacity, self.slide = capacity, slide
         self.context = list(ids)
@@ -140,10 +142,14 @@ class _Sequence:
         if not self.slide and len(self.context) >= self.capacity:  # prompt + reply fill it
             stats.stop_reason = "context"
             return None, ""
+        if self.constraint is not None:
+            logits = self.constraint.apply(logits)  # the grammar's forbidden tokens: -inf
         token = self.sample(logits, previous_tokens=self.context)
         if token in self.stop_tokens:
             stats.stop_reason = "stop_token"
             return None, ""
+        if self.constraint is not None:
+            self.constraint.accept(token)  # and the next mask starts computing
         stats.new_tokens.append(token)
         self.context.append(token)
         self.pending += self.decoder.push(token)
@@ -202,14 +208,15 @@ def _prefill(model, ids, cache, stats, native=True):
 
 
 def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop_tokens, stop_strings, cache,
-              capacity, stats, fast_decode, slide) -> Iterator[str]:
+              capacity, stats, fast_decode, slide, constraint=None) -> Iterator[str]:
     stats.stop_reason = ""
     t_decode = time.perf_counter()
     try:
         logits = _prefill(model, ids, cache, stats, native=fast_decode)
         fast = fast_decode and hasattr(model, "decode_next") and model.supports_fast_decode(cache)
         seq = _Sequence(tokenizer, ids, max_new_tokens, sampler.fast if fast else sampler,
-                        set(int(t) for t in stop_tokens), stop_strings, stats, capacity, slide)
+                        set(int(t) for t in stop_tokens), stop_strings, stats, capacity, slide,
+                        constraint)
         logits_buffer = np.empty(model.config.vocab_size, np.float32) if fast else None
         t_decode = time.perf_counter()
         while True:
@@ -238,15 +245,16 @@ def _generate(model, tokenizer, ids, max_new_tokens, sampler, stop_tokens, stop_
 def generate_batch(model, tokenizer, prompts: Sequence, max_new_tokens=256,
                    sampling=None, seeds=None, stop_tokens: Sequence[int] = (),
                    stop_strings=(), stats: Optional[Sequence[GenerationStats]] = None,
-                   **settings) -> List[str]:
+                   constraints: Optional[Sequence] = None, **settings) -> List[str]:
     """Continues several prompts together: each is prefilled on its own, then every step
     decodes one token of every unfinished sequence in one native call (GPT.batch_decoder: each
     quantized weight read once for the whole batch). Per sequence (a list, or one value for
     all): max_new_tokens, sampling (SamplingConfig; settings override DEFAULT_SAMPLING as in
     generate), seeds, stop_strings (a list of lists); stop_tokens are shared. Sequences end
     independently (stop token, stop string, their token limit; a full context slides as in
-    generate). Returns the texts; each equals generate()'s for its prompt alone, sampled with
-    the same seed (bitwise the same logits)."""
+    generate). constraints: one structured.Constraint (or None) per sequence. Returns the texts;
+    each equals generate()'s for its prompt alone, sampled with the same seed (bitwise the same
+    logits)."""
     n = len(prompts)
     if n == 0:
         return []
@@ -269,6 +277,10 @@ def generate_batch(model, tokenizer, prompts: Sequence, max_new_tokens=256,
     stop_list = per_seq(stop_strings, "stop_strings",
                         lambda v: isinstance(v, str) or not v or all(isinstance(s, str) for s in v))
     stop_list = [[s] if isinstance(s, str) else list(s) for s in stop_list]
+    constraints = list(constraints) if constraints is not None else [None] * n
+    if len(constraints) != n:
+        raise ValueError(f"generate_batch: constraints has {len(constraints)} entries for {n} "
+                         "prompts")
     stats = list(stats) if stats is not None else [GenerationStats() for _ in range(n)]
     if len(stats) != n:
         raise ValueError(f"generate_batch: stats has {len(stats)} entries for {n} prompts")
@@ -290,7 +302,8 @@ def generate_batch(model, tokenizer, prompts: Sequence, max_new_tokens=256,
         logits.append(_prefill(model, ids[i], caches[i], stats[i]))
         sampler = Sampler(configs[i], seed=seed_list[i])
         seqs.append(_Sequence(tokenizer, ids[i], limits[i], sampler.fast if fast else sampler,
-                              stop_set, stop_list[i], stats[i], capacity[i], True))
+                              stop_set, stop_list[i], stats[i], capacity[i], True,
+                              constraints[i]))
     decoder = model.batch_decoder(caches) if fast else None
     active = list(range(n))
     t0 = time.perf_counter()

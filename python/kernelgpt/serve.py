@@ -70,8 +70,9 @@ class Request:
     ("error", message)."""
 
     def __init__(self, ids: List[int], max_tokens: int, sampler: Sampler, stop: List[str],
-                 loop: Optional[asyncio.AbstractEventLoop] = None):
+                 loop: Optional[asyncio.AbstractEventLoop] = None, constraint=None):
         self.ids, self.max_tokens, self.sampler, self.stop = list(ids), max_tokens, sampler, stop
+        self.constraint = constraint  # structured.Constraint (response_format), or None
         self.stats = GenerationStats()
         self.loop = loop
         self.events: "asyncio.Queue | None" = asyncio.Queue() if loop is not None else None
@@ -230,7 +231,8 @@ class Scheduler:
         if end == len(r.ids):
             sample = r.sampler.fast if self.fast else r.sampler
             r.seq = _Sequence(self.model.tokenizer, r.ids, r.max_tokens, sample, self.stop_tokens,
-                              r.stop, r.stats, self.capacity, slide=False)
+                              r.stop, r.stats, self.capacity, slide=False,
+                              constraint=r.constraint)
             self._advance(r, np.asarray(logits))
 
     def _advance(self, r: Request, logits) -> None:
@@ -273,6 +275,22 @@ def _number_field(body: dict, name: str, lo: float, hi: float) -> Optional[float
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
         raise APIError(400, f"'{name}' must be a number in [{lo}, {hi}], got {json.dumps(v)}", name)
     return float(v)
+
+
+def _response_format_field(body: dict, model):
+    """The structured.Constraint for response_format ({"type": "json_object"} or
+    {"type": "json_schema", "json_schema": {"schema": ...}}), or None for text."""
+    fmt = body.get("response_format")
+    if fmt is None or fmt == {"type": "text"}:
+        return None
+    try:
+        from .structured import Constraint
+        return Constraint.for_model(model, response_format=fmt)
+    except ImportError as e:
+        raise APIError(400, f"'response_format' needs the structured extra on the server: {e}",
+                       "response_format") from None
+    except (ValueError, TypeError) as e:
+        raise APIError(400, f"invalid 'response_format': {e}", "response_format") from None
 
 
 _MAX_LOGIT_BIAS = 1024  # entries (OpenAI's API takes up to 300)
@@ -331,7 +349,7 @@ class _Endpoint:
             raise APIError(400, f"the model {name!r} does not exist; this server has "
                                 f"{st.model_names[0]!r}", "model", "model_not_found")
         _int_field(body, "n", 1, 1)  # one choice per request
-        for unsupported in ("tools", "functions", "response_format"):
+        for unsupported in ("tools", "functions"):
             if body.get(unsupported) not in (None, [], {}, {"type": "text"}):
                 raise APIError(400, f"'{unsupported}' is not supported by this server", unsupported)
         if body.get("logprobs") not in (None, False, 0):
@@ -390,7 +408,8 @@ class _Endpoint:
         if max_tokens is None:
             max_tokens = room if self.chat else 16  # OpenAI's defaults: the context, or 16
         config = sampling_config(settings, st.sampling)
-        request = Request(ids, max_tokens, Sampler(config, seed=seed), _stop_field(body), loop)
+        request = Request(ids, max_tokens, Sampler(config, seed=seed), _stop_field(body), loop,
+                          _response_format_field(body, model))
         return request, stream, bool(opts.get("include_usage"))
 
     def meta(self) -> dict:

@@ -46,9 +46,19 @@ __all__ = ["TextModel", "ChatSession", "ChatResult"]
 
 DEFAULT_MAX_TOKENS = 256
 _POOL_SIZE = 2  # caches kept for the stateless chat calls (each grows only as it is filled)
+_STRUCTURED_ARGS = ("json_schema", "regex", "grammar", "response_format")
 _GENERATE_ARGS = ("prompt", "max_new_tokens", "max_tokens", "stream", "seed", "stop",
-                  "stop_strings", "cache", "stats", "sampling")
-_CHAT_ARGS = ("max_new_tokens", "max_tokens", "stream", "seed", "stop", "stats", "sampling")
+                  "stop_strings", "cache", "stats", "sampling") + _STRUCTURED_ARGS
+_CHAT_ARGS = ("max_new_tokens", "max_tokens", "stream", "seed", "stop", "stats",
+              "sampling") + _STRUCTURED_ARGS
+
+
+def _constraint(model, structured: dict):
+    """structured.Constraint for json_schema= / regex= / grammar= / response_format=, or None."""
+    if all(v is None for v in structured.values()):
+        return None
+    from .structured import Constraint
+    return Constraint.for_model(model, **structured)
 
 
 @dataclass
@@ -183,31 +193,36 @@ class TextModel:
     def generate(self, prompt, max_new_tokens: Optional[int] = None, *, max_tokens=None,
                  stream: bool = False, seed: Optional[int] = None, stop=None,
                  stop_strings: Sequence[str] = (), cache=None, stats=None,
-                 sampling: Optional[SamplingConfig] = None, **settings):
+                 sampling: Optional[SamplingConfig] = None, json_schema=None, regex=None,
+                 grammar=None, response_format=None, **settings):
         """Continues `prompt` (text, or a list of token ids; a list of texts gives a list of
         continuations, decoded together: one pass over the weights per step for the whole batch,
         each text equal to its prompt's run alone with the same seed). Returns the text, or an
         iterator of pieces with stream=True. settings: temperature (0 = greedy), top_k, top_p,
         min_p, repetition_penalty over sampling.DEFAULT_SAMPLING. stop / stop_strings: strings
         that end the text. For a list: max_tokens, sampling, seed and stop may also be lists
-        (one per prompt); stats, a list of GenerationStats to fill."""
+        (one per prompt); stats, a list of GenerationStats to fill. json_schema / regex /
+        grammar (Lark or GBNF) / response_format (the OpenAI API's): the text follows it
+        (structured output, kernelgpt.structured; needs the "structured" extra)."""
+        structured = dict(json_schema=json_schema, regex=regex, grammar=grammar,
+                          response_format=response_format)
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
             if stream:
                 raise ValueError("stream=True takes one prompt, not a list")
             if cache is not None:
                 raise ValueError("cache= takes one prompt; a list of prompts gets its own caches")
             return self._generate_list(prompt, max_new_tokens, max_tokens, seed, stop,
-                                       stop_strings, stats, sampling, settings)
+                                       stop_strings, stats, sampling, settings, structured)
         n = _max_tokens(max_tokens, max_new_tokens, 128)
         stops = _stop_list(stop) + _stop_list(stop_strings)
         config = sampling_config(settings, sampling, where="generate", also=_GENERATE_ARGS)
         pieces = _generate(self, self.tokenizer, prompt, n, config, seed=seed,
                            stop_tokens=self.stop_tokens, stop_strings=stops, cache=cache,
-                           stats=stats)
+                           stats=stats, constraint=_constraint(self, structured))
         return pieces if stream else "".join(pieces)
 
     def _generate_list(self, prompts, max_new_tokens, max_tokens, seed, stop, stop_strings,
-                       stats, sampling, settings):
+                       stats, sampling, settings, structured=None):
         k = len(prompts)
 
         def each(value, name):  # one value for every prompt, or a list of k
@@ -226,8 +241,9 @@ class TextModel:
         stops = [_stop_list(s) + _stop_list(stop_strings) for s in each(stop, "stop")]
         configs = [sampling_config(dict(settings), c, where="generate", also=_GENERATE_ARGS)
                    for c in each(sampling, "sampling")]
+        constraints = [_constraint(self, structured or {}) for _ in range(k)]
         return generate_batch(self, self.tokenizer, prompts, limits, configs, each(seed, "seed"),
-                              self.stop_tokens, stops, stats)
+                              self.stop_tokens, stops, stats, constraints)
 
     # ---- chat ------------------------------------------------------------------------------------
 
@@ -249,33 +265,38 @@ class TextModel:
 
     def chat(self, messages, max_new_tokens: Optional[int] = None, *, max_tokens=None,
              stream: bool = True, seed: Optional[int] = None, stop=None, stats=None,
-             sampling: Optional[SamplingConfig] = None, **settings):
+             sampling: Optional[SamplingConfig] = None, json_schema=None, regex=None,
+             grammar=None, response_format=None, **settings):
         """The assistant's reply to `messages` ([{"role", "content"}], OpenAI style; content
         may be a list of text parts). Stateless: nothing of this call is remembered except
         a cache of recent prompts' keys and values (prefix reuse). stream=True (default)
         returns an iterator of text pieces whose ``.result`` is the ChatResult once it ends;
-        stream=False returns the ChatResult."""
+        stream=False returns the ChatResult. json_schema / regex / grammar / response_format:
+        the reply follows it (structured output, as generate)."""
         n = _max_tokens(max_tokens, max_new_tokens)
         config = sampling_config(settings, sampling, where="chat", also=_CHAT_ARGS)
         messages = chat_format.normalize_messages(messages)
         ids, kept, notice = _fit(self, messages, n, self.context_length)
         reply = _Reply(self, ids, n, config, seed, _stop_list(stop), stats, None,
-                       len(messages) - len(kept), notice)
+                       len(messages) - len(kept), notice,
+                       _constraint(self, dict(json_schema=json_schema, regex=regex,
+                                              grammar=grammar, response_format=response_format)))
         return reply if stream else reply.run()
 
     def create_chat_completion(self, messages, *, stream: bool = False,
                                max_tokens: Optional[int] = None, stop=None,
                                seed: Optional[int] = None, model: Optional[str] = None,
-                               **settings):
+                               response_format=None, **settings):
         """OpenAI's chat.completions.create / llama-cpp-python's create_chat_completion: a
         dict with id, object "chat.completion", created, model, choices [{index, message
         {role, content}, finish_reason}] and usage {prompt_tokens, completion_tokens,
         total_tokens}; with stream=True an iterator of "chat.completion.chunk" dicts whose
         choices carry a delta (the role first, then content pieces, then finish_reason)."""
         config = sampling_config(settings, None, where="create_chat_completion",
-                                 also=("messages", "stream", "max_tokens", "stop", "seed", "model"))
+                                 also=("messages", "stream", "max_tokens", "stop", "seed", "model",
+                                       "response_format"))
         reply = self.chat(messages, max_tokens=max_tokens, stream=True, seed=seed, stop=stop,
-                          sampling=config)
+                          sampling=config, response_format=response_format)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": model or self.name}
         if stream:
@@ -287,16 +308,17 @@ class TextModel:
 
     def create_completion(self, prompt: str, *, stream: bool = False,
                           max_tokens: Optional[int] = 16, stop=None, seed: Optional[int] = None,
-                          model: Optional[str] = None, **settings):
+                          model: Optional[str] = None, response_format=None, **settings):
         """OpenAI's completions.create (plain text continuation): choices [{text, index,
         finish_reason}] and usage; stream=True yields "text_completion" chunks."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         config = sampling_config(settings, None, where="create_completion",
-                                 also=("prompt", "stream", "max_tokens", "stop", "seed", "model"))
+                                 also=("prompt", "stream", "max_tokens", "stop", "seed", "model",
+                                       "response_format"))
         stats = GenerationStats()
         pieces = self.generate(prompt, max_tokens=max_tokens, stream=True, seed=seed, stop=stop,
-                               stats=stats, sampling=config)
+                               stats=stats, sampling=config, response_format=response_format)
         meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
                 "created": int(time.time()), "model": model or self.name}
 
@@ -364,7 +386,8 @@ class _Reply:
     the model's pool and given back when the reply ends, however it ends."""
 
     def __init__(self, model, ids, max_tokens, config, seed, stop, stats, cache, n_dropped,
-                 notice):
+                 notice, constraint=None):
+        self.constraint = constraint
         self.model, self.ids, self.n_dropped, self.notice = model, ids, n_dropped, notice
         self.stats = stats if stats is not None else GenerationStats()
         self._own_cache = cache
@@ -398,7 +421,8 @@ class _Reply:
         try:
             for piece in _generate(model, model.tokenizer, self.ids, max_tokens, config,
                                    seed=seed, stop_tokens=model.stop_tokens, stop_strings=stop,
-                                   cache=cache, stats=self.stats, slide=False):
+                                   cache=cache, stats=self.stats, slide=False,
+                                   constraint=self.constraint):
                 self._pieces.append(piece)
                 yield piece
         finally:
