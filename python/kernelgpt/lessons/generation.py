@@ -70,7 +70,69 @@ def lesson_sampling(plot=None) -> str:
         fig.suptitle(f"Sampling: the next character after {prompt.splitlines()[-1]!r} under each "
                      "setting (grey: filtered out)")
         _save(fig, path, out)
+    out += _sampling_chain(plot)
     return "\n".join(out)
+
+
+# The settings the filter chain is shown with: every filter on, loose enough that each one
+# visibly removes a few candidates of a real model's distribution.
+CHAIN_SETTINGS = dict(temperature=0.8, top_k=40, top_p=0.9, min_p=0.1, typical_p=0.95,
+                      repetition_penalty=1.2, frequency_penalty=0.3, presence_penalty=0.2)
+
+
+def _sampling_chain(plot) -> list:
+    """SmolLM2's next-token distribution after each filter, in transformers' order and in
+    llama.cpp's (the bars of kernelgpt.sampling.filter_steps); skipped with a hint when the
+    model is not fetched."""
+    from ..io import fetch
+    from ..sampling import SamplingConfig, filter_steps
+    if fetch.cached("smollm2") is None:
+        return ["", "(kernelgpt fetch smollm2 to see the same filters on SmolLM2-135M's "
+                    "49,152-token distribution)"]
+    from ..llama import load_model
+    model = load_model("smollm2")
+    tok = model.tokenizer
+    messages = [{"role": "user", "content": "Name a fruit that is red."}]
+    ids = model.encode_chat(messages)
+    reply = tok.encode("A red fruit is the")
+    logits = model.prefill(np.asarray([ids + reply]), model.new_cache())
+    out = ["", f"SmolLM2-135M-Instruct, the next token of the reply {tok.decode(reply)!r} "
+               f"(after {len(ids)} prompt tokens), {logits.size} logits;",
+           "every filter on: " + ", ".join(f"{k}={v}" for k, v in CHAIN_SETTINGS.items()),
+           "(the penalties count the reply so far as generated)"]
+    chains = {}
+    for order in ("transformers", "llama.cpp"):
+        cfg = SamplingConfig(order=order, **CHAIN_SETTINGS)
+        steps = filter_steps(logits, cfg, previous_tokens=ids + reply, generated_tokens=reply)
+        chains[order] = steps
+        out.append(f"order={order}: " + " -> ".join(name for name, _ in steps))
+        for name, p in steps:
+            top = np.argsort(-p, kind="stable")[:4]
+            bars = "  ".join(f"{tok.decode([int(j)])!r} {p[j]:.3f}" for j in top if p[j] > 0)
+            out.append(f"  {name:>12}: {int((p > 0).sum()):>6} left   {bars}")
+    fig, path = _figure(plot, "sampling-chain", figsize=(12, 5.2))
+    if fig:
+        first = chains["transformers"][0][1]
+        order_ids = np.argsort(-first, kind="stable")[:16]
+        labels = [repr(tok.decode([int(j)]))[1:-1] for j in order_ids]
+        rows = fig.subplots(2, max(len(c) for c in chains.values()), sharey=True, squeeze=False)
+        for r, (name, steps) in enumerate(chains.items()):
+            for c, ax in enumerate(rows[r]):
+                if c >= len(steps):
+                    ax.axis("off")
+                    continue
+                step, p = steps[c]
+                kept = p[order_ids] > 0
+                x = np.arange(len(order_ids))
+                ax.bar(x[kept], p[order_ids][kept], color="tab:blue")
+                ax.bar(x[~kept], np.full((~kept).sum(), 0.01), color="lightgray")
+                ax.set_title(f"{step}: {int((p > 0).sum())} left", fontsize=9)
+                ax.set_xticks(x, labels, rotation=90, fontsize=7)
+            rows[r][0].set_ylabel(f"{name}\nprobability")
+        fig.suptitle("Sampling SmolLM2's next token: the bars after each filter, in each order "
+                     "(grey: filtered out)")
+        _save(fig, path, out)
+    return out
 
 
 # ---- 8. the KV cache ----------------------------------------------------------------------------
