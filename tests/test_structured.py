@@ -158,3 +158,19 @@ def test_server_response_format(model):
         assert status == 400 and err["error"]["param"] == "response_format"
     finally:
         server.stop()
+
+
+def test_cli_generate_json_schema_regex_and_bad_schema(tmp_path, capsys):
+    from kernelgpt import cli
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMAS["enum_and_bounds"]))
+    assert cli.main(["generate", "--model", str(GGUF), "--prompt", "A record: ", "--json-schema",
+                     str(schema), "--seed", "1", "--temperature", "0.9", "--max-new-tokens",
+                     "120", "--frequency-penalty", "0.2", "--logit-bias", "30=-100"]) == 0
+    jsonschema.validate(json.loads(capsys.readouterr().out), SCHEMAS["enum_and_bounds"])
+    assert cli.main(["generate", "--model", str(GGUF), "--prompt", "Today is ", "--regex",
+                     r"\d{4}-\d{2}-\d{2}", "--max-new-tokens", "20"]) == 0
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}\n", capsys.readouterr().out)
+    assert cli.main(["generate", "--model", str(GGUF), "--prompt", "x", "--json-schema",
+                     "{bad"]) != 0
+    assert "--json-schema" in capsys.readouterr().err

@@ -66,18 +66,52 @@ def add_arguments(p) -> None:
     add_model_arguments(p)
     p.add_argument("--prompt", required=True, help="text to continue (no chat template)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as one user message")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json-schema", metavar="FILE|JSON", default=None,
+                   help="the text is JSON that follows this schema (a file or the schema "
+                        "itself; needs the structured extra)")
+    g.add_argument("--regex", metavar="RE", default=None,
+                   help="the text matches this regular expression")
+    g.add_argument("--grammar", metavar="FILE|TEXT", default=None,
+                   help="the text follows this Lark or GBNF grammar (a file or the text)")
+
+
+def structured_settings(args) -> dict:
+    """--json-schema / --regex / --grammar as generate()'s keyword arguments."""
+    import json
+    import pathlib
+    out = {}
+    if args.json_schema is not None:
+        text = args.json_schema
+        if not text.lstrip().startswith("{") and pathlib.Path(text).is_file():
+            text = pathlib.Path(text).read_text(encoding="utf-8")
+        try:
+            out["json_schema"] = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--json-schema is neither a JSON object nor a file of one: {e}") \
+                from None
+    if args.regex is not None:
+        out["regex"] = args.regex
+    if args.grammar is not None:
+        text = args.grammar
+        if "\n" not in text and pathlib.Path(text).is_file():
+            text = pathlib.Path(text).read_text(encoding="utf-8")
+        out["grammar"] = text
+    return out
 
 
 def main(args) -> int:
+    structured = structured_settings(args)
     model = load_model_from_args(args)
     stats = GenerationStats()
     if args.chat:
         pieces = model.chat([{"role": "user", "content": args.prompt}], args.max_new_tokens,
-                            seed=args.seed, stats=stats, **sampling_settings(args))
+                            seed=args.seed, stats=stats, **structured, **sampling_settings(args))
     else:
-        sys.stdout.write(args.prompt)
+        if not structured:
+            sys.stdout.write(args.prompt)
         pieces = model.generate(args.prompt, args.max_new_tokens, stream=True, seed=args.seed,
-                                stats=stats, **sampling_settings(args))
+                                stats=stats, **structured, **sampling_settings(args))
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
