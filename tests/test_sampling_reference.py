@@ -273,3 +273,31 @@ def test_frequency_penalty_counts_what_the_sampler_drew():
     assert drawn == [0, 0, 1, 2]
     s.reset()
     assert s(logits) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_step_equals_python_at_top_p_boundaries(kind):
+    """The C++ step walks top-p from the most likely token and falls back to the ascending form
+    near the boundary (flat and tied logits land there): the same distribution, bit for bit, as
+    the numpy step, so the same token for every uniform number."""
+    from kernelgpt import _C
+    from kernelgpt.sampling import sample
+    rng = np.random.default_rng(20 + KINDS.index(kind))
+    logits = random_logits(rng, kind)
+
+    class FixedU:
+        def __init__(self, u):
+            self.u = u
+
+        def random(self):
+            return self.u
+
+    for t, k, p, mp in itertools.product([1.0, 0.5], [0, 50], [0.5, 0.9, 0.95, 0.999], [0, 0.02]):
+        cfg = SamplingConfig(temperature=t, top_k=k, top_p=p, min_p=mp)
+        probs = filtered_distribution(logits, cfg)
+        cum = np.cumsum(probs)
+        us = list(rng.random(10)) + [min(float(c / cum[-1]), float(np.nextafter(1.0, 0)))
+                                     for c in cum[np.flatnonzero(probs)[:20]]]
+        for u in us:
+            got = _C.sample_token(logits, t, k, p, mp, 1.0, None, u)
+            assert got == sample(probs, FixedU(u)), (kind, t, k, p, mp, u)

@@ -90,6 +90,19 @@ std::vector<int64_t> token_list(py::handle obj) {
   return ids;
 }
 
+// Per-thread scratch buffers, reused call after call: at a 49,152-token vocabulary each array is
+// ~400 KB, and fresh ones cost more in page faults than the whole step's arithmetic.
+struct Scratch {
+  std::vector<double> x, e, v, p, q;
+  std::vector<int64_t> cand, desc, asc;
+  std::vector<char> seen;
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
 int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k_obj,
                      double top_p, double min_p, double repetition_penalty,
                      py::handle previous_obj, double u) {
@@ -115,8 +128,9 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
                std::string(py::str(raw.dtype())));
   const int64_t V = raw.size();
   const bool is_f32 = raw.dtype().equal(py::dtype::of<float>()) && (raw.flags() & py::array::c_style);
-  py::array_t<double> x64({V});  // float64 logits (the Python path's logits.astype(float64))
-  double* x = x64.mutable_data();
+  Scratch& S = scratch();
+  S.x.resize(V);  // float64 logits (the Python path's logits.astype(float64))
+  double* x = S.x.data();
   if (is_f32) {
     const float* src = static_cast<const float*>(raw.data());
     for (int64_t i = 0; i < V; ++i) x[i] = src[i];
@@ -144,7 +158,8 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
       auto mm = std::minmax_element(ids.begin(), ids.end());
       if (*mm.first < 0 || *mm.second >= V)
         value_error("previous token ids must be in [0, " + std::to_string(V) + ")");
-      std::vector<char> seen(V, 0);
+      std::vector<char>& seen = S.seen;
+      seen.assign(V, 0);
       for (int64_t t : ids) {
         if (seen[t]) continue;
         seen[t] = 1;
@@ -155,13 +170,15 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
   if (greedy) return argmax(x, V);
 
   // 2. temperature (x / 1 == x, so always dividing is what Python's skipped step gives)
-  for (int64_t i = 0; i < V; ++i) {
-    x[i] = x[i] / temperature;
-    if (x[i] == INFINITY)  // would make the probabilities inf / inf = NaN
+  if (temperature != 1.0) {
+    for (int64_t i = 0; i < V; ++i) x[i] = x[i] / temperature;  // (no early exit: vectorised)
+    bool overflow = false;
+    for (int64_t i = 0; i < V; ++i) overflow |= x[i] == INFINITY;
+    if (overflow)  // would make the probabilities inf / inf = NaN
       value_error("logits / temperature overflow: temperature " + std::to_string(temperature) +
                   " is too small for these logits (use 0 for greedy)");
   }
-  std::vector<int64_t> cand;  // sampling._candidates: the finite ids, in id order
+  std::vector<int64_t>& cand = S.cand;  // sampling._candidates: the finite ids, in id order
   auto gather = [&] {
     cand.clear();
     for (int64_t i = 0; i < V; ++i)
@@ -173,24 +190,28 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
                 std::to_string(temperature) + " is too small for these logits (use 0 for greedy)");
   py::object np_exp = py::module_::import("numpy").attr("exp");
   // sampling._softmax over x[ids[0..n)] in that order: numpy's exp, its pairwise sum
-  auto softmax = [&](const std::vector<int64_t>& ids) {
+  // sampling._softmax over x[ids[0..n)] in that order, into out: numpy's exp (called on a view
+  // of the scratch buffer), numpy's pairwise sum
+  auto softmax = [&](const std::vector<int64_t>& ids, std::vector<double>& out) {
     const int64_t n = static_cast<int64_t>(ids.size());
     double top = -INFINITY;
     for (int64_t t : ids) top = std::max(top, x[t]);
-    py::array_t<double> e({n});
-    double* ep = e.mutable_data();
+    S.e.resize(n);
+    double* ep = S.e.data();
     for (int64_t j = 0; j < n; ++j) ep[j] = x[ids[j]] - top;
+    py::array_t<double> e({n}, {static_cast<py::ssize_t>(sizeof(double))}, ep,
+                          py::capsule(ep, [](void*) {}));
     np_exp(e, e);
     const double sum = pairwise_sum(ep, n);
-    std::vector<double> p(n);
-    for (int64_t j = 0; j < n; ++j) p[j] = ep[j] / sum;
-    return p;
+    out.resize(n);
+    for (int64_t j = 0; j < n; ++j) out[j] = ep[j] / sum;
   };
 
   // 3. top-k: drop what is below the k-th largest (ties with it stay)
   const int64_t n0 = static_cast<int64_t>(cand.size());
   if (top_k > 0 && top_k < n0) {
-    std::vector<double> v(n0);
+    std::vector<double>& v = S.v;
+    v.resize(n0);
     for (int64_t j = 0; j < n0; ++j) v[j] = x[cand[j]];
     std::nth_element(v.begin(), v.begin() + (n0 - top_k), v.end());
     const double kth = v[n0 - top_k];
@@ -198,27 +219,68 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
       if (x[t] < kth) x[t] = -INFINITY;
     gather();
   }
-  // 4. top-p over the candidates sorted ascending (stable: ties by id), renormalised: drop
-  // while the cumulative probability is <= 1 - p; the last (most likely) one stays
+  // 4. top-p (sampling._hf_top_p): keep a token while the mass of the more likely tokens is
+  // < p, walking the candidates from the most likely (ties: the higher id first) and sorting
+  // only as far as the walk goes (64 first, then 8x more); within TOP_P_MARGIN of p at the
+  // boundary, transformers' ascending form decides
   if (top_p < 1.0) {
-    std::vector<int64_t> asc = cand;
+    const int64_t n = static_cast<int64_t>(cand.size());
+    std::vector<double>& p = S.p;
+    softmax(cand, p);                       // in id order, as cand
+    std::vector<int64_t>& desc = S.desc;    // positions in cand
+    desc.resize(n);
+    std::iota(desc.begin(), desc.end(), int64_t(0));
+    auto more_likely = [&](int64_t a, int64_t b) {
+      const double xa = x[cand[a]], xb = x[cand[b]];
+      return xa > xb || (xa == xb && a > b);
+    };
+    int64_t keep = n, sorted = 0;
+    double above = 0.0, prev = 0.0;  // the cumulative mass after / before desc[j]
     {
       py::gil_scoped_release release;
-      std::stable_sort(asc.begin(), asc.end(), [&](int64_t a, int64_t b) { return x[a] < x[b]; });
+      for (int64_t j = 0; j < n; ++j) {
+        if (j >= sorted) {  // sort the next stretch
+          const int64_t want = std::min(n, std::max<int64_t>(64, sorted * 8));
+          std::partial_sort(desc.begin() + sorted, desc.begin() + want, desc.end(), more_likely);
+          sorted = want;
+        }
+        prev = above;
+        above += p[desc[j]];
+        if (above >= top_p) {
+          keep = j + 1;
+          break;
+        }
+      }
     }
-    std::vector<double> p = softmax(asc);
-    const double threshold = 1.0 - top_p;
-    double cum = 0.0;
-    for (size_t j = 0; j + 1 < asc.size(); ++j) {
-      cum += p[j];
-      if (!(cum <= threshold)) break;
-      x[asc[j]] = -INFINITY;
+    // above = the cumulative mass at keep - 1, prev at keep - 2 (Python's above[keep - 1/2])
+    const double margin = 1e-9;  // sampling.TOP_P_MARGIN
+    const bool near = std::abs(above - top_p) < margin ||
+                      (keep >= 2 && std::abs(prev - top_p) < margin);
+    if (!near) {
+      for (int64_t i = keep; i < n; ++i) x[cand[desc[i]]] = -INFINITY;
+    } else {
+      std::vector<int64_t>& asc = S.asc;
+      asc = cand;
+      {
+        py::gil_scoped_release release;
+        std::stable_sort(asc.begin(), asc.end(), [&](int64_t a, int64_t b) { return x[a] < x[b]; });
+      }
+      std::vector<double>& q = S.q;
+      softmax(asc, q);
+      const double threshold = 1.0 - top_p;
+      double cum = 0.0;
+      for (size_t i = 0; i + 1 < asc.size(); ++i) {
+        cum += q[i];
+        if (!(cum <= threshold)) break;
+        x[asc[i]] = -INFINITY;
+      }
     }
     gather();
   }
   // 5. min-p: drop tokens less likely than min_p times the top one (the top one stays)
   if (min_p > 0.0) {
-    std::vector<double> p = softmax(cand);
+    std::vector<double>& p = S.p;
+    softmax(cand, p);
     const int64_t best = argmax(p.data(), static_cast<int64_t>(p.size()));
     const double threshold = min_p * p[best];
     for (size_t j = 0; j < p.size(); ++j)
@@ -228,7 +290,8 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
 
   // 6. the distribution over the candidates and the inverse-CDF draw: the first token whose
   // cumulative probability (numpy's cumsum over [V]: the zeros add nothing) exceeds u * total
-  std::vector<double> p = softmax(cand);
+  std::vector<double>& p = S.p;
+  softmax(cand, p);
   double total = 0.0;
   for (double q : p) total += q;
   const double target = u * total;

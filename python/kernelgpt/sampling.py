@@ -271,10 +271,31 @@ def _hf_top_k(x: np.ndarray, k: int) -> None:
         x[c[x[c] < kth]] = -np.inf
 
 
+# Where the two ways of measuring top-p's boundary could disagree in the last bits (a flat
+# distribution, a tie, a p that a cumulative sum hits exactly), the exact ascending form runs.
+TOP_P_MARGIN = 1e-9
+
+
 def _hf_top_p(x: np.ndarray, p: float) -> None:
+    """transformers' TopPLogitsWarper: sorted ascending, drop while the cumulative probability
+    is <= 1 - p. In exact arithmetic that is: keep a token while the mass of the tokens more
+    likely than it is < p, which needs only the most likely tokens sorted (the C++ step sorts
+    just those); where that mass is within TOP_P_MARGIN of p at the boundary, the ascending
+    form decides, summed in transformers' order."""
     if p >= 1.0:
         return
     c = _candidates(x)
+    probs = _softmax(x[c])
+    # more likely first; among equal logits the higher id first (ascending, it goes last)
+    desc = np.lexsort((-c, -x[c]))
+    above = np.cumsum(probs[desc])  # above[j - 1]: the mass more likely than desc[j]
+    reached = np.flatnonzero(above >= p)
+    keep = int(reached[0]) + 1 if reached.size else c.size
+    near = abs(above[keep - 1] - p) < TOP_P_MARGIN or \
+        (keep >= 2 and abs(above[keep - 2] - p) < TOP_P_MARGIN)
+    if not near:
+        x[c[desc[keep:]]] = -np.inf
+        return
     ascending = c[np.argsort(x[c], kind="stable")]
     cum = np.cumsum(_softmax(x[ascending]))
     drop = cum <= 1.0 - p
@@ -310,9 +331,18 @@ def _hf_typical(x: np.ndarray, mass: float) -> None:
 
 
 def _llama_top_k(x: np.ndarray, k: int) -> None:
+    """Exactly the k most likely (among equal logits the lower id first): everything above the
+    k-th largest value, then the lowest ids of those equal to it."""
     c = _candidates(x)
     if 0 < k < c.size:
-        x[c[np.argsort(-x[c], kind="stable")[k:]]] = -np.inf
+        v = x[c]
+        kth = np.partition(v, c.size - k)[c.size - k]
+        tied = c[v == kth]
+        drop = c[v < kth]
+        extra = int((v > kth).sum()) + tied.size - k  # tied tokens beyond the k
+        x[drop] = -np.inf
+        if extra > 0:
+            x[tied[tied.size - extra:]] = -np.inf
 
 
 def _llama_typical(x: np.ndarray, mass: float) -> None:
@@ -492,8 +522,8 @@ class Sampler:
         / presence penalties are applied in Python (float64, exactly as the Python step does)
         before the C++ filters."""
         c = self.config
-        if c.typical_p < 1.0 or c.order != "transformers":
-            return self(logits, previous_tokens)
+        if c.typical_p < 1.0 or c.order != "transformers" or (c.greedy and not c.penalized):
+            return self(logits, previous_tokens)  # (greedy: numpy's argmax is the fastest)
         rp, previous = c.repetition_penalty, previous_tokens
         if c.logit_bias or self._counted():
             logits = _penalized(_check_logits(logits), c, previous_tokens,
