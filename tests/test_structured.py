@@ -81,6 +81,22 @@ def test_regex_and_grammars(model):
         assert re.fullmatch(r"\[[0-9]{1,3}(,[0-9]{1,3}){0,4}\]", text), text
 
 
+def test_greedy_continuation_under_its_schema_is_unchanged(model):
+    """The model's own greedy text, where it is JSON the schema allows, is what the constrained
+    run writes: the grammar masks nothing the model would pick; it only ends the text (the stop
+    token) once the object is complete."""
+    prompt = ('People as JSON, one per line:\n{"name": "Alice", "age": 30}\n'
+              '{"name": "Bob", "age": 25}\n')
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    greedy = model.generate(prompt, max_tokens=40, temperature=0)
+    constrained = model.generate(prompt, max_tokens=40, temperature=0, json_schema=schema)
+    first = greedy.split("\n")[0]
+    jsonschema.validate(json.loads(first), schema)  # the unconstrained line already fits
+    assert constrained == first
+
+
 def test_greedy_text_the_schema_allows_is_unchanged(model):
     messages = [{"role": "user", "content": "Give me a person as JSON with name and age."}]
     plain = model.chat(messages, stream=False, temperature=0, max_tokens=80).text

@@ -188,3 +188,35 @@ def test_encode_with_unstable_without_tiktoken():
                                    for c in completions)
         for more in ["", "r", "st", "west", " x"]:
             assert enc.encode(text + more)[:len(stable)] == stable
+
+
+def _byte_strings(seed: int, n: int):
+    """Byte strings around the UTF-8 edge: truncated and stray continuation bytes, invalid
+    leads, white space and letters before them, random bytes."""
+    import random
+    rng = random.Random(seed)
+    alphabet = [b" ", b"\n", b"\t", b"a", b"Z", b"'", b"0", b".", "é".encode(), "€".encode(),
+                "😀".encode(), b"\xe2\x82", b"\xf0\x9f", b"\xc3", b"\x80", b"\xff", b"\xfe",
+                b"\xc0\xaf", b"\xed\xa0\x80"]
+    out = [b"", b"\x00", b"\xff", b"hello \xff world", b"abc\xe2\x82", b"  \n \xc3",
+           b"\n\n\x80", b" \xf0\x9f", "naïve".encode()[:-3] + b"!"]
+    for _ in range(n):
+        out.append(b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 10))))
+        out.append(bytes(rng.randrange(256) for _ in range(rng.randint(1, 8))))
+    return out
+
+
+def test_encode_bytes_matches_tiktoken_and_round_trips(encoding_pairs):
+    for ours, theirs in encoding_pairs:
+        for data in _byte_strings(1, 1500):
+            ids = ours.encode_bytes(data)
+            assert ours.decode_bytes(ids) == data
+            assert ids == theirs._encode_bytes(data), (ours.name, data)
+
+
+def test_encode_bytes_input_checks():
+    enc = kernelgpt.get_encoding("gpt2") if fetch.cached("gpt2") else pytest.skip("gpt2")
+    assert enc.encode_bytes(bytearray(b"hi \xff")) == enc.encode_bytes(b"hi \xff")
+    assert enc.encode_bytes(b"hello") == enc.encode_ordinary("hello")
+    with pytest.raises(TypeError, match="bytes"):
+        enc.encode_bytes("text")

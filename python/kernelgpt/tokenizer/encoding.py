@@ -366,27 +366,8 @@ class Encoding:
         # How many tokens the last pre-tokenized piece of the text made (tiktoken's
         # last_piece_token_len): the piece is the last of the text after the last special
         # token, and its bytes are those of the tokens at the end.
-        start = len(tokens)
-        while start > 0 and tokens[start - 1] not in self._special_token_values:
-            start -= 1
-        segment = self._core.decode_bytes(tokens[start:]).decode("utf-8")
-        last_piece = self._core.split(segment)[-1].encode("utf-8")
         decoder = self._core.decode_single_token_bytes
-        n, size = 0, 0
-        while size < len(last_piece) and n < len(tokens) - start:
-            n += 1
-            size += len(decoder(tokens[-n]))
-
-        # tiktoken's _increase_last_piece_token_len: a split inside trailing white space may
-        # disappear when text is appended ("\n" + " " ...), so all-space tokens before the
-        # last piece count as unstable too.
-        def all_space(token: int) -> bool:
-            return all(b in b" \n\t" for b in decoder(token))
-
-        if all_space(tokens[-n]):
-            while n < len(tokens) and tokens[-n - 1] not in self._special_token_values and \
-                    all_space(tokens[-n - 1]):
-                n += 1
+        n = self._last_piece_token_len(tokens)
         unstable = self._core.decode_bytes(tokens[-n:])
         stable = tokens[:-n]
         if not unstable:
@@ -427,6 +408,66 @@ class Encoding:
                 completions.add(tuple(_byte_pair_encode(unstable[:-len(last)], ranks) +
                                       _byte_pair_encode(last, ranks)))
         return stable, sorted(list(c) for c in completions)
+
+    def _last_piece_token_len(self, tokens: List[int]) -> int:
+        """How many tokens at the end of `tokens` (which end with an ordinary token) the last
+        pre-tokenized piece made, extended over the all-space tokens before it: tiktoken's
+        last_piece_token_len after _increase_last_piece_token_len (a split inside trailing
+        white space may disappear when text is appended: "\n" + " " ...)."""
+        start = len(tokens)
+        while start > 0 and tokens[start - 1] not in self._special_token_values:
+            start -= 1
+        segment = self._core.decode_bytes(tokens[start:]).decode("utf-8")
+        last_piece = self._core.split(segment)[-1].encode("utf-8")
+        decoder = self._core.decode_single_token_bytes
+        n, size = 0, 0
+        while size < len(last_piece) and n < len(tokens) - start:
+            n += 1
+            size += len(decoder(tokens[-n]))
+
+        def all_space(token: int) -> bool:
+            return all(b in b" \n\t" for b in decoder(token))
+
+        if all_space(tokens[-n]):
+            while n < len(tokens) and tokens[-n - 1] not in self._special_token_values and \
+                    all_space(tokens[-n - 1]):
+                n += 1
+        return n
+
+    def encode_bytes(self, data: Union[bytes, bytearray, memoryview]) -> List[int]:
+        """Any byte string, valid UTF-8 or not, to token ids that decode_bytes turns back into
+        exactly those bytes: tiktoken's _encode_bytes, with the same ids. Valid UTF-8 encodes
+        as encode_ordinary; otherwise the valid prefix is encoded, and its last piece (with the
+        white space before it) and the bytes from the first invalid one on are merged again
+        by byte-level BPE as one piece."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"encode_bytes takes bytes, got {type(data).__name__} (use encode "
+                            "for str)")
+        data = bytes(data)
+        try:
+            return self.encode_ordinary(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            valid = e.start
+        tokens = self.encode_ordinary(data[:valid].decode("utf-8"))
+        if tokens:
+            n = self._last_piece_token_len(tokens)
+            unstable = self._core.decode_bytes(tokens[-n:]) + data[valid:]
+            del tokens[-n:]
+        else:
+            unstable = data[valid:]
+        ranks = self._unstable_tables()[1]
+        token = ranks.get(unstable)
+        if token is not None:
+            tokens.append(token)
+        else:
+            merged = _byte_pair_encode(unstable, ranks)
+            if len(self._core.decode_bytes(merged)) != len(unstable):
+                raise ValueError(f"{self.name}: some of these bytes have no token (its "
+                                 "vocabulary lacks single bytes)")
+            tokens.extend(merged)
+        return tokens
+
+    _encode_bytes = encode_bytes  # tiktoken's name for it (its tests call it)
 
     def _unstable_tables(self):
         """(the mergeable tokens' bytes, sorted; bytes -> id), built once, for
