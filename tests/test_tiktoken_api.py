@@ -62,14 +62,14 @@ def test_unknown_model():
 def test_list_and_unknown_encodings():
     names = kernelgpt.list_encoding_names()
     assert names == tk.list_encoding_names()
-    assert {"cl100k_base", "gpt2", "r50k_base", "smollm2"} == set(names)
+    assert {"cl100k_base", "gpt2", "r50k_base", "p50k_base", "p50k_edit", "smollm2"} == set(names)
     with pytest.raises(ValueError, match="unknown encoding 'nope'; known: cl100k_base, gpt2, "
-                                         "r50k_base, smollm2"):
+                                         "r50k_base, p50k_base, p50k_edit, smollm2"):
         kernelgpt.get_encoding("nope")
     with pytest.raises(KeyError):  # also a KeyError, for code that looks names up
         kernelgpt.get_encoding("nope")
     with pytest.raises(ValueError, match="tiktoken's but not available in kernelgpt"):
-        kernelgpt.encoding_for_model("gpt-4o")  # o200k_base: known name, not supported
+        kernelgpt.encoding_for_model("gpt-4o")  # o200k_base: known name, not supported yet
     with pytest.raises(ValueError, match="unknown encoding"):
         kernelgpt.get_encoding(None)
 
@@ -220,3 +220,32 @@ def test_encode_bytes_input_checks():
     assert enc.encode_bytes(b"hello") == enc.encode_ordinary("hello")
     with pytest.raises(TypeError, match="bytes"):
         enc.encode_bytes("text")
+
+
+P50K_TEXTS = ["def f(x):\n    return x\n", "if a:\n        if b:\n            pass",
+              " " * 30 + "x", "a" + " " * 26 + "b", "tabs\t\t and   spaces   \n  ", "hello world",
+              "naïve café 日本語 12345 !!", "  \n\n   \t  "]
+
+
+@pytest.mark.parametrize("name", ["p50k_base", "p50k_edit"])
+def test_p50k_derived_from_r50k_matches_tiktoken(name):
+    """p50k_base is r50k_base plus runs of 2-25 spaces; the derived vocabulary is accepted only
+    when its .tiktoken file hashes to tiktoken's pinned sha256 (checked on load), and then
+    splits and merges as tiktoken with the same file."""
+    tiktoken = pytest.importorskip("tiktoken")
+    if fetch.cached("gpt2") is None:
+        pytest.skip("run `kernelgpt fetch gpt2`")
+    ours = kernelgpt.get_encoding(name)
+    assert ours.name == name
+    special = tk.registry.P50K_EDIT_SPECIAL_TOKENS if name == "p50k_edit" else \
+        {"<|endoftext|>": 50256}
+    theirs = tiktoken.Encoding(name, pat_str=tk.GPT2_PATTERN,
+                               mergeable_ranks=ours._mergeable_ranks, special_tokens=special)
+    assert ours.n_vocab == theirs.n_vocab == (50281 if name == "p50k_base" else 50284)
+    for text in P50K_TEXTS:
+        assert ours.encode(text) == theirs.encode(text), text
+    # nine spaces before a word: eight as one token (50257 + 8 - 2), then " x"
+    assert ours.encode(" " * 9 + "x") == [50263, ours.encode(" x")[0]]
+    assert kernelgpt.encoding_for_model("text-davinci-003").name == "p50k_base"
+    if name == "p50k_edit":
+        assert ours.encode("<|fim_prefix|>a<|fim_suffix|>", allowed_special="all")[0] == 50281

