@@ -34,10 +34,13 @@ def lesson_sampling(plot=None) -> str:
         for j in top:
             if p[j] > 0:
                 out.append(f"   {tok.chars[j]!r:>6} {p[j]:6.3f} {_bar(p[j])}")
-    fig, path = _figure(plot, "sampling", figsize=(12, 5.6))
+    chain_lines, chain = _sampling_chain()
+    fig, path = _figure(plot, "sampling", figsize=(12, 11.2 if chain else 5.6))
     if fig:
+        parts = fig.subfigures(2, 1, height_ratios=[5.6, 5.6]) if chain else [fig]
+        upper = parts[0]
         order = np.argsort(-dists["temperature 1.0"])[:12]
-        axes = fig.subplots(2, 4, sharex=True).ravel()
+        axes = upper.subplots(2, 4, sharex=True).ravel()
         top = max(float(p[order].max()) for p in dists.values())
         for ax in axes[1:len(dists)]:
             ax.sharey(axes[0])   # one probability scale; the logits keep their own
@@ -67,10 +70,15 @@ def lesson_sampling(plot=None) -> str:
             ax.set_xticks(range(len(order)), [repr(_char_label(tok.chars[j]))[1:-1]
                                               for j in order])
             ax.set_xlabel("next character (12 likeliest)")
-        fig.suptitle(f"Sampling: the next character after {prompt.splitlines()[-1]!r} under each "
+        upper.suptitle(f"Sampling: the next character after {prompt.splitlines()[-1]!r} under each "
                      "setting (grey: filtered out)")
+        if chain:
+            _draw_chain(parts[1], *chain)
+            fig.suptitle("Sampling: the shipped character model's next character (top) and "
+                         "SmolLM2's next token (bottom)")
+    out += chain_lines
+    if fig:
         _save(fig, path, out)
-    out += _sampling_chain(plot)
     return "\n".join(out)
 
 
@@ -80,15 +88,15 @@ CHAIN_SETTINGS = dict(temperature=0.8, top_k=40, top_p=0.9, min_p=0.1, typical_p
                       repetition_penalty=1.2, frequency_penalty=0.3, presence_penalty=0.2)
 
 
-def _sampling_chain(plot) -> list:
-    """SmolLM2's next-token distribution after each filter, in transformers' order and in
-    llama.cpp's (the bars of kernelgpt.sampling.filter_steps); skipped with a hint when the
-    model is not fetched."""
+def _sampling_chain():
+    """(text lines, (chains, tokenizer) or None): SmolLM2's next-token distribution after each
+    filter, in transformers' order and in llama.cpp's (the bars of
+    kernelgpt.sampling.filter_steps); a hint instead when the model is not fetched."""
     from ..io import fetch
     from ..sampling import SamplingConfig, filter_steps
     if fetch.cached("smollm2") is None:
         return ["", "(kernelgpt fetch smollm2 to see the same filters on SmolLM2-135M's "
-                    "49,152-token distribution)"]
+                    "49,152-token distribution)"], None
     from ..llama import load_model
     model = load_model("smollm2")
     tok = model.tokenizer
@@ -110,29 +118,31 @@ def _sampling_chain(plot) -> list:
             top = np.argsort(-p, kind="stable")[:4]
             bars = "  ".join(f"{tok.decode([int(j)])!r} {p[j]:.3f}" for j in top if p[j] > 0)
             out.append(f"  {name:>12}: {int((p > 0).sum()):>6} left   {bars}")
-    fig, path = _figure(plot, "sampling-chain", figsize=(12, 5.2))
-    if fig:
-        first = chains["transformers"][0][1]
-        order_ids = np.argsort(-first, kind="stable")[:16]
-        labels = [repr(tok.decode([int(j)]))[1:-1] for j in order_ids]
-        rows = fig.subplots(2, max(len(c) for c in chains.values()), sharey=True, squeeze=False)
-        for r, (name, steps) in enumerate(chains.items()):
-            for c, ax in enumerate(rows[r]):
-                if c >= len(steps):
-                    ax.axis("off")
-                    continue
-                step, p = steps[c]
-                kept = p[order_ids] > 0
-                x = np.arange(len(order_ids))
-                ax.bar(x[kept], p[order_ids][kept], color="tab:blue")
-                ax.bar(x[~kept], np.full((~kept).sum(), 0.01), color="lightgray")
-                ax.set_title(f"{step}: {int((p > 0).sum())} left", fontsize=9)
-                ax.set_xticks(x, labels, rotation=90, fontsize=7)
-            rows[r][0].set_ylabel(f"{name}\nprobability")
-        fig.suptitle("Sampling SmolLM2's next token: the bars after each filter, in each order "
-                     "(grey: filtered out)")
-        _save(fig, path, out)
-    return out
+    return out, (chains, tok)
+
+
+def _draw_chain(fig, chains, tok) -> None:
+    """The bars of each step of each order, one row per order, into fig (a subfigure)."""
+    first = chains["transformers"][0][1]
+    order_ids = np.argsort(-first, kind="stable")[:16]
+    labels = [repr(tok.decode([int(j)]))[1:-1] for j in order_ids]
+    rows = fig.subplots(2, max(len(c) for c in chains.values()), sharey=True, squeeze=False)
+    for r, (name, steps) in enumerate(chains.items()):
+        for c, ax in enumerate(rows[r]):
+            if c >= len(steps):
+                ax.axis("off")
+                continue
+            step, p = steps[c]
+            kept = p[order_ids] > 0
+            x = np.arange(len(order_ids))
+            ax.bar(x[kept], p[order_ids][kept], color="tab:blue")
+            ax.bar(x[~kept], np.full((~kept).sum(), 0.01), color="lightgray")
+            ax.set_title(f"{step}: {int((p > 0).sum())} left", fontsize=9)
+            ax.set_xticks(x, labels, rotation=90, fontsize=7)
+            ax.set_xlabel("next token (16 likeliest)", fontsize=8)
+        rows[r][0].set_ylabel(f"{name}\nprobability")
+    fig.suptitle("SmolLM2's next token: the bars after each filter, in each order "
+                 "(grey: filtered out)")
 
 
 # ---- 8. the KV cache ----------------------------------------------------------------------------
