@@ -2,6 +2,7 @@
 QEMU's user-mode emulation of a Nehalem (SSE4.2, no AVX) and a Haswell (AVX2, no AVX-512).
 An AVX-512 instruction leaking into baseline code would die with SIGILL here.
 Skipped where qemu-x86_64 is not installed (Debian: apt-get install qemu-user)."""
+import os
 import platform
 import shutil
 import subprocess
@@ -46,8 +47,12 @@ print(kernelgpt.cpu_features()["best_isa"])
 @pytest.mark.parametrize("cpu,expected", [("Nehalem", "generic"), ("Haswell", "avx2")])
 def test_runs_on_older_cpu(cpu, expected):
     # -X faulthandler: a SIGILL prints the Python line that reached the illegal instruction.
+    # OPENBLAS_CORETYPE: numpy's OpenBLAS reads the emulated CPU's CPUID wrongly under QEMU and
+    # picks kernels that CPU lacks (numpy 2.4 then dies with SIGILL in its import-time sanity
+    # check, before any kernelgpt code runs); its oldest x86-64 kernels run everywhere.
+    env = dict(os.environ, OPENBLAS_CORETYPE="Prescott")
     result = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-X", "faulthandler",
                              "-c", SMOKE],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == expected
