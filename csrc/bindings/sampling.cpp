@@ -7,9 +7,9 @@
 // candidates sorted ascending (stable), min-p, each softmax as sampling._softmax (shift by the
 // largest, numpy's exp, numpy's pairwise sum), and the inverse-CDF draw with the caller's
 // uniform number u (Sampler draws it with rng.random()). The logit bias, the frequency /
-// presence penalties, typical-p and the llama.cpp order stay in Python (Sampler.fast). exp is numpy's
-// own: its SIMD exp differs from the C library's in the last bit for a few percent of inputs,
-// and one bit can move a token across a top-p or draw boundary.
+// presence penalties, typical-p and the llama.cpp order stay in Python (Sampler.fast). exp is
+// numpy's own: its SIMD exp differs from the C library's in the last bit for a few percent of
+// inputs, and one bit can move a token across a top-p or draw boundary.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -179,17 +179,19 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
                   " is too small for these logits (use 0 for greedy)");
   }
   std::vector<int64_t>& cand = S.cand;  // sampling._candidates: the finite ids, in id order
-  auto gather = [&] {
-    cand.clear();
-    for (int64_t i = 0; i < V; ++i)
-      if (x[i] > -INFINITY) cand.push_back(i);
+  cand.clear();
+  for (int64_t i = 0; i < V; ++i)
+    if (x[i] > -INFINITY) cand.push_back(i);
+  // after a filter: drop the candidates it set to -inf (only candidates are ever dropped, so
+  // this is the scan over [V] again, at the cost of the candidates left)
+  auto prune = [&] {
+    auto dropped = [&](int64_t t) { return !(x[t] > -INFINITY); };
+    cand.erase(std::remove_if(cand.begin(), cand.end(), dropped), cand.end());
   };
-  gather();
   if (cand.empty())  // every scaled logit went to -inf: no distribution is left
     value_error("logits / temperature overflow to -inf everywhere: temperature " +
                 std::to_string(temperature) + " is too small for these logits (use 0 for greedy)");
   py::object np_exp = py::module_::import("numpy").attr("exp");
-  // sampling._softmax over x[ids[0..n)] in that order: numpy's exp, its pairwise sum
   // sampling._softmax over x[ids[0..n)] in that order, into out: numpy's exp (called on a view
   // of the scratch buffer), numpy's pairwise sum
   auto softmax = [&](const std::vector<int64_t>& ids, std::vector<double>& out) {
@@ -217,7 +219,7 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
     const double kth = v[n0 - top_k];
     for (int64_t t : cand)
       if (x[t] < kth) x[t] = -INFINITY;
-    gather();
+    prune();
   }
   // 4. top-p (sampling._hf_top_p): keep a token while the mass of the more likely tokens is
   // < p, walking the candidates from the most likely (ties: the higher id first) and sorting
@@ -275,7 +277,7 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
         x[asc[i]] = -INFINITY;
       }
     }
-    gather();
+    prune();
   }
   // 5. min-p: drop tokens less likely than min_p times the top one (the top one stays)
   if (min_p > 0.0) {
@@ -285,7 +287,7 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
     const double threshold = min_p * p[best];
     for (size_t j = 0; j < p.size(); ++j)
       if (p[j] < threshold && static_cast<int64_t>(j) != best) x[cand[j]] = -INFINITY;
-    gather();
+    prune();
   }
 
   // 6. the distribution over the candidates and the inverse-CDF draw: the first token whose

@@ -172,7 +172,10 @@ class _Sequence:
         return token, out
 
     def finish(self) -> str:
-        """The text still held back, once the sequence has ended."""
+        """The text still held back, once the sequence has ended (and the grammar's helper
+        thread stopped)."""
+        if self.constraint is not None:
+            self.constraint.close()
         if not self.stats.stop_reason:
             self.stats.stop_reason = "length"
         tail = ""

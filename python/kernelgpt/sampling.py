@@ -253,6 +253,7 @@ def _scaled(x: np.ndarray, temperature: float) -> np.ndarray:
 
 
 # ---- the filters: each sets the logits of the tokens it drops to -inf, in place -------------
+# (_steps calls a filter only when its setting is on)
 
 def _candidates(x: np.ndarray) -> np.ndarray:
     """The ids still in the running (finite logit), in id order."""
@@ -282,8 +283,6 @@ def _hf_top_p(x: np.ndarray, p: float) -> None:
     likely than it is < p, which needs only the most likely tokens sorted (the C++ step sorts
     just those); where that mass is within TOP_P_MARGIN of p at the boundary, the ascending
     form decides, summed in transformers' order."""
-    if p >= 1.0:
-        return
     c = _candidates(x)
     probs = _softmax(x[c])
     # more likely first; among equal logits the higher id first (ascending, it goes last)
@@ -304,8 +303,6 @@ def _hf_top_p(x: np.ndarray, p: float) -> None:
 
 
 def _hf_min_p(x: np.ndarray, min_p: float) -> None:
-    if min_p <= 0.0:
-        return
     c = _candidates(x)
     probs = _softmax(x[c])
     drop = probs < min_p * probs.max()
@@ -314,8 +311,6 @@ def _hf_min_p(x: np.ndarray, min_p: float) -> None:
 
 
 def _hf_typical(x: np.ndarray, mass: float) -> None:
-    if mass >= 1.0:
-        return
     c = _candidates(x)
     v = x[c]
     shifted_v = v - v.max()
@@ -346,8 +341,6 @@ def _llama_top_k(x: np.ndarray, k: int) -> None:
 
 
 def _llama_typical(x: np.ndarray, mass: float) -> None:
-    if mass >= 1.0:
-        return
     c = _candidates(x)
     probs = _softmax(x[c])
     with np.errstate(divide="ignore"):
@@ -360,8 +353,6 @@ def _llama_typical(x: np.ndarray, mass: float) -> None:
 
 
 def _llama_top_p(x: np.ndarray, p: float) -> None:
-    if p >= 1.0:
-        return
     c = _candidates(x)
     ranked = np.argsort(-x[c], kind="stable")
     reached = np.flatnonzero(np.cumsum(_softmax(x[c])[ranked]) >= p)
@@ -370,8 +361,6 @@ def _llama_top_p(x: np.ndarray, p: float) -> None:
 
 
 def _llama_min_p(x: np.ndarray, min_p: float) -> None:
-    if min_p <= 0.0:
-        return
     c = _candidates(x)
     v = x[c]
     x[c[v < v.max() + math.log(min_p)]] = -np.inf

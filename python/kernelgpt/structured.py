@@ -119,10 +119,11 @@ class _Vocabulary:
     def __init__(self, tokenizer, n_vocab: int, eos: int):
         n_tok = tokenizer.n_vocab
         special = [i for i in range(n_tok) if tokenizer.is_special_token(i)]
+        special_set = set(special)
         tokens = []
         for i in range(n_tok):
             raw = tokenizer.decode_single_token_bytes(i)
-            tokens.append(b"\xff" + raw if i in special else raw)
+            tokens.append(b"\xff" + raw if i in special_set else raw)
         tokens += [b""] * (n_vocab - n_tok)  # the model's padding rows, if any
         self.tokens, self.special_token_ids = tokens, special
         self.eos_token_id, self.bos_token_id = eos, None
