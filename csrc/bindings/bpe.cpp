@@ -26,7 +26,7 @@ using bpe::Pattern;
 
 namespace {
 
-Pattern parse_pattern(const std::string& name) {
+Pattern parse_scanner(const std::string& name) {
   if (name == "cl100k") return Pattern::cl100k;
   if (name == "gpt2") return Pattern::gpt2;
   if (name == "whitespace") return Pattern::whitespace;
@@ -34,8 +34,27 @@ Pattern parse_pattern(const std::string& name) {
   if (name == "llama3") return Pattern::llama3;
   if (name == "qwen2") return Pattern::qwen2;
   value_error("unknown pre-tokenizer '" + name +
-              "', expected 'cl100k', 'gpt2', 'whitespace', 'smollm', 'llama3' or 'qwen2'");
+              "', expected 'cl100k', 'gpt2', 'whitespace', 'smollm', 'llama3' or 'qwen2', "
+              "or a list of regular expressions");
 }
+
+// A scanner's name (str), or a list of regular expressions applied one after the other.
+bpe::Splitter parse_pattern(py::handle spec) {
+  if (py::isinstance<py::str>(spec)) return bpe::Splitter(parse_scanner(spec.cast<std::string>()));
+  if (!py::isinstance<py::list>(spec) && !py::isinstance<py::tuple>(spec))
+    type_error("pattern must be a scanner name (str) or a list of regular expressions");
+  std::vector<std::string> patterns;
+  for (py::handle p : spec) {
+    if (!py::isinstance<py::str>(p)) type_error("every regular expression must be a str");
+    patterns.push_back(p.cast<std::string>());
+  }
+  try {
+    return bpe::Splitter(std::make_shared<const bpe::RegexPipeline>(patterns));
+  } catch (const bpe::RegexError& e) {
+    value_error(e.what());
+  }
+}
+
 
 const char* pattern_name(Pattern p) {
   switch (p) {
@@ -45,8 +64,14 @@ const char* pattern_name(Pattern p) {
     case Pattern::smollm: return "smollm";
     case Pattern::llama3: return "llama3";
     case Pattern::qwen2: return "qwen2";
+    case Pattern::regex: return "regex";
   }
   return "?";
+}
+
+py::object pattern_object(const bpe::Splitter& s) {
+  if (s.regex) return py::cast(s.regex->patterns());
+  return py::str(pattern_name(s.pattern));
 }
 
 struct Text {
@@ -210,7 +235,7 @@ std::vector<bpe::SpecialToken> specials_of(py::handle obj) {
 // (building result lists from cached ints is several times faster than creating new ones).
 class PyBPE {
  public:
-  PyBPE(bpe::Vocab vocab, std::vector<bpe::SpecialToken> specials, Pattern pattern,
+  PyBPE(bpe::Vocab vocab, std::vector<bpe::SpecialToken> specials, bpe::Splitter pattern,
         bool skip_unknown_bytes)
       : core_(std::make_shared<Encoder>(std::move(vocab), std::move(specials), pattern,
                                         skip_unknown_bytes)) {}
@@ -222,10 +247,10 @@ class PyBPE {
   }
 
   static std::shared_ptr<PyBPE> from_tiktoken(py::handle data_obj, py::handle specials,
-                                              const std::string& pattern,
+                                              py::handle pattern,
                                               bool skip_unknown_bytes) {
     Text data = bytes_of(data_obj, "data");
-    Pattern p = parse_pattern(pattern);
+    bpe::Splitter p = parse_pattern(pattern);
     auto sp = specials_of(specials);
     bpe::Vocab vocab;
     {
@@ -269,10 +294,10 @@ class PyBPE {
   }
 
   static std::shared_ptr<PyBPE> from_ranks(py::handle ranks, py::handle specials,
-                                           const std::string& pattern,
+                                           py::handle pattern,
                                            bool skip_unknown_bytes) {
     if (!py::isinstance<py::dict>(ranks)) type_error("mergeable_ranks must be a dict {bytes: int}");
-    Pattern p = parse_pattern(pattern);
+    bpe::Splitter p = parse_pattern(pattern);
     bpe::Vocab vocab;
     for (auto kv : py::reinterpret_borrow<py::dict>(ranks)) {
       Text t = bytes_of(kv.first, "mergeable token");
@@ -363,7 +388,7 @@ class PyBPE {
       const Text& t = texts[i];
       size_t b = 0;
       while (!specials && t.size - b > 2 * kBatchChunk) {
-        size_t cut = bpe::next_safe_cut(t.data, b + kBatchChunk, t.size);
+        size_t cut = core_->pattern().safe_cut(t.data, b + kBatchChunk, t.size);
         if (cut >= t.size) break;
         ranges.push_back({b, cut});
         r.text_of.push_back(i);
@@ -474,8 +499,11 @@ class PyBPE {
   py::list split(py::handle text) const {
     Text t = utf8_of(text, "text");
     std::vector<std::pair<size_t, size_t>> spans;
-    bpe::for_each_piece(core_->pattern(), t.data, t.size,
-                        [&](size_t b, size_t e) { spans.emplace_back(b, e); });
+    {
+      py::gil_scoped_release release;
+      core_->pattern().for_each_piece(t.data, t.size,
+                                      [&](size_t b, size_t e) { spans.emplace_back(b, e); });
+    }
     py::list out(spans.size());
     for (size_t i = 0; i < spans.size(); ++i)
       out[i] = py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(
@@ -607,11 +635,11 @@ class PyBPE {
   std::vector<PyObject*> ints_;  // owned references; the object lives as long as the module
 };
 
-py::dict train(py::list inputs, py::list is_path, size_t vocab_size, const std::string& pattern,
+py::dict train(py::list inputs, py::list is_path, size_t vocab_size, py::handle pattern,
                int num_threads) {
   if (inputs.size() != is_path.size()) value_error("train: inputs and is_path differ in length");
   if (num_threads < 1) value_error("num_threads must be at least 1, got " + std::to_string(num_threads));
-  Pattern p = parse_pattern(pattern);
+  bpe::Splitter p = parse_pattern(pattern);
   std::vector<bpe::TrainInput> in(inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (is_path[i].cast<bool>()) {
@@ -676,7 +704,7 @@ void register_bpe(py::module_& m) {
       .def("_set_cache", [](PyBPE& b, bool on) { b.set_cache(on); }, py::arg("enabled"))
       .def_property_readonly("max_token_value", [](const PyBPE& b) { return b.core().max_token_value(); })
       .def_property_readonly("n_mergeable", [](const PyBPE& b) { return b.core().vocab().count(); })
-      .def_property_readonly("pattern", [](const PyBPE& b) { return std::string(pattern_name(b.core().pattern())); })
+      .def_property_readonly("pattern", [](const PyBPE& b) { return pattern_object(b.core().pattern()); })
       .def_property_readonly("skip_unknown_bytes", [](const PyBPE& b) { return b.core().skip_unknown_bytes(); });
   m.def("bpe_char_classes", [] {  // flags (1 letter, 2 number, 4 space) of every code point
     std::string out(0x110000, '\0');

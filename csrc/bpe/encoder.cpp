@@ -37,12 +37,12 @@ CacheEntry* thread_cache() {
 
 }  // namespace
 
-Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern,
+Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Splitter pattern,
                  bool skip_unknown_bytes)
     : id_(g_next_encoder_id.fetch_add(1)),
       vocab_(std::move(vocab)),
       specials_(std::move(specials)),
-      pattern_(pattern),
+      pattern_(std::move(pattern)),
       skip_unknown_bytes_(skip_unknown_bytes) {
   for (int b = 0; b < 256; ++b) {
     uint8_t byte = static_cast<uint8_t>(b);
@@ -331,7 +331,7 @@ void Encoder::encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>&
     }
     count = 0;
   };
-  for_each_piece(pattern_, s, n, [&](size_t b, size_t e) {
+  pattern_.for_each_piece(s, n, [&](size_t b, size_t e) {
     Span& sp = batch[count++];
     sp.begin = b;
     sp.len = e - b;

@@ -28,7 +28,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "bpe/pretokenize.h"
+#include "bpe/splitter.h"
 #include "bpe/vocab.h"
 
 namespace kg {
@@ -56,12 +56,12 @@ class Encoder {
   // skip_unknown_bytes: a byte that has no token of its own is dropped from the piece before
   // merging (what Hugging Face tokenizers and llama.cpp do for a GGUF byte-level vocabulary
   // that lacks some bytes, e.g. SmolLM2's has no \x04); otherwise encoding it throws.
-  Encoder(Vocab vocab, std::vector<SpecialToken> specials, Pattern pattern,
+  Encoder(Vocab vocab, std::vector<SpecialToken> specials, Splitter pattern,
           bool skip_unknown_bytes = false);
 
   const Vocab& vocab() const { return vocab_; }
   const std::vector<SpecialToken>& specials() const { return specials_; }
-  Pattern pattern() const { return pattern_; }
+  const Splitter& pattern() const { return pattern_; }
   bool skip_unknown_bytes() const { return skip_unknown_bytes_; }
   uint32_t max_token_value() const { return max_token_value_; }
 
@@ -121,7 +121,7 @@ class Encoder {
   Vocab vocab_;
   std::vector<SpecialToken> specials_;
   std::unordered_map<uint32_t, size_t> special_by_id_;
-  Pattern pattern_;
+  Splitter pattern_;
   uint32_t max_token_value_ = 0;
   bool skip_unknown_bytes_ = false;
   bool has_unknown_byte_ = false;  // some byte value has no token

@@ -42,7 +42,9 @@
 namespace kg {
 namespace bpe {
 
-enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2, smollm = 3, llama3 = 4, qwen2 = 5 };
+// `regex`: not a scanner; the Splitter runs its regular expressions (splitter.h).
+enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2, smollm = 3, llama3 = 4, qwen2 = 5,
+                           regex = 6 };
 
 namespace detail {
 
@@ -240,6 +242,8 @@ inline void for_each_piece(Pattern pattern, const uint8_t* s, size_t n, F&& f) {
       break;
     case Pattern::smollm:
       smollm_pieces(s, n, f);
+      break;
+    case Pattern::regex:  // the Splitter never asks
       break;
   }
 }

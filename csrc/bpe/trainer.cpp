@@ -100,7 +100,7 @@ struct Unit {
 };
 
 // Step 1: distinct pieces and their counts.
-PieceCounter count_pieces(const std::vector<TrainInput>& inputs, Pattern pattern, int threads,
+PieceCounter count_pieces(const std::vector<TrainInput>& inputs, const Splitter& pattern, int threads,
                           TrainResult& result) {
   // Cut large texts at safe positions so that threads can split them independently.
   const size_t chunk = 1 << 20;
@@ -113,7 +113,7 @@ PieceCounter count_pieces(const std::vector<TrainInput>& inputs, Pattern pattern
     }
     size_t begin = 0;
     while (begin < in.size) {
-      size_t end = in.size - begin > 2 * chunk ? next_safe_cut(in.data, begin + chunk, in.size)
+      size_t end = in.size - begin > 2 * chunk ? pattern.safe_cut(in.data, begin + chunk, in.size)
                                                : in.size;
       units.push_back({k, begin, end});
       begin = end;
@@ -139,7 +139,7 @@ PieceCounter count_pieces(const std::vector<TrainInput>& inputs, Pattern pattern
           n = file.size();
         }
         bytes[t] += n;
-        for_each_piece(pattern, s, n, [&](size_t b, size_t e) {
+        pattern.for_each_piece(s, n, [&](size_t b, size_t e) {
           counters[t].add(s + b, e - b, 1);
           ++pieces[t];
         });
@@ -333,7 +333,7 @@ class Merger {
 
 }  // namespace
 
-TrainResult train(const std::vector<TrainInput>& inputs, size_t vocab_size, Pattern pattern,
+TrainResult train(const std::vector<TrainInput>& inputs, size_t vocab_size, const Splitter& pattern,
                   int threads) {
   if (vocab_size < 256)
     throw std::invalid_argument("vocab_size must be at least 256 (the byte tokens), got " +

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "bpe/pretokenize.h"
+#include "bpe/splitter.h"
 
 namespace kg {
 namespace bpe {
@@ -44,7 +44,7 @@ struct TrainResult {
 };
 
 // vocab_size counts the 256 byte tokens and the merges (special tokens come on top).
-TrainResult train(const std::vector<TrainInput>& inputs, size_t vocab_size, Pattern pattern,
+TrainResult train(const std::vector<TrainInput>& inputs, size_t vocab_size, const Splitter& pattern,
                   int threads);
 
 }  // namespace bpe
