@@ -196,14 +196,15 @@ def test_constructor_rejects_bad_input(tiny):
     swapped = list(merges)
     swapped[3], swapped[7] = swapped[7], swapped[3]
     cases = [
-        (_bad(tokens, merges, types, pre="llama3"), ValueError, "unsupported GGUF pre-tokenizer"),
-        (_bad(tokens, merges, types, pre=None), ValueError, "unsupported GGUF pre-tokenizer"),
+        (_bad(tokens, merges, types, pre="nonesuch"), ValueError, "unknown GGUF pre-tokenizer"),
+        (_bad(tokens, merges, types, pre="kimi-k2"), ValueError, "unsupported GGUF pre-tokenizer"),
+        (_bad(tokens, merges, types, pre=5), TypeError, "tokenizer.ggml.pre"),
         (_bad(tokens, merges, types[:-1]), ValueError, "token types"),
         (_bad("abc", merges, types), TypeError, "tokens must be a list"),
         (_bad(tokens, 5, types), TypeError, "merges must be a list"),
         (_bad(tokens[:-1] + [7], merges, types), TypeError, "not a str"),
-        (_bad(tokens, merges, types[:-1] + [4]), ValueError, "has type 4"),
-        (_bad(tokens[:-1] + ["a b"], merges, types), ValueError, "byte-to-unicode"),
+        (_bad(tokens, merges, types[:-1] + [2]), ValueError, "has type 2"),
+        (_bad(tokens, merges, types[:-1] + [6]), ValueError, "has type 6"),
         (_bad(tokens[:-1] + [tokens[5]], merges, types), ValueError, "are both"),
         (_bad(tokens, merges + ["zz qq"], types), ValueError, "two tokens of the vocabulary"),
         (_bad(tokens, merges + ["onlyone"], types), ValueError, "'left right'"),

@@ -217,14 +217,25 @@ std::string base64_encode(const uint8_t* s, size_t n) {
   return out;
 }
 
-std::vector<bpe::SpecialToken> specials_of(py::handle obj) {
+// special_tokens, added_tokens (always matched) and decode_only tokens (never matched), each a
+// dict {str: id} or None.
+std::vector<bpe::SpecialToken> specials_of(py::handle obj, py::handle added = py::none(),
+                                           py::handle decode_only = py::none()) {
   std::vector<bpe::SpecialToken> out;
-  if (obj.is_none()) return out;
-  if (!py::isinstance<py::dict>(obj)) type_error("special_tokens must be a dict {str: int}");
-  for (auto kv : py::reinterpret_borrow<py::dict>(obj)) {
-    if (!py::isinstance<py::str>(kv.first)) type_error("special token names must be str");
-    Text t = utf8_of(kv.first, "special token");
-    out.push_back({std::string(reinterpret_cast<const char*>(t.data), t.size), id_of(kv.second.ptr())});
+  for (py::handle d : {obj, added, decode_only}) {
+    if (d.is_none()) continue;
+    const bool always = d.ptr() == added.ptr();
+    const bool never = d.ptr() == decode_only.ptr();
+    if (!py::isinstance<py::dict>(d))
+      type_error(always ? "added_tokens must be a dict {str: int}"
+                 : never ? "decode_only must be a dict {str: int}"
+                         : "special_tokens must be a dict {str: int}");
+    for (auto kv : py::reinterpret_borrow<py::dict>(d)) {
+      if (!py::isinstance<py::str>(kv.first)) type_error("special token names must be str");
+      Text t = utf8_of(kv.first, "special token");
+      out.push_back({std::string(reinterpret_cast<const char*>(t.data), t.size), id_of(kv.second.ptr()),
+                     always, never});
+    }
   }
   // A fixed order (by id) so that behaviour does not depend on dict order.
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
@@ -248,10 +259,11 @@ class PyBPE {
 
   static std::shared_ptr<PyBPE> from_tiktoken(py::handle data_obj, py::handle specials,
                                               py::handle pattern,
-                                              bool skip_unknown_bytes) {
+                                              bool skip_unknown_bytes, py::handle added,
+                                              py::handle decode_only) {
     Text data = bytes_of(data_obj, "data");
     bpe::Splitter p = parse_pattern(pattern);
-    auto sp = specials_of(specials);
+    auto sp = specials_of(specials, added, decode_only);
     bpe::Vocab vocab;
     {
       py::gil_scoped_release release;
@@ -295,7 +307,8 @@ class PyBPE {
 
   static std::shared_ptr<PyBPE> from_ranks(py::handle ranks, py::handle specials,
                                            py::handle pattern,
-                                           bool skip_unknown_bytes) {
+                                           bool skip_unknown_bytes, py::handle added,
+                                           py::handle decode_only) {
     if (!py::isinstance<py::dict>(ranks)) type_error("mergeable_ranks must be a dict {bytes: int}");
     bpe::Splitter p = parse_pattern(pattern);
     bpe::Vocab vocab;
@@ -303,7 +316,7 @@ class PyBPE {
       Text t = bytes_of(kv.first, "mergeable token");
       vocab.add(t.data, t.size, id_of(kv.second.ptr()));
     }
-    auto sp = specials_of(specials);
+    auto sp = specials_of(specials, added, decode_only);
     vocab.finalize();
     return std::make_shared<PyBPE>(std::move(vocab), std::move(sp), p, skip_unknown_bytes);
   }
@@ -379,7 +392,8 @@ class PyBPE {
     std::vector<Text> texts(n);
     for (Py_ssize_t i = 0; i < n; ++i) texts[i] = utf8_of(PySequence_Fast_GET_ITEM(seq, i), "every text");
     std::vector<uint8_t> flags = allowed_flags(allowed);
-    const bool specials = std::find(flags.begin(), flags.end(), 1) != flags.end();
+    const bool specials = std::find(flags.begin(), flags.end(), 1) != flags.end() ||
+                          core_->has_added_tokens();
     BatchResult r;
     py::gil_scoped_release release;
     struct Range { size_t begin, end; };
@@ -615,7 +629,20 @@ class PyBPE {
 
   py::dict special_tokens() const {
     py::dict out;
-    for (const auto& s : core_->specials()) out[py::str(s.text)] = py::int_(s.id);
+    for (const auto& s : core_->specials())
+      if (!s.always && !s.never) out[py::str(s.text)] = py::int_(s.id);
+    return out;
+  }
+  py::dict added_tokens() const {
+    py::dict out;
+    for (const auto& s : core_->specials())
+      if (s.always) out[py::str(s.text)] = py::int_(s.id);
+    return out;
+  }
+  py::dict decode_only_tokens() const {
+    py::dict out;
+    for (const auto& s : core_->specials())
+      if (s.never) out[py::str(s.text)] = py::int_(s.id);
     return out;
   }
 
@@ -678,9 +705,11 @@ py::dict train(py::list inputs, py::list is_path, size_t vocab_size, py::handle 
 void register_bpe(py::module_& m) {
   py::class_<PyBPE, std::shared_ptr<PyBPE>>(m, "BPE", "Byte-level BPE core (see kernelgpt.tokenizer)")
       .def_static("from_tiktoken", &PyBPE::from_tiktoken, py::arg("data"), py::arg("special_tokens"),
-                  py::arg("pattern"), py::arg("skip_unknown_bytes") = false)
+                  py::arg("pattern"), py::arg("skip_unknown_bytes") = false,
+                  py::arg("added_tokens") = py::none(), py::arg("decode_only") = py::none())
       .def_static("from_ranks", &PyBPE::from_ranks, py::arg("mergeable_ranks"),
-                  py::arg("special_tokens"), py::arg("pattern"), py::arg("skip_unknown_bytes") = false)
+                  py::arg("special_tokens"), py::arg("pattern"), py::arg("skip_unknown_bytes") = false,
+                  py::arg("added_tokens") = py::none(), py::arg("decode_only") = py::none())
       .def("encode", &PyBPE::encode, py::arg("text"), py::arg("allowed") = py::none())
       .def("encode_to_numpy", &PyBPE::encode_to_numpy, py::arg("text"), py::arg("allowed") = py::none())
       .def("count", &PyBPE::count, py::arg("text"), py::arg("allowed") = py::none())
@@ -701,6 +730,8 @@ void register_bpe(py::module_& m) {
       .def("mergeable_ranks", &PyBPE::mergeable_ranks)
       .def("to_tiktoken", &PyBPE::to_tiktoken)
       .def("special_tokens", &PyBPE::special_tokens)
+      .def("added_tokens", &PyBPE::added_tokens)
+      .def("decode_only_tokens", &PyBPE::decode_only_tokens)
       .def("_set_cache", [](PyBPE& b, bool on) { b.set_cache(on); }, py::arg("enabled"))
       .def_property_readonly("max_token_value", [](const PyBPE& b) { return b.core().max_token_value(); })
       .def_property_readonly("n_mergeable", [](const PyBPE& b) { return b.core().vocab().count(); })

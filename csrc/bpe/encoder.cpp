@@ -56,6 +56,7 @@ Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Splitter patte
     if (vocab_.has(t.id))
       throw std::invalid_argument("special token '" + t.text + "' has id " +
                                   std::to_string(t.id) + ", which a mergeable token already has");
+    has_always_ |= t.always;
     if (!special_by_id_.emplace(t.id, k).second)
       throw std::invalid_argument("two special tokens have id " + std::to_string(t.id));
     max_token_value_ = std::max(max_token_value_, t.id);
@@ -287,7 +288,7 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
     merge_heap(p, n, readable, out);
 }
 
-void Encoder::encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
+void Encoder::encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
   // Looking a piece up in the 4 MB vocabulary table is a cache miss; done one piece at a time
   // the misses queue up behind the branchy scanner. So pieces are collected in batches:
   // hash them all and prefetch their slots, then look them up, while the loads overlap.
@@ -369,8 +370,9 @@ void Encoder::encode(const uint8_t* s, size_t n, const std::vector<uint8_t>& all
   std::vector<std::string> texts;
   std::vector<uint32_t> ids;
   for (size_t k = 0; k < specials_.size(); ++k)
-    if (k < allowed.size() && allowed[k]) texts.push_back(specials_[k].text), ids.push_back(specials_[k].id);
-  if (texts.empty()) return encode_ordinary(s, n, out);
+    if (((k < allowed.size() && allowed[k]) || specials_[k].always) && !specials_[k].never)
+      texts.push_back(specials_[k].text), ids.push_back(specials_[k].id);
+  if (texts.empty()) return encode_plain(s, n, out);
   // next_at[k]: the next occurrence of texts[k] at or after the current position (n: none).
   std::vector<size_t> next_at(texts.size(), 0);
   std::vector<bool> known(texts.size(), false);
@@ -388,7 +390,7 @@ void Encoder::encode(const uint8_t* s, size_t n, const std::vector<uint8_t>& all
         best = next_at[k], which = k;
     }
     // The ordinary text before the special token is split on its own, like tiktoken does.
-    encode_ordinary(s + start, best - start, out);
+    encode_plain(s + start, best - start, out);
     if (best == n) break;
     out.push_back(ids[which]);
     start = best + texts[which].size();

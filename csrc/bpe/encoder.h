@@ -37,6 +37,13 @@ namespace bpe {
 struct SpecialToken {
   std::string text;
   uint32_t id;
+  // An added token (Hugging Face's added tokens that are not special, llama.cpp's
+  // USER_DEFINED tokens): matched in every text, encode_ordinary's included, whatever is
+  // allowed.
+  bool always = false;
+  // A token that only decodes (a GGUF byte-level vocabulary's normal token not written in the
+  // byte-to-unicode alphabet, which llama.cpp's encoder can never produce): never matched.
+  bool never = false;
 };
 
 enum class MergeAlgorithm : int { automatic = 0, scan = 1, heap = 2, stack_heap = 3 };
@@ -68,8 +75,15 @@ class Encoder {
   // Turns the per-thread merge cache off (tests check that it changes nothing).
   void set_cache(bool enabled) { use_cache_.store(enabled); }
 
-  // Ordinary text only: special-token strings are encoded like any other text.
-  void encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
+  // Ordinary text only: special-token strings are encoded like any other text (added tokens,
+  // `always`, are still matched).
+  void encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
+    if (has_always_) encode(s, n, {}, out);
+    else encode_plain(s, n, out);
+  }
+  // Splitting and merging only: no special or added token is matched.
+  void encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
+  bool has_added_tokens() const { return has_always_; }
   // `allowed[k]` says whether specials()[k] is encoded as its special token when it occurs.
   void encode(const uint8_t* s, size_t n, const std::vector<uint8_t>& allowed,
               std::vector<uint32_t>& out) const;
@@ -125,6 +139,7 @@ class Encoder {
   uint32_t max_token_value_ = 0;
   bool skip_unknown_bytes_ = false;
   bool has_unknown_byte_ = false;  // some byte value has no token
+  bool has_always_ = false;        // some special token is an added token (always matched)
   uint8_t unknown_byte_[256] = {};  // 1 for the byte values without a token
 };
 

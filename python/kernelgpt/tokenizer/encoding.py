@@ -104,7 +104,7 @@ class Encoding:
 
     @classmethod
     def from_gguf_vocab(cls, tokens: Sequence[str], merges: Sequence[str],
-                        token_types: Sequence[int], pre: str, *,
+                        token_types: Sequence[int], pre: Optional[str], *,
                         bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None,
                         add_bos_token: bool = False, name: str = "gguf") -> "Encoding":
         """The tokenizer a GGUF file describes with `tokenizer.ggml.model = "gpt2"` (byte-level
@@ -112,8 +112,11 @@ class Encoding:
 
             tokens       tokenizer.ggml.tokens: token texts in GPT-2's byte-to-unicode spelling
             merges       tokenizer.ggml.merges: "left right", highest priority first
-            token_types  tokenizer.ggml.token_type: 1 normal, 3 control (llama.cpp's numbers)
-            pre          tokenizer.ggml.pre: "smollm" or "gpt2" (the pre-tokenizer)
+            token_types  tokenizer.ggml.token_type: 1 normal, 3 control, 4 user-defined, 5
+                         unused (llama.cpp's numbers; see vocab_import.byte_level_vocab)
+            pre          tokenizer.ggml.pre: any name of patterns.GGUF_PRE_TOKENIZERS (85 of
+                         llama.cpp's: "llama-bpe", "qwen2", "deepseek-coder", "gpt-4o", ...);
+                         None when the file has none (llama.cpp's "default")
             bos_token_id, eos_token_id, add_bos_token: tokenizer.ggml.* of the same names
 
         Control tokens (`<|im_start|>`, `<|im_end|>`, `<|endoftext|>`, ...) become special
@@ -126,9 +129,10 @@ class Encoding:
         follows the position of the pair in the merge list. The vocabulary is checked for the
         conditions under which the two agree (ValueError otherwise): see vocab_import.py.
         """
-        ranks, specials, scanner = vocab_import.gguf_vocab(tokens, merges, token_types, pre,
-                                                           bos_token_id, eos_token_id)
-        core = _C.BPE.from_ranks(ranks, specials, scanner, skip_unknown_bytes=True)
+        ranks, specials, added, decode_only, scanner = vocab_import.gguf_vocab(
+            tokens, merges, token_types, pre, bos_token_id, eos_token_id)
+        core = _C.BPE.from_ranks(ranks, specials, scanner, skip_unknown_bytes=True,
+                                 added_tokens=added, decode_only=decode_only)
         enc = cls._from_core(name, scanner, core)
         enc.bos_token_id, enc.eos_token_id = bos_token_id, eos_token_id
         enc.add_bos_token = bool(add_bos_token)
@@ -170,8 +174,10 @@ class Encoding:
                 raise ValueError(f"{where}: not a JSON file: {e}") from None
         tokens, merges, types, scanner, bos, add_bos = \
             vocab_import.tokenizer_json_arguments(data, where)
-        ranks, specials = vocab_import.byte_level_vocab(tokens, merges, types, bos, None, where)
-        core = _C.BPE.from_ranks(ranks, specials, scanner, skip_unknown_bytes=True)
+        ranks, specials, added, decode_only = vocab_import.byte_level_vocab(
+            tokens, merges, types, bos, None, where)
+        core = _C.BPE.from_ranks(ranks, specials, scanner, skip_unknown_bytes=True,
+                                 added_tokens=added, decode_only=decode_only)
         if name is None:
             name = "tokenizer.json" if isinstance(path, dict) else pathlib.Path(path).parent.name \
                 or "tokenizer.json"
@@ -203,6 +209,8 @@ class Encoding:
             return self.name
         return {"name": self.name, "pat_str": self._pat_str, "tiktoken": self._core.to_tiktoken(),
                 "special_tokens": self._special_tokens,
+                "added_tokens": self._core.added_tokens(),
+                "decode_only": self._core.decode_only_tokens(),
                 "skip_unknown_bytes": self._core.skip_unknown_bytes,
                 "gguf": (self.bos_token_id, self.eos_token_id, self.add_bos_token)}
 
@@ -212,7 +220,9 @@ class Encoding:
             return
         core = _C.BPE.from_tiktoken(value["tiktoken"], value["special_tokens"],
                                     scanner_for(value["pat_str"]),
-                                    value.get("skip_unknown_bytes", False))
+                                    value.get("skip_unknown_bytes", False),
+                                    added_tokens=value.get("added_tokens"),
+                                    decode_only=value.get("decode_only"))
         self._init(value["name"], value["pat_str"], core, value["special_tokens"])
         self.bos_token_id, self.eos_token_id, self.add_bos_token = value.get("gguf", (None, None, False))
 

@@ -25,9 +25,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 __all__ = ["GGUF_PRE_TOKENIZERS", "gpt2_char_to_byte", "gpt2_files", "gguf_vocab",
            "gguf_metadata_arguments"]
 
-# tokenizer.ggml.pre values -> the scanner that splits like them.
-GGUF_PRE_TOKENIZERS = {"smollm": "smollm", "gpt2": "gpt2"}
-_GGUF_NORMAL, _GGUF_CONTROL = 1, 3  # llama.cpp's token types
+from .patterns import GGUF_PRE_TOKENIZERS, gguf_pre_tokenizer  # noqa: F401 (re-exported)
+
+_GGUF_NORMAL, _GGUF_UNKNOWN, _GGUF_CONTROL, _GGUF_USER_DEFINED, _GGUF_UNUSED, _GGUF_BYTE = \
+    1, 2, 3, 4, 5, 6  # llama.cpp's token types
 
 
 def gpt2_char_to_byte() -> Dict[str, int]:
@@ -76,24 +77,31 @@ def gpt2_files(encoder_json: Union[str, os.PathLike], vocab_bpe: Union[str, os.P
 
 
 def gguf_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
-               pre: str, bos_token_id: Optional[int], eos_token_id: Optional[int]
-               ) -> Tuple[Dict[bytes, int], Dict[str, int], str]:
-    """(mergeable ranks, special tokens, scanner) of a GGUF vocabulary given as plain lists
-    (see Encoding.from_gguf_vocab), after checking everything the merge rule relies on."""
-    scanner = GGUF_PRE_TOKENIZERS.get(pre) if isinstance(pre, str) else None
-    if scanner is None:
-        raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: "
-                         f"{', '.join(sorted(GGUF_PRE_TOKENIZERS))}")
-    ranks, specials = byte_level_vocab(tokens, merges, token_types, bos_token_id, eos_token_id)
-    return ranks, specials, scanner
+               pre: Optional[str], bos_token_id: Optional[int], eos_token_id: Optional[int]):
+    """(mergeable ranks, special tokens, added tokens, decode-only tokens, scanner) of a GGUF
+    vocabulary given as plain lists (see Encoding.from_gguf_vocab), after checking everything
+    the merge rule relies on."""
+    patterns = gguf_pre_tokenizer(pre).patterns
+    scanner = patterns if isinstance(patterns, str) else list(patterns)
+    vocab = byte_level_vocab(tokens, merges, token_types, bos_token_id, eos_token_id)
+    return vocab + (scanner,)
 
 
 def byte_level_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
                      bos_token_id: Optional[int], eos_token_id: Optional[int],
-                     where: str = "from_gguf_vocab") -> Tuple[Dict[bytes, int], Dict[str, int]]:
-    """(mergeable ranks, special tokens) of a byte-level BPE vocabulary in GPT-2's
-    byte-to-unicode spelling (a GGUF's or a tokenizer.json's), after checking everything the
-    merge rule relies on (the module docstring); `where` names the caller in errors."""
+                     where: str = "from_gguf_vocab"):
+    """(mergeable ranks, special tokens, added tokens, decode-only tokens) of a byte-level BPE
+    vocabulary in GPT-2's byte-to-unicode spelling (a GGUF's or a tokenizer.json's), after
+    checking everything the merge rule relies on (the module docstring); `where` names the
+    caller in errors. Token types, as llama.cpp numbers them:
+      1 normal        a mergeable token (its text in the byte-to-unicode alphabet); one that is
+                      not (Command-R has 1,403: '\u200d', '‼', ...) can never come out of
+                      llama.cpp's byte-level encoder, so it only decodes (to its UTF-8 text)
+      3 control       a special token (<|im_start|>): matched when allowed_special says so
+      4 user-defined  an added token (Qwen 2's [PAD151646], MPT's space runs, DeepSeek's
+                      'õ'): matched in every text as it is written, as llama.cpp and Hugging
+                      Face match added tokens before pre-tokenizing
+      5 unused        decodes to its text, never produced"""
     lists = {}
     for what, seq in (("tokens", tokens), ("merges", merges), ("token_types", token_types)):
         if isinstance(seq, (str, bytes, dict)) or not hasattr(seq, "__len__"):
@@ -105,23 +113,35 @@ def byte_level_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: 
     char_to_byte = gpt2_char_to_byte()
     ranks: Dict[bytes, int] = {}
     specials: Dict[str, int] = {}
+    added: Dict[str, int] = {}
+    decode_only: Dict[str, int] = {}
     for i, (token, kind) in enumerate(zip(tokens, token_types)):
         if not isinstance(token, str):
             raise TypeError(f"{where}: token {i} is a {type(token).__name__}, not a str")
+        if kind in (_GGUF_CONTROL, _GGUF_USER_DEFINED, _GGUF_UNUSED) and token == "":
+            raise ValueError(f"{where}: token {i} is an empty string")
         if kind == _GGUF_CONTROL:
             specials[token] = i
+        elif kind == _GGUF_USER_DEFINED:
+            if token in added or token in specials:
+                raise ValueError(f"{where}: tokens {added.get(token, specials.get(token))} and "
+                                 f"{i} are both {token!r}")
+            added[token] = i
+        elif kind == _GGUF_UNUSED:
+            decode_only[token] = i
         elif kind == _GGUF_NORMAL:
             try:
                 data = bytes(char_to_byte[c] for c in token)
             except (KeyError, TypeError):
-                raise ValueError(f"{where}: token {i} ({token!r}) is not written in "
-                                 "GPT-2's byte-to-unicode alphabet") from None
+                decode_only[token] = i
+                continue
             if data in ranks:
                 raise ValueError(f"{where}: tokens {ranks[data]} and {i} are both {token!r}")
             ranks[data] = i
         else:
             raise ValueError(f"{where}: token {i} ({token!r}) has type {kind!r}; only "
-                             "normal (1) and control (3) tokens are supported")
+                             "normal (1), control (3), user-defined (4) and unused (5) tokens "
+                             "are supported in a byte-level BPE vocabulary")
     # Check that ranks reproduce the merge order (see the module docstring).
     made = set()
     previous = -1
@@ -135,10 +155,10 @@ def byte_level_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: 
         if result is None or token_types[result] != _GGUF_NORMAL:
             raise ValueError(f"{where}: merge {k} ({merge!r}) makes "
                              f"{parts[0] + parts[1]!r}, which is not a normal token")
-        if result <= previous or result <= max(ids[parts[0]], ids[parts[1]]):
+        if result < previous:  # several merges may make one token (Llama 3 lists every split)
             raise ValueError(f"{where}: merge {k} ({merge!r}) makes token {result}, "
-                             "which is not numbered after its parts and the tokens of earlier "
-                             "merges: kernelgpt needs merged tokens numbered in merge order")
+                             "which is not numbered after the tokens of earlier merges: "
+                             "kernelgpt needs merged tokens numbered in merge order")
         previous = result
         made.add(result)
     for data, i in ranks.items():
@@ -150,7 +170,7 @@ def byte_level_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: 
                                   or not 0 <= value < len(tokens)):
             raise ValueError(f"{where}: {what} must be a token id in [0, "
                              f"{len(tokens)}), got {value!r}")
-    return ranks, specials
+    return ranks, specials, added, decode_only
 
 
 def gguf_metadata_arguments(metadata: Dict[str, object]) -> Tuple[tuple, Dict[str, object]]:
@@ -162,14 +182,14 @@ def gguf_metadata_arguments(metadata: Dict[str, object]) -> Tuple[tuple, Dict[st
     if model != "gpt2":
         raise ValueError(f"from_gguf_metadata: tokenizer.ggml.model is {model!r}; only 'gpt2' "
                          "(byte-level BPE) is supported")
-    missing = [k for k in ("tokens", "merges", "token_type", "pre")
+    missing = [k for k in ("tokens", "merges", "token_type")
                if f"tokenizer.ggml.{k}" not in metadata]
     if missing:
         raise ValueError("from_gguf_metadata: the metadata has no " +
                          ", ".join(f"tokenizer.ggml.{k}" for k in missing))
     get = metadata.get
     args = (get("tokenizer.ggml.tokens"), get("tokenizer.ggml.merges"),
-            get("tokenizer.ggml.token_type"), get("tokenizer.ggml.pre"))
+            get("tokenizer.ggml.token_type"), get("tokenizer.ggml.pre"))  # pre: None -> default
     kwargs = dict(bos_token_id=get("tokenizer.ggml.bos_token_id"),
                   eos_token_id=get("tokenizer.ggml.eos_token_id"),
                   add_bos_token=bool(get("tokenizer.ggml.add_bos_token", False)))
@@ -178,46 +198,83 @@ def gguf_metadata_arguments(metadata: Dict[str, object]) -> Tuple[tuple, Dict[st
 
 # ---- Hugging Face tokenizer.json ------------------------------------------------------------
 
-def _byte_level_step(step: dict, use_regex: bool) -> bool:
-    return (step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False)
-            and bool(step.get("use_regex", True)) == use_regex)
+def _byte_level_step(step: dict) -> bool:
+    return step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False)
 
 
-def tokenizer_json_scanner(pre) -> str:
-    """The scanner that splits like a tokenizer.json's pre_tokenizer, or ValueError naming what
-    is not supported. The byte-level family writes it three ways:
-      ByteLevel(use_regex=True)                        GPT-2's regex        -> 'gpt2'
-      Sequence[Digits(individual_digits), ByteLevel]   SmolLM2               -> 'smollm'
-      Sequence[Split(Regex(P), Isolated), ByteLevel(use_regex=False)]  P itself (Llama 3,
-          Qwen 2, tiktoken's patterns): one of the patterns kernelgpt has a scanner for"""
-    from .patterns import scanner_for  # imported here: patterns imports the C++ module
+def _escape(literal: str) -> str:
+    """A regex that matches `literal` as it is."""
+    return "".join("\\" + c if c in "\\.^$|?*+()[]{}-/" else c for c in literal)
+
+
+def tokenizer_json_scanner(pre):
+    """What a tokenizer.json's pre_tokenizer splits like: a scanner's name or a list of
+    patterns for the general engine (patterns.scanner_for), or ValueError naming what is not
+    supported. Each step becomes one pattern, applied to the pieces of the steps before it:
+      Split(Regex P or String S, behavior "Isolated", invert false)   P, or S escaped
+      Digits(individual_digits)                                       \\p{N} (or \\p{N}+)
+      Punctuation(behavior "Isolated")                                one punctuation character
+      ByteLevel(use_regex=True)                                       GPT-2's regex
+      ByteLevel(use_regex=False)                                      nothing (bytes only)
+    ByteLevel must not add a prefix space. SmolLM2's Digits + ByteLevel and single patterns
+    with a hand-written scanner (GPT-2, Llama 3, Qwen 2, cl100k) get that scanner."""
+    from .patterns import GPT2_ORIGINAL_PATTERN, scanner_for
     if not isinstance(pre, dict):
         raise ValueError("tokenizer.json: pre_tokenizer is missing; a byte-level BPE needs one "
                          "(ByteLevel, or a Split regex then ByteLevel)")
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise ValueError("tokenizer.json: pre_tokenizer.pretokenizers must be a list of objects")
-    kinds = [s.get("type") for s in steps]
-    if len(steps) == 1 and _byte_level_step(steps[0], use_regex=True):
-        return "gpt2"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and \
-            _byte_level_step(steps[1], use_regex=True):
+    patterns = []
+    byte_level = False
+    for step in steps:
+        kind = step.get("type")
+        if byte_level:
+            raise ValueError("tokenizer.json: only ByteLevel as the last pre-tokenizer step is "
+                             f"supported, got {kind!r} after it")
+        if kind == "ByteLevel":
+            if not _byte_level_step(step):
+                raise ValueError("tokenizer.json: unsupported pre_tokenizer: ByteLevel with "
+                                 "add_prefix_space = true")
+            byte_level = True
+            if step.get("use_regex", True):
+                patterns.append(GPT2_ORIGINAL_PATTERN)
+        elif kind == "Split":
+            spec = step.get("pattern") or {}
+            if step.get("behavior") != "Isolated" or step.get("invert"):
+                raise ValueError("tokenizer.json: only a Split with behavior 'Isolated' and "
+                                 f"invert false is supported, got {json.dumps(step)[:200]}")
+            if isinstance(spec.get("Regex"), str):
+                patterns.append(spec["Regex"])
+            elif isinstance(spec.get("String"), str) and spec["String"]:
+                patterns.append(_escape(spec["String"]))
+            else:
+                raise ValueError(f"tokenizer.json: a Split needs a Regex or String pattern, got "
+                                 f"{json.dumps(step)[:200]}")
+        elif kind == "Digits":
+            patterns.append(r"\p{N}" if step.get("individual_digits") else r"\p{N}+")
+        elif kind == "Punctuation" and step.get("behavior", "Isolated") == "Isolated":
+            patterns.append(r"[\p{P}!-/:-@\[-`{-~]")
+        else:
+            raise ValueError(f"tokenizer.json: unsupported pre_tokenizer {json.dumps(pre)[:300]}; "
+                             "supported steps: Split (Isolated), Digits, Punctuation (Isolated), "
+                             "ByteLevel (add_prefix_space false)")
+    if not byte_level:
+        raise ValueError(f"tokenizer.json: unsupported pre_tokenizer {json.dumps(pre)[:300]}: "
+                         "a byte-level BPE needs a ByteLevel step")
+    if not patterns:
+        raise ValueError("tokenizer.json: ByteLevel(use_regex=false) alone does not split; "
+                         "a Split step is needed before it")
+    if patterns == [r"\p{N}", GPT2_ORIGINAL_PATTERN]:
         return "smollm"
-    if kinds == ["Split", "ByteLevel"] and _byte_level_step(steps[1], use_regex=False):
-        split = steps[0]
-        pattern = (split.get("pattern") or {}).get("Regex")
-        if split.get("behavior") != "Isolated" or split.get("invert") or not isinstance(pattern, str):
-            raise ValueError("tokenizer.json: only a Split with a Regex pattern, behavior "
-                             f"'Isolated' and invert false is supported, got {json.dumps(split)[:200]}")
-        try:
-            return scanner_for(pattern)
-        except ValueError:
-            raise ValueError(f"tokenizer.json: the pre-tokenizer's Split regex {pattern!r} has no "
-                             "exact scanner in kernelgpt (supported: the cl100k, GPT-2 and "
-                             "SmolLM2 patterns, see kernelgpt.tokenizer.patterns)") from None
-    raise ValueError(f"tokenizer.json: unsupported pre_tokenizer {json.dumps(pre)[:300]}; "
-                     "supported: ByteLevel (add_prefix_space false), Digits(individual_digits) "
-                     "+ ByteLevel, or Split(Regex, Isolated) + ByteLevel(use_regex false)")
+    spec = scanner_for(patterns)
+    # Building a splitter checks every pattern now, with the error naming it.
+    from .. import _C
+    try:
+        _C.BPE.from_ranks({}, {}, spec)
+    except ValueError as e:
+        raise ValueError(f"tokenizer.json: the pre-tokenizer's regex cannot be used: {e}") from None
+    return spec
 
 
 def tokenizer_json_arguments(data: dict, where: str = "tokenizer.json"):
