@@ -237,8 +237,8 @@ std::vector<bpe::SpecialToken> specials_of(py::handle obj, py::handle added = py
                      always, never});
     }
   }
-  // A fixed order (by id) so that behaviour does not depend on dict order.
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  // A fixed order (by id; dict order among names of one id, the last of which decodes).
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
   return out;
 }
 

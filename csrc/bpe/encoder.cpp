@@ -57,8 +57,9 @@ Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Splitter patte
       throw std::invalid_argument("special token '" + t.text + "' has id " +
                                   std::to_string(t.id) + ", which a mergeable token already has");
     has_always_ |= t.always;
-    if (!special_by_id_.emplace(t.id, k).second)
-      throw std::invalid_argument("two special tokens have id " + std::to_string(t.id));
+    // Two names may share an id (o200k_harmony: <|endofprompt|> and <|reserved_200018|>); both
+    // encode to it and it decodes to the later one, as in tiktoken.
+    special_by_id_[t.id] = k;
     max_token_value_ = std::max(max_token_value_, t.id);
   }
   // The decoding table. Lengths live in 24 bits: longer tokens would not fit (none exist).

