@@ -66,3 +66,14 @@ def test_generator_is_current():
     spec.loader.exec_module(gen)
     flags = gen.classes_from_tiktoken()
     assert bytes(flags) == _C.bpe_char_classes()
+
+
+def test_category_tables_match_tiktoken():
+    # csrc/bpe/unicode_categories.cpp (the general engine's categories, white space and case
+    # orbits) is what tools/gen_unicode_categories.py derives from tiktoken's engine now.
+    import subprocess
+    import sys
+    from pathlib import Path
+    tool = Path(__file__).resolve().parent.parent / "tools" / "gen_unicode_categories.py"
+    run = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -742,6 +742,11 @@ void register_bpe(py::module_& m) {
     for (uint32_t cp = 0; cp < 0x110000; ++cp) out[cp] = static_cast<char>(bpe::char_class(cp));
     return py::bytes(out);
   });
+  m.def("bpe_char_categories", [] {  // general category | 0x20 (white space) of every code point
+    std::string out(0x110000, '\0');
+    for (uint32_t cp = 0; cp < 0x110000; ++cp) out[cp] = static_cast<char>(bpe::category_flags(cp));
+    return py::bytes(out);
+  });
   m.def("bpe_train", &train, py::arg("inputs"), py::arg("is_path"), py::arg("vocab_size"),
         py::arg("pattern"), py::arg("num_threads"));
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 
 namespace kg {
 namespace bpe {
@@ -77,13 +78,30 @@ uint32_t category_bits(const std::string& name) {
   return 0;
 }
 
-// \w: letters, marks, decimal digits, connector punctuation, letter numbers.
+// \w (Unicode TR18, as Rust and Python's regex read it): Alphabetic, marks, decimal digits,
+// connector punctuation and the join controls. Alphabetic is the letters, the letter numbers
+// and Other_Alphabetic, whose code points outside the marks are the circled and squared
+// Latin letters (kWordExtra).
 constexpr uint32_t kWordCategories = (1u << kLu) | (1u << kLl) | (1u << kLt) | (1u << kLm) |
                                      (1u << kLo) | (1u << kMn) | (1u << kMc) | (1u << kMe) |
                                      (1u << kNd) | (1u << kNl) | (1u << kPc);
+const std::pair<uint32_t, uint32_t> kWordExtra[] = {
+    {0x200C, 0x200D}, {0x24B6, 0x24E9}, {0x1F130, 0x1F149}, {0x1F150, 0x1F169},
+    {0x1F170, 0x1F189}};
 
 bool is_word_char(uint32_t cp) {
-  return (kWordCategories >> (category_flags(cp) & kCategoryMask)) & 1;
+  if ((kWordCategories >> (category_flags(cp) & kCategoryMask)) & 1) return true;
+  for (const auto& r : kWordExtra)
+    if (cp >= r.first && cp <= r.second) return true;
+  return false;
+}
+
+CharSet::Item word_item(bool negated) {
+  CharSet::Item item;
+  item.categories = kWordCategories;
+  item.ranges.assign(std::begin(kWordExtra), std::end(kWordExtra));
+  item.negated = negated;
+  return item;
 }
 
 // Every code point that matches cp case-insensitively (cp itself included).
@@ -373,9 +391,9 @@ struct RegexParser {
         at += c == 'P' ? 2 : 1;
         while (!done() && peek() != '>') ++at;
         if (!eat('>')) fail("a group name has no closing '>'");
-      } else if (c == 'i' || c == '-') {  // (?i:...) or (?-i:...)
+      } else if (c == 'i' || (c == '-' && peek(1) == 'i')) {  // (?i:...) or (?-i:...)
         inner_icase = c == 'i';
-        ++at;
+        at += c == 'i' ? 1 : 2;
         if (!eat(':')) fail("only the flag i is supported, as (?i:...), (?-i:...) or (?i)");
       } else {
         fail("unsupported group (?" + std::string(1, static_cast<char>(c < 128 ? c : '?')) +
@@ -496,8 +514,8 @@ struct RegexParser {
       case 'S': item.space = true; item.negated = true; return item;
       case 'd': item.categories = 1u << kNd; return item;
       case 'D': item.categories = 1u << kNd; item.negated = true; return item;
-      case 'w': item.categories = kWordCategories; return item;
-      case 'W': item.categories = kWordCategories; item.negated = true; return item;
+      case 'w': return word_item(false);
+      case 'W': return word_item(true);
       case 'p': case 'P': {
         std::string name;
         if (eat('{')) {

@@ -101,7 +101,9 @@ def byte_level_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: 
       4 user-defined  an added token (Qwen 2's [PAD151646], MPT's space runs, DeepSeek's
                       'õ'): matched in every text as it is written, as llama.cpp and Hugging
                       Face match added tokens before pre-tokenizing
-      5 unused        decodes to its text, never produced"""
+      5 unused        decodes to its text, never produced
+    A normal token of several bytes that no merge makes is never produced either (the merge
+    rule could not make it): it only decodes."""
     lists = {}
     for what, seq in (("tokens", tokens), ("merges", merges), ("token_types", token_types)):
         if isinstance(seq, (str, bytes, dict)) or not hasattr(seq, "__len__"):
@@ -161,10 +163,11 @@ def byte_level_vocab(tokens: Sequence[str], merges: Sequence[str], token_types: 
                              "kernelgpt needs merged tokens numbered in merge order")
         previous = result
         made.add(result)
-    for data, i in ranks.items():
-        if len(data) > 1 and i not in made:
-            raise ValueError(f"{where}: token {i} ({tokens[i]!r}) is longer than one "
-                             "byte but no merge makes it")
+    # A normal token of several bytes that no merge makes (Aquila's '<|endoftext|>' at id 0)
+    # can never come out of merging: it only decodes.
+    for data, i in [(d, i) for d, i in ranks.items() if len(d) > 1 and i not in made]:
+        del ranks[data]
+        decode_only[tokens[i]] = i
     for what, value in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not 0 <= value < len(tokens)):

