@@ -62,14 +62,14 @@ def test_unknown_model():
 def test_list_and_unknown_encodings():
     names = kernelgpt.list_encoding_names()
     assert names == tk.list_encoding_names()
-    assert {"cl100k_base", "gpt2", "r50k_base", "p50k_base", "p50k_edit", "smollm2"} == set(names)
-    with pytest.raises(ValueError, match="unknown encoding 'nope'; known: cl100k_base, gpt2, "
-                                         "r50k_base, p50k_base, p50k_edit, smollm2"):
+    assert {"cl100k_base", "o200k_base", "o200k_harmony", "gpt2", "r50k_base", "p50k_base",
+            "p50k_edit", "smollm2"} == set(names)  # every tiktoken encoding, and SmolLM2's
+    with pytest.raises(ValueError, match="unknown encoding 'nope'; known: cl100k_base, o200k_base, "
+                                         "o200k_harmony, gpt2, r50k_base, p50k_base, p50k_edit, smollm2"):
         kernelgpt.get_encoding("nope")
     with pytest.raises(KeyError):  # also a KeyError, for code that looks names up
         kernelgpt.get_encoding("nope")
-    with pytest.raises(ValueError, match="tiktoken's but not available in kernelgpt"):
-        kernelgpt.encoding_for_model("gpt-4o")  # o200k_base: known name, not supported yet
+    assert kernelgpt.encoding_name_for_model("gpt-4o") == "o200k_base"
     with pytest.raises(ValueError, match="unknown encoding"):
         kernelgpt.get_encoding(None)
 

@@ -418,7 +418,7 @@ def test_get_encoding_says_what_to_fetch(monkeypatch, tmp_path):
         kernelgpt.get_encoding("cl100k_base")
     with pytest.raises(FileNotFoundError, match="kernelgpt fetch gpt2.*KERNELGPT_OFFLINE"):
         kernelgpt.get_encoding("r50k_base")
-    with pytest.raises(ValueError, match="unknown encoding 'o999k'; known: cl100k_base, gpt2"):
+    with pytest.raises(ValueError, match="unknown encoding 'o999k'; known: cl100k_base, o200k_base"):
         kernelgpt.get_encoding("o999k")
 
 
