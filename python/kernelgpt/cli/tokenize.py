@@ -14,10 +14,14 @@ from ._common import add_threads_argument, positive_int
 def add_arguments(parser) -> None:
     parser.add_argument("text", nargs="*", help="text to encode (default: read standard input)")
     parser.add_argument("-e", "--encoding", default="cl100k_base",
-                        help="encoding name (cl100k_base, gpt2) or a .tiktoken file")
+                        help="encoding name (cl100k_base, o200k_base, gpt2, ...) or a .tiktoken "
+                             "file")
+    parser.add_argument("-m", "--model", metavar="PATH",
+                        help="use the tokenizer of this model file instead: a .gguf (any "
+                             "weights; its tokenizer.ggml.* metadata) or a tokenizer.json")
     parser.add_argument("--pattern", default="cl100k",
-                        help="pre-tokenizer for --train or a .tiktoken file: cl100k, gpt2, "
-                             "whitespace")
+                        help="pre-tokenizer for --train or a .tiktoken file: cl100k, o200k, gpt2, "
+                             "whitespace, or a regular expression")
     parser.add_argument("-d", "--decode", action="store_true",
                         help="decode: the arguments (or standard input) are token ids")
     parser.add_argument("--pieces", action="store_true",
@@ -33,9 +37,25 @@ def add_arguments(parser) -> None:
 
 
 def _encoding_for_cli(args) -> Encoding:
+    if args.model:
+        return model_tokenizer(args.model)
     if args.encoding.endswith(".tiktoken") or os.path.sep in args.encoding:
         return Encoding.from_tiktoken_file(args.encoding, args.pattern)
     return get_encoding(args.encoding)
+
+
+def model_tokenizer(path: str) -> Encoding:
+    """The tokenizer of a .gguf file (read from its metadata, whatever its weights) or of a
+    Hugging Face tokenizer.json."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--model {path}: no such file")
+    if p.suffix == ".json":
+        return Encoding.from_tokenizer_json(p)
+    from ..io.gguf import GGUFFile
+    metadata = GGUFFile(p).metadata
+    return Encoding.from_gguf_metadata(
+        {k: v for k, v in metadata.items() if k.startswith("tokenizer.ggml.")}, name=p.stem)
 
 
 def _check_ids(enc: Encoding, ids) -> None:
