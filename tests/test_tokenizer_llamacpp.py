@@ -135,3 +135,63 @@ def test_equal_to_hugging_face_tokenizers(name):
     got = enc.encode_batch(texts, allowed_special="all")
     wrong = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
     assert not wrong, f"{name}: {len(wrong)} of {len(texts)} texts differ, e.g. {wrong[0]}"
+
+
+# ---- SentencePiece BPE (tokenizer.ggml.model = "llama") -------------------------------------
+
+SPM_WITH_VECTORS = ["llama-spm", "phi-3"]
+
+
+@needs_vocabs
+@pytest.mark.parametrize("name", SPM_WITH_VECTORS)
+def test_sentencepiece_vectors(name):
+    enc = Encoding.from_gguf_metadata(_metadata(name))
+    assert type(enc).__name__ == "SentencePieceEncoding"
+    cases = _vectors(name)
+    wrong = [(text, want, enc.encode_ordinary(text)) for text, want in cases
+             if enc.encode_ordinary(text) != want]
+    assert not wrong, f"{name}: {len(wrong)} of {len(cases)} differ, e.g. {wrong[0]}"
+    assert enc.encode_ordinary_batch([t for t, _ in cases]) == [w for _, w in cases]
+
+
+@needs_vocabs
+@pytest.mark.parametrize("name", SPM_WITH_VECTORS + ["baichuan"])
+def test_sentencepiece_round_trip_and_specials(name):
+    import pickle
+    enc = Encoding.from_gguf_metadata(_metadata(name))
+    for text in _corpus()[:400] + ["", " ", "  leading", "trailing  ", "\U0001F642\u0301\x00"]:
+        assert enc.decode(enc.encode_ordinary(text)) == text, text
+    bos = enc.bos_token_id
+    bos_text = enc.decode_single_token_bytes(bos).decode()
+    assert enc.encode(bos_text + "Hi", allowed_special="all")[0] == bos
+    assert bos not in enc.encode_ordinary(bos_text + "Hi")
+    with pytest.raises(ValueError, match="disallowed special token"):
+        enc.encode(bos_text)
+    assert pickle.loads(pickle.dumps(enc)).encode_ordinary("pickled text") == \
+        enc.encode_ordinary("pickled text")
+    with pytest.raises(KeyError):
+        enc.decode([enc.n_vocab])
+    with pytest.raises(TypeError):
+        enc.encode(5)
+
+
+def test_sentencepiece_rejects_bad_vocabularies():
+    from kernelgpt.tokenizer.sentencepiece import SentencePieceEncoding
+    ok = (["<unk>", "a", "b", "ab"], [0.0, -1.0, -2.0, -0.5], [2, 1, 1, 1])
+    enc = SentencePieceEncoding("tiny", *ok, add_space_prefix=False)
+    assert enc.encode_ordinary("abba") == [3, 2, 1]
+    assert enc.encode_ordinary("c") == [0]  # no piece and no byte tokens: unknown
+    with pytest.raises(ValueError, match="type 9"):
+        SentencePieceEncoding("bad", ok[0], ok[1], [2, 1, 1, 9])
+    with pytest.raises(ValueError, match="scores"):
+        SentencePieceEncoding("bad", ok[0], [0.0, float("nan"), 0.0, 0.0], ok[2])
+    with pytest.raises(ValueError, match="tokens, 3 scores"):
+        SentencePieceEncoding("bad", ok[0], ok[1][:3], ok[2])
+    with pytest.raises(ValueError, match="two ids"):
+        SentencePieceEncoding("bad", ["<unk>", "a", "a"], [0.0, 0.0, 0.0], [2, 1, 1])
+    with pytest.raises(ValueError, match="<0xNN>"):
+        SentencePieceEncoding("bad", ["<unk>", "<0xZZ>"], [0.0, 0.0], [2, 6])
+    with pytest.raises(ValueError, match="bos_token_id"):
+        SentencePieceEncoding("bad", *ok, bos_token_id=4)
+    with pytest.raises(ValueError, match="WordPiece"):
+        Encoding.from_gguf_metadata({"tokenizer.ggml.model": "bert"})

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <thread>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -15,6 +17,7 @@
 #include "bindings/args.h"
 #include "bindings/registry.h"
 #include "bpe/encoder.h"
+#include "bpe/spm.h"
 #include "bpe/trainer.h"
 #include "common/threading.h"
 
@@ -700,9 +703,131 @@ py::dict train(py::list inputs, py::list is_path, size_t vocab_size, py::handle 
   return out;
 }
 
+// kernelgpt._C.SPM: the SentencePiece BPE core (tokenizer/sentencepiece.py wraps it).
+class PySPM {
+ public:
+  PySPM(const std::vector<std::string>& texts, std::vector<float> scores,
+        std::vector<int> types, bool add_space_prefix, py::object unknown_id) {
+    std::vector<uint8_t> t(types.size());
+    for (size_t i = 0; i < types.size(); ++i) {
+      if (types[i] < 1 || types[i] > 6)
+        value_error("token " + std::to_string(i) + " has type " + std::to_string(types[i]) +
+                    "; SentencePiece token types are 1 (normal) to 6 (byte)");
+      t[i] = static_cast<uint8_t>(types[i]);
+    }
+    uint32_t unk = unknown_id.is_none() ? bpe::kNoToken : id_of(unknown_id.ptr());
+    try {
+      core_ = std::make_shared<bpe::SpmEncoder>(texts, std::move(scores), std::move(t),
+                                                add_space_prefix, unk);
+    } catch (const std::invalid_argument& e) {
+      value_error(std::string("SentencePiece vocabulary: ") + e.what());
+    }
+  }
+
+  std::vector<uint8_t> allowed_flags(py::handle allowed) const {
+    const auto& control = core_->control_tokens();
+    std::vector<uint8_t> flags(control.size(), 0);
+    if (allowed.is_none()) return flags;
+    for (size_t k = 0; k < flags.size(); ++k)
+      flags[k] = PySequence_Contains(allowed.ptr(), py::str(control[k].text).ptr()) == 1;
+    if (PyErr_Occurred()) throw py::error_already_set();
+    return flags;
+  }
+
+  std::vector<uint32_t> encode(py::handle text, py::handle allowed) const {
+    Text t = utf8_of(text, "text");
+    std::vector<uint8_t> flags = allowed_flags(allowed);
+    std::vector<uint32_t> ids;
+    py::gil_scoped_release release;
+    core_->encode(t.data, t.size, flags, ids);
+    return ids;
+  }
+
+  std::vector<std::vector<uint32_t>> encode_batch(py::handle texts_obj, py::handle allowed,
+                                                  int num_threads) const {
+    if (num_threads < 1) value_error("num_threads must be at least 1");
+    PyObject* seq = PySequence_Fast(texts_obj.ptr(), "texts must be a list of str");
+    if (!seq) throw py::error_already_set();
+    py::object hold = py::reinterpret_steal<py::object>(seq);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    std::vector<Text> texts(n);
+    for (Py_ssize_t i = 0; i < n; ++i) texts[i] = utf8_of(PySequence_Fast_GET_ITEM(seq, i), "every text");
+    std::vector<uint8_t> flags = allowed_flags(allowed);
+    std::vector<std::vector<uint32_t>> out(n);
+    std::atomic<Py_ssize_t> next{0};
+    std::vector<std::string> errors(num_threads);
+    py::gil_scoped_release release;
+    auto work = [&](int w) {
+      try {
+        for (Py_ssize_t i; (i = next.fetch_add(1)) < n;)
+          core_->encode(texts[i].data, texts[i].size, flags, out[i]);
+      } catch (const std::exception& e) {
+        errors[w] = e.what();
+        next.store(n);
+      }
+    };
+    run_threads(std::min<int>(num_threads, std::max<Py_ssize_t>(n, 1)), work);
+    for (const auto& e : errors)
+      if (!e.empty()) throw std::invalid_argument(e);
+    return out;
+  }
+
+  py::bytes decode_bytes(const std::vector<int64_t>& ids) const {
+    std::string out;
+    for (int64_t id : ids) {
+      if (id < 0 || !core_->token_bytes(static_cast<uint32_t>(id), &out))
+        throw py::key_error("token id " + std::to_string(id) + " is not in the vocabulary");
+    }
+    return py::bytes(out);
+  }
+
+  py::dict tokens_of(bool added) const {
+    py::dict out;
+    const auto& texts = core_->texts();
+    const auto& types = core_->types();
+    for (size_t i = 0; i < texts.size(); ++i) {
+      bool want = added ? types[i] == bpe::SpmEncoder::kUserDefined
+                        : types[i] == bpe::SpmEncoder::kControl && !texts[i].empty();
+      if (want) out[py::str(texts[i])] = py::int_(i);
+    }
+    return out;
+  }
+
+  const bpe::SpmEncoder& core() const { return *core_; }
+
+ private:
+  static void run_threads(int count, const std::function<void(int)>& work) {
+    std::vector<std::thread> threads;
+    for (int w = 1; w < count; ++w) threads.emplace_back(work, w);
+    work(0);
+    for (auto& t : threads) t.join();
+  }
+  std::shared_ptr<bpe::SpmEncoder> core_;
+};
+
 }  // namespace
 
 void register_bpe(py::module_& m) {
+  py::class_<PySPM, std::shared_ptr<PySPM>>(m, "SPM", "SentencePiece BPE core (see kernelgpt.tokenizer.sentencepiece)")
+      .def(py::init<const std::vector<std::string>&, std::vector<float>, std::vector<int>, bool,
+                    py::object>(),
+           py::arg("texts"), py::arg("scores"), py::arg("types"), py::arg("add_space_prefix"),
+           py::arg("unknown_id") = py::none())
+      .def("encode", &PySPM::encode, py::arg("text"), py::arg("allowed") = py::none())
+      .def("encode_batch", &PySPM::encode_batch, py::arg("texts"), py::arg("allowed"),
+           py::arg("num_threads"))
+      .def("decode_bytes", &PySPM::decode_bytes, py::arg("tokens"))
+      .def("special_tokens", [](const PySPM& s) { return s.tokens_of(false); })
+      .def("added_tokens", [](const PySPM& s) { return s.tokens_of(true); })
+      .def_property_readonly("n_vocab", [](const PySPM& s) { return s.core().size(); })
+      .def_property_readonly("add_space_prefix", [](const PySPM& s) { return s.core().add_space_prefix(); })
+      .def("__getstate_data__", [](const PySPM& s) {
+        return py::make_tuple(s.core().texts(), s.core().scores(),
+                              std::vector<int>(s.core().types().begin(), s.core().types().end()),
+                              s.core().add_space_prefix(),
+                              s.core().unknown_id() == bpe::kNoToken ? py::object(py::none())
+                                                                     : py::object(py::int_(s.core().unknown_id())));
+      });
   py::class_<PyBPE, std::shared_ptr<PyBPE>>(m, "BPE", "Byte-level BPE core (see kernelgpt.tokenizer)")
       .def_static("from_tiktoken", &PyBPE::from_tiktoken, py::arg("data"), py::arg("special_tokens"),
                   py::arg("pattern"), py::arg("skip_unknown_bytes") = false,

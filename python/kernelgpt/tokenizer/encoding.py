@@ -140,10 +140,16 @@ class Encoding:
 
     @classmethod
     def from_gguf_metadata(cls, metadata: Dict[str, object], *, name: str = "gguf") -> "Encoding":
-        """from_gguf_vocab on a GGUF file's metadata as a {key: value} dict (any GGUF reader's
-        output: `tokenizer.ggml.model` must be "gpt2"; tokens, merges, token_type and pre are
-        required, the BOS / EOS entries optional). The chat template stays in the metadata
-        (`tokenizer.chat_template`, for kernelgpt.chat)."""
+        """The tokenizer of a GGUF file's metadata as a {key: value} dict (any GGUF reader's
+        output). `tokenizer.ggml.model = "gpt2"` (byte-level BPE): from_gguf_vocab on its
+        tokens, merges and token_type (required) and pre, BOS / EOS (optional).
+        `"llama"` (SentencePiece BPE: Llama 2, Mistral, Phi-3): a SentencePieceEncoding
+        (kernelgpt/tokenizer/sentencepiece.py), which has the same encode / decode API. Other
+        models (WordPiece "bert", Unigram "t5", RWKV, ...) raise ValueError naming them. The chat
+        template stays in the metadata (`tokenizer.chat_template`, for kernelgpt.chat)."""
+        if isinstance(metadata, dict) and metadata.get("tokenizer.ggml.model") == "llama":
+            from . import sentencepiece
+            return sentencepiece.from_gguf_metadata(metadata, name=name)
         args, kwargs = vocab_import.gguf_metadata_arguments(metadata)
         return cls.from_gguf_vocab(*args, **kwargs, name=name)
 

@@ -183,8 +183,11 @@ def gguf_metadata_arguments(metadata: Dict[str, object]) -> Tuple[tuple, Dict[st
         raise TypeError(f"from_gguf_metadata: expected a dict, got {type(metadata).__name__}")
     model = metadata.get("tokenizer.ggml.model")
     if model != "gpt2":
-        raise ValueError(f"from_gguf_metadata: tokenizer.ggml.model is {model!r}; only 'gpt2' "
-                         "(byte-level BPE) is supported")
+        kinds = {"bert": "WordPiece", "t5": "Unigram", "rwkv": "RWKV", "plamo2": "PLaMo-2",
+                 "gemma4": "SentencePiece-style BPE on raw UTF-8", "none": "no tokenizer"}
+        kind = f" ({kinds[model]})" if model in kinds else ""
+        raise ValueError(f"from_gguf_metadata: tokenizer.ggml.model is {model!r}{kind}; kernelgpt "
+                         "reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE)")
     missing = [k for k in ("tokens", "merges", "token_type")
                if f"tokenizer.ggml.{k}" not in metadata]
     if missing:
