@@ -87,6 +87,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="skip training and the 2-thread batch")
     parser.add_argument("--peers-only", action="store_true",
                         help="only the cold / warm / batch comparison with fastokens and HF tokenizers")
+    parser.add_argument("--vocabs-only", action="store_true",
+                        help="only the other vocabularies: o200k_base against cl100k_base, "
+                             "tiktoken and fastokens; GGUF vocabularies against HF tokenizers")
     args = parser.parse_args()
     try:
         import tiktoken
@@ -117,6 +120,9 @@ def main():
         "code (stdlib .py)": "\n".join(stdlib_sources(limit_bytes=8_000_000)),
         "multilingual (22 languages)": fetch.cached("multilingual").read_text(encoding="utf-8"),
     }
+    if args.vocabs_only:
+        vocabularies_section(enc, corpora, R)
+        return
     if args.peers_only:
         peers_section(enc, tt, corpora, R, False)
         return
@@ -191,6 +197,9 @@ def main():
 
     # ---- issue 18: cold / warm / batch against fastokens and HF tokenizers ----
     peers_section(enc, tt, corpora, R, args.quick)
+
+    # ---- issue 24: o200k_base, GGUF vocabularies ----
+    vocabularies_section(enc, corpora, R)
 
     # ---- training ----
     if not args.quick:
@@ -309,6 +318,82 @@ def peers_section(enc, tt, corpora, R, quick):
         row("same text as ONE document, 2 threads, flat", nbytes, t_one, t_ft1, peer_name="fastokens")
     t_list = median_time(lambda: enc.encode_ordinary_batch(docs, num_threads=2), R)
     row("  (kernelgpt lists of ids, same run)", nbytes, t_list)
+
+
+def vocabularies_section(cl100k, corpora, R):
+    """Issue 24: o200k_base (the general regex engine; tiktoken's pattern) against cl100k_base
+    (a hand-written scanner) and against tiktoken and fastokens on the same .tiktoken file;
+    GGUF vocabularies from llama.cpp's tests (Llama 3 and Qwen 2: scanners; DeepSeek LLM: a
+    pipeline of six patterns on the engine) against HF tokenizers on the tokenizer.json of the
+    same vocabulary, single-threaded. Cold = first pass over unseen text, warm = again."""
+    import json
+    import tiktoken
+    import tiktoken.load
+    from kernelgpt.tokenizer import vocab_import
+    fetch.fetch("o200k_base")
+    o200k = kernelgpt.get_encoding("o200k_base")
+    path = str(fetch.cached("o200k_base"))
+    peers = {"tiktoken": tiktoken.Encoding(
+        "o200k_base", pat_str=tk.O200K_PATTERN, special_tokens={"<|endoftext|>": 199999},
+        mergeable_ranks=tiktoken.load.load_tiktoken_bpe(path)).encode_ordinary}
+    try:
+        import fastokens
+        ft = fastokens.Tokenizer.from_tiktoken(path, pattern=tk.O200K_PATTERN,
+                                               special_tokens={"<|endoftext|>": 199999})
+        peers["fastokens"] = lambda t: ft.encode_ordinary(t).ids
+    except ImportError:
+        print("    (pip install fastokens to compare with it)")
+    print("\n# o200k_base (general engine) vs cl100k_base (scanner) and peers; 1 thread")
+
+    def cold_warm(f, text):
+        half = len(text) // 2
+        pause()
+        t0 = time.perf_counter()
+        f(text[half:])
+        cold = time.perf_counter() - t0
+        return cold, median_time(lambda: f(text[:half]), R)
+
+    for name, text in corpora.items():
+        nbytes = len(text[:len(text) // 2].encode())
+        ours = cold_warm(o200k.encode_ordinary, text)
+        base = cold_warm(cl100k.encode_ordinary, text)
+        row(f"{name}: o200k cold vs cl100k cold (kernelgpt)", nbytes, ours[0], base[0],
+            "o200k within 20%", peer_name="cl100k")
+        row(f"{name}: o200k warm vs cl100k warm (kernelgpt)", nbytes, ours[1], base[1],
+            peer_name="cl100k")
+        want = o200k.encode_ordinary(text[:len(text) // 2])
+        for lib, f in peers.items():
+            theirs = cold_warm(f, text)
+            ok = f(text[:len(text) // 2]) == want
+            row(f"{name}: o200k cold vs {lib}{'' if ok else ' (MISMATCH)'}", nbytes, ours[0],
+                theirs[0], ">= 1.0x" if lib == "fastokens" else "", peer_name=lib)
+            row(f"{name}: o200k warm vs {lib}", nbytes, ours[1], theirs[1], peer_name=lib)
+
+    vocabs = fetch.cache_dir() / "llama.cpp-vocabs-0.3.36"
+    if Tokenizer is None or not (vocabs / "ggml-vocab-llama-bpe.gguf").is_file():
+        print("    (pip install tokenizers and run tools/fetch_llamacpp_vocabs.py for the GGUF "
+              "vocabularies)")
+        return
+    from kernelgpt.io.gguf import GGUFFile
+    print("\n# GGUF vocabularies vs HF tokenizers (tokenizer.json of the same vocabulary); "
+          "1 thread")
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    for vocab in ("llama-bpe", "qwen2", "deepseek-llm"):
+        md = {k: v for k, v in GGUFFile(vocabs / f"ggml-vocab-{vocab}.gguf").metadata.items()
+              if k.startswith("tokenizer.ggml.")}
+        enc = tk.Encoding.from_gguf_metadata(md)
+        hf = Tokenizer.from_str(json.dumps(vocab_import.tokenizer_json_from_gguf(md)))
+        for name, text in corpora.items():
+            nbytes = len(text[:len(text) // 2].encode())
+            ours = cold_warm(enc.encode_ordinary, text)
+            theirs = cold_warm(lambda t: hf.encode(t, add_special_tokens=False).ids, text)
+            ok = hf.encode(text[:len(text) // 2], add_special_tokens=False).ids == \
+                enc.encode(text[:len(text) // 2], allowed_special="all")
+            target = ">= 3x" if vocab != "deepseek-llm" else ""
+            row(f"{vocab} {name}: cold vs HF{'' if ok else ' (MISMATCH)'}", nbytes, ours[0],
+                theirs[0], target, peer_name="HF tokenizers")
+            row(f"{vocab} {name}: warm vs HF", nbytes, ours[1], theirs[1], target,
+                peer_name="HF tokenizers")
 
 
 if __name__ == "__main__":

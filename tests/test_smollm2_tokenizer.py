@@ -319,8 +319,10 @@ def test_from_gguf_metadata(smollm, metadata):
     same = _from_metadata(metadata, "smollm")
     text = "In 1984, 12345 people <|im_end|>"
     assert smollm.encode(text, allowed_special="all") == same.encode(text, allowed_special="all")
-    with pytest.raises(ValueError, match="only 'gpt2'"):
+    with pytest.raises(ValueError, match="SentencePiece vocabulary needs tokenizer.ggml.scores"):
         tk.Encoding.from_gguf_metadata({**metadata, "tokenizer.ggml.model": "llama"})
+    with pytest.raises(ValueError, match="'t5' \\(Unigram\\)"):
+        tk.Encoding.from_gguf_metadata({**metadata, "tokenizer.ggml.model": "t5"})
     with pytest.raises(ValueError, match="no tokenizer.ggml.merges"):
         tk.Encoding.from_gguf_metadata({k: v for k, v in metadata.items()
                                         if k != "tokenizer.ggml.merges"})

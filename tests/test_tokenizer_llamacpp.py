@@ -21,7 +21,7 @@ import pytest
 from kernelgpt.io import fetch
 from kernelgpt.io.gguf import GGUFFile
 from kernelgpt.tokenizer import GGUF_PRE_TOKENIZERS, Encoding
-from kernelgpt.tokenizer.patterns import GPT2_ORIGINAL_PATTERN, _PATTERN_OF
+from kernelgpt.tokenizer import vocab_import
 
 VOCABS = fetch.cache_dir() / "llama.cpp-vocabs-0.3.36"
 BPE_WITH_VECTORS = ["command-r", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2", "llama-bpe",
@@ -77,33 +77,7 @@ def test_loads_with_its_pre_tokenizer(name):
 
 
 def _tokenizer_json(md):
-    """A tokenizer.json for the `tokenizers` library from a GGUF vocabulary, its pre-tokenizer
-    written as the model's own Split regexes (GGUF_PRE_TOKENIZERS)."""
-    tokens = list(md["tokenizer.ggml.tokens"])
-    types = [int(t) for t in md["tokenizer.ggml.token_type"]]
-    pre = GGUF_PRE_TOKENIZERS[md.get("tokenizer.ggml.pre") or "default"]
-    if pre.patterns == "smollm":
-        patterns = [r"\p{N}", GPT2_ORIGINAL_PATTERN]
-    elif isinstance(pre.patterns, str):
-        patterns = [_PATTERN_OF[pre.patterns]]
-    else:
-        patterns = list(pre.patterns)
-    vocab = {t: i for i, t in enumerate(tokens) if types[i] in (1, 3, 4)}
-    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": types[i] == 3}
-             for i, t in enumerate(tokens) if types[i] in (3, 4) and vocab.get(t) == i]
-    split = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
-             for p in patterns]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                  "use_regex": False}
-    return json.dumps({
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        "normalizer": None, "post_processor": None, "decoder": byte_level,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": split + [byte_level]},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": pre.ignore_merges,
-                  "vocab": vocab, "merges": list(md["tokenizer.ggml.merges"])}})
+    return json.dumps(vocab_import.tokenizer_json_from_gguf(md))
 
 
 def _corpus():

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <memory>
 #include <cstring>
 #include <stdexcept>
@@ -56,12 +57,13 @@ Encoder::Encoder(Vocab vocab, std::vector<SpecialToken> specials, Splitter patte
     if (vocab_.has(t.id))
       throw std::invalid_argument("special token '" + t.text + "' has id " +
                                   std::to_string(t.id) + ", which a mergeable token already has");
-    has_always_ |= t.always;
+    has_always_ |= t.always && !t.never;
     // Two names may share an id (o200k_harmony: <|endofprompt|> and <|reserved_200018|>); both
     // encode to it and it decodes to the later one, as in tiktoken.
     special_by_id_[t.id] = k;
     max_token_value_ = std::max(max_token_value_, t.id);
   }
+  trie_.build(specials_);
   // The decoding table. Lengths live in 24 bits: longer tokens would not fit (none exist).
   size_t n_ids = size_t(max_token_value_) + 1;
   decode_span_.assign(n_ids, 0);
@@ -366,14 +368,91 @@ size_t Encoder::find_first(const uint8_t* s, size_t n, size_t from,
   return best;
 }
 
+void SpecialTrie::build(const std::vector<SpecialToken>& specials) {
+  std::vector<std::map<uint8_t, uint32_t>> kids(1);
+  std::vector<int32_t> token(1, -1);
+  count_ = specials.size();
+  for (size_t k = 0; k < specials.size(); ++k) {
+    const std::string& t = specials[k].text;
+    if (t.empty()) continue;
+    first_byte_[static_cast<uint8_t>(t[0]) >> 6] |= uint64_t(1) << (static_cast<uint8_t>(t[0]) & 63);
+    uint32_t node = 0;
+    for (char ch : t) {
+      uint8_t c = static_cast<uint8_t>(ch);
+      auto it = kids[node].find(c);
+      if (it == kids[node].end()) {
+        uint32_t child = static_cast<uint32_t>(kids.size());
+        kids[node][c] = child;
+        kids.emplace_back();
+        token.push_back(-1);
+        node = child;
+      } else {
+        node = it->second;
+      }
+    }
+    if (token[node] < 0) token[node] = static_cast<int32_t>(k);  // the first of equal strings
+  }
+  nodes_.assign(kids.size(), Node());
+  edges_.clear();
+  for (size_t v = 0; v < kids.size(); ++v) {
+    nodes_[v].first_edge = static_cast<uint32_t>(edges_.size());
+    nodes_[v].edge_count = static_cast<uint32_t>(kids[v].size());
+    nodes_[v].token = token[v];
+    for (const auto& e : kids[v]) edges_.push_back(e);
+  }
+}
+
+size_t SpecialTrie::find(const uint8_t* s, size_t n, size_t from, const std::vector<uint8_t>& enabled,
+                         size_t* which) const {
+  for (size_t p = from; p < n; ++p) {
+    if (!((first_byte_[s[p] >> 6] >> (s[p] & 63)) & 1)) continue;
+    int32_t best = -1;
+    uint32_t node = 0;
+    for (size_t q = p; q < n; ++q) {
+      const Node& v = nodes_[node];
+      const auto* b = edges_.data() + v.first_edge;
+      const auto* e = b + v.edge_count;
+      const auto* it = std::lower_bound(b, e, std::make_pair(s[q], uint32_t(0)));
+      if (it == e || it->first != s[q]) break;
+      node = it->second;
+      int32_t t = nodes_[node].token;
+      if (t >= 0 && static_cast<size_t>(t) < enabled.size() && enabled[t]) best = t;
+    }
+    if (best >= 0) {
+      *which = static_cast<size_t>(best);
+      return p;
+    }
+  }
+  *which = count_;
+  return n;
+}
+
 void Encoder::encode(const uint8_t* s, size_t n, const std::vector<uint8_t>& allowed,
                      std::vector<uint32_t>& out) const {
+  // Which specials match here: the allowed ones and the added ones, never the decode-only.
+  std::vector<uint8_t> enabled(specials_.size(), 0);
+  bool any = false;
+  for (size_t k = 0; k < specials_.size(); ++k) {
+    enabled[k] = ((k < allowed.size() && allowed[k]) || specials_[k].always) && !specials_[k].never;
+    any |= enabled[k] != 0;
+  }
+  if (!any) return encode_plain(s, n, out);
+  if (specials_.size() > 8) {  // many: one pass with the trie
+    size_t start = 0;
+    for (;;) {
+      size_t which;
+      size_t at = trie_.find(s, n, start, enabled, &which);
+      encode_plain(s + start, at - start, out);
+      if (at >= n) break;
+      out.push_back(specials_[which].id);
+      start = at + specials_[which].text.size();
+    }
+    return;
+  }
   std::vector<std::string> texts;
   std::vector<uint32_t> ids;
   for (size_t k = 0; k < specials_.size(); ++k)
-    if (((k < allowed.size() && allowed[k]) || specials_[k].always) && !specials_[k].never)
-      texts.push_back(specials_[k].text), ids.push_back(specials_[k].id);
-  if (texts.empty()) return encode_plain(s, n, out);
+    if (enabled[k]) texts.push_back(specials_[k].text), ids.push_back(specials_[k].id);
   // next_at[k]: the next occurrence of texts[k] at or after the current position (n: none).
   std::vector<size_t> next_at(texts.size(), 0);
   std::vector<bool> known(texts.size(), false);

@@ -69,6 +69,9 @@ SpmEncoder::SpmEncoder(const std::vector<std::string>& texts, std::vector<float>
     }
   }
   pieces_.finalize();  // throws naming a duplicate piece
+  matchable_ = added_;
+  matchable_.insert(matchable_.end(), control_.begin(), control_.end());
+  trie_.build(matchable_);
   if (unknown_id_ != kNoToken && unknown_id_ >= texts_.size())
     throw std::invalid_argument("the unknown token id is out of range");
 }
@@ -156,21 +159,23 @@ void SpmEncoder::encode_fragment(const uint8_t* s, size_t n, bool prefix_space,
 
 void SpmEncoder::encode(const uint8_t* s, size_t n, const std::vector<uint8_t>& allowed,
                         std::vector<uint32_t>& out) const {
-  std::vector<std::string> texts;
-  std::vector<uint32_t> ids;
-  for (const SpecialToken& a : added_) texts.push_back(a.text), ids.push_back(a.id);
-  for (size_t k = 0; k < control_.size(); ++k)
-    if (k < allowed.size() && allowed[k]) texts.push_back(control_[k].text), ids.push_back(control_[k].id);
+  std::vector<uint8_t> enabled(matchable_.size(), 0);
+  bool any = false;
+  for (size_t k = 0; k < matchable_.size(); ++k) {
+    size_t c = k - added_.size();  // index among the control tokens
+    enabled[k] = k < added_.size() || (c < allowed.size() && allowed[c]);
+    any |= enabled[k] != 0;
+  }
   // Fragments alternate with tokens, and llama.cpp prefixes a fragment with a space when it
   // starts the text or follows a token: every fragment.
   size_t start = 0;
   for (;;) {
     size_t which = 0;
-    size_t at = texts.empty() ? n : Encoder::find_first(s, n, start, texts, &which);
+    size_t at = any ? trie_.find(s, n, start, enabled, &which) : n;
     if (at > start) encode_fragment(s + start, at - start, add_space_prefix_, out);
     if (at >= n) break;
-    out.push_back(ids[which]);
-    start = at + texts[which].size();
+    out.push_back(matchable_[which].id);
+    start = at + matchable_[which].text.size();
   }
 }
 

@@ -63,6 +63,8 @@ class SpmEncoder {
   uint32_t byte_token_[256];       // <0xNN> -> id, or kNoToken
   std::vector<SpecialToken> control_;
   std::vector<SpecialToken> added_;  // user-defined tokens, matched in every text
+  std::vector<SpecialToken> matchable_;  // added_ then control_ (the trie's order)
+  SpecialTrie trie_;
 };
 
 }  // namespace bpe

@@ -353,3 +353,42 @@ def tokenizer_json_arguments(data: dict, where: str = "tokenizer.json"):
             if ids:
                 bos, add_bos = ids[0], True
     return tokens, merges, types, scanner, bos, add_bos
+
+
+def tokenizer_json_from_gguf(metadata: Dict[str, object]) -> dict:
+    """A Hugging Face tokenizer.json (as a dict) for the byte-level BPE vocabulary of a GGUF
+    file's metadata: its tokens, merges, added and special tokens, and its pre-tokenizer
+    written as the model's Split regexes (GGUF_PRE_TOKENIZERS) then ByteLevel. The `tokenizers`
+    library runs it as the model's own tokenizer.json would; the tests and the benchmark use
+    it as the reference and the peer. Special (control) tokens become special added tokens,
+    which `tokenizers` matches in the text: compare with encode(..., allowed_special="all")."""
+    from .patterns import _PATTERN_OF
+    tokens = list(metadata["tokenizer.ggml.tokens"])
+    types = [int(t) for t in metadata["tokenizer.ggml.token_type"]]
+    pre = gguf_pre_tokenizer(metadata.get("tokenizer.ggml.pre"))
+    if pre.patterns == "smollm":
+        patterns = [r"\p{N}", _PATTERN_OF["gpt2"].replace(r"\s++$|", "").replace("++", "+")]
+    elif isinstance(pre.patterns, str):
+        patterns = [_PATTERN_OF[pre.patterns]]
+    else:
+        patterns = list(pre.patterns)
+    vocab: Dict[str, int] = {}
+    for i, (t, kind) in enumerate(zip(tokens, types)):
+        if kind in (_GGUF_NORMAL, _GGUF_CONTROL, _GGUF_USER_DEFINED):
+            vocab.setdefault(t, i)
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": kind == _GGUF_CONTROL}
+             for i, (t, kind) in enumerate(zip(tokens, types))
+             if kind in (_GGUF_CONTROL, _GGUF_USER_DEFINED) and vocab.get(t) == i]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                  "use_regex": False}
+    split = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
+             for p in patterns]
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": None, "post_processor": None, "decoder": byte_level,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": split + [byte_level]},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                      "fuse_unk": False, "byte_fallback": False,
+                      "ignore_merges": pre.ignore_merges, "vocab": vocab,
+                      "merges": list(metadata["tokenizer.ggml.merges"])}}
