@@ -321,7 +321,7 @@ def peers_section(enc, tt, corpora, R, quick):
 
 
 def vocabularies_section(cl100k, corpora, R):
-    """Issue 24: o200k_base (the general regex engine; tiktoken's pattern) against cl100k_base
+    """Issue 24: o200k_base (its scanner, checked equal to the general engine) against cl100k_base
     (a hand-written scanner) and against tiktoken and fastokens on the same .tiktoken file;
     GGUF vocabularies from llama.cpp's tests (Llama 3 and Qwen 2: scanners; DeepSeek LLM: a
     pipeline of six patterns on the engine) against HF tokenizers on the tokenizer.json of the
@@ -343,7 +343,7 @@ def vocabularies_section(cl100k, corpora, R):
         peers["fastokens"] = lambda t: ft.encode_ordinary(t).ids
     except ImportError:
         print("    (pip install fastokens to compare with it)")
-    print("\n# o200k_base (general engine) vs cl100k_base (scanner) and peers; 1 thread")
+    print("\n# o200k_base vs cl100k_base (both hand-written scanners) and peers; 1 thread")
 
     def cold_warm(f, text):
         half = len(text) // 2

@@ -123,15 +123,24 @@ def test_o200k_on_any_text(text):
     assert _engine(P.O200K_PATTERN).split(text) == _reference(P.O200K_PATTERN)(text)
 
 
-@pytest.mark.parametrize("scanner", ["cl100k", "gpt2", "llama3", "qwen2", "smollm", "whitespace"])
+@pytest.mark.parametrize("scanner", ["cl100k", "o200k", "gpt2", "llama3", "qwen2", "smollm",
+                                     "whitespace"])
 def test_hand_scanners_equal_the_engine(scanner):
     # The hand-written scanners are the fast path of patterns the engine also runs.
     fast = _C.BPE.from_ranks({bytes([b]): b for b in range(256)}, {}, scanner)
     general = _engine(P._PATTERN_OF[scanner])
     rng = random.Random(7)
-    for _ in range(2000):
+    for _ in range(20000):
         text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 40)))
         assert fast.split(text) == general.split(text), (scanner, text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["cl100k", "o200k", "gpt2", "llama3", "qwen2", "smollm"]), st.text(max_size=60))
+def test_hand_scanners_equal_the_engine_on_any_text(scanner, text):
+    text = P.fix_surrogates(text)
+    fast = _C.BPE.from_ranks({bytes([b]): b for b in range(256)}, {}, scanner)
+    assert fast.split(text) == _engine(P._PATTERN_OF[scanner]).split(text)
 
 
 def test_pipeline_splits_each_piece_as_a_text():

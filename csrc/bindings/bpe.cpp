@@ -36,8 +36,9 @@ Pattern parse_scanner(const std::string& name) {
   if (name == "smollm") return Pattern::smollm;
   if (name == "llama3") return Pattern::llama3;
   if (name == "qwen2") return Pattern::qwen2;
+  if (name == "o200k") return Pattern::o200k;
   value_error("unknown pre-tokenizer '" + name +
-              "', expected 'cl100k', 'gpt2', 'whitespace', 'smollm', 'llama3' or 'qwen2', "
+              "', expected 'cl100k', 'o200k', 'gpt2', 'whitespace', 'smollm', 'llama3' or 'qwen2', "
               "or a list of regular expressions");
 }
 
@@ -68,6 +69,7 @@ const char* pattern_name(Pattern p) {
     case Pattern::llama3: return "llama3";
     case Pattern::qwen2: return "qwen2";
     case Pattern::regex: return "regex";
+    case Pattern::o200k: return "o200k";
   }
   return "?";
 }

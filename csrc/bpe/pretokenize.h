@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "bpe/regex.h"
 #include "bpe/unicode.h"
 
 namespace kg {
@@ -44,7 +45,7 @@ namespace bpe {
 
 // `regex`: not a scanner; the Splitter runs its regular expressions (splitter.h).
 enum class Pattern : int { cl100k = 0, gpt2 = 1, whitespace = 2, smollm = 3, llama3 = 4, qwen2 = 5,
-                           regex = 6 };
+                           regex = 6, o200k = 7 };
 
 namespace detail {
 
@@ -195,6 +196,126 @@ inline size_t whitespace_piece_end(const uint8_t* s, size_t i, size_t n) {
   return j;
 }
 
+// o200k_base (GPT-4o, o1, o3, GPT-5; o200k_harmony), tiktoken's pattern:
+//   [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?
+//   |[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?
+//   |\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+// The two letter alternatives split words at case changes: U = [Lu Lt Lm Lo M] (may start a
+// word), W = [Ll Lm Lo M] (may continue one); Lm, Lo and marks are in both, which is where a
+// backtracking engine would back off. Worked out once here: "U* W+" from j ends at the end of
+// the W run after the longest U run, or, if no W character follows that U run, just after the
+// last character of the U run that is also in W (or fails if there is none). The general
+// engine (regex.h) runs the same pattern; the tests check the two against each other.
+namespace detail {
+
+enum O200kClass : uint8_t { kO200kU = 1, kO200kW = 2, kO200kL = 4, kO200kN = 8, kO200kS = 16 };
+// General category (the order of enum Category) -> U / W / L / N bits.
+constexpr uint8_t kO200kOfCategory[32] = {
+    kO200kU | kO200kL,            kO200kW | kO200kL,            kO200kU | kO200kL,  // Lu Ll Lt
+    kO200kU | kO200kW | kO200kL,  kO200kU | kO200kW | kO200kL,                      // Lm Lo
+    kO200kU | kO200kW,            kO200kU | kO200kW,            kO200kU | kO200kW,  // Mn Mc Me
+    kO200kN,                      kO200kN,                      kO200kN};           // Nd Nl No
+
+struct O200kChar {
+  uint32_t len;
+  uint8_t cls;
+};
+
+// ASCII: A-Z U|L, a-z W|L, 0-9 N, \t \n \v \f \r and space S, the rest 0.
+constexpr uint8_t o200k_ascii(uint8_t c) {
+  return c >= 'A' && c <= 'Z' ? (kO200kU | kO200kL)
+         : c >= 'a' && c <= 'z' ? (kO200kW | kO200kL)
+         : c >= '0' && c <= '9' ? kO200kN
+         : (c == ' ' || (c >= '\t' && c <= '\r')) ? kO200kS : 0;
+}
+
+KG_BPE_INLINE O200kChar o200k_char(const uint8_t* s, size_t i, size_t n) {
+  if (s[i] < 0x80) return {1, o200k_ascii(s[i])};
+  Char c = char_at(s, i, n);
+  uint8_t f = category_flags(c.cp);
+  return {c.len, static_cast<uint8_t>(kO200kOfCategory[f & kCategoryMask] |
+                                      ((f & kWhiteSpaceFlag) ? kO200kS : 0))};
+}
+
+constexpr size_t kNoMatch = ~size_t(0);
+
+// End of "U* W+" starting at j, or kNoMatch.
+inline size_t o200k_word_end(const uint8_t* s, size_t j, size_t n) {
+  size_t p = j, last_w_end = kNoMatch;
+  while (p < n) {
+    O200kChar c = o200k_char(s, p, n);
+    if (!(c.cls & kO200kU)) {
+      if (!(c.cls & kO200kW)) break;
+      p += c.len;  // an Ll after the U run: W+ runs to the end of the W run
+      while (p < n) {
+        O200kChar d = o200k_char(s, p, n);
+        if (!(d.cls & kO200kW)) break;
+        p += d.len;
+      }
+      return p;
+    }
+    p += c.len;
+    if (c.cls & kO200kW) last_w_end = p;
+  }
+  return last_w_end;
+}
+
+inline size_t o200k_run_end(const uint8_t* s, size_t j, size_t n, uint8_t any_of, bool want) {
+  while (j < n) {
+    O200kChar c = o200k_char(s, j, n);
+    if (static_cast<bool>(c.cls & any_of) != want) break;
+    j += c.len;
+  }
+  return j;
+}
+
+}  // namespace detail
+
+inline size_t o200k_piece_end(const uint8_t* s, size_t i, size_t n) {
+  using namespace detail;
+  O200kChar a = o200k_char(s, i, n);
+  const uint8_t c0 = s[i];
+  // [^\r\n\p{L}\p{N}]: the optional leading character of the letter alternatives
+  const bool lead = !(a.cls & (kO200kL | kO200kN)) && c0 != '\r' && c0 != '\n';
+  size_t e = kNoMatch;
+  if (lead && i + a.len < n) e = o200k_word_end(s, i + a.len, n);        // 1, with lead
+  if (e == kNoMatch && (a.cls & (kO200kU | kO200kW))) e = o200k_word_end(s, i, n);  // 1
+  if (e == kNoMatch && lead && i + a.len < n) {                            // 2, with lead
+    size_t u = o200k_run_end(s, i + a.len, n, kO200kU, true);
+    if (u > i + a.len) e = u;
+  }
+  if (e == kNoMatch && (a.cls & kO200kU)) e = o200k_run_end(s, i, n, kO200kU, true);  // 2
+  if (e != kNoMatch) {  // (?i:'s|'t|'re|'ve|'m|'ll|'d)?
+    if (e < n && s[e] == '\'') {
+      size_t k = contraction_len(s, e + 1, n, true);
+      if (k) e += 1 + k;
+    }
+    return e;
+  }
+  // \p{N}{1,3}
+  if (a.cls & kO200kN) {
+    size_t j = i + a.len;
+    for (int k = 1; k < 3 && j < n; ++k) {
+      O200kChar b = o200k_char(s, j, n);
+      if (!(b.cls & kO200kN)) break;
+      j += b.len;
+    }
+    return j;
+  }
+  //  ?[^\s\p{L}\p{N}]+[\r\n/]*
+  constexpr uint8_t kNotOther = kO200kL | kO200kN | kO200kS;
+  size_t j = kNoMatch;
+  if (c0 == ' ' && i + 1 < n && !(o200k_char(s, i + 1, n).cls & kNotOther)) j = i + 1;
+  else if (!(a.cls & kNotOther)) j = i;
+  if (j != kNoMatch) {
+    j = o200k_run_end(s, j, n, kNotOther, false);
+    while (j < n && (s[j] == '\r' || s[j] == '\n' || s[j] == '/')) ++j;
+    return j;
+  }
+  // \s*[\r\n]+ | \s+(?!\S) | \s+ : as Llama 3's tail
+  return whitespace_end(s, i, n, char_at(s, i, n), true, false);
+}
+
 // SmolLM2: calls f(begin, end) for every piece of s[0, n). The GPT-2 scanner runs on each
 // digit-free segment with the segment's end as its n: that is exactly "split the digits off
 // first, then pre-tokenize what is between them on its own".
@@ -242,6 +363,9 @@ inline void for_each_piece(Pattern pattern, const uint8_t* s, size_t n, F&& f) {
       break;
     case Pattern::smollm:
       smollm_pieces(s, n, f);
+      break;
+    case Pattern::o200k:
+      while (i < n) { size_t e = o200k_piece_end(s, i, n); f(i, e); i = e; }
       break;
     case Pattern::regex:  // the Splitter never asks
       break;

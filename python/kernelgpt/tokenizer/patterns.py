@@ -2,7 +2,7 @@
 
 tiktoken runs a regular expression over the text. kernelgpt has two ways to do the same in C++:
 a hand-written, non-backtracking scanner for each of the hottest patterns
-(csrc/bpe/pretokenize.h: cl100k, GPT-2, Llama 3, Qwen 2, SmolLM2), and a general engine for
+(csrc/bpe/pretokenize.h: cl100k, o200k, GPT-2, Llama 3, Qwen 2, SmolLM2), and a general engine for
 every other pattern (csrc/bpe/regex.h: a backtracking matcher for the regex dialect of split
 patterns: Unicode general categories, (?i:...), possessive and lazy quantifiers, lookaround).
 A pre-tokenizer can also be a list of patterns applied one after the other, each splitting the
@@ -57,7 +57,7 @@ SMOLLM_PATTERN = (r"""\p{N}|'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?[^\s\p{L}\p{N}]++""
 
 # o200k_base (GPT-4o, o1, o3, GPT-5) and o200k_harmony (gpt-oss): words split at case changes
 # (an upper-case run, then lower-case letters: "HTTPServer" is one piece, "helloWorld" two),
-# contractions kept on the word, "/" kept on punctuation runs. Run by the general engine.
+# contractions kept on the word, "/" kept on punctuation runs. A hand-written scanner ("o200k").
 O200K_PATTERN = "|".join([
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
@@ -76,12 +76,14 @@ _SCANNERS = {
     "whitespace": "whitespace", WHITESPACE_PATTERN: "whitespace",
     "smollm": "smollm", SMOLLM_PATTERN: "smollm",
     "qwen2": "qwen2", QWEN2_PATTERN: "qwen2",
+    "o200k": "o200k", O200K_PATTERN: "o200k",
 }
 # scanner's name -> its pattern string
 _PATTERN_OF = {"cl100k": CL100K_PATTERN, "gpt2": GPT2_PATTERN, "whitespace": WHITESPACE_PATTERN,
-               "smollm": SMOLLM_PATTERN, "llama3": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN}
-# short names of patterns the general engine runs
-_NAMED_PATTERNS = {"o200k": O200K_PATTERN}
+               "smollm": SMOLLM_PATTERN, "llama3": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN,
+               "o200k": O200K_PATTERN}
+# short names of patterns the general engine runs (none now: o200k has its scanner)
+_NAMED_PATTERNS: Dict[str, str] = {}
 
 Splitter = Union[str, List[str]]  # a scanner's name, or patterns for the general engine
 
