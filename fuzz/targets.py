@@ -169,6 +169,28 @@ def decode(data: bytes) -> None:
         raise AssertionError(f"encode/decode round trip changed {text!r:.80} into {out!r:.80}")
 
 
+# ---- the general pre-tokenizer engine (patterns come from tokenizer.json and GGUF files) ----
+
+def pretokenizer(data: bytes) -> None:
+    """A pattern (the first line; more patterns separated by NUL make a pipeline) compiled by
+    the regex engine (csrc/bpe/regex.cpp), then the rest of the input split with it: refused
+    patterns raise ValueError; the pieces of an accepted one must concatenate to the text."""
+    from kernelgpt import _C
+    head, _, rest = data.partition(b"\n")
+    patterns = head.decode("utf-8", "replace").split("\0")
+    try:
+        core = _C.BPE.from_ranks({bytes([b]): b for b in range(256)}, {}, patterns)
+    except EXPECTED:
+        return
+    text = rest.decode("utf-8", "replace")
+    try:
+        pieces = core.split(text)
+    except ValueError:  # backtracking deeper than the engine allows: refused, not a crash
+        return
+    if "".join(pieces) != text or any(not p for p in pieces):
+        raise AssertionError(f"{patterns!r:.80}: pieces do not rebuild {text!r:.80}")
+
+
 TARGETS = {"gguf": gguf, "safetensors": safetensors, "checkpoint_config": checkpoint_config,
            "tiktoken": tiktoken, "merges": merges, "chat_template": chat_template,
-           "decode": decode}
+           "decode": decode, "pretokenizer": pretokenizer}

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kernelgpt
 from kernelgpt import _C
 from kernelgpt.tokenizer import patterns as P
 
@@ -202,3 +203,14 @@ def test_every_gguf_pre_tokenizer_builds():
     with pytest.raises(ValueError, match="unknown GGUF pre-tokenizer"):
         P.gguf_pre_tokenizer("no-such-model")
     assert P.gguf_pre_tokenizer(None) == P.GGUF_PRE_TOKENIZERS["default"]
+
+
+def test_too_deep_backtracking_is_a_value_error_not_a_crash():
+    engine = _engine(r"(?:a|b)+")
+    assert engine.split("ab" * 2000) == ["ab" * 2000]
+    with pytest.raises(ValueError, match="deeper backtracking"):
+        engine.split("a" * 100_000)
+    enc = kernelgpt.Encoding("deep", pat_str=r"(?:a|b)+", special_tokens={},
+                             mergeable_ranks={bytes([b]): b for b in range(256)})
+    with pytest.raises(ValueError, match="deeper backtracking"):
+        enc.encode_ordinary_batch(["a" * 100_000, "b"])
