@@ -145,6 +145,13 @@ def test_sentencepiece_round_trip_and_specials(name):
         enc.encode_ordinary("pickled text")
     with pytest.raises(KeyError):
         enc.decode([enc.n_vocab])
+    # what generation uses: stream decoding (a continuation keeps its spaces), special ids
+    ids = enc.encode_ordinary("Hello w\u00f6rld \U0001F642!")
+    stream = enc.stream_decoder()
+    assert "".join(stream.push(i) for i in ids) + stream.finish() == " Hello w\u00f6rld \U0001F642!"
+    assert enc.is_special_token(bos) and enc.encode_single_token(bos_text) == bos
+    with pytest.raises(KeyError):
+        enc.encode_single_token("no such piece at all")
     with pytest.raises(TypeError):
         enc.encode(5)
 

@@ -67,6 +67,7 @@ class SentencePieceEncoding:
     def _init(self, name, bos_token_id, eos_token_id, add_bos_token):
         self.name = name
         self._special_tokens: Dict[str, int] = self._core.special_tokens()
+        self._special_token_values = set(self._special_tokens.values())
         self.special_tokens_set = set(self._special_tokens)
         self.n_vocab = self._core.n_vocab
         self.max_token_value = self.n_vocab - 1
@@ -167,6 +168,32 @@ class SentencePieceEncoding:
 
     def decode_tokens_bytes(self, tokens: Sequence[int]) -> List[bytes]:
         return [self.decode_bytes([t]) for t in tokens]
+
+    def is_special_token(self, token: int) -> bool:
+        return token in self._special_token_values
+
+    def encode_single_token(self, text: Union[str, bytes]) -> int:
+        """The id of the special, added or normal token written `text` ("▁" for a space in
+        normal pieces); KeyError if there is none."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        if text in self._special_tokens:
+            return self._special_tokens[text]
+        if getattr(self, "_piece_ids", None) is None:
+            texts = self._core.__getstate_data__()[0]
+            self._piece_ids = {}
+            for i, t in enumerate(texts):
+                self._piece_ids.setdefault(t, i)
+        piece = self._piece_ids.get(text.replace(" ", "\u2581"))
+        if piece is not None:
+            return piece
+        raise KeyError(text)
+
+    def stream_decoder(self, errors: str = "replace"):
+        """Incremental decoding for generation (Encoding.stream_decoder): each token's bytes,
+        never half a character; "▁" is a space (a continuation keeps its leading space)."""
+        from .encoding import StreamDecoder
+        return StreamDecoder(self, errors)
 
 
 def from_gguf_metadata(metadata: Dict[str, object], name: str = "gguf") -> SentencePieceEncoding:
