@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cstring>
+#if defined(__linux__)
+#include <pthread.h>
+#endif
 #include <iterator>
 
 namespace kg {
@@ -688,18 +691,57 @@ Regex::Regex(const std::string& pattern) : pattern_(pattern) {
 namespace {
 
 // Native stack frames of nested repeats / alternations (about 3 per iteration of a repeated
-// group; each well under 200 bytes, so at most a few MB of an 8 MB thread stack). A text that
-// needs more (a repeated group, not a single-set repeat, over a run of ~6,000 characters)
-// raises RegexError (ValueError in Python) instead of overflowing the stack.
+// group, not a single-set repeat). A text that needs more, or more than three quarters of the
+// stack this thread has left (sanitizer builds have much larger frames), raises RegexError
+// (ValueError in Python) instead of overflowing the stack.
 constexpr int kMaxDepth = 20000;
 
+// The lowest address of this thread's stack (0 when unknown).
+uintptr_t stack_low() {
+  thread_local uintptr_t low = ~uintptr_t(0);
+  if (low == ~uintptr_t(0)) {
+    low = 0;
+#if defined(__linux__)
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      void* addr = nullptr;
+      size_t size = 0;
+      if (pthread_attr_getstack(&attr, &addr, &size) == 0) low = reinterpret_cast<uintptr_t>(addr);
+      pthread_attr_destroy(&attr);
+    }
+#endif
+  }
+  return low;
+}
+
+// Backtracking steps a split may take: pathological patterns (nested quantifiers) can need
+// exponentially many; a split that runs out raises RegexError rather than hanging.
+struct StepBudget {
+  uint64_t left = 0;
+  bool active = false;
+};
+thread_local StepBudget g_budget;
+
+uint64_t budget_for(size_t n) { return 2000 * uint64_t(n + 1) + 50'000'000; }
+
 }  // namespace
+
+RegexBudgetScope::RegexBudgetScope(size_t n) : saved_left_(g_budget.left), saved_active_(g_budget.active) {
+  g_budget.left = budget_for(n);
+  g_budget.active = true;
+}
+
+RegexBudgetScope::~RegexBudgetScope() {
+  g_budget.left = saved_left_;
+  g_budget.active = saved_active_;
+}
 
 struct RegexMatcher {
   const Regex& re;
   const uint8_t* s;
   size_t n;
   std::vector<size_t>& stack;  // positions of single-set repeat runs (backing off)
+  uintptr_t floor;             // run() refuses to go below this stack address
   int depth = 0;
 
   enum ContKind : uint8_t { kStop, kStopAt, kRepeatIter };
@@ -832,7 +874,8 @@ struct RegexMatcher {
   }
 
   bool run(int id, size_t pos, const Cont* k) {
-    if (++depth > kMaxDepth) {
+    if (++depth > kMaxDepth ||
+        reinterpret_cast<uintptr_t>(__builtin_frame_address(0)) < floor) {
       --depth;
       throw RegexError("pre-tokenizer pattern " + re.pattern() +
                                ": the text needs deeper backtracking than the engine allows "
@@ -840,6 +883,10 @@ struct RegexMatcher {
     }
     struct Guard { int& d; ~Guard() { --d; } } guard{depth};
     for (;;) {
+      if (--g_budget.left == 0)
+        throw RegexError("pre-tokenizer pattern " + re.pattern() +
+                         ": the text needs more backtracking than the engine allows (over "
+                         "2,000 steps per byte: nested quantifiers?)");
       if (id < 0) {
         if (!k) { end_ = pos; return true; }
         return resume(pos, k);
@@ -899,7 +946,18 @@ struct RegexMatcher {
 bool Regex::match_at(const uint8_t* s, size_t n, size_t i, size_t* end) const {
   thread_local std::vector<size_t> stack;
   stack.clear();
-  RegexMatcher m{*this, s, n, stack};
+  // Use at most three quarters of the stack left below this frame (64 MB at most).
+  uintptr_t here = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+  uintptr_t low = stack_low();
+  uintptr_t floor = 0;
+  if (low != 0 && here > low) {
+    uintptr_t room = here - low;
+    floor = low + room / 4;
+    if (room > (uintptr_t(64) << 20)) floor = here - (uintptr_t(64) << 20);
+  }
+  std::unique_ptr<RegexBudgetScope> scope;
+  if (!g_budget.active) scope.reset(new RegexBudgetScope(n - i));
+  RegexMatcher m{*this, s, n, stack, floor};
   if (!m.run(start_, i, nullptr)) return false;
   *end = m.end_;
   return true;

@@ -88,6 +88,20 @@ struct CharSet {
   void finalize();  // fills `ascii`
 };
 
+// While one exists on a thread, the matches on that thread share a budget of backtracking
+// steps sized for a text of n bytes (Regex::for_each_piece opens one per split).
+class RegexBudgetScope {
+ public:
+  explicit RegexBudgetScope(size_t n);
+  ~RegexBudgetScope();
+  RegexBudgetScope(const RegexBudgetScope&) = delete;
+  RegexBudgetScope& operator=(const RegexBudgetScope&) = delete;
+
+ private:
+  uint64_t saved_left_;
+  bool saved_active_;
+};
+
 class Regex {
  public:
   // Throws RegexError naming what it cannot read.
@@ -170,6 +184,7 @@ class RegexPipeline {
 
 template <class F>
 void Regex::for_each_piece(const uint8_t* s, size_t n, F&& f) const {
+  RegexBudgetScope budget(n);
   size_t i = 0, gap = 0;
   while (i < n) {
     Char c = char_at(s, i, n);
