@@ -301,6 +301,7 @@ struct RegexParser {
     }
     node.body = body.first;
     link(body.tails, -1);
+    if (chain_of(body, &node.chain)) return single(node);  // any mode, in repeat()'s loop
     if (mode != Regex::kPossessive) return single(node);
     // X*+ is (?>X*): a greedy repeat inside an atomic group.
     node.mode = Regex::kGreedy;
@@ -308,6 +309,40 @@ struct RegexParser {
     atomic.kind = Regex::kAtomic;
     atomic.body = add(node);
     return single(atomic);
+  }
+
+  // Whether `body` (its tails already linked to -1) is a straight chain of sets and
+  // one-set lookaheads consuming at least one character; the steps in *out.
+  bool chain_of(const Frag& body, std::vector<Regex::Node::ChainStep>* out) {
+    std::vector<Regex::Node::ChainStep> steps;
+    bool consumes = false;
+    auto skip_empty = [&](int id) {
+      while (id >= 0 && re.nodes_[id].kind == Regex::kEmpty) id = re.nodes_[id].next;
+      return id;
+    };
+    for (int id = body.first; id >= 0; id = re.nodes_[id].next) {
+      const Regex::Node& n = re.nodes_[id];
+      if (steps.size() >= 32) return false;
+      if (n.kind == Regex::kSet) {
+        steps.push_back({n.set, 0});
+        consumes = true;
+      } else if (n.kind == Regex::kRepeat && n.set >= 0 && n.min == n.max && n.min > 0 &&
+                 n.min <= 32) {  // \d{3}
+        for (int k = 0; k < n.min; ++k) steps.push_back({n.set, 0});
+        consumes = true;
+      } else if (n.kind == Regex::kLook && n.ahead) {  // (?=[..]) or (?![..]) of one set
+        int b = skip_empty(n.body);
+        if (b < 0 || re.nodes_[b].kind != Regex::kSet || skip_empty(re.nodes_[b].next) >= 0)
+          return false;
+        steps.push_back({re.nodes_[b].set, static_cast<uint8_t>(n.negate ? 2 : 1)});
+      } else if (n.kind != Regex::kEmpty) {
+        return false;
+      }
+    }
+    if (steps.size() > 32) return false;
+    if (!consumes) return false;
+    *out = std::move(steps);
+    return true;
   }
 
   Frag parse_atom(bool icase, bool* quantifiable) {
@@ -719,21 +754,32 @@ uintptr_t stack_low() {
 struct StepBudget {
   uint64_t left = 0;
   bool active = false;
+  const Regex* re = nullptr;               // the regex the memo belongs to
+  std::vector<RepeatMemo>* memo = nullptr;
 };
 thread_local StepBudget g_budget;
 
-uint64_t budget_for(size_t n) { return 2000 * uint64_t(n + 1) + 50'000'000; }
+uint64_t budget_for(size_t n) { return 200 * uint64_t(n + 1) + 10'000'000; }
 
 }  // namespace
 
-RegexBudgetScope::RegexBudgetScope(size_t n) : saved_left_(g_budget.left), saved_active_(g_budget.active) {
+RegexBudgetScope::RegexBudgetScope(const Regex* re, size_t n, size_t nodes)
+    : saved_left_(g_budget.left),
+      saved_active_(g_budget.active),
+      saved_re_(g_budget.re),
+      saved_memo_(g_budget.memo),
+      memo_(nodes) {
   g_budget.left = budget_for(n);
   g_budget.active = true;
+  g_budget.re = re;
+  g_budget.memo = &memo_;
 }
 
 RegexBudgetScope::~RegexBudgetScope() {
   g_budget.left = saved_left_;
   g_budget.active = saved_active_;
+  g_budget.re = saved_re_;
+  g_budget.memo = saved_memo_;
 }
 
 struct RegexMatcher {
@@ -742,6 +788,7 @@ struct RegexMatcher {
   size_t n;
   std::vector<size_t>& stack;  // positions of single-set repeat runs (backing off)
   uintptr_t floor;             // run() refuses to go below this stack address
+  std::vector<RepeatMemo>* memo;  // this split's repeat memo, or null
   int depth = 0;
 
   enum ContKind : uint8_t { kStop, kStopAt, kRepeatIter };
@@ -823,8 +870,69 @@ struct RegexMatcher {
     return run(r.next, pos, k);
   }
 
+  // One iteration of a chain repeat from p: its end in *out, or false.
+  void spend() const {
+    if (--g_budget.left == 0)
+      throw RegexError("pre-tokenizer pattern " + re.pattern() +
+                       ": the text needs more backtracking than the engine allows (over "
+                       "200 steps per byte: nested quantifiers?)");
+  }
+
+  bool chain_step(const Regex::Node& r, size_t p, size_t* out) const {
+    spend();
+    for (const Regex::Node::ChainStep& st : r.chain) {
+      if (st.peek == 0) {
+        if (p >= n) return false;
+        Char c = decode(p);
+        if (!re.sets_[st.set].test(c.cp)) return false;
+        p += c.len;
+      } else {
+        bool in = p < n && re.sets_[st.set].test(decode(p).cp);
+        if (in != (st.peek == 1)) return false;
+      }
+    }
+    *out = p;
+    return true;
+  }
+
+  bool chain_repeat(int rid, size_t pos, const Cont* k) {
+    const Regex::Node& r = re.nodes_[rid];
+    const size_t max = r.max < 0 ? SIZE_MAX : static_cast<size_t>(r.max);
+    const size_t min = static_cast<size_t>(r.min);
+    size_t count = 0, p = pos, q;
+    if (r.mode == Regex::kLazy) {
+      for (;;) {
+        if (count >= min && run(r.next, p, k)) return true;
+        if (count >= max || !chain_step(r, p, &q)) return false;
+        p = q;
+        ++count;
+      }
+    }
+    const size_t base = stack.size();
+    while (count < max && chain_step(r, p, &q)) {
+      p = q;
+      ++count;
+      stack.push_back(p);
+    }
+    bool ok = false;
+    if (count >= min) {
+      if (r.mode == Regex::kPossessive) {
+        ok = run(r.next, p, k);
+      } else {
+        for (size_t c = count;; --c) {
+          size_t at = c == 0 ? pos : stack[base + c - 1];
+          if (run(r.next, at, k)) { ok = true; break; }
+          if (c == min) break;
+        }
+      }
+    }
+    stack.resize(base);
+    return ok;
+  }
+
   bool repeat(int rid, size_t pos, const Cont* k) {
     const Regex::Node& r = re.nodes_[rid];
+    if (!r.chain.empty()) return chain_repeat(rid, pos, k);
     if (r.set < 0) return iterate(rid, 0, pos, k);
     const CharSet& set = re.sets_[r.set];
     const size_t max = r.max < 0 ? SIZE_MAX : static_cast<size_t>(r.max);
@@ -851,7 +959,13 @@ struct RegexMatcher {
         ++count;
       }
     }
-    // Greedy: the longest run, then back off one character at a time.
+    // Greedy: the longest run, then back off one character at a time. At the top level (no
+    // continuation) with an unbounded run and min <= 1, the memo can answer at once.
+    RepeatMemo* m = (memo && !k && r.max < 0 && min <= 1) ? &(*memo)[rid] : nullptr;
+    if (m && pos >= m->start_lo && pos < m->run_end) {
+      size_t lowest = min == 0 ? pos : pos + decode(pos).len;
+      if (lowest >= m->fail_lo) return false;
+    }
     const size_t base = stack.size();
     size_t count = 0, p = pos;
     while (count < max && p < n) {
@@ -861,12 +975,19 @@ struct RegexMatcher {
       ++count;
       stack.push_back(p);
     }
+    g_budget.left -= std::min<uint64_t>(count / 4, g_budget.left - 1);  // the scan's share
+    if (g_budget.left <= 1) spend();
     bool ok = false;
     if (count >= min) {
       for (size_t c = count;; --c) {
         size_t at = c == 0 ? pos : stack[base + c - 1];
         if (run(r.next, at, k)) { ok = true; break; }
         if (c == min) break;
+      }
+      if (!ok && m) {  // every end in [lowest, p] failed
+        m->start_lo = pos;
+        m->run_end = p;
+        m->fail_lo = min == 0 ? pos : stack[base];
       }
     }
     stack.resize(base);
@@ -886,7 +1007,7 @@ struct RegexMatcher {
       if (--g_budget.left == 0)
         throw RegexError("pre-tokenizer pattern " + re.pattern() +
                          ": the text needs more backtracking than the engine allows (over "
-                         "2,000 steps per byte: nested quantifiers?)");
+                         "200 steps per byte: nested quantifiers?)");
       if (id < 0) {
         if (!k) { end_ = pos; return true; }
         return resume(pos, k);
@@ -956,8 +1077,9 @@ bool Regex::match_at(const uint8_t* s, size_t n, size_t i, size_t* end) const {
     if (room > (uintptr_t(64) << 20)) floor = here - (uintptr_t(64) << 20);
   }
   std::unique_ptr<RegexBudgetScope> scope;
-  if (!g_budget.active) scope.reset(new RegexBudgetScope(n - i));
-  RegexMatcher m{*this, s, n, stack, floor};
+  if (!g_budget.active || g_budget.re != this)
+    scope.reset(new RegexBudgetScope(this, n - i, nodes_.size()));
+  RegexMatcher m{*this, s, n, stack, floor, g_budget.memo};
   if (!m.run(start_, i, nullptr)) return false;
   *end = m.end_;
   return true;

@@ -88,11 +88,23 @@ struct CharSet {
   void finalize();  // fills `ascii`
 };
 
-// While one exists on a thread, the matches on that thread share a budget of backtracking
-// steps sized for a text of n bytes (Regex::for_each_piece opens one per split).
+class Regex;
+
+// What a split has learned about a top-level greedy repeat of one character set (\s+ in
+// "\s+$"): from any start in [start_lo, run_end) its run ends at run_end, and what follows
+// the repeat fails at every position in [fail_lo, run_end]. A later start inside the same run
+// then fails at once instead of scanning and backing off again, which keeps such patterns
+// linear on long runs (a million spaces before a character "\s+$" cannot end at).
+struct RepeatMemo {
+  size_t start_lo = ~size_t(0), run_end = 0, fail_lo = ~size_t(0);
+};
+
+// While one exists on a thread, the matches of `re` on that thread (one text of n bytes)
+// share a budget of backtracking steps and the repeat memo (Regex::for_each_piece opens one
+// per split; the splits of a pipeline's later stages nest).
 class RegexBudgetScope {
  public:
-  explicit RegexBudgetScope(size_t n);
+  RegexBudgetScope(const Regex* re, size_t n, size_t nodes);
   ~RegexBudgetScope();
   RegexBudgetScope(const RegexBudgetScope&) = delete;
   RegexBudgetScope& operator=(const RegexBudgetScope&) = delete;
@@ -100,6 +112,9 @@ class RegexBudgetScope {
  private:
   uint64_t saved_left_;
   bool saved_active_;
+  const Regex* saved_re_;
+  std::vector<RepeatMemo>* saved_memo_;
+  std::vector<RepeatMemo> memo_;
 };
 
 class Regex {
@@ -130,6 +145,16 @@ class Regex {
     RepeatMode mode = kGreedy;
     bool ahead = true, negate = false;  // kLook
     int behind = 0;  // kLook behind: the body's length in characters
+    // kRepeat whose body is a straight chain of character sets and one-character lookaheads
+    // (\d{3} in (?:\d{3})*, (?=[\p{L}])[^a-z]): matched iteration by iteration in a loop,
+    // like a single-set repeat, instead of through continuations (no stack depth per
+    // iteration). step: the set; peek: 0 consumes a character, 1 checks the next one is in
+    // the set, 2 that it is not.
+    struct ChainStep {
+      int set;
+      uint8_t peek;
+    };
+    std::vector<ChainStep> chain;
     AssertKind assert_kind = kStart;
   };
 
@@ -184,7 +209,7 @@ class RegexPipeline {
 
 template <class F>
 void Regex::for_each_piece(const uint8_t* s, size_t n, F&& f) const {
-  RegexBudgetScope budget(n);
+  RegexBudgetScope budget(this, n, nodes_.size());
   size_t i = 0, gap = 0;
   while (i < n) {
     Char c = char_at(s, i, n);
