@@ -753,33 +753,51 @@ uintptr_t stack_low() {
 // exponentially many; a split that runs out raises RegexError rather than hanging.
 struct StepBudget {
   uint64_t left = 0;
-  bool active = false;
-  const Regex* re = nullptr;               // the regex the memo belongs to
-  std::vector<RepeatMemo>* memo = nullptr;
+  uint64_t serial = 0;  // splits opened on this thread (tags memo entries)
 };
 thread_local StepBudget g_budget;
+
+// The repeat memo: a few slots per thread, tagged with the split and the repeat node, so that
+// opening a split (once per piece of each stage of a pipeline) allocates nothing.
+struct MemoSlot {
+  uint64_t scope = 0;
+  int rid = -1;
+  RepeatMemo memo;
+};
+constexpr int kMemoSlots = 16;
+thread_local MemoSlot g_memo[kMemoSlots];
+
+RepeatMemo* memo_for(MemoSlot* memo, uint64_t scope, int rid) {
+  MemoSlot& slot = memo[rid & (kMemoSlots - 1)];
+  if (slot.scope != scope || slot.rid != rid) {
+    slot.scope = scope;
+    slot.rid = rid;
+    slot.memo = RepeatMemo();
+  }
+  return &slot.memo;
+}
 
 uint64_t budget_for(size_t n) { return 200 * uint64_t(n + 1) + 10'000'000; }
 
 }  // namespace
 
-RegexBudgetScope::RegexBudgetScope(const Regex* re, size_t n, size_t nodes)
-    : saved_left_(g_budget.left),
-      saved_active_(g_budget.active),
-      saved_re_(g_budget.re),
-      saved_memo_(g_budget.memo),
-      memo_(nodes) {
-  g_budget.left = budget_for(n);
-  g_budget.active = true;
-  g_budget.re = re;
-  g_budget.memo = &memo_;
-}
-
-RegexBudgetScope::~RegexBudgetScope() {
-  g_budget.left = saved_left_;
-  g_budget.active = saved_active_;
-  g_budget.re = saved_re_;
-  g_budget.memo = saved_memo_;
+RegexContext regex_context(size_t bytes) {
+  thread_local std::vector<size_t> stack;
+  RegexContext ctx;
+  ctx.stack = &stack;
+  ctx.budget = &g_budget;
+  ctx.memo = g_memo;
+  g_budget.left = budget_for(bytes);
+  // Use at most three quarters of the stack left below this frame (64 MB at most).
+  uintptr_t here = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+  uintptr_t low = stack_low();
+  ctx.floor = 0;
+  if (low != 0 && here > low) {
+    uintptr_t room = here - low;
+    ctx.floor = low + room / 4;
+    if (room > (uintptr_t(64) << 20)) ctx.floor = here - (uintptr_t(64) << 20);
+  }
+  return ctx;
 }
 
 struct RegexMatcher {
@@ -788,7 +806,9 @@ struct RegexMatcher {
   size_t n;
   std::vector<size_t>& stack;  // positions of single-set repeat runs (backing off)
   uintptr_t floor;             // run() refuses to go below this stack address
-  std::vector<RepeatMemo>* memo;  // this split's repeat memo, or null
+  StepBudget* budget;          // this thread's g_budget
+  MemoSlot* memo;              // this thread's g_memo
+  uint64_t scope;              // this split's tag in the memo
   int depth = 0;
 
   enum ContKind : uint8_t { kStop, kStopAt, kRepeatIter };
@@ -872,7 +892,7 @@ struct RegexMatcher {
 
   // One iteration of a chain repeat from p: its end in *out, or false.
   void spend() const {
-    if (--g_budget.left == 0)
+    if (--budget->left == 0)
       throw RegexError("pre-tokenizer pattern " + re.pattern() +
                        ": the text needs more backtracking than the engine allows (over "
                        "200 steps per byte: nested quantifiers?)");
@@ -961,7 +981,7 @@ struct RegexMatcher {
     }
     // Greedy: the longest run, then back off one character at a time. At the top level (no
     // continuation) with an unbounded run and min <= 1, the memo can answer at once.
-    RepeatMemo* m = (memo && !k && r.max < 0 && min <= 1) ? &(*memo)[rid] : nullptr;
+    RepeatMemo* m = (!k && r.max < 0 && min <= 1) ? memo_for(memo, scope, rid) : nullptr;
     if (m && pos >= m->start_lo && pos < m->run_end) {
       size_t lowest = min == 0 ? pos : pos + decode(pos).len;
       if (lowest >= m->fail_lo) return false;
@@ -975,8 +995,8 @@ struct RegexMatcher {
       ++count;
       stack.push_back(p);
     }
-    g_budget.left -= std::min<uint64_t>(count / 4, g_budget.left - 1);  // the scan's share
-    if (g_budget.left <= 1) spend();
+    budget->left -= std::min<uint64_t>(count / 4, budget->left - 1);  // the scan's share
+    if (budget->left <= 1) spend();
     bool ok = false;
     if (count >= min) {
       for (size_t c = count;; --c) {
@@ -1004,7 +1024,7 @@ struct RegexMatcher {
     }
     struct Guard { int& d; ~Guard() { --d; } } guard{depth};
     for (;;) {
-      if (--g_budget.left == 0)
+      if (--budget->left == 0)
         throw RegexError("pre-tokenizer pattern " + re.pattern() +
                          ": the text needs more backtracking than the engine allows (over "
                          "200 steps per byte: nested quantifiers?)");
@@ -1064,25 +1084,23 @@ struct RegexMatcher {
   }
 };
 
-bool Regex::match_at(const uint8_t* s, size_t n, size_t i, size_t* end) const {
-  thread_local std::vector<size_t> stack;
-  stack.clear();
-  // Use at most three quarters of the stack left below this frame (64 MB at most).
-  uintptr_t here = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
-  uintptr_t low = stack_low();
-  uintptr_t floor = 0;
-  if (low != 0 && here > low) {
-    uintptr_t room = here - low;
-    floor = low + room / 4;
-    if (room > (uintptr_t(64) << 20)) floor = here - (uintptr_t(64) << 20);
-  }
-  std::unique_ptr<RegexBudgetScope> scope;
-  if (!g_budget.active || g_budget.re != this)
-    scope.reset(new RegexBudgetScope(this, n - i, nodes_.size()));
-  RegexMatcher m{*this, s, n, stack, floor, g_budget.memo};
-  if (!m.run(start_, i, nullptr)) return false;
+RegexSearch::RegexSearch(const Regex& re, const RegexContext& ctx, const uint8_t* s, size_t n)
+    : re_(re), ctx_(ctx), s_(s), n_(n),
+      scope_(++static_cast<StepBudget*>(ctx.budget)->serial) {}
+
+bool RegexSearch::match_at(size_t i, size_t* end) {
+  ctx_.stack->clear();
+  RegexMatcher m{re_, s_, n_, *ctx_.stack, ctx_.floor, static_cast<StepBudget*>(ctx_.budget),
+                 static_cast<MemoSlot*>(ctx_.memo), scope_};
+  if (!m.run(re_.start_, i, nullptr)) return false;
   *end = m.end_;
   return true;
+}
+
+bool Regex::match_at(const uint8_t* s, size_t n, size_t i, size_t* end) const {
+  RegexContext ctx = regex_context(n - i);
+  RegexSearch search(*this, ctx, s, n);
+  return search.match_at(i, end);
 }
 
 RegexPipeline::RegexPipeline(const std::vector<std::string>& patterns) {

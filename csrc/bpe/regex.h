@@ -99,22 +99,31 @@ struct RepeatMemo {
   size_t start_lo = ~size_t(0), run_end = 0, fail_lo = ~size_t(0);
 };
 
-// While one exists on a thread, the matches of `re` on that thread (one text of n bytes)
-// share a budget of backtracking steps and the repeat memo (Regex::for_each_piece opens one
-// per split; the splits of a pipeline's later stages nest).
-class RegexBudgetScope {
+// This thread's matching state, taken once per split (or once per pipeline run: the stages'
+// splits of each piece reuse it): in a shared library every thread_local access is a call,
+// which per piece would cost more than splitting it. It also starts the thread's budget of
+// backtracking steps: 200 per byte of `bytes`, after which a match raises RegexError.
+struct RegexContext {
+  std::vector<size_t>* stack;  // positions of single-set repeat runs (backing off)
+  uintptr_t floor;             // matching refuses to use the stack below this address
+  void* budget;                // the thread's step budget (regex.cpp)
+  void* memo;                  // the thread's repeat memo slots (regex.cpp)
+};
+RegexContext regex_context(size_t bytes);
+
+// One split's matcher (a text s[0, n)).
+class RegexSearch {
  public:
-  RegexBudgetScope(const Regex* re, size_t n, size_t nodes);
-  ~RegexBudgetScope();
-  RegexBudgetScope(const RegexBudgetScope&) = delete;
-  RegexBudgetScope& operator=(const RegexBudgetScope&) = delete;
+  RegexSearch(const Regex& re, const RegexContext& ctx, const uint8_t* s, size_t n);
+  // The end of the first (highest-priority) match starting at i, or false.
+  bool match_at(size_t i, size_t* end);
 
  private:
-  uint64_t saved_left_;
-  bool saved_active_;
-  const Regex* saved_re_;
-  std::vector<RepeatMemo>* saved_memo_;
-  std::vector<RepeatMemo> memo_;
+  const Regex& re_;
+  const RegexContext& ctx_;
+  const uint8_t* s_;
+  size_t n_;
+  uint64_t scope_;  // tags this split's repeat memo entries
 };
 
 class Regex {
@@ -125,7 +134,13 @@ class Regex {
 
   // Calls f(begin, end) for every piece of s[0, n): the matches and the gaps between them.
   template <class F>
-  void for_each_piece(const uint8_t* s, size_t n, F&& f) const;
+  void for_each_piece(const uint8_t* s, size_t n, F&& f) const {
+    RegexContext ctx = regex_context(n);
+    split_with(ctx, s, n, f);
+  }
+  // The same with a context already taken (a pipeline's later stages).
+  template <class F>
+  void split_with(const RegexContext& ctx, const uint8_t* s, size_t n, F&& f) const;
 
   // The end of the first (highest-priority) match starting at i, or false. Lookbehind and \b
   // see s[0, i); $ and lookahead see up to n.
@@ -161,6 +176,7 @@ class Regex {
  private:
   friend struct RegexParser;
   friend struct RegexMatcher;
+  friend class RegexSearch;
   std::string pattern_;
   std::vector<Node> nodes_;
   std::vector<CharSet> sets_;
@@ -190,31 +206,33 @@ class RegexPipeline {
 
   template <class F>
   void for_each_piece(const uint8_t* s, size_t n, F&& f) const {
-    split(0, s, 0, n, f);
+    RegexContext ctx = regex_context(n * stages_.size());
+    split(ctx, 0, s, 0, n, f);
   }
 
  private:
   template <class F>
-  void split(size_t stage, const uint8_t* s, size_t b, size_t e, F& f) const {
+  void split(const RegexContext& ctx, size_t stage, const uint8_t* s, size_t b, size_t e,
+             F& f) const {
     if (stage == stages_.size()) {
       f(b, e);
       return;
     }
-    stages_[stage].for_each_piece(s + b, e - b, [&](size_t pb, size_t pe) {
-      split(stage + 1, s, b + pb, b + pe, f);
+    stages_[stage].split_with(ctx, s + b, e - b, [&](size_t pb, size_t pe) {
+      split(ctx, stage + 1, s, b + pb, b + pe, f);
     });
   }
   std::vector<Regex> stages_;
 };
 
 template <class F>
-void Regex::for_each_piece(const uint8_t* s, size_t n, F&& f) const {
-  RegexBudgetScope budget(this, n, nodes_.size());
+void Regex::split_with(const RegexContext& ctx, const uint8_t* s, size_t n, F&& f) const {
+  RegexSearch search(*this, ctx, s, n);
   size_t i = 0, gap = 0;
   while (i < n) {
     Char c = char_at(s, i, n);
     size_t end;
-    if (may_start(c.cp) && match_at(s, n, i, &end) && end > i) {
+    if (may_start(c.cp) && search.match_at(i, &end) && end > i) {
       if (gap < i) f(gap, i);
       f(i, end);
       i = gap = end;
