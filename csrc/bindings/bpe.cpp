@@ -247,6 +247,17 @@ std::vector<bpe::SpecialToken> specials_of(py::handle obj, py::handle added = py
   return out;
 }
 
+// Which of `tokens` are in `allowed` (a Python set of strings, or None: none), one flag each.
+std::vector<uint8_t> allowed_flags_of(const std::vector<bpe::SpecialToken>& tokens,
+                                      py::handle allowed) {
+  std::vector<uint8_t> flags(tokens.size(), 0);
+  if (allowed.is_none()) return flags;
+  for (size_t k = 0; k < flags.size(); ++k)
+    flags[k] = PySequence_Contains(allowed.ptr(), py::str(tokens[k].text).ptr()) == 1;
+  if (PyErr_Occurred()) throw py::error_already_set();
+  return flags;
+}
+
 // The tokenizer object Python sees: the immutable core plus cached Python ints for the ids
 // (building result lists from cached ints is several times faster than creating new ones).
 class PyBPE {
@@ -331,13 +342,7 @@ class PyBPE {
 
   // Flags for Encoder::encode from a Python set of special-token strings.
   std::vector<uint8_t> allowed_flags(py::handle allowed) const {
-    std::vector<uint8_t> flags(core_->specials().size(), 0);
-    if (allowed.is_none()) return flags;
-    for (size_t k = 0; k < flags.size(); ++k)
-      flags[k] = PySequence_Contains(allowed.ptr(),
-                                     py::str(core_->specials()[k].text).ptr()) == 1;
-    if (PyErr_Occurred()) throw py::error_already_set();
-    return flags;
+    return allowed_flags_of(core_->specials(), allowed);
   }
 
   std::vector<uint32_t> encode_ids(py::handle text, py::handle allowed) const {
@@ -727,13 +732,7 @@ class PySPM {
   }
 
   std::vector<uint8_t> allowed_flags(py::handle allowed) const {
-    const auto& control = core_->control_tokens();
-    std::vector<uint8_t> flags(control.size(), 0);
-    if (allowed.is_none()) return flags;
-    for (size_t k = 0; k < flags.size(); ++k)
-      flags[k] = PySequence_Contains(allowed.ptr(), py::str(control[k].text).ptr()) == 1;
-    if (PyErr_Occurred()) throw py::error_already_set();
-    return flags;
+    return allowed_flags_of(core_->control_tokens(), allowed);
   }
 
   std::vector<uint32_t> encode(py::handle text, py::handle allowed) const {

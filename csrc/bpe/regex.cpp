@@ -235,7 +235,6 @@ struct RegexParser {
   }
 
   Frag parse_quantified(bool icase) {
-    size_t atom_start = at;
     bool quantifiable = true;
     Frag atom = parse_atom(icase, &quantifiable);
     for (;;) {
@@ -251,7 +250,6 @@ struct RegexParser {
       if (eat('?')) mode = Regex::kLazy;
       else if (eat('+')) mode = Regex::kPossessive;
       atom = make_repeat(atom, min, max, mode);
-      (void)atom_start;
     }
     return atom;
   }
@@ -371,7 +369,7 @@ struct RegexParser {
       if (e == 'b') { ++at; *quantifiable = false; return assertion(Regex::kWordBoundary); }
       if (e == 'B') { ++at; *quantifiable = false; return assertion(Regex::kNotWordBoundary); }
       CharSet s;
-      s.items.push_back(parse_escape(icase, /*in_class=*/false));
+      s.items.push_back(parse_escape(icase));
       return set_frag(std::move(s));
     }
     CharSet s;
@@ -457,68 +455,35 @@ struct RegexParser {
     return single(node);
   }
 
-  // Length in characters of every match of the sub-expression starting at `id`, or -1.
-  int fixed_length(int id) {
+  // Length in characters of every match of the sub-expression from `id` up to `stop` (-1: its
+  // end), or -1 when matches can differ in length.
+  int fixed_length(int id, int stop = -1) {
     int total = 0;
-    while (id >= 0) {
+    for (; id >= 0 && id != stop; id = re.nodes_[id].next) {
       const Regex::Node& n = re.nodes_[id];
+      int l = 0;
       switch (n.kind) {
-        case Regex::kSet: total += 1; break;
+        case Regex::kSet: l = 1; break;
         case Regex::kEmpty: case Regex::kAssert: case Regex::kLook: break;
-        case Regex::kAtomic: {
-          int l = fixed_length(n.body);
-          if (l < 0) return -1;
-          total += l;
-          break;
-        }
-        case Regex::kRepeat: {
+        case Regex::kAtomic: l = fixed_length(n.body); break;
+        case Regex::kRepeat:
           if (n.min != n.max) return -1;
-          int l = n.set >= 0 ? 1 : fixed_length(n.body);
-          if (l < 0) return -1;
-          total += l * n.min;
+          l = n.set >= 0 ? 1 : fixed_length(n.body);
+          if (l >= 0) l *= n.min;
           break;
-        }
         case Regex::kAlt: {
           // Alternatives link to the node after the alternation: measure each to there.
-          int common = -2;
+          l = -2;
           for (int a : n.alts) {
-            int l = fixed_length_until(a, n.next);
-            if (l < 0 || (common != -2 && l != common)) return -1;
-            common = l;
+            int la = fixed_length(a, n.next);
+            if (la < 0 || (l != -2 && la != l)) return -1;
+            l = la;
           }
-          total += common;
           break;
         }
       }
-      id = n.next;
-    }
-    return total;
-  }
-  int fixed_length_until(int id, int stop) {
-    int total = 0;
-    while (id >= 0 && id != stop) {
-      const Regex::Node& n = re.nodes_[id];
-      if (n.kind == Regex::kAlt) {
-        int common = -2;
-        for (int a : n.alts) {
-          int l = fixed_length_until(a, n.next);
-          if (l < 0 || (common != -2 && l != common)) return -1;
-          common = l;
-        }
-        total += common;
-      } else if (n.kind == Regex::kSet) {
-        total += 1;
-      } else if (n.kind == Regex::kRepeat) {
-        if (n.min != n.max) return -1;
-        int l = n.set >= 0 ? 1 : fixed_length(n.body);
-        if (l < 0) return -1;
-        total += l * n.min;
-      } else if (n.kind == Regex::kAtomic) {
-        int l = fixed_length(n.body);
-        if (l < 0) return -1;
-        total += l;
-      }
-      id = n.next;
+      if (l < 0) return -1;
+      total += l;
     }
     return total;
   }
@@ -540,10 +505,9 @@ struct RegexParser {
     return v;
   }
 
-  // After a backslash: \s \S \d \D \w \W \p{..} \P{..}, or an escaped character (in_class:
-  // inside [...], where the same escapes mean the same sets).
-  CharSet::Item parse_escape(bool icase, bool in_class) {
-    (void)in_class;
+  // After a backslash: \s \S \d \D \w \W \p{..} \P{..}, or an escaped character (the same
+  // inside [...] as outside).
+  CharSet::Item parse_escape(bool icase) {
     if (done()) fail("the pattern ends with a backslash");
     uint32_t e = cps[at++];
     CharSet::Item item;
@@ -623,10 +587,10 @@ struct RegexParser {
         uint32_t e = peek();
         if (e == 's' || e == 'S' || e == 'd' || e == 'D' || e == 'w' || e == 'W' || e == 'p' ||
             e == 'P') {
-          set.items.push_back(parse_escape(icase, true));
+          set.items.push_back(parse_escape(icase));
           continue;
         }
-        CharSet::Item lit = parse_escape(false, true);
+        CharSet::Item lit = parse_escape(false);
         lo = lit.ranges[0].first;
       } else {
         ++at;
@@ -642,7 +606,7 @@ struct RegexParser {
           if (e == 's' || e == 'S' || e == 'd' || e == 'D' || e == 'w' || e == 'W' || e == 'p' ||
               e == 'P')
             fail("a class range cannot end in a class escape");
-          hi = parse_escape(false, true).ranges[0].first;
+          hi = parse_escape(false).ranges[0].first;
         } else {
           hi = cps[at++];
         }
