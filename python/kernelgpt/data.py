@@ -17,7 +17,7 @@ import json
 import re
 import zipfile
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -161,10 +161,18 @@ class _CharStream:
 class TokenData:
     """A memory-mapped token file with a train/validation split."""
 
-    def __init__(self, path, vocab_size: int, val_fraction: float = 0.1):
+    def __init__(self, path, vocab_size: int, val_fraction: float = 0.1,
+                 tokens: Optional[np.ndarray] = None):
+        """path: the token file (memory-mapped); or tokens: the ids already in memory (a
+        data-parallel rank receives them from rank 0), path then only names them."""
         self.path = Path(path)
         dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
-        self.tokens = np.memmap(self.path, dtype=dtype, mode="r")
+        if tokens is None:
+            self.tokens = np.memmap(self.path, dtype=dtype, mode="r")
+        elif tokens.dtype != dtype or tokens.ndim != 1:
+            raise ValueError(f"TokenData: tokens must be a 1-D {np.dtype(dtype).name} array")
+        else:
+            self.tokens = tokens
         n = len(self.tokens)
         n_val = int(n * val_fraction)
         self.splits = {"train": (0, n - n_val), "val": (n - n_val, n)}
@@ -183,13 +191,19 @@ class TokenData:
         return b - a
 
     def batch(self, split: str, batch_size: int, block_size: int,
-              rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-        """Random windows: x [B, T] and y = x shifted by one [B, T], int64."""
+              rng: np.random.Generator, part: Tuple[int, int] = (0, 1)) -> Tuple[np.ndarray, np.ndarray]:
+        """Random windows: x [B, T] and y = x shifted by one [B, T], int64.
+
+        part=(r, n): draw the windows of a batch of n * batch_size and return only rows
+        r * batch_size .. (r + 1) * batch_size - 1 (rank r's share of a data-parallel step; the
+        generator advances as for the whole batch, so every rank stays in step)."""
         a, b = self.splits[split]
         if b - a < block_size + 1:
             raise ValueError(f"the {split} split has {b - a} tokens, fewer than block_size + 1 = "
                              f"{block_size + 1}; use more data or a smaller block_size")
-        starts = rng.integers(a, b - block_size, size=batch_size)
+        r, n = part
+        starts = rng.integers(a, b - block_size, size=batch_size * n)
+        starts = starts[r * batch_size: (r + 1) * batch_size]
         x = np.stack([self.tokens[s: s + block_size] for s in starts]).astype(np.int64)
         y = np.stack([self.tokens[s + 1: s + 1 + block_size] for s in starts]).astype(np.int64)
         return x, y

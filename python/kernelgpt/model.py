@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -60,6 +60,9 @@ class GPT:
         self.param_decay = {name: decay for name, _, decay in layout}
         self.n_decayed = sum(int(np.prod(s)) for _, s, d in layout if d)
         self.grads: Optional[FlatBuffer] = None
+        # called as grad_hook(stage) during the backward pass once the gradients of stage
+        # `stage` (grad_stages) are final: data-parallel training starts their all-reduce there
+        self.grad_hook: Optional[Callable[[int], None]] = None
         self._acts: Optional[_Activations] = None
         self._sin_cache: Dict[int, np.ndarray] = {}
         # decode_next's native runners, one per live cache (so interleaved conversations do not
@@ -400,12 +403,30 @@ class GPT:
         G[prefix + ".weight"] += dw
         return dx
 
+    def grad_stages(self) -> Dict[str, int]:
+        """For each parameter, the stage of the backward pass after which its gradient is
+        final (_backward calls grad_hook(stage) there): 0 once the head and the final norm are
+        done, n_layer - i after block i, n_layer + 1 at the end (the token embedding, which a
+        tied head also uses, and learned positions)."""
+        L = self.config.n_layer
+        stages = {}
+        for name in self.params.names():
+            if name.startswith("h."):
+                stages[name] = L - int(name.split(".")[1])
+            elif name in ("wte", "wpe"):
+                stages[name] = L + 1
+            else:  # ln_f.*, lm_head.weight
+                stages[name] = 0
+        return stages
+
     def _backward(self, idx, a, d_lnf) -> None:
         c, G = self.config, self.grads
         B, T = idx.shape
         H, Hkv, hd, F = c.n_head, c.n_kv_head, c.head_dim, c.mlp_hidden
+        hook = self.grad_hook or (lambda stage: None)
         # d_res: gradient w.r.t. the residual stream, walking back through the layers
         d_res = self._norm_backward(d_lnf, a[f"res{c.n_layer}"], None, None, a.stats["lnf"])
+        hook(0)
         for i in reversed(range(c.n_layer)):
             L = f"h.{i}."
             # MLP: res{i+1} = mid + c_proj(act(c_fc(ln_2(mid))))
@@ -441,10 +462,12 @@ class GPT:
             d_ln1 = self._linear_backward(a["qkv"], a[f"ln1_{i}"], L + "attn.c_attn")
             d_res = self._norm_backward(d_ln1, a[f"res{i}"], i, "ln_1", a.stats[f"ln1_{i}"])
             d_res += d_mid
+            hook(c.n_layer - i)
         # embeddings: res0 = wte[idx] + positions
         self.ops.embedding_backward(d_res, idx.reshape(-1), c.vocab_size, out=G["wte"], accumulate=True)
         if c.positions == "learned":
             G["wpe"][:T] += d_res.reshape(B, T, -1).sum(axis=0)
+        hook(c.n_layer + 1)
 
 
     # ---- inference with a KV cache ---------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import math
 import os
@@ -28,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -35,12 +37,14 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 from tqdm import tqdm
 
-from . import ops
+from . import _version, ops
 from . import tokenizer as bpe
 from .checkpoint import (CheckpointError, check_resume_state, latest_checkpoint, load_checkpoint,
                          save_checkpoint)
 from .data import CharTokenizer, TokenData, read_texts
-from .device import array_module
+from .device import array_module, to_numpy
+from .distributed import (Communicator, DistributedSetupError, GradReducer, communicator_for,
+                          one_fails_all_stop, shard_bounds)
 from .io.atomic import atomic_write_bytes
 from .io.run_dir import open_run_dir
 from .model import GPT, GPTConfig
@@ -144,14 +148,19 @@ def _prepare_data(tc: TrainConfig, out: Path, tokenizer=None):
     return tokenizer, TokenData(token_file, tokenizer.n_vocab, tc.val_fraction)
 
 
-def estimate_loss(model: GPT, data: TokenData, tc: TrainConfig, block: int, seed: int) -> Dict[str, float]:
+def estimate_loss(model: GPT, data: TokenData, tc: TrainConfig, block: int, seed: int,
+                  comm: Optional[Communicator] = None) -> Dict[str, float]:
     """Mean loss over eval_iters batches of each split, drawn with a fixed seed (the same
-    batches every time, so the curve is comparable and resuming does not perturb training)."""
+    batches every time, so the curve is comparable and resuming does not perturb training).
+    With N data-parallel ranks each batch has N x batch_size sequences, each rank evaluating
+    its share."""
+    comm = comm or Communicator()
     out = {}
     for split in ("train", "val"):
         rng = np.random.default_rng([seed, 1 if split == "train" else 2])
-        losses = [model.loss(*data.batch(split, tc.batch_size, block, rng)) for _ in range(tc.eval_iters)]
-        out[split] = float(np.mean(losses))
+        losses = [model.loss(*data.batch(split, tc.batch_size, block, rng, part=(comm.rank, comm.size)))
+                  for _ in range(tc.eval_iters)]
+        out[split] = comm.sum_scalars([float(np.mean(losses)) / comm.size])[0]
     return out
 
 
@@ -257,7 +266,8 @@ def _model_differences(saved: GPTConfig, asked: GPTConfig) -> List[str]:
 
 def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: bool = False,
           stop_after: Optional[int] = None, max_iters: Optional[int] = None,
-          overrides: Optional[dict] = None) -> dict:
+          overrides: Optional[dict] = None, comm: Optional[Communicator] = None,
+          zero1: bool = False, bucket_mb: float = 4.0) -> dict:
     """Trains (or resumes from tc.out) and returns a summary dict.
 
     On resume the saved training settings are used, except device, precision, progress and
@@ -267,59 +277,178 @@ def train(tc: TrainConfig, model_config: Optional[GPTConfig] = None, resume: boo
     ValueError naming the differences). stop_after: stop after that many steps of this call
     (a run split this way resumes to exactly the losses of a straight one). The summary's
     "checkpoint" is the last checkpoint written (None if none) and "interrupted" says whether
-    Ctrl-C stopped it."""
+    Ctrl-C stopped it.
+
+    Data parallelism (distributed.py): under mpiexec with N > 1 ranks (or with `comm` given),
+    every rank trains on its 1/N share of each global batch of N x batch_size sequences and the
+    gradients are averaged across ranks; rank 0 alone writes the run folder. zero1 shards
+    AdamW's moments across the ranks (ZeRO stage 1); bucket_mb sizes the gradient buckets."""
     overrides = dict(overrides or {})
     if max_iters is not None:
         overrides["max_iters"] = max_iters
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be >= 1, got {stop_after}")
+    if not (bucket_mb > 0 and math.isfinite(bucket_mb)):
+        raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
     if not resume:
         tc = dataclasses.replace(tc, **overrides)
     tc.validate()
-    out = Path(tc.out)
-    run = open_run_dir(out)
-    try:
-        if resume:
-            model, tokenizer, cfg, state, (m, v) = load_checkpoint(out, with_optimizer=True)
-            ckpt = latest_checkpoint(out)
-            check_resume_state(state, ckpt / "state.json")
-            if "train" not in cfg:
-                raise CheckpointError(ckpt / "config.json", "train",
-                                      "missing, so the run cannot be resumed")
-            differences = (_model_differences(model.config, model_config)
-                           if model_config is not None else [])
-            if differences:
-                raise ValueError(f"the run in {out} has a different model: " +
-                                 ", ".join(differences) + "; a resumed run keeps its model")
-            tc = _resume_config(TrainConfig(**cfg["train"]), tc, overrides, ckpt / "config.json")
-            tokenizer, data = _prepare_data(tc, out, tokenizer)
-            rng = np.random.default_rng()
-            rng.bit_generator.state = state["rng"]
-            step = state["step"]
-            log_rows = state.get("log", [])
+    if comm is None:
+        comm = communicator_for(tc.device)
+    with one_fails_all_stop(comm):
+        if comm.size > 1:
+            _check_same_setup(comm, tc, model_config, resume, stop_after, overrides, zero1,
+                              bucket_mb)
+        return _train_one(tc, model_config, resume, stop_after, overrides, comm, zero1, bucket_mb)
+
+
+def _check_same_setup(comm, tc, model_config, resume, stop_after, overrides, zero1, bucket_mb):
+    """Every rank must have been started with the same run: same model, data (by content, as
+    different machines may keep it at different paths), tokenizer and training settings.
+    DistributedSetupError on every rank, naming each rank's differences from rank 0's."""
+    mine = {"model": model_config.to_dict() if model_config is not None else None,
+            "train": {k: v for k, v in dataclasses.asdict(tc).items()
+                      if k not in ("out", "progress", "plot", "data")},
+            "resume": resume, "stop_after": stop_after, "overrides": overrides,
+            "zero1": zero1, "bucket_mb": bucket_mb, "kernelgpt": _version.__version__}
+    if not resume:  # a resumed run's data is rank 0's tokens.bin
+        text = read_texts(tc.data).encode("utf-8", "surrogatepass")
+        mine["data"] = f"{hashlib.sha256(text).hexdigest()[:16]} ({len(text):,} bytes)"
+    everyone = comm.allgather_object(_flatten(mine))
+    problems = []
+    for rank, theirs in enumerate(everyone[1:], start=1):
+        ref = everyone[0]
+        for key in sorted(set(ref) | set(theirs)):
+            if ref.get(key) != theirs.get(key):
+                problems.append(f"rank {rank} has {key} {theirs.get(key)!r} (rank 0: {ref.get(key)!r})")
+    if problems:
+        more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
+        raise DistributedSetupError(
+            f"the {comm.size} ranks were started with different runs: " + "; ".join(problems[:8])
+            + more + ". Start every rank with the same command line and data",
+            quiet=comm.rank != 0)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
         else:
-            if tc.lr_decay_iters is None:  # saved with the run: resuming keeps the schedule
-                tc = dataclasses.replace(tc, lr_decay_iters=tc.max_iters)
-            tokenizer, data = _prepare_data(tc, out)
-            if model_config is None:
-                model_config = GPTConfig(vocab_size=tokenizer.n_vocab)
-            if model_config.vocab_size < tokenizer.n_vocab:
-                model_config = dataclasses.replace(model_config, vocab_size=tokenizer.n_vocab)
-            model = GPT(model_config, seed=tc.seed)
-            m = np.zeros(model.params.size, np.float32)
-            v = np.zeros(model.params.size, np.float32)
-            rng = np.random.default_rng(tc.seed)
-            step = 0
-            log_rows = []
-            run.check_space(3 * 4 * model.params.size + (1 << 20))  # parameters, m and v
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _train_one(tc, model_config, resume, stop_after, overrides, comm, zero1, bucket_mb) -> dict:
+    """Rank 0 (or the only process) opens the run folder and prepares the model, data and
+    optimizer state; other ranks receive them from it."""
+    out = Path(tc.out)
+    run = open_run_dir(out) if comm.rank == 0 else None
+    try:
+        if comm.rank == 0:
+            prepared = _prepare_run(tc, model_config, resume, overrides, out, run)
+            tc, model, tokenizer, data, m, v, rng, step, log_rows, saved_size = prepared
+            if comm.size != saved_size and step > 0:
+                tqdm.write(f"note: the run was saved with {saved_size} rank(s) and continues with "
+                           f"{comm.size}: each step now sees {comm.size * tc.batch_size} sequences "
+                           f"(was {saved_size * tc.batch_size}), and the batches drawn from here "
+                           "on differ from those the saved run would have drawn", file=sys.stderr)
+        else:
+            tokenizer, saved_size = None, None
+        if comm.size > 1:
+            tc, model, data, m, v, rng, step, log_rows = _share_run(
+                comm, out, tc, *((model, data, m, v, rng, step, log_rows) if comm.rank == 0
+                                 else (None,) * 7))
+        bounds = shard_bounds(model.params.size, comm.size) if zero1 else [0, model.params.size]
+        if zero1 and comm.size > 1:  # each rank keeps its shard of AdamW's moments
+            m = comm.scatter_shards(m, bounds)
+            v = comm.scatter_shards(v, bounds)
         with _StopOnCtrlC() as ctrl_c:
             return _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows,
-                               stop_after, ctrl_c)
+                               stop_after, ctrl_c, comm, bounds if zero1 else None,
+                               max(1, int(bucket_mb * (1 << 20) / 4)))
     finally:
-        run.release()
+        if run is not None:
+            run.release()
 
 
-def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop_after, ctrl_c):
+def _prepare_run(tc, model_config, resume, overrides, out, run):
+    """The model, data and optimizer state of a new or resumed run (rank 0's work)."""
+    if resume:
+        model, tokenizer, cfg, state, (m, v) = load_checkpoint(out, with_optimizer=True)
+        ckpt = latest_checkpoint(out)
+        check_resume_state(state, ckpt / "state.json")
+        if "train" not in cfg:
+            raise CheckpointError(ckpt / "config.json", "train",
+                                  "missing, so the run cannot be resumed")
+        differences = (_model_differences(model.config, model_config)
+                       if model_config is not None else [])
+        if differences:
+            raise ValueError(f"the run in {out} has a different model: " +
+                             ", ".join(differences) + "; a resumed run keeps its model")
+        tc = _resume_config(TrainConfig(**cfg["train"]), tc, overrides, ckpt / "config.json")
+        tokenizer, data = _prepare_data(tc, out, tokenizer)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        step = state["step"]
+        log_rows = state.get("log", [])
+        saved_size = state.get("world_size", 1)
+    else:
+        if tc.lr_decay_iters is None:  # saved with the run: resuming keeps the schedule
+            tc = dataclasses.replace(tc, lr_decay_iters=tc.max_iters)
+        tokenizer, data = _prepare_data(tc, out)
+        if model_config is None:
+            model_config = GPTConfig(vocab_size=tokenizer.n_vocab)
+        if model_config.vocab_size < tokenizer.n_vocab:
+            model_config = dataclasses.replace(model_config, vocab_size=tokenizer.n_vocab)
+        model = GPT(model_config, seed=tc.seed)
+        m = np.zeros(model.params.size, np.float32)
+        v = np.zeros(model.params.size, np.float32)
+        rng = np.random.default_rng(tc.seed)
+        step = 0
+        log_rows = []
+        saved_size = 1
+        run.check_space(3 * 4 * model.params.size + (1 << 20))  # parameters, m and v
+    return tc, model, tokenizer, data, m, v, rng, step, log_rows, saved_size
+
+
+def _share_run(comm, out, tc, model, data, m, v, rng, step, log_rows):
+    """Rank 0's run (settings, weights, optimizer state, tokens, data cursor) sent to every
+    rank. Every rank shares one data generator: its state is the data cursor of them all."""
+    head = None
+    if comm.rank == 0:
+        head = {"tc": dataclasses.asdict(tc), "model": model.config.to_dict(), "step": step,
+                "rng": rng.bit_generator.state, "log": log_rows, "n_vocab": data.vocab_size,
+                "tokens": (len(data.tokens), np.dtype(data.tokens.dtype).str)}
+    head = comm.bcast_object(head)
+    if comm.rank != 0:
+        tc = dataclasses.replace(TrainConfig(**head["tc"]), out=tc.out, progress=False, plot=False)
+        model = GPT(GPTConfig(**head["model"]), seed=None)
+        n, dtype = head["tokens"]
+        data = TokenData(out / "tokens.bin", head["n_vocab"], tc.val_fraction,
+                         tokens=np.empty(n, np.dtype(dtype)))
+        m = np.empty(model.params.size, np.float32)
+        v = np.empty(model.params.size, np.float32)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = head["rng"]
+        step, log_rows = head["step"], head["log"]
+        tokens = data.tokens
+    else:
+        tokens = np.ascontiguousarray(data.tokens)
+    comm.bcast_array(tokens)
+    comm.bcast_array(model.params.data)
+    comm.bcast_array(m)  # (ZeRO-1 then keeps a shard of each)
+    comm.bcast_array(v)
+    return tc, model, data, m, v, rng, step, log_rows
+
+
+def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop_after, ctrl_c,
+                comm: Optional[Communicator] = None, shards: Optional[List[int]] = None,
+                bucket_elems: int = 1 << 20):
+    """The steps. comm: the data-parallel ranks (one process by default); shards: the
+    parameter offsets that cut AdamW's state across ranks (ZeRO-1), None for a full copy."""
+    comm = comm or Communicator()
+    N, rank, lead = comm.size, comm.rank, comm.rank == 0
     xp = array_module(tc.device)
     model.to(tc.device, precision=tc.precision)
     m, v = xp.asarray(m), xp.asarray(v)  # AdamW's moments live with the parameters
@@ -327,52 +456,89 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
     block = c.block_size
     nd = model.n_decayed
     P, Mom, Var = model.params.data, m, v
+    lo, hi = (shards[rank], shards[rank + 1]) if shards else (0, P.size)
+    model.zero_grad()  # (the gradient buffer is allocated once, buckets are views of it)
+    reducer = GradReducer(comm, model.grads, model.grad_stages(), bucket_elems) if N > 1 else None
     csv_path = out / "log.csv"
-    fields = ["step", "loss", "val_loss", "train_loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
-    tokens_per_step = tc.batch_size * block * tc.grad_accum
-    lines = tc.progress == "lines"  # a plain line per log_interval instead of the bar
+    fields = ["step", "loss", "val_loss", "train_loss", "lr", "grad_norm", "tokens_per_s",
+              "elapsed_s"] + (["comm_s"] if N > 1 else [])
+    tokens_per_step = tc.batch_size * block * tc.grad_accum * N
+    lines = tc.progress == "lines" and lead  # a plain line per log_interval instead of the bar
     progress = None
-    if tc.progress and not lines:
+    if tc.progress and not lines and lead:
         progress = tqdm(total=tc.max_iters, initial=step, unit="step", dynamic_ncols=True,
                         file=sys.stderr)
+    if N > 1 and lead:
+        per_rank = 2 * 4 * (hi - lo)
+        tqdm.write(f"data parallel: {comm.description}, {tc.batch_size} sequences per rank "
+                   f"({N * tc.batch_size} per step), {len(reducer.buckets)} gradient buckets; "
+                   f"AdamW state {per_rank / 2**20:.1f} MiB per rank" +
+                   (f" (ZeRO-1; {2 * 4 * P.size / 2**20:.1f} MiB unsharded)" if shards else ""),
+                   file=sys.stderr)
     t_start = time.perf_counter()
     steps_this_call = 0
     line_steps, line_seconds = 0, 0.0  # training steps and time since the last plain line
     last_loss = float("nan")
     written = None
+    stop = False  # Ctrl-C on any rank, agreed on by all
 
     def checkpoint(evaluate: bool):
         nonlocal written
         row = {"step": step}
         if evaluate:
-            losses = estimate_loss(model, data, tc, block, tc.seed)
+            losses = estimate_loss(model, data, tc, block, tc.seed, comm)
             row.update(val_loss=losses["val"], train_loss=losses["train"])
             log_rows.append(row)
             if progress is not None:
                 progress.set_postfix(loss=f"{last_loss:.4f}", val=f"{losses['val']:.4f}")
-        state = {"step": step, "rng": rng.bit_generator.state, "log": log_rows,
-                 "tokens_seen": step * tokens_per_step}
-        written = save_checkpoint(out, model, tc, tokenizer, state, m, v, tc.keep_checkpoints)
-        _write_csv(csv_path, fields, log_rows)
-        if tc.plot:
-            _plot(log_rows, out / "loss.png")
+        if N > 1:
+            _check_replicas_agree(comm, P)
+        m_all = comm.gather_shards(Mom, shards) if shards and N > 1 else Mom
+        v_all = comm.gather_shards(Var, shards) if shards and N > 1 else Var
+        if lead:
+            state = {"step": step, "rng": rng.bit_generator.state, "log": log_rows,
+                     "tokens_seen": step * tokens_per_step, "world_size": N}
+            written = save_checkpoint(out, model, tc, tokenizer, state, m_all, v_all,
+                                      tc.keep_checkpoints)
+            _write_csv(csv_path, fields, log_rows)
+            if tc.plot:
+                _plot(log_rows, out / "loss.png")
+
+    def adamw(a, b, lr, weight_decay):  # AdamW on [a, b) of the parameters this rank updates
+        a, b = max(a, lo), min(b, hi)
+        if a < b:
+            ops.adamw_step(P[a:b], G[a:b], Mom[a - lo:b - lo], Var[a - lo:b - lo], step=step + 1,
+                           lr=lr, beta1=tc.beta1, beta2=tc.beta2, eps=1e-8,
+                           weight_decay=weight_decay)
 
     while (step < tc.max_iters and (stop_after is None or steps_this_call < stop_after)
-           and not ctrl_c.requested):
+           and not stop):
         t0 = time.perf_counter()
         lr = learning_rate(step, tc)
         model.zero_grad()
         loss = 0.0
-        for _ in range(tc.grad_accum):
-            x, y = data.batch("train", tc.batch_size, block, rng)
-            loss += model.forward_backward(x, y, grad_scale=1.0 / tc.grad_accum) / tc.grad_accum
+        for k in range(tc.grad_accum):
+            x, y = data.batch("train", tc.batch_size, block, rng, part=(rank, N))
+            if reducer is not None and k == tc.grad_accum - 1:  # the last micro-batch's
+                reducer.begin()                                # backward launches the buckets
+                model.grad_hook = reducer.on_stage
+            try:
+                loss += model.forward_backward(x, y, grad_scale=1.0 / (tc.grad_accum * N)) / tc.grad_accum
+            finally:
+                model.grad_hook = None
+        comm_s = reducer.finish() if reducer is not None else 0.0
+        t_comm = time.perf_counter()
+        loss, stop_votes = comm.sum_scalars([loss / N, float(ctrl_c.requested)])
+        stop = stop_votes > 0
         G = model.grads.data
         gnorm = ops.clip_grad_norm(G, tc.grad_clip) if tc.grad_clip > 0 else ops.grad_norm(G)
-        ops.adamw_step(P[:nd], G[:nd], Mom[:nd], Var[:nd], step=step + 1, lr=lr, beta1=tc.beta1,
-                       beta2=tc.beta2, eps=1e-8, weight_decay=tc.weight_decay)
-        if nd < P.size:
-            ops.adamw_step(P[nd:], G[nd:], Mom[nd:], Var[nd:], step=step + 1, lr=lr,
-                           beta1=tc.beta1, beta2=tc.beta2, eps=1e-8, weight_decay=0.0)
+        adamw(0, nd, lr, tc.weight_decay)
+        adamw(nd, P.size, lr, 0.0)
+        if shards and N > 1:
+            t_gather = time.perf_counter()
+            comm.allgather_shards(P, shards)
+            comm_s += time.perf_counter() - t_gather
+        comm_s += (time.perf_counter() - t_comm) if N > 1 else 0.0
         dt = time.perf_counter() - t0
         step += 1
         steps_this_call += 1
@@ -381,12 +547,17 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
             raise RuntimeError(f"training diverged at step {step}: loss {loss}")
         logged = step % tc.log_interval == 0 or step == 1
         if logged:
-            log_rows.append({"step": step, "loss": loss, "lr": lr, "grad_norm": float(gnorm),
-                             "tokens_per_s": tokens_per_step / dt,
-                             "elapsed_s": time.perf_counter() - t_start})
+            row = {"step": step, "loss": loss, "lr": lr, "grad_norm": float(gnorm),
+                   "tokens_per_s": tokens_per_step / dt, "elapsed_s": time.perf_counter() - t_start}
+            if N > 1:
+                row["comm_s"] = comm_s
+            log_rows.append(row)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
+            postfix = dict(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step / dt:,.0f}")
+            if N > 1:
+                postfix["comm"] = f"{100 * comm_s / dt:.0f}%"
+            progress.set_postfix(**postfix)
         evaluated = step % tc.eval_interval == 0 or step == tc.max_iters
         if evaluated:
             checkpoint(evaluate=True)
@@ -400,14 +571,27 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
         checkpoint(evaluate=False)  # stopped early (stop_after, Ctrl-C): keep the progress
     if progress is not None:
         progress.close()
-    if ctrl_c.requested:
+    if stop and lead:
         tqdm.write(f"stopped by Ctrl-C at step {step}" + (f"; checkpoint {written}" if written
                    else "") + "; --resume continues", file=sys.stderr)
     vals = [r["val_loss"] for r in log_rows if "val_loss" in r]
     return {"step": step, "loss": last_loss, "val_loss": vals[-1] if vals else None,
             "out": str(out), "seconds": time.perf_counter() - t_start, "log": log_rows,
-            "checkpoint": str(written) if written else None, "interrupted": ctrl_c.requested,
-            "max_iters": tc.max_iters}
+            "checkpoint": str(written) if written else None, "interrupted": stop,
+            "max_iters": tc.max_iters, "world_size": N, "rank": rank,
+            "comm_wait_s": reducer.wait_seconds if reducer is not None else 0.0}
+
+
+def _check_replicas_agree(comm, P) -> None:
+    """Every rank must hold the same parameters (the all-reduce gives each the same sum). A
+    checksum per checkpoint catches a library that does not; rank 0's copy then wins."""
+    digest = zlib.crc32(memoryview(np.ascontiguousarray(to_numpy(P))).cast("B"))
+    digests = comm.allgather_object(digest)
+    if len(set(digests)) > 1:
+        if comm.rank == 0:
+            tqdm.write("warning: the ranks' parameters had drifted apart (checksums "
+                       f"{digests}); every rank now takes rank 0's", file=sys.stderr)
+        comm.bcast_array(P)
 
 
 def _progress_line(step: int, max_iters: int, loss: float, val_loss: Optional[float],

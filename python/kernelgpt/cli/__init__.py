@@ -138,6 +138,8 @@ def _main(argv) -> int:
     except USER_ERRORS as err:
         if debug:
             raise
+        if getattr(err, "quiet", False):  # a data-parallel rank other than 0: rank 0 says it
+            return 1
         where = f"kernelgpt {command}" if command else "kernelgpt"
         print(f"{where}: error: {error_message(err)}", file=sys.stderr)
         return 1

@@ -96,6 +96,22 @@ def add_arguments(p) -> None:
                         "(step, loss, validation loss when estimated, tokens/s, time)")
     p.add_argument("--no-plot", action="store_true", help="do not draw loss.png")
     add_threads_argument(p)
+    g = p.add_argument_group(
+        "several processes (data parallel)",
+        "Run under mpiexec (mpiexec -n N kernelgpt train ...; pip install 'kernelgpt[mpi]'), or "
+        "give --nproc: every rank trains on its --batch-size share of each step's N x "
+        "--batch-size sequences and the gradients are averaged (MPI on the CPU, NCCL with "
+        "--device cuda). Rank 0 writes --out. Without --threads each rank gets its share of "
+        "this machine's CPUs.")
+    g.add_argument("--nproc", type=positive_int, default=None, metavar="N",
+                   help="start N ranks on this machine through mpiexec (the MPI wheel's, or "
+                        "the first on PATH)")
+    g.add_argument("--zero1", action="store_true",
+                   help="ZeRO stage 1: each rank keeps AdamW's moments for 1/N of the "
+                        "parameters only (the same steps, N times less optimizer memory)")
+    g.add_argument("--bucket-mb", type=float, default=4.0, metavar="X",
+                   help="size of the gradient buckets all-reduced while the backward pass "
+                        "goes on (default: 4)")
 
 
 _MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "positions", "norm",
@@ -135,15 +151,68 @@ def _check_resume_flags(args, out) -> None:
                          ". Drop these flags, or train into a new --out")
 
 
+def _relaunch(args) -> int:
+    """--nproc N: this same command line under `mpiexec -n N`, with --threads set to each
+    rank's share of the CPUs unless given."""
+    import os
+    import subprocess
+    import sys
+
+    from ..distributed import find_mpiexec, launched_by_mpi
+    if launched_by_mpi():
+        raise ValueError("--nproc starts mpiexec itself: drop it when running under mpiexec")
+    argv = list(getattr(args, "_argv", None) or sys.argv[1:])
+    cleaned, skip = [], False
+    for a in argv:  # drop --nproc N / --nproc=N
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    if args.threads is None:
+        cleaned += ["--threads", str(max(1, _cpus() // args.nproc))]
+    cmd = [find_mpiexec(), "-n", str(args.nproc), sys.executable, "-m", "kernelgpt"] + cleaned
+    try:
+        return subprocess.call(cmd, env=os.environ.copy())
+    except KeyboardInterrupt:  # mpiexec forwarded it to the ranks, which save and stop
+        return 130
+
+
+def _cpus() -> int:
+    import os
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def main(args) -> int:
+    if args.nproc is not None and args.nproc > 1:
+        return _relaunch(args)
+    from ..distributed import communicator_for, one_fails_all_stop
+    comm = communicator_for(args.device or "cpu")
+    if comm.size > 1 and args.threads is None:  # share this machine's cores between its ranks
+        from .. import set_num_threads
+        set_num_threads(max(1, _cpus() // comm.local_size))
+    with one_fails_all_stop(comm):
+        return _run(args, comm)
+
+
+def _run(args, comm) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name, None) is not None
                  and f.name not in ("data", "out") + FIXED_ON_RESUME}
     tc = TrainConfig(out=args.out, progress="lines" if args.no_progress else True,
                      plot=not args.no_plot)
     if args.resume:
-        _check_resume_flags(args, args.out)
-        result = train(tc, resume=True, stop_after=args.stop_after, overrides=overrides)
+        if comm.rank == 0:  # (only rank 0 has the run folder)
+            _check_resume_flags(args, args.out)
+        result = train(tc, resume=True, stop_after=args.stop_after, overrides=overrides,
+                       comm=comm, zero1=args.zero1, bucket_mb=args.bucket_mb)
     else:
         new_run = {"data": list(args.data or ["shakespeare"]), "tokenizer": args.tokenizer or "char",
                    "bpe_vocab_size": args.bpe_vocab_size or 1024}
@@ -153,7 +222,10 @@ def main(args) -> int:
             new_run["val_fraction"] = args.val_fraction
         tc = dataclasses.replace(tc, **new_run)
         result = train(tc, GPTConfig(vocab_size=1, **_model_kwargs(args, explicit_only=False)),
-                       stop_after=args.stop_after, overrides=overrides)
+                       stop_after=args.stop_after, overrides=overrides, comm=comm,
+                       zero1=args.zero1, bucket_mb=args.bucket_mb)
+    if comm.rank != 0:  # rank 0 reports for all
+        return 130 if result.get("interrupted") else 0
     val = result["val_loss"]
     if result["checkpoint"]:
         where = f"checkpoint in {result['checkpoint']}"
