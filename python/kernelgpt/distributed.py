@@ -328,7 +328,7 @@ def one_fails_all_stop(comm: Communicator, what: str = "kernelgpt train"):
             sys.stderr.flush()
         finally:
             comm.abort(1)
-        raise
+            os._exit(1)  # (MPI_Abort returns on some launchers before the kill arrives)
 
 
 # ---- gradient buckets ---------------------------------------------------------------------------

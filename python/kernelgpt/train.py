@@ -26,6 +26,7 @@ import io
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -360,7 +361,7 @@ def _train_one(tc, model_config, resume, stop_after, overrides, comm, zero1, buc
                 comm, out, tc, *((model, data, m, v, rng, step, log_rows) if comm.rank == 0
                                  else (None,) * 7))
         bounds = shard_bounds(model.params.size, comm.size) if zero1 else [0, model.params.size]
-        if zero1 and comm.size > 1:  # each rank keeps its shard of AdamW's moments
+        if zero1:  # each rank keeps its shard of AdamW's moments
             m = comm.scatter_shards(m, bounds)
             v = comm.scatter_shards(v, bounds)
         with _StopOnCtrlC() as ctrl_c:
@@ -458,7 +459,8 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
     P, Mom, Var = model.params.data, m, v
     lo, hi = (shards[rank], shards[rank + 1]) if shards else (0, P.size)
     model.zero_grad()  # (the gradient buffer is allocated once, buckets are views of it)
-    reducer = GradReducer(comm, model.grads, model.grad_stages(), bucket_elems) if N > 1 else None
+    # (with one process the buckets' collectives are no-ops; kept so one code path runs)
+    reducer = GradReducer(comm, model.grads, model.grad_stages(), bucket_elems)
     csv_path = out / "log.csv"
     fields = ["step", "loss", "val_loss", "train_loss", "lr", "grad_norm", "tokens_per_s",
               "elapsed_s"] + (["comm_s"] if N > 1 else [])
@@ -468,9 +470,12 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
     if tc.progress and not lines and lead:
         progress = tqdm(total=tc.max_iters, initial=step, unit="step", dynamic_ncols=True,
                         file=sys.stderr)
+    where = comm.allgather_object(f"{socket.gethostname()}:{os.getpid()}") if N > 1 else []
     if N > 1 and lead:
         per_rank = 2 * 4 * (hi - lo)
-        tqdm.write(f"data parallel: {comm.description}, {tc.batch_size} sequences per rank "
+        tqdm.write(f"data parallel: {comm.description} (rank host:pid " +
+                   ", ".join(f"{r} {w}" for r, w in enumerate(where)) + "), "
+                   f"{tc.batch_size} sequences per rank "
                    f"({N * tc.batch_size} per step), {len(reducer.buckets)} gradient buckets; "
                    f"AdamW state {per_rank / 2**20:.1f} MiB per rank" +
                    (f" (ZeRO-1; {2 * 4 * P.size / 2**20:.1f} MiB unsharded)" if shards else ""),
@@ -493,8 +498,8 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
                 progress.set_postfix(loss=f"{last_loss:.4f}", val=f"{losses['val']:.4f}")
         if N > 1:
             _check_replicas_agree(comm, P)
-        m_all = comm.gather_shards(Mom, shards) if shards and N > 1 else Mom
-        v_all = comm.gather_shards(Var, shards) if shards and N > 1 else Var
+        m_all = comm.gather_shards(Mom, shards) if shards else Mom
+        v_all = comm.gather_shards(Var, shards) if shards else Var
         if lead:
             state = {"step": step, "rng": rng.bit_generator.state, "log": log_rows,
                      "tokens_seen": step * tokens_per_step, "world_size": N}
@@ -519,14 +524,14 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
         loss = 0.0
         for k in range(tc.grad_accum):
             x, y = data.batch("train", tc.batch_size, block, rng, part=(rank, N))
-            if reducer is not None and k == tc.grad_accum - 1:  # the last micro-batch's
+            if k == tc.grad_accum - 1:  # the last micro-batch's
                 reducer.begin()                                # backward launches the buckets
                 model.grad_hook = reducer.on_stage
             try:
                 loss += model.forward_backward(x, y, grad_scale=1.0 / (tc.grad_accum * N)) / tc.grad_accum
             finally:
                 model.grad_hook = None
-        comm_s = reducer.finish() if reducer is not None else 0.0
+        comm_s = reducer.finish()
         t_comm = time.perf_counter()
         loss, stop_votes = comm.sum_scalars([loss / N, float(ctrl_c.requested)])
         stop = stop_votes > 0
@@ -534,7 +539,7 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
         gnorm = ops.clip_grad_norm(G, tc.grad_clip) if tc.grad_clip > 0 else ops.grad_norm(G)
         adamw(0, nd, lr, tc.weight_decay)
         adamw(nd, P.size, lr, 0.0)
-        if shards and N > 1:
+        if shards:
             t_gather = time.perf_counter()
             comm.allgather_shards(P, shards)
             comm_s += time.perf_counter() - t_gather
@@ -579,7 +584,7 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
             "out": str(out), "seconds": time.perf_counter() - t_start, "log": log_rows,
             "checkpoint": str(written) if written else None, "interrupted": stop,
             "max_iters": tc.max_iters, "world_size": N, "rank": rank,
-            "comm_wait_s": reducer.wait_seconds if reducer is not None else 0.0}
+            "comm_wait_s": reducer.wait_seconds}
 
 
 def _check_replicas_agree(comm, P) -> None:
