@@ -349,3 +349,32 @@ def test_nproc_starts_mpiexec(tmp_path, corpus):
     assert p.returncode == 0, p.stderr
     assert "2 MPI ranks" in p.stderr and "step 5:" in p.stdout
     assert len(_losses(tmp_path / "n")) == 5
+
+
+# ---- NCCL on a GPU (one rank: the lent machine has one GPU) ----------------------------------
+
+def _nccl_or_skip():
+    from kernelgpt.device import cuda_available
+    if not cuda_available():
+        pytest.skip("needs a CUDA build of kernelgpt, CuPy and an NVIDIA GPU")
+    try:
+        from cupy.cuda import nccl
+        nccl.get_version()
+    except Exception as err:  # CuPy without its NCCL binding
+        pytest.skip(f"CuPy has no NCCL here ({err})")
+
+
+@pytest.mark.gpu
+def test_nccl_one_rank_trains_like_the_cpu(tmp_path):
+    """NcclComm with one rank on one GPU: the bucketed all-reduce and the ZeRO-1 broadcasts run
+    through NCCL on CuPy's stream; the losses follow the CPU's (tolerance of the GPU kernels)."""
+    _nccl_or_skip()
+    from kernelgpt.distributed import NcclComm
+    comm = NcclComm()
+    assert comm.size == 1 and "NCCL" in comm.description
+    tc, mc = _tiny_run(tmp_path, "gpu", device="cuda")
+    gpu = train(tc, mc, comm=comm, zero1=True, bucket_mb=1e-3)
+    tc_cpu, _ = _tiny_run(tmp_path, "cpu")
+    cpu = train(tc_cpu, mc)
+    np.testing.assert_allclose([r["loss"] for r in gpu["log"] if "loss" in r],
+                               [r["loss"] for r in cpu["log"] if "loss" in r], rtol=1e-4)
