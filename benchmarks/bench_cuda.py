@@ -1,6 +1,6 @@
 """Every version of every CUDA kernel against CuPy's built-ins, and two end-to-end jobs.
 
-    python benchmarks/bench_cuda.py [--repeats 20] [--no-e2e]
+    python benchmarks/bench_cuda.py [--repeats 20] [--no-e2e] [--json OUT.json] [--smollm2 FILE.gguf]
     flock .bench.lock python benchmarks/bench_cuda.py --device emu --small   # a dry run on the CPU
 
 Kernels are timed with CUDA events on CuPy's stream (median of --repeats after a warm-up;
@@ -17,7 +17,10 @@ instead) and the ratio to the baseline on the same line:
 End to end: a GPT-2-124M-sized model's training step (tokens/s, `GPT.to("cuda")`) and
 SmolLM2-135M decoding (tokens/s, `load_model("smollm2", device="cuda")`, if fetched), with
 and without the CUDA graph per step (kernelgpt/graph_decode.py).
-Every result is checked against the numpy reference once before timing.
+Every result is checked against the numpy reference once before timing. --json writes every
+measured line as a record (written as the run goes, so a run stopped half-way keeps what it
+measured); --smollm2 takes a GGUF file of SmolLM2's shape instead of the fetched model
+(tools/gpu_check.sh builds one on a machine the 98 MB file cannot reach).
 
 --device emu runs the same script on the CPU emulator (kernelgpt.cuda_emu) with --small sizes:
 it checks that the script and the kernels run, its times mean nothing.
@@ -25,6 +28,7 @@ it checks that the script and the kernels run, its times mean nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import numpy as np
@@ -57,12 +61,25 @@ def cuda_torch():
         return None
 
 
+RESULTS = []  # every measured line, for --json
+
+
+def record(path, **fields):
+    RESULTS.append(fields)
+    if path:
+        with open(path, "w") as f:
+            json.dump(RESULTS, f, indent=1)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", choices=["cuda", "emu"], default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny sizes (for --device emu)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end jobs")
+    parser.add_argument("--json", default=None, help="also write every result to this JSON file")
+    parser.add_argument("--smollm2", default="smollm2",
+                        help="the SmolLM2 model to decode with: 'smollm2' (fetched) or a GGUF path")
     args = parser.parse_args()
     if args.device == "cuda":
         if not cuda_available():
@@ -90,6 +107,9 @@ def main():
         rate = amount / seconds / (1e12 if unit == "TFLOP/s" else 1e9)
         peak = f"{amount / seconds / bw * 100:5.1f}% peak" if bw and unit == "GB/s" else " " * 10
         ratio = f"{base / seconds:6.2f}x baseline" if base else ""
+        record(args.json, kernel=name, version=version, ms=seconds * 1e3, rate=rate, unit=unit,
+               peak_pct=amount / seconds / bw * 100 if bw and unit == "GB/s" else None,
+               vs_baseline=base / seconds if base else None, device=args.device)
         print(f"{name:<30} {version:<12} {seconds * 1e3:9.3f} ms {rate:9.2f} {unit:<8} {peak} "
               f"{ratio}", flush=True)
 
@@ -240,10 +260,12 @@ def main():
     print(f"train step {cfg.n_layer}L/{cfg.n_embd}d B{batch} T{cfg.block_size}: {sec * 1e3:.1f}"
           f" ms, {batch * cfg.block_size / sec:,.0f} tokens/s (fp32, forward + backward + "
           f"clip; the AdamW step adds one pass over the weights)", flush=True)
+    record(args.json, job=f"train step {cfg.n_layer}L/{cfg.n_embd}d B{batch} T{cfg.block_size}",
+           ms=sec * 1e3, tokens_per_s=batch * cfg.block_size / sec, device=args.device)
     if small:
         return
     try:
-        smol = load_model("smollm2", device=args.device)
+        smol = load_model(args.smollm2, device=args.device)
     except Exception as e:  # not fetched
         print(f"SmolLM2 decode: skipped ({e})")
         return
@@ -257,6 +279,10 @@ def main():
     print(f"SmolLM2-135M decode on {args.device}: {graphs:.1f} tokens/s with a CUDA graph per "
           f"step, {eager.decode_tokens_per_second:.1f} launching kernel by kernel; prefill "
           f"{prefill:.1f} tokens/s")
+    record(args.json, job="SmolLM2-135M decode", model=args.smollm2,
+           decode_tokens_per_s_graphs=graphs,
+           decode_tokens_per_s_eager=eager.decode_tokens_per_second,
+           prefill_tokens_per_s=prefill, device=args.device)
 
 
 if __name__ == "__main__":
