@@ -76,21 +76,45 @@ stage() {
     return $rc
 }
 
+# The package into build/gpu-check/site: with pip and scikit-build-core (the usual way), or, where
+# that Python has no pip, with CMake directly (the module beside a copy of python/kernelgpt).
+build_package() {
+    local defs=("-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DKG_ISA_LEVELS=generic;avx512" -DKG_CUDA_EMU=OFF)
+    if "$PY" -m pip --version >/dev/null 2>&1; then
+        "$PY" -m pip install --no-build-isolation --no-deps --no-index --upgrade \
+            --target build/gpu-check/site -Cbuild-dir=build/gpu-check/build \
+            "${defs[@]/#-D/-Ccmake.define.}" .
+    else
+        echo "no pip in $PY: building with CMake directly"
+        rm -rf build/gpu-check/site && mkdir -p build/gpu-check/site &&
+            cp -r python/kernelgpt build/gpu-check/site/ &&
+            cmake -S . -B build/gpu-check/cmake -G Ninja -DCMAKE_BUILD_TYPE=Release \
+                -DPython_EXECUTABLE="$(command -v "$PY")" \
+                -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" \
+                -DKG_OUTPUT_DIR="$PWD/build/gpu-check/site/kernelgpt" "${defs[@]}" &&
+            cmake --build build/gpu-check/cmake -j "$(nproc)"
+    fi
+}
+export -f build_package
+export ARCH PY
+
 echo "== gpu_check: device $DEVICE${SMALL:+ (small)}, $(date -u +%FT%TZ), budget ${TOTAL} s"
 if [ "$DEVICE" = cuda ]; then
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
         --format=csv,noheader > "$OUT/gpu.txt" 2>&1
     # 1. build: sm_$ARCH only, the C++ kernels in two copies (portable + AVX-512), no emulator
     export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
-    stage build 240 "$PY" -m pip install --no-build-isolation --no-deps --no-index --upgrade \
-        --target build/gpu-check/site \
-        -Cbuild-dir=build/gpu-check/build \
-        "-Ccmake.define.CMAKE_CUDA_ARCHITECTURES=$ARCH" \
-        "-Ccmake.define.KG_ISA_LEVELS=generic;avx512" \
-        -Ccmake.define.KG_CUDA_EMU=OFF .
+    stage build 240 bash -c build_package
     export PYTHONPATH="$PWD/build/gpu-check/site${PYTHONPATH:+:$PYTHONPATH}"
-    "$PY" -c "import kernelgpt, kernelgpt.device as d; print('kernelgpt', kernelgpt.__file__, \
-'cuda available:', d.cuda_available())" 2>&1 | tee -a "$OUT/build.log"
+    # the build is the kernelgpt imported, and it sees the GPU (else every gpu test would skip)
+    stage import 60 "$PY" -c "
+import os, sys, kernelgpt, kernelgpt.device as d
+print('kernelgpt from', kernelgpt.__file__, '| ISAs', kernelgpt.available_isas())
+if not os.path.realpath(kernelgpt.__file__).startswith(os.path.realpath('build/gpu-check/site')):
+    sys.exit('another kernelgpt is imported before build/gpu-check/site (an editable install?)')
+if not d.cuda_available():
+    sys.exit('no GPU usable: a CUDA build of kernelgpt, CuPy and an NVIDIA GPU are needed')
+import cupy; print('GPU:', cupy.cuda.runtime.getDeviceProperties(0)['name'])"
     TESTS=(-m gpu tests)
 else
     # the dry run: the installed package; a few of the emulator's tests stand for `-m gpu`
