@@ -63,6 +63,9 @@ class GPT:
         # called as grad_hook(stage) during the backward pass once the gradients of stage
         # `stage` (grad_stages) are final: data-parallel training starts their all-reduce there
         self.grad_hook: Optional[Callable[[int], None]] = None
+        # called as layer_hook(i, x) by forward_cached after block i with the residual stream
+        # x [B * T, C] (kernelgpt.trace reads every layer's state this way)
+        self.layer_hook: Optional[Callable[[int, object], None]] = None
         self._acts: Optional[_Activations] = None
         self._sin_cache: Dict[int, np.ndarray] = {}
         # decode_next's native runners, one per live cache (so interleaved conversations do not
@@ -515,6 +518,8 @@ class GPT:
             h = self.ops.linear(h, P[L + "mlp.c_fc.weight"], P.views.get(L + "mlp.c_fc.bias"))
             a = self._activate(h, out=None)
             x += self.ops.linear(a, P[L + "mlp.c_proj.weight"], P.views.get(L + "mlp.c_proj.bias"))
+            if self.layer_hook is not None:
+                self.layer_hook(i, x)
         cache.advance(host_ids[0])
         x = x.reshape(B, T, -1)
         if not all_logits:

