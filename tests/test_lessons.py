@@ -36,7 +36,7 @@ def test_bpe_walkthrough():
     assert "merge 3: ' ' + 'low' -> ' low'" in text
 
 
-@pytest.mark.parametrize("name", ["embedding", "positions", "attention", "sampling"])
+@pytest.mark.parametrize("name", ["embedding", "positions", "attention", "sampling", "trace"])
 def test_model_lessons(name):
     text = lessons.run_lesson(name)
     assert "nan" not in text.lower() and "plot:" not in text

@@ -273,19 +273,23 @@ def collect(prompt: str, model="smollm2", max_new_tokens: int = 8, *, temperatur
         observed.record = False
         gpt.layer_hook = None
 
+        answer = int(np.argmax(logits))  # the model's own next token
+
         def lens(x_last):
             xf = gpt._norm(np.ascontiguousarray(x_last[None], np.float32), None, None)
-            lg = to_numpy(gpt.ops.linear(xf, gpt.lm_head)).astype(np.float64)[0]
-            return _top(tok, _softmax(lg), _LENS_TOP)
+            probs = _softmax(to_numpy(gpt.ops.linear(xf, gpt.lm_head)).astype(np.float64)[0])
+            return _top(tok, probs, _LENS_TOP), float(probs[answer])
 
         layers = []
         states = [x0.astype(np.float32)] + [r.reshape(T, -1) for r in residuals]
         for i in range(c.n_layer + 1):
             x = states[i]
+            top, p_answer = lens(x[-1])
             layers.append({
                 "name": "embeddings" if i == 0 else f"block {i - 1}",
                 "residual_norms": np.linalg.norm(x.astype(np.float64), axis=-1).round(4).tolist(),
-                "lens": lens(x[-1]),
+                "lens": top,
+                "lens_p_answer": p_answer,  # p(the final prediction) if it stopped here
                 # [heads, T, T] as uint16 (weight x 65535), base64: a 30-layer model's maps
                 # stay a few hundred KiB
                 "attention_b64": None if i == 0 else base64.b64encode(np.ascontiguousarray(
@@ -334,7 +338,7 @@ def collect(prompt: str, model="smollm2", max_new_tokens: int = 8, *, temperatur
                        "projection": proj.round(4).tolist()},
         "positions": positions,
         "layers": layers,
-        "final": {"logits_b64": _b64(logits), "labels": {str(int(i)): _decode(tok, i) for i in order},
+        "final": {"logits_b64": _b64(logits), "answer": int(np.argmax(logits)), "labels": {str(int(i)): _decode(tok, i) for i in order},
                   "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                                "min_p": min_p, "seed": seed}},
         "generation": {"steps": steps, "text": "".join(s["text"] for s in steps)},

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Optional
 
 from ._common import (CAT, COOKIES, PLOT_HINT, PlotDependencyError, _AttentionRecorder,  # noqa: F401
                       collect_figures, require_matplotlib)
-from .generation import lesson_kv_cache, lesson_sampling
+from .generation import lesson_kv_cache, lesson_sampling, lesson_trace
 from .gpu import lesson_gpu
 from .language import lesson_attention, lesson_bpe, lesson_embedding, lesson_positions
 from .learning import lesson_backprop, lesson_gradient_descent, lesson_neuron
@@ -37,7 +37,8 @@ __all__ = ["LESSONS", "run_lesson", "describe", "COOKIES", "CAT", "PlotDependenc
 LESSONS: Dict[str, Callable[..., str]] = {
     fn.lesson_name: fn for fn in (
         lesson_gradient_descent, lesson_neuron, lesson_backprop, lesson_bpe, lesson_embedding,
-        lesson_positions, lesson_attention, lesson_sampling, lesson_kv_cache, lesson_training,
+        lesson_positions, lesson_attention, lesson_sampling, lesson_kv_cache, lesson_trace,
+        lesson_training,
         lesson_alignment, lesson_gpu)
 }
 

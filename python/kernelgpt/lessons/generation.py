@@ -198,3 +198,58 @@ def lesson_kv_cache(plot=None, n_tokens: int = 100) -> str:
         fig.suptitle("The KV cache: each new token reuses the keys and values of the earlier ones")
         _save(fig, path, out)
     return "\n".join(out)
+
+
+# ---- what happens when you press Enter ---------------------------------------------------------
+
+@lesson("trace")
+def lesson_trace(plot=None) -> str:
+    """What happens when you press Enter: one real pass of the shipped model, step by step."""
+    from ..trace import collect, write_html
+    prompt = "ROMEO:\nBut soft"
+    model, tok = _shipped_model()
+    from ..text_model import TextModel
+    data = collect(prompt, TextModel(model, tok, name="shakespeare-char"), max_new_tokens=12)
+    t = data["tokens"]
+    out = [f"text {prompt!r} -> {len(t['utf8'])} UTF-8 bytes -> {len(t['ids'])} tokens "
+           f"(characters) -> ids {t['ids']}",
+           f"embeddings: vectors of {data['model']['n_embd']} numbers, norms "
+           + ", ".join(f"{n:.2f}" for n in data["embeddings"]["norms"]),
+           "through the layers (the logit lens: the final norm and head applied after each "
+           "block, at the last position):"]
+    final = data["final"]["answer"]
+    for layer in data["layers"]:
+        top = layer["lens"][0]
+        p_final = layer["lens_p_answer"]
+        out.append(f"   {layer['name']:>10}: residual norm {layer['residual_norms'][-1]:6.2f}; "
+                   f"top guess {_char_label(top[1])!r} {100 * top[2]:5.1f}%"
+                   + (f"; the final answer {_char_label(tok.decode([final]))!r} {100 * p_final:5.1f}%"
+                      if top[0] != final else ""))
+    steps = data["generation"]["steps"]
+    out.append("generated, one token at a time with the KV cache: " + " ".join(
+        f"{_char_label(s['text'])!r}({100 * s['p_model']:.0f}%)" for s in steps))
+    out.append(f"   KV cache {steps[0]['kv_bytes'] / 1024:.1f} KiB -> {steps[-1]['kv_bytes'] / 1024:.1f} KiB; "
+               f"prompt pass {1e3 * data['timing']['prefill_s']:.1f} ms, "
+               f"{1e3 * data['timing']['decode_s'] / max(len(steps), 1):.1f} ms per new token")
+    out.append('the whole pass as a page (attention per head, sliders for the sampler): '
+               'kernelgpt trace "What is gravity?" --html trace.html (SmolLM2), or '
+               '--model shipped')
+    fig, path = _figure(plot, "trace", figsize=(9, 4))
+    if fig:
+        ax1, ax2 = fig.subplots(1, 2)
+        names = [layer["name"].replace("block ", "b") for layer in data["layers"]]
+        ax1.plot(range(len(names)), [layer["lens_p_answer"] for layer in data["layers"]], "o-")
+        ax1.set_xticks(range(len(names)), names, fontsize=8)
+        ax1.set_ylabel(f"p({_char_label(tok.decode([final]))!r}) at the last position")
+        ax1.set_title("logit lens: the answer forming layer by layer")
+        logits = np.frombuffer(__import__("base64").b64decode(data["final"]["logits_b64"]), "<f4")
+        probs = filtered_distribution(logits, temperature=1.0)
+        top = np.argsort(-probs)[:10]
+        ax2.barh(range(10)[::-1], probs[top])
+        ax2.set_yticks(range(10)[::-1], [_char_label(tok.decode([int(i)])) for i in top])
+        ax2.set_xlabel("probability of the next token")
+        ax2.set_title("the distribution sampled from")
+        page = write_html(data, path.with_suffix(".html"))
+        out.append(f"page: {page}")
+        _save(fig, path, out)
+    return "\n".join(out)
