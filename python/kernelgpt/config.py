@@ -32,6 +32,9 @@ class GPTConfig:
     rope_layout: str = "half"      # "half" (HF / NeoX) | "interleaved" (GPT-J / llama.cpp)
     bias: bool = True              # biases in the linear layers and LayerNorms
     tied_head: bool = True         # lm_head shares the token embedding
+    n_expert: int = 0              # > 0: every block's MLP is a mixture of experts (moe.py)
+    n_expert_active: int = 2       # experts per token (top-k routing)
+    moe_aux_weight: float = 0.01   # weight of the load-balancing loss
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -53,6 +56,11 @@ class GPTConfig:
             (self.positions != "rope" or self.n_head < 1 or self.head_dim % 2 == 0,
              "RoPE needs an even head_dim"),  # (n_head < 1 fails above; no division by 0)
             (self.norm_eps >= 0 and math.isfinite(self.norm_eps), "norm_eps must be finite, >= 0"),
+            (self.n_expert >= 0, "n_expert must be >= 0 (0: a dense MLP)"),
+            (self.n_expert == 0 or 1 <= self.n_expert_active <= self.n_expert,
+             f"n_expert_active must be in [1, n_expert = {self.n_expert}], got {self.n_expert_active}"),
+            (self.moe_aux_weight >= 0 and math.isfinite(self.moe_aux_weight),
+             "moe_aux_weight must be finite, >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -89,14 +97,18 @@ def parameter_layout(c: GPTConfig) -> List[Tuple[str, Tuple[int, ...], bool]]:
     ranges. Linear weights use PyTorch's [out, in] layout."""
     C, F, L = c.n_embd, c.mlp_hidden, c.n_layer
     fc_out = 2 * F if c.activation == "swiglu" else F
+    E = c.n_expert
+    ex = (E,) if E else ()  # a mixture of experts stacks each MLP matrix E times
     decayed = [("wte", (c.vocab_size, C))]
     for i in range(L):
         decayed += [
             (f"h.{i}.attn.c_attn.weight", (c.qkv_dim, C)),
             (f"h.{i}.attn.c_proj.weight", (C, C)),
-            (f"h.{i}.mlp.c_fc.weight", (fc_out, C)),
-            (f"h.{i}.mlp.c_proj.weight", (C, F)),
+            (f"h.{i}.mlp.c_fc.weight", ex + (fc_out, C)),
+            (f"h.{i}.mlp.c_proj.weight", ex + (C, F)),
         ]
+        if E:
+            decayed.append((f"h.{i}.mlp.router.weight", (E, C)))
     if not c.tied_head:
         decayed.append(("lm_head.weight", (c.vocab_size, C)))
     rest = []
@@ -112,7 +124,7 @@ def parameter_layout(c: GPTConfig) -> List[Tuple[str, Tuple[int, ...], bool]]:
         if c.bias and c.norm == "layernorm":
             rest.append((f"h.{i}.ln_2.bias", (C,)))
         if c.bias:
-            rest += [(f"h.{i}.mlp.c_fc.bias", (fc_out,)), (f"h.{i}.mlp.c_proj.bias", (C,))]
+            rest += [(f"h.{i}.mlp.c_fc.bias", ex + (fc_out,)), (f"h.{i}.mlp.c_proj.bias", ex + (C,))]
     rest.append(("ln_f.weight", (C,)))
     if c.bias and c.norm == "layernorm":
         rest.append(("ln_f.bias", (C,)))

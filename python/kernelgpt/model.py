@@ -24,7 +24,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from . import _C, ops
+from . import _C, moe, ops
 from .config import GPTConfig, parameter_layout
 from .device import array_module, move, to_numpy
 from .flat_buffer import FlatBuffer
@@ -131,6 +131,9 @@ class GPT:
             precision = "bf16" if not self.packed and native_bf16(device) else "fp32"
         if precision == "bf16" and self.packed:
             raise ValueError("precision='bf16' is for training; this model's weights are packed")
+        if self.config.n_expert and device != "cpu":
+            raise ValueError("to(): a mixture-of-experts model runs on the CPU only (its routing "
+                             "gathers tokens with numpy)")
         xp = array_module(device)
         if self.packed:
             self.params = self.params.to(xp)
@@ -255,8 +258,9 @@ class GPT:
         self._forward_train(idx, acts)
         loss, d_x = self._head_loss(acts, targets.reshape(-1), ignore_index, count,
                                     with_grad=True, grad_scale=grad_scale)
+        self._grad_scale = grad_scale
         self._backward(idx, acts, d_x)
-        return loss
+        return loss + acts.aux  # (+ the experts' load-balancing loss, the objective trained)
 
     def loss(self, idx: np.ndarray, targets: np.ndarray, ignore_index: int = -100) -> float:
         """Mean cross-entropy, forward only (evaluation)."""
@@ -267,7 +271,7 @@ class GPT:
         acts = self._activations(B, T)
         self._forward_train(idx, acts)
         loss, _ = self._head_loss(acts, targets.reshape(-1), ignore_index, count, with_grad=False)
-        return loss
+        return loss + acts.aux
 
     def _check_trainable(self) -> None:
         if self.packed:
@@ -305,6 +309,7 @@ class GPT:
     def _forward_train(self, idx, a: "_Activations") -> None:
         c, P = self.config, self.params
         B, T = idx.shape
+        a.aux = 0.0  # the mixture of experts' load-balancing loss, summed over layers
         x = a["res0"]
         self.ops.embedding(idx.reshape(-1), P["wte"], out=x)
         pos = self._positions_table(0, T)
@@ -329,6 +334,13 @@ class GPT:
             mid += x
             ln2 = self._norm(mid, i, "ln_2", out=a[f"ln2_{i}"], stats=True)
             a.stats[f"ln2_{i}"] = ln2[1:]
+            if c.n_expert:  # a mixture of experts (moe.py) instead of the one MLP
+                y, aux, a.saved[f"moe_{i}"] = self._moe(a[f"ln2_{i}"], i)
+                a.aux += aux
+                nxt = a[f"res{i + 1}"]
+                nxt[...] = y
+                nxt += mid
+                continue
             if self._fused_activation():
                 self.ops.linear_activation(a[f"ln2_{i}"], P[L + "mlp.c_fc.weight"],
                                            P.views.get(L + "mlp.c_fc.bias"), c.activation,
@@ -406,6 +418,42 @@ class GPT:
         G[prefix + ".weight"] += dw
         return dx
 
+    # ---- mixture of experts (moe.py) ----------------------------------------------------------
+
+    moe_version = "grouped"  # or "naive": each (token, expert) pair on its own
+
+    def _moe(self, x, i):
+        """(y, aux loss, saved) of block i's mixture of experts on x [N, C]."""
+        c, P = self.config, self.params
+        L = f"h.{i}.mlp."
+        return moe.moe_forward(self.ops, x, P[L + "router.weight"], P[L + "c_fc.weight"],
+                               P.views.get(L + "c_fc.bias"), P[L + "c_proj.weight"],
+                               P.views.get(L + "c_proj.bias"), c.n_expert_active,
+                               lambda h: self._activate(h, out=None), self.moe_version,
+                               c.moe_aux_weight)
+
+    def _activation_backward(self, d_a, h):
+        act = self.config.activation
+        if act == "gelu":
+            return self.ops.gelu_backward(d_a, h)
+        if act == "relu":
+            return self.ops.relu_backward(d_a, h)
+        F = self.config.mlp_hidden
+        xp = self.xp
+        d_gate, d_up = self.ops.swiglu_backward(d_a, xp.ascontiguousarray(h[:, :F]),
+                                                xp.ascontiguousarray(h[:, F:]))
+        return xp.concatenate([d_gate, d_up], axis=1)
+
+    def _moe_backward(self, d_y, saved, i):
+        P, G = self.params, self.grads
+        L = f"h.{i}.mlp."
+        grads = {"router": G[L + "router.weight"], "w1": G[L + "c_fc.weight"],
+                 "b1": G.views.get(L + "c_fc.bias"), "w2": G[L + "c_proj.weight"],
+                 "b2": G.views.get(L + "c_proj.bias")}
+        return moe.moe_backward(self.ops, d_y, saved, P[L + "router.weight"], P[L + "c_fc.weight"],
+                                P[L + "c_proj.weight"], self._activation_backward, grads,
+                                aux_scale=getattr(self, "_grad_scale", 1.0))
+
     def grad_stages(self) -> Dict[str, int]:
         """For each parameter, the stage of the backward pass after which its gradient is
         final (_backward calls grad_hook(stage) there): 0 once the head and the final norm are
@@ -434,7 +482,9 @@ class GPT:
             L = f"h.{i}."
             # MLP: res{i+1} = mid + c_proj(act(c_fc(ln_2(mid))))
             h = a[f"fch_{i}"]
-            if self._fused_activation():  # d_h = (d_res @ W_proj) * act'(h) in one pass
+            if c.n_expert:  # res{i+1} = mid + moe(ln_2(mid))
+                d_ln2 = self._moe_backward(d_res, a.saved[f"moe_{i}"], i)
+            elif self._fused_activation():  # d_h = (d_res @ W_proj) * act'(h) in one pass
                 d_h = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj",
                                             d_x_out=a["d_ff"], activation_x=h)
             else:
@@ -448,7 +498,8 @@ class GPT:
                     d_gate, d_up = self.ops.swiglu_backward(d_act, xp.ascontiguousarray(h[:, :F]),
                                                             xp.ascontiguousarray(h[:, F:]))
                     d_h = xp.concatenate([d_gate, d_up], axis=1)
-            d_ln2 = self._linear_backward(d_h, a[f"ln2_{i}"], L + "mlp.c_fc")
+            if not c.n_expert:
+                d_ln2 = self._linear_backward(d_h, a[f"ln2_{i}"], L + "mlp.c_fc")
             d_mid = self._norm_backward(d_ln2, a[f"mid{i}"], i, "ln_2", a.stats[f"ln2_{i}"])
             d_mid += d_res
             # attention: mid = res{i} + c_proj(attention(heads(c_attn(ln_1(res{i})))))
@@ -515,9 +566,12 @@ class GPT:
             x += self.ops.linear(self._merge_heads(y), P[L + "attn.c_proj.weight"],
                             P.views.get(L + "attn.c_proj.bias"))
             h = self._norm(x, i, "ln_2")
-            h = self.ops.linear(h, P[L + "mlp.c_fc.weight"], P.views.get(L + "mlp.c_fc.bias"))
-            a = self._activate(h, out=None)
-            x += self.ops.linear(a, P[L + "mlp.c_proj.weight"], P.views.get(L + "mlp.c_proj.bias"))
+            if c.n_expert:
+                x += self._moe(h, i)[0]
+            else:
+                h = self.ops.linear(h, P[L + "mlp.c_fc.weight"], P.views.get(L + "mlp.c_fc.bias"))
+                a = self._activate(h, out=None)
+                x += self.ops.linear(a, P[L + "mlp.c_proj.weight"], P.views.get(L + "mlp.c_proj.bias"))
             if self.layer_hook is not None:
                 self.layer_hook(i, x)
         cache.advance(host_ids[0])
@@ -533,6 +587,8 @@ class GPT:
     def supports_fast_decode(self, cache) -> bool:
         """Whether decode_next can run with this cache: the native backend, batch 1 (on a
         device: what GraphDecoder supports)."""
+        if self.config.n_expert:  # the native runner and the CUDA graph are dense only
+            return False
         if self.device != "cpu":
             return GraphDecoder.supports(self, cache)[0]
         return not isinstance(self.ops, ReferenceOps) and cache.k[0].shape[0] == 1 and \
@@ -700,6 +756,7 @@ class _Activations:
         self.buffer = FlatBuffer(layout, dtype=dtype, xp=xp)
         self.stats: Dict[str, tuple] = {}
         self.saved: Dict[str, tuple] = {}
+        self.aux = 0.0  # the mixture of experts' load-balancing loss of the last forward pass
 
     def __getitem__(self, name):
         return self.buffer[name]

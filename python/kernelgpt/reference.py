@@ -700,3 +700,31 @@ def matmul_bf16(a, b, bias=None, trans_a=False, trans_b=False):
     if bias is not None:
         c = c + np.asarray(bias, np.float64)
     return c.astype(np.float32)
+
+
+def moe_mlp(x, w_router, w1, b1, w2, b2, k, activation="gelu"):
+    """Mixture-of-experts MLP (kernelgpt.moe), float64, the plain way: every expert on every
+    token, then each token's output the gate-weighted sum of its k chosen experts.
+    x [N, C], w_router [E, C], w1 [E, F1, C], b1 [E, F1] or None, w2 [E, C, F], b2 [E, C] or
+    None; F1 = 2F for swiglu. Returns y [N, C]."""
+    x = np.asarray(x, np.float64)
+    z = x @ np.asarray(w_router, np.float64).T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    E = p.shape[1]
+    gates = np.zeros_like(p)
+    np.put_along_axis(gates, top, np.take_along_axis(p, top, 1), 1)
+    if k > 1:
+        gates /= gates.sum(1, keepdims=True)
+    y = np.zeros_like(x)
+    for e in range(E):
+        h = x @ np.asarray(w1[e], np.float64).T + (0 if b1 is None else np.asarray(b1[e], np.float64))
+        if activation == "swiglu":
+            F = h.shape[1] // 2
+            a = swiglu(h[:, :F], h[:, F:])
+        else:
+            a = {"gelu": gelu, "relu": relu}[activation](h)
+        o = a @ np.asarray(w2[e], np.float64).T + (0 if b2 is None else np.asarray(b2[e], np.float64))
+        y += gates[:, e:e + 1] * o
+    return y

@@ -71,6 +71,9 @@ def add_arguments(p) -> None:
                    help=f"normalization; rmsnorm also drops the biases (default: {d.norm})")
     p.add_argument("--activation", choices=["gelu", "swiglu", "relu"], default=None,
                    help=f"MLP activation (default: {d.activation})")
+    p.add_argument("--moe", type=_moe_spec, default=None, metavar="ExK",
+                   help="every MLP a mixture of E experts, K per token (top-K routing, a "
+                        "load-balancing loss, no token dropped), e.g. 8x2 (default: dense)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in _NOT_FLAGS:
             continue
@@ -118,6 +121,18 @@ _MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "posit
                 "activation")
 
 
+def _moe_spec(text: str):
+    """'8x2' -> (8, 2): experts, experts per token."""
+    import argparse
+    try:
+        e, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected EXPERTSxACTIVE such as 8x2, got {text!r}") from None
+    if e < 1 or not 1 <= k <= e:
+        raise argparse.ArgumentTypeError(f"needs 1 <= active <= experts, got {text!r}")
+    return e, k
+
+
 def _model_kwargs(args, explicit_only: bool) -> dict:
     """GPTConfig keywords from --preset and the model flags (only those given, if
     explicit_only)."""
@@ -127,6 +142,8 @@ def _model_kwargs(args, explicit_only: bool) -> dict:
             kwargs[name] = getattr(args, name)
     if kwargs.get("norm") == "rmsnorm":
         kwargs.setdefault("bias", False)
+    if getattr(args, "moe", None) is not None:
+        kwargs["n_expert"], kwargs["n_expert_active"] = args.moe
     return kwargs
 
 
