@@ -242,6 +242,7 @@ def lesson_trace(plot=None) -> str:
         ax1.set_xticks(range(len(names)), names, fontsize=8)
         ax1.set_ylabel(f"p({_char_label(tok.decode([final]))!r}) at the last position")
         ax1.set_title("logit lens: the answer forming layer by layer")
+        ax1.set_xlabel("after this block (b0 = the first)")
         logits = np.frombuffer(__import__("base64").b64decode(data["final"]["logits_b64"]), "<f4")
         probs = filtered_distribution(logits, temperature=1.0)
         top = np.argsort(-probs)[:10]
@@ -249,6 +250,8 @@ def lesson_trace(plot=None) -> str:
         ax2.set_yticks(range(10)[::-1], [_char_label(tok.decode([int(i)])) for i in top])
         ax2.set_xlabel("probability of the next token")
         ax2.set_title("the distribution sampled from")
+        ax2.set_ylabel("next character")
+        fig.suptitle(f"One real pass of the shipped model on {prompt!r}")
         page = write_html(data, path.with_suffix(".html"))
         out.append(f"page: {page}")
         _save(fig, path, out)
