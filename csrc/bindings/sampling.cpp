@@ -5,7 +5,7 @@
 // the repetition penalty once per distinct previous token, the division by the temperature,
 // top-k (every token below the k-th largest logit dropped), top-p over the renormalised
 // candidates sorted ascending (stable), min-p, each softmax as sampling._softmax (shift by the
-// largest, numpy's exp, numpy's pairwise sum), and the inverse-CDF draw with the caller's
+// largest, numpy's exp, a sum in index order), and the inverse-CDF draw with the caller's
 // uniform number u (Sampler draws it with rng.random()). The logit bias, the frequency /
 // presence penalties, typical-p and the llama.cpp order stay in Python (Sampler.fast). exp is
 // numpy's own: its SIMD exp differs from the C library's in the last bit for a few percent of
@@ -26,27 +26,14 @@ namespace {
 
 const char* kSample = "sample_token";
 
-// numpy's pairwise summation (add.reduce over a contiguous float64 array), bit for bit:
-// 8 accumulators over blocks of up to 128 values, halves (multiples of 8) above that.
-double pairwise_sum(const double* a, int64_t n) {
-  if (n < 8) {
-    double r = 0.0;
-    for (int64_t i = 0; i < n; ++i) r += a[i];
-    return r;
-  }
-  if (n <= 128) {
-    double r[8];
-    for (int j = 0; j < 8; ++j) r[j] = a[j];
-    int64_t i = 8;
-    for (; i < n - (n % 8); i += 8)
-      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
-    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-    for (; i < n; ++i) res += a[i];
-    return res;
-  }
-  int64_t n2 = n / 2;
-  n2 -= n2 % 8;
-  return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+// The sum in index order, one addition after another: sampling._total (np.cumsum's last
+// value). Not numpy's own sum: add.reduce is pairwise, blocked differently from one numpy
+// version to the next (2.0 and 2.4 differ in the last bit on most long arrays), and one bit
+// moves a token across a draw boundary.
+double ordered_sum(const double* a, int64_t n) {
+  double r = 0.0;
+  for (int64_t i = 0; i < n; ++i) r += a[i];
+  return r;
 }
 
 // First index of the largest value (np.argmax).
@@ -193,7 +180,7 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
                 std::to_string(temperature) + " is too small for these logits (use 0 for greedy)");
   py::object np_exp = py::module_::import("numpy").attr("exp");
   // sampling._softmax over x[ids[0..n)] in that order, into out: numpy's exp (called on a view
-  // of the scratch buffer), numpy's pairwise sum
+  // of the scratch buffer), the sum in index order
   auto softmax = [&](const std::vector<int64_t>& ids, std::vector<double>& out) {
     const int64_t n = static_cast<int64_t>(ids.size());
     double top = -INFINITY;
@@ -204,7 +191,7 @@ int64_t sample_token(py::handle logits_obj, double temperature, py::handle top_k
     py::array_t<double> e({n}, {static_cast<py::ssize_t>(sizeof(double))}, ep,
                           py::capsule(ep, [](void*) {}));
     np_exp(e, e);
-    const double sum = pairwise_sum(ep, n);
+    const double sum = ordered_sum(ep, n);
     out.resize(n);
     for (int64_t j = 0; j < n; ++j) out[j] = ep[j] / sum;
   };

@@ -262,7 +262,15 @@ def _candidates(x: np.ndarray) -> np.ndarray:
 
 def _softmax(v: np.ndarray) -> np.ndarray:
     e = np.exp(v - v.max())
-    return e / e.sum()
+    return e / _total(e)
+
+
+def _total(e: np.ndarray) -> float:
+    """The sum of e in index order, one addition after another (np.add.accumulate). Not
+    e.sum(): numpy's pairwise sum is blocked differently in different numpy versions, and the
+    C++ sampler (_C.sample_token), which adds in this order, must draw the same token even at a
+    draw boundary, whatever numpy is installed."""
+    return float(np.cumsum(e)[-1]) if e.size else 0.0
 
 
 def _hf_top_k(x: np.ndarray, k: int) -> None:
