@@ -56,3 +56,16 @@ def test_runs_on_older_cpu(cpu, expected):
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
+                    reason="needs the aarch64 cross compiler (Debian: g++-aarch64-linux-gnu)")
+def test_every_source_compiles_for_aarch64():
+    """ARM64 (issue 26): every C++ source compiles for aarch64 with -Wall -Werror
+    (tools/cross_check.sh; compile only, nothing runs)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["bash", os.path.join(root, "tools", "cross_check.sh"), "aarch64"],
+                       capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "compilations clean with -Wall -Werror" in r.stdout

@@ -7,6 +7,16 @@
 #endif
 #include "common/threading.h"
 
+// An empty asm statement that claims to change x: the compiler must keep x in a vector
+// register and cannot fold the loop around it. The register class is per architecture.
+#if defined(__x86_64__) || defined(__i386__)
+#define KG_OPAQUE_VECTOR(x) __asm__ volatile("" : "+v"(x))
+#elif defined(__aarch64__)
+#define KG_OPAQUE_VECTOR(x) __asm__ volatile("" : "+w"(x))
+#else
+#define KG_OPAQUE_VECTOR(x) __asm__ volatile("" : "+m"(x))
+#endif
+
 KG_BEGIN_ISA_NAMESPACE
 namespace {
 
@@ -22,7 +32,7 @@ double fma_flops(int64_t iterations, int threads) {
     for (int64_t it = 0; it < iterations; ++it) {
 #pragma GCC unroll 12
       for (int i = 0; i < 12; ++i) acc[i] = acc[i] * x + y;
-      __asm__ volatile("" : "+v"(x));  // keep the loop from being folded
+      KG_OPAQUE_VECTOR(x);  // keep the loop from being folded
     }
     vfloat s = zero();
     for (int i = 0; i < 12; ++i) s += acc[i];
@@ -47,7 +57,7 @@ double bf16_dot_flops(int64_t iterations, int threads) {
     for (int64_t it = 0; it < iterations; ++it) {
 #pragma GCC unroll 12
       for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], x, y);
-      __asm__ volatile("" : "+v"(x));  // keep the loop from being folded
+      KG_OPAQUE_VECTOR(x);  // keep the loop from being folded
     }
     __m512 s = _mm512_setzero_ps();
     for (int i = 0; i < 12; ++i) s = _mm512_add_ps(s, acc[i]);
