@@ -10,7 +10,6 @@ import pytest
 
 from kernelgpt import moe, ops, reference
 from kernelgpt.model import GPT, GPTConfig
-from kernelgpt.precision import ReferenceOps
 from kernelgpt.train import TrainConfig, train
 
 

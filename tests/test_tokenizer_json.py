@@ -6,7 +6,6 @@ libraries on prose, code and multilingual text (ids equal, 0 mismatches), and ev
 a tokenizer.json kernelgpt does not read refused with a ValueError naming it."""
 import json
 import pathlib
-import sys
 
 import pytest
 

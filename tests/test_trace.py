@@ -6,7 +6,6 @@ screenshot)."""
 import base64
 import html.parser
 import os
-import re
 import shutil
 import subprocess
 import sys

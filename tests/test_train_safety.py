@@ -243,7 +243,7 @@ def test_a_stale_lock_is_taken_over(tmp_path, capfd):
                           capture_output=True, text=True).stdout.strip()
     (Path(tc.out) / "train.lock").write_text(json.dumps({"pid": int(dead), "host": "h"}))
     assert train(tc, TINY)["step"] == 2
-    assert f"taking over" in capfd.readouterr().err
+    assert "taking over" in capfd.readouterr().err
 
 
 # ---- Ctrl-C and kill -9 -----------------------------------------------------------------------

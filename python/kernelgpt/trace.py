@@ -42,6 +42,7 @@ import numpy as np
 from .device import to_numpy
 from .io.atomic import atomic_write_bytes
 from .sampling import Sampler, SamplingConfig, filtered_distribution
+from .tokenizer.encoding import _bpe_states
 
 __all__ = ["collect", "render_html", "write_html", "bpe_steps"]
 
@@ -55,19 +56,7 @@ def bpe_steps(piece: bytes, ranks: Dict[bytes, int]) -> List[List[bytes]]:
     """Every state of byte-pair encoding `piece`: its single bytes first, then after each merge
     (the adjacent pair whose concatenation has the lowest rank, leftmost on ties) until no pair
     is a token: the last state is the piece's tokens."""
-    parts = [piece[i:i + 1] for i in range(len(piece))]
-    states = [list(parts)]
-    while len(parts) > 1:
-        best, best_rank = -1, None
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and (best_rank is None or rank < best_rank):
-                best, best_rank = i, rank
-        if best_rank is None:
-            break
-        parts[best:best + 2] = [parts[best] + parts[best + 1]]
-        states.append(list(parts))
-    return states
+    return [list(parts) for parts in _bpe_states(piece, ranks)]
 
 
 def _show(b: bytes) -> str:

@@ -12,8 +12,8 @@ import bisect
 import hashlib
 import os
 import pathlib
-from typing import (AbstractSet, Callable, Collection, Dict, List, Optional, Sequence, Tuple,
-                    Union)
+from typing import (AbstractSet, Callable, Collection, Dict, Iterator, List, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 
@@ -628,11 +628,12 @@ class StreamDecoder:
         return out.decode("utf-8", self._errors)
 
 
-def _byte_pair_encode(piece: bytes, ranks: Dict[bytes, int]) -> List[int]:
-    """tiktoken's byte_pair_encode: BPE on one piece, merging the adjacent pair whose
-    concatenation has the lowest rank (the leftmost on ties) until none is a token; unlike the
-    C++ core it does not first look the whole piece up. Bytes without a token are dropped."""
+def _bpe_states(piece: bytes, ranks: Dict[bytes, int]) -> Iterator[List[bytes]]:
+    """The parts of `piece` as byte-pair encoding goes: its single bytes first, then after each
+    merge of the adjacent pair whose concatenation has the lowest rank (the leftmost on ties),
+    until no pair is a token. Yields one list, changed in place (copy it to keep a state)."""
     parts = [piece[i:i + 1] for i in range(len(piece))]
+    yield parts
     while len(parts) > 1:
         best, best_rank = -1, None
         for i in range(len(parts) - 1):
@@ -640,8 +641,16 @@ def _byte_pair_encode(piece: bytes, ranks: Dict[bytes, int]) -> List[int]:
             if rank is not None and (best_rank is None or rank < best_rank):
                 best, best_rank = i, rank
         if best_rank is None:
-            break
+            return
         parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        yield parts
+
+
+def _byte_pair_encode(piece: bytes, ranks: Dict[bytes, int]) -> List[int]:
+    """tiktoken's byte_pair_encode: BPE on one piece (_bpe_states to the end); unlike the C++
+    core it does not first look the whole piece up. Bytes without a token are dropped."""
+    for parts in _bpe_states(piece, ranks):
+        pass
     return [ranks[p] for p in parts if p in ranks]
 
 
