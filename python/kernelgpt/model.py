@@ -258,8 +258,7 @@ class GPT:
         self._forward_train(idx, acts)
         loss, d_x = self._head_loss(acts, targets.reshape(-1), ignore_index, count,
                                     with_grad=True, grad_scale=grad_scale)
-        self._grad_scale = grad_scale
-        self._backward(idx, acts, d_x)
+        self._backward(idx, acts, d_x, grad_scale)
         return loss + acts.aux  # (+ the experts' load-balancing loss, the objective trained)
 
     def loss(self, idx: np.ndarray, targets: np.ndarray, ignore_index: int = -100) -> float:
@@ -432,19 +431,20 @@ class GPT:
                                lambda h: self._activate(h, out=None), self.moe_version,
                                c.moe_aux_weight)
 
-    def _activation_backward(self, d_a, h):
+    def _activation_backward(self, d_a, h, out=None):
+        """d(loss)/d(h) of a = act(h), from d_a (into out for GELU and ReLU)."""
         act = self.config.activation
         if act == "gelu":
-            return self.ops.gelu_backward(d_a, h)
+            return self.ops.gelu_backward(d_a, h, out=out)
         if act == "relu":
-            return self.ops.relu_backward(d_a, h)
+            return self.ops.relu_backward(d_a, h, out=out)
         F = self.config.mlp_hidden
         xp = self.xp
         d_gate, d_up = self.ops.swiglu_backward(d_a, xp.ascontiguousarray(h[:, :F]),
                                                 xp.ascontiguousarray(h[:, F:]))
         return xp.concatenate([d_gate, d_up], axis=1)
 
-    def _moe_backward(self, d_y, saved, i):
+    def _moe_backward(self, d_y, saved, i, grad_scale):
         P, G = self.params, self.grads
         L = f"h.{i}.mlp."
         grads = {"router": G[L + "router.weight"], "w1": G[L + "c_fc.weight"],
@@ -452,7 +452,7 @@ class GPT:
                  "b2": G.views.get(L + "c_proj.bias")}
         return moe.moe_backward(self.ops, d_y, saved, P[L + "router.weight"], P[L + "c_fc.weight"],
                                 P[L + "c_proj.weight"], self._activation_backward, grads,
-                                aux_scale=getattr(self, "_grad_scale", 1.0))
+                                aux_scale=grad_scale)
 
     def grad_stages(self) -> Dict[str, int]:
         """For each parameter, the stage of the backward pass after which its gradient is
@@ -470,10 +470,10 @@ class GPT:
                 stages[name] = 0
         return stages
 
-    def _backward(self, idx, a, d_lnf) -> None:
+    def _backward(self, idx, a, d_lnf, grad_scale: float = 1.0) -> None:
         c, G = self.config, self.grads
         B, T = idx.shape
-        H, Hkv, hd, F = c.n_head, c.n_kv_head, c.head_dim, c.mlp_hidden
+        H, Hkv, hd = c.n_head, c.n_kv_head, c.head_dim
         hook = self.grad_hook or (lambda stage: None)
         # d_res: gradient w.r.t. the residual stream, walking back through the layers
         d_res = self._norm_backward(d_lnf, a[f"res{c.n_layer}"], None, None, a.stats["lnf"])
@@ -483,22 +483,14 @@ class GPT:
             # MLP: res{i+1} = mid + c_proj(act(c_fc(ln_2(mid))))
             h = a[f"fch_{i}"]
             if c.n_expert:  # res{i+1} = mid + moe(ln_2(mid))
-                d_ln2 = self._moe_backward(d_res, a.saved[f"moe_{i}"], i)
-            elif self._fused_activation():  # d_h = (d_res @ W_proj) * act'(h) in one pass
-                d_h = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj",
-                                            d_x_out=a["d_ff"], activation_x=h)
+                d_ln2 = self._moe_backward(d_res, a.saved[f"moe_{i}"], i, grad_scale)
             else:
-                d_act = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj")
-                if c.activation == "gelu":
-                    d_h = self.ops.gelu_backward(d_act, h, out=a["d_ff"])
-                elif c.activation == "relu":
-                    d_h = self.ops.relu_backward(d_act, h, out=a["d_ff"])
+                if self._fused_activation():  # d_h = (d_res @ W_proj) * act'(h) in one pass
+                    d_h = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj",
+                                                d_x_out=a["d_ff"], activation_x=h)
                 else:
-                    xp = self.xp
-                    d_gate, d_up = self.ops.swiglu_backward(d_act, xp.ascontiguousarray(h[:, :F]),
-                                                            xp.ascontiguousarray(h[:, F:]))
-                    d_h = xp.concatenate([d_gate, d_up], axis=1)
-            if not c.n_expert:
+                    d_act = self._linear_backward(d_res, a[f"fcha_{i}"], L + "mlp.c_proj")
+                    d_h = self._activation_backward(d_act, h, out=a["d_ff"])
                 d_ln2 = self._linear_backward(d_h, a[f"ln2_{i}"], L + "mlp.c_fc")
             d_mid = self._norm_backward(d_ln2, a[f"mid{i}"], i, "ln_2", a.stats[f"ln2_{i}"])
             d_mid += d_res
