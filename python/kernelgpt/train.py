@@ -355,18 +355,18 @@ def _train_one(tc, model_config, resume, stop_after, overrides, comm, zero1, buc
                            f"(was {saved_size * tc.batch_size}), and the batches drawn from here "
                            "on differ from those the saved run would have drawn", file=sys.stderr)
         else:
-            tokenizer, saved_size = None, None
+            tokenizer = None  # (rank 0 alone writes checkpoints, with the tokenizer)
         if comm.size > 1:
             tc, model, data, m, v, rng, step, log_rows = _share_run(
                 comm, out, tc, *((model, data, m, v, rng, step, log_rows) if comm.rank == 0
                                  else (None,) * 7))
-        bounds = shard_bounds(model.params.size, comm.size) if zero1 else [0, model.params.size]
-        if zero1:  # each rank keeps its shard of AdamW's moments
-            m = comm.scatter_shards(m, bounds)
-            v = comm.scatter_shards(v, bounds)
+        shards = shard_bounds(model.params.size, comm.size) if zero1 else None
+        if shards:  # each rank keeps its shard of AdamW's moments
+            m = comm.scatter_shards(m, shards)
+            v = comm.scatter_shards(v, shards)
         with _StopOnCtrlC() as ctrl_c:
             return _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows,
-                               stop_after, ctrl_c, comm, bounds if zero1 else None,
+                               stop_after, ctrl_c, comm, shards,
                                max(1, int(bucket_mb * (1 << 20) / 4)))
     finally:
         if run is not None:
@@ -524,16 +524,17 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
         loss = 0.0
         for k in range(tc.grad_accum):
             x, y = data.batch("train", tc.batch_size, block, rng, part=(rank, N))
-            if k == tc.grad_accum - 1:  # the last micro-batch's
-                reducer.begin()                                # backward launches the buckets
+            if k == tc.grad_accum - 1:  # the last micro-batch's backward launches the buckets
+                reducer.begin()
                 model.grad_hook = reducer.on_stage
             try:
                 loss += model.forward_backward(x, y, grad_scale=1.0 / (tc.grad_accum * N)) / tc.grad_accum
             finally:
                 model.grad_hook = None
-        comm_s = reducer.finish()
+        comm_s = reducer.finish()  # seconds spent waiting on communication this step
         t_comm = time.perf_counter()
         loss, stop_votes = comm.sum_scalars([loss / N, float(ctrl_c.requested)])
+        comm_s += time.perf_counter() - t_comm
         stop = stop_votes > 0
         G = model.grads.data
         gnorm = ops.clip_grad_norm(G, tc.grad_clip) if tc.grad_clip > 0 else ops.grad_norm(G)
@@ -543,7 +544,6 @@ def _train_loop(tc, out, model, tokenizer, data, m, v, rng, step, log_rows, stop
             t_gather = time.perf_counter()
             comm.allgather_shards(P, shards)
             comm_s += time.perf_counter() - t_gather
-        comm_s += (time.perf_counter() - t_comm) if N > 1 else 0.0
         dt = time.perf_counter() - t0
         step += 1
         steps_this_call += 1
