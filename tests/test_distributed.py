@@ -378,3 +378,18 @@ def test_nccl_one_rank_trains_like_the_cpu(tmp_path):
     cpu = train(tc_cpu, mc)
     np.testing.assert_allclose([r["loss"] for r in gpu["log"] if "loss" in r],
                                [r["loss"] for r in cpu["log"] if "loss" in r], rtol=1e-4)
+
+
+def test_nproc_reruns_the_command_line_it_was_given(monkeypatch, tmp_path):
+    """--nproc re-runs the arguments given to cli.main (not the process's sys.argv) under
+    mpiexec, without --nproc and with each rank's share of the cores."""
+    from kernelgpt import cli, distributed
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env=None: calls.append(cmd) or 0)
+    monkeypatch.setattr(distributed, "find_mpiexec", lambda: "mpiexec")
+    args = ["train", "--max-iters", "5", "--nproc=3", "--out", str(tmp_path / "r")]
+    assert cli.main(args) == 0
+    (cmd,) = calls
+    assert cmd[:4] == ["mpiexec", "-n", "3", sys.executable]
+    assert cmd[4:-2] == ["-m", "kernelgpt", "train", "--max-iters", "5", "--out", str(tmp_path / "r")]
+    assert cmd[-2] == "--threads" and int(cmd[-1]) >= 1

@@ -116,6 +116,7 @@ def _main(argv) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # (train --nproc re-runs it)
         command = getattr(args, "command", None)
         if not command:
             parser.print_help()

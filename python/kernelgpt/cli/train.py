@@ -178,9 +178,8 @@ def _relaunch(args) -> int:
     from ..distributed import find_mpiexec, launched_by_mpi
     if launched_by_mpi():
         raise ValueError("--nproc starts mpiexec itself: drop it when running under mpiexec")
-    argv = list(getattr(args, "_argv", None) or sys.argv[1:])
     cleaned, skip = [], False
-    for a in argv:  # drop --nproc N / --nproc=N
+    for a in args.argv:  # the command line as given, without --nproc N / --nproc=N
         if skip:
             skip = False
             continue
