@@ -41,6 +41,18 @@ def _attention_probs(q, k, causal, scale):
     return qg, scores, hidden
 
 
+def attention_weights(q, k, causal=True, scale=None):
+    """softmax(scale * q k^T + mask) [B, H, T, S]: the weights each query gives each key (rows
+    sum to 1), with q [B, H, T, D] and k [B, Hkv, S, D]; the lessons and `kernelgpt trace`
+    draw them."""
+    B, H, T, D = q.shape
+    _, s, hidden = _attention_probs(q, k, causal, 1.0 / np.sqrt(D) if scale is None else scale)
+    if hidden is not None:
+        s = np.where(hidden, -np.inf, s)
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).reshape(B, H, T, -1)
+
+
 def attention(q, k, v, causal=True, scale=None):
     """softmax(scale * q k^T + mask) v, with q [B, H, T, D], k and v [B, Hkv, S, D].
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
+from . import reference
 from .device import to_numpy
 from .io.atomic import atomic_write_bytes
 from .sampling import Sampler, SamplingConfig, filtered_distribution
@@ -93,7 +93,7 @@ def _bpe_pieces(tokenizer, text: str) -> List[dict]:
 
 
 def _tokenize(tm, prompt: str, chat: bool):
-    """(pieces, ids, text): the prompt (in the chat template when chat) cut into pieces; the
+    """(pieces, ids): the prompt (in the chat template when chat) cut into pieces; the
     template's special tokens are pieces of their own. The pieces' ids are checked equal to
     the tokenizer's."""
     tok = tm.tokenizer
@@ -154,15 +154,10 @@ class _Observed:
 
     def attention(self, q, k, v, *, causal=True, kv_length=None, **kw):
         if self.record:
-            qh, kh = to_numpy(q).astype(np.float64), to_numpy(k).astype(np.float64)
-            S = kh.shape[2] if kv_length is None else kv_length
-            T, H, Hkv = qh.shape[2], qh.shape[1], kh.shape[1]
-            kk = np.repeat(kh[:, :, :S], H // Hkv, axis=1)
-            s = qh @ kk.transpose(0, 1, 3, 2) / math.sqrt(qh.shape[-1])
-            if causal:
-                s = np.where(np.tril(np.ones((T, S), bool), S - T), s, -np.inf)
-            s = np.exp(s - s.max(-1, keepdims=True))
-            self.maps.append((s / s.sum(-1, keepdims=True))[0])
+            S = k.shape[2] if kv_length is None else kv_length
+            self.maps.append(reference.attention_weights(
+                to_numpy(q).astype(np.float64), to_numpy(k[:, :, :S]).astype(np.float64),
+                causal)[0])
         t0 = time.perf_counter()
         try:
             return self.inner.attention(q, k, v, causal=causal, kv_length=kv_length, **kw)
@@ -173,11 +168,6 @@ class _Observed:
 
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, "<f4").tobytes()).decode("ascii")
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
 
 
 def _decode(tokenizer, i: int) -> str:
@@ -266,7 +256,8 @@ def collect(prompt: str, model="smollm2", max_new_tokens: int = 8, *, temperatur
 
         def lens(x_last):
             xf = gpt._norm(np.ascontiguousarray(x_last[None], np.float32), None, None)
-            probs = _softmax(to_numpy(gpt.ops.linear(xf, gpt.lm_head)).astype(np.float64)[0])
+            logits_here = to_numpy(gpt.ops.linear(xf, gpt.lm_head)).astype(np.float64)[0]
+            probs = reference.softmax(logits_here)
             return _top(tok, probs, _LENS_TOP), float(probs[answer])
 
         layers = []
@@ -294,7 +285,7 @@ def collect(prompt: str, model="smollm2", max_new_tokens: int = 8, *, temperatur
         for n in range(max_new_tokens):
             probs = filtered_distribution(next_logits, config)
             token = int(sampler(next_logits))
-            raw = _softmax(next_logits.astype(np.float64))
+            raw = reference.softmax(next_logits.astype(np.float64))
             t0 = time.perf_counter()
             step = {"token": token, "text": _decode(tok, token), "p": float(probs[token]),
                     "p_model": float(raw[token]), "top": _top(tok, raw, 5),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
+from .. import reference
 from ..checkpoint import load_checkpoint
 from ..generate import default_model_dir
 
@@ -119,11 +119,6 @@ class _AttentionRecorder:
 
     def attention(self, q, k, v, *, causal=True, kv_length=None, **kw):
         S = k.shape[2] if kv_length is None else kv_length
-        T, H, Hkv = q.shape[2], q.shape[1], k.shape[1]
-        kk = np.repeat(np.asarray(k[:, :, :S], np.float64), H // Hkv, axis=1)
-        s = np.asarray(q, np.float64) @ kk.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
-        if causal:
-            s = np.where(np.tril(np.ones((T, S), bool), S - T), s, -np.inf)
-        s = np.exp(s - s.max(-1, keepdims=True))
-        self.maps.append(s / s.sum(-1, keepdims=True))
+        self.maps.append(reference.attention_weights(np.asarray(q, np.float64),
+                                                     np.asarray(k[:, :, :S], np.float64), causal))
         return self.inner.attention(q, k, v, causal=causal, kv_length=kv_length, **kw)
