@@ -294,12 +294,7 @@ def communicator_for(device: str = "cpu") -> Communicator:
     """The communicator of this process: MPIComm under an MPI launcher with more than one rank
     (NcclComm on top of it for device "cuda"), else one process. A plain run never imports
     mpi4py."""
-    size = _launcher_size() if launched_by_mpi() else 1
-    host: Communicator = Communicator()
-    if size > 1 or (launched_by_mpi() and device == "cuda"):
-        host = MPIComm()
-        if host.size == 1:
-            host = Communicator()
+    host = MPIComm() if launched_by_mpi() and _launcher_size() > 1 else Communicator()
     if device == "cuda" and host.size > 1:
         return NcclComm(host)
     if device == "emu" and host.size > 1:
