@@ -22,18 +22,8 @@ import time
 import numpy as np
 
 from kernelgpt import moe, ops, reference
-from kernelgpt.bench import setup_threads
+from kernelgpt.bench import median_time, setup_threads
 from kernelgpt.model import GPT, GPTConfig
-
-
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def layer(repeats):
@@ -54,13 +44,13 @@ def layer(repeats):
             moe.moe_backward(ops, dy, saved, wr, w1, w2, ops.gelu_backward, grads)
         return step
 
-    base = timed(lambda: reference.moe_mlp(x, wr, w1, b1, w2, b2, k, "gelu"), max(3, repeats // 2))
+    base = median_time(lambda: reference.moe_mlp(x, wr, w1, b1, w2, b2, k, "gelu"), max(3, repeats // 2))
     print(f"\n## MoE layer: {N} tokens x {C}, {E} experts of hidden {F}, top-{k}, forward + backward")
     print("| version | ms | vs numpy oracle (forward only) |")
     print("| --- | ---: | ---: |")
     print(f"| numpy oracle (float64, every expert on every token, forward) | {base * 1e3:.2f} | 1.00x |")
     for version in ("naive", "grouped"):
-        t = timed(run(version), repeats if version == "grouped" else max(2, repeats // 3))
+        t = median_time(run(version), repeats if version == "grouped" else max(2, repeats // 3))
         print(f"| {version} | {t * 1e3:.2f} | {base / t:.2f}x |")
 
 
