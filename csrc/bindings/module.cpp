@@ -14,6 +14,7 @@ PYBIND11_MODULE(_C, m) {
   kg::bind::register_rope(m);
   kg::bind::register_adamw(m);
   kg::bind::register_softmax(m);
+  kg::bind::register_ssm(m);
   kg::bind::register_cross_entropy(m);
   kg::bind::register_bpe(m);
   kg::bind::register_gguf(m);

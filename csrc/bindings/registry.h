@@ -27,6 +27,7 @@ void register_quant(pybind11::module_& m);
 void register_model(pybind11::module_& m);
 void register_sampling(pybind11::module_& m);
 void register_bf16(pybind11::module_& m);
+void register_ssm(pybind11::module_& m);
 
 // One version of a kernel: its number in the family's table (the Versions(...) of
 // python/kernelgpt/kernels/<family>.py, the one numbering of C++, CUDA and backend= names)

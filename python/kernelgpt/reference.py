@@ -740,3 +740,56 @@ def moe_mlp(x, w_router, w1, b1, w2, b2, k, activation="gelu"):
         o = a @ np.asarray(w2[e], np.float64).T + (0 if b2 is None else np.asarray(b2[e], np.float64))
         y += gates[:, e:e + 1] * o
     return y
+
+
+# ---- selective scan (the state-space layer, kernelgpt.ssm) ------------------------------------
+
+__all__ += ["selective_scan", "selective_scan_backward"]
+
+
+def selective_scan(u, delta, A, B, C, D, h0=None, return_state=False):
+    """Mamba's selective scan, one step at a time, in the dtype of u (float64 for the checks).
+
+    u, delta [Bt, T, E]; A [E, N] (negative: decay rates); B, C [Bt, T, N]; D [E]; h0 [Bt, E, N]
+    (the state before the first step, default 0). For every sequence b and channel e:
+
+        h_t = exp(delta_t A) * h_{t-1} + delta_t B_t u_t        (the state: N numbers per channel)
+        y_t = C_t . h_t + D u_t
+
+    Returns y [Bt, T, E] (and the last state h_T [Bt, E, N] with return_state=True)."""
+    Bt, T, E = u.shape
+    h = np.zeros((Bt, E, A.shape[1]), u.dtype) if h0 is None else np.array(h0, u.dtype)
+    y = np.empty_like(u)
+    for t in range(T):
+        dt = delta[:, t, :, None]                                       # [Bt, E, 1]
+        h = np.exp(dt * A) * h + dt * B[:, t, None, :] * u[:, t, :, None]
+        y[:, t] = np.einsum("ben,bn->be", h, C[:, t]) + D * u[:, t]
+    return (y, h) if return_state else y
+
+
+def selective_scan_backward(dy, u, delta, A, B, C, D):
+    """Gradients of selective_scan (started from h0 = 0) given dy [Bt, T, E]: the scan run
+    backwards in time, dh_t = C_t dy_t + exp(delta_{t+1} A) dh_{t+1}.
+    Returns (du, d_delta, dA, dB, dC, dD) with the shapes of (u, delta, A, B, C, D)."""
+    Bt, T, E = u.shape
+    N = A.shape[1]
+    hs = np.zeros((T + 1, Bt, E, N), u.dtype)  # hs[t + 1] = h_t, hs[0] = h_{-1} = 0
+    for t in range(T):
+        dt = delta[:, t, :, None]
+        hs[t + 1] = np.exp(dt * A) * hs[t] + dt * B[:, t, None, :] * u[:, t, :, None]
+    du, dd = np.zeros_like(u), np.zeros_like(delta)
+    dA, dB, dC = np.zeros_like(A), np.zeros_like(B), np.zeros_like(C)
+    dD = (dy * u).sum(axis=(0, 1))
+    dh = np.zeros((Bt, E, N), u.dtype)
+    for t in reversed(range(T)):
+        dt = delta[:, t, :, None]
+        a = np.exp(dt * A)
+        dC[:, t] = np.einsum("ben,be->bn", hs[t + 1], dy[:, t])
+        dh = dh + dy[:, t, :, None] * C[:, t, None, :]                  # dL/dh_t
+        da = dh * hs[t]                                                 # through a_t = exp(dt A)
+        dd[:, t] = (da * a * A).sum(-1) + (dh * B[:, t, None, :]).sum(-1) * u[:, t]
+        dA += (da * a * dt).sum(0)
+        dB[:, t] = np.einsum("ben,be->bn", dh, delta[:, t] * u[:, t])
+        du[:, t] = (dh * B[:, t, None, :]).sum(-1) * delta[:, t] + dy[:, t] * D
+        dh = dh * a                                                     # to h_{t-1}
+    return du, dd, dA, dB, dC, dD
