@@ -115,6 +115,12 @@ void register_ssm(py::module_& m) {
   m.def("selective_scan_backward", &scan_backward, py::arg("dy"), py::arg("u"),
         py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"), py::arg("D"),
         py::arg("chunk") = 0, py::arg("version") = 2);
+  m.def("ssm_path", [] {
+    return "chunked scan (chunks of time in parallel when sequences x channel groups are too "
+           "few for the threads), SIMD over groups of " +
+           std::to_string(KG_DISPATCH(scan_kernels).width) +
+           " channels, threads over (sequence, channel group, chunk)";
+  });
   m.def("selective_scan_plan", [](int64_t batch, int64_t T, int64_t E, int64_t chunk,
                                   bool backward) {
     return scan_plan(batch, T, E, num_threads(), chunk, backward);

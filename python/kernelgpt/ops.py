@@ -35,6 +35,7 @@ from .kernels.quant import (QUANT_TYPES, dequantize, int8_native, quant_matmul, 
                             quant_pack, quant_packed_bytes, quant_row_bytes)
 from .kernels.rope import rope, rope_backward, sinusoidal_positions
 from .kernels.softmax import log_softmax, log_softmax_backward, softmax, softmax_backward
+from .kernels.ssm import selective_scan, selective_scan_backward
 
 __all__ = [
     "matmul", "linear",
@@ -50,6 +51,7 @@ __all__ = [
     "QUANT_TYPES", "quant_row_bytes", "dequantize", "quant_matmul", "quant_pack",
     "quant_matmul_packed", "quant_packed_bytes", "int8_native",
     "to_bf16", "from_bf16", "bf16_matmul", "matmul_bf16",
+    "selective_scan", "selective_scan_backward",
     "kernel_paths",
 ]
 
