@@ -1,7 +1,10 @@
 """GPTConfig: the shape of a model, and the parameter layout that shape implies.
 
 One config describes both flavours model.py runs: GPT-2 (learned positions, LayerNorm, GELU,
-biases, tied head) and Llama (RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention).
+biases, tied head) and Llama (RoPE, RMSNorm, SwiGLU, no biases, grouped-query attention), and
+the architectures beyond the dense transformer: a mixture of experts in place of each MLP
+(``n_expert``), and state-space layers (ssm.py) in place of attention in some or all blocks
+(``layers``: "ssm,attn,ssm,attn" is a hybrid stack).
 ``parameter_layout`` lists every parameter with its shape, in the order of the model's one
 flat buffer (see flat_buffer.py).
 """
@@ -12,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-__all__ = ["GPTConfig", "parameter_layout"]
+__all__ = ["GPTConfig", "parameter_layout", "ssm_shapes"]
 
 
 @dataclass
@@ -35,10 +38,21 @@ class GPTConfig:
     n_expert: int = 0              # > 0: every block's MLP is a mixture of experts (moe.py)
     n_expert_active: int = 2       # experts per token (top-k routing)
     moe_aux_weight: float = 0.01   # weight of the load-balancing loss
+    layers: Optional[Tuple[str, ...]] = None  # each block's sequence mixer, "attn" or "ssm"
+                                   # (None: attention everywhere); "ssm,attn" strings accepted
+    ssm_state: int = 16            # N: state size per channel of a state-space layer
+    ssm_inner: Optional[int] = None  # E: its channels (None: 2 * n_embd, Mamba's expansion)
+    ssm_dt_rank: Optional[int] = None  # R: rank of its step projection (None: ceil(n_embd / 16))
 
     def __post_init__(self):
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
+        if self.layers is not None:
+            self.layers = _parse_layers(self.layers, self.n_layer)
+        if self.ssm_inner is None:
+            self.ssm_inner = 2 * self.n_embd
+        if self.ssm_dt_rank is None:
+            self.ssm_dt_rank = max(1, -(-self.n_embd // 16))
         checks = [
             (self.vocab_size >= 1, "vocab_size must be >= 1"),
             (self.block_size >= 1, "block_size must be >= 1"),
@@ -61,6 +75,9 @@ class GPTConfig:
              f"n_expert_active must be in [1, n_expert = {self.n_expert}], got {self.n_expert_active}"),
             (self.moe_aux_weight >= 0 and math.isfinite(self.moe_aux_weight),
              "moe_aux_weight must be finite, >= 0"),
+            (1 <= self.ssm_state <= 128, f"ssm_state must be in [1, 128], got {self.ssm_state}"),
+            (self.ssm_inner >= 1, f"ssm_inner must be >= 1, got {self.ssm_inner}"),
+            (self.ssm_dt_rank >= 1, f"ssm_dt_rank must be >= 1, got {self.ssm_dt_rank}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -70,6 +87,15 @@ class GPTConfig:
                 self.mlp_hidden = 256 * ((int(8 * self.n_embd / 3) + 255) // 256)
             else:
                 self.mlp_hidden = 4 * self.n_embd
+
+    def mixer(self, i: int) -> str:
+        """Block i's sequence mixer: "attn" (attention) or "ssm" (a state-space layer)."""
+        return "attn" if self.layers is None else self.layers[i]
+
+    @property
+    def attn_layers(self) -> List[int]:
+        """The blocks that attend (and so keep keys and values in a generation cache)."""
+        return [i for i in range(self.n_layer) if self.mixer(i) == "attn"]
 
     @property
     def head_dim(self) -> int:
@@ -91,6 +117,32 @@ class GPTConfig:
         return cls(**d)
 
 
+def _parse_layers(layers, n_layer: int) -> Tuple[str, ...]:
+    """("ssm", "attn", ...) from a tuple / list or a comma-separated string, checked."""
+    if isinstance(layers, str):
+        layers = [x.strip() for x in layers.split(",")]
+    try:
+        layers = tuple(layers)
+    except TypeError:
+        raise ValueError(f"GPTConfig: layers must be a list of 'attn' / 'ssm', got {layers!r}")
+    bad = [x for x in layers if x not in ("attn", "ssm")]
+    if bad:
+        raise ValueError(f"GPTConfig: unknown layer kind {bad[0]!r} in layers (expected 'attn' "
+                         f"or 'ssm')")
+    if len(layers) != n_layer:
+        raise ValueError(f"GPTConfig: layers names {len(layers)} blocks, n_layer is {n_layer}")
+    return layers
+
+
+def ssm_shapes(c: GPTConfig, i: int):
+    """(name, shape, weight_decay) of the parameters of state-space block i (ssm.py)."""
+    C, E, N, R = c.n_embd, c.ssm_inner, c.ssm_state, c.ssm_dt_rank
+    L = f"h.{i}.ssm."
+    return [(L + "in_proj.weight", (2 * E, C), True), (L + "x_proj.weight", (R + 2 * N, E), True),
+            (L + "dt_proj.weight", (E, R), True), (L + "out_proj.weight", (C, E), True),
+            (L + "dt_proj.bias", (E,), False), (L + "A_log", (E, N), False), (L + "D", (E,), False)]
+
+
 def parameter_layout(c: GPTConfig) -> List[Tuple[str, Tuple[int, ...], bool]]:
     """(name, shape, weight_decay) of every parameter, in buffer order: the decayed matrices
     first, then embeddings' positions, norms and biases, so that AdamW sees two contiguous
@@ -101,9 +153,12 @@ def parameter_layout(c: GPTConfig) -> List[Tuple[str, Tuple[int, ...], bool]]:
     ex = (E,) if E else ()  # a mixture of experts stacks each MLP matrix E times
     decayed = [("wte", (c.vocab_size, C))]
     for i in range(L):
+        if c.mixer(i) == "ssm":
+            decayed += [(n, s) for n, s, d in ssm_shapes(c, i) if d]
+        else:
+            decayed += [(f"h.{i}.attn.c_attn.weight", (c.qkv_dim, C)),
+                        (f"h.{i}.attn.c_proj.weight", (C, C))]
         decayed += [
-            (f"h.{i}.attn.c_attn.weight", (c.qkv_dim, C)),
-            (f"h.{i}.attn.c_proj.weight", (C, C)),
             (f"h.{i}.mlp.c_fc.weight", ex + (fc_out, C)),
             (f"h.{i}.mlp.c_proj.weight", ex + (C, F)),
         ]
@@ -118,7 +173,9 @@ def parameter_layout(c: GPTConfig) -> List[Tuple[str, Tuple[int, ...], bool]]:
         rest.append((f"h.{i}.ln_1.weight", (C,)))
         if c.bias and c.norm == "layernorm":
             rest.append((f"h.{i}.ln_1.bias", (C,)))
-        if c.bias:
+        if c.mixer(i) == "ssm":
+            rest += [(n, s) for n, s, d in ssm_shapes(c, i) if not d]
+        elif c.bias:
             rest += [(f"h.{i}.attn.c_attn.bias", (c.qkv_dim,)), (f"h.{i}.attn.c_proj.bias", (C,))]
         rest.append((f"h.{i}.ln_2.weight", (C,)))
         if c.bias and c.norm == "layernorm":

@@ -1,8 +1,9 @@
 """The decoder-only transformer, forward and hand-written backward, on kernelgpt.ops.
 
     tokens ─ embedding (+ learned / sinusoidal positions) ─▶ x [B, T, C]
-    N × block:  x += attention(norm(x))        (causal, multi-head, RoPE optional, GQA)
-                x += mlp(norm(x))              (GELU 4x, or SwiGLU)
+    N × block:  x += attention(norm(x))        (causal, multi-head, RoPE optional, GQA;
+                                                or a state-space layer: ssm.py)
+                x += mlp(norm(x))              (GELU 4x, or SwiGLU; or a mixture of experts)
     norm ─▶ lm_head (tied to the embedding) ─▶ logits [B, T, V] ─▶ cross-entropy
 
 Two flavours from one config (config.py): GPT-2 (learned positions, LayerNorm, GELU, biases,
@@ -24,7 +25,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from . import _C, moe, ops
+from . import _C, moe, ops, ssm
 from .config import GPTConfig, parameter_layout
 from .device import array_module, move, to_numpy
 from .flat_buffer import FlatBuffer
@@ -134,6 +135,10 @@ class GPT:
         if self.config.n_expert and device != "cpu":
             raise ValueError("to(): a mixture-of-experts model runs on the CPU only (its routing "
                              "gathers tokens with numpy)")
+        if self._has_ssm and device != "cpu":
+            raise ValueError("to(): a model with state-space layers runs on the CPU only (its "
+                             "scan has CUDA kernels, ops.selective_scan, but the layer has not "
+                             "been run on a GPU)")
         xp = array_module(device)
         if self.packed:
             self.params = self.params.to(xp)
@@ -165,12 +170,19 @@ class GPT:
                 p[...] = rng.normal(0.0, proj_std, p.shape)
             else:
                 p[...] = rng.normal(0.0, 0.02, p.shape)
+        for i in range(c.n_layer):
+            if c.mixer(i) == "ssm":
+                ssm.init_ssm(self.params, i, c, rng, proj_std)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = self.params.size
         if exclude_embeddings and "wpe" in self.params:
             n -= self.params["wpe"].size
         return n
+
+    @property
+    def _has_ssm(self) -> bool:
+        return self.config.layers is not None and "ssm" in self.config.layers
 
     @property
     def lm_head(self) -> np.ndarray:
@@ -319,17 +331,13 @@ class GPT:
             x = a[f"res{i}"]
             ln1 = self._norm(x, i, "ln_1", out=a[f"ln1_{i}"], stats=True)
             a.stats[f"ln1_{i}"] = ln1[1:]
-            qkv = self.ops.linear(a[f"ln1_{i}"], P[L + "attn.c_attn.weight"],
-                             P.views.get(L + "attn.c_attn.bias"), out=a["qkv"])
-            q, k, v = self._split_heads(qkv, B, T)
-            if c.positions == "rope":
-                q, k = self._rope(q, 0), self._rope(k, 0)
-            y, lse = self.ops.attention(q, k, v, causal=True, return_lse=True)
-            a.saved[f"attn_{i}"] = (q, k, v, y, lse)
-            self._merge_heads(y, out=a[f"attm_{i}"])
             mid = a[f"mid{i}"]
-            self.ops.linear(a[f"attm_{i}"], P[L + "attn.c_proj.weight"],
-                       P.views.get(L + "attn.c_proj.bias"), out=mid)
+            if c.mixer(i) == "ssm":  # a state-space layer (ssm.py) instead of attention
+                y, _, a.saved[f"ssm_{i}"] = ssm.ssm_forward(self.ops, self.xp, P, i, c,
+                                                            a[f"ln1_{i}"], B, T)
+                mid[...] = y
+            else:
+                self._attention_train(a, i, B, T, mid)
             mid += x
             ln2 = self._norm(mid, i, "ln_2", out=a[f"ln2_{i}"], stats=True)
             a.stats[f"ln2_{i}"] = ln2[1:]
@@ -354,6 +362,21 @@ class GPT:
             nxt += mid
         lnf = self._norm(a[f"res{c.n_layer}"], None, None, out=a["lnf"], stats=True)
         a.stats["lnf"] = lnf[1:]
+
+    def _attention_train(self, a, i, B, T, out) -> None:
+        """Block i's attention on a["ln1_i"] into out [B*T, C], keeping what backward needs."""
+        c, P = self.config, self.params
+        L = f"h.{i}."
+        qkv = self.ops.linear(a[f"ln1_{i}"], P[L + "attn.c_attn.weight"],
+                              P.views.get(L + "attn.c_attn.bias"), out=a["qkv"])
+        q, k, v = self._split_heads(qkv, B, T)
+        if c.positions == "rope":
+            q, k = self._rope(q, 0), self._rope(k, 0)
+        y, lse = self.ops.attention(q, k, v, causal=True, return_lse=True)
+        a.saved[f"attn_{i}"] = (q, k, v, y, lse)
+        self._merge_heads(y, out=a[f"attm_{i}"])
+        self.ops.linear(a[f"attm_{i}"], P[L + "attn.c_proj.weight"],
+                        P.views.get(L + "attn.c_proj.bias"), out=out)
 
     def _head_loss(self, a, targets, ignore_index, count, with_grad, grad_scale=1.0):
         """LM head + cross-entropy over row chunks (logits are never all in memory at once).
@@ -494,18 +517,11 @@ class GPT:
                 d_ln2 = self._linear_backward(d_h, a[f"ln2_{i}"], L + "mlp.c_fc")
             d_mid = self._norm_backward(d_ln2, a[f"mid{i}"], i, "ln_2", a.stats[f"ln2_{i}"])
             d_mid += d_res
-            # attention: mid = res{i} + c_proj(attention(heads(c_attn(ln_1(res{i})))))
-            d_attm = self._linear_backward(d_mid, a[f"attm_{i}"], L + "attn.c_proj")
-            q, k, v, y, lse = a.saved[f"attn_{i}"]
-            d_y = self.xp.ascontiguousarray(d_attm.reshape(B, T, H, hd).transpose(0, 2, 1, 3))
-            dq, dk, dv = self.ops.attention_backward(d_y, q, k, v, y, lse, causal=True)
-            if c.positions == "rope":
-                dq, dk = self._rope(dq, 0, backward=True), self._rope(dk, 0, backward=True)
-            d_qkv = a["qkv"].reshape(B, T, H + 2 * Hkv, hd)  # reuse the forward scratch
-            d_qkv[:, :, :H] = dq.transpose(0, 2, 1, 3)
-            d_qkv[:, :, H:H + Hkv] = dk.transpose(0, 2, 1, 3)
-            d_qkv[:, :, H + Hkv:] = dv.transpose(0, 2, 1, 3)
-            d_ln1 = self._linear_backward(a["qkv"], a[f"ln1_{i}"], L + "attn.c_attn")
+            if c.mixer(i) == "ssm":  # mid = res{i} + ssm(ln_1(res{i}))
+                d_ln1 = ssm.ssm_backward(self.ops, self.xp, self.params, G, i, c, a[f"ln1_{i}"],
+                                         a.saved[f"ssm_{i}"], d_mid, B, T, self._linear_backward)
+            else:
+                d_ln1 = self._attention_backward(a, i, B, T, d_mid)
             d_res = self._norm_backward(d_ln1, a[f"res{i}"], i, "ln_1", a.stats[f"ln1_{i}"])
             d_res += d_mid
             hook(c.n_layer - i)
@@ -515,6 +531,23 @@ class GPT:
             G["wpe"][:T] += d_res.reshape(B, T, -1).sum(axis=0)
         hook(c.n_layer + 1)
 
+    def _attention_backward(self, a, i, B, T, d_mid):
+        """d_ln1 of block i's attention (mid = res{i} + c_proj(attention(heads(c_attn(ln1)))));
+        adds the weight gradients."""
+        c = self.config
+        H, Hkv, hd = c.n_head, c.n_kv_head, c.head_dim
+        L = f"h.{i}."
+        d_attm = self._linear_backward(d_mid, a[f"attm_{i}"], L + "attn.c_proj")
+        q, k, v, y, lse = a.saved[f"attn_{i}"]
+        d_y = self.xp.ascontiguousarray(d_attm.reshape(B, T, H, hd).transpose(0, 2, 1, 3))
+        dq, dk, dv = self.ops.attention_backward(d_y, q, k, v, y, lse, causal=True)
+        if c.positions == "rope":
+            dq, dk = self._rope(dq, 0, backward=True), self._rope(dk, 0, backward=True)
+        d_qkv = a["qkv"].reshape(B, T, H + 2 * Hkv, hd)  # reuse the forward scratch
+        d_qkv[:, :, :H] = dq.transpose(0, 2, 1, 3)
+        d_qkv[:, :, H:H + Hkv] = dk.transpose(0, 2, 1, 3)
+        d_qkv[:, :, H + Hkv:] = dv.transpose(0, 2, 1, 3)
+        return self._linear_backward(a["qkv"], a[f"ln1_{i}"], L + "attn.c_attn")
 
     # ---- inference with a KV cache ---------------------------------------------------------
 
@@ -524,6 +557,8 @@ class GPT:
         c = self.config
         if dtype is None:
             dtype = self.kv_dtype if self.device == "cpu" else "float32"
+        if self._has_ssm:  # states for the state-space layers, K and V for the others
+            return ssm.RecurrentCache(c, max_len or c.block_size, batch, self.device, dtype)
         return KVCache(c.n_layer, c.n_kv_head, c.head_dim, max_len or c.block_size, batch,
                        device=self.device, dtype=dtype)
 
@@ -549,14 +584,21 @@ class GPT:
         for i in range(c.n_layer):
             L = f"h.{i}."
             h = self._norm(x, i, "ln_1")
-            qkv = self.ops.linear(h, P[L + "attn.c_attn.weight"], P.views.get(L + "attn.c_attn.bias"))
-            q, k, v = self._split_heads(qkv, B, T)
-            if c.positions == "rope":
-                q, k = self._rope(q, t0), self._rope(k, t0)
-            cache.write(i, k, v)
-            y = self.ops.attention(q, cache.k[i], cache.v[i], causal=True, kv_length=t0 + T)
-            x += self.ops.linear(self._merge_heads(y), P[L + "attn.c_proj.weight"],
-                            P.views.get(L + "attn.c_proj.bias"))
+            if c.mixer(i) == "ssm":  # on from the layer's state, which then moves on
+                y, state, _ = ssm.ssm_forward(self.ops, self.xp, P, i, c, h, B, T,
+                                              h0=cache.state[i])
+                cache.set_state(i, state)
+                x += y
+            else:
+                qkv = self.ops.linear(h, P[L + "attn.c_attn.weight"],
+                                      P.views.get(L + "attn.c_attn.bias"))
+                q, k, v = self._split_heads(qkv, B, T)
+                if c.positions == "rope":
+                    q, k = self._rope(q, t0), self._rope(k, t0)
+                cache.write(i, k, v)
+                y = self.ops.attention(q, cache.k[i], cache.v[i], causal=True, kv_length=t0 + T)
+                x += self.ops.linear(self._merge_heads(y), P[L + "attn.c_proj.weight"],
+                                     P.views.get(L + "attn.c_proj.bias"))
             h = self._norm(x, i, "ln_2")
             if c.n_expert:
                 x += self._moe(h, i)[0]
@@ -579,8 +621,8 @@ class GPT:
     def supports_fast_decode(self, cache) -> bool:
         """Whether decode_next can run with this cache: the native backend, batch 1 (on a
         device: what GraphDecoder supports)."""
-        if self.config.n_expert:  # the native runner and the CUDA graph are dense only
-            return False
+        if self.config.n_expert or self._has_ssm:  # the native runner and the CUDA graph
+            return False                               # are dense transformers only
         if self.device != "cpu":
             return GraphDecoder.supports(self, cache)[0]
         return not isinstance(self.ops, ReferenceOps) and cache.k[0].shape[0] == 1 and \

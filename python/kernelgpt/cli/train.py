@@ -74,6 +74,12 @@ def add_arguments(p) -> None:
     p.add_argument("--moe", type=_moe_spec, default=None, metavar="ExK",
                    help="every MLP a mixture of E experts, K per token (top-K routing, a "
                         "load-balancing loss, no token dropped), e.g. 8x2 (default: dense)")
+    p.add_argument("--layers", type=_layers_spec, default=None, metavar="KINDS",
+                   help="each block's sequence mixer, comma-separated: attn (attention) or ssm "
+                        "(a Mamba-style state-space layer), e.g. ssm,attn,ssm,attn for a "
+                        "hybrid; sets --n-layer (default: attn in every block)")
+    p.add_argument("--ssm-state", type=positive_int, default=None, metavar="N",
+                   help=f"state size per channel of the ssm layers (default: {d.ssm_state})")
     for f in dataclasses.fields(TrainConfig):
         if f.name in _NOT_FLAGS:
             continue
@@ -118,7 +124,7 @@ def add_arguments(p) -> None:
 
 
 _MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "positions", "norm",
-                "activation")
+                "activation", "ssm_state")
 
 
 def _moe_spec(text: str):
@@ -133,6 +139,16 @@ def _moe_spec(text: str):
     return e, k
 
 
+def _layers_spec(text: str):
+    """'ssm,attn' -> ('ssm', 'attn')."""
+    import argparse
+    kinds = tuple(k.strip() for k in text.split(","))
+    bad = [k for k in kinds if k not in ("attn", "ssm")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"layer kinds are attn and ssm, got {bad[0]!r} in {text!r}")
+    return kinds
+
+
 def _model_kwargs(args, explicit_only: bool) -> dict:
     """GPTConfig keywords from --preset and the model flags (only those given, if
     explicit_only)."""
@@ -144,6 +160,10 @@ def _model_kwargs(args, explicit_only: bool) -> dict:
         kwargs.setdefault("bias", False)
     if getattr(args, "moe", None) is not None:
         kwargs["n_expert"], kwargs["n_expert_active"] = args.moe
+    if getattr(args, "layers", None) is not None:
+        kwargs["layers"] = args.layers
+        if getattr(args, "n_layer", None) is None:
+            kwargs["n_layer"] = len(args.layers)
     return kwargs
 
 
