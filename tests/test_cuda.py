@@ -479,3 +479,91 @@ def test_cuda_attention_tensor_cores_kv_cache_and_errors(rng):
     with pytest.raises(ValueError, match="multiple of 16"):
         ops.attention(gpu(randn(rng, 1, 1, 4, 24)), gpu(randn(rng, 1, 1, 4, 24)),
                       gpu(randn(rng, 1, 1, 4, 24)), backend="flash_tc")
+
+
+# ---- selective scan: the launchers themselves (csrc/cuda/ssm.cu) ----------------------------
+
+from kernelgpt import _C  # noqa: E402
+
+SCAN_SHAPES = [(1, 1, 1, 1), (2, 7, 3, 5), (3, 37, 19, 16), (2, 33, 40, 17)]  # Bt, T, E, N
+SCAN_VERSIONS = [  # (version, chunk); chunk None: the whole sequence in one chunk (no work)
+    pytest.param(1, None, id="naive"), pytest.param(2, 1, id="chunked-1"),
+    pytest.param(2, 5, id="chunked-5"), pytest.param(2, None, id="chunked-T")]
+
+
+def scan_lib():
+    """The compiled launchers of the current device: the emulator's or the CUDA build's."""
+    return cuda_emu._lib() if cp is cuda_emu else _C
+
+
+def stream():
+    return cp.cuda.get_current_stream().ptr
+
+
+def nans(*shape):
+    """An uninitialized device array that shows what a kernel left unwritten (NaN)."""
+    a = cp.empty(shape, np.float32)
+    a.fill(np.nan)
+    return a
+
+
+def ptrs(*arrays):
+    return [0 if a is None else a.data.ptr for a in arrays]
+
+
+def scan_inputs(rng, Bt, T, E, N):
+    """As the layer makes them: delta = softplus(.) > 0, A = -exp(.) < 0."""
+    u = randn(rng, Bt, T, E)
+    delta = np.logaddexp(0, randn(rng, Bt, T, E)).astype(np.float32)
+    A = (-np.exp(randn(rng, E, N, scale=0.5))).astype(np.float32)
+    return u, delta, A, randn(rng, Bt, T, N), randn(rng, Bt, T, N), randn(rng, E)
+
+
+def cuda_scan(version, args, h0, chunk, want_state=True):
+    """y (and the final state) from cuda_selective_scan; every device array is kept alive
+    until the launch has finished."""
+    Bt, T, E = args[0].shape
+    N = args[2].shape[1]
+    dev = [gpu(a) for a in args]
+    dh0 = None if h0 is None else gpu(h0)
+    y, h = nans(Bt, T, E), (nans(Bt, E, N) if want_state else None)
+    nchunks = 1 if chunk is None else -(-T // chunk)
+    work = nans(2 * Bt * nchunks * N * E) if nchunks > 1 else None
+    scan_lib().cuda_selective_scan(version, *ptrs(*dev, dh0, y, h), Bt, T, E, N,
+                                   T if chunk is None else chunk, *ptrs(work), stream())
+    cp.cuda.get_current_stream().synchronize()
+    return host(y), (None if h is None else host(h))
+
+
+@pytest.mark.parametrize("shape", SCAN_SHAPES)
+@pytest.mark.parametrize("version,chunk", SCAN_VERSIONS)
+@pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "zero-state"])
+def test_cuda_selective_scan(rng, shape, version, chunk, with_h0):
+    Bt, T, E, N = shape
+    args = scan_inputs(rng, *shape)
+    h0 = randn(rng, Bt, E, N) if with_h0 else None
+    ry, rh = reference.selective_scan(*(f64(a) for a in args),
+                                      h0=None if h0 is None else f64(h0), return_state=True)
+    y, h = cuda_scan(version, args, h0, chunk)
+    assert_close(y, ry, rtol=1e-5, atol=1e-5 * np.abs(ry).max(), what="y")
+    assert_close(h, rh, rtol=1e-5, atol=1e-5 * np.abs(rh).max(), what="state")
+    if not with_h0:  # no final state asked for: y alone
+        y2, _ = cuda_scan(version, args, None, chunk, want_state=False)
+        assert_close(y2, ry, rtol=1e-5, atol=1e-5 * np.abs(ry).max(), what="y without state")
+
+
+@pytest.mark.parametrize("shape", SCAN_SHAPES)
+def test_cuda_selective_scan_backward(rng, shape):
+    Bt, T, E, N = shape
+    args = scan_inputs(rng, *shape)
+    dy = randn(rng, Bt, T, E)
+    dev = [gpu(a) for a in (dy, *args)]
+    grads = [nans(*a.shape) for a in args]  # du, d_delta, dA, dB, dC, dD
+    work = nans(Bt * (T + 1) * N * E)
+    scan_lib().cuda_selective_scan_backward(1, *ptrs(*dev, *grads), Bt, T, E, N, *ptrs(work),
+                                            stream())
+    cp.cuda.get_current_stream().synchronize()
+    expected = reference.selective_scan_backward(f64(dy), *(f64(a) for a in args))
+    for name, g, e in zip(["du", "d_delta", "dA", "dB", "dC", "dD"], grads, expected):
+        assert_close(host(g), e, rtol=1e-4, atol=1e-5 * max(float(np.abs(e).max()), 1e-30),
+                     what=name)

@@ -45,3 +45,30 @@ def test_bad_size_is_a_value_error(call):
 def test_missing_array_is_a_value_error(call):
     with pytest.raises(ValueError, match="a required array is missing"):
         call()
+
+
+# the selective scan: (version, u, delta, A, B, C, D, h0, y, h_out, batch, T, E, N, chunk, work,
+# stream) and (version, dy, u, delta, A, B, C, D, du, d_delta, dA, dB, dC, dD, batch, T, E, N,
+# work, stream); h0 / h_out may be 0, work only when version 2 has more than one chunk
+def test_selective_scan_args():
+    scan, back = _C.cuda_selective_scan, _C.cuda_selective_scan_backward
+    with pytest.raises(ValueError, match=r"selective_scan: unknown version 3 for the CUDA "
+                                         r"kernel, expected one of 1 \(naive\), 2 \(chunked\)"):
+        scan(3, 1, 1, 1, 1, 1, 1, 0, 1, 0, 2, 8, 4, 3, 4, 1, 0)
+    with pytest.raises(ValueError, match=r"selective_scan_backward: unknown version 2 .* "
+                                         r"1 \(naive\)$"):
+        back(2, *[1] * 13, 2, 8, 4, 3, 1, 0)
+    with pytest.raises(ValueError, match="sizes must be >= 1"):
+        scan(2, 1, 1, 1, 1, 1, 1, 0, 1, 0, 2, 8, 4, 3, 0, 1, 0)   # chunk 0
+    with pytest.raises(ValueError, match="sizes must be >= 1"):
+        back(1, *[1] * 13, 2, 0, 4, 3, 1, 0)                        # T = 0
+    with pytest.raises(ValueError, match="a required array is missing"):
+        scan(2, 1, 1, 1, 1, 1, 1, 0, 1, 0, 2, 8, 4, 3, 4, 0, 0)   # two chunks, no work
+    with pytest.raises(ValueError, match="a required array is missing"):
+        scan(1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 2, 8, 4, 3, 1, 0, 0)   # D missing
+    with pytest.raises(ValueError, match="a required array is missing"):
+        back(1, *[1] * 13, 2, 8, 4, 3, 0, 0)                        # work missing
+    with pytest.raises(ValueError, match=r"N \(the state size\) must be <= 128, got 129"):
+        scan(1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 2, 8, 4, 129, 1, 0, 0)
+    with pytest.raises(ValueError, match=r"N \(the state size\) must be <= 128"):
+        back(1, *[1] * 13, 2, 8, 4, 129, 1, 0)

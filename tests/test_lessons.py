@@ -156,3 +156,27 @@ def test_threads_option(capsys):
         err = capsys.readouterr().err
         assert "--threads" in err and (">= 1" in err or "expected" in err)
     assert kernelgpt.get_num_threads() == before
+
+
+def test_architectures_lesson_measures_the_table():
+    """Dense, MoE, SSM and hybrid of equal active parameters (within 3%), trained for the same
+    time; the SSM's generation cache is the same at every context, attention's grows linearly,
+    the hybrid's at half attention's rate."""
+    from kernelgpt.lessons.architectures import (active_parameters, architecture_configs,
+                                                 measure_architectures)
+    from kernelgpt.model import GPT
+    for width in (32, 128):
+        active = [active_parameters(GPT(c, seed=0)) for c in architecture_configs(65, width).values()]
+        assert max(active) <= 1.03 * min(active), (width, active)
+    rows = {r["name"]: r for r in measure_architectures(0.3, n_embd=32, contexts=(256, 512, 1024))}
+    assert list(rows) == ["dense", "moe 8x2", "ssm", "hybrid"]
+    for r in rows.values():
+        assert r["steps"] >= 1 and np.isfinite(r["val"]) and r["val"] < 4.5
+    assert len(set(rows["ssm"]["memory"])) == 1
+    kv = rows["dense"]["memory"]
+    assert kv == [kv[0], 2 * kv[0], 4 * kv[0]] and rows["moe 8x2"]["memory"] == kv
+    hybrid_kv = [b - rows["ssm"]["memory"][0] // 2 for b in rows["hybrid"]["memory"]]
+    assert hybrid_kv == [b // 2 for b in kv]
+    assert rows["moe 8x2"]["params"] > 2 * rows["moe 8x2"]["active"]
+    text = lessons.lesson_architectures(seconds=0.2, n_embd=16, contexts=(64, 128))
+    assert "ssm,ssm,ssm,ssm" in text and "nan" not in text.lower()

@@ -45,6 +45,8 @@ const Versions kAttentionVersions = {{1, "naive"}, {2, "flash"}, {3, "decode"}, 
 const Versions kAttentionBackwardVersions = {{1, "naive"}, {2, "flash"}};
 const Versions kDequantizeVersions = {{1, "naive"}};
 const Versions kQuantMatmulVersions = {{1, "naive"}, {5, "warp"}};
+const Versions kScanVersions = {{1, "naive"}, {2, "chunked"}};
+const Versions kScanBackwardVersions = {{1, "naive"}};
 
 // The C++ side of the argument checks (Python checked the arrays already): sizes >= 1,
 // required device pointers non-null. ValueError otherwise.
@@ -60,6 +62,12 @@ void check_args(const char* fn, int version, Versions versions,
                 std::initializer_list<int64_t> sizes, std::initializer_list<uintptr_t> required) {
   check_version(fn, version, versions, "CUDA");
   check_sizes(fn, sizes, required);
+}
+// The selective scan keeps a channel's N states in a local array (csrc/cuda/ssm.cu).
+void check_scan_state(const char* fn, int64_t N) {
+  if (N > 128)
+    throw std::invalid_argument(std::string(fn) + ": N (the state size) must be <= 128, got " +
+                                std::to_string(N));
 }
 // Binds a launcher with the GIL released: on a GPU a launch returns at once, but the CPU
 // emulator (kernelgpt._cuda_emu, the same bindings) runs the whole kernel inside the call.
@@ -224,6 +232,38 @@ void register_cuda_families(py::module_& m) {
     cuda::dequantize_rows(qtype, ptr<const uint8_t>(raw), ptr<const int64_t>(ids),
                           ptr<float>(out), n, k, s);
   });
+  // h0, h_out may be 0 (a zero start state, no final state); work (version 2) holds
+  // 2 * batch * ceil(T / chunk) * N * E floats, and may be 0 when chunk >= T.
+  launcher(m, "cuda_selective_scan",
+           [](int ver, uintptr_t u, uintptr_t delta, uintptr_t A, uintptr_t B, uintptr_t C,
+              uintptr_t D, uintptr_t h0, uintptr_t y, uintptr_t h_out, int64_t batch, int64_t T,
+              int64_t E, int64_t N, int64_t chunk, uintptr_t work, uintptr_t s) {
+             bool chunked = ver == 2;
+             check_args("selective_scan", ver, kScanVersions,
+                        {batch, T, E, N, chunked ? chunk : 1},
+                        {u, delta, A, B, C, D, y, chunked && chunk < T ? work : 1});
+             check_scan_state("selective_scan", N);
+             cuda::selective_scan(ver, ptr<const float>(u), ptr<const float>(delta),
+                                  ptr<const float>(A), ptr<const float>(B), ptr<const float>(C),
+                                  ptr<const float>(D), ptr<const float>(h0), ptr<float>(y),
+                                  ptr<float>(h_out), batch, T, E, N, chunk, ptr<float>(work), s);
+           });
+  // work: batch * (T + 1) * N * E floats.
+  launcher(m, "cuda_selective_scan_backward",
+           [](int ver, uintptr_t dy, uintptr_t u, uintptr_t delta, uintptr_t A, uintptr_t B,
+              uintptr_t C, uintptr_t D, uintptr_t du, uintptr_t d_delta, uintptr_t dA,
+              uintptr_t dB, uintptr_t dC, uintptr_t dD, int64_t batch, int64_t T, int64_t E,
+              int64_t N, uintptr_t work, uintptr_t s) {
+             check_args("selective_scan_backward", ver, kScanBackwardVersions, {batch, T, E, N},
+                        {dy, u, delta, A, B, C, D, du, d_delta, dA, dB, dC, dD, work});
+             check_scan_state("selective_scan_backward", N);
+             cuda::selective_scan_backward(
+                 ver, ptr<const float>(dy), ptr<const float>(u), ptr<const float>(delta),
+                 ptr<const float>(A), ptr<const float>(B), ptr<const float>(C),
+                 ptr<const float>(D), ptr<float>(du), ptr<float>(d_delta), ptr<float>(dA),
+                 ptr<float>(dB), ptr<float>(dC), ptr<float>(dD), batch, T, E, N,
+                 ptr<float>(work), s);
+           });
 }
 
 }  // namespace

@@ -158,5 +158,26 @@ void dequantize_rows(int qtype, const uint8_t* raw, const int64_t* ids, float* o
 void kv_write(float* cache, const float* src, const int64_t* pos, int64_t hkv, int64_t cap,
               int64_t dh, uintptr_t stream);
 
+// Selective scan (csrc/cuda/ssm.cu; shapes and formulas in csrc/kernels/ssm.h): u, delta, y
+// [batch, T, E]; A [E, N]; B, C [batch, T, N]; D [E]; h0, h_out [batch, E, N] (each may be
+// null: a zero start state / no final state); N <= 128.
+// version 1 (naive): one thread per channel (b, e), step after step. 2 (chunked): chunks of
+// `chunk` steps scanned in parallel in three passes; work: 2 * batch * nchunks * N * E floats
+// (nchunks = ceil(T / chunk); unused, may be null, when nchunks == 1).
+void selective_scan(int version, const float* u, const float* delta, const float* A,
+                    const float* B, const float* C, const float* D, const float* h0, float* y,
+                    float* h_out, int64_t batch, int64_t T, int64_t E, int64_t N, int64_t chunk,
+                    float* work, uintptr_t stream);
+// Gradients (from h0 = 0) given dy [batch, T, E]: du, d_delta [batch, T, E], dA [E, N],
+// dB, dC [batch, T, N], dD [E], all written (not accumulated), deterministically.
+// version 1 (naive) only: one thread per channel keeps its states in work
+// (batch * (T + 1) * N * E floats) and walks back in time; sums over channels / sequences /
+// steps by one thread per output, in a fixed order.
+void selective_scan_backward(int version, const float* dy, const float* u, const float* delta,
+                             const float* A, const float* B, const float* C, const float* D,
+                             float* du, float* d_delta, float* dA, float* dB, float* dC,
+                             float* dD, int64_t batch, int64_t T, int64_t E, int64_t N,
+                             float* work, uintptr_t stream);
+
 }  // namespace cuda
 }  // namespace kg

@@ -496,7 +496,6 @@ class GPT:
     def _backward(self, idx, a, d_lnf, grad_scale: float = 1.0) -> None:
         c, G = self.config, self.grads
         B, T = idx.shape
-        H, Hkv, hd = c.n_head, c.n_kv_head, c.head_dim
         hook = self.grad_hook or (lambda stage: None)
         # d_res: gradient w.r.t. the residual stream, walking back through the layers
         d_res = self._norm_backward(d_lnf, a[f"res{c.n_layer}"], None, None, a.stats["lnf"])

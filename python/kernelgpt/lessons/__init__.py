@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional
 
+from .architectures import lesson_architectures
 from ._common import (CAT, COOKIES, PLOT_HINT, PlotDependencyError, _AttentionRecorder,  # noqa: F401
                       collect_figures, require_matplotlib)
 from .generation import lesson_kv_cache, lesson_sampling, lesson_trace
@@ -39,7 +40,7 @@ LESSONS: Dict[str, Callable[..., str]] = {
         lesson_gradient_descent, lesson_neuron, lesson_backprop, lesson_bpe, lesson_embedding,
         lesson_positions, lesson_attention, lesson_sampling, lesson_kv_cache, lesson_trace,
         lesson_training,
-        lesson_alignment, lesson_gpu)
+        lesson_alignment, lesson_architectures, lesson_gpu)
 }
 
 
