@@ -128,6 +128,13 @@ inline void scan_steps(const ScanArgs& p, const Group& g, int64_t t0, int64_t t1
   }
 }
 
+// Work items per thread worth waking a thread for: an item is (steps x N x kWidth) updates;
+// a thread should get >= 64k of them (a decode step, one step per item, stays on one thread).
+inline int64_t min_items(int64_t steps, int64_t N) {
+  int64_t per_item = steps * N * kWidth;
+  return per_item >= 65536 ? 1 : (65536 + per_item - 1) / per_item;
+}
+
 inline void load_lanes(const float* src, int64_t ne, vfloat& v) { v = load_upto(src, ne); }
 inline void store_lanes(float* dst, int64_t ne, vfloat v) { store_upto(dst, v, ne); }
 
@@ -153,9 +160,9 @@ void scan_chunked(const ScanArgs& p) {
       h[n] = v;
     }
   };
-  const int64_t items = p.batch * groups * nc;
+  const int64_t items = p.batch * groups * nc, grain = min_items(L, N);
   if (nc > 1) {  // (1) every chunk from a zero state: its end state and its product of decays
-    parallel_for(items, 1, [&](int64_t i0, int64_t i1) {
+    parallel_for(items, grain, [&](int64_t i0, int64_t i1) {
       vfloat At[kScanMaxState], h[kScanMaxState], prod[kScanMaxState];
       for (int64_t item = i0; item < i1; ++item) {
         int64_t c;
@@ -171,7 +178,7 @@ void scan_chunked(const ScanArgs& p) {
       }
     });
     // (2) carry the true start state across chunks: S[b][c] becomes the state before chunk c
-    parallel_for(p.batch * groups, 1, [&](int64_t i0, int64_t i1) {
+    parallel_for(p.batch * groups, min_items(nc, N), [&](int64_t i0, int64_t i1) {
       vfloat h[kScanMaxState];
       for (int64_t bg = i0; bg < i1; ++bg) {
         int64_t b = bg / groups, e0 = (bg % groups) * kWidth;
@@ -193,7 +200,7 @@ void scan_chunked(const ScanArgs& p) {
     });
   }
   // (3) every chunk from its true start state, writing y
-  parallel_for(items, 1, [&](int64_t i0, int64_t i1) {
+  parallel_for(items, grain, [&](int64_t i0, int64_t i1) {
     vfloat At[kScanMaxState], h[kScanMaxState];
     for (int64_t item = i0; item < i1; ++item) {
       int64_t c;
@@ -233,7 +240,7 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
   ScanArgs fp;  // the forward pass's view of the inputs
   fp.u = p.u, fp.delta = p.delta, fp.A = p.A, fp.B = p.B, fp.C = p.C, fp.D = p.D;
   fp.batch = p.batch, fp.T = T, fp.E = E, fp.N = N;
-  const int64_t items = p.batch * groups * nc;
+  const int64_t items = p.batch * groups * nc, grain = min_items(L, N);
   // reverse-time step of dh over [t0, t1): dh = (dh + C_t dy_t) * a_t, with no gradients
   auto reverse_steps = [&](const Group& g, int64_t t0, int64_t t1, const vfloat* At, vfloat* dh) {
     for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -248,7 +255,7 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
   if (nc > 1) {
     // (1) per chunk: the forward end state and decay product from zero, the backward carry
     //     (a_ts * dh_ts) from a zero incoming gradient
-    parallel_for(items, 1, [&](int64_t i0, int64_t i1) {
+    parallel_for(items, grain, [&](int64_t i0, int64_t i1) {
       vfloat At[kScanMaxState], h[kScanMaxState], prod[kScanMaxState];
       for (int64_t item = i0; item < i1; ++item) {
         int64_t c;
@@ -268,7 +275,7 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
     });
     // (2) carries: S[b][c] = the state before chunk c, Q[b][c] = the gradient flowing into
     //     chunk c's last step from the chunks after it
-    parallel_for(p.batch * groups, 1, [&](int64_t i0, int64_t i1) {
+    parallel_for(p.batch * groups, min_items(nc, N), [&](int64_t i0, int64_t i1) {
       for (int64_t bg = i0; bg < i1; ++bg) {
         int64_t b = bg / groups, e0 = (bg % groups) * kWidth, ne = E - e0 < kWidth ? E - e0 : kWidth;
         for (int64_t n = 0; n < N; ++n) {
@@ -293,7 +300,7 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
   }
   // (3) per chunk from its true carries: the states of the chunk, then the gradients
   bool failed = false;
-  parallel_for(items, 1, [&](int64_t i0, int64_t i1) {
+  parallel_for(items, grain, [&](int64_t i0, int64_t i1) {
     vfloat At[kScanMaxState], h[kScanMaxState], dh[kScanMaxState], dA[kScanMaxState];
     vfloat* hs = tl_chunk_states.try_get((size_t)(L + 1) * N);  // hs[(t - t0 + 1) N + n]
     if (!hs) {
@@ -357,7 +364,7 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
   });
   if (__atomic_load_n(&failed, __ATOMIC_RELAXED)) throw std::bad_alloc();
   // (4) the partials, summed in a fixed order
-  parallel_for(E, 1, [&](int64_t e0, int64_t e1) {
+  parallel_for(E, 4096 / (p.batch * nc * N + 1) + 1, [&](int64_t e0, int64_t e1) {
     for (int64_t e = e0; e < e1; ++e) {
       float d = 0.0f;
       for (int64_t bc = 0; bc < p.batch * nc; ++bc) d += WD[bc * E + e];
@@ -369,7 +376,7 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
       }
     }
   });
-  parallel_for(p.batch * T, 64, [&](int64_t r0, int64_t r1) {
+  parallel_for(p.batch * T, 4096 / (groups * N + 1) + 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t n = 0; n < N; ++n) {
         float sb = 0.0f, sc = 0.0f;
