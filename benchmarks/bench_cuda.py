@@ -161,6 +161,22 @@ def main():
         row(f"softmax_backward {rows}x{cols}", v,
             timed(lambda: ops.softmax_backward(x, y, backend=v)), 3 * x.nbytes, "GB/s")
 
+    # ---- selective scan (the state-space layer): naive vs chunked ----------------------------
+    Bt, T, E, N = (2, 9, 20, 4) if small else (16, 1024, 1536, 16)
+    u, Bm, Cm, D = randn(Bt, T, E), randn(Bt, T, N), randn(Bt, T, N), randn(E)
+    delta = xp.log1p(xp.exp(randn(Bt, T, E)))
+    A = -xp.exp(randn(E, N) * 0.5)
+    scan_flops = 6 * Bt * T * E * N  # per (t, e, n): exp, 2 mul + add for h, mul + add for y
+    base = None
+    for v in ("naive", "chunked"):
+        t = timed(lambda: ops.selective_scan(u, delta, A, Bm, Cm, D, backend=v))
+        row(f"selective_scan {Bt}x{T}x{E}x{N}", v, t, scan_flops, "TFLOP/s", base)
+        base = base or t
+    dy = randn(Bt, T, E)
+    row(f"selective_scan_backward {Bt}x{T}x{E}x{N}", "naive",
+        timed(lambda: ops.selective_scan_backward(dy, u, delta, A, Bm, Cm, D, backend="naive")),
+        3 * scan_flops, "TFLOP/s")
+
     rows, cols = (8, 96) if small else (16384, 768)
     xl, w, bias = randn(rows, cols), randn(cols), randn(cols)
 
