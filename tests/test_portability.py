@@ -69,3 +69,22 @@ def test_every_source_compiles_for_aarch64():
                        env={**os.environ, "PYTHON": sys.executable})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "compilations clean with -Wall -Werror" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or
+                    shutil.which("qemu-aarch64-static") is None,
+                    reason="needs g++-aarch64-linux-gnu and qemu-user-static (Debian)")
+def test_kernels_run_on_aarch64_at_every_level():
+    """ARM64 (issue 26): the kernels cross-compiled for aarch64 at every level (generic =
+    armv8-a NEON, dotprod, i8mm) run under QEMU (-cpu max), each family's fast version equal to
+    its naive one (tools/native_check.sh, tests/native/kernel_check.cpp)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["bash", os.path.join(root, "tools", "native_check.sh"), "aarch64"],
+                       capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    for level in ("generic", "dotprod", "i8mm"):
+        row = [x for x in lines if x.startswith(level + " ")]
+        assert row and "checks passed" in row[0], r.stdout[-3000:]
+        done, _, total = row[0].split()[1:4]
+        assert done == total and int(total) > 100, row[0]

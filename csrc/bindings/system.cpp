@@ -8,16 +8,25 @@ namespace kg {
 namespace bind {
 
 static Isa parse_isa(const std::string& name) {
-  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16})
+  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16, Isa::dotprod, Isa::i8mm})
     if (name == isa_name(isa)) return isa;
   value_error("unknown instruction set '" + name +
-              "', expected 'generic', 'avx2', 'avx512' or 'avx512bf16'");
+              "', expected 'generic', 'avx2', 'avx512', 'avx512bf16' (x86-64), 'dotprod' or 'i8mm' (aarch64)");
 }
 
 void register_system(py::module_& m) {
   m.def("cpu_info", [] {
     const CpuFeatures& f = cpu_features();
     py::dict flags;
+#if defined(__aarch64__)
+    flags["neon"] = f.asimd;
+    flags["dotprod"] = f.asimddp;
+    flags["fp16"] = f.fp16;
+    flags["i8mm"] = f.i8mm;
+    flags["bf16"] = f.bf16;
+    flags["sve"] = f.sve;
+    flags["sve2"] = f.sve2;
+#else
     flags["sse2"] = f.sse2;
     flags["avx"] = f.avx && f.os_avx;
     flags["avx2"] = f.avx2 && f.os_avx;
@@ -32,8 +41,9 @@ void register_system(py::module_& m) {
     flags["avx512_bf16"] = f.avx512bf16 && f.os_avx512;
     flags["amx_tile"] = f.amx_tile;
     flags["amx_bf16"] = f.amx_bf16;
+#endif
     py::list compiled;
-    for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16})
+    for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16, Isa::dotprod, Isa::i8mm})
       if (isa_compiled(isa)) compiled.append(isa_name(isa));
     py::dict d;
     d["vendor"] = f.vendor;

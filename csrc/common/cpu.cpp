@@ -8,6 +8,10 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #define KG_X86 1
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 
 namespace kg {
@@ -20,8 +24,40 @@ static uint64_t read_xcr0() {
 }
 #endif
 
+#if defined(__aarch64__) && defined(__APPLE__)
+static bool sysctl_flag(const char* name) {  // hw.optional.arm.FEAT_*: 1 when present
+  int value = 0;
+  size_t size = sizeof(value);
+  return sysctlbyname(name, &value, &size, nullptr, 0) == 0 && value == 1;
+}
+#endif
+
 static CpuFeatures detect() {
   CpuFeatures f;
+#if defined(__aarch64__)
+  f.vendor = "ARM";
+  f.brand = "aarch64";
+  f.asimd = true;  // NEON is part of armv8-a
+#if defined(__linux__)
+  // the bits of linux/arch/arm64/include/uapi/asm/hwcap.h (kept here for older headers)
+  unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+  f.asimd = hw & (1ul << 1);
+  f.fp16 = (hw & (1ul << 9)) && (hw & (1ul << 10));  // FPHP and ASIMDHP
+  f.asimddp = hw & (1ul << 20);
+  f.sve = hw & (1ul << 22);
+  f.sve2 = hw2 & (1ul << 1);
+  f.i8mm = hw2 & (1ul << 13);
+  f.bf16 = hw2 & (1ul << 14);
+#elif defined(__APPLE__)
+  f.asimddp = sysctl_flag("hw.optional.arm.FEAT_DotProd");
+  f.fp16 = sysctl_flag("hw.optional.arm.FEAT_FP16");
+  f.i8mm = sysctl_flag("hw.optional.arm.FEAT_I8MM");
+  f.bf16 = sysctl_flag("hw.optional.arm.FEAT_BF16");
+  char brand[128] = {0};
+  size_t size = sizeof(brand) - 1;
+  if (sysctlbyname("machdep.cpu.brand_string", brand, &size, nullptr, 0) == 0) f.brand = brand;
+#endif
+#endif
 #if KG_X86
   unsigned a, b, c, d;
   if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
@@ -83,6 +119,8 @@ const char* isa_name(Isa isa) {
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
     case Isa::avx512bf16: return "avx512bf16";
+    case Isa::dotprod: return "dotprod";
+    case Isa::i8mm: return "i8mm";
   }
   return "unknown";
 }
@@ -98,6 +136,12 @@ bool isa_compiled(Isa isa) {
 #if KG_HAVE_AVX512BF16
   if (isa == Isa::avx512bf16) return true;
 #endif
+#if KG_HAVE_DOTPROD
+  if (isa == Isa::dotprod) return true;
+#endif
+#if KG_HAVE_I8MM
+  if (isa == Isa::i8mm) return true;
+#endif
   return false;
 }
 
@@ -111,13 +155,15 @@ static bool cpu_supports(Isa isa) {
     case Isa::avx2: return avx2;
     case Isa::avx512: return avx512;
     case Isa::avx512bf16: return avx512 && f.avx512vnni && f.avx512bf16;
+    case Isa::dotprod: return f.asimd && f.asimddp && f.fp16;
+    case Isa::i8mm: return f.asimd && f.asimddp && f.fp16 && f.i8mm && f.bf16;
   }
   return false;
 }
 
 Isa best_isa() {
   static const Isa best = [] {
-    Isa levels[] = {Isa::avx512bf16, Isa::avx512, Isa::avx2};
+    Isa levels[] = {Isa::avx512bf16, Isa::avx512, Isa::avx2, Isa::i8mm, Isa::dotprod};
     for (Isa isa : levels)
       if (isa_compiled(isa) && cpu_supports(isa)) return isa;
     return Isa::generic;

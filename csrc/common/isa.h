@@ -13,7 +13,10 @@
 
 namespace kg {
 
-enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
+// x86-64: generic (SSE2), avx2 (+FMA, F16C), avx512 (F/CD/BW/DQ/VL), avx512bf16 (+VNNI, BF16).
+// aarch64: generic (armv8-a: NEON is part of the baseline), dotprod (armv8.2-a + SDOT/UDOT and
+// fp16), i8mm (armv8.6-a + I8MM SMMLA and BF16 BFMMLA: Apple M2+, Graviton 3+).
+enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3, dotprod = 4, i8mm = 5 };
 
 }  // namespace kg
 
@@ -27,6 +30,14 @@ enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
 #endif
 
 // Declares `extern const Type name;` in every level's namespace.
+#if defined(__aarch64__)
+#define KG_DECLARE_PER_ISA(Type, name)           \
+  namespace kg {                                 \
+  namespace generic { extern const Type name; }  \
+  namespace dotprod { extern const Type name; }  \
+  namespace i8mm { extern const Type name; }     \
+  }
+#else
 #define KG_DECLARE_PER_ISA(Type, name)      \
   namespace kg {                            \
   namespace generic { extern const Type name; }    \
@@ -34,3 +45,4 @@ enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
   namespace avx512 { extern const Type name; }     \
   namespace avx512bf16 { extern const Type name; } \
   }
+#endif

@@ -19,13 +19,18 @@
 //   version 4 (vnni): llama.cpp's scheme. x is quantized to int8 per block of 32
 //     (dx = max|x| / 127, qx = round(x / dx)); then a block's contribution is the integer
 //     dot sum_j q_j qx_j times dw * dx (+ m * dx * sum_j qx_j for Q4_1). With AVX512-VNNI
-//     one vpdpbusd does 32 int8 multiply-adds of a whole block; elsewhere the same integer
-//     arithmetic runs in plain loops (identical integers, so every ISA agrees up to the
+//     one vpdpbusd does 32 int8 multiply-adds of a whole block; on aarch64 two SDOT
+//     (vdotq_s32, dotprod) do, or with i8mm four SMMLA (vmmlaq_s32) do 2 weight rows x 2 rows
+//     of x; elsewhere the same integer arithmetic runs in plain loops (identical integers, so every ISA agrees up to the
 //     order of the float sums). Costs ~1% relative error from quantizing x (measured in
 //     tests/test_quant.py), so `auto` does not pick it; ask for it with backend="vnni".
 //   auto: fused for M <= 16, tiled otherwise (measured here, one thread, SmolLM2's shapes:
 //     fused wins up to M = 16 by 5-30%, tiled from M = 32 on by 1.1-1.6x).
 #include "kernels/quant.h"
+
+#if defined(__ARM_FEATURE_DOTPROD) || defined(__ARM_FEATURE_MATMUL_INT8)
+#include <arm_neon.h>
+#endif
 
 #include <cmath>
 #include <cstring>
@@ -258,6 +263,19 @@ thread_local GrowBuffer<int8_t> tl_qx;
 
 // sum_j q_j * qx_j over one block: exact in int32 (|sum| <= 32 * 128 * 127).
 inline int32_t block_dot(const uint8_t* blk, QuantType t, const int8_t* qx) {
+#if defined(__ARM_FEATURE_DOTPROD)
+  // aarch64 dotprod: SDOT adds 4 int8 x int8 products into each of 4 int32 lanes; Q4_1's
+  // nibbles (0..15) are signed bytes as they are
+  int8x16_t x0 = vld1q_s8(qx), x1 = vld1q_s8(qx + 16), w0, w1;
+  if (t == QuantType::q8_0) {
+    w0 = vld1q_s8((const int8_t*)blk + 2), w1 = vld1q_s8((const int8_t*)blk + 18);
+  } else {
+    uint8x16_t nib = vld1q_u8(blk + 4);
+    w0 = vreinterpretq_s8_u8(vandq_u8(nib, vdupq_n_u8(15)));
+    w1 = vreinterpretq_s8_u8(vshrq_n_u8(nib, 4));
+  }
+  return vaddvq_s32(vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1));
+#endif
   int32_t s = 0;
   if (t == QuantType::q8_0) {
     for (int j = 0; j < 32; ++j) s += (int32_t)(int8_t)blk[2 + j] * qx[j];
@@ -336,9 +354,75 @@ void vnni_rows(const QuantMatmulArgs& p, const int8_t* qx, const float* dx, cons
   }
 }
 
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+// aarch64 i8mm: SMMLA multiplies a 2x8 int8 matrix by an 8x2 one into a 2x2 int32 tile, so one
+// instruction covers 8 weights of 2 rows of W against 2 rows of x. The 8 weights k = 8 part ..
+// 8 part + 7 of a block as SMMLA takes them (Q4_1: low nibbles are k 0-15, high ones 16-31).
+template <QuantType T>
+inline int8x8_t block_part(const uint8_t* blk, int part) {
+  if (T == QuantType::q8_0) return vld1_s8((const int8_t*)blk + 2 + 8 * part);
+  uint8x8_t nib = vld1_u8(blk + 4 + 8 * (part & 1));
+  return vreinterpret_s8_u8(part < 2 ? vand_u8(nib, vdup_n_u8(15)) : vshr_n_u8(nib, 4));
+}
+
+// {x0.w0, x0.w1, x1.w0, x1.w1} over one block, exact in int32: four SMMLA.
+template <QuantType T>
+inline int32x4_t block_dot_2x2(const uint8_t* w0, const uint8_t* w1, const int8_t* x0,
+                               const int8_t* x1) {
+  int32x4_t acc = vdupq_n_s32(0);
+  for (int part = 0; part < 4; ++part) {
+    int8x16_t a = vcombine_s8(vld1_s8(x0 + 8 * part), vld1_s8(x1 + 8 * part));
+    int8x16_t b = vcombine_s8(block_part<T>(w0, part), block_part<T>(w1, part));
+    acc = vmmlaq_s32(acc, a, b);
+  }
+  return acc;
+}
+
+// y[0:2, n0:n1] for 2 rows of quantized x, W rows in pairs; the same float arithmetic as
+// vnni_rows (its integers are the same), so every level gives the same y.
+template <QuantType T>
+void smmla_rows(const QuantMatmulArgs& p, const int8_t* qx, const float* dx, const float* sx,
+                float* y, int64_t n0, int64_t n1) {
+  const int64_t nb = p.k / kQuantBlock, bb = quant_block_bytes(T), rb = nb * bb;
+  int64_t n = n0;
+  for (; n + 1 < n1; n += 2) {
+    const uint8_t* row0 = p.w + n * rb;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, macc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t *w0 = row0 + b * bb, *w1 = w0 + rb;
+      int32x4_t dot = block_dot_2x2<T>(w0, w1, qx + b * kQuantBlock, qx + (nb + b) * kQuantBlock);
+      float d0 = half_to_float(w0), d1 = half_to_float(w1), x0 = dx[b], x1 = dx[nb + b];
+      acc[0] += d0 * x0 * (float)vgetq_lane_s32(dot, 0);
+      acc[1] += d1 * x0 * (float)vgetq_lane_s32(dot, 1);
+      acc[2] += d0 * x1 * (float)vgetq_lane_s32(dot, 2);
+      acc[3] += d1 * x1 * (float)vgetq_lane_s32(dot, 3);
+      if (T == QuantType::q4_1) {
+        float m0 = half_to_float(w0 + 2), m1 = half_to_float(w1 + 2);
+        macc[0] += m0 * sx[b], macc[1] += m1 * sx[b];
+        macc[2] += m0 * sx[nb + b], macc[3] += m1 * sx[nb + b];
+      }
+    }
+    y[n] = acc[0] + macc[0], y[n + 1] = acc[1] + macc[1];
+    y[p.n + n] = acc[2] + macc[2], y[p.n + n + 1] = acc[3] + macc[3];
+  }
+  if (n < n1) vnni_rows<2, T>(p, qx, dx, sx, y, n, n1);
+}
+#endif
+
 template <QuantType T>
 void vnni_dispatch(int rows, const QuantMatmulArgs& p, const int8_t* qx, const float* dx,
                    const float* sx, float* y, int64_t n0, int64_t n1) {
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+  if (rows >= 2) {  // pairs of x rows on SMMLA, a third one on its own
+    const int64_t nb = p.k / kQuantBlock;
+    smmla_rows<T>(p, qx, dx, sx, y, n0, n1);
+    if (rows == 3)
+      vnni_rows<1, T>(p, qx + 2 * p.k, dx + 2 * nb, sx + 2 * nb, y + 2 * p.n, n0, n1);
+    else if (rows >= 4)
+      smmla_rows<T>(p, qx + 2 * p.k, dx + 2 * nb, sx + 2 * nb, y + 2 * p.n, n0, n1);
+    return;
+  }
+#endif
   switch (rows) {
     case 1: vnni_rows<1, T>(p, qx, dx, sx, y, n0, n1); break;
     case 2: vnni_rows<2, T>(p, qx, dx, sx, y, n0, n1); break;
