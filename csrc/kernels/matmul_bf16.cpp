@@ -10,7 +10,8 @@
 //   MR words (one per row), and a sliver of B is, for each p, NR words (one per column); the
 //   microkernel broadcasts A's word and runs one VDPBF16PS per (row, vector of B).
 //   K is blocked in even steps so pairs never straddle blocks; an odd K gets a zero partner.
-//   Without AVX512-BF16 (AVX-512, AVX2, SSE copies) the same packed pairs are widened by a
+//   On aarch64 with bf16 (the i8mm copy: armv8.6-a) BFDOT does the same on 4 lanes.
+//   Without either (AVX-512, AVX2, SSE, NEON copies) the same packed pairs are widened by a
 //   16-bit shift and go through two float32 FMAs: the same products (each exact in float32),
 //   added in a slightly different order.
 //   Threads split the columns or the rows, whichever makes them pack the smaller operand twice.
@@ -27,6 +28,8 @@
 #include "common/workspace.h"
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
+#elif defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
+#include <arm_neon.h>
 #endif
 
 KG_BEGIN_ISA_NAMESPACE
@@ -278,6 +281,22 @@ __attribute__((always_inline)) inline void tile(int64_t pairs, const uint32_t* _
         acc[r][u] = (vfloat)_mm512_dpbf16_ps((__m512)acc[r][u], av, bv[u]);
     }
   }
+#elif defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
+  // aarch64 bf16 (armv8.6-a): BFDOT is VDPBF16PS's twin on 4 lanes: each float32 lane adds the
+  // two products of its bf16 pair, so the packed pairs serve as they are
+  for (int64_t q = 0; q < pairs; ++q) {
+    bfloat16x8_t bv[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u)
+      bv[u] = vreinterpretq_bf16_u32(vld1q_u32(bp + q * NR + u * kWidth));
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      bfloat16x8_t av = vreinterpretq_bf16_u32(vdupq_n_u32(ap[q * MR + r]));
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u)
+        acc[r][u] = (vfloat)vbfdotq_f32((float32x4_t)acc[r][u], av, bv[u]);
+    }
+  }
 #else
   const vuint hi = (vuint){} + 0xffff0000u;
   for (int64_t q = 0; q < pairs; ++q) {
@@ -407,6 +426,10 @@ void matmul_packed(const MatmulBf16Args& p) {
 #define KG_MATMUL_BF16_PATH "8x48 AVX-512 FMA on widened bf16 pairs (no AVX512-BF16: same products, fp32 FMA rate)"
 #elif defined(__AVX2__)
 #define KG_MATMUL_BF16_PATH "6x16 AVX2 FMA on widened bf16 pairs (no AVX512-BF16)"
+#elif defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
+#define KG_MATMUL_BF16_PATH "6x8 NEON BFDOT microkernel, packed bf16 pairs"
+#elif defined(__aarch64__)
+#define KG_MATMUL_BF16_PATH "6x8 NEON FMA on widened bf16 pairs (no bf16 instructions)"
 #else
 #define KG_MATMUL_BF16_PATH "6x8 SSE on widened bf16 pairs (no AVX512-BF16)"
 #endif

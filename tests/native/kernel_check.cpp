@@ -23,6 +23,7 @@
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_bf16.h"
 #include "kernels/norm.h"
 #include "kernels/quant.h"
 #include "kernels/softmax.h"
@@ -83,6 +84,24 @@ void check_matmul() {
       p.c = c2.data();
       k.blocked(p);
       compare("matmul", dims({m, n, kk, trans}), c2, c1, 1e-4);
+    }
+}
+
+void check_matmul_bf16() {
+  const MatmulBf16Kernels& k = KG_DISPATCH(matmul_bf16_kernels);
+  for (auto [m, n, kk] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {7, 13, 5}, {33, 97, 64},
+                          {17, 130, 257}})
+    for (int trans = 0; trans < 4; ++trans) {
+      auto a = randn(m * kk), b = randn(kk * n), bias = randn(n);
+      std::vector<float> c1(m * n), c2(m * n);
+      MatmulBf16Args p;  // float32 operands, rounded to bf16 by the packing (and by naive)
+      p.a_f32 = a.data(), p.b_f32 = b.data(), p.bias = bias.data(), p.m = m, p.n = n, p.k = kk;
+      p.trans_a = trans & 1, p.trans_b = trans & 2;
+      p.c = c1.data();
+      k.naive(p);
+      p.c = c2.data();
+      k.packed(p);
+      compare("matmul_bf16", dims({m, n, kk, trans}), c2, c1, 1e-4);
     }
 }
 
@@ -214,7 +233,34 @@ void check_quant() {
       p.y = y2.data();
       k.matmul_vnni(p);
       std::string shape = dims({(int64_t)type, m, n, kk});
-      compare("quant int8", shape, y2, y1, 2e-2);
+      // against the float product: rounding x to the int8 grid moves each x by at most
+      // dx / 2 (dx = max|x| / 127 per block), a strict bound (tests/test_quant.py)
+      std::vector<float> wf(n * kk);
+      DequantizeArgs dq;
+      dq.raw = w.data(), dq.out = wf.data(), dq.rows = n, dq.cols = kk, dq.type = type;
+      k.dequantize_naive(dq);
+      ++checks;
+      bool ok = true;
+      for (int64_t i = 0; i < m && ok; ++i)
+        for (int64_t j = 0; j < n && ok; ++j) {
+          double rounding = 0.0, bound = 0.0;
+          for (int64_t b0 = 0; b0 < kk; b0 += kQuantBlock) {
+            double xmax = 0.0, wsum = 0.0;
+            for (int64_t t = b0; t < b0 + kQuantBlock; ++t) {
+              xmax = std::fmax(xmax, std::fabs(x[i * kk + t]));
+              wsum += std::fabs(wf[j * kk + t]);
+              bound += std::fabs(x[i * kk + t]) * std::fabs(wf[j * kk + t]);
+            }
+            rounding += 0.5 * xmax / 127.0 * wsum;
+          }
+          double err = std::fabs((double)y2[i * n + j] - y1[i * n + j]);
+          if (!(err <= rounding * (1 + 1e-4) + 1e-5 * bound)) {
+            ok = false;
+            ++failures;
+            std::printf("  FAIL quant int8 %s: y[%lld, %lld] off by %.3g > bound %.3g\n",
+                        shape.c_str(), (long long)i, (long long)j, err, rounding);
+          }
+        }
       // its integer dots are exact on every level (VNNI, SDOT, SMMLA, plain loops): the same
       // y as the generic copy's, up to the float sums' contraction into FMAs
       static std::map<std::string, std::vector<float>> generic_y;
@@ -288,6 +334,7 @@ int main(int argc, char** argv) {
     rng.seed(1234);  // every level sees the same inputs
     int before = failures, checks_before = checks;
     check_matmul();
+    check_matmul_bf16();
     check_softmax();
     check_norms();
     check_cross_entropy();
