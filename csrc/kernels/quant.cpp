@@ -370,6 +370,7 @@ template <QuantType T>
 inline int32x4_t block_dot_2x2(const uint8_t* w0, const uint8_t* w1, const int8_t* x0,
                                const int8_t* x1) {
   int32x4_t acc = vdupq_n_s32(0);
+#pragma GCC unroll 4
   for (int part = 0; part < 4; ++part) {
     int8x16_t a = vcombine_s8(vld1_s8(x0 + 8 * part), vld1_s8(x1 + 8 * part));
     int8x16_t b = vcombine_s8(block_part<T>(w0, part), block_part<T>(w1, part));
