@@ -88,3 +88,51 @@ def test_kernels_run_on_aarch64_at_every_level():
         assert row and "checks passed" in row[0], r.stdout[-3000:]
         done, _, total = row[0].split()[1:4]
         assert done == total and int(total) > 100, row[0]
+
+
+def _qemu_aarch64():
+    return shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARM_ROOT = os.path.join(ROOT, "build", "arm64-root")
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or _qemu_aarch64() is None or
+                    not os.path.exists(os.path.join(ARM_ROOT, "usr", "bin", "python3.11")),
+                    reason="needs g++-aarch64-linux-gnu, qemu-user and build/arm64-root "
+                           "(tools/arm64_root.sh, which .ci/run calls)")
+def test_smollm2_on_aarch64_gives_the_x86_text(tmp_path):
+    """ARM64 (issue 26): kernelgpt cross-built for aarch64 (tools/arm64_module.sh) runs in an
+    arm64 Debian userland under QEMU and gives SmolLM2's greedy text identical to x86's, on the
+    portable (generic) copy and on the one the emulated CPU picks (i8mm)."""
+    from smollm2_files import gguf_path
+    gguf = gguf_path()
+    if gguf is None:
+        pytest.skip("SmolLM2 GGUF not fetched: kernelgpt fetch smollm2")
+    mod = tmp_path / "mod"
+    r = subprocess.run(["bash", os.path.join(ROOT, "tools", "arm64_module.sh"), ARM_ROOT, str(mod)],
+                       capture_output=True, text=True, timeout=1500,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    import jinja2
+    import markupsafe
+    import tqdm
+    for pkg in (jinja2, markupsafe, tqdm):  # pure Python (markupsafe falls back from its .so)
+        shutil.copytree(os.path.dirname(pkg.__file__), mod / pkg.__name__)
+    args = ["generate", "--model", str(gguf), "--prompt", "The capital of France is",
+            "--max-new-tokens", "16", "--temperature", "0"]
+    x86 = subprocess.run([sys.executable, "-m", "kernelgpt"] + args, capture_output=True,
+                         text=True, timeout=300)
+    assert x86.returncode == 0, x86.stderr[-2000:]
+    script = ("import sys, kernelgpt; from kernelgpt import cli; "
+              "print(kernelgpt.get_isa(), kernelgpt.available_isas(), file=sys.stderr); "
+              "kernelgpt.set_isa(sys.argv[1]); sys.exit(cli.main(sys.argv[2:]))")
+    for level in ("generic", "i8mm"):
+        arm = subprocess.run([_qemu_aarch64(), "-cpu", "max", "-L", ARM_ROOT,
+                              os.path.join(ARM_ROOT, "usr", "bin", "python3.11"), "-c", script,
+                              level] + args, capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "PYTHONPATH": str(mod)})
+        assert arm.returncode == 0, arm.stderr[-3000:]
+        assert "i8mm ['generic', 'dotprod', 'i8mm']" in arm.stderr
+        assert arm.stdout == x86.stdout, (level, arm.stdout, x86.stdout)

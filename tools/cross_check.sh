@@ -18,8 +18,10 @@ case "$ARCH" in
 esac
 command -v "$CXX" >/dev/null || { echo "no $CXX (apt-get install g++-$ARCH-linux-gnu)" >&2; exit 2; }
 PY=${PYTHON:-python3}
-INC=(-Icsrc "-I$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-     "-I$("$PY" -c 'import pybind11; print(pybind11.get_include())')")
+py_inc=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])') &&
+    pb_inc=$("$PY" -c 'import pybind11; print(pybind11.get_include())') ||
+    { echo "needs $PY with pybind11 (pip install pybind11) for the bindings' headers" >&2; exit 2; }
+INC=(-Icsrc "-I$py_inc" "-I$pb_inc")
 FLAGS=(-std=c++17 -O2 -Wall -Werror -fopenmp -fno-math-errno -fno-trapping-math)
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT

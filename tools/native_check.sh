@@ -19,8 +19,9 @@ case "$ARCH" in
                 "avx512bf16:-mavx2 -mfma -mf16c -mbmi -mbmi2 -mlzcnt -mpopcnt -mavx512f -mavx512cd -mavx512bw -mavx512dq -mavx512vl -mprefer-vector-width=512 -mavx512vnni -mavx512bf16") ;;
     aarch64)
         CXX=${CXX:-aarch64-linux-gnu-g++}
-        command -v qemu-aarch64-static >/dev/null || { echo "no qemu-aarch64-static (apt-get install qemu-user-static)" >&2; exit 2; }
-        RUN=(qemu-aarch64-static -cpu max -L /usr/aarch64-linux-gnu)
+        QEMU=${QEMU:-$(command -v qemu-aarch64-static || command -v qemu-aarch64 || true)}
+        [ -n "$QEMU" ] || { echo "no qemu-aarch64 (apt-get install qemu-user-static)" >&2; exit 2; }
+        RUN=("$QEMU" -cpu max -L /usr/aarch64-linux-gnu)
         LEVELS=("generic:-march=armv8-a" "dotprod:-march=armv8.2-a+dotprod+fp16"
                 "i8mm:-march=armv8.6-a+dotprod+fp16+i8mm+bf16") ;;
     *) echo "unknown architecture $ARCH (native or aarch64)" >&2; exit 2 ;;

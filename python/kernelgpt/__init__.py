@@ -84,9 +84,10 @@ def get_num_threads() -> int:
 def available_isas() -> list:
     """Instruction-set levels compiled in *and* supported by this CPU, lowest first."""
     info = _C.cpu_info()
-    order = ["generic", "avx2", "avx512", "avx512bf16"]
-    best = order.index(info["best_isa"])
-    return [isa for isa in info["compiled_isas"] if order.index(isa) <= best]
+    # each architecture's levels, lowest first (a build holds one architecture's)
+    rank = {"generic": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3, "dotprod": 1, "i8mm": 2}
+    best = rank[info["best_isa"]]
+    return [isa for isa in info["compiled_isas"] if rank[isa] <= best]
 
 
 def set_isa(name: str) -> None:

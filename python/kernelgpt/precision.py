@@ -203,11 +203,12 @@ class PackedWeightOps:
 
 def native_bf16(device: str) -> bool:
     """Whether `device` multiplies bf16 natively: a GPU (tensor cores), the emulator (which
-    stands for one), or a CPU whose kernels run the AVX512-BF16 copy."""
+    stands for one), or a CPU whose kernels run the AVX512-BF16 copy (or, on ARM64, the i8mm
+    copy, whose bf16 GEMM runs BFDOT)."""
     if device != "cpu":
         return True
     from . import _C
-    return _C.get_isa() == "avx512bf16"
+    return _C.get_isa() in ("avx512bf16", "i8mm")
 
 
 class MixedPrecisionOps:
