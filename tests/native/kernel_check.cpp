@@ -19,6 +19,7 @@
 
 #include "common/cpu.h"
 #include "common/threading.h"
+#include "kernels/activation.h"
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -26,6 +27,7 @@
 #include "kernels/matmul_bf16.h"
 #include "kernels/norm.h"
 #include "kernels/quant.h"
+#include "kernels/rope.h"
 #include "kernels/softmax.h"
 #include "kernels/ssm.h"
 
@@ -181,6 +183,70 @@ void check_attention() {
       compare("attention", dims({B, H, t, d, causal}), o2, o1, 1e-4);
       compare("attention lse", dims({B, H, t, d, causal}), s2, s1, 1e-5);
     }
+}
+
+void check_activations() {
+  const ActivationKernels& k = KG_DISPATCH(activation_kernels);
+  for (int64_t n : {1, 7, 1000, 4099}) {
+    auto x = randn(n, 3.0f), dy = randn(n), up = randn(n);
+    for (Activation kind : {Activation::relu, Activation::sigmoid, Activation::tanh,
+                            Activation::silu, Activation::gelu_tanh, Activation::gelu_erf}) {
+      std::vector<float> y1(n), y2(n);
+      ActivationArgs a;
+      a.x = x.data(), a.dy = dy.data(), a.n = n, a.kind = kind;
+      a.out = y1.data();
+      k.naive.forward(a);
+      a.out = y2.data();
+      k.fast.forward(a);
+      compare("activation", dims({n, (int64_t)kind}), y2, y1, 1e-5);
+      a.out = y1.data();
+      k.naive.backward(a);
+      a.out = y2.data();
+      k.fast.backward(a);
+      compare("activation backward", dims({n, (int64_t)kind}), y2, y1, 1e-5);
+    }
+    std::vector<float> s1(n), s2(n), g1(n), g2(n), u1(n), u2(n);
+    SwigluArgs w;
+    w.gate = x.data(), w.up = up.data(), w.dy = dy.data(), w.n = n;
+    w.out = s1.data(), w.dgate = g1.data(), w.dup = u1.data();
+    k.naive.swiglu(w);
+    k.naive.swiglu_backward(w);
+    w.out = s2.data(), w.dgate = g2.data(), w.dup = u2.data();
+    k.fast.swiglu(w);
+    k.fast.swiglu_backward(w);
+    compare("swiglu", dims({n}), s2, s1, 1e-5);
+    compare("swiglu dgate", dims({n}), g2, g1, 1e-5);
+    compare("swiglu dup", dims({n}), u2, u1, 1e-5);
+  }
+}
+
+void check_rope() {
+  const RopeKernels& k = KG_DISPATCH(rope_kernels);
+  for (auto [n, t, d] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {3, 17, 64}, {2, 129, 96}})
+    for (int interleaved = 0; interleaved < 2; ++interleaved) {
+      auto x = randn(n * t * d);
+      std::vector<float> y1(x.size()), y2(x.size());
+      RopeArgs r;
+      r.x = x.data(), r.n = n, r.t = t, r.d = d, r.rotary_dim = d, r.offset = 5;
+      r.interleaved = interleaved;
+      std::vector<float> table(rope_table_floats(r) + 1);
+      std::vector<double> freq(d / 2 + 1);
+      r.table = table.data(), r.freq = freq.data();
+      r.out = y1.data();
+      k.rope_naive(r);
+      r.out = y2.data();
+      k.rope_fast(r);
+      compare("rope", dims({n, t, d, interleaved}), y2, y1, 1e-5);
+    }
+  std::vector<float> s1(37 * 64), s2(37 * 64);
+  std::vector<double> freq(33);
+  SinusoidalArgs sa;
+  sa.t = 37, sa.c = 64, sa.freq = freq.data();
+  sa.out = s1.data();
+  k.sinusoidal_naive(sa);
+  sa.out = s2.data();
+  k.sinusoidal_fast(sa);
+  compare("sinusoidal", dims({37, 64}), s2, s1, 1e-5);
 }
 
 void check_adamw() {
@@ -339,6 +405,8 @@ int main(int argc, char** argv) {
     check_norms();
     check_cross_entropy();
     check_attention();
+    check_activations();
+    check_rope();
     check_adamw();
     check_quant();
     check_ssm();
