@@ -11,6 +11,8 @@ import pytest
 from kernelgpt import moe, ops, reference
 from kernelgpt.model import GPT, GPTConfig
 from kernelgpt.train import TrainConfig, train
+from model_checks import (batch, check_finite_differences, check_float32_matches_float64,
+                          float32_and_float64_models)
 
 
 def _layer(rng, N, C, E, F, activation, bias, dtype=np.float32):
@@ -109,38 +111,17 @@ def test_model_gradients_match_finite_differences(name):
     rng = np.random.default_rng(2)
     idx = rng.integers(0, c.vocab_size, (2, c.block_size))
     tgt = rng.integers(0, c.vocab_size, (2, c.block_size))
-    model.zero_grad()
-    model.forward_backward(idx, tgt)
-    grads = model.grads.data.copy()
-    for i in rng.choice(model.params.size, 150, replace=False):
-        old = model.params.data[i]
-        model.params.data[i] = old + 1e-5
-        fp = model.loss(idx, tgt)
-        model.params.data[i] = old - 1e-5
-        fm = model.loss(idx, tgt)
-        model.params.data[i] = old
-        fd = (fp - fm) / 2e-5
-        assert abs(fd - grads[i]) <= 1e-6 + 1e-5 * abs(fd), (name, i, fd, grads[i])
+    check_finite_differences(model, idx, tgt, rng.choice(model.params.size, 150, replace=False),
+                             name)
     assert np.abs(model.grads[[n for n in model.params.names() if "router" in n][0]]).max() > 0
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_native_float32_matches_the_float64_model(name):
     c = CONFIGS[name]
-    ref = GPT(c, backend="reference")
-    _random(ref, 3)
-    nat = GPT(c, seed=None)
-    nat.params.data[...] = ref.params.data.astype(np.float32)
-    ref.params.data[...] = nat.params.data
-    rng = np.random.default_rng(4)
-    idx = rng.integers(0, c.vocab_size, (3, c.block_size))
-    tgt = rng.integers(0, c.vocab_size, (3, c.block_size))
-    for m in (ref, nat):
-        m.zero_grad()
-    assert nat.forward_backward(idx, tgt) == pytest.approx(ref.forward_backward(idx, tgt), rel=1e-5)
-    for p in ref.params.names():
-        err = np.abs(nat.grads[p] - ref.grads[p]).max()
-        assert err <= 1e-4 * max(np.abs(ref.grads[p]).max(), 1e-3), p
+    nat, ref = float32_and_float64_models(c, _random)
+    idx, tgt = batch(c, 3, seed=4)
+    check_float32_matches_float64(nat, ref, idx, tgt)
     # the cached forward (generation) gives the full pass's logits
     full = nat.logits(idx[:1])
     cache = nat.new_cache()

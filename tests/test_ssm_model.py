@@ -11,6 +11,8 @@ import pytest
 from kernelgpt.generate import generate
 from kernelgpt.model import GPT, GPTConfig
 from kernelgpt.ssm import RecurrentCache
+from model_checks import (batch, check_finite_differences, check_float32_matches_float64,
+                          float32_and_float64_models)
 
 CONFIGS = {
     "ssm_only": GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8,
@@ -42,23 +44,12 @@ def test_model_gradients_match_finite_differences(name):
     rng = np.random.default_rng(2)
     idx = rng.integers(0, c.vocab_size, (2, c.block_size))
     tgt = rng.integers(0, c.vocab_size, (2, c.block_size))
-    model.zero_grad()
-    model.forward_backward(idx, tgt)
-    grads = model.grads.data.copy()
     offsets = model.params.offsets  # name -> (start, shape) in the flat buffer
     ssm_idx = [i for n, (o, shape) in offsets.items() if ".ssm." in n
                for i in range(o, o + int(np.prod(shape)))]
     picks = set(rng.choice(model.params.size, 120, replace=False).tolist())
     picks |= set(rng.choice(ssm_idx, 80, replace=False).tolist())
-    for i in sorted(picks):
-        old = model.params.data[i]
-        model.params.data[i] = old + 1e-5
-        fp = model.loss(idx, tgt)
-        model.params.data[i] = old - 1e-5
-        fm = model.loss(idx, tgt)
-        model.params.data[i] = old
-        fd = (fp - fm) / 2e-5
-        assert abs(fd - grads[i]) <= 1e-6 + 1e-5 * abs(fd), (name, i, fd, grads[i])
+    check_finite_differences(model, idx, tgt, sorted(picks), name)
     for p in model.params.names():
         if ".ssm." in p:
             assert np.abs(model.grads[p]).max() > 1e-6, p  # every SSM parameter learns
@@ -67,20 +58,8 @@ def test_model_gradients_match_finite_differences(name):
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_native_float32_matches_the_float64_model(name):
     c = CONFIGS[name]
-    ref = GPT(c, backend="reference")
-    _random(ref, 3)
-    nat = GPT(c, seed=None)
-    nat.params.data[...] = ref.params.data.astype(np.float32)
-    ref.params.data[...] = nat.params.data
-    rng = np.random.default_rng(4)
-    idx = rng.integers(0, c.vocab_size, (3, c.block_size))
-    tgt = rng.integers(0, c.vocab_size, (3, c.block_size))
-    for m in (ref, nat):
-        m.zero_grad()
-    assert nat.forward_backward(idx, tgt) == pytest.approx(ref.forward_backward(idx, tgt), rel=1e-5)
-    for p in ref.params.names():
-        err = np.abs(nat.grads[p] - ref.grads[p]).max()
-        assert err <= 1e-4 * max(np.abs(ref.grads[p]).max(), 1e-3), p
+    nat, ref = float32_and_float64_models(c, _random)
+    check_float32_matches_float64(nat, ref, *batch(c, 3, seed=4))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -15,8 +15,8 @@ CXX=${CXX:-aarch64-linux-gnu-g++}
 PY=${PYTHON:-python3}
 OBJ=$OUT/obj
 mkdir -p "$OBJ"
-LEVELS=("generic:-march=armv8-a" "dotprod:-march=armv8.2-a+dotprod+fp16"
-        "i8mm:-march=armv8.6-a+dotprod+fp16+i8mm+bf16")
+. tools/levels.sh
+kg_levels aarch64
 FLAGS=(-std=c++17 -O3 -fPIC -fopenmp -fno-math-errno -fno-trapping-math -Icsrc)
 INC=("-I$ROOT/usr/include/python3.11" -idirafter "$ROOT/usr/include"
      "-I$("$PY" -c 'import pybind11; print(pybind11.get_include())')")

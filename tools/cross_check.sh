@@ -11,9 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ARCH=${1:-aarch64}
 case "$ARCH" in
-    aarch64) CXX=${CXX:-aarch64-linux-gnu-g++}
-             LEVELS=("generic:-march=armv8-a" "dotprod:-march=armv8.2-a+dotprod+fp16"
-                     "i8mm:-march=armv8.6-a+dotprod+fp16+i8mm+bf16") ;;
+    aarch64) CXX=${CXX:-aarch64-linux-gnu-g++}; . tools/levels.sh; kg_levels aarch64 ;;
     *) echo "unknown architecture $ARCH" >&2; exit 2 ;;
 esac
 command -v "$CXX" >/dev/null || { echo "no $CXX (apt-get install g++-$ARCH-linux-gnu)" >&2; exit 2; }

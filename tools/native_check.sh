@@ -10,20 +10,17 @@
 # CMake does; the rest for the baseline. Exit status: the runner's (failed checks), or 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tools/levels.sh
 ARCH=${1:-native}
 case "$ARCH" in
     native)
-        CXX=${CXX:-g++}; RUN=()
-        LEVELS=("generic:" "avx2:-mavx2 -mfma -mf16c -mbmi -mbmi2 -mlzcnt -mpopcnt"
-                "avx512:-mavx2 -mfma -mf16c -mbmi -mbmi2 -mlzcnt -mpopcnt -mavx512f -mavx512cd -mavx512bw -mavx512dq -mavx512vl -mprefer-vector-width=512"
-                "avx512bf16:-mavx2 -mfma -mf16c -mbmi -mbmi2 -mlzcnt -mpopcnt -mavx512f -mavx512cd -mavx512bw -mavx512dq -mavx512vl -mprefer-vector-width=512 -mavx512vnni -mavx512bf16") ;;
+        CXX=${CXX:-g++}; RUN=(); kg_levels "$(uname -m)" ;;
     aarch64)
         CXX=${CXX:-aarch64-linux-gnu-g++}
         QEMU=${QEMU:-$(command -v qemu-aarch64-static || command -v qemu-aarch64 || true)}
         [ -n "$QEMU" ] || { echo "no qemu-aarch64 (apt-get install qemu-user-static)" >&2; exit 2; }
         RUN=("$QEMU" -cpu max -L /usr/aarch64-linux-gnu)
-        LEVELS=("generic:-march=armv8-a" "dotprod:-march=armv8.2-a+dotprod+fp16"
-                "i8mm:-march=armv8.6-a+dotprod+fp16+i8mm+bf16") ;;
+        kg_levels aarch64 ;;
     *) echo "unknown architecture $ARCH (native or aarch64)" >&2; exit 2 ;;
 esac
 command -v "$CXX" >/dev/null || { echo "no $CXX" >&2; exit 2; }

@@ -38,6 +38,14 @@ ScanInputs scan_inputs(py::handle u, py::handle delta, py::handle A, py::handle 
   return s;
 }
 
+// The inputs and sizes ScanArgs and ScanBackwardArgs share.
+template <class Args>
+void fill_inputs(Args& args, const ScanInputs& s) {
+  args.u = s.u.cf32(), args.delta = s.delta.cf32(), args.A = s.A.cf32();
+  args.B = s.B.cf32(), args.C = s.C.cf32(), args.D = s.D.cf32();
+  args.batch = s.batch, args.T = s.T, args.E = s.E, args.N = s.N;
+}
+
 py::object scan_forward(py::handle u, py::handle delta, py::handle A, py::handle B, py::handle C,
                         py::handle D, py::handle h0_obj, bool return_state, int64_t chunk,
                         int version) {
@@ -55,12 +63,10 @@ py::object scan_forward(py::handle u, py::handle delta, py::handle A, py::handle
   Array h_out;
   if (return_state) h_out = output(py::none(), {s.batch, s.E, s.N}, fn, {});
   ScanArgs args;
-  args.u = s.u.cf32(), args.delta = s.delta.cf32(), args.A = s.A.cf32();
-  args.B = s.B.cf32(), args.C = s.C.cf32(), args.D = s.D.cf32();
+  fill_inputs(args, s);
   args.h0 = h0 ? h0.cf32() : nullptr;
   args.y = y.f32();
   args.h_out = h_out ? h_out.f32() : nullptr;
-  args.batch = s.batch, args.T = s.T, args.E = s.E, args.N = s.N;
   args.chunk = scan_plan(s.batch, s.T, s.E, num_threads(), chunk, false);
   py::array_t<float> work(v == 2 ? scan_work_floats(s.batch, s.T, s.E, s.N, args.chunk, false) : 0);
   args.work = work.mutable_data();
@@ -89,12 +95,10 @@ py::tuple scan_backward(py::handle dy_obj, py::handle u, py::handle delta, py::h
   Array dC = output(py::none(), s.C.shape, fn, {});
   Array dD = output(py::none(), s.D.shape, fn, {});
   ScanBackwardArgs args;
+  fill_inputs(args, s);
   args.dy = dy.cf32();
-  args.u = s.u.cf32(), args.delta = s.delta.cf32(), args.A = s.A.cf32();
-  args.B = s.B.cf32(), args.C = s.C.cf32(), args.D = s.D.cf32();
   args.du = du.f32(), args.d_delta = dd.f32(), args.dA = dA.f32();
   args.dB = dB.f32(), args.dC = dC.f32(), args.dD = dD.f32();
-  args.batch = s.batch, args.T = s.T, args.E = s.E, args.N = s.N;
   args.chunk = scan_plan(s.batch, s.T, s.E, num_threads(), chunk, true);
   py::array_t<float> work(v == 2 ? scan_work_floats(s.batch, s.T, s.E, s.N, args.chunk, true) : 0);
   args.work = work.mutable_data();

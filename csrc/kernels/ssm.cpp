@@ -135,23 +135,36 @@ inline int64_t min_items(int64_t steps, int64_t N) {
   return per_item >= 65536 ? 1 : (65536 + per_item - 1) / per_item;
 }
 
-inline void load_lanes(const float* src, int64_t ne, vfloat& v) { v = load_upto(src, ne); }
-inline void store_lanes(float* dst, int64_t ne, vfloat v) { store_upto(dst, v, ne); }
+// How version 2 cuts the work: sequences x channel groups (of kWidth lanes) x chunks of time,
+// and where its per-chunk carries live in the workspace (slot: [b][c][n][e], e fastest).
+struct Chunks {
+  int64_t batch, E, N, L, nc, groups;
+  Chunks(int64_t batch_, int64_t T, int64_t E_, int64_t N_, int64_t L_)
+      : batch(batch_), E(E_), N(N_), L(L_), nc((T + L_ - 1) / L_),
+        groups((E_ + kWidth - 1) / kWidth) {}
+  int64_t items() const { return batch * groups * nc; }
+  // the channels of group bg = b * groups + g
+  Group group(int64_t bg) const {
+    int64_t e0 = (bg % groups) * kWidth;
+    return Group{bg / groups, e0, E - e0 < kWidth ? E - e0 : kWidth};
+  }
+  // work item -> its group and chunk c
+  Group item(int64_t i, int64_t& c) const {
+    c = i % nc;
+    return group(i / nc);
+  }
+  float* slot(float* base, int64_t b, int64_t c, int64_t n) const {
+    return base + ((b * nc + c) * N + n) * E;
+  }
+};
 
 void scan_chunked(const ScanArgs& p) {
   const int64_t T = p.T, E = p.E, N = p.N, L = p.chunk;
-  const int64_t nc = (T + L - 1) / L, groups = (E + kWidth - 1) / kWidth;
+  const Chunks ch(p.batch, T, E, N, L);
+  const int64_t nc = ch.nc, groups = ch.groups;
   // workspace (nc > 1): S[b][c][n][e] chunk end states, then start states; P[b][c][n][e] products
   float* S = p.work;
   float* P = nc > 1 ? p.work + p.batch * nc * N * E : nullptr;
-  auto slot = [&](float* base, int64_t b, int64_t c, int64_t n) {
-    return base + ((b * nc + c) * N + n) * E;
-  };
-  auto group_of = [&](int64_t item, int64_t& c) {
-    c = item % nc;
-    int64_t bg = item / nc, g = bg % groups;
-    return Group{bg / groups, g * kWidth, E - g * kWidth < kWidth ? E - g * kWidth : kWidth};
-  };
   auto start_state = [&](const Group& g, vfloat* h) {
     for (int64_t n = 0; n < N; ++n) {
       vfloat v = zero();
@@ -160,20 +173,20 @@ void scan_chunked(const ScanArgs& p) {
       h[n] = v;
     }
   };
-  const int64_t items = p.batch * groups * nc, grain = min_items(L, N);
+  const int64_t items = ch.items(), grain = min_items(L, N);
   if (nc > 1) {  // (1) every chunk from a zero state: its end state and its product of decays
     parallel_for(items, grain, [&](int64_t i0, int64_t i1) {
       vfloat At[kScanMaxState], h[kScanMaxState], prod[kScanMaxState];
       for (int64_t item = i0; item < i1; ++item) {
         int64_t c;
-        Group g = group_of(item, c);
+        Group g = ch.item(item, c);
         load_A(p.A, N, g, At);
         for (int64_t n = 0; n < N; ++n) h[n] = zero(), prod[n] = broadcast(1.0f);
         int64_t t1 = (c + 1) * L < T ? (c + 1) * L : T;
         scan_steps(p, g, c * L, t1, At, h, prod, false);
         for (int64_t n = 0; n < N; ++n) {
-          store_lanes(slot(S, g.b, c, n) + g.e0, g.ne, h[n]);
-          store_lanes(slot(P, g.b, c, n) + g.e0, g.ne, prod[n]);
+          store_upto(ch.slot(S, g.b, c, n) + g.e0, h[n], g.ne);
+          store_upto(ch.slot(P, g.b, c, n) + g.e0, prod[n], g.ne);
         }
       }
     });
@@ -181,21 +194,18 @@ void scan_chunked(const ScanArgs& p) {
     parallel_for(p.batch * groups, min_items(nc, N), [&](int64_t i0, int64_t i1) {
       vfloat h[kScanMaxState];
       for (int64_t bg = i0; bg < i1; ++bg) {
-        int64_t b = bg / groups, e0 = (bg % groups) * kWidth;
-        Group g{b, e0, E - e0 < kWidth ? E - e0 : kWidth};
+        Group g = ch.group(bg);
         start_state(g, h);
         for (int64_t c = 0; c < nc; ++c)
           for (int64_t n = 0; n < N; ++n) {
-            float* s = slot(S, b, c, n) + e0;
-            vfloat end, prod;
-            load_lanes(s, g.ne, end);
-            load_lanes(slot(P, b, c, n) + e0, g.ne, prod);
-            store_lanes(s, g.ne, h[n]);
+            float* s = ch.slot(S, g.b, c, n) + g.e0;
+            vfloat end = load_upto(s, g.ne), prod = load_upto(ch.slot(P, g.b, c, n) + g.e0, g.ne);
+            store_upto(s, h[n], g.ne);
             h[n] = prod * h[n] + end;
           }
         if (p.h_out)
           for (int64_t n = 0; n < N; ++n)
-            for (int64_t l = 0; l < g.ne; ++l) p.h_out[((b * E) + e0 + l) * N + n] = h[n][l];
+            for (int64_t l = 0; l < g.ne; ++l) p.h_out[((g.b * E) + g.e0 + l) * N + n] = h[n][l];
       }
     });
   }
@@ -204,10 +214,10 @@ void scan_chunked(const ScanArgs& p) {
     vfloat At[kScanMaxState], h[kScanMaxState];
     for (int64_t item = i0; item < i1; ++item) {
       int64_t c;
-      Group g = group_of(item, c);
+      Group g = ch.item(item, c);
       load_A(p.A, N, g, At);
       if (nc > 1)
-        for (int64_t n = 0; n < N; ++n) load_lanes(slot(S, g.b, c, n) + g.e0, g.ne, h[n]);
+        for (int64_t n = 0; n < N; ++n) h[n] = load_upto(ch.slot(S, g.b, c, n) + g.e0, g.ne);
       else
         start_state(g, h);
       int64_t t1 = (c + 1) * L < T ? (c + 1) * L : T;
@@ -223,24 +233,17 @@ thread_local GrowBuffer<vfloat> tl_chunk_states;
 
 void scan_backward_chunked(const ScanBackwardArgs& p) {
   const int64_t T = p.T, E = p.E, N = p.N, L = p.chunk;
-  const int64_t nc = (T + L - 1) / L, groups = (E + kWidth - 1) / kWidth;
+  const Chunks ch(p.batch, T, E, N, L);
+  const int64_t nc = ch.nc, groups = ch.groups;
   const int64_t slab = p.batch * nc * N * E;
   // workspace: S start states (then dA partials), P decay products, Q dh carries,
   // WD[b][c][e] dD partials, WB / WC[group][b][t][n] dB / dC partials
   float *S = p.work, *P = S + slab, *Q = P + slab, *WD = Q + slab;
   float *WB = WD + p.batch * nc * E, *WC = WB + groups * p.batch * T * N;
-  auto slot = [&](float* base, int64_t b, int64_t c, int64_t n) {
-    return base + ((b * nc + c) * N + n) * E;
-  };
-  auto group_of = [&](int64_t item, int64_t& c) {
-    c = item % nc;
-    int64_t bg = item / nc, g = bg % groups;
-    return Group{bg / groups, g * kWidth, E - g * kWidth < kWidth ? E - g * kWidth : kWidth};
-  };
   ScanArgs fp;  // the forward pass's view of the inputs
   fp.u = p.u, fp.delta = p.delta, fp.A = p.A, fp.B = p.B, fp.C = p.C, fp.D = p.D;
   fp.batch = p.batch, fp.T = T, fp.E = E, fp.N = N;
-  const int64_t items = p.batch * groups * nc, grain = min_items(L, N);
+  const int64_t items = ch.items(), grain = min_items(L, N);
   // reverse-time step of dh over [t0, t1): dh = (dh + C_t dy_t) * a_t, with no gradients
   auto reverse_steps = [&](const Group& g, int64_t t0, int64_t t1, const vfloat* At, vfloat* dh) {
     for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -259,39 +262,38 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
       vfloat At[kScanMaxState], h[kScanMaxState], prod[kScanMaxState];
       for (int64_t item = i0; item < i1; ++item) {
         int64_t c;
-        Group g = group_of(item, c);
+        Group g = ch.item(item, c);
         load_A(p.A, N, g, At);
         for (int64_t n = 0; n < N; ++n) h[n] = zero(), prod[n] = broadcast(1.0f);
         int64_t t0 = c * L, t1 = t0 + L < T ? t0 + L : T;
         scan_steps(fp, g, t0, t1, At, h, prod, false);
         for (int64_t n = 0; n < N; ++n) {
-          store_lanes(slot(S, g.b, c, n) + g.e0, g.ne, h[n]);
-          store_lanes(slot(P, g.b, c, n) + g.e0, g.ne, prod[n]);
+          store_upto(ch.slot(S, g.b, c, n) + g.e0, h[n], g.ne);
+          store_upto(ch.slot(P, g.b, c, n) + g.e0, prod[n], g.ne);
           h[n] = zero();
         }
         reverse_steps(g, t0, t1, At, h);
-        for (int64_t n = 0; n < N; ++n) store_lanes(slot(Q, g.b, c, n) + g.e0, g.ne, h[n]);
+        for (int64_t n = 0; n < N; ++n) store_upto(ch.slot(Q, g.b, c, n) + g.e0, h[n], g.ne);
       }
     });
     // (2) carries: S[b][c] = the state before chunk c, Q[b][c] = the gradient flowing into
     //     chunk c's last step from the chunks after it
     parallel_for(p.batch * groups, min_items(nc, N), [&](int64_t i0, int64_t i1) {
       for (int64_t bg = i0; bg < i1; ++bg) {
-        int64_t b = bg / groups, e0 = (bg % groups) * kWidth, ne = E - e0 < kWidth ? E - e0 : kWidth;
+        const Group gr = ch.group(bg);
+        const int64_t b = gr.b, e0 = gr.e0, ne = gr.ne;
         for (int64_t n = 0; n < N; ++n) {
-          vfloat h = zero(), g = zero(), v, prod;
+          vfloat h = zero(), g = zero();
           for (int64_t c = 0; c < nc; ++c) {
-            float* s = slot(S, b, c, n) + e0;
-            load_lanes(s, ne, v);
-            load_lanes(slot(P, b, c, n) + e0, ne, prod);
-            store_lanes(s, ne, h);
+            float* s = ch.slot(S, b, c, n) + e0;
+            vfloat v = load_upto(s, ne), prod = load_upto(ch.slot(P, b, c, n) + e0, ne);
+            store_upto(s, h, ne);
             h = prod * h + v;
           }
           for (int64_t c = nc - 1; c >= 0; --c) {
-            float* q = slot(Q, b, c, n) + e0;
-            load_lanes(q, ne, v);
-            load_lanes(slot(P, b, c, n) + e0, ne, prod);
-            store_lanes(q, ne, g);
+            float* q = ch.slot(Q, b, c, n) + e0;
+            vfloat v = load_upto(q, ne), prod = load_upto(ch.slot(P, b, c, n) + e0, ne);
+            store_upto(q, g, ne);
             g = v + prod * g;
           }
         }
@@ -309,13 +311,13 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
     }
     for (int64_t item = i0; item < i1; ++item) {
       int64_t c;
-      Group g = group_of(item, c);
+      Group g = ch.item(item, c);
       load_A(p.A, N, g, At);
       int64_t t0 = c * L, t1 = t0 + L < T ? t0 + L : T;
       for (int64_t n = 0; n < N; ++n) {
         if (nc > 1) {
-          load_lanes(slot(S, g.b, c, n) + g.e0, g.ne, hs[n]);
-          load_lanes(slot(Q, g.b, c, n) + g.e0, g.ne, dh[n]);
+          hs[n] = load_upto(ch.slot(S, g.b, c, n) + g.e0, g.ne);
+          dh[n] = load_upto(ch.slot(Q, g.b, c, n) + g.e0, g.ne);
         } else {
           hs[n] = zero(), dh[n] = zero();
         }
@@ -358,8 +360,8 @@ void scan_backward_chunked(const ScanBackwardArgs& p) {
         store_upto(p.du + row * E + g.e0, dBu * dv + dyv * Dv, g.ne);
         dDv += dyv * uv;
       }
-      for (int64_t n = 0; n < N; ++n) store_lanes(slot(S, g.b, c, n) + g.e0, g.ne, dA[n]);
-      store_lanes(WD + (g.b * nc + c) * E + g.e0, g.ne, dDv);
+      for (int64_t n = 0; n < N; ++n) store_upto(ch.slot(S, g.b, c, n) + g.e0, dA[n], g.ne);
+      store_upto(WD + (g.b * nc + c) * E + g.e0, dDv, g.ne);
     }
   });
   if (__atomic_load_n(&failed, __ATOMIC_RELAXED)) throw std::bad_alloc();

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import ops
 from ..data import CharTokenizer, shakespeare_text
+from ..config import ssm_shapes
 from ..model import GPT, GPTConfig
 from ._common import _figure, _save, lesson
 
@@ -26,12 +27,12 @@ def architecture_configs(vocab_size: int, n_embd: int = 128, n_layer: int = 4,
                 n_embd=C, positions="rope", ssm_state=16)
     attn = 4 * C * C + 4 * C  # c_attn and c_proj with their biases
 
-    def ssm_params(E):
-        c = GPTConfig(**base, layers=("ssm",) * n_layer, ssm_inner=E)
-        R, N = c.ssm_dt_rank, c.ssm_state
-        return 3 * E * C + (R + 2 * N) * E + E * R + E + E * N + E
-
-    E = min(range(1, 8 * C), key=lambda e: abs(ssm_params(e) - attn))
+    # a state-space layer's parameters grow linearly with its width E (config.ssm_shapes):
+    # count them for E = 1 and take the width closest to attention's
+    one = GPTConfig(**base, layers=("ssm",) * n_layer, ssm_inner=1)
+    per_channel = sum(math.prod(shape) for _, shape, _ in ssm_shapes(one, 0))
+    E = min((max(1, attn // per_channel), attn // per_channel + 1),
+            key=lambda e: abs(e * per_channel - attn))
     hybrid = tuple("ssm" if i % 2 == 0 else "attn" for i in range(n_layer))
     return {
         "dense": GPTConfig(**base),
