@@ -67,6 +67,10 @@ class GPT:
         # called as layer_hook(i, x) by forward_cached after block i with the residual stream
         # x [B * T, C] (kernelgpt.trace reads every layer's state this way)
         self.layer_hook: Optional[Callable[[int, object], None]] = None
+        # fine-tuning: parameters whose gradients the backward pass skips (they stay 0), and
+        # adapters (lora.LoRA) whose own gradients it adds at every linear layer: see lora.py
+        self.frozen: frozenset = frozenset()
+        self.adapters = None
         self._acts: Optional[_Activations] = None
         self._sin_cache: Dict[int, np.ndarray] = {}
         # decode_next's native runners, one per live cache (so interleaved conversations do not
@@ -389,8 +393,9 @@ class GPT:
         total = 0.0
         d_lnf = a["d_x"] if with_grad else None
         g_head = None
-        if with_grad:
-            g_head = self.grads["wte"] if c.tied_head else self.grads["lm_head.weight"]
+        head_name = "wte" if c.tied_head else "lm_head.weight"
+        if with_grad and head_name not in self.frozen:
+            g_head = self.grads[head_name]
         scale = grad_scale / max(count, 1)
         for r0 in range(0, N, rows):
             r1 = min(N, r0 + rows)
@@ -404,7 +409,8 @@ class GPT:
                                                    out=a["d_logits"][:r1 - r0])
             total += loss
             dlogits *= dlogits.dtype.type(scale)
-            self.ops.matmul(dlogits, lnf[r0:r1], trans_a=True, out=g_head, accumulate=True)
+            if g_head is not None:
+                self.ops.matmul(dlogits, lnf[r0:r1], trans_a=True, out=g_head, accumulate=True)
             self.ops.matmul(dlogits, W, out=d_lnf[r0:r1])
         return float(total) / max(count, 1), d_lnf  # float(): one device-to-host read
 
@@ -416,9 +422,12 @@ class GPT:
         """y = x @ W^T + b: adds dW, db into the gradient buffer and returns dx (with
         activation_x: x = act(activation_x), and the gradient at activation_x is returned)."""
         G, P = self.grads, self.params
-        self.ops.matmul(d_y, x, trans_a=True, out=G[name + ".weight"], accumulate=True)
-        if name + ".bias" in G:
+        if name + ".weight" not in self.frozen:
+            self.ops.matmul(d_y, x, trans_a=True, out=G[name + ".weight"], accumulate=True)
+        if name + ".bias" in G and name + ".bias" not in self.frozen:
             G[name + ".bias"] += d_y.sum(axis=0)
+        if self.adapters is not None:
+            self.adapters.add_grad(name, d_y, x)
         if activation_x is not None:
             return self.ops.matmul_activation_backward(d_y, P[name + ".weight"], activation_x,
                                                        self.config.activation, out=d_x_out)
@@ -432,12 +441,13 @@ class GPT:
         if c.norm == "layernorm":
             mean, rstd = stats
             dx, dw, db = self.ops.layernorm_backward(d_y, x, P[prefix + ".weight"], mean, rstd)
-            if prefix + ".bias" in G:
+            if prefix + ".bias" in G and prefix + ".bias" not in self.frozen:
                 G[prefix + ".bias"] += db
         else:
             (rstd,) = stats
             dx, dw = self.ops.rmsnorm_backward(d_y, x, P[prefix + ".weight"], rstd)
-        G[prefix + ".weight"] += dw
+        if prefix + ".weight" not in self.frozen:
+            G[prefix + ".weight"] += dw
         return dx
 
     # ---- mixture of experts (moe.py) ----------------------------------------------------------
@@ -525,8 +535,10 @@ class GPT:
             d_res += d_mid
             hook(c.n_layer - i)
         # embeddings: res0 = wte[idx] + positions
-        self.ops.embedding_backward(d_res, idx.reshape(-1), c.vocab_size, out=G["wte"], accumulate=True)
-        if c.positions == "learned":
+        if "wte" not in self.frozen:
+            self.ops.embedding_backward(d_res, idx.reshape(-1), c.vocab_size, out=G["wte"],
+                                        accumulate=True)
+        if c.positions == "learned" and "wpe" not in self.frozen:
             G["wpe"][:T] += d_res.reshape(B, T, -1).sum(axis=0)
         hook(c.n_layer + 1)
 

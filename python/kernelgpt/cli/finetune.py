@@ -1,0 +1,142 @@
+"""`kernelgpt finetune sft|dpo|eval|export`: tune a pretrained model (kernelgpt.finetune does
+the work), measure it on a verifiable task, save it for llama.cpp or transformers."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from ._common import add_threads_argument, positive_int
+
+_TRAINING = ("sft", "dpo")
+
+
+def add_arguments(p) -> None:
+    p.description = (p.description or "") + (
+        "\n\nsft: supervised fine-tuning on conversations (JSONL {\"messages\": [...]}, the loss "
+        "on the assistant turns); dpo: direct preference optimization on pairs (JSONL "
+        "{\"prompt\", \"chosen\", \"rejected\"}) against the starting model; eval: greedy "
+        "accuracy on a task's held-out prompts; export: the tuned model as GGUF or as a "
+        "transformers checkpoint. --task builds the data from a verifiable task "
+        "(kernelgpt.align_tasks) instead of --data.")
+    p.add_argument("action", choices=list(_TRAINING) + ["eval", "export"])
+    p.add_argument("--model", default="smollm2",
+                   help="the base model: a Llama GGUF file or a known name (loaded as fp32)")
+    p.add_argument("--data", default=None, metavar="JSONL", help="the training data")
+    p.add_argument("--task", default=None, choices=["arithmetic", "capitals", "mixed"],
+                   help="build the data (training split) from this task instead of --data")
+    p.add_argument("--n-train", type=positive_int, default=400, metavar="N",
+                   help="examples built with --task")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="the run directory (default: runs/finetune-<action>)")
+    p.add_argument("--run", default=None, metavar="DIR",
+                   help="eval / export: the finetune run to load (default: the base model)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from this finetune run's result (e.g. DPO after SFT)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
+                   help="stop after N steps of this invocation, with a checkpoint")
+    p.add_argument("--lora-rank", type=int, default=8, metavar="R",
+                   help="LoRA rank; 0 = full fine-tuning of every weight")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scale alpha (W + alpha/r BA)")
+    p.add_argument("--lora-targets", default="all",
+                   help="layers with adapters: all, attn, mlp, qkv, o, fc, down (comma-separated)")
+    p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="examples (SFT) or pairs (DPO) per step")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 1e-3 with LoRA, 2e-5 full; DPO: a fifth)")
+    p.add_argument("--warmup", type=int, default=10, help="warmup steps")
+    p.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
+    p.add_argument("--max-len", type=positive_int, default=512,
+                   help="longest example in tokens (longer ones are an error)")
+    p.add_argument("--seed", type=int, default=0, help="adapter init and example order")
+    p.add_argument("--checkpoint-every", type=positive_int, default=50, metavar="N")
+    p.add_argument("--eval", type=int, default=0, metavar="N",
+                   help="with --task: greedy accuracy on N held-out prompts before and after")
+    p.add_argument("--n", type=positive_int, default=100, help="eval: held-out prompts")
+    p.add_argument("--to", default=None, metavar="PATH",
+                   help="export: a .gguf file, or a directory for the transformers checkpoint")
+    p.add_argument("--dtype", default="q8_0", choices=["f32", "bf16", "q8_0"],
+                   help="export: the GGUF's weight type")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(p)
+
+
+def _data(args, out: Path) -> str:
+    from .. import align_tasks
+    if args.data and args.task:
+        raise ValueError("give --data or --task, not both")
+    if args.data:
+        return args.data
+    if not args.task:
+        raise ValueError(f"finetune {args.action}: no data: give --data FILE.jsonl or --task")
+    tasks = align_tasks.make_tasks(args.task, args.n_train, "train", seed=args.seed)
+    records = (align_tasks.sft_records(tasks) if args.action == "sft"
+               else align_tasks.preference_records(tasks, seed=args.seed))
+    path = out / f"{args.action}-{args.task}.jsonl"
+    if not path.exists():
+        align_tasks.write_jsonl(records, path)
+    return str(path)
+
+
+def _report(label, result, stream=sys.stdout) -> None:
+    stream.write(f"{label}: accuracy {result['accuracy']:.1%}, mean score "
+                 f"{result['mean_score']:.3f} on {result['n']} held-out prompts\n")
+
+
+def main(args) -> int:
+    from .. import align_tasks
+    from ..finetune import FinetuneConfig, evaluate, finetune, load_tuned
+    from ..llama import load_model
+    if args.action in ("eval", "export"):
+        model = load_tuned(args.run) if args.run else load_model(args.model, weights="fp32")
+        if args.action == "eval":
+            if not args.task:
+                raise ValueError("finetune eval: --task is required")
+            tasks = align_tasks.make_tasks(args.task, args.n, "test", seed=args.seed)
+            result = evaluate(model, tasks)
+            _report(args.run or args.model, result)
+            for t, r in list(zip(tasks, result["replies"]))[:5]:
+                print(f"  {t.prompt!r} -> {r!r} (expected {t.answer!r})")
+            return 0
+        if not args.to:
+            raise ValueError("finetune export: --to PATH is required (.gguf, or a directory)")
+        from ..export import export_gguf, export_hf
+        if args.to.endswith(".gguf"):
+            path = export_gguf(model, args.to, args.dtype)
+        else:
+            path = export_hf(model, args.to)
+        print(f"wrote {path}")
+        return 0
+    out = Path(args.out or f"runs/finetune-{args.action}")
+    out.mkdir(parents=True, exist_ok=True)
+    lr = args.lr
+    if lr is None:
+        lr = (1e-3 if args.lora_rank else 2e-5) / (5 if args.action == "dpo" else 1)
+    fc = FinetuneConfig(method=args.action, model=args.model, data="", init=args.init or "",
+                        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                        lora_targets=args.lora_targets, steps=args.steps,
+                        batch_size=args.batch_size, learning_rate=lr, warmup_steps=args.warmup,
+                        beta=args.beta, max_len=args.max_len, seed=args.seed,
+                        checkpoint_every=args.checkpoint_every)
+    if not args.resume:
+        fc = dataclasses.replace(fc, data=_data(args, out))
+    model = load_model(args.model, weights="fp32") if not args.resume else None
+    tasks = None
+    if args.eval and args.task:
+        tasks = align_tasks.make_tasks(args.task, args.eval, "test", seed=args.seed)
+        if model is not None and not args.init:
+            _report("before", evaluate(model, tasks))
+    result = finetune(fc, out, resume=args.resume, model=model, stop_after=args.stop_after,
+                      progress=not args.no_progress)
+    last = result["last"]
+    print(f"{result['step']} steps, {result['trainable']:,} trainable parameters, "
+          f"{result['seconds_per_step'] or 0:.2f} s/step; last loss {last.get('loss', 0):.4f}"
+          + (f", pairs ranked right {last['reward_accuracy']:.0%}" if "reward_accuracy" in last
+             else ""))
+    if tasks is not None:
+        _report("after", evaluate(result["model"], tasks))
+    print(f"run: {out} (log.csv, loss.png, checkpoints); kernelgpt finetune export --run {out} "
+          "--to tuned.gguf")
+    return 0
