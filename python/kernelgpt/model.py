@@ -259,21 +259,39 @@ class GPT:
     # ---- training: forward, loss and backward ---------------------------------------------------
 
     def forward_backward(self, idx: np.ndarray, targets: np.ndarray, grad_scale: float = 1.0,
-                         ignore_index: int = -100) -> float:
+                         ignore_index: int = -100, token_weights=None,
+                         hidden_grad: Optional[Callable] = None) -> float:
         """One training pass: the mean cross-entropy loss of predicting targets [B, T] from
         idx [B, T]; adds grad_scale * d(loss)/d(params) into ``self.grads`` (call zero_grad()
-        first; several calls accumulate, e.g. for gradient accumulation)."""
+        first; several calls accumulate, e.g. for gradient accumulation).
+
+        For the objectives of alignment (finetune.py):
+        token_weights [B, T]: the loss is sum_t w_t * CE_t instead of the mean (a policy
+        gradient weights each sampled token's -log p by its advantage);
+        hidden_grad(h) -> (loss, d_h): a loss of the final norm's output h [B*T, C] (a reward
+        or value head on the hidden states), added to the objective and backpropagated with it.
+        """
         self._check_trainable()
         idx, targets = self._check_batch(idx, targets)
         if self.grads is None:
             self.zero_grad()
         B, T = idx.shape
+        weights = None
+        if token_weights is not None:
+            weights = np.ascontiguousarray(token_weights, dtype=self.dtype).reshape(-1)
+            if weights.size != B * T or not np.all(np.isfinite(weights)):
+                raise ValueError(f"token_weights must be finite numbers of shape {(B, T)}")
+            weights = move(weights, self.xp)
         count = int(np.count_nonzero(targets != ignore_index))
         idx, targets = move(idx, self.xp), move(targets, self.xp)
         acts = self._activations(B, T)
         self._forward_train(idx, acts)
         loss, d_x = self._head_loss(acts, targets.reshape(-1), ignore_index, count,
-                                    with_grad=True, grad_scale=grad_scale)
+                                    with_grad=True, grad_scale=grad_scale, weights=weights)
+        if hidden_grad is not None:
+            extra, d_h = hidden_grad(acts["lnf"])
+            loss += float(extra)
+            d_x += d_h * d_x.dtype.type(grad_scale)
         self._backward(idx, acts, d_x, grad_scale)
         return loss + acts.aux  # (+ the experts' load-balancing loss, the objective trained)
 
@@ -287,6 +305,22 @@ class GPT:
         self._forward_train(idx, acts)
         loss, _ = self._head_loss(acts, targets.reshape(-1), ignore_index, count, with_grad=False)
         return loss + acts.aux
+
+    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray, ignore_index: int = -100,
+                       hidden: bool = False):
+        """log p(targets[b, t] | idx[b, :t+1]) as float64 [B, T] (0 where ignored), forward
+        only; hidden=True also returns the final norm's output [B, T, C] (a copy)."""
+        idx, targets = self._check_batch(idx, targets)
+        B, T = idx.shape
+        idx, targets = move(idx, self.xp), move(targets, self.xp)
+        acts = self._activations(B, T)
+        self._forward_train(idx, acts)
+        per = self._head_loss(acts, targets.reshape(-1), ignore_index, 0, with_grad=False,
+                              per_token=True)
+        out = -to_numpy(per).astype(np.float64).reshape(B, T)
+        if hidden:
+            return out, to_numpy(acts["lnf"]).reshape(B, T, -1).copy()
+        return out
 
     def _check_trainable(self) -> None:
         if self.packed:
@@ -382,16 +416,30 @@ class GPT:
         self.ops.linear(a[f"attm_{i}"], P[L + "attn.c_proj.weight"],
                         P.views.get(L + "attn.c_proj.bias"), out=out)
 
-    def _head_loss(self, a, targets, ignore_index, count, with_grad, grad_scale=1.0):
+    def _head_loss(self, a, targets, ignore_index, count, with_grad, grad_scale=1.0,
+                   weights=None, per_token=False):
         """LM head + cross-entropy over row chunks (logits are never all in memory at once).
-        Returns (mean loss, d_lnf [N, C] or None); accumulates the head's weight gradient."""
+        Returns (mean loss, d_lnf [N, C] or None); accumulates the head's weight gradient.
+        weights [N]: the loss is sum_i weights_i * CE_i instead. per_token: returns CE [N]."""
         c = self.config
         lnf = a["lnf"]
         N = lnf.shape[0]
         W = self.lm_head
         rows = a["logits"].shape[0]  # <= 64 MiB of logits per chunk
         total = 0.0
+        if per_token:
+            per = self.xp.zeros(N, dtype=lnf.dtype)
+            for r0 in range(0, N, rows):
+                r1 = min(N, r0 + rows)
+                logits = self.ops.linear(lnf[r0:r1], W, out=a["logits"][:r1 - r0])
+                per[r0:r1] = self.ops.cross_entropy(logits, targets[r0:r1],
+                                                    ignore_index=ignore_index, reduction="none")
+            return per
         d_lnf = a["d_x"] if with_grad else None
+        if count == 0 and weights is None:  # every target ignored (a reward model's batch)
+            if with_grad:
+                d_lnf[...] = 0
+            return 0.0, d_lnf
         g_head = None
         head_name = "wte" if c.tied_head else "lm_head.weight"
         if with_grad and head_name not in self.frozen:
@@ -404,14 +452,25 @@ class GPT:
                 total += self.ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
                                            reduction="sum")
                 continue
-            loss, dlogits = self.ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
-                                                   reduction="sum", return_grad=True,
-                                                   out=a["d_logits"][:r1 - r0])
-            total += loss
-            dlogits *= dlogits.dtype.type(scale)
+            if weights is not None:  # sum_i w_i CE_i: each row's gradient scaled by its w_i
+                per, dlogits = self.ops.cross_entropy(logits, targets[r0:r1],
+                                                      ignore_index=ignore_index, reduction="none",
+                                                      return_grad=True, out=a["d_logits"][:r1 - r0])
+                w = weights[r0:r1]
+                total += float((per * w).sum())
+                dlogits *= (w * dlogits.dtype.type(grad_scale))[:, None]
+            else:
+                loss, dlogits = self.ops.cross_entropy(logits, targets[r0:r1],
+                                                       ignore_index=ignore_index, reduction="sum",
+                                                       return_grad=True,
+                                                       out=a["d_logits"][:r1 - r0])
+                total += loss
+                dlogits *= dlogits.dtype.type(scale)
             if g_head is not None:
                 self.ops.matmul(dlogits, lnf[r0:r1], trans_a=True, out=g_head, accumulate=True)
             self.ops.matmul(dlogits, W, out=d_lnf[r0:r1])
+        if weights is not None:
+            return float(total), d_lnf
         return float(total) / max(count, 1), d_lnf  # float(): one device-to-host read
 
     def _fused_activation(self) -> bool:

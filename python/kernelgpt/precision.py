@@ -316,7 +316,8 @@ class ReferenceOps:
         safe = np.where(valid, targets, 0)
         losses = np.where(valid, -logp[np.arange(len(targets)), safe], 0.0)
         count = max(int(valid.sum()), 1)
-        loss = float(losses.sum()) / (count if reduction == "mean" else 1)
+        loss = losses if reduction == "none" else float(losses.sum()) / (
+            count if reduction == "mean" else 1)
         if not return_grad:
             return loss
         grad = np.exp(logp)
