@@ -64,7 +64,8 @@ def test_kv_cache_training_alignment_short():
     assert "the same logits either way" in lessons.lesson_kv_cache(n_tokens=8)
     text = lessons.lesson_training(steps=12)
     assert "before training" in text and "after training" in text
-    text = lessons.lesson_alignment(steps=4)
+    from kernelgpt.lessons.training import lesson_alignment_dpo
+    text = lesson_alignment_dpo(steps=4)
     margins = [float(x) for x in text.split("rejected): ")[1].split("\n")[0].split(" -> ")]
     assert margins[-1] > margins[0]   # the preferred answer gained on the rejected one
 
@@ -180,3 +181,11 @@ def test_architectures_lesson_measures_the_table():
     assert rows["moe 8x2"]["params"] > 2 * rows["moe 8x2"]["active"]
     text = lessons.lesson_architectures(seconds=0.2, n_embd=16, contexts=(64, 128))
     assert "ssm,ssm,ssm,ssm" in text and "nan" not in text.lower()
+
+
+def test_alignment_lesson_on_smollm2():
+    from kernelgpt.io import fetch
+    if fetch.cached("smollm2") is None:
+        pytest.skip("SmolLM2 is not in the cache (kernelgpt fetch smollm2)")
+    text = lessons.lesson_alignment(steps=3, n_test=3)
+    assert "before: accuracy" in text and "after: accuracy" in text and "LoRA" in text

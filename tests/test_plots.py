@@ -50,11 +50,13 @@ def _check_figure(fig, name):
 
 @pytest.mark.parametrize("name", list(lessons.LESSONS))
 def test_explain_plot_writes_lesson_png(name, tmp_path, capsys, monkeypatch):
-    if name == "architectures":  # four models trained 20 s each by default: 1 s here
+    # the slow lessons, shortened: four models trained 20 s each; a minute of SmolLM2 SFT
+    short = {"architectures": dict(seconds=1.0), "alignment": dict(steps=2, n_test=2)}
+    if name in short:
         fn = lessons.LESSONS[name]
 
         def quick(plot=None):
-            return fn(plot=plot, seconds=1.0)
+            return fn(plot=plot, **short[name])
         quick.__doc__ = fn.__doc__
         monkeypatch.setitem(lessons.LESSONS, name, quick)
     with lessons.collect_figures() as figs:

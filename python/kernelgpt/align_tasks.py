@@ -26,7 +26,7 @@ import numpy as np
 from .io.atomic import atomic_write
 
 __all__ = ["Task", "TASK_KINDS", "make_tasks", "split_of", "sft_records", "preference_records",
-           "write_jsonl", "score_reply", "arithmetic_reward"]
+           "prompt_records", "write_jsonl", "score_reply", "task_for_prompt", "task_reward"]
 
 _CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
@@ -86,15 +86,24 @@ def score_reply(task: Task, reply: str) -> float:
     return 0.5 if task.answer.lower() in (w.lower() for w in words) else 0.0
 
 
-def arithmetic_reward(prompt: str, reply: str) -> float:
-    """A reward function of the form `--reward module:function` takes (prompt text, reply
-    text) -> float, for the arithmetic task: score_reply on the prompt's true answer."""
+def task_for_prompt(prompt: str) -> Optional[Task]:
+    """The task a prompt of make_tasks asks (its true answer recomputed), or None."""
     m = re.search(r"What is (-?\d+) ([+\-*]) (-?\d+)\?", prompt)
-    if m is None:
-        return 0.0
-    a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
-    answer = str(a + b if op == "+" else a - b if op == "-" else a * b)
-    return score_reply(Task("arithmetic", prompt, answer), reply)
+    if m is not None:
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        return Task("arithmetic", prompt, str(a + b if op == "+" else a - b if op == "-" else a * b))
+    for country, capital in _CAPITALS.items():
+        if re.search(rf"\b{country}\b", prompt):
+            return Task("capitals", prompt, capital)
+    return None
+
+
+def task_reward(prompt: str, reply: str) -> float:
+    """A verifiable reward, of the form `--reward module:function` takes (prompt text, reply
+    text) -> float: score_reply against the prompt's true answer (0 for an unknown prompt).
+    `kernelgpt finetune grpo|ppo --reward kernelgpt.align_tasks:task_reward`."""
+    task = task_for_prompt(prompt)
+    return 0.0 if task is None else score_reply(task, reply)
 
 
 def split_of(prompt: str) -> str:
@@ -115,35 +124,42 @@ def _arithmetic(rng) -> Task:
 
 def _capital(rng) -> Task:
     country = sorted(_CAPITALS)[int(rng.integers(len(_CAPITALS)))]
-    style = int(rng.integers(3))
-    prompt = [f"What is the capital of {country}? Answer in one word.",
-              f"Name the capital city of {country} in one word.",
-              f"In one word: which city is the capital of {country}?"][style]
-    return Task("capitals", prompt, _CAPITALS[country])
+    style = _STYLES[int(rng.integers(len(_STYLES)))]
+    return Task("capitals", style.format(country=country), _CAPITALS[country])
+
+
+_STYLES = ("What is the capital of {country}? Answer in one word.",
+           "Name the capital city of {country} in one word.",
+           "In one word: which city is the capital of {country}?")
 
 
 _MAKERS: Dict[str, Callable] = {"arithmetic": _arithmetic, "capitals": _capital}
 
 
 def make_tasks(kind: str, n: int, split: str = "train", seed: int = 0) -> List[Task]:
-    """n distinct tasks of `kind` ('arithmetic', 'capitals' or 'mixed': both, alternating)
-    from `split` ('train' or 'test'), the same for the same arguments."""
+    """n distinct tasks of `kind` ('arithmetic', 'capitals' or 'mixed': both, alternating
+    while the capitals last) from `split` ('train' or 'test'), the same for the same
+    arguments."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    kinds = TASK_KINDS if kind == "mixed" else (kind,)
-    for k in kinds:
-        if k not in _MAKERS:
-            raise ValueError(f"unknown task {kind!r}: use {', '.join(TASK_KINDS)} or mixed")
+    if kind not in _MAKERS and kind != "mixed":
+        raise ValueError(f"unknown task {kind!r}: use {', '.join(TASK_KINDS)} or mixed")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    rng = np.random.default_rng([seed, TASK_KINDS.index(kinds[0]) if len(kinds) == 1 else 7])
+    if kind == "mixed":  # half capitals (as many as the split has), the rest arithmetic
+        k = min(n // 2, sum(split_of(c) == split for c in _CAPITALS.values()) * len(_STYLES))
+        caps, sums = make_tasks("capitals", k, split, seed), make_tasks("arithmetic", n - k,
+                                                                        split, seed)
+        mixed = [t for pair in zip(sums, caps) for t in pair]
+        return mixed + sums[len(caps):]
+    rng = np.random.default_rng([seed, TASK_KINDS.index(kind)])
     out, seen = [], set()
     tries = 0
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 10_000:
             raise ValueError(f"only {len(out)} distinct {kind} tasks in the {split} split")
-        task = _MAKERS[kinds[len(out) % len(kinds)]](rng)
+        task = _MAKERS[kind](rng)
         # capitals split by country (a held-out country is never trained on), sums by prompt
         key = task.answer if task.kind == "capitals" else task.prompt
         if task.prompt in seen or split_of(key) != split:
@@ -176,6 +192,11 @@ def preference_records(tasks: Iterable[Task], seed: int = 0) -> List[dict]:
     wrong one or one that ignores the form."""
     rng = np.random.default_rng(seed)
     return [{"prompt": t.prompt, "chosen": t.answer, "rejected": _wrong(t, rng)} for t in tasks]
+
+
+def prompt_records(tasks: Iterable[Task]) -> List[dict]:
+    """{'prompt'} per task: what GRPO and PPO sample replies to."""
+    return [{"prompt": t.prompt} for t in tasks]
 
 
 def write_jsonl(records: Iterable[dict], path) -> Path:

@@ -74,7 +74,10 @@ def _weight(gguf, name, shape, keep_quantized: bool):
         w = QuantWeight(np.asarray(data, np.uint8).reshape(int(np.prod(shape[:-1])), row_bytes),
                         _QUANT_TYPES[tname], tuple(shape))
         return w if keep_quantized else w.dequantize().reshape(shape)
-    if tname in ("F32", "F16", "BF16"):
+    if tname == "BF16":  # the reader gives bfloat16 as its uint16 bit patterns
+        bits = np.asarray(data, np.uint16).astype(np.uint32) << np.uint32(16)
+        return bits.view(np.float32).reshape(shape)
+    if tname in ("F32", "F16"):
         return np.asarray(data).astype(np.float32).reshape(shape)
     raise ValueError(f"GGUF: tensor {name!r} has type {tname}, which kernelgpt cannot read "
                      "(supported: F32, F16, BF16, Q8_0, Q4_1)")

@@ -431,6 +431,8 @@ class GPT:
             per = self.xp.zeros(N, dtype=lnf.dtype)
             for r0 in range(0, N, rows):
                 r1 = min(N, r0 + rows)
+                if not bool((targets[r0:r1] != ignore_index).any()):
+                    continue  # no logits needed (a reward model reads the hidden states only)
                 logits = self.ops.linear(lnf[r0:r1], W, out=a["logits"][:r1 - r0])
                 per[r0:r1] = self.ops.cross_entropy(logits, targets[r0:r1],
                                                     ignore_index=ignore_index, reduction="none")

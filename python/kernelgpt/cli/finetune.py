@@ -8,18 +8,25 @@ from pathlib import Path
 
 from ._common import add_threads_argument, positive_int
 
-_TRAINING = ("sft", "dpo")
+_TRAINING = ("sft", "reward", "dpo", "grpo", "ppo")
 
 
 def add_arguments(p) -> None:
     p.description = (p.description or "") + (
         "\n\nsft: supervised fine-tuning on conversations (JSONL {\"messages\": [...]}, the loss "
-        "on the assistant turns); dpo: direct preference optimization on pairs (JSONL "
-        "{\"prompt\", \"chosen\", \"rejected\"}) against the starting model; eval: greedy "
-        "accuracy on a task's held-out prompts; export: the tuned model as GGUF or as a "
-        "transformers checkpoint. --task builds the data from a verifiable task "
-        "(kernelgpt.align_tasks) instead of --data.")
-    p.add_argument("action", choices=list(_TRAINING) + ["eval", "export"])
+        "on the assistant turns); reward: a reward model (a scalar head, Bradley-Terry) on "
+        "pairs (JSONL {\"prompt\", \"chosen\", \"rejected\"}); dpo: direct preference "
+        "optimization on pairs against the starting model; grpo / ppo: reinforcement learning "
+        "on prompts (JSONL {\"prompt\"}) with a reward function (--reward module:function), "
+        "a KL penalty to the starting model; eval: greedy accuracy on a task's held-out "
+        "prompts (with --run of a reward model: its accuracy on held-out pairs); export: the "
+        "tuned model as GGUF or as a transformers checkpoint; critic: preference pairs "
+        "labelled by the model itself against written principles (RLAIF), written to "
+        "OUT/pairs.jsonl for dpo, with their agreement with the task's verifiable reward. "
+        "--task builds the data from a "
+        "verifiable task (kernelgpt.align_tasks) instead of --data, and GRPO/PPO's reward "
+        "from it.")
+    p.add_argument("action", choices=list(_TRAINING) + ["critic", "eval", "export"])
     p.add_argument("--model", default="smollm2",
                    help="the base model: a Llama GGUF file or a known name (loaded as fp32)")
     p.add_argument("--data", default=None, metavar="JSONL", help="the training data")
@@ -47,7 +54,17 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: 1e-3 with LoRA, 2e-5 full; DPO: a fifth)")
     p.add_argument("--warmup", type=int, default=10, help="warmup steps")
-    p.add_argument("--beta", type=float, default=0.1, help="DPO's beta")
+    p.add_argument("--beta", type=float, default=None,
+                   help="DPO's beta (default 0.1); GRPO/PPO's KL coefficient (default 0.04)")
+    p.add_argument("--reward", default=None, metavar="MODULE:FUNCTION",
+                   help="grpo / ppo: reward(prompt, reply) -> float (a module or a file.py; "
+                        "default with --task: kernelgpt.align_tasks:task_reward)")
+    p.add_argument("--group", type=positive_int, default=4, help="grpo: samples per prompt")
+    p.add_argument("--max-new-tokens", type=positive_int, default=24,
+                   help="grpo / ppo: longest sampled reply")
+    p.add_argument("--temperature", type=float, default=1.0, help="grpo / ppo: sampling")
+    p.add_argument("--ppo-epochs", type=positive_int, default=2,
+                   help="ppo: updates per batch of samples")
     p.add_argument("--max-len", type=positive_int, default=512,
                    help="longest example in tokens (longer ones are an error)")
     p.add_argument("--seed", type=int, default=0, help="adapter init and example order")
@@ -72,8 +89,12 @@ def _data(args, out: Path) -> str:
     if not args.task:
         raise ValueError(f"finetune {args.action}: no data: give --data FILE.jsonl or --task")
     tasks = align_tasks.make_tasks(args.task, args.n_train, "train", seed=args.seed)
-    records = (align_tasks.sft_records(tasks) if args.action == "sft"
-               else align_tasks.preference_records(tasks, seed=args.seed))
+    if args.action == "sft":
+        records = align_tasks.sft_records(tasks)
+    elif args.action in ("reward", "dpo"):
+        records = align_tasks.preference_records(tasks, seed=args.seed)
+    else:  # grpo, ppo, critic: prompts
+        records = align_tasks.prompt_records(tasks)
     path = out / f"{args.action}-{args.task}.jsonl"
     if not path.exists():
         align_tasks.write_jsonl(records, path)
@@ -90,10 +111,12 @@ def main(args) -> int:
     from ..finetune import FinetuneConfig, evaluate, finetune, load_tuned
     from ..llama import load_model
     if args.action in ("eval", "export"):
+        if args.action == "eval" and not args.task:
+            raise ValueError("finetune eval: --task is required")
+        if args.action == "eval" and args.run and _is_reward_run(args.run):
+            return _eval_reward_model(args)
         model = load_tuned(args.run) if args.run else load_model(args.model, weights="fp32")
         if args.action == "eval":
-            if not args.task:
-                raise ValueError("finetune eval: --task is required")
             tasks = align_tasks.make_tasks(args.task, args.n, "test", seed=args.seed)
             result = evaluate(model, tasks)
             _report(args.run or args.model, result)
@@ -111,20 +134,27 @@ def main(args) -> int:
         return 0
     out = Path(args.out or f"runs/finetune-{args.action}")
     out.mkdir(parents=True, exist_ok=True)
+    if args.action == "critic":
+        return _critic(args, out)
     lr = args.lr
     if lr is None:
-        lr = (1e-3 if args.lora_rank else 2e-5) / (5 if args.action == "dpo" else 1)
+        lr = (1e-3 if args.lora_rank else 2e-5) / (1 if args.action in ("sft", "reward") else 5)
+    beta = args.beta if args.beta is not None else (0.1 if args.action == "dpo" else 0.04)
+    reward = args.reward or ("kernelgpt.align_tasks:task_reward"
+                             if args.task and args.action in ("grpo", "ppo") else "")
     fc = FinetuneConfig(method=args.action, model=args.model, data="", init=args.init or "",
                         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                         lora_targets=args.lora_targets, steps=args.steps,
                         batch_size=args.batch_size, learning_rate=lr, warmup_steps=args.warmup,
-                        beta=args.beta, max_len=args.max_len, seed=args.seed,
+                        beta=beta, max_len=args.max_len, seed=args.seed, reward=reward,
+                        group=args.group, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, ppo_epochs=args.ppo_epochs,
                         checkpoint_every=args.checkpoint_every)
     if not args.resume:
         fc = dataclasses.replace(fc, data=_data(args, out))
     model = load_model(args.model, weights="fp32") if not args.resume else None
     tasks = None
-    if args.eval and args.task:
+    if args.eval and args.task and args.action != "reward":
         tasks = align_tasks.make_tasks(args.task, args.eval, "test", seed=args.seed)
         if model is not None and not args.init:
             _report("before", evaluate(model, tasks))
@@ -133,10 +163,63 @@ def main(args) -> int:
     last = result["last"]
     print(f"{result['step']} steps, {result['trainable']:,} trainable parameters, "
           f"{result['seconds_per_step'] or 0:.2f} s/step; last loss {last.get('loss', 0):.4f}"
-          + (f", pairs ranked right {last['reward_accuracy']:.0%}" if "reward_accuracy" in last
-             else ""))
+          + (f", pairs ranked right {last['pair_accuracy']:.0%}" if "pair_accuracy" in last
+             else "")
+          + (f", reward {last['reward']:.3f}, KL {last['kl']:.4f}" if "reward" in last else ""))
     if tasks is not None:
         _report("after", evaluate(result["model"], tasks))
     print(f"run: {out} (log.csv, loss.png, checkpoints); kernelgpt finetune export --run {out} "
           "--to tuned.gguf")
+    return 0
+
+
+def _is_reward_run(run) -> bool:
+    import json
+    from ..finetune.run import _checkpoint_of
+    state = json.loads((_checkpoint_of(run, "eval") / "state.json").read_text())
+    return state["config"]["method"] == "reward"
+
+
+def _eval_reward_model(args) -> int:
+    """A reward model's accuracy: how often it scores the chosen answer of a held-out pair
+    above the rejected one."""
+    import numpy as np
+
+    from .. import align_tasks
+    from ..finetune import load_reward_model, reward_scores
+    from ..finetune.data import conversation_tokens
+    model, head = load_reward_model(args.run)
+    tasks = align_tasks.make_tasks(args.task, args.n, "test", seed=args.seed)
+    pairs = align_tasks.preference_records(tasks, seed=args.seed + 1)
+    seqs = []
+    for p in pairs:
+        for key in ("chosen", "rejected"):
+            ex = conversation_tokens(model, [{"role": "user", "content": p["prompt"]},
+                                             {"role": "assistant", "content": p[key]}])
+            seqs.append((ex.ids, ex.mask))
+    pad = int(getattr(model.tokenizer, "eos_token_id", None) or 0)
+    s = reward_scores(model.gpt, head, seqs, pad)
+    acc = float(np.mean(s[0::2] > s[1::2]))
+    print(f"{args.run}: reward model ranks {acc:.1%} of {len(pairs)} held-out pairs right")
+    return 0
+
+
+def _critic(args, out: Path) -> int:
+    """Pairs labelled by the model itself (finetune.critic), written to OUT/pairs.jsonl."""
+    from .. import align_tasks
+    from ..finetune import load_prompts, load_tuned, resolve_reward
+    from ..finetune.critic import critic_pairs
+    from ..llama import load_model
+    model = load_tuned(args.init) if args.init else load_model(args.model, weights="fp32")
+    prompts = load_prompts(model, _data(args, out), args.max_len)
+    reward = args.reward or ("kernelgpt.align_tasks:task_reward" if args.task else None)
+    result = critic_pairs(model, prompts, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature,
+                          reward_fn=resolve_reward(reward) if reward else None)
+    path = align_tasks.write_jsonl(result["records"], out / "pairs.jsonl")
+    print(f"wrote {len(result['records'])} pairs labelled by the model to {path}")
+    if result["agreement"] is not None:
+        print(f"the judge agrees with the verifiable reward on {result['agreement']:.1%} of "
+              f"the {result['decided']} pairs it tells apart")
+    print(f"next: kernelgpt finetune dpo --data {path} --model {args.model}")
     return 0

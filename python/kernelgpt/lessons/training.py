@@ -69,7 +69,66 @@ def lesson_training(plot=None, steps: int = 150) -> str:
 # ---- 10. alignment ------------------------------------------------------------------------------
 
 @lesson("alignment")
-def lesson_alignment(plot=None, steps: int = 20, beta: float = 0.5) -> str:
+def lesson_alignment(plot=None, steps: int = 30, n_test: int = 20, model=None) -> str:
+    """Alignment on a real model: SmolLM2 fine-tuned with LoRA to answer in the form asked.
+
+    Measured on held-out prompts before and after; about a minute on two cores. Without SmolLM2 in the cache (`kernelgpt fetch smollm2`), the shipped Shakespeare
+    model learns a preference with DPO instead (lesson_alignment_dpo).
+
+    LoRA trains a rank-8 change B A beside each frozen weight matrix (2M numbers of 135M);
+    the loss is the cross-entropy of the assistant's tokens only."""
+    import tempfile
+
+    from .. import align_tasks
+    from ..finetune import FinetuneConfig, evaluate, finetune
+    from ..io import fetch
+    from ..llama import load_model
+    if model is None:
+        if fetch.cached("smollm2") is None:
+            return ("(SmolLM2 is not in the cache: `kernelgpt fetch smollm2` to run this lesson "
+                    "on it; meanwhile, preference tuning on the shipped model)\n"
+                    + lesson_alignment_dpo(plot))
+        model = load_model("smollm2", weights="fp32")
+    test = align_tasks.make_tasks("arithmetic", n_test, "test")
+    before = evaluate(model, test, max_tokens=12)
+    out = [f"task: {n_test} held-out prompts like {test[0].prompt!r} (the answer is checked by "
+           "a program)", f"before: accuracy {before['accuracy']:.0%}"]
+    with tempfile.TemporaryDirectory() as d:
+        data = align_tasks.write_jsonl(
+            align_tasks.sft_records(align_tasks.make_tasks("arithmetic", 400, "train")),
+            f"{d}/sft.jsonl")
+        fc = FinetuneConfig(method="sft", model=model.source, data=str(data), steps=steps,
+                            batch_size=8, lora_rank=8, learning_rate=1e-3,
+                            warmup_steps=min(5, steps - 1), checkpoint_every=10 ** 6)
+        r = finetune(fc, f"{d}/run", model=model, progress=False, plot=False)
+    after = evaluate(model, test, max_tokens=12)
+    losses = [row["loss"] for row in r["log"]]
+    out.append(f"SFT with LoRA: {r['trainable']:,} trainable numbers of "
+               f"{model.gpt.num_parameters():,}, {steps} steps of 8 conversations, loss "
+               f"{losses[0]:.2f} -> {losses[-1]:.2f}, {r['seconds_per_step']:.2f} s/step")
+    out.append(f"after: accuracy {after['accuracy']:.0%}")
+    for t, a, b in list(zip(test, before["replies"], after["replies"]))[:4]:
+        out.append(f"  {t.prompt!r}: {a.strip()[:40]!r} -> {b.strip()[:40]!r} "
+                   f"(expected {t.answer!r})")
+    out.append("Instruction tuning changes the form of answers more than what the model "
+               "knows: `kernelgpt finetune` adds a reward model, DPO, GRPO and PPO.")
+    fig, path = _figure(plot, "alignment", figsize=(11, 4.2))
+    if fig:
+        ax, ax2 = fig.subplots(1, 2)
+        ax.plot(range(1, len(losses) + 1), losses, "o-", ms=3)
+        ax.set(xlabel="SFT step", ylabel="cross-entropy of the assistant tokens (nats)",
+               title="loss")
+        ax.grid(alpha=0.3)
+        ax2.bar([0, 1], [before["accuracy"], after["accuracy"]], color=["gray", "tab:blue"])
+        ax2.set_xticks([0, 1], ["before", f"after {steps} steps"])
+        ax2.set(ylim=(0, 1), xlabel="model", ylabel="held-out accuracy",
+                title="answers exactly right")
+        fig.suptitle("Supervised fine-tuning of SmolLM2-135M-Instruct with LoRA")
+        _save(fig, path, out)
+    return "\n".join(out)
+
+
+def lesson_alignment_dpo(plot=None, steps: int = 20, beta: float = 0.5) -> str:
     """Preference tuning (DPO): the shipped model learns to prefer one answer over another.
 
     DPO (Rafailov et al. 2023) needs no reward model: the same idea as RLHF's reward, in one loss

@@ -1,0 +1,154 @@
+"""One fine-tuning step of SmolLM2-135M-Instruct: kernelgpt against transformers + PyTorch on
+the CPU, the same weights, the same batch, side by side in one run.
+
+    python benchmarks/bench_finetune.py [--batch 8] [--seq 64] [--repeat 5] [--quick]
+
+A step is forward, backward and AdamW, for full fine-tuning (every weight) and LoRA (rank 8
+on every projection: ours on the fused Q/K/V and gate/up matrices, peft's on q/k/v/o/gate/up/
+down, the same adapted weights). PyTorch runs fp32 eager, fp32 torch.compile and bf16
+autocast (its fastest modes on this CPU); the first step's loss of each is compared with
+ours (the same weights: kernelgpt's export_hf writes the checkpoint transformers loads).
+The median of --repeat steps after one warm-up step is reported, and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+import kernelgpt
+from kernelgpt import ops
+from kernelgpt.export import export_hf
+from kernelgpt.lora import LoRA
+
+
+def _batch(model, B, T, seed=0):
+    """B windows of T + 1 tokens of real chat text (the model's template, varied prompts)."""
+    from kernelgpt import align_tasks as at
+    rng = np.random.default_rng(seed)
+    ids = []
+    tasks = at.make_tasks("mixed", 200, "train")
+    for t in tasks:
+        ids += model.encode_chat(t.messages(t.answer), add_generation_prompt=False)
+    ids = np.asarray(ids)
+    starts = rng.integers(0, len(ids) - T - 1, B)
+    win = np.stack([ids[s:s + T + 1] for s in starts])
+    return win[:, :-1].copy(), win[:, 1:].copy()
+
+
+def _ours(model, x, y, lora_rank, repeat):
+    gpt = model.gpt
+    lora = LoRA(gpt, rank=lora_rank, alpha=16.0) if lora_rank else None
+    P, G = (lora.params, lora.grads) if lora else (gpt.params, None)
+    m = np.zeros(P.size, np.float32)
+    v = np.zeros(P.size, np.float32)
+    times, first = [], None
+    for step in range(repeat + 1):
+        t0 = time.perf_counter()
+        if lora:
+            lora.zero_grad()
+        else:
+            gpt.zero_grad()
+        loss = gpt.forward_backward(x, y)
+        grads = lora.grads if lora else gpt.grads
+        ops.adamw_step(P.data, grads.data, m, v, step=step + 1, lr=1e-5)
+        if lora:
+            lora.apply()
+        times.append(time.perf_counter() - t0)
+        first = loss if first is None else first
+    if lora:
+        lora.detach()
+    del G
+    return first, statistics.median(times[1:])
+
+
+def _torch(hf_dir, x, y, lora_rank, mode, repeat):
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaForCausalLM
+    model = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    model.config.use_cache = False
+    if lora_rank:
+        import peft
+        cfg = peft.LoraConfig(r=lora_rank, lora_alpha=16, lora_dropout=0.0,
+                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                              "gate_proj", "up_proj", "down_proj"])
+        model = peft.get_peft_model(model, cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+
+    def loss_fn():
+        logits = model(input_ids=xt).logits
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yt.reshape(-1))
+    if mode == "compile":
+        loss_fn = torch.compile(loss_fn)
+    times, first = [], None
+    for _ in range(repeat + 1 + (1 if mode == "compile" else 0)):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        if mode == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_fn()
+        else:
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+        first = float(loss) if first is None else first
+    return first, statistics.median(times[-repeat:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--quick", action="store_true", help="2 repeats, no torch.compile")
+    args = ap.parse_args()
+    repeat = 2 if args.quick else args.repeat
+    model = kernelgpt.load_model("smollm2", weights="fp32")
+    x, y = _batch(model, args.batch, args.seq)
+    print(f"SmolLM2-135M, one SFT step (forward + backward + AdamW), batch {args.batch} x "
+          f"{args.seq} tokens, {kernelgpt.get_num_threads()} threads; median of {repeat}")
+    try:
+        import torch
+        torch.set_num_threads(kernelgpt.get_num_threads())
+        have_torch = True
+    except ImportError:
+        have_torch = False
+    with tempfile.TemporaryDirectory() as d:
+        if have_torch:
+            export_hf(model, d)
+        for label, rank in (("full", 0), (f"LoRA r{args.rank}", args.rank)):
+            loss, ours = _ours(model, x, y, rank, repeat)
+            print(f"\n{label}: kernelgpt {ours * 1000:8.0f} ms/step   first loss {loss:.6f}")
+            if not have_torch:
+                print("  (PyTorch not installed: no comparison)")
+                continue
+            modes = ["eager", "bf16"] + ([] if args.quick else ["compile"])
+            for mode in modes:
+                if rank:
+                    try:
+                        import peft  # noqa: F401
+                    except ImportError:
+                        print("  (peft not installed: no LoRA comparison)")
+                        break
+                try:
+                    t_loss, t = _torch(d, x, y, rank, mode, repeat)
+                except Exception as e:  # a mode this torch cannot run here
+                    print(f"  torch {mode:8}: failed ({type(e).__name__}: {str(e)[:80]})")
+                    continue
+                print(f"  torch {mode:8}: {t * 1000:8.0f} ms/step   first loss {t_loss:.6f} "
+                      f"(rel. diff {abs(t_loss - loss) / abs(loss):.1e})   kernelgpt is "
+                      f"{t / ours:.2f}x its speed")
+
+
+if __name__ == "__main__":
+    main()
