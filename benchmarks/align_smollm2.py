@@ -15,16 +15,13 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 import kernelgpt
 from kernelgpt import align_tasks as at
 from kernelgpt.finetune import (FinetuneConfig, evaluate, finetune, load_prompts,
-                                load_reward_model, load_tuned, reward_scores)
+                                load_reward_model, load_tuned, reward_accuracy)
 from kernelgpt.finetune.critic import critic_pairs
-from kernelgpt.finetune.data import conversation_tokens
 
-GENERAL = ["What is gravity?", "Write a haiku about the sea.", "Give me three tips for sleeping well."]
+GENERAL = at.GENERAL_HELD_OUT  # never trained on (the replay data uses the others)
 
 
 def main() -> None:
@@ -43,7 +40,11 @@ def main() -> None:
     n_test = 8 if q else args.n_test
     test = at.make_tasks(args.task, n_test, "test")
     train = at.make_tasks(args.task, 400, "train")
-    files = {"sft": at.write_jsonl(at.sft_records(train), out / "sft.jsonl"),
+    base = kernelgpt.load_model("smollm2", weights="fp32")
+    replay = at.replay_records(base, 4 if q else 29)  # the base model's own general answers
+    print(f"replay: {len(replay)} general conversations answered by the base model", flush=True)
+    sft_records = at.sft_records(train) + replay * 4  # ~20% of the SFT data
+    files = {"sft": at.write_jsonl(sft_records, out / "sft.jsonl"),
              "pairs": at.write_jsonl(at.preference_records(train), out / "pairs.jsonl"),
              "prompts": at.write_jsonl(at.prompt_records(train), out / "prompts.jsonl")}
     results, t_all = {}, time.perf_counter()
@@ -58,7 +59,6 @@ def main() -> None:
         print(f"{label:>6}: accuracy {r['accuracy']:.1%}, mean score {r['mean_score']:.3f}",
               flush=True)
 
-    base = kernelgpt.load_model("smollm2", weights="fp32")
     measure("base", base)
     runs = {}
 
@@ -80,15 +80,8 @@ def main() -> None:
     sft_dir = str(out / "sft")
     r = run("reward", files["pairs"], learning_rate=1e-3, batch_size=8)
     rm, head = load_reward_model(out / "reward")
-    pairs = at.preference_records(test, seed=1)
-    seqs = []
-    for p in pairs:
-        for key in ("chosen", "rejected"):
-            ex = conversation_tokens(rm, [{"role": "user", "content": p["prompt"]},
-                                          {"role": "assistant", "content": p[key]}])
-            seqs.append((ex.ids, ex.mask))
-    s = reward_scores(rm.gpt, head, seqs, int(rm.tokenizer.eos_token_id))
-    results["reward_model_accuracy"] = float(np.mean(s[0::2] > s[1::2]))
+    results["reward_model_accuracy"] = reward_accuracy(rm, head,
+                                                       at.preference_records(test, seed=1))
     print(f"reward model: {results['reward_model_accuracy']:.1%} of held-out pairs ranked right",
           flush=True)
     del rm

@@ -381,3 +381,21 @@ def test_cli_finetune(tiny, tmp_path, capsys):
     assert "2 steps" in text and "held-out" in text
     assert main(["finetune", "sft", "--model", tiny, "--out", str(tmp_path / "x")]) == 1
     assert "no data" in capsys.readouterr().err
+
+
+def test_exported_smollm2_runs_in_llama_cpp(tmp_path):
+    """The export of the real model (Q8_0): llama.cpp (llama-cpp-python, where installed)
+    gives the same greedy tokens as kernelgpt on 5 prompts."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from kernelgpt.io import fetch
+    if fetch.cached("smollm2") is None:
+        pytest.skip("SmolLM2 is not in the cache (kernelgpt fetch smollm2)")
+    path = export_gguf(kernelgpt.load_model("smollm2", weights="fp32"), tmp_path / "s.gguf",
+                       "q8_0")
+    ours = kernelgpt.load_model(path)
+    peer = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+    for prompt in ("The capital of France is", "def fibonacci(n):", "Once upon a time",
+                   "Water boils at", "The three primary colors are"):
+        mine = ours.generate(prompt, max_tokens=16, temperature=0)
+        theirs = peer.create_completion(prompt, max_tokens=16, temperature=0.0, top_k=1)
+        assert theirs["choices"][0]["text"] == mine, prompt

@@ -26,7 +26,8 @@ import numpy as np
 from .io.atomic import atomic_write
 
 __all__ = ["Task", "TASK_KINDS", "make_tasks", "split_of", "sft_records", "preference_records",
-           "prompt_records", "write_jsonl", "score_reply", "task_for_prompt", "task_reward"]
+           "prompt_records", "replay_records", "GENERAL_PROMPTS", "GENERAL_HELD_OUT",
+           "write_jsonl", "score_reply", "task_for_prompt", "task_reward"]
 
 _CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
@@ -48,6 +49,26 @@ _CAPITALS = {
     "Senegal": "Dakar", "Tunisia": "Tunis", "Zimbabwe": "Harare", "Jamaica": "Kingston",
 }
 # (one-word capitals only: Buenos Aires or New Delhi would not fit "one word")
+
+# general requests, to keep a tuned model a chat model: their answers by the starting model
+# itself are mixed into the SFT data (replay_records), and the held-out ones show after
+# tuning whether ordinary answers survived
+GENERAL_PROMPTS = (
+    "What is gravity?", "Write a haiku about the sea.", "Give me three tips for sleeping well.",
+    "Explain what a computer program is.", "Why is the sky blue?", "How do plants make food?",
+    "What is the difference between weather and climate?", "Suggest a name for a pet cat.",
+    "How do I boil an egg?", "What does a doctor do?", "Describe a rainbow.",
+    "What is a healthy breakfast?", "How can I learn a new language?",
+    "Write a short poem about autumn.", "What is the internet?", "Why do we need sleep?",
+    "Tell me a fun fact about octopuses.", "How do airplanes fly?",
+    "What should I pack for a beach trip?", "Explain photosynthesis simply.",
+    "What is a good way to start the morning?", "How does a bicycle work?",
+    "Give me a tip for saving money.", "What is the moon made of?",
+    "How do I make a cup of tea?", "What are clouds?", "Why is exercise good for you?",
+    "Write two sentences about friendship.", "How do bees make honey?",
+    "What is a volcano?", "Explain what recycling is.", "How do magnets work?",
+)
+GENERAL_HELD_OUT = GENERAL_PROMPTS[:3]  # never in the replay data
 
 TASK_KINDS = ("arithmetic", "capitals")
 _NUMBER = re.compile(r"-?\d+")
@@ -192,6 +213,21 @@ def preference_records(tasks: Iterable[Task], seed: int = 0) -> List[dict]:
     wrong one or one that ignores the form."""
     rng = np.random.default_rng(seed)
     return [{"prompt": t.prompt, "chosen": t.answer, "rejected": _wrong(t, rng)} for t in tasks]
+
+
+def replay_records(model, n: int, max_tokens: int = 160) -> List[dict]:
+    """{'messages'} for up to n general prompts (GENERAL_PROMPTS less the held-out ones), each
+    answered by `model` itself (greedy; replies that do not end within max_tokens are left
+    out): mixed into SFT data, they keep the tuned model answering ordinary requests as it
+    did (rehearsal), instead of replying to everything in the short form of the task."""
+    out = []
+    for prompt in GENERAL_PROMPTS[len(GENERAL_HELD_OUT):][:n]:
+        r = model.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                       temperature=0, stream=False)
+        if r.finish_reason == "stop" and str(r).strip():
+            out.append({"messages": [{"role": "user", "content": prompt},
+                                     {"role": "assistant", "content": str(r).strip()}]})
+    return out
 
 
 def prompt_records(tasks: Iterable[Task]) -> List[dict]:

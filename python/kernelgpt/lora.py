@@ -32,6 +32,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from . import ops as _ops
 from .flat_buffer import FlatBuffer
 
 __all__ = ["LoRA", "LORA_TARGETS", "resolve_targets"]
@@ -111,8 +112,10 @@ class LoRA:
         return self.params.size
 
     def apply(self) -> None:
-        """Writes W + s * B A into the model's weights (call after every update of params)."""
-        ops, P = self.model.ops, self.model.params
+        """Writes W + s * B A into the model's weights (call after every update of params),
+        in the weights' own precision (float32 even when the model multiplies in bf16)."""
+        P = self.model.params
+        ops = _ops if self.model.dtype == np.float32 else self.model.ops
         for name in self.layers:
             W = P[name + ".weight"]
             W[...] = self.base[name]

@@ -420,24 +420,29 @@ class GPT:
                    weights=None, per_token=False):
         """LM head + cross-entropy over row chunks (logits are never all in memory at once).
         Returns (mean loss, d_lnf [N, C] or None); accumulates the head's weight gradient.
-        weights [N]: the loss is sum_i weights_i * CE_i instead. per_token: returns CE [N]."""
+        weights [N]: the loss is sum_i weights_i * CE_i instead. per_token: returns CE [N].
+
+        Rows whose target is ignored need no logits: on the CPU only the others go through
+        the head (fine-tuning's prompt tokens, a reward model's whole batch), gathered into
+        one block, their gradient scattered back (zero elsewhere)."""
         c = self.config
         lnf = a["lnf"]
         N = lnf.shape[0]
-        W = self.lm_head
-        rows = a["logits"].shape[0]  # <= 64 MiB of logits per chunk
-        total = 0.0
+        keep = None
+        if self.xp is np:
+            valid = targets != ignore_index
+            n_valid = int(np.count_nonzero(valid))
+            if n_valid < N:
+                keep = np.flatnonzero(valid)
+        d_lnf = a["d_x"] if with_grad else None
         if per_token:
             per = self.xp.zeros(N, dtype=lnf.dtype)
-            for r0 in range(0, N, rows):
-                r1 = min(N, r0 + rows)
-                if not bool((targets[r0:r1] != ignore_index).any()):
-                    continue  # no logits needed (a reward model reads the hidden states only)
-                logits = self.ops.linear(lnf[r0:r1], W, out=a["logits"][:r1 - r0])
-                per[r0:r1] = self.ops.cross_entropy(logits, targets[r0:r1],
-                                                    ignore_index=ignore_index, reduction="none")
+            if keep is None:
+                self._head_rows(a, lnf, targets, ignore_index, per_out=per)
+            elif len(keep):
+                per[keep] = self._head_rows(a, lnf[keep], targets[keep], ignore_index,
+                                            per_out=np.zeros(len(keep), lnf.dtype))
             return per
-        d_lnf = a["d_x"] if with_grad else None
         if count == 0 and weights is None:  # every target ignored (a reward model's batch)
             if with_grad:
                 d_lnf[...] = 0
@@ -447,33 +452,58 @@ class GPT:
         if with_grad and head_name not in self.frozen:
             g_head = self.grads[head_name]
         scale = grad_scale / max(count, 1)
-        for r0 in range(0, N, rows):
-            r1 = min(N, r0 + rows)
-            logits = self.ops.linear(lnf[r0:r1], W, out=a["logits"][:r1 - r0])
+        if keep is None:
+            total = self._head_rows(a, lnf, targets, ignore_index, with_grad, scale, grad_scale,
+                                    weights, g_head, d_lnf)
+        else:
+            d_rows = np.empty((len(keep), lnf.shape[1]), lnf.dtype) if with_grad else None
+            total = self._head_rows(a, lnf[keep], targets[keep], ignore_index, with_grad, scale,
+                                    grad_scale, None if weights is None else weights[keep],
+                                    g_head, d_rows)
+            if with_grad:
+                d_lnf[...] = 0
+                d_lnf[keep] = d_rows
+        if weights is not None:
+            return float(total), d_lnf
+        return float(total) / max(count, 1), d_lnf  # float(): one device-to-host read
+
+    def _head_rows(self, a, x, targets, ignore_index, with_grad=False, scale=1.0, grad_scale=1.0,
+                   weights=None, g_head=None, d_out=None, per_out=None):
+        """_head_loss on rows x [n, C] in chunks: the summed (or weighted) loss, d_out [n, C]
+        and g_head accumulated; per_out: each row's CE into it instead (returned)."""
+        W = self.lm_head
+        n = x.shape[0]
+        rows = a["logits"].shape[0]  # <= 64 MiB of logits per chunk
+        total = 0.0
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            t = targets[r0:r1]
+            logits = self.ops.linear(x[r0:r1], W, out=a["logits"][:r1 - r0])
+            if per_out is not None:
+                per_out[r0:r1] = self.ops.cross_entropy(logits, t, ignore_index=ignore_index,
+                                                        reduction="none")
+                continue
             if not with_grad:
-                total += self.ops.cross_entropy(logits, targets[r0:r1], ignore_index=ignore_index,
-                                           reduction="sum")
+                total += self.ops.cross_entropy(logits, t, ignore_index=ignore_index,
+                                                reduction="sum")
                 continue
             if weights is not None:  # sum_i w_i CE_i: each row's gradient scaled by its w_i
-                per, dlogits = self.ops.cross_entropy(logits, targets[r0:r1],
-                                                      ignore_index=ignore_index, reduction="none",
-                                                      return_grad=True, out=a["d_logits"][:r1 - r0])
+                per, dlogits = self.ops.cross_entropy(logits, t, ignore_index=ignore_index,
+                                                      reduction="none", return_grad=True,
+                                                      out=a["d_logits"][:r1 - r0])
                 w = weights[r0:r1]
                 total += float((per * w).sum())
                 dlogits *= (w * dlogits.dtype.type(grad_scale))[:, None]
             else:
-                loss, dlogits = self.ops.cross_entropy(logits, targets[r0:r1],
-                                                       ignore_index=ignore_index, reduction="sum",
-                                                       return_grad=True,
+                loss, dlogits = self.ops.cross_entropy(logits, t, ignore_index=ignore_index,
+                                                       reduction="sum", return_grad=True,
                                                        out=a["d_logits"][:r1 - r0])
                 total += loss
                 dlogits *= dlogits.dtype.type(scale)
             if g_head is not None:
-                self.ops.matmul(dlogits, lnf[r0:r1], trans_a=True, out=g_head, accumulate=True)
-            self.ops.matmul(dlogits, W, out=d_lnf[r0:r1])
-        if weights is not None:
-            return float(total), d_lnf
-        return float(total) / max(count, 1), d_lnf  # float(): one device-to-host read
+                self.ops.matmul(dlogits, x[r0:r1], trans_a=True, out=g_head, accumulate=True)
+            self.ops.matmul(dlogits, W, out=d_out[r0:r1])
+        return per_out if per_out is not None else total
 
     def _fused_activation(self) -> bool:
         """Whether the ops fuse the MLP's linear layer with its activation (bf16 ops do)."""

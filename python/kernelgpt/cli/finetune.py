@@ -34,6 +34,10 @@ def add_arguments(p) -> None:
                    help="build the data (training split) from this task instead of --data")
     p.add_argument("--n-train", type=positive_int, default=400, metavar="N",
                    help="examples built with --task")
+    p.add_argument("--replay", type=int, default=0, metavar="N",
+                   help="sft with --task: add N general conversations answered by the model "
+                        "itself (about a fifth of the data), so it keeps answering ordinary "
+                        "requests as before")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="the run directory (default: runs/finetune-<action>)")
     p.add_argument("--run", default=None, metavar="DIR",
@@ -67,6 +71,10 @@ def add_arguments(p) -> None:
                    help="ppo: updates per batch of samples")
     p.add_argument("--max-len", type=positive_int, default=512,
                    help="longest example in tokens (longer ones are an error)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="bf16: every matrix product in bf16 (fp32 master weights, gradients "
+                        "and AdamW), about 1.6x faster where the CPU has AVX512-BF16; auto: "
+                        "bf16 there, else fp32")
     p.add_argument("--seed", type=int, default=0, help="adapter init and example order")
     p.add_argument("--checkpoint-every", type=positive_int, default=50, metavar="N")
     p.add_argument("--eval", type=int, default=0, metavar="N",
@@ -80,7 +88,7 @@ def add_arguments(p) -> None:
     add_threads_argument(p)
 
 
-def _data(args, out: Path) -> str:
+def _data(args, out: Path, model=None) -> str:
     from .. import align_tasks
     if args.data and args.task:
         raise ValueError("give --data or --task, not both")
@@ -91,6 +99,9 @@ def _data(args, out: Path) -> str:
     tasks = align_tasks.make_tasks(args.task, args.n_train, "train", seed=args.seed)
     if args.action == "sft":
         records = align_tasks.sft_records(tasks)
+        if args.replay and model is not None:  # the model's own general answers, repeated
+            replay = align_tasks.replay_records(model, args.replay)
+            records += replay * max(1, len(records) // (4 * max(1, len(replay))))
     elif args.action in ("reward", "dpo"):
         records = align_tasks.preference_records(tasks, seed=args.seed)
     else:  # grpo, ppo, critic: prompts
@@ -149,10 +160,11 @@ def main(args) -> int:
                         beta=beta, max_len=args.max_len, seed=args.seed, reward=reward,
                         group=args.group, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, ppo_epochs=args.ppo_epochs,
+                        precision=args.precision,
                         checkpoint_every=args.checkpoint_every)
-    if not args.resume:
-        fc = dataclasses.replace(fc, data=_data(args, out))
     model = load_model(args.model, weights="fp32") if not args.resume else None
+    if not args.resume:
+        fc = dataclasses.replace(fc, data=_data(args, out, model))
     tasks = None
     if args.eval and args.task and args.action != "reward":
         tasks = align_tasks.make_tasks(args.task, args.eval, "test", seed=args.seed)
@@ -183,23 +195,12 @@ def _is_reward_run(run) -> bool:
 def _eval_reward_model(args) -> int:
     """A reward model's accuracy: how often it scores the chosen answer of a held-out pair
     above the rejected one."""
-    import numpy as np
-
     from .. import align_tasks
-    from ..finetune import load_reward_model, reward_scores
-    from ..finetune.data import conversation_tokens
+    from ..finetune import load_reward_model, reward_accuracy
     model, head = load_reward_model(args.run)
     tasks = align_tasks.make_tasks(args.task, args.n, "test", seed=args.seed)
     pairs = align_tasks.preference_records(tasks, seed=args.seed + 1)
-    seqs = []
-    for p in pairs:
-        for key in ("chosen", "rejected"):
-            ex = conversation_tokens(model, [{"role": "user", "content": p["prompt"]},
-                                             {"role": "assistant", "content": p[key]}])
-            seqs.append((ex.ids, ex.mask))
-    pad = int(getattr(model.tokenizer, "eos_token_id", None) or 0)
-    s = reward_scores(model.gpt, head, seqs, pad)
-    acc = float(np.mean(s[0::2] > s[1::2]))
+    acc = reward_accuracy(model, head, pairs)
     print(f"{args.run}: reward model ranks {acc:.1%} of {len(pairs)} held-out pairs right")
     return 0
 

@@ -17,9 +17,9 @@ from .data import (DataError, Example, Pair, Prompt, conversation_tokens, load_p
                    load_prompts, load_sft)
 from .objectives import ScalarHead, reward_scores, sample, sequence_logprobs
 from .run import (METHODS, FinetuneConfig, evaluate, finetune, load_reward_model, load_tuned,
-                  resolve_reward)
+                  resolve_reward, reward_accuracy)
 
 __all__ = ["DataError", "Example", "Pair", "Prompt", "conversation_tokens", "load_sft",
            "load_pairs", "load_prompts", "ScalarHead", "reward_scores", "sample",
            "sequence_logprobs", "METHODS", "FinetuneConfig", "finetune", "load_tuned",
-           "load_reward_model", "evaluate", "resolve_reward"]
+           "load_reward_model", "evaluate", "resolve_reward", "reward_accuracy"]

@@ -35,7 +35,7 @@ from . import objectives as obj
 from .data import file_sha256, load_pairs, load_prompts, load_sft
 
 __all__ = ["FinetuneConfig", "finetune", "load_tuned", "load_reward_model", "evaluate",
-           "resolve_reward", "METHODS"]
+           "reward_accuracy", "resolve_reward", "METHODS"]
 
 METHODS = ("sft", "dpo", "reward", "grpo", "ppo")
 
@@ -65,6 +65,7 @@ class FinetuneConfig:
     ppo_epochs: int = 2            # PPO: updates per batch of samples
     clip: float = 0.2              # PPO: the ratio's clip range
     vf_coef: float = 0.1           # PPO: weight of the value loss
+    precision: str = "fp32"        # "bf16": every matrix product in bf16 (GPT.to), fp32 master
     seed: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -91,6 +92,7 @@ class FinetuneConfig:
             (self.ppo_epochs >= 1, "ppo_epochs must be >= 1"),
             (0 < self.clip < 1, "clip must be in (0, 1)"),
             (self.vf_coef >= 0, "vf_coef must be >= 0"),
+            (self.precision in ("fp32", "bf16", "auto"), "precision must be fp32, bf16 or auto"),
             (self.method not in ("grpo", "ppo") or bool(self.reward),
              f"{self.method} needs a reward function (reward='module:function')"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
@@ -307,6 +309,8 @@ def finetune(fc: FinetuneConfig, out, *, resume: bool = False, model=None,
     if model.gpt.packed:
         raise ValueError("finetune needs fp32 weights: load the model with weights='fp32'")
     gpt = model.gpt
+    if fc.precision != "fp32":
+        gpt.to(gpt.device, precision=fc.precision)
     if fc.init:
         _apply_checkpoint(model, _checkpoint_of(fc.init, "init"), "init")
     lora = None
@@ -500,3 +504,18 @@ def evaluate(model, tasks, max_tokens: int = 16) -> dict:
     return {"accuracy": float(np.mean(scores == 1.0)) if len(scores) else 0.0,
             "mean_score": float(np.mean(scores)) if len(scores) else 0.0,
             "n": len(tasks), "replies": replies}
+
+
+def reward_accuracy(model, head, records) -> float:
+    """The fraction of preference records ({"prompt", "chosen", "rejected"}, strings) whose
+    chosen answer the reward model (model, head) scores above the rejected one."""
+    from .data import conversation_tokens
+    seqs = []
+    for p in records:
+        for key in ("chosen", "rejected"):
+            ex = conversation_tokens(model, [{"role": "user", "content": p["prompt"]},
+                                             {"role": "assistant", "content": p[key]}])
+            seqs.append((ex.ids, ex.mask))
+    pad = int(getattr(model.tokenizer, "eos_token_id", None) or 0)
+    s = obj.reward_scores(model.gpt, head, seqs, pad)
+    return float(np.mean(s[0::2] > s[1::2]))
