@@ -394,8 +394,64 @@ def test_exported_smollm2_runs_in_llama_cpp(tmp_path):
                        "q8_0")
     ours = kernelgpt.load_model(path)
     peer = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+    tok = ours.tokenizer
+    same = 0
     for prompt in ("The capital of France is", "def fibonacci(n):", "Once upon a time",
                    "Water boils at", "The three primary colors are"):
-        mine = ours.generate(prompt, max_tokens=16, temperature=0)
+        prompt_ids = tok.encode(prompt)
+        mine = tok.encode(ours.generate(prompt, max_tokens=16, temperature=0))
         theirs = peer.create_completion(prompt, max_tokens=16, temperature=0.0, top_k=1)
-        assert theirs["choices"][0]["text"] == mine, prompt
+        theirs = tok.encode(theirs["choices"][0]["text"])
+        if mine == theirs:
+            same += 1
+            continue
+        # a divergence must be a near-tie: the two tokens' logits within 1% of max|logit|
+        k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), None)
+        if k is None:  # one is a prefix of the other (a reply ended): the same tokens
+            same += 1
+            continue
+        logits = ours.gpt.logits(np.asarray([prompt_ids + mine[:k]]))[0, -1]
+        gap = abs(float(logits[mine[k]]) - float(logits[theirs[k]]))
+        assert gap <= 1e-2 * float(np.abs(logits).max()), (prompt, k, gap)
+    assert same >= 3
+
+
+def test_samples_keep_the_stop_token_that_ended_them(model):
+    from kernelgpt.finetune import sample
+    from kernelgpt.finetune.data import Prompt
+    ids = np.asarray(model.encode_chat([{"role": "user", "content": "hi"}]))
+    model.stop_tokens = [258, 97]  # <|im_end|> and "a": a random model samples "a" often
+    out = sample(model, [Prompt(ids, "hi")], 6, seed=3, max_new_tokens=8, temperature=1.5)
+    assert len(out) == 6
+    for s in out:
+        body, last = s["ids"][:-1], int(s["ids"][-1])
+        assert not set(body.tolist()) & {258, 97}
+        assert last in (258, 97) or len(s["ids"]) == 8
+
+
+def test_llama_gradients_match_pytorch(model, tmp_path):
+    """The Llama flavour's backward (RMSNorm, RoPE on llama.cpp's row order, SwiGLU, grouped-
+    query attention, tied embeddings) against transformers' LlamaForCausalLM in PyTorch, the
+    same weights (export_hf), loss and every gradient."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from kernelgpt.export import hf_tensors
+    export_hf(model, tmp_path / "hf")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf")
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, model.config.vocab_size, (3, 11))
+    y = rng.integers(0, model.config.vocab_size, (3, 11))
+    y[1, :4] = -100
+    gpt = model.gpt
+    gpt.zero_grad()
+    loss = gpt.forward_backward(x, y)
+    logits = hf(torch.tensor(x)).logits
+    t_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                               torch.tensor(y).reshape(-1), ignore_index=-100)
+    t_loss.backward()
+    assert abs(float(t_loss) - loss) <= 1e-5 * abs(loss)
+    ours = hf_tensors(gpt, gpt.grads)
+    for name, p in hf.named_parameters():
+        g = p.grad.numpy()
+        mine = ours[name]
+        assert np.abs(mine - g).max() <= 1e-4 * max(np.abs(g).max(), 1e-6), name

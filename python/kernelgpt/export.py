@@ -25,14 +25,16 @@ from .io.atomic import atomic_write_bytes
 from .io.gguf import ValueType
 from .io.gguf_write import metadata_items, write_gguf
 
-__all__ = ["export_gguf", "export_hf", "gguf_tensors"]
+__all__ = ["export_gguf", "export_hf", "gguf_tensors", "hf_tensors"]
 
 _FILE_TYPES = {"f32": (0, "F32"), "bf16": (32, "BF16"), "q8_0": (7, "Q8_0")}
 
 
-def _split(gpt) -> List[Tuple[str, np.ndarray, bool]]:
-    """(llama.cpp name, float32 array, is a matrix) for every weight of the GPT."""
-    c, P = gpt.config, gpt.params
+def _split(gpt, P=None) -> List[Tuple[str, np.ndarray, bool]]:
+    """(llama.cpp name, float32 array, is a matrix) for every weight of the GPT (or, with P,
+    for every tensor of a buffer of the same layout: its gradients)."""
+    c = gpt.config
+    P = gpt.params if P is None else P
     if gpt.packed:
         raise ValueError("export needs fp32 weights (load with weights='fp32', or a finetune "
                          "run's model)")
@@ -93,10 +95,9 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n_head, hd // 2, 2, C).swapaxes(1, 2).reshape(rows, C))
 
 
-def export_hf(model, directory) -> Path:
-    """Writes `model` (Llama flavour, fp32, interleaved RoPE as loaded from GGUF) as a
-    transformers Llama checkpoint: model.safetensors and config.json."""
-    gpt = model.gpt
+def hf_tensors(gpt, P=None) -> dict:
+    """The GPT's weights (or a buffer of the same layout, e.g. its gradients) under
+    transformers' Llama names, Q and K rows in its rotate-half order."""
     c = gpt.config
     if c.rope_layout != "interleaved":
         raise ValueError("export_hf expects the GGUF row order of Q and K (rope_layout "
@@ -108,7 +109,7 @@ def export_hf(model, directory) -> Path:
                  "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
                  "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
     tensors = {}
-    for n, a, _ in _split(gpt):
+    for n, a, _ in _split(gpt, P):
         a = np.asarray(a, np.float32)
         if n.startswith("blk."):
             _, i, kind, _ = n.split(".")
@@ -119,6 +120,15 @@ def export_hf(model, directory) -> Path:
             tensors[f"model.layers.{i}.{per_layer[kind]}.weight"] = np.ascontiguousarray(a)
         else:
             tensors[names[n]] = np.ascontiguousarray(a)
+    return tensors
+
+
+def export_hf(model, directory) -> Path:
+    """Writes `model` (Llama flavour, fp32, interleaved RoPE as loaded from GGUF) as a
+    transformers Llama checkpoint: model.safetensors and config.json."""
+    gpt = model.gpt
+    c = gpt.config
+    tensors = hf_tensors(gpt)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     safetensors.save(tensors, directory / "model.safetensors", metadata={"format": "pt"})

@@ -45,6 +45,7 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     stop_reason: str = ""  # "length" | "stop_token" | "stop_string" | "context" | "interrupted"
+    stop_token: Optional[int] = None  # the stop token sampled (not in new_tokens), if any
 
     @property
     def finish_reason(self) -> str:
@@ -146,7 +147,7 @@ class _Sequence:
             logits = self.constraint.apply(logits)  # the grammar's forbidden tokens: -inf
         token = self.sample(logits, previous_tokens=self.context)
         if token in self.stop_tokens:
-            stats.stop_reason = "stop_token"
+            stats.stop_reason, stats.stop_token = "stop_token", int(token)
             return None, ""
         if self.constraint is not None:
             self.constraint.accept(token)  # and the next mask starts computing

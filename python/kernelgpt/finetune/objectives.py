@@ -177,24 +177,15 @@ def sample(model, prompts, n_per_prompt: int, seed: int, max_new_tokens: int,
     texts = generate_batch(model.gpt, model.tokenizer, ids, max_new_tokens,
                            sampling=SamplingConfig(temperature=temperature), seeds=seeds,
                            stop_tokens=model.stop_tokens, stats=stats)
-    eot = _end_of_turn(model)
     out = []
     for j, (text, s) in enumerate(zip(texts, stats)):
-        tokens = list(s.new_tokens) + ([eot] if s.stop_reason == "stop_token" else [])
-        if not tokens:
-            tokens = [eot]
+        # the reply as sampled: its tokens and the stop token that ended it
+        tokens = list(s.new_tokens) + ([s.stop_token] if s.stop_token is not None else [])
+        if not tokens:  # (max_new_tokens >= 1: a reply has at least one token)
+            raise RuntimeError("sampling returned an empty reply")
         out.append({"prompt": j // n_per_prompt, "ids": np.asarray(tokens, np.int64),
                     "text": text})
     return out
-
-
-def _end_of_turn(model) -> int:
-    eos = getattr(model.tokenizer, "eos_token_id", None)
-    if eos in model.stop_tokens:
-        return int(eos)
-    if not model.stop_tokens:
-        raise ValueError("the model has no end-of-turn token to stop its replies")
-    return int(model.stop_tokens[0])
 
 
 def _rollout(gpt, model, prompts, samples, reward_fn, pad_id, reference):
