@@ -26,7 +26,9 @@ def add_arguments(p) -> None:
         "--task builds the data from a "
         "verifiable task (kernelgpt.align_tasks) instead of --data, and GRPO/PPO's reward "
         "from it.")
-    p.add_argument("action", choices=list(_TRAINING) + ["critic", "eval", "export"])
+    p.add_argument("action", choices=list(_TRAINING) + ["critic", "eval", "export"],
+                   help="what to do: train with a method (sft, reward, dpo, grpo, ppo), label "
+                        "pairs (critic), measure (eval) or save (export)")
     p.add_argument("--model", default="smollm2",
                    help="the base model: a Llama GGUF file or a known name (loaded as fp32)")
     p.add_argument("--data", default=None, metavar="JSONL", help="the training data")
@@ -76,7 +78,8 @@ def add_arguments(p) -> None:
                         "and AdamW), about 1.6x faster where the CPU has AVX512-BF16; auto: "
                         "bf16 there, else fp32")
     p.add_argument("--seed", type=int, default=0, help="adapter init and example order")
-    p.add_argument("--checkpoint-every", type=positive_int, default=50, metavar="N")
+    p.add_argument("--checkpoint-every", type=positive_int, default=50, metavar="N",
+                   help="write a checkpoint every N steps (and at the end)")
     p.add_argument("--eval", type=int, default=0, metavar="N",
                    help="with --task: greedy accuracy on N held-out prompts before and after")
     p.add_argument("--n", type=positive_int, default=100, help="eval: held-out prompts")
