@@ -2,27 +2,69 @@
 the first), Ctrl-C in the middle of a reply ("[stopped]" and a new prompt), Ctrl-C at the
 prompt (a hint), /reset, the up arrow recalling the previous line (readline), /quit.
 Needs pexpect and SmolLM2 (`kernelgpt fetch smollm2`); skips without them."""
+import fcntl
 import os
+import pty
+import shutil
+import struct
+import subprocess
 import sys
+import termios
 
 import pytest
 
 from kernelgpt.io import fetch
 
 pexpect = pytest.importorskip("pexpect")
-pytestmark = pytest.mark.skipif(fetch.cached("smollm2") is None,
-                                reason="SmolLM2 not fetched (kernelgpt fetch smollm2)")
+from pexpect import fdpexpect  # noqa: E402
+
+pytestmark = [pytest.mark.skipif(fetch.cached("smollm2") is None,
+                                 reason="SmolLM2 not fetched (kernelgpt fetch smollm2)"),
+              pytest.mark.skipif(shutil.which("setsid") is None, reason="needs setsid")]
 
 TIMEOUT = 180  # per step: the CPU may be shared
 PROMPT = "\r\n> "
 
 
+class _Terminal(fdpexpect.fdspawn):
+    """A command in a new pseudo-terminal, typed at with pexpect. Started by subprocess (fork
+    and exec in C, no Python in the child before exec: pexpect.spawn's Python-level fork from
+    this many-threaded test process can deadlock in the child before it execs), with the
+    terminal made its controlling one (`setsid --ctty`), so Ctrl-C is a SIGINT as in a shell."""
+
+    def __init__(self, args, env, dimensions=(24, 80)):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *dimensions, 0, 0))
+        self.proc = subprocess.Popen(["setsid", "--ctty", sys.executable, *args], stdin=slave,
+                                     stdout=slave, stderr=slave, env=env, close_fds=True)
+        os.close(slave)
+        super().__init__(master, encoding="utf-8", timeout=TIMEOUT)
+
+    def sendcontrol(self, char: str) -> int:
+        return self.send(chr(ord(char.lower()) - ord("a") + 1))
+
+    def read_nonblocking(self, size=1, timeout=-1):
+        try:
+            return super().read_nonblocking(size, timeout)
+        except OSError:  # EIO: every end of the terminal's other side closed
+            self.flag_eof = True
+            raise pexpect.EOF("the command closed the terminal") from None
+
+    def close(self, force=False):  # sets exitstatus, as pexpect.spawn's close
+        if force and self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.exitstatus = self.proc.wait(timeout=TIMEOUT)
+        finally:
+            if self.child_fd != -1:
+                super().close()
+
+
 @pytest.fixture
 def chat(tmp_path):
     env = dict(os.environ, TERM="xterm", KERNELGPT_DEBUG="")
-    child = pexpect.spawn(sys.executable, ["-m", "kernelgpt", "chat", "--max-new-tokens", "200",
-                                           "--seed", "0", "--history", str(tmp_path / "history")],
-                          env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 250))
+    child = _Terminal(["-m", "kernelgpt", "chat", "--max-new-tokens", "200", "--seed", "0",
+                       "--history", str(tmp_path / "history")], env, dimensions=(40, 250))
     yield child
     child.close(force=True)
 
@@ -85,7 +127,7 @@ def test_a_conversation_in_a_terminal(chat, tmp_path):
 def test_ctrl_c_twice_at_the_prompt_and_ctrl_d_leave(tmp_path):
     env = dict(os.environ, TERM="xterm", KERNELGPT_DEBUG="")
     args = ["-m", "kernelgpt", "chat", "--history", ""]
-    child = pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=TIMEOUT)
+    child = _Terminal(args, env)
     try:
         child.expect_exact("> ")
         child.sendcontrol("c")
@@ -98,7 +140,7 @@ def test_ctrl_c_twice_at_the_prompt_and_ctrl_d_leave(tmp_path):
         assert "Traceback" not in child.before
     finally:
         child.close(force=True)
-    child = pexpect.spawn(sys.executable, args, env=env, encoding="utf-8", timeout=TIMEOUT)
+    child = _Terminal(args, env)
     try:
         child.expect_exact("> ")
         child.sendcontrol("d")

@@ -3,7 +3,6 @@ the work), measure it on a verifiable task, save it for llama.cpp or transformer
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 from ._common import add_threads_argument, positive_int
@@ -115,9 +114,9 @@ def _data(args, out: Path, model=None) -> str:
     return str(path)
 
 
-def _report(label, result, stream=sys.stdout) -> None:
-    stream.write(f"{label}: accuracy {result['accuracy']:.1%}, mean score "
-                 f"{result['mean_score']:.3f} on {result['n']} held-out prompts\n")
+def _report(label, result) -> None:
+    print(f"{label}: accuracy {result['accuracy']:.1%}, mean score "
+          f"{result['mean_score']:.3f} on {result['n']} held-out prompts")
 
 
 def main(args) -> int:
