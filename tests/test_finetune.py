@@ -294,6 +294,8 @@ def test_config_errors(tiny, tmp_path):
         FinetuneConfig(method="grpo", model=tiny, data="x").validate()
     with pytest.raises(ValueError, match="method"):
         FinetuneConfig(method="rlhf").validate()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        FinetuneConfig(method="ppo", reward="m:f", max_len=32, max_new_tokens=31).validate()
     with pytest.raises(FileNotFoundError):
         finetune(FinetuneConfig(model=tiny, data=_data(tmp_path, "sft")), tmp_path / "none",
                  resume=True)

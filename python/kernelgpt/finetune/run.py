@@ -88,6 +88,9 @@ class FinetuneConfig:
             (self.max_len >= 2, "max_len must be >= 2"),
             (self.group >= 2 or self.method != "grpo", "GRPO needs group >= 2"),
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.method not in ("grpo", "ppo") or self.max_new_tokens < self.max_len - 1,
+             f"max_new_tokens ({self.max_new_tokens}) must be < max_len - 1 "
+             f"({self.max_len - 1}): the prompt needs room in max_len"),
             (self.temperature > 0 and math.isfinite(self.temperature), "temperature must be > 0"),
             (self.ppo_epochs >= 1, "ppo_epochs must be >= 1"),
             (0 < self.clip < 1, "clip must be in (0, 1)"),
