@@ -267,6 +267,54 @@ def test_property_finite_in_finite_out(x, act):
     assert (np.abs(dx - rdx) <= 1e-5 * np.abs(rdx) + 1e-6).all()
 
 
+@pytest.mark.parametrize("shape", [(2,), (1, 6), (3, 34), (7, 258), (2, 5, 1026), (61, 3072)],
+                         ids=str)
+@pytest.mark.parametrize("backend", BACKENDS + ["numpy"])
+def test_swiglu_packed(rng, isa, backend, shape):
+    """h = [gate | up] in one array (Llama's fused projection): the same values as swiglu on
+    the two halves, bit for bit (the same formulas), and the float64 reference."""
+    h = mixed_inputs(rng, shape)
+    F = shape[-1] // 2
+    dy = randn(rng, *shape[:-1], F)
+    y = ops.swiglu_packed(h, backend=backend)
+    d_h = ops.swiglu_packed_backward(dy, h, backend=backend)
+    h64, d64 = h.astype(np.float64), dy.astype(np.float64)
+    assert_close(y, reference.swiglu_packed(h64), what="swiglu_packed")
+    assert_close(d_h, reference.swiglu_packed_backward(d64, h64), what="swiglu_packed_backward")
+    if backend != "numpy":
+        gate, up = np.ascontiguousarray(h[..., :F]), np.ascontiguousarray(h[..., F:])
+        assert np.array_equal(y, ops.swiglu(gate, up, backend=backend))
+        dgate, dup = ops.swiglu_backward(dy, gate, up, backend=backend)
+        assert np.array_equal(d_h, np.concatenate([dgate, dup], axis=-1))
+    out = np.full(shape, np.nan, np.float32)  # out= filled completely
+    assert ops.swiglu_packed_backward(dy, h, out=out, backend=backend) is out
+    assert np.array_equal(out, d_h)
+
+
+def test_swiglu_packed_finite_differences(rng):
+    h, dy = randn(rng, 3, 10, scale=2.0), randn(rng, 3, 5)
+    d64 = dy.astype(np.float64)
+    fd = finite_difference(lambda x: float((reference.swiglu_packed(x) * d64).sum()), h)
+    assert_close(ops.swiglu_packed_backward(dy, h), fd, rtol=1e-4, atol=1e-6,
+                 what="swiglu_packed_backward vs finite differences")
+
+
+def test_swiglu_packed_bad_input(rng):
+    with pytest.raises(ValueError, match="even last dimension"):
+        ops.swiglu_packed(randn(rng, 4, 7))
+    with pytest.raises(ValueError, match="dy has shape"):
+        ops.swiglu_packed_backward(randn(rng, 4, 4), randn(rng, 4, 6))
+    with pytest.raises(TypeError, match="h must be float32"):
+        ops.swiglu_packed(rng.standard_normal((4, 6)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops.swiglu_packed(randn(rng, 6, 8)[:, :4])
+    h = randn(rng, 4, 6)
+    with pytest.raises(ValueError, match="overlap"):
+        ops.swiglu_packed_backward(randn(rng, 4, 3), h, out=h)
+    with pytest.raises(ValueError, match="out has shape"):
+        ops.swiglu_packed(h, out=np.empty((4, 6), np.float32))
+
+
 # ---- bad input ----------------------------------------------------------------------------
 
 def test_bad_dtype_and_type(rng):

@@ -116,6 +116,62 @@ static py::tuple swiglu_backward(py::handle dy_obj, py::handle gate_obj, py::han
   return py::make_tuple(dgate.array, dup.array);
 }
 
+// h [..., 2n] = [gate | up] (Llama's fused gate/up projection): rows of 2n values.
+static Shape packed_shape(const Array& h, const char* fn) {
+  if (h.ndim() < 1 || h.shape.back() % 2 != 0)
+    value_error(std::string(fn) + ": h must have an even last dimension ([gate | up]), got " +
+                shape_str(h.shape));
+  Shape half = h.shape;
+  half.back() /= 2;
+  return half;
+}
+
+static py::array swiglu_packed(py::handle h_obj, py::handle out_obj, int version) {
+  const char* fn = "swiglu_packed";
+  const ActivationVersion& kernels = activation_version(version, fn);
+  Array h = f32(h_obj, fn, "h");
+  Shape half = packed_shape(h, fn);
+  Array y = output(out_obj, half, fn, {&h});
+  SwigluArgs args;
+  args.n = half.back();
+  args.rows = args.n > 0 ? h.size / (2 * args.n) : 0;
+  args.gate = h.cf32();
+  args.up = h.cf32() + args.n;
+  args.ld_in = 2 * args.n;
+  args.out = y.f32();
+  if (args.rows > 0) {
+    py::gil_scoped_release release;
+    kernels.swiglu(args);
+  }
+  return y.array;
+}
+
+static py::array swiglu_packed_backward(py::handle dy_obj, py::handle h_obj, py::handle out_obj,
+                                        int version) {
+  const char* fn = "swiglu_packed_backward";
+  const ActivationVersion& kernels = activation_version(version, fn);
+  Array dy = f32(dy_obj, fn, "dy");
+  Array h = f32(h_obj, fn, "h");
+  Shape half = packed_shape(h, fn);
+  expect_shape(dy, half, fn, "dy");
+  Array dh = output(out_obj, h.shape, fn, {&dy, &h});
+  SwigluArgs args;
+  args.n = half.back();
+  args.rows = args.n > 0 ? h.size / (2 * args.n) : 0;
+  args.dy = dy.cf32();
+  args.gate = h.cf32();
+  args.up = h.cf32() + args.n;
+  args.ld_in = 2 * args.n;
+  args.dgate = dh.f32();
+  args.dup = dh.f32() + args.n;
+  args.ld_grad = 2 * args.n;
+  if (args.rows > 0) {
+    py::gil_scoped_release release;
+    kernels.swiglu_backward(args);
+  }
+  return dh.array;
+}
+
 static py::array simd_math(const std::string& name, py::handle x_obj) {
   const char* fn = "simd_math";
   SimdMath which;
@@ -148,6 +204,10 @@ void register_activation(py::module_& m) {
         py::arg("version") = 2);
   m.def("swiglu_backward", &swiglu_backward, py::arg("dy"), py::arg("gate"), py::arg("up"),
         py::arg("version") = 2);
+  m.def("swiglu_packed", &swiglu_packed, py::arg("h"), py::arg("out") = py::none(),
+        py::arg("version") = 2);
+  m.def("swiglu_packed_backward", &swiglu_packed_backward, py::arg("dy"), py::arg("h"),
+        py::arg("out") = py::none(), py::arg("version") = 2);
   m.def("simd_math", &simd_math, py::arg("name"), py::arg("x"),
         "exp, tanh or sigmoid from common/simd.h applied to x, one thread (accuracy tests).");
   m.def("activation_path",

@@ -133,13 +133,27 @@ void activation_backward_naive(const ActivationArgs& p) {
 }
 
 void swiglu_naive(const SwigluArgs& p) {
-  for (int64_t i = 0; i < p.n; ++i) p.out[i] = silu(p.gate[i]) * p.up[i];
+  const int64_t rows = p.rows > 0 ? p.rows : 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = p.gate + r * p.ld_in;
+    const float* up = p.up + r * p.ld_in;
+    float* out = p.out + r * p.n;
+    for (int64_t i = 0; i < p.n; ++i) out[i] = silu(gate[i]) * up[i];
+  }
 }
 
 void swiglu_backward_naive(const SwigluArgs& p) {
-  for (int64_t i = 0; i < p.n; ++i) {
-    p.dgate[i] = p.dy[i] * p.up[i] * silu_grad(p.gate[i]);
-    p.dup[i] = p.dy[i] * silu(p.gate[i]);
+  const int64_t rows = p.rows > 0 ? p.rows : 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* gate = p.gate + r * p.ld_in;
+    const float* up = p.up + r * p.ld_in;
+    const float* dy = p.dy + r * p.n;
+    float* dgate = p.dgate + r * p.ld_grad;
+    float* dup = p.dup + r * p.ld_grad;
+    for (int64_t i = 0; i < p.n; ++i) {
+      dgate[i] = dy[i] * up[i] * silu_grad(gate[i]);
+      dup[i] = dy[i] * silu(gate[i]);
+    }
   }
 }
 
@@ -421,7 +435,32 @@ void span_backward(Activation kind, const float* dy, const float* x, float* out,
   }
 }
 
+// The packed layout (rows > 0): threads take whole rows; rows are short and the outputs are
+// read again at once (the next matrix product), so plain stores.
+template <class Row>
+void parallel_rows(const SwigluArgs& p, Row row) {
+  int64_t min_rows = (kChunk * kMinChunksPerThread + p.n - 1) / (p.n > 0 ? p.n : 1);
+  parallel_for(p.rows, min_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) row(r);
+  });
+}
+
+void swiglu_rows_fast(const SwigluArgs& p) {
+  parallel_rows(p, [&](int64_t r) {
+    const float* gate = p.gate + r * p.ld_in;
+    const float* up = p.up + r * p.ld_in;
+    float* out = p.out + r * p.n;
+    int64_t i = 0;
+    for (; i + kWidth <= p.n; i += kWidth) store(out + i, Silu::f(load(gate + i)) * load(up + i));
+    if (i < p.n) {
+      int64_t m = p.n - i;
+      store_partial(out + i, Silu::f(load_partial(gate + i, m)) * load_partial(up + i, m), m);
+    }
+  });
+}
+
 void swiglu_fast(const SwigluArgs& p) {
+  if (p.rows > 0) return swiglu_rows_fast(p);
   const bool stream = use_streaming(p.out, p.n * (int64_t)sizeof(float));
   parallel_chunks(p.n, [&](int64_t i0, int64_t i1) {
     store_range(p.out, i0, i1, stream, [&](int64_t i, int64_t n) {
@@ -439,7 +478,32 @@ inline void swiglu_grad(vfloat dy, vfloat gate, vfloat up, vfloat& dgate, vfloat
   dup = dy * (clamp_below(gate, -kSaturate) * s.pos);
 }
 
+void swiglu_backward_rows_fast(const SwigluArgs& p) {
+  parallel_rows(p, [&](int64_t r) {
+    const float* gate = p.gate + r * p.ld_in;
+    const float* up = p.up + r * p.ld_in;
+    const float* dy = p.dy + r * p.n;
+    float* dgate = p.dgate + r * p.ld_grad;
+    float* dup = p.dup + r * p.ld_grad;
+    vfloat dg, du;
+    int64_t i = 0;
+    for (; i + kWidth <= p.n; i += kWidth) {
+      swiglu_grad(load(dy + i), load(gate + i), load(up + i), dg, du);
+      store(dgate + i, dg);
+      store(dup + i, du);
+    }
+    if (i < p.n) {
+      int64_t m = p.n - i;
+      swiglu_grad(load_partial(dy + i, m), load_partial(gate + i, m), load_partial(up + i, m),
+                  dg, du);
+      store_partial(dgate + i, dg, m);
+      store_partial(dup + i, du, m);
+    }
+  });
+}
+
 void swiglu_backward_fast(const SwigluArgs& p) {
+  if (p.rows > 0) return swiglu_backward_rows_fast(p);
   // Two outputs: stream only when one head piece aligns both (always, for numpy's arrays).
   const bool stream = use_streaming(p.dgate, 2 * p.n * (int64_t)sizeof(float)) &&
                       use_streaming(p.dup, 2 * p.n * (int64_t)sizeof(float)) &&

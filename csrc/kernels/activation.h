@@ -8,6 +8,10 @@
 //   gelu (none)  = x * Phi(x) = 0.5 x erfc(-x / sqrt(2))  (Phi: the standard normal CDF)
 //   swiglu(gate, up) = silu(gate) * up
 //
+// swiglu also takes the packed layout of Llama's fused gate/up projection: h [rows, 2n] with
+// gate = h[:, :n] and up = h[:, n:] (rows > 0 and ld_in = 2n in SwigluArgs), so that the two
+// halves need no copies; its backward then writes dgate and dup into d_h [rows, 2n] likewise.
+//
 // Backward kernels take the forward's input x (not its output) and dy, and return
 // dx = dy * f'(x); swiglu's backward returns dgate = dy * up * silu'(gate), dup = dy * silu(gate).
 #pragma once
@@ -34,7 +38,12 @@ struct SwigluArgs {
   float* out = nullptr;       // forward only
   float* dgate = nullptr;     // backward only
   float* dup = nullptr;       // backward only
-  int64_t n = 0;
+  int64_t n = 0;              // values (per row when rows > 0)
+  // rows > 0: `rows` rows of n values; row r of gate and up starts at r * ld_in, of dgate and
+  // dup at r * ld_grad; out and dy are contiguous [rows, n]. rows == 0: n contiguous values.
+  int64_t rows = 0;
+  int64_t ld_in = 0;
+  int64_t ld_grad = 0;
 };
 
 struct ActivationVersion {

@@ -227,9 +227,7 @@ class GPT:
             return self.ops.gelu(h, out=out)
         if act == "relu":
             return self.ops.relu(h, out=out)
-        F = self.config.mlp_hidden
-        xp = self.xp
-        return self.ops.swiglu(xp.ascontiguousarray(h[:, :F]), xp.ascontiguousarray(h[:, F:]), out=out)
+        return self.ops.swiglu_packed(h, out=out)  # h = [gate | up]: silu(gate) * up
 
     def _rope(self, x, t0, backward=False):
         c = self.config
@@ -562,11 +560,7 @@ class GPT:
             return self.ops.gelu_backward(d_a, h, out=out)
         if act == "relu":
             return self.ops.relu_backward(d_a, h, out=out)
-        F = self.config.mlp_hidden
-        xp = self.xp
-        d_gate, d_up = self.ops.swiglu_backward(d_a, xp.ascontiguousarray(h[:, :F]),
-                                                xp.ascontiguousarray(h[:, F:]))
-        return xp.concatenate([d_gate, d_up], axis=1)
+        return self.ops.swiglu_packed_backward(d_a, h, out=out)  # [d_gate | d_up]
 
     def _moe_backward(self, d_y, saved, i, grad_scale):
         P, G = self.params, self.grads

@@ -23,7 +23,7 @@ from . import _C
 from .kernels import FAMILIES
 from .kernels.activation import (gelu, gelu_backward, relu, relu_backward, sigmoid,
                                  sigmoid_backward, silu, silu_backward, swiglu, swiglu_backward,
-                                 tanh, tanh_backward)
+                                 swiglu_packed, swiglu_packed_backward, tanh, tanh_backward)
 from .kernels.adamw import adamw_step, clip_grad_norm, grad_norm
 from .kernels.attention import attention, attention_backward
 from .kernels.bf16 import bf16_matmul, from_bf16, matmul_bf16, to_bf16
@@ -43,6 +43,7 @@ __all__ = [
     "layernorm", "layernorm_backward", "rmsnorm", "rmsnorm_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
     "silu", "silu_backward", "gelu", "gelu_backward", "swiglu", "swiglu_backward",
+    "swiglu_packed", "swiglu_packed_backward",
     "embedding", "embedding_backward",
     "sinusoidal_positions", "rope", "rope_backward",
     "adamw_step", "grad_norm", "clip_grad_norm",

@@ -241,7 +241,21 @@ def swiglu(gate, up):
 def swiglu_backward(dy, gate, up):
     """(dgate, dup) = (dy * up * silu'(gate), dy * silu(gate))."""
     return silu_backward(dy * up, gate), dy * silu(gate)
+
+
+def swiglu_packed(h):
+    """swiglu of h [..., 2F] = [gate | up] (Llama's fused gate/up projection) -> [..., F]."""
+    F = h.shape[-1] // 2
+    return swiglu(h[..., :F], h[..., F:])
+
+
+def swiglu_packed_backward(dy, h):
+    """d(loss)/d(h) [..., 2F] = [dgate | dup] of swiglu_packed, from dy [..., F]."""
+    F = h.shape[-1] // 2
+    return np.concatenate(swiglu_backward(dy, h[..., :F], h[..., F:]), axis=-1)
 # ---- embedding --------------------------------------------------------------------------------
+
+__all__ += ["swiglu_packed", "swiglu_packed_backward"]
 
 __all__ += ["embedding", "embedding_backward"]
 

@@ -23,7 +23,7 @@ from ._dispatch import Versions, check_f32, check_shape, into, output, where_of
 
 __all__ = ["relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
            "silu", "silu_backward", "gelu", "gelu_backward", "swiglu", "swiglu_backward",
-           "VERSIONS"]
+           "swiglu_packed", "swiglu_packed_backward", "VERSIONS"]
 
 VERSIONS = Versions("activation", {1: ("naive", "cpu cuda"), 2: ("fast", "cpu cuda")},
                     auto={"cpu": 2, "cuda": 2}, aliases={"vec4": "fast"})
@@ -149,6 +149,52 @@ def swiglu(gate, up, *, out=None, backend="auto"):
     dev.lib.cuda_swiglu(version, gate.data.ptr, up.data.ptr, y.data.ptr,
                         gate.size, dev.stream())
     return y
+
+
+def _check_packed(dev, h, fn):
+    check_f32(dev, h, fn, "h")
+    if h.ndim < 1 or h.shape[-1] % 2:
+        raise ValueError(f"{fn}: h must have an even last dimension ([gate | up]), got "
+                         f"shape {tuple(h.shape)}")
+    return h.shape[:-1] + (h.shape[-1] // 2,)
+
+
+def swiglu_packed(h, *, out=None, backend="auto"):
+    """swiglu of h [..., 2F] = [gate | up], the output of Llama's fused gate/up projection:
+    silu(h[..., :F]) * h[..., F:] -> [..., F], without copying the two halves apart."""
+    fn = "swiglu_packed"
+    where, dev = where_of(fn, backend, h)
+    if where == "cpu":
+        return _C.swiglu_packed(h, out, VERSIONS.number(backend, "cpu"))
+    half = _check_packed(dev, h, fn)
+    if where == "numpy":
+        return into(out, reference.swiglu_packed(h))
+    F = half[-1]
+    xp = dev.xp
+    return swiglu(xp.ascontiguousarray(h[..., :F]), xp.ascontiguousarray(h[..., F:]), out=out,
+                  backend=backend)
+
+
+def swiglu_packed_backward(dy, h, *, out=None, backend="auto"):
+    """d(loss)/d(h) [..., 2F] = [dgate | dup] of swiglu_packed, from dy [..., F]: written in
+    place into out (say, the gradient buffer of the fused projection's output)."""
+    fn = "swiglu_packed_backward"
+    where, dev = where_of(fn, backend, h, dy)
+    if where == "cpu":
+        return _C.swiglu_packed_backward(dy, h, out, VERSIONS.number(backend, "cpu"))
+    half = _check_packed(dev, h, fn)
+    check_f32(dev, dy, fn, "dy")
+    check_shape(dy, half, fn, "dy")
+    if where == "numpy":
+        return into(out, reference.swiglu_packed_backward(dy, h))
+    F = half[-1]
+    xp = dev.xp
+    dgate, dup = swiglu_backward(dy, xp.ascontiguousarray(h[..., :F]),
+                                 xp.ascontiguousarray(h[..., F:]), backend=backend)
+    d_h = output(dev, out, h.shape, fn, (dy, h))
+    d_h[..., :F] = dgate
+    d_h[..., F:] = dup
+    return d_h
 
 
 def swiglu_backward(dy, gate, up, *, backend="auto"):
