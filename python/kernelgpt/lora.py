@@ -132,12 +132,16 @@ class LoRA:
             return
         ops, s = self.model.ops, d_y.dtype.type(self.scale)
         A, B = self.params[name + ".lora_A"], self.params[name + ".lora_B"]
-        u = ops.matmul(d_y, B)                  # [N, r] = dy B
-        u *= s
-        ops.matmul(u, x, trans_a=True, out=self.grads[name + ".lora_A"], accumulate=True)
-        v = ops.matmul(x, A, trans_b=True)      # [N, r] = x A^T
-        v *= s
-        ops.matmul(d_y, v, trans_a=True, out=self.grads[name + ".lora_B"], accumulate=True)
+        # The products are taken with the rank r as their row count ([r, N], [r, out]): a
+        # matrix product with few rows streams the long operand once, where r columns would
+        # pack it into panels for nothing.
+        uT = ops.matmul(B, d_y, trans_a=True, trans_b=True)  # [r, N] = (dy B)^T
+        uT *= s
+        ops.matmul(uT, x, out=self.grads[name + ".lora_A"], accumulate=True)  # dA = s (dy B)^T x
+        vT = ops.matmul(A, x, trans_b=True)                  # [r, N] = (x A^T)^T
+        dBT = ops.matmul(vT, d_y)                            # [r, out] = (dy^T x A^T)^T
+        dBT *= s
+        self.grads[name + ".lora_B"] += dBT.T                # dB = s dy^T (x A^T)
 
     def tensors(self) -> Dict[str, np.ndarray]:
         """The adapters by name (for saving), as host arrays."""
