@@ -39,8 +39,9 @@ def _text_batch(model, B, T, seed=0):
 
 
 def _chat_batch(model, B):
-    """B SFT conversations (a system prompt, a question, a short answer), padded: the loss
-    on the assistant tokens only, as `kernelgpt finetune sft` trains."""
+    """B SFT conversations (a system prompt, a question, a short answer), padded to the
+    longest (as Hugging Face's collators pad): the loss on the assistant tokens only, as
+    `kernelgpt finetune sft` trains."""
     from kernelgpt import align_tasks as at
     from kernelgpt.finetune.data import conversation_tokens, pad_batch
     tasks = at.make_tasks("mixed", B, "train")

@@ -81,6 +81,36 @@ def test_native_float32_matches_reference_float64(name):
     np.testing.assert_allclose(logits_nat, logits_ref, rtol=1e-4, atol=1e-4 * np.abs(logits_ref).max())
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_trailing_ignored_positions_change_nothing(name):
+    """Batches padded at the end (targets ignored there): the model skips those positions, and
+    the loss, the gradients and the log-probs equal those of the batch cut before the padding
+    and do not depend on the padding's token ids."""
+    c = CONFIGS[name]
+    model = GPT(c, seed=None)
+    random_params(model)
+    idx, tgt = batch(c, B=3)
+    cut = c.block_size - 3
+    tgt[:, cut:] = -100
+    tgt[1, cut - 1] = -100  # one row ends earlier still
+    results = []
+    for pad_seed in (0, 1):
+        padded = idx.copy()
+        padded[:, cut:] = np.random.default_rng(pad_seed).integers(0, c.vocab_size, (3, 3))
+        for x, y in ((padded, tgt), (idx[:, :cut], tgt[:, :cut])):
+            model.zero_grad()
+            loss = model.forward_backward(x, y)
+            model.forward_backward(x, y, token_weights=0.5 * (y != -100))  # (a policy gradient)
+            lp = model.token_logprobs(x, y)
+            results.append((loss, model.grads.data.copy(), lp[:, :cut], model.loss(x, y)))
+            assert np.all(lp[:, cut:] == 0) and np.all(lp[y == -100] == 0)
+    first = results[0]
+    for loss, grads, lp, eval_loss in results[1:]:
+        assert loss == first[0] and eval_loss == first[3]
+        np.testing.assert_array_equal(grads, first[1])
+        np.testing.assert_array_equal(lp, first[2])
+
+
 def test_matches_pytorch():
     torch = pytest.importorskip("torch")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

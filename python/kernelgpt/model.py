@@ -276,10 +276,17 @@ class GPT:
         B, T = idx.shape
         weights = None
         if token_weights is not None:
-            weights = np.ascontiguousarray(token_weights, dtype=self.dtype).reshape(-1)
+            weights = np.ascontiguousarray(token_weights, dtype=self.dtype)
             if weights.size != B * T or not np.all(np.isfinite(weights)):
                 raise ValueError(f"token_weights must be finite numbers of shape {(B, T)}")
-            weights = move(weights, self.xp)
+            weights = weights.reshape(B, T)
+        if hidden_grad is None:  # (a head on the hidden states may read every position)
+            T = self._trained_length(targets, ignore_index)
+            idx, targets = idx[:, :T].copy(), targets[:, :T].copy()
+            if weights is not None:
+                weights = weights[:, :T]
+        if weights is not None:
+            weights = move(np.ascontiguousarray(weights).reshape(-1), self.xp)
         count = int(np.count_nonzero(targets != ignore_index))
         idx, targets = move(idx, self.xp), move(targets, self.xp)
         acts = self._activations(B, T)
@@ -296,6 +303,8 @@ class GPT:
     def loss(self, idx: np.ndarray, targets: np.ndarray, ignore_index: int = -100) -> float:
         """Mean cross-entropy, forward only (evaluation)."""
         idx, targets = self._check_batch(idx, targets)
+        T = self._trained_length(targets, ignore_index)
+        idx, targets = idx[:, :T].copy(), targets[:, :T].copy()
         B, T = idx.shape
         count = int(np.count_nonzero(targets != ignore_index))
         idx, targets = move(idx, self.xp), move(targets, self.xp)
@@ -309,16 +318,30 @@ class GPT:
         """log p(targets[b, t] | idx[b, :t+1]) as float64 [B, T] (0 where ignored), forward
         only; hidden=True also returns the final norm's output [B, T, C] (a copy)."""
         idx, targets = self._check_batch(idx, targets)
-        B, T = idx.shape
-        idx, targets = move(idx, self.xp), move(targets, self.xp)
+        B, T_all = idx.shape
+        T = T_all if hidden else self._trained_length(targets, ignore_index)
+        idx, targets = move(idx[:, :T].copy(), self.xp), move(targets[:, :T].copy(), self.xp)
         acts = self._activations(B, T)
         self._forward_train(idx, acts)
         per = self._head_loss(acts, targets.reshape(-1), ignore_index, 0, with_grad=False,
                               per_token=True)
-        out = -to_numpy(per).astype(np.float64).reshape(B, T)
+        out = np.zeros((B, T_all))
+        out[:, :T] = -to_numpy(per).astype(np.float64).reshape(B, T)
         if hidden:
             return out, to_numpy(acts["lnf"]).reshape(B, T, -1).copy()
         return out
+
+    def _trained_length(self, targets, ignore_index: int) -> int:
+        """How many leading positions of a batch matter to its loss: up to the last target that
+        is not ignore_index, in any row. In a causal model the positions after it influence
+        nothing trained, so batches padded at the end (SFT conversations, preference pairs)
+        skip the padding's work; the loss and the gradients are unchanged. A mixture of
+        experts keeps every position (its load-balancing loss counts them all)."""
+        T = targets.shape[1]
+        if self.config.n_expert:
+            return T
+        trained = np.flatnonzero((targets != ignore_index).any(axis=0))
+        return int(trained[-1]) + 1 if trained.size else T
 
     def _check_trainable(self) -> None:
         if self.packed:

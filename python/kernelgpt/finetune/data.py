@@ -210,10 +210,9 @@ def load_prompts(model, path, max_len: int) -> List[Prompt]:
 def pad_batch(seqs: Sequence[Tuple[np.ndarray, np.ndarray]], pad_id: int
               ) -> Tuple[np.ndarray, np.ndarray]:
     """(inputs, targets) [B, T] from (ids, mask) pairs: targets are the next tokens where the
-    mask says learn, IGNORE elsewhere and in the padding (T rounded up to 16, so few distinct
-    shapes reach the model)."""
-    T = max(len(ids) for ids, _ in seqs) - 1
-    T = max(1, -(-T // 16) * 16)
+    mask says learn, IGNORE elsewhere and in the padding, which follows each sequence up to the
+    longest (as Hugging Face's collators pad)."""
+    T = max(1, max(len(ids) for ids, _ in seqs) - 1)
     x = np.full((len(seqs), T), pad_id, np.int64)
     y = np.full((len(seqs), T), IGNORE, np.int64)
     for r, (ids, mask) in enumerate(seqs):
