@@ -162,3 +162,47 @@ def test_binding_takes_the_family_version_numbers(rng):
             _C.matmul(a, b, version=bad)
     with pytest.raises(TypeError):
         _C.matmul(a, b, version="blocked")  # names are for backend=, the binding takes numbers
+
+
+# ---- lowrank_add: base + B @ A for a small inner dimension (LoRA's merged weight) ----------
+
+@pytest.mark.parametrize("m, n, r", [(1, 1, 1), (1, 17, 2), (7, 13, 3), (31, 577, 8),
+                                     (3072, 576, 8), (576, 1536, 16), (5, 100_003, 2),
+                                     (2, 31, 64)])
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+def test_lowrank_add(rng, isa, m, n, r, backend):
+    base, b, a = randn(rng, m, n, scale=2.0), randn(rng, m, r, scale=0.1), randn(rng, r, n)
+    out = ops.lowrank_add(base, b, a, backend=backend)
+    check(out, b, a, base=base)
+    buf = np.full((m, n), np.nan, np.float32)
+    assert ops.lowrank_add(base, b, a, out=buf, backend=backend) is buf
+    np.testing.assert_array_equal(buf, out)
+
+
+def test_lowrank_add_threads_deterministic(rng):
+    import kernelgpt
+    base, b, a = randn(rng, 999, 577), randn(rng, 999, 8), randn(rng, 8, 577)
+    before = kernelgpt.get_num_threads()
+    try:
+        kernelgpt.set_num_threads(1)
+        one = ops.lowrank_add(base, b, a)
+        kernelgpt.set_num_threads(2)
+        np.testing.assert_array_equal(ops.lowrank_add(base, b, a), one)
+    finally:
+        kernelgpt.set_num_threads(before)
+
+
+def test_lowrank_add_bad_input(rng):
+    base, b, a = randn(rng, 6, 10), randn(rng, 6, 3), randn(rng, 3, 10)
+    with pytest.raises(ValueError, match="b has shape"):
+        ops.lowrank_add(base, randn(rng, 5, 3), a)
+    with pytest.raises(ValueError, match="a has shape"):
+        ops.lowrank_add(base, b, randn(rng, 4, 10))
+    with pytest.raises(TypeError, match="base must be float32"):
+        ops.lowrank_add(base.astype(np.float64), b, a)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops.lowrank_add(randn(rng, 10, 6).T, b, a)
+    with pytest.raises(ValueError, match="overlap"):
+        ops.lowrank_add(base, b, a, out=base)
+    with pytest.raises(ValueError, match="out has shape"):
+        ops.lowrank_add(base, b, a, out=np.empty((6, 9), np.float32))

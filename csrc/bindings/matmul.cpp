@@ -68,7 +68,35 @@ static py::array matmul(py::handle a_obj, py::handle b_obj, py::handle bias_obj,
   return c.array;
 }
 
+static py::array lowrank_add(py::handle base_obj, py::handle b_obj, py::handle a_obj,
+                             py::handle out_obj) {
+  const char* fn = "lowrank_add";
+  Array base = f32(base_obj, fn, "base", {2});
+  Array b = f32(b_obj, fn, "b", {2});
+  Array a = f32(a_obj, fn, "a", {2});
+  int64_t m = base.dim(0), n = base.dim(1), r = b.dim(1);
+  expect_shape(b, {m, r}, fn, "b");
+  expect_shape(a, {r, n}, fn, "a");
+  Array out = output(out_obj, base.shape, fn, {&base, &b, &a});
+  LowrankArgs args;
+  args.base = base.cf32();
+  args.b = b.cf32();
+  args.a = a.cf32();
+  args.out = out.f32();
+  args.m = m;
+  args.n = n;
+  args.r = r;
+  {
+    py::gil_scoped_release release;
+    KG_DISPATCH(matmul_kernels).lowrank_add(args);
+  }
+  return out.array;
+}
+
 void register_matmul(py::module_& m) {
+  m.def("lowrank_add", &lowrank_add, py::arg("base"), py::arg("b"), py::arg("a"),
+        py::arg("out") = py::none(),
+        "out = base + b @ a for a small inner dimension (LoRA's merged weight), one pass.");
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("bias") = py::none(),
         py::arg("out") = py::none(), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("accumulate") = false, py::arg("version") = 5);

@@ -343,6 +343,26 @@ void matmul_blocked(const MatmulArgs& p) {
   }
 }
 
+void lowrank_add(const LowrankArgs& p) {
+  const int64_t min_rows = p.n > 0 ? (1 << 16) / p.n + 1 : 1;  // 64k values: worth a thread
+  // A merged weight is read back only by the next pass over all the weights: streaming stores
+  // skip the read of each output line that a cached store would do.
+  const bool stream = p.m * p.n * (int64_t)sizeof(float) > (1 << 20);
+  parallel_for(p.m, min_rows, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* base = p.base + i * p.n;
+      const float* brow = p.b + i * p.r;
+      store_range(p.out + i * p.n, 0, p.n, stream, [&](int64_t j, int64_t cnt) {
+        vfloat acc = load_upto(base + j, cnt);
+        for (int64_t k = 0; k < p.r; ++k)
+          acc += broadcast(brow[k]) * load_upto(p.a + k * p.n + j, cnt);
+        return acc;
+      });
+    }
+    if (stream) stream_fence();
+  });
+}
+
 }  // namespace
 
 #if defined(__AVX512F__)
@@ -353,6 +373,7 @@ void matmul_blocked(const MatmulArgs& p) {
 #define KG_MATMUL_PATH "6x8 SSE microkernel, packed A/B"
 #endif
 
-extern const MatmulKernels matmul_kernels = {matmul_naive, matmul_blocked, KG_MATMUL_PATH};
+extern const MatmulKernels matmul_kernels = {matmul_naive, matmul_blocked, KG_MATMUL_PATH,
+                                             lowrank_add};
 
 KG_END_ISA_NAMESPACE

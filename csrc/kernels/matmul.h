@@ -21,10 +21,23 @@ struct MatmulArgs {
 
 using MatmulFn = void (*)(const MatmulArgs&);
 
+// out = base + B @ A with a small inner dimension r: base, out [M, N], B [M, r], A [r, N]
+// (LoRA's merged weight W + s B A, the scale folded into B). One pass over the big matrices:
+// base read and out written once, each out[i, j] = base[i, j] + B[i, 0] A[0, j] + ... in that
+// order; A stays in cache. Memory-bound, so one version; threads split the rows.
+struct LowrankArgs {
+  const float* base = nullptr;
+  const float* b = nullptr;
+  const float* a = nullptr;
+  float* out = nullptr;
+  int64_t m = 0, n = 0, r = 0;
+};
+
 struct MatmulKernels {
   MatmulFn naive;    // version 1: the textbook triple loop, one thread
   MatmulFn blocked;  // version 5: BLIS-style packing + register-blocked SIMD microkernel, threads
   const char* blocked_description;
+  void (*lowrank_add)(const LowrankArgs&);
 };
 
 }  // namespace kg

@@ -115,12 +115,13 @@ class LoRA:
         """Writes W + s * B A into the model's weights (call after every update of params),
         in the weights' own precision (float32 even when the model multiplies in bf16)."""
         P = self.model.params
-        ops = _ops if self.model.dtype == np.float32 else self.model.ops
         for name in self.layers:
             W = P[name + ".weight"]
-            W[...] = self.base[name]
             B = self.params[name + ".lora_B"] * W.dtype.type(self.scale)
-            ops.matmul(B, self.params[name + ".lora_A"], out=W, accumulate=True)
+            if self.model.dtype == np.float32:  # one pass over W (host or device)
+                _ops.lowrank_add(self.base[name], B, self.params[name + ".lora_A"], out=W)
+            else:  # the float64 reference model
+                W[...] = self.base[name] + B @ self.params[name + ".lora_A"]
 
     def zero_grad(self) -> None:
         self.grads.zero()

@@ -29,7 +29,7 @@ from .kernels.attention import attention, attention_backward
 from .kernels.bf16 import bf16_matmul, from_bf16, matmul_bf16, to_bf16
 from .kernels.cross_entropy import cross_entropy, cross_entropy_backward
 from .kernels.embedding import embedding, embedding_backward
-from .kernels.matmul import linear, matmul
+from .kernels.matmul import linear, lowrank_add, matmul
 from .kernels.norm import layernorm, layernorm_backward, rmsnorm, rmsnorm_backward
 from .kernels.quant import (QUANT_TYPES, dequantize, int8_native, quant_matmul, quant_matmul_packed,
                             quant_pack, quant_packed_bytes, quant_row_bytes)
@@ -38,7 +38,7 @@ from .kernels.softmax import log_softmax, log_softmax_backward, softmax, softmax
 from .kernels.ssm import selective_scan, selective_scan_backward
 
 __all__ = [
-    "matmul", "linear",
+    "matmul", "linear", "lowrank_add",
     "attention", "attention_backward",
     "layernorm", "layernorm_backward", "rmsnorm", "rmsnorm_backward",
     "relu", "relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["matmul", "bpe_train", "bpe_encode", "bpe_encode_merges"]
+__all__ = ["matmul", "lowrank_add", "bpe_train", "bpe_encode", "bpe_encode_merges"]
 
 
 def matmul(a, b, bias=None, trans_a=False, trans_b=False):
@@ -21,6 +21,11 @@ def matmul(a, b, bias=None, trans_a=False, trans_b=False):
     if bias is not None:
         c = c + bias
     return c
+
+
+def lowrank_add(base, b, a):
+    """base + b @ a (LoRA's merged weight W + s B A, the scale in b), in float64."""
+    return np.asarray(base, np.float64) + np.asarray(b, np.float64) @ np.asarray(a, np.float64)
 
 
 # ---- attention --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from .. import _C, reference
 from ._dispatch import (Versions, accumulate_into, check_f32, check_shape, output, ptr,
                         where_of)
 
-__all__ = ["matmul", "linear", "VERSIONS"]
+__all__ = ["matmul", "linear", "lowrank_add", "VERSIONS"]
 
 VERSIONS = Versions("matmul", {
     1: ("naive", "cpu cuda"),
@@ -88,3 +88,31 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
     if x.ndim not in (2, 3):
         raise ValueError(f"linear: x must be 2-D or 3-D, got shape {x.shape}")
     return matmul(x, weight, bias, trans_b=True, out=out, backend=backend)
+
+
+def lowrank_add(base, b, a, *, out=None, backend="auto"):
+    """out = base + b @ a for a small inner dimension r: base [M, N], b [M, r], a [r, N].
+
+    LoRA's merged weight W + s B A (the scale folded into b) in one pass: base read and out
+    written once, where a copy of base followed by matmul(..., accumulate=True) passes over
+    the big matrix four times. Memory-bound, one version (threads split the rows);
+    "numpy": kernelgpt.reference.lowrank_add."""
+    fn = "lowrank_add"
+    where, dev = where_of(fn, backend, base, b, a)
+    if where == "cpu":
+        return _C.lowrank_add(base, b, a, out)
+    for name, x in (("base", base), ("b", b), ("a", a)):
+        check_f32(dev, x, fn, name, (2,))
+    m, n = base.shape
+    check_shape(b, (m, b.shape[1]), fn, "b")
+    check_shape(a, (b.shape[1], n), fn, "a")
+    if where == "numpy":
+        result = reference.lowrank_add(base, b, a)
+        if out is None:
+            return result.astype("float32")
+        c = output(dev, out, base.shape, fn, (base, b, a))
+        c[...] = result
+        return c
+    c = output(dev, out, base.shape, fn, (base, b, a))
+    c[...] = base + b @ a
+    return c
