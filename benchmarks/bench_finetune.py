@@ -1,14 +1,17 @@
 """One fine-tuning step of SmolLM2-135M-Instruct: kernelgpt against transformers + PyTorch on
 the CPU, the same weights, the same batch, side by side in one run.
 
-    python benchmarks/bench_finetune.py [--batch 8] [--seq 64] [--repeat 5] [--quick]
+    python benchmarks/bench_finetune.py [--batch 8] [--seq 64] [--repeat 5] [--rounds 1]
+                                        [--batches chat,text] [--quick]
 
 A step is forward, backward and AdamW, for full fine-tuning (every weight) and LoRA (rank 8
 on every projection: ours on the fused Q/K/V and gate/up matrices, peft's on q/k/v/o/gate/up/
 down, the same adapted weights). PyTorch runs fp32 eager, fp32 torch.compile and bf16
 autocast (its fastest modes on this CPU); the first step's loss of each is compared with
 ours (the same weights: kernelgpt's export_hf writes the checkpoint transformers loads).
-The median of --repeat steps after one warm-up step is reported, and the ratio.
+The median of --repeat steps after one warm-up step is reported, and the ratio; --rounds R
+repeats the whole comparison R times in turn (timings here move 20-30% between runs) and
+reports each one's median and the median of the per-round ratios.
 """
 from __future__ import annotations
 
@@ -118,6 +121,57 @@ def _torch(hf_dir, x, y, lora_rank, mode, repeat):
     return first, statistics.median(times[-repeat:])
 
 
+def _compare(model, hf_dir, x, y, label, rank, repeat, args, have_torch) -> None:
+    """Ours (fp32, bf16) and PyTorch's modes on one batch, `args.rounds` times side by side;
+    with several rounds, the median of each and the median of the per-round ratios."""
+    torch_ok = have_torch
+    if have_torch and rank:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            print("  (peft not installed: no LoRA comparison)")
+            torch_ok = False
+    if not have_torch:
+        print("  (PyTorch not installed: no comparison)")
+    modes = ["eager", "bf16"] + ([] if args.quick else ["compile", "compile+bf16"])
+    times, ratios = {}, []
+    for rnd in range(args.rounds):
+        tag = f" (round {rnd + 1})" if args.rounds > 1 else ""
+        ours = {}
+        for precision in ("fp32", "bf16"):
+            loss, t = _ours(model, x, y, rank, repeat, precision)
+            ours[precision] = (loss, t)
+            times.setdefault(f"kernelgpt {precision}", []).append(t)
+            print(f"{label:>8} kernelgpt {precision:12}: {t * 1000:7.0f} ms/step   "
+                  f"first loss {loss:.6f}{tag}", flush=True)
+        if not torch_ok:
+            continue
+        best = None
+        for mode in modes:
+            try:
+                t_loss, t = _torch(hf_dir, x, y, rank, mode, repeat)
+            except Exception as e:  # a mode this torch cannot run here
+                print(f"{label:>8} torch {mode:16}: failed ({type(e).__name__}: "
+                      f"{str(e)[:80]})")
+                continue
+            times.setdefault(f"torch {mode}", []).append(t)
+            ref = ours["bf16" if "bf16" in mode else "fp32"][0]
+            print(f"{label:>8} torch {mode:16}: {t * 1000:7.0f} ms/step   first loss "
+                  f"{t_loss:.6f} (rel. diff to ours {abs(t_loss - ref) / abs(ref):.1e}){tag}",
+                  flush=True)
+            best = t if best is None else min(best, t)
+        if best is not None:
+            ratios.append(best / min(v[1] for v in ours.values()))
+            print(f"{label:>8} kernelgpt (fastest) vs torch (fastest): {ratios[-1]:.2f}x{tag}",
+                  flush=True)
+    if args.rounds > 1:
+        print(f"{label:>8} medians of {args.rounds} rounds: " + ", ".join(
+            f"{k} {statistics.median(v) * 1000:.0f} ms" for k, v in times.items()))
+        if ratios:
+            print(f"{label:>8} median ratio, fastest vs fastest: {statistics.median(ratios):.2f}x "
+                  f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +180,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--batches", default="chat,text", help="chat (SFT conversations), text")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure everything this many times, side by side; report medians")
     ap.add_argument("--quick", action="store_true", help="2 repeats, no torch.compile")
     args = ap.parse_args()
     repeat = 2 if args.quick else args.repeat
@@ -147,39 +203,7 @@ def main() -> None:
             trained = int(np.count_nonzero(y != -100))
             print(f"\n== {kind} batch: {x.shape[0]} x {x.shape[1]} tokens, loss on {trained}")
             for label, rank in (("full", 0), (f"LoRA r{args.rank}", args.rank)):
-                ours = {}
-                for precision in ("fp32", "bf16"):
-                    loss, t = _ours(model, x, y, rank, repeat, precision)
-                    ours[precision] = (loss, t)
-                    print(f"{label:>8} kernelgpt {precision:12}: {t * 1000:7.0f} ms/step   "
-                          f"first loss {loss:.6f}", flush=True)
-                if not have_torch:
-                    print("  (PyTorch not installed: no comparison)")
-                    continue
-                if rank:
-                    try:
-                        import peft  # noqa: F401
-                    except ImportError:
-                        print("  (peft not installed: no LoRA comparison)")
-                        continue
-                best = None
-                for mode in ["eager", "bf16"] + ([] if args.quick else ["compile", "compile+bf16"]):
-                    try:
-                        t_loss, t = _torch(d, x, y, rank, mode, repeat)
-                    except Exception as e:  # a mode this torch cannot run here
-                        print(f"{label:>8} torch {mode:16}: failed ({type(e).__name__}: "
-                              f"{str(e)[:80]})")
-                        continue
-                    ref = ours["bf16" if "bf16" in mode else "fp32"][0]
-                    print(f"{label:>8} torch {mode:16}: {t * 1000:7.0f} ms/step   first loss "
-                          f"{t_loss:.6f} (rel. diff to ours {abs(t_loss - ref) / abs(ref):.1e})",
-                          flush=True)
-                    best = t if best is None else min(best, t)
-                if best is not None:
-                    fastest = min(v[1] for v in ours.values())
-                    print(f"{label:>8} kernelgpt (fastest) vs torch (fastest): "
-                          f"{best / fastest:.2f}x; fp32 vs torch fp32 eager/compile: see above")
-
+                _compare(model, d, x, y, label, rank, repeat, args, have_torch)
 
 if __name__ == "__main__":
     main()
