@@ -281,8 +281,8 @@ class GPT:
                 raise ValueError(f"token_weights must be finite numbers of shape {(B, T)}")
             weights = weights.reshape(B, T)
         if hidden_grad is None:  # (a head on the hidden states may read every position)
-            T = self._trained_length(targets, ignore_index)
-            idx, targets = idx[:, :T].copy(), targets[:, :T].copy()
+            idx, targets = self._cut_padding(idx, targets, ignore_index)
+            T = idx.shape[1]
             if weights is not None:
                 weights = weights[:, :T]
         if weights is not None:
@@ -302,9 +302,7 @@ class GPT:
 
     def loss(self, idx: np.ndarray, targets: np.ndarray, ignore_index: int = -100) -> float:
         """Mean cross-entropy, forward only (evaluation)."""
-        idx, targets = self._check_batch(idx, targets)
-        T = self._trained_length(targets, ignore_index)
-        idx, targets = idx[:, :T].copy(), targets[:, :T].copy()
+        idx, targets = self._cut_padding(*self._check_batch(idx, targets), ignore_index)
         B, T = idx.shape
         count = int(np.count_nonzero(targets != ignore_index))
         idx, targets = move(idx, self.xp), move(targets, self.xp)
@@ -319,8 +317,10 @@ class GPT:
         only; hidden=True also returns the final norm's output [B, T, C] (a copy)."""
         idx, targets = self._check_batch(idx, targets)
         B, T_all = idx.shape
-        T = T_all if hidden else self._trained_length(targets, ignore_index)
-        idx, targets = move(idx[:, :T].copy(), self.xp), move(targets[:, :T].copy(), self.xp)
+        if not hidden:
+            idx, targets = self._cut_padding(idx, targets, ignore_index)
+        T = idx.shape[1]
+        idx, targets = move(idx, self.xp), move(targets, self.xp)
         acts = self._activations(B, T)
         self._forward_train(idx, acts)
         per = self._head_loss(acts, targets.reshape(-1), ignore_index, 0, with_grad=False,
@@ -331,17 +331,17 @@ class GPT:
             return out, to_numpy(acts["lnf"]).reshape(B, T, -1).copy()
         return out
 
-    def _trained_length(self, targets, ignore_index: int) -> int:
-        """How many leading positions of a batch matter to its loss: up to the last target that
-        is not ignore_index, in any row. In a causal model the positions after it influence
-        nothing trained, so batches padded at the end (SFT conversations, preference pairs)
-        skip the padding's work; the loss and the gradients are unchanged. A mixture of
-        experts keeps every position (its load-balancing loss counts them all)."""
-        T = targets.shape[1]
-        if self.config.n_expert:
-            return T
+    def _cut_padding(self, idx, targets, ignore_index: int):
+        """idx and targets [B, T] cut after the last position whose target is not ignore_index,
+        in any row. In a causal model the positions after it influence nothing trained, so
+        batches padded at the end (SFT conversations, preference pairs) skip the padding's
+        work; the loss and the gradients are unchanged. A mixture of experts keeps every
+        position (its load-balancing loss counts them all)."""
         trained = np.flatnonzero((targets != ignore_index).any(axis=0))
-        return int(trained[-1]) + 1 if trained.size else T
+        if self.config.n_expert or not trained.size or trained[-1] + 1 == targets.shape[1]:
+            return idx, targets
+        T = int(trained[-1]) + 1
+        return idx[:, :T].copy(), targets[:, :T].copy()
 
     def _check_trainable(self) -> None:
         if self.packed:

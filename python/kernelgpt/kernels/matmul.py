@@ -106,13 +106,6 @@ def lowrank_add(base, b, a, *, out=None, backend="auto"):
     m, n = base.shape
     check_shape(b, (m, b.shape[1]), fn, "b")
     check_shape(a, (b.shape[1], n), fn, "a")
-    if where == "numpy":
-        result = reference.lowrank_add(base, b, a)
-        if out is None:
-            return result.astype("float32")
-        c = output(dev, out, base.shape, fn, (base, b, a))
-        c[...] = result
-        return c
     c = output(dev, out, base.shape, fn, (base, b, a))
-    c[...] = base + b @ a
+    c[...] = reference.lowrank_add(base, b, a) if where == "numpy" else base + b @ a
     return c
