@@ -27,6 +27,10 @@
 #include "common/workspace.h"
 #include "kernels/microkernel.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 KG_BEGIN_ISA_NAMESPACE
 namespace {
 
@@ -105,13 +109,49 @@ void pack_a(const MatmulArgs& p, const float* a, int64_t i0, int64_t mc, int64_t
   }
 }
 
+#if defined(__AVX2__)
+// out[k * NR + c] = src[c * ld + k] for c, k < 8: an 8 x 8 transpose in registers (unpack
+// pairs, then quads, then swap 128-bit halves), so a transposed B is packed with whole-vector
+// loads and stores instead of one strided store per element.
+inline void transpose8(const float* src, int64_t ld, float* out) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      r[i + j] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0x44);
+      r[i + j + 2] = _mm256_shuffle_ps(t[i + j], t[i + j + 2], 0xEE);
+    }
+  // r[0..3]: rows 0-3, k = {0,4}, {2,6}, {1,5}, {3,7}; r[4..7] the same for rows 4-7
+  const int order[4] = {0, 2, 1, 3};
+  for (int q = 0; q < 4; ++q) {
+    __m256 lo = r[order[q]], hi = r[4 + order[q]];
+    _mm256_storeu_ps(out + q * NR, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(out + (q + 4) * NR, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+}
+#endif
+
 // Packs op(B)[k0:k0+kc, j0:j0+nc] into slivers of NR columns (zero padded).
 void pack_b(const MatmulArgs& p, const float* b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
             float* out) {
   for (int64_t s = 0; s < nc; s += NR) {
     int64_t cols = nc - s < NR ? nc - s : NR;
     if (p.trans_b) {  // B stored [N, K]
-      for (int64_t cc = 0; cc < cols; ++cc) {
+      int64_t cc = 0;
+#if defined(__AVX2__)
+      for (; cc + 8 <= cols; cc += 8) {  // 8 columns x 8 k at a time, then the k tail
+        const float* src = b + (j0 + s + cc) * p.k + k0;
+        int64_t kk = 0;
+        for (; kk + 8 <= kc; kk += 8) transpose8(src + kk, p.k, out + kk * NR + cc);
+        for (; kk < kc; ++kk)
+          for (int64_t c8 = 0; c8 < 8; ++c8) out[kk * NR + cc + c8] = src[c8 * p.k + kk];
+      }
+#endif
+      for (; cc < cols; ++cc) {
         const float* src = b + (j0 + s + cc) * p.k + k0;
         for (int64_t kk = 0; kk < kc; ++kk) out[kk * NR + cc] = src[kk];
       }
