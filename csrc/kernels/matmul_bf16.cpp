@@ -10,7 +10,10 @@
 //   MR words (one per row), and a sliver of B is, for each p, NR words (one per column); the
 //   microkernel broadcasts A's word and runs one VDPBF16PS per (row, vector of B).
 //   K is blocked in even steps so pairs never straddle blocks; an odd K gets a zero partner.
-//   On aarch64 with bf16 (the i8mm copy: armv8.6-a) BFDOT does the same on 4 lanes.
+//   On aarch64 with bf16 (the i8mm copy: armv8.6-a) BFMMLA multiplies a 2 x 4 block of A by a
+//   4 x 2 block of B into a 2 x 2 block of C: 16 multiply-adds per instruction, twice BFDOT's.
+//   Its operands are two rows (or two columns) of 4 consecutive k, so there the packed pairs
+//   of each two k-pairs are regrouped (to_mmla) and K blocks are cut on multiples of 4.
 //   Without either (AVX-512, AVX2, SSE, NEON copies) the same packed pairs are widened by a
 //   16-bit shift and go through two float32 FMAs: the same products (each exact in float32),
 //   added in a slightly different order.
@@ -111,6 +114,37 @@ thread_local PackBuffers tl_pack;
 
 inline uint32_t pair(uint16_t even, uint16_t odd) { return (uint32_t)even | ((uint32_t)odd << 16); }
 
+#if defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
+constexpr bool kMmla = true;
+#else
+constexpr bool kMmla = false;
+#endif
+
+// Pairs a packed sliver holds for a K block of kc: (kc + 1) / 2, rounded up to even for BFMMLA
+// (whose operands are 4 k; the padding pair is zero).
+inline int64_t packed_pairs(int64_t kc) { return kMmla ? (kc + 3) / 4 * 2 : (kc + 1) / 2; }
+
+// Finishes a packed sliver of `width` rows (A) or columns (B) whose first `pairs` pairs are
+// written in pair order, word (q, i) at q * width + i: zeroes the padding pairs up to
+// packed_pairs and, for BFMMLA, regroups each two pairs (4 k) so that every two rows (or
+// columns) i, i+1 hold their 4 k contiguously, as the instruction reads them:
+//   word (Q, i/2, i%2, q%2) at Q * 2 * width + (i / 2) * 4 + (i % 2) * 2 + q % 2,  Q = q / 2.
+template <int W>
+void finish_sliver(uint32_t* s, int64_t pairs, int64_t stride) {
+  for (int64_t q = pairs; q < stride; ++q)
+    for (int i = 0; i < W; ++i) s[q * W + i] = 0;
+  if constexpr (kMmla) {
+    static_assert(W % 2 == 0, "BFMMLA tiles need an even number of rows and columns");
+    uint32_t g[2 * W];
+    for (int64_t q = 0; q < stride; q += 2) {
+      uint32_t* x = s + q * W;
+      for (int h = 0; h < 2; ++h)
+        for (int i = 0; i < W; ++i) g[(i / 2) * 4 + (i % 2) * 2 + h] = x[h * W + i];
+      std::memcpy(x, g, sizeof(g));
+    }
+  }
+}
+
 // ---- rounding float32 operands while packing (vectorized; bits identical to round_to_bf16) --
 typedef uint64_t vu64 __attribute__((vector_size(kWidth * 4)));
 typedef uint32_t vu32half __attribute__((vector_size(kWidth * 2)));
@@ -160,9 +194,9 @@ void round_pairs_strided(const float* x, int64_t cnt, uint32_t* dst, int64_t str
 template <class T>
 void pack_a(const MatmulBf16Args& p, const T* a, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
             uint32_t* out) {
-  const int64_t pairs = (kc + 1) / 2;
+  const int64_t pairs = (kc + 1) / 2, stride = packed_pairs(kc);
   for (int64_t s = 0; s * MR < mc; ++s) {
-    uint32_t* dst = out + s * MR * pairs;
+    uint32_t* dst = out + s * MR * stride;
     const int64_t row0 = i0 + s * MR, rows = mc - s * MR < MR ? mc - s * MR : MR;
     for (int64_t q = 0; q < pairs; ++q) {
       const int64_t k = k0 + 2 * q;
@@ -179,6 +213,7 @@ void pack_a(const MatmulBf16Args& p, const T* a, int64_t i0, int64_t mc, int64_t
         dst[q * MR + r] = w;
       }
     }
+    finish_sliver<MR>(dst, pairs, stride);
   }
 }
 
@@ -186,7 +221,7 @@ void pack_a(const MatmulBf16Args& p, const T* a, int64_t i0, int64_t mc, int64_t
 template <class T>
 void pack_b(const MatmulBf16Args& p, const T* b, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
             uint32_t* out) {
-  const int64_t pairs = (kc + 1) / 2;
+  const int64_t pairs = (kc + 1) / 2, stride = packed_pairs(kc);
   for (int64_t s = 0; s < nc; s += NR) {
     const int64_t cols = nc - s < NR ? nc - s : NR;
     for (int64_t q = 0; q < pairs; ++q) {
@@ -207,16 +242,17 @@ void pack_b(const MatmulBf16Args& p, const T* b, int64_t k0, int64_t kc, int64_t
       }
       for (int64_t c = cols; c < NR; ++c) dst[c] = 0;
     }
-    out += pairs * NR;
+    finish_sliver<NR>(out, pairs, stride);
+    out += stride * NR;
   }
 }
 
 // The float32 operands: the same words, rounded in vectors.
 void pack_a(const MatmulBf16Args& p, const float* a, int64_t i0, int64_t mc, int64_t k0,
             int64_t kc, uint32_t* out) {
-  const int64_t pairs = (kc + 1) / 2;
+  const int64_t pairs = (kc + 1) / 2, stride = packed_pairs(kc);
   for (int64_t s = 0; s * MR < mc; ++s) {
-    uint32_t* dst = out + s * MR * pairs;
+    uint32_t* dst = out + s * MR * stride;
     const int64_t row0 = i0 + s * MR, rows = mc - s * MR < MR ? mc - s * MR : MR;
     if (p.trans_a) {  // A [K, M]: rows k and k+1 hold the pair of each of the MR rows
       for (int64_t q = 0; q < pairs; ++q) {
@@ -231,12 +267,13 @@ void pack_a(const MatmulBf16Args& p, const float* a, int64_t i0, int64_t mc, int
       for (int64_t r = rows; r < MR; ++r)
         for (int64_t q = 0; q < pairs; ++q) dst[q * MR + r] = 0;
     }
+    finish_sliver<MR>(dst, pairs, stride);
   }
 }
 
 void pack_b(const MatmulBf16Args& p, const float* b, int64_t k0, int64_t kc, int64_t j0,
             int64_t nc, uint32_t* out) {
-  const int64_t pairs = (kc + 1) / 2;
+  const int64_t pairs = (kc + 1) / 2, stride = packed_pairs(kc);
   for (int64_t s = 0; s < nc; s += NR) {
     const int64_t cols = nc - s < NR ? nc - s : NR;
     if (p.trans_b) {  // B [N, K]: each column's k are consecutive
@@ -250,7 +287,8 @@ void pack_b(const MatmulBf16Args& p, const float* b, int64_t k0, int64_t kc, int
     }
     for (int64_t q = 0; q < pairs; ++q)
       for (int64_t c = cols; c < NR; ++c) out[q * NR + c] = 0;
-    out += pairs * NR;
+    finish_sliver<NR>(out, pairs, stride);
+    out += stride * NR;
   }
 }
 
@@ -282,21 +320,45 @@ __attribute__((always_inline)) inline void tile(int64_t pairs, const uint32_t* _
     }
   }
 #elif defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
-  // aarch64 bf16 (armv8.6-a): BFDOT is VDPBF16PS's twin on 4 lanes: each float32 lane adds the
-  // two products of its bf16 pair, so the packed pairs serve as they are
-  for (int64_t q = 0; q < pairs; ++q) {
-    bfloat16x8_t bv[NV];
+  // aarch64 bf16 (armv8.6-a): BFMMLA on 2 x 2 blocks of C, m[rp][cp] = rows 2rp, 2rp+1 x
+  // columns 2cp, 2cp+1 (row-major), from 2 rows x 4 k of A and 2 columns x 4 k of B (the
+  // sliver layout of to_mmla); the row vectors go in and come back out by 64-bit zips.
+  static_assert(MR % 2 == 0 && kWidth == 4, "BFMMLA tile: even rows, 4-lane vectors");
+  constexpr int RP = MR / 2, CP = NR / 2;
+  float32x4_t m[RP][CP];
+  auto zip_lo = [](float32x4_t a, float32x4_t b) {
+    return vreinterpretq_f32_f64(vzip1q_f64(vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b)));
+  };
+  auto zip_hi = [](float32x4_t a, float32x4_t b) {
+    return vreinterpretq_f32_f64(vzip2q_f64(vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b)));
+  };
+#pragma GCC unroll 8
+  for (int rp = 0; rp < RP; ++rp)
 #pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u)
-      bv[u] = vreinterpretq_bf16_u32(vld1q_u32(bp + q * NR + u * kWidth));
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      bfloat16x8_t av = vreinterpretq_bf16_u32(vdupq_n_u32(ap[q * MR + r]));
-#pragma GCC unroll 4
-      for (int u = 0; u < NV; ++u)
-        acc[r][u] = (vfloat)vbfdotq_f32((float32x4_t)acc[r][u], av, bv[u]);
+    for (int u = 0; u < NV; ++u) {
+      const float32x4_t r0 = (float32x4_t)acc[2 * rp][u], r1 = (float32x4_t)acc[2 * rp + 1][u];
+      m[rp][2 * u] = zip_lo(r0, r1);
+      m[rp][2 * u + 1] = zip_hi(r0, r1);
+    }
+  for (int64_t q = 0; q < pairs; q += 2) {
+    bfloat16x8_t bv[CP];
+#pragma GCC unroll 8
+    for (int cp = 0; cp < CP; ++cp)
+      bv[cp] = vreinterpretq_bf16_u32(vld1q_u32(bp + q * NR + cp * 4));
+#pragma GCC unroll 8
+    for (int rp = 0; rp < RP; ++rp) {
+      const bfloat16x8_t av = vreinterpretq_bf16_u32(vld1q_u32(ap + q * MR + rp * 4));
+#pragma GCC unroll 8
+      for (int cp = 0; cp < CP; ++cp) m[rp][cp] = vbfmmlaq_f32(m[rp][cp], av, bv[cp]);
     }
   }
+#pragma GCC unroll 8
+  for (int rp = 0; rp < RP; ++rp)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) {
+      acc[2 * rp][u] = (vfloat)zip_lo(m[rp][2 * u], m[rp][2 * u + 1]);
+      acc[2 * rp + 1][u] = (vfloat)zip_hi(m[rp][2 * u], m[rp][2 * u + 1]);
+    }
 #else
   const vuint hi = (vuint){} + 0xffff0000u;
   for (int64_t q = 0; q < pairs; ++q) {
@@ -332,7 +394,7 @@ void macro_kernel(const MatmulBf16Args& p, const uint32_t* pa, const uint32_t* p
   float* c = p.c + ic * p.n + jc;
   const bool epi = last && (p.act_out || p.act_x);
   alignas(64) float edge[MR * NR];
-  const int64_t pairs = (kc + 1) / 2;
+  const int64_t pairs = packed_pairs(kc);
   for (int64_t ir = 0; ir < mc; ir += MR) {
     const uint32_t* ap = pa + ir * pairs;
     const int64_t rows = mc - ir < MR ? mc - ir : MR;
@@ -368,10 +430,11 @@ void gemm_region_typed(const MatmulBf16Args& p, const TA* a, const TB* b, int64_
   if (i0 >= i1 || j0 >= j1) return;
   const int64_t k_blocks = (p.k + KC - 1) / KC;
   int64_t kc_step = (p.k + k_blocks - 1) / k_blocks;
-  kc_step += kc_step & 1;  // even: pairs never straddle two blocks
+  const int64_t k_unit = kMmla ? 4 : 2;  // pairs (BFMMLA: two pairs) never straddle two blocks
+  kc_step = (kc_step + k_unit - 1) / k_unit * k_unit;
   const int64_t panel_rows = i1 - i0 < MB ? (i1 - i0 + MR - 1) / MR * MR : MB;
-  uint32_t* pa = tl_pack.a.get(panel_rows * (kc_step / 2));
-  uint32_t* pb = tl_pack.b.get(NB * (kc_step / 2));
+  uint32_t* pa = tl_pack.a.get(panel_rows * packed_pairs(kc_step));
+  uint32_t* pb = tl_pack.b.get(NB * packed_pairs(kc_step));
   for (int64_t ic = i0; ic < i1; ic += MB) {
     const int64_t mc = i1 - ic < MB ? i1 - ic : MB;
     for (int64_t pc = 0; pc < p.k; pc += kc_step) {
@@ -427,7 +490,7 @@ void matmul_packed(const MatmulBf16Args& p) {
 #elif defined(__AVX2__)
 #define KG_MATMUL_BF16_PATH "6x16 AVX2 FMA on widened bf16 pairs (no AVX512-BF16)"
 #elif defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
-#define KG_MATMUL_BF16_PATH "6x8 NEON BFDOT microkernel, packed bf16 pairs"
+#define KG_MATMUL_BF16_PATH "6x8 NEON BFMMLA microkernel (2x2 blocks), packed bf16 quads"
 #elif defined(__aarch64__)
 #define KG_MATMUL_BF16_PATH "6x8 NEON FMA on widened bf16 pairs (no bf16 instructions)"
 #else

@@ -204,7 +204,7 @@ class PackedWeightOps:
 def native_bf16(device: str) -> bool:
     """Whether `device` multiplies bf16 natively: a GPU (tensor cores), the emulator (which
     stands for one), or a CPU whose kernels run the AVX512-BF16 copy (or, on ARM64, the i8mm
-    copy, whose bf16 GEMM runs BFDOT)."""
+    copy, whose bf16 GEMM runs BFMMLA)."""
     if device != "cpu":
         return True
     from . import _C

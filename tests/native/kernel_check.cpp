@@ -105,6 +105,30 @@ void check_matmul_bf16() {
       k.packed(p);
       compare("matmul_bf16", dims({m, n, kk, trans}), c2, c1, 1e-4);
     }
+  // bf16 bit operands, accumulate into C, K cut into several blocks (K > 768: blocks of 516,
+  // 516, 511 pairs... for BFMMLA's 4-k quads, 514 / 514 / 515 otherwise)
+  for (auto [m, n, kk] : {std::tuple<int64_t, int64_t, int64_t>{5, 11, 2}, {9, 20, 3},
+                          {13, 19, 1543}, {6, 8, 770}})
+    for (int trans = 0; trans < 4; ++trans) {
+      auto a = randn(m * kk), b = randn(kk * n), c0 = randn(m * n);
+      std::vector<uint16_t> ab(a.size()), bb(b.size());
+      auto bits = [](float f) {  // nearest bf16, ties to even (finite inputs)
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+      };
+      for (size_t i = 0; i < a.size(); ++i) ab[i] = bits(a[i]);
+      for (size_t i = 0; i < b.size(); ++i) bb[i] = bits(b[i]);
+      std::vector<float> c1 = c0, c2 = c0;
+      MatmulBf16Args p;
+      p.a = ab.data(), p.b = bb.data(), p.m = m, p.n = n, p.k = kk, p.accumulate = true;
+      p.trans_a = trans & 1, p.trans_b = trans & 2;
+      p.c = c1.data();
+      k.naive(p);
+      p.c = c2.data();
+      k.packed(p);
+      compare("matmul_bf16 bits+accumulate", dims({m, n, kk, trans}), c2, c1, 1e-4);
+    }
 }
 
 void check_softmax() {
