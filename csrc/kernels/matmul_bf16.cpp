@@ -360,23 +360,25 @@ __attribute__((always_inline)) inline void tile(int64_t pairs, const uint32_t* _
       acc[2 * rp + 1][u] = (vfloat)zip_hi(m[rp][2 * u], m[rp][2 * u + 1]);
     }
 #else
-  const vuint hi = (vuint){} + 0xffff0000u;
+  // Each pair as two float32 steps, the even k for every row, then the odd k: the registers
+  // of the fp32 microkernel (MR x NV accumulators, NV of B, one of A), two FMAs per pair.
   for (int64_t q = 0; q < pairs; ++q) {
-    vfloat b_even[NV], b_odd[NV];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {  // h = 0: even k (low half), 1: odd k (high half)
+      vfloat bv[NV];
 #pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u) {
-      vuint w;
-      std::memcpy(&w, bp + q * NR + u * kWidth, sizeof(w));
-      b_even[u] = (vfloat)(w << 16);
-      b_odd[u] = (vfloat)(w & hi);
-    }
+      for (int u = 0; u < NV; ++u) {
+        vuint w;
+        std::memcpy(&w, bp + q * NR + u * kWidth, sizeof(w));
+        bv[u] = (vfloat)(h ? w & 0xffff0000u : w << 16);
+      }
 #pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const uint32_t w = ap[q * MR + r];
-      vfloat a_even = broadcast(widen1((uint16_t)(w & 0xffffu)));
-      vfloat a_odd = broadcast(widen1((uint16_t)(w >> 16)));
+      for (int r = 0; r < MR; ++r) {
+        const uint32_t w = ap[q * MR + r];
+        const vfloat av = broadcast(widen1((uint16_t)(h ? w >> 16 : w & 0xffffu)));
 #pragma GCC unroll 4
-      for (int u = 0; u < NV; ++u) acc[r][u] += a_even * b_even[u] + a_odd * b_odd[u];
+        for (int u = 0; u < NV; ++u) acc[r][u] += av * bv[u];
+      }
     }
   }
 #endif
