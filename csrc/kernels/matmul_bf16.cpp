@@ -13,7 +13,7 @@
 //   On aarch64 with bf16 (the i8mm copy: armv8.6-a) BFMMLA multiplies a 2 x 4 block of A by a
 //   4 x 2 block of B into a 2 x 2 block of C: 16 multiply-adds per instruction, twice BFDOT's.
 //   Its operands are two rows (or two columns) of 4 consecutive k, so there the packed pairs
-//   of each two k-pairs are regrouped (to_mmla) and K blocks are cut on multiples of 4.
+//   of each two k-pairs are regrouped (finish_sliver) and K blocks are cut on multiples of 4.
 //   Without either (AVX-512, AVX2, SSE, NEON copies) the same packed pairs are widened by a
 //   16-bit shift and go through two float32 FMAs: the same products (each exact in float32),
 //   added in a slightly different order.
