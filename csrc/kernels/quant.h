@@ -109,7 +109,7 @@ struct PackedMatmulArgs {
 struct QuantPackedKernels {
   void (*pack)(const QuantPackArgs&);
   void (*matmul)(const PackedMatmulArgs&);  // version 5 (packed): decode and prefill alike
-  bool native;  // VPDPBUSD; otherwise the same integers in plain loops (correct but slow)
+  bool native;  // VPDPBUSD or AVX2; otherwise the same integers in plain loops (correct, slow)
   const char* description;
 };
 

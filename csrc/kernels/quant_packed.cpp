@@ -37,8 +37,13 @@ namespace {
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define KG_PACKED_VNNI 1
+#define KG_PACKED_AVX2 0
+#elif defined(__AVX2__)
+#define KG_PACKED_VNNI 0
+#define KG_PACKED_AVX2 1
 #else
 #define KG_PACKED_VNNI 0
+#define KG_PACKED_AVX2 0
 #endif
 
 constexpr int kMaxRows = 8;  // rows of x per pass over a group's weights
@@ -112,13 +117,123 @@ inline __m512i dot_block(const __m512i* w, const int8_t* xq) {
 }
 #endif
 
+#if KG_PACKED_AVX2
+// AVX2 without VNNI: the same integers from VPMADDUBSW (unsigned x signed bytes, pairs summed
+// into int16) and VPMADDWD by ones (adjacent int16 pairs into int32), 8 rows of the group (one
+// half) per ymm. Q4_1: a pair of products is at most 2 x 15 x 127, so a block's 8 VPMADDUBSW
+// add up in int16 exactly (<= 30,480) before one VPMADDWD. Q8_0's stored u = q + 128 would
+// saturate int16 (2 x 255 x 127), so each step takes |q| and x with q's sign (llama.cpp's
+// trick: <= 2 x 128 x 127), giving idot(q, x); idot(u, x) = idot(q, x) + 128 sum(x) exactly.
+// Up to 4 rows of x per pass over the weights (16 ymm registers).
+template <int R, QuantType T, int Passes>
+void tile_half_avx2(const uint8_t* group, int h, int64_t nb, const int8_t* qx, const float* dx,
+                    const float* sx, const int32_t* qsum, int64_t k, float* y, int64_t ldy,
+                    int valid, bool stream) {
+  const int64_t rec = T == QuantType::q8_0 ? 544 : 320;
+  const __m256i ones16 = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
+  const __m256i flip = _mm256_set1_epi8((char)0x80);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = group + b * rec;
+    if (stream)  // the first pass over these weights reads DRAM: ask a few records ahead
+      for (int64_t line = 0; line < rec; line += 64)
+        _mm_prefetch((const char*)(blk + kPrefetchRecords * rec + line), _MM_HINT_T0);
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 16 * h)));
+    const __m256 m = T == QuantType::q4_1
+                         ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(blk + 32 + 16 * h)))
+                         : _mm256_mul_ps(d, _mm256_set1_ps(-128.0f));
+    __m256i s[R][Passes];  // the integer dots, per row of x and pass
+    if (T == QuantType::q4_1) {
+      __m256i s16[R][Passes];
+      for (int r = 0; r < R; ++r)
+        for (int ps = 0; ps < Passes; ++ps) s16[r][ps] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {  // chunk pair c: k 8c .. 8c + 3 low, 8c + 4 .. 8c + 7 high
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(blk + 64 + 64 * c + 32 * h));
+        const __m256i lo = _mm256_and_si256(raw, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+        for (int r = 0; r < R; ++r)
+          for (int ps = 0; ps < Passes; ++ps) {
+            const int32_alias* x4 =
+                reinterpret_cast<const int32_alias*>(qx + (r * k + b * kQuantBlock) * Passes + 32 * ps);
+            s16[r][ps] = _mm256_add_epi16(
+                s16[r][ps],
+                _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(x4[2 * c])),
+                                 _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x4[2 * c + 1]))));
+          }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int ps = 0; ps < Passes; ++ps) s[r][ps] = _mm256_madd_epi16(s16[r][ps], ones16);
+    } else {
+      for (int r = 0; r < R; ++r)
+        for (int ps = 0; ps < Passes; ++ps) s[r][ps] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) {
+        const __m256i q = _mm256_xor_si256(
+            _mm256_loadu_si256((const __m256i*)(blk + 32 + 64 * c + 32 * h)), flip);
+        const __m256i a = _mm256_abs_epi8(q);
+        for (int r = 0; r < R; ++r)
+          for (int ps = 0; ps < Passes; ++ps) {
+            const int32_alias* x4 =
+                reinterpret_cast<const int32_alias*>(qx + (r * k + b * kQuantBlock) * Passes + 32 * ps);
+            const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(x4[c]), q);
+            s[r][ps] = _mm256_add_epi32(s[r][ps],
+                                        _mm256_madd_epi16(_mm256_maddubs_epi16(a, xs), ones16));
+          }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const int64_t xb = r * nb + b;
+      __m256i si = s[r][0];
+      if (Passes == 2) si = _mm256_add_epi32(_mm256_slli_epi32(si, 8), s[r][Passes - 1]);
+      if (T == QuantType::q8_0)  // idot(u, x) = idot(q, x) + 128 sum(x)
+        si = _mm256_add_epi32(si, _mm256_set1_epi32(128 * qsum[xb]));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(si), _mm256_mul_ps(d, _mm256_set1_ps(dx[xb])), acc[r]);
+      acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(sx[xb]), acc[r]);
+    }
+  }
+  const int n = valid - 8 * h < 8 ? valid - 8 * h : 8;
+  for (int r = 0; r < R; ++r) {
+    if (n == 8) {
+      _mm256_storeu_ps(y + r * ldy + 8 * h, acc[r]);
+    } else {
+      float t[8];
+      _mm256_storeu_ps(t, acc[r]);
+      for (int j = 0; j < n; ++j) y[r * ldy + 8 * h + j] = t[j];
+    }
+  }
+}
+#endif
+
 // y[r * ldy + j] for r < R, j < valid (<= 16) = row r of x . row j of the group. qx holds
-// Passes x 32 bytes per block (q1, then q2), k * Passes per row of x.
+// Passes x 32 bytes per block (q1, then q2), k * Passes per row of x; qsum the integer sum of
+// each block of qx (read by the AVX2 copy only).
 template <int R, QuantType T, int Passes>
 void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, const float* sx,
-          int64_t k, float* y, int64_t ldy, int valid, bool stream) {
+          const int32_t* qsum, int64_t k, float* y, int64_t ldy, int valid, bool stream) {
   const int64_t rec = T == QuantType::q8_0 ? 544 : 320;
-#if KG_PACKED_VNNI
+#if KG_PACKED_AVX2
+  (void)rec;
+  for (int h = 0; h * 8 < valid; ++h)  // rows 0-7, then 8-15 (their cache lines are in L1 now)
+    for (int r0 = 0; r0 < R; r0 += 4) {
+      const int64_t off = r0 * k * Passes;
+      const int64_t boff = r0 * nb;
+      if (R - r0 >= 4)
+        tile_half_avx2<(R >= 4 ? 4 : R), T, Passes>(group, h, nb, qx + off, dx + boff, sx + boff,
+                                                   qsum + boff, k, y + r0 * ldy, ldy, valid,
+                                                   stream && h == 0 && r0 == 0);
+      else if (R - r0 == 3)
+        tile_half_avx2<3, T, Passes>(group, h, nb, qx + off, dx + boff, sx + boff, qsum + boff, k,
+                                     y + r0 * ldy, ldy, valid, stream && h == 0 && r0 == 0);
+      else if (R - r0 == 2)
+        tile_half_avx2<2, T, Passes>(group, h, nb, qx + off, dx + boff, sx + boff, qsum + boff, k,
+                                     y + r0 * ldy, ldy, valid, stream && h == 0 && r0 == 0);
+      else
+        tile_half_avx2<1, T, Passes>(group, h, nb, qx + off, dx + boff, sx + boff, qsum + boff, k,
+                                     y + r0 * ldy, ldy, valid, stream && h == 0 && r0 == 0);
+    }
+#elif KG_PACKED_VNNI
   __m512 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   const __m512i low4 = _mm512_set1_epi8(15);
@@ -188,28 +303,29 @@ void tile(const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx, c
 
 template <QuantType T, int Passes>
 void tile_rows(int rows, const uint8_t* group, int64_t nb, const int8_t* qx, const float* dx,
-               const float* sx, int64_t k, float* y, int64_t ldy, int valid, bool stream) {
+               const float* sx, const int32_t* qsum, int64_t k, float* y, int64_t ldy, int valid,
+               bool stream) {
   switch (rows) {
-    case 1: tile<1, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
-    case 2: tile<2, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
-    case 3: tile<3, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
-    case 4: tile<4, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
-    case 5: tile<5, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
-    case 6: tile<6, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
-    case 7: tile<7, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
-    default: tile<8, T, Passes>(group, nb, qx, dx, sx, k, y, ldy, valid, stream); break;
+    case 1: tile<1, T, Passes>(group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream); break;
+    case 2: tile<2, T, Passes>(group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream); break;
+    case 3: tile<3, T, Passes>(group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream); break;
+    case 4: tile<4, T, Passes>(group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream); break;
+    case 5: tile<5, T, Passes>(group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream); break;
+    case 6: tile<6, T, Passes>(group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream); break;
+    case 7: tile<7, T, Passes>(group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream); break;
+    default: tile<8, T, Passes>(group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream); break;
   }
 }
 
 // The tile for this type and pass count.
 template <int Passes>
 void tile_any(QuantType t, int rows, const uint8_t* group, int64_t nb, const int8_t* qx,
-              const float* dx, const float* sx, int64_t k, float* y, int64_t ldy, int valid,
-              bool stream) {
+              const float* dx, const float* sx, const int32_t* qsum, int64_t k, float* y,
+              int64_t ldy, int valid, bool stream) {
   if (t == QuantType::q8_0)
-    tile_rows<QuantType::q8_0, Passes>(rows, group, nb, qx, dx, sx, k, y, ldy, valid, stream);
+    tile_rows<QuantType::q8_0, Passes>(rows, group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream);
   else
-    tile_rows<QuantType::q4_1, Passes>(rows, group, nb, qx, dx, sx, k, y, ldy, valid, stream);
+    tile_rows<QuantType::q4_1, Passes>(rows, group, nb, qx, dx, sx, qsum, k, y, ldy, valid, stream);
 }
 
 thread_local GrowBuffer<int8_t> tl_qx;
@@ -223,11 +339,12 @@ void matmul_passes(const PackedMatmulArgs& p) {
   const int64_t nb = p.k / kQuantBlock, ldy = p.ldy ? p.ldy : p.n;
   const int64_t rec = quant_packed_record(p.type), groups = (p.n + kPackRows - 1) / kPackRows;
   int8_t* qx = tl_qx.get(p.m * p.k * Passes);
-  float* scales = tl_scales.get(2 * p.m * nb);
+  float* scales = tl_scales.get(3 * p.m * nb);  // dx, sx, then qsum (int32, as many)
   float *dx = scales, *sx = scales + p.m * nb;
+  int32_t* qsum = reinterpret_cast<int32_t*>(scales + 2 * p.m * nb);
   parallel_for(p.m, 1 + kMinMacsPerChunk / p.k,
                [&](int64_t i0, int64_t i1) {
-                 quantize_x_blocks<Passes>(p.x, i0 * nb, i1 * nb, qx, dx, sx);
+                 quantize_x_blocks<Passes>(p.x, i0 * nb, i1 * nb, qx, dx, sx, qsum);
                });
   const int64_t macs_per_group = kPackRows * p.k * p.m * Passes;
   parallel_for(groups, 1 + kMinMacsPerChunk / macs_per_group, [&](int64_t g0, int64_t g1) {
@@ -237,7 +354,7 @@ void matmul_passes(const PackedMatmulArgs& p) {
       for (int64_t i = 0; i < p.m; i += kMaxRows) {
         const int rows = (int)(p.m - i < kMaxRows ? p.m - i : kMaxRows);
         tile_any<Passes>(p.type, rows, group, nb, qx + i * p.k * Passes, dx + i * nb, sx + i * nb,
-                         p.k, p.y + i * ldy + g * kPackRows, ldy, valid, i == 0);
+                         qsum + i * nb, p.k, p.y + i * ldy + g * kPackRows, ldy, valid, i == 0);
       }
     }
   });
@@ -254,11 +371,13 @@ void matmul(const PackedMatmulArgs& p) {
 
 #if KG_PACKED_VNNI
 #define KG_PACKED_PATH "packed panels: 16 rows per VPDPBUSD (AVX512-VNNI), x in int8 blocks"
+#elif KG_PACKED_AVX2
+#define KG_PACKED_PATH "packed panels: 8 rows per VPMADDUBSW + VPMADDWD (AVX2), x in int8 blocks"
 #else
 #define KG_PACKED_PATH "packed panels: integer block dots in plain loops (no AVX512-VNNI)"
 #endif
 
-extern const QuantPackedKernels quant_packed_kernels = {pack, matmul, KG_PACKED_VNNI != 0,
-                                                        KG_PACKED_PATH};
+extern const QuantPackedKernels quant_packed_kernels = {
+    pack, matmul, KG_PACKED_VNNI || KG_PACKED_AVX2, KG_PACKED_PATH};
 
 KG_END_ISA_NAMESPACE
