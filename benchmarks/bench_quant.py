@@ -63,7 +63,7 @@ def decode_shapes(rng, reps, naive):
             print_row(f"kernelgpt {backend}", t, raw.nbytes, base=t_np)
 
 
-# The int8 path (ops.quant_pack + ops.quant_matmul_packed): what SmolLM2 runs on a VNNI CPU.
+# The int8 path (ops.quant_pack + ops.quant_matmul_packed): what SmolLM2 runs on a VNNI or AVX2 CPU.
 PACKED = {"packed x8": 8, "packed x16": 16}
 
 

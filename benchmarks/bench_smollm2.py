@@ -320,7 +320,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--weights", default="quantized",
-                    help="comma list: quantized (int8 path where the CPU has VNNI), "
+                    help="comma list: quantized (int8 path where the CPU has VNNI or AVX2), "
                          "quantized-fp32 (fp32 activations), quantized-x8 (one int8 pass), "
                          "quantized-kv32 (a float32 KV cache), fp32, bf16")
     ap.add_argument("--sections", default="main,ceiling,contexts,load,batch")

@@ -98,8 +98,8 @@ def _greedy(m, ids, n):
 
 def test_int8_path_and_its_fp32_oracle(model):
     """The default model multiplies on int8 activations in two passes when the CPU has
-    AVX512-VNNI (x_bits 16, ops.quant_matmul_packed); int8=False keeps fp32 activations (the
-    oracle). Both: logits within 2e-3 x max|logit| of transformers and every greedy reference
+    AVX512-VNNI or AVX2 (x_bits 16, ops.quant_matmul_packed); int8=False keeps fp32
+    activations (the oracle). Both: logits within 2e-3 x max|logit| of transformers and every greedy reference
     (prefill, then the decode runner); x_bits=8 (one pass, llama.cpp's precision) runs too,
     within its documented few percent."""
     from kernelgpt import ops

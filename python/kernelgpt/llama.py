@@ -190,9 +190,10 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
       'shakespeare-char', the one shipped inside the package).
     weights (GGUF only): 'quantized' (as stored: Q4_1 / Q8_0, the default), 'fp32', or
     'bf16' (dequantized once, then every weight matrix rounded to bfloat16; norms stay fp32).
-    int8 (quantized weights on the CPU): multiply on int8 activations with VPDPBUSD, the weights
-    repacked once into panels (ops.quant_pack). None (default): when the CPU has AVX512-VNNI
-    (ops.int8_native()); False: fp32 activations, the oracle path. x_bits: 16 (default) quantizes
+    int8 (quantized weights on the CPU): multiply on int8 activations (VPDPBUSD, or AVX2's
+    VPMADDUBSW), the weights repacked once into panels (ops.quant_pack). None (default): when
+    the CPU has AVX512-VNNI or AVX2 (ops.int8_native()); False: fp32 activations, the oracle
+    path. x_bits: 16 (default) quantizes
     x per block of 32 in two int8 passes (~4e-5 error per product: logits within 1e-3 of the
     fp32 path), 8 in one as llama.cpp does (~1%: faster prefill, logits ~3% off).
     kv_dtype: the KV caches' dtype on the CPU, 'float16' (half the bytes each decode step reads

@@ -16,8 +16,9 @@ Versions (one numbering: csrc/kernels/quant.cpp, csrc/cuda/quant.cu, backend= na
                         dots (AVX512-VNNI where the CPU has it); ~1% error from quantizing x
     5 warp   CUDA       a warp per output, lane j decodes weight j of each block (coalesced)
   quant_pack + quant_matmul_packed (C++, the int8 path): W repacked once into panels of 16
-    rows whose 16 lanes one VPDPBUSD fills; x quantized to int8 per block as "vnni" does, the
-    same integers and formula (reference.quant_matmul_q8), for decode and prefill alike.
+    rows whose 16 lanes one VPDPBUSD fills (AVX2 without VNNI: VPMADDUBSW + VPMADDWD, 8 rows
+    per ymm); x quantized to int8 per block as "vnni" does, the same integers and formula
+    (reference.quant_matmul_q8), for decode and prefill alike.
 backend="auto": on the CPU "fused" for M <= 16 rows of x, "tiled" above (chosen in
 csrc/kernels/quant.cpp, which the decode runner shares: the C++ binding takes it as version 0,
 "auto, by shape"); on a GPU "warp". "numpy":
@@ -153,7 +154,8 @@ def quant_pack(raw, qtype, n_rows, K, *, out=None):
 
 def quant_matmul_packed(x, panels, qtype, n_rows, *, out=None, x_bits=16):
     """y = x @ W^T with W as quant_pack's panels: x [K] or [M, K] float32 quantized per block
-    of 32, integer block dots on VPDPBUSD, float scales per block. x_bits 8: one int8 pass,
+    of 32, integer block dots (VPDPBUSD; AVX2: VPMADDUBSW + VPMADDWD, the same integers), float
+    scales per block. x_bits 8: one int8 pass,
     as backend="vnni" and llama.cpp (~1% error per product); x_bits 16: a second int8 pass on
     the remainder (~4e-5). Within float rounding of reference.quant_matmul_q8(x_bits=...)."""
     fn = "quant_matmul_packed"
@@ -162,6 +164,7 @@ def quant_matmul_packed(x, panels, qtype, n_rows, *, out=None, x_bits=16):
 
 
 def int8_native() -> bool:
-    """Whether the dispatched kernels run the int8 path on VPDPBUSD (AVX512-VNNI); without it
-    the same integers run in plain loops (correct, slower than the fp32 path)."""
+    """Whether the dispatched kernels run the int8 path in SIMD: VPDPBUSD (AVX512-VNNI) or
+    VPMADDUBSW + VPMADDWD (AVX2, same integers, same results); elsewhere (SSE2 baseline,
+    aarch64) the same integers run in plain loops (correct, slower than the fp32 path)."""
     return bool(_C.quant_packed_path()[0])
