@@ -13,7 +13,8 @@ Versions (one numbering: csrc/kernels/quant.cpp, csrc/cuda/quant.cu, backend= na
     3 tiled  C++        prefill: dequantize panels of W (up to 4 MiB), then the blocked fp32
                         matmul (matmul version 5): decoding amortized over all rows of x
     4 vnni   C++        llama.cpp's scheme: x quantized to int8 per block of 32, integer block
-                        dots (AVX512-VNNI where the CPU has it); ~1% error from quantizing x
+                        dots (VPDPBUSD with AVX512-VNNI, VPMADDUBSW with AVX2); ~1% error
+                        from quantizing x
     5 warp   CUDA       a warp per output, lane j decodes weight j of each block (coalesced)
   quant_pack + quant_matmul_packed (C++, the int8 path): W repacked once into panels of 16
     rows whose 16 lanes one VPDPBUSD fills (AVX2 without VNNI: VPMADDUBSW + VPMADDWD, 8 rows
