@@ -360,6 +360,7 @@ void tile_any(QuantType t, int rows, const uint8_t* group, int64_t nb, const int
 
 thread_local GrowBuffer<int8_t> tl_qx;
 thread_local Workspace tl_scales;
+thread_local GrowBuffer<int32_t> tl_qsum;  // sum(qx) per block (the AVX2 copy reads it)
 
 // Work per chunk of groups worth a thread of its own: ~64k multiply-adds.
 constexpr int64_t kMinMacsPerChunk = 1 << 16;
@@ -369,9 +370,9 @@ void matmul_passes(const PackedMatmulArgs& p) {
   const int64_t nb = p.k / kQuantBlock, ldy = p.ldy ? p.ldy : p.n;
   const int64_t rec = quant_packed_record(p.type), groups = (p.n + kPackRows - 1) / kPackRows;
   int8_t* qx = tl_qx.get(p.m * p.k * Passes);
-  float* scales = tl_scales.get(3 * p.m * nb);  // dx, sx, then qsum (int32, as many)
+  float* scales = tl_scales.get(2 * p.m * nb);
   float *dx = scales, *sx = scales + p.m * nb;
-  int32_t* qsum = reinterpret_cast<int32_t*>(scales + 2 * p.m * nb);
+  int32_t* qsum = tl_qsum.get(p.m * nb);
   parallel_for(p.m, 1 + kMinMacsPerChunk / p.k,
                [&](int64_t i0, int64_t i1) {
                  quantize_x_blocks<Passes>(p.x, i0 * nb, i1 * nb, qx, dx, sx, qsum);
