@@ -25,7 +25,8 @@ FP32_BACKENDS = ["naive", "fused", "tiled", "auto"]
 # (M, N, K): M rows of x, N rows of W (output features), K in multiples of 32.
 SHAPES = [(1, 1, 32), (1, 3, 64), (2, 7, 96), (3, 17, 576), (4, 31, 576), (5, 13, 1536),
           (1, 576, 576), (1, 192, 576), (7, 97, 160), (13, 50, 576), (1, 1031, 1536),
-          (37, 131, 576), (128, 67, 576), (129, 1, 32)]
+          (37, 131, 576), (128, 67, 576), (129, 1, 32),
+          (1, 45, 96)]  # one row of x, a last group of 13 rows (both halves, the second partial)
 
 
 def weights(rng, N, K, qtype):
