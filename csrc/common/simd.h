@@ -103,6 +103,16 @@ inline float reduce_max(vfloat v) {
 #endif
 }
 
+#if defined(__AVX2__)
+// The sum of the 8 int32 lanes of v (wrapping as int32 adds do: callers keep it in range).
+inline int32_t reduce_add_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+#endif
+
 // a > b ? a : b and a < b ? a : b lane by lane: when either is NaN the result is b, so
 // max(broadcast(c), x) clamps x and keeps a NaN x. That is exactly MAXPS / MINPS, written
 // as intrinsics because GCC compiles the selects to a compare and a blend.

@@ -290,11 +290,7 @@ inline int32_t block_dot(const uint8_t* blk, QuantType t, const int8_t* qx) {
     const __m128i hi = _mm_and_si128(_mm_srli_epi16(nib, 4), _mm_set1_epi8(15));
     p = _mm256_maddubs_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1), xv);
   }
-  const __m256i s8 = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-  return _mm_cvtsi128_si32(s4);
+  return reduce_add_epi32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 #endif
   int32_t s = 0;
   if (t == QuantType::q8_0) {

@@ -116,10 +116,7 @@ inline void quantize_x_blocks(const float* x, int64_t b0, int64_t b1, int8_t* qx
       };
       _mm256_storeu_si256((__m256i*)q, narrow(q1));
       if (Passes == 2) _mm256_storeu_si256((__m256i*)(q + 32), narrow(q2));
-      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-      const int32_t total = _mm_cvtsi128_si32(s4);
+      const int32_t total = simd::reduce_add_epi32(sum);
       const float dxv = Passes == 2 ? d / 256.0f : d;
       dx[bi] = dxv;
       sx[bi] = dxv * (float)total;
