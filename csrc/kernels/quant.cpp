@@ -21,8 +21,9 @@
 //     dot sum_j q_j qx_j times dw * dx (+ m * dx * sum_j qx_j for Q4_1). With AVX512-VNNI
 //     one vpdpbusd does 32 int8 multiply-adds of a whole block; on aarch64 two SDOT
 //     (vdotq_s32, dotprod) do, or with i8mm four SMMLA (vmmlaq_s32) do 2 weight rows x 2 rows
-//     of x; AVX2: one VPMADDUBSW + VPMADDWD; elsewhere the same integer arithmetic runs in plain loops (identical integers, so every ISA agrees up to the
-//     order of the float sums). Costs ~1% relative error from quantizing x (measured in
+//     of x; with AVX2 one VPMADDUBSW + VPMADDWD; elsewhere the same integer arithmetic runs
+//     in plain loops (identical integers, so every ISA agrees up to the order of the float
+//     sums). Costs ~1% relative error from quantizing x (measured in
 //     tests/test_quant.py), so `auto` does not pick it; ask for it with backend="vnni".
 //   auto: fused for M <= 16, tiled otherwise (measured here, one thread, SmolLM2's shapes:
 //     fused wins up to M = 16 by 5-30%, tiled from M = 32 on by 1.1-1.6x).

@@ -193,9 +193,9 @@ def load_model(name_or_path: Union[str, os.PathLike] = "smollm2", *, weights: st
     int8 (quantized weights on the CPU): multiply on int8 activations (VPDPBUSD, or AVX2's
     VPMADDUBSW), the weights repacked once into panels (ops.quant_pack). None (default): when
     the CPU has AVX512-VNNI or AVX2 (ops.int8_native()); False: fp32 activations, the oracle
-    path. x_bits: 16 (default) quantizes
-    x per block of 32 in two int8 passes (~4e-5 error per product: logits within 1e-3 of the
-    fp32 path), 8 in one as llama.cpp does (~1%: faster prefill, logits ~3% off).
+    path. x_bits: 16 (default) quantizes x per block of 32 in two int8 passes (~4e-5 error per
+    product: logits within 1e-3 of the fp32 path), 8 in one as llama.cpp does (~1%: faster
+    prefill, logits ~3% off).
     kv_dtype: the KV caches' dtype on the CPU, 'float16' (half the bytes each decode step reads
     from the cache: at 4k tokens of context SmolLM2's fp32 cache is twice its quantized weights)
     or 'float32'. None (default): float16 with quantized weights, as llama.cpp's default cache,

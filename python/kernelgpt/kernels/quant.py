@@ -156,9 +156,8 @@ def quant_pack(raw, qtype, n_rows, K, *, out=None):
 def quant_matmul_packed(x, panels, qtype, n_rows, *, out=None, x_bits=16):
     """y = x @ W^T with W as quant_pack's panels: x [K] or [M, K] float32 quantized per block
     of 32, integer block dots (VPDPBUSD; AVX2: VPMADDUBSW + VPMADDWD, the same integers), float
-    scales per block. x_bits 8: one int8 pass,
-    as backend="vnni" and llama.cpp (~1% error per product); x_bits 16: a second int8 pass on
-    the remainder (~4e-5). Within float rounding of reference.quant_matmul_q8(x_bits=...)."""
+    scales per block. x_bits 8: one int8 pass, as backend="vnni" and llama.cpp (~1% error per
+    product); x_bits 16: a second int8 pass on the remainder (~4e-5). Within float rounding of reference.quant_matmul_q8(x_bits=...)."""
     fn = "quant_matmul_packed"
     return _C.quant_matmul_packed(x, panels, qtype_name(qtype, fn), int_option(n_rows, fn, "n_rows"),
                                   out, int_option(x_bits, fn, "x_bits"))
@@ -166,6 +165,6 @@ def quant_matmul_packed(x, panels, qtype, n_rows, *, out=None, x_bits=16):
 
 def int8_native() -> bool:
     """Whether the dispatched kernels run the int8 path in SIMD: VPDPBUSD (AVX512-VNNI) or
-    VPMADDUBSW + VPMADDWD (AVX2, same integers, same results); elsewhere (SSE2 baseline,
+    VPMADDUBSW + VPMADDWD (AVX2, the same integers); elsewhere (SSE2 baseline,
     aarch64) the same integers run in plain loops (correct, slower than the fp32 path)."""
     return bool(_C.quant_packed_path()[0])
