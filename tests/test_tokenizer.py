@@ -7,6 +7,7 @@ import collections
 import pathlib
 import pickle
 import random
+import string
 import sysconfig
 import threading
 
@@ -614,3 +615,24 @@ def test_merge_cache_changes_nothing(cl100k):
     for _ in range(2):
         assert cl100k.encode_ordinary(text) == with_cache
         gpt2.encode_ordinary(text)
+
+
+def test_merge_cache_many_distinct_pieces(cl100k):
+    # More distinct pieces than the cache has entries (sets of two share a hash's bits and
+    # evict each other), of every cached length (1 to 46 bytes) and just beyond, each seen
+    # three times in a shuffled order: the ids never depend on what the cache held.
+    rng = random.Random(11)
+    letters = string.ascii_letters + "éßøñ"
+    words = ["".join(rng.choice(letters) for _ in range(rng.choice([1, 2, 3, 7, 8, 9, 15, 16, 17,
+                                                                     31, 45, 46, 47, 60])))
+             for _ in range(90_000)]
+    text = " ".join(w for _ in range(3) for w in rng.sample(words, len(words)))
+    with_cache = cl100k.encode_ordinary(text)
+    cl100k._core._set_cache(False)
+    try:
+        want = cl100k.encode_ordinary(text)
+    finally:
+        cl100k._core._set_cache(True)
+    assert with_cache == want
+    assert cl100k.encode_ordinary(text) == want
+    assert cl100k.decode(want) == text

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
-#include <cstring>
 #include <stdexcept>
+
+#include "common/huge_pages.h"
 
 namespace kg {
 namespace bpe {
@@ -14,9 +17,11 @@ namespace {
 
 std::atomic<uint64_t> g_next_encoder_id{1};
 
-// The per-thread cache of merged pieces: a piece of up to 48 bytes that is not a token and the
-// (up to 15) tokens its merge produced. Direct-mapped on the piece's hash, 65536 entries (8 MB,
-// allocated on a thread's first merge: fewer evictions on text with many distinct words).
+// The per-thread cache of merged pieces: a piece of up to 46 bytes that is not a token and the
+// (up to 15) tokens its merge produced. Two-way set-associative on the piece's hash, 65,536
+// entries (8 MB, allocated on a thread's first merge): a new piece goes to the first way of its
+// set and the one there moves to the second, so two pieces that share a set (a direct-mapped
+// table of this size made ~20% of the distinct pieces of a play collide) both stay.
 struct alignas(64) CacheEntry {
   uint64_t hash;
   uint64_t owner;  // the Encoder's id; 0: empty
@@ -26,11 +31,16 @@ struct alignas(64) CacheEntry {
 };
 static_assert(sizeof(CacheEntry) == 128, "two cache lines per entry");
 constexpr size_t kCacheEntries = 65536;
+constexpr size_t kCacheSetMask = kCacheEntries - 2;  // a set: entries 2k and 2k + 1
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
 
 CacheEntry* thread_cache() {
-  thread_local std::unique_ptr<CacheEntry[]> cache;
-  if (!cache) {
-    cache.reset(new CacheEntry[kCacheEntries]);
+  thread_local std::unique_ptr<CacheEntry, FreeDeleter> cache;
+  if (!cache) {  // on huge pages where the system allows (random lookups: see huge_pages.h)
+    cache.reset(static_cast<CacheEntry*>(huge_page_alloc(kCacheEntries * sizeof(CacheEntry))));
     std::memset(static_cast<void*>(cache.get()), 0, kCacheEntries * sizeof(CacheEntry));
   }
   return cache.get();
@@ -309,37 +319,87 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
     merge_heap(p, n, readable, out);
 }
 
+namespace {
+
+// Whether the n <= kCacheMaxPiece bytes of a cached key equal p[0, n), with `head` = head8(p):
+// 8-byte words (the last one overlapping the one before), no call to memcmp.
+KG_BPE_INLINE bool same_key(const uint8_t* key, const uint8_t* p, size_t n, uint64_t head) {
+  uint64_t k0;
+  std::memcpy(&k0, key, 8);  // the key buffer holds kCacheMaxPiece >= 8 bytes
+  if (n < 8) return (k0 & ((uint64_t(1) << (8 * n)) - 1)) == head;
+  if (k0 != head) return false;
+  for (size_t i = 8; i < n; i += 8) {
+    size_t at = i + 8 <= n ? i : n - 8;
+    uint64_t x, y;
+    std::memcpy(&x, key + at, 8);
+    std::memcpy(&y, p + at, 8);
+    if (x != y) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 void Encoder::encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
-  // Looking a piece up in the 4 MB vocabulary table is a cache miss; done one piece at a time
-  // the misses queue up behind the branchy scanner. So pieces are collected in batches:
-  // hash them all and prefetch their slots, then look them up, while the loads overlap.
+  // A piece costs a lookup in the 4 MB vocabulary table and, if it is not a token, one in the
+  // 8 MB merge cache: cache misses that, taken one piece at a time, would queue up behind the
+  // branchy scanner. So pieces go through a pipeline in batches of 64:
+  //   1. as the scanner cuts a piece: hash it, prefetch its vocabulary slot;
+  //   2. when a batch is full: look its pieces up, prefetch the merge-cache set of each piece
+  //      that is not a token;
+  //   3. one batch later (a batch's worth of scanning for those loads to arrive): write the
+  //      batch's ids, from the cache or by merging (and caching the merge).
   constexpr size_t kBatch = 64;
   struct Span {
     size_t begin, len;
     uint64_t head, hash;
-  } batch[kBatch];
-  size_t count = 0;
+    uint32_t whole;  // the piece's id if it is a token, else kNoToken
+  };
+  Span batches[2][kBatch];
+  size_t counts[2] = {0, 0};
+  int filling = 0;  // batches[filling] is being filled; batches[1 - filling] waits for step 3
   CacheEntry* cache = use_cache_ ? thread_cache() : nullptr;
-  auto flush = [&] {
+  auto look_up = [&](Span* batch, size_t count) {  // step 2
+    for (size_t k = 0; k < count; ++k) {
+      Span& sp = batch[k];
+      const uint8_t* p = s + sp.begin;
+      sp.whole = sp.len <= 2 ? vocab_.find(p, sp.len, n - sp.begin)
+                             : vocab_.find_hashed(p, sp.len, sp.head, sp.hash);
+      if (sp.whole != kNoToken || !cache) continue;
+      if (sp.len <= 2) {  // not hashed in step 1
+        sp.head = head8(p, sp.len, n - sp.begin);
+        sp.hash = hash_bytes(sp.head, p, sp.len);
+      }
+      if (sp.len <= kCacheMaxPiece) {
+        const char* c = reinterpret_cast<const char*>(&cache[sp.hash & kCacheSetMask]);
+        for (int line = 0; line < 4; ++line) __builtin_prefetch(c + 64 * line);
+      }
+    }
+  };
+  auto emit = [&](const Span* batch, size_t count) {  // step 3
     for (size_t k = 0; k < count; ++k) {
       const Span& sp = batch[k];
       const uint8_t* p = s + sp.begin;
-      uint32_t whole = sp.len <= 2 ? vocab_.find(p, sp.len, n - sp.begin)
-                                   : vocab_.find_hashed(p, sp.len, sp.head, sp.hash);
-      if (whole != kNoToken) {
-        out.push_back(whole);
+      if (sp.whole != kNoToken) {
+        out.push_back(sp.whole);
       } else if (cache && sp.len <= kCacheMaxPiece) {
         // Not a token: merge it, or reuse the last merge of the same piece.
-        CacheEntry& c = cache[sp.hash & (kCacheEntries - 1)];
-        if (c.hash == sp.hash && c.owner == id_ && c.len == sp.len &&
-            std::memcmp(c.key, p, sp.len) == 0) {
-          out.insert(out.end(), c.tokens, c.tokens + c.count);
+        CacheEntry* set = &cache[sp.hash & kCacheSetMask];
+        auto holds = [&](const CacheEntry& c) {
+          return c.hash == sp.hash && c.owner == id_ && c.len == sp.len &&
+                 same_key(c.key, p, sp.len, sp.head);
+        };
+        const CacheEntry* hit = holds(set[0]) ? &set[0] : holds(set[1]) ? &set[1] : nullptr;
+        if (hit) {
+          out.insert(out.end(), hit->tokens, hit->tokens + hit->count);
           continue;
         }
         size_t before = out.size();
         encode_piece(p, sp.len, n - sp.begin, out);
         size_t made = out.size() - before;
         if (made <= kCacheMaxTokens) {
+          set[1] = set[0];
+          CacheEntry& c = set[0];
           c.hash = sp.hash;
           c.owner = id_;
           c.len = static_cast<uint8_t>(sp.len);
@@ -364,10 +424,16 @@ void Encoder::encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& ou
         encode_piece(p, sp.len, n - sp.begin, out);
       }
     }
-    count = 0;
   };
-  pattern_.for_each_piece(s, n, [&](size_t b, size_t e) {
-    Span& sp = batch[count++];
+  auto batch_full = [&] {
+    look_up(batches[filling], counts[filling]);
+    emit(batches[1 - filling], counts[1 - filling]);
+    filling = 1 - filling;
+    counts[filling] = 0;
+  };
+  // Step 1, inlined into the scanner's loop (with LTO, GCC otherwise called it once a piece).
+  pattern_.for_each_piece(s, n, [&](size_t b, size_t e) KG_BPE_INLINE_LAMBDA {
+    Span& sp = batches[filling][counts[filling]++];
     sp.begin = b;
     sp.len = e - b;
     if (sp.len > 2) {
@@ -375,9 +441,11 @@ void Encoder::encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& ou
       sp.hash = hash_bytes(sp.head, s + b, sp.len);
       vocab_.prefetch(sp.hash);
     }
-    if (count == kBatch) flush();
+    if (counts[filling] == kBatch) batch_full();
   });
-  flush();
+  look_up(batches[filling], counts[filling]);
+  emit(batches[1 - filling], counts[1 - filling]);
+  emit(batches[filling], counts[filling]);
 }
 
 size_t Encoder::find_first(const uint8_t* s, size_t n, size_t from,

@@ -11,8 +11,10 @@
 // returned through the stack costs a store-forwarding stall per character).
 #if defined(__GNUC__)
 #define KG_BPE_INLINE inline __attribute__((always_inline))
+#define KG_BPE_INLINE_LAMBDA __attribute__((always_inline))  // after a lambda's parameters
 #else
 #define KG_BPE_INLINE inline
+#define KG_BPE_INLINE_LAMBDA
 #endif
 
 namespace kg {

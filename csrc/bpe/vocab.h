@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "common/huge_pages.h"
+
 namespace kg {
 namespace bpe {
 
@@ -114,8 +116,8 @@ class Vocab {
   // are for strings that are not tokens; they end in this 256 KB array (it stays in L2)
   // without touching the 4 MB of slots.
   static uint8_t tag_of(uint64_t h) { return static_cast<uint8_t>(0x80 | (h & 0x7F)); }
-  std::vector<uint8_t> tags_;
-  std::vector<Slot> slots_;
+  std::vector<uint8_t, HugePageAllocator<uint8_t>> tags_;
+  std::vector<Slot, HugePageAllocator<Slot>> slots_;
   // Ids of all 1-byte strings (index b) and 2-byte strings (index 256 + b0 + 256 * b1): the
   // lookups BPE merging makes most often, from a 257 KB table that stays in cache.
   std::vector<uint32_t> short_ = std::vector<uint32_t>(256 + 65536, kNoToken);
