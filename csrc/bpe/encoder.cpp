@@ -27,7 +27,7 @@ struct alignas(64) CacheEntry {
   uint64_t owner;  // the Encoder's id; 0: empty
   uint8_t len, count;
   uint8_t key[kCacheMaxPiece];
-  uint32_t tokens[kCacheMaxTokens];
+  uint32_t tokens[kCacheMaxTokens + 1];  // the last one pads: a hit copies all 16 at once
 };
 static_assert(sizeof(CacheEntry) == 128, "two cache lines per entry");
 constexpr size_t kCacheEntries = 65536;
@@ -376,12 +376,20 @@ void Encoder::encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& ou
       }
     }
   };
+  // Step 3 writes ids to `ids` (a batch's worth at most, plus slack for whole-entry copies),
+  // appended to `out` at the end of the batch or before a merge (which writes to `out`).
+  uint32_t ids[kBatch * kCacheMaxTokens + 16];
   auto emit = [&](const Span* batch, size_t count) {  // step 3
+    size_t m = 0;
+    auto drain = [&] {
+      out.insert(out.end(), ids, ids + m);
+      m = 0;
+    };
     for (size_t k = 0; k < count; ++k) {
       const Span& sp = batch[k];
       const uint8_t* p = s + sp.begin;
       if (sp.whole != kNoToken) {
-        out.push_back(sp.whole);
+        ids[m++] = sp.whole;
       } else if (cache && sp.len <= kCacheMaxPiece) {
         // Not a token: merge it, or reuse the last merge of the same piece.
         CacheEntry* set = &cache[sp.hash & kCacheSetMask];
@@ -391,9 +399,11 @@ void Encoder::encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& ou
         };
         const CacheEntry* hit = holds(set[0]) ? &set[0] : holds(set[1]) ? &set[1] : nullptr;
         if (hit) {
-          out.insert(out.end(), hit->tokens, hit->tokens + hit->count);
+          std::memcpy(ids + m, hit->tokens, sizeof hit->tokens);
+          m += hit->count;
           continue;
         }
+        drain();
         size_t before = out.size();
         encode_piece(p, sp.len, n - sp.begin, out);
         size_t made = out.size() - before;
@@ -408,6 +418,7 @@ void Encoder::encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& ou
           std::memcpy(c.tokens, out.data() + before, made * sizeof(uint32_t));
         }
       } else if (cache && sp.len <= kLongCacheMaxPiece) {
+        drain();
         LongCacheEntry& c = thread_long_cache()[sp.hash & (kLongCacheEntries - 1)];
         if (c.hash == sp.hash && c.owner == id_ && c.key.size() == sp.len &&
             std::memcmp(c.key.data(), p, sp.len) == 0) {
@@ -421,9 +432,11 @@ void Encoder::encode_plain(const uint8_t* s, size_t n, std::vector<uint32_t>& ou
         c.key.assign(reinterpret_cast<const char*>(p), sp.len);
         c.tokens.assign(out.begin() + before, out.end());
       } else {
+        drain();
         encode_piece(p, sp.len, n - sp.begin, out);
       }
     }
+    drain();
   };
   auto batch_full = [&] {
     look_up(batches[filling], counts[filling]);
