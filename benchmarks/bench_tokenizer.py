@@ -17,6 +17,7 @@ import argparse
 import os
 import pathlib
 import random
+import statistics
 import string
 import sys
 import sysconfig
@@ -261,45 +262,72 @@ def _hf_cl100k():
     return hf
 
 
+def side_by_side(makers, text, R, slow=()):
+    """Cold and warm encode of several tokenizers, measured in turn so that a drift of this
+    machine's speed (it is shared: +-30% over minutes) hits them all alike. makers: {name: a
+    function returning the encode function of a FRESH tokenizer (empty caches)}.
+    Cold: R rounds, in each one every tokenizer, new, encodes the second half of `text` once
+    (median). Warm: one tokenizer each encodes the first half, then bench.alternate times the
+    same call again, in turn, over R rounds (median). Names in `slow` (HF tokenizers: seconds
+    a call) get one cold call and R single warm calls. Returns {name: (cold s, warm s, ids of
+    the first half)}."""
+    half = len(text) // 2
+    first, second = text[:half], text[half:]
+    cold = {name: [] for name in makers}
+    for round_ in range(R):
+        for name, make in makers.items():
+            if name in slow and round_:
+                continue
+            f = make()
+            pause()
+            t0 = time.perf_counter()
+            f(second)
+            cold[name].append(time.perf_counter() - t0)
+    fs = {name: make() for name, make in makers.items()}
+    ids = {name: f(first) for name, f in fs.items()}  # also fills each one's caches
+    warm = bench.alternate([(name, (lambda f=f: f(text[:half])), 1 if name in slow else 3)
+                            for name, f in fs.items()], R, warmup=False, wake_single=False)
+    return {name: (statistics.median(cold[name]), warm[name], ids[name]) for name in makers}
+
+
 def peers_section(enc, tt, corpora, R, quick):
     """Cold (a first pass over text never seen) and warm (the same text again) encode, and
     batch encode on 2 threads, against fastokens (optional peer) and HF tokenizers."""
-    peers = {"tiktoken": lambda t: tt.encode_ordinary(t)}
+    from kernelgpt.tokenizer import registry
+    makers = {"kernelgpt": lambda: registry._load("cl100k_base").encode_ordinary,
+              "tiktoken": lambda: load_tiktoken().encode_ordinary}
+    ft = None
     try:
         import fastokens
+
+        def make_fastokens():
+            t = fastokens.Tokenizer.from_tiktoken(str(fetch.cached("cl100k_base")),
+                                                  pattern=tk.CL100K_PATTERN,
+                                                  special_tokens={"<|endoftext|>": 100257})
+            return lambda text: t.encode_ordinary(text).ids
+        makers["fastokens"] = make_fastokens
         ft = fastokens.Tokenizer.from_tiktoken(str(fetch.cached("cl100k_base")),
                                                pattern=tk.CL100K_PATTERN,
                                                special_tokens={"<|endoftext|>": 100257})
-        peers["fastokens"] = lambda t: ft.encode_ordinary(t).ids
     except ImportError:
-        ft = None
         print("    (pip install fastokens to compare with it)")
     if Tokenizer is not None and not quick:
         hf = _hf_cl100k()
-        peers["HF tokenizers"] = lambda t: hf.encode(t, add_special_tokens=False).ids
-    print("\n# cold = first pass over text no library has seen (a fresh half of the corpus each "
-          "time), warm = the same text again; 1 thread")
+        makers["HF tokenizers"] = lambda: (lambda t: hf.encode(t, add_special_tokens=False).ids)
+    print("\n# cold = first pass of a new tokenizer over text it has not seen (median of rounds), "
+          "warm = the same text again; the libraries in turn; 1 thread")
     for name, text in corpora.items():
-        half = len(text) // 2
-        nbytes = len(text[:half].encode())
-        want = enc.encode_ordinary(text[:half])
-        timings = {}
-        for lib, f in [("kernelgpt", enc.encode_ordinary)] + list(peers.items()):
-            pause()
-            t0 = time.perf_counter()
-            got = f(text[half:])
-            cold = time.perf_counter() - t0
-            warm = median_time(lambda: f(text[:half]), R)
-            ok = f(text[:half]) == want
-            timings[lib] = (cold, warm, ok)
-            del got
+        nbytes = len(text[:len(text) // 2].encode())
+        timings = side_by_side(makers, text, R, slow=("tiktoken", "HF tokenizers"))
         k = timings["kernelgpt"]
-        for lib, (cold, warm, ok) in timings.items():
+        for lib, (cold, warm, ids) in timings.items():
             if lib == "kernelgpt":
                 continue
+            ok = ids == k[2]
             row(f"{name}: cold encode vs {lib}{'' if ok else ' (MISMATCH)'}", nbytes, k[0], cold,
-                peer_name=lib)
-            row(f"{name}: warm encode vs {lib}", nbytes, k[1], warm, peer_name=lib)
+                ">= 1.0x" if lib == "fastokens" else "", peer_name=lib)
+            row(f"{name}: warm encode vs {lib}", nbytes, k[1], warm,
+                ">= 1.0x" if lib == "fastokens" else "", peer_name=lib)
     docs = stdlib_sources(limit_bytes=8_000_000) + corpora["prose (Shakespeare)"].split("\n# ")
     nbytes = sum(len(d.encode()) for d in docs)
     flat = lambda: enc.encode_ordinary_batch(docs, num_threads=2, return_numpy=True)  # noqa: E731
@@ -330,44 +358,46 @@ def vocabularies_section(cl100k, corpora, R):
     import tiktoken
     import tiktoken.load
     from kernelgpt.tokenizer import vocab_import
+    from kernelgpt.tokenizer import registry
     fetch.fetch("o200k_base")
-    o200k = kernelgpt.get_encoding("o200k_base")
     path = str(fetch.cached("o200k_base"))
-    peers = {"tiktoken": tiktoken.Encoding(
-        "o200k_base", pat_str=tk.O200K_PATTERN, special_tokens={"<|endoftext|>": 199999},
-        mergeable_ranks=tiktoken.load.load_tiktoken_bpe(path)).encode_ordinary}
+    ranks = tiktoken.load.load_tiktoken_bpe(path)
+    makers = {"o200k": lambda: registry._load("o200k_base").encode_ordinary,
+              "cl100k": lambda: registry._load("cl100k_base").encode_ordinary,
+              "tiktoken": lambda: tiktoken.Encoding(
+                  "o200k_base", pat_str=tk.O200K_PATTERN,
+                  special_tokens={"<|endoftext|>": 199999},
+                  mergeable_ranks=ranks).encode_ordinary}
     try:
         import fastokens
-        ft = fastokens.Tokenizer.from_tiktoken(path, pattern=tk.O200K_PATTERN,
-                                               special_tokens={"<|endoftext|>": 199999})
-        peers["fastokens"] = lambda t: ft.encode_ordinary(t).ids
+
+        def make_fastokens():
+            t = fastokens.Tokenizer.from_tiktoken(path, pattern=tk.O200K_PATTERN,
+                                                  special_tokens={"<|endoftext|>": 199999})
+            return lambda text: t.encode_ordinary(text).ids
+        makers["fastokens"] = make_fastokens
     except ImportError:
         print("    (pip install fastokens to compare with it)")
-    print("\n# o200k_base vs cl100k_base (both hand-written scanners) and peers; 1 thread")
-
-    def cold_warm(f, text):
-        half = len(text) // 2
-        pause()
-        t0 = time.perf_counter()
-        f(text[half:])
-        cold = time.perf_counter() - t0
-        return cold, median_time(lambda: f(text[:half]), R)
-
+    print("\n# o200k_base vs cl100k_base (both hand-written scanners) and peers, in turn; "
+          "1 thread")
     for name, text in corpora.items():
         nbytes = len(text[:len(text) // 2].encode())
-        ours = cold_warm(o200k.encode_ordinary, text)
-        base = cold_warm(cl100k.encode_ordinary, text)
+        timings = side_by_side(makers, text, R, slow=("tiktoken",))
+        ours = timings["o200k"]
+        base = timings["cl100k"]
         row(f"{name}: o200k cold vs cl100k cold (kernelgpt)", nbytes, ours[0], base[0],
             "o200k within 20%", peer_name="cl100k")
         row(f"{name}: o200k warm vs cl100k warm (kernelgpt)", nbytes, ours[1], base[1],
-            peer_name="cl100k")
-        want = o200k.encode_ordinary(text[:len(text) // 2])
-        for lib, f in peers.items():
-            theirs = cold_warm(f, text)
-            ok = f(text[:len(text) // 2]) == want
+            "o200k within 20%", peer_name="cl100k")
+        for lib in ("tiktoken", "fastokens"):
+            if lib not in timings:
+                continue
+            cold, warm, ids = timings[lib]
+            ok = ids == ours[2]
             row(f"{name}: o200k cold vs {lib}{'' if ok else ' (MISMATCH)'}", nbytes, ours[0],
-                theirs[0], ">= 1.0x" if lib == "fastokens" else "", peer_name=lib)
-            row(f"{name}: o200k warm vs {lib}", nbytes, ours[1], theirs[1], peer_name=lib)
+                cold, ">= 1.0x" if lib == "fastokens" else "", peer_name=lib)
+            row(f"{name}: o200k warm vs {lib}", nbytes, ours[1], warm,
+                ">= 1.0x" if lib == "fastokens" else "", peer_name=lib)
 
     vocabs = fetch.cache_dir() / "llama.cpp-vocabs-0.3.36"
     if Tokenizer is None or not (vocabs / "ggml-vocab-llama-bpe.gguf").is_file():
@@ -383,10 +413,12 @@ def vocabularies_section(cl100k, corpora, R):
               if k.startswith("tokenizer.ggml.")}
         enc = tk.Encoding.from_gguf_metadata(md)
         hf = Tokenizer.from_str(json.dumps(vocab_import.tokenizer_json_from_gguf(md)))
+        makers = {"kernelgpt": lambda md=md: tk.Encoding.from_gguf_metadata(md).encode_ordinary,
+                  "HF": lambda hf=hf: (lambda t: hf.encode(t, add_special_tokens=False).ids)}
         for name, text in corpora.items():
             nbytes = len(text[:len(text) // 2].encode())
-            ours = cold_warm(enc.encode_ordinary, text)
-            theirs = cold_warm(lambda t: hf.encode(t, add_special_tokens=False).ids, text)
+            timings = side_by_side(makers, text, R, slow=("HF",))
+            ours, theirs = timings["kernelgpt"], timings["HF"]
             ok = hf.encode(text[:len(text) // 2], add_special_tokens=False).ids == \
                 enc.encode(text[:len(text) // 2], allowed_special="all")
             target = ">= 3x" if vocab != "deepseek-llm" else ""

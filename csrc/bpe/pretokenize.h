@@ -300,11 +300,19 @@ constexpr size_t kNoMatch = ~size_t(0);
 inline size_t o200k_word_end(const uint8_t* s, size_t j, size_t n) {
   size_t p = j, last_w_end = kNoMatch;
   while (p < n) {
+    if (static_cast<uint8_t>(s[p] - 'A') <= 'Z' - 'A') {  // ASCII capitals (U, not W): in bulk
+      p = ascii_run_end<'A', 'Z', false>(s, p + 1, n);
+      continue;
+    }
     O200kChar c = o200k_char(s, p, n);
     if (!(c.cls & kO200kU)) {
       if (!(c.cls & kO200kW)) break;
       p += c.len;  // an Ll after the U run: W+ runs to the end of the W run
       while (p < n) {
+        if (static_cast<uint8_t>(s[p] - 'a') <= 'z' - 'a') {  // ASCII small letters (W): in bulk
+          p = ascii_run_end<'a', 'z', false>(s, p + 1, n);
+          continue;
+        }
         O200kChar d = o200k_char(s, p, n);
         if (!(d.cls & kO200kW)) break;
         p += d.len;
