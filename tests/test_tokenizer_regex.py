@@ -9,6 +9,7 @@ piece, text no match starts in becomes pieces of its own. The reference is writt
 takes U+001C..U+001F, which Rust's, Oniguruma's and the engine's do not) and `$` as \\Z.
 """
 import random
+import string
 
 import pytest
 from hypothesis import given, settings
@@ -133,6 +134,22 @@ def test_hand_scanners_equal_the_engine(scanner):
     rng = random.Random(7)
     for _ in range(20000):
         text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 40)))
+        assert fast.split(text) == general.split(text), (scanner, text)
+
+
+@pytest.mark.parametrize("scanner", ["cl100k", "o200k", "gpt2", "llama3", "qwen2", "smollm"])
+def test_hand_scanners_equal_the_engine_on_long_runs(scanner):
+    # Runs of one kind of character of every length up to 40 (the scanners take ASCII letters
+    # 16 bytes at a time: runs that end before, at and after a 16-byte step, and a non-ASCII
+    # letter or a mark inside a run), in texts up to a few hundred bytes.
+    fast = _C.BPE.from_ranks({bytes([b]): b for b in range(256)}, {}, scanner)
+    general = _engine(P._PATTERN_OF[scanner])
+    kinds = [string.ascii_uppercase, string.ascii_lowercase, string.ascii_letters, "éÉßøŁǅʰ",
+             "\u0301", "中文", string.digits, " ", "\n", ".,'!/", "\t "]
+    rng = random.Random(16)
+    for _ in range(3000):
+        text = "".join("".join(rng.choice(rng.choice(kinds)) for _ in range(rng.randint(0, 40)))
+                       for _ in range(rng.randint(1, 8)))
         assert fast.split(text) == general.split(text), (scanner, text)
 
 
