@@ -321,21 +321,12 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, size_t readable,
 
 namespace {
 
-// Whether the n <= kCacheMaxPiece bytes of a cached key equal p[0, n), with `head` = head8(p):
-// 8-byte words (the last one overlapping the one before), no call to memcmp.
+// Whether the n <= kCacheMaxPiece bytes of a cached key equal p[0, n), with `head` = head8(p).
 KG_BPE_INLINE bool same_key(const uint8_t* key, const uint8_t* p, size_t n, uint64_t head) {
   uint64_t k0;
   std::memcpy(&k0, key, 8);  // the key buffer holds kCacheMaxPiece >= 8 bytes
   if (n < 8) return (k0 & ((uint64_t(1) << (8 * n)) - 1)) == head;
-  if (k0 != head) return false;
-  for (size_t i = 8; i < n; i += 8) {
-    size_t at = i + 8 <= n ? i : n - 8;
-    uint64_t x, y;
-    std::memcpy(&x, key + at, 8);
-    std::memcpy(&y, p + at, 8);
-    if (x != y) return false;
-  }
-  return true;
+  return k0 == head && same_after_head(key, p, n);
 }
 
 }  // namespace

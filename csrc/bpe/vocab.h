@@ -48,6 +48,19 @@ inline uint64_t hash_bytes(uint64_t head, const uint8_t* p, size_t n) {
   return h ^ (h >> 29);
 }
 
+// Whether a[8, n) == b[8, n) for n > 8, in 8-byte words (the last one overlapping the one
+// before): the rest of two strings whose first 8 bytes are already known to be equal.
+inline bool same_after_head(const uint8_t* a, const uint8_t* b, size_t n) {
+  for (size_t i = 8; i < n; i += 8) {
+    size_t at = i + 8 <= n ? i : n - 8;
+    uint64_t x, y;
+    std::memcpy(&x, a + at, 8);
+    std::memcpy(&y, b + at, 8);
+    if (x != y) return false;
+  }
+  return true;
+}
+
 class Vocab {
  public:
   // Adds a token (finalize() checks that ids and byte strings are unique).
@@ -83,7 +96,7 @@ class Vocab {
       if (t == tag) {
         const Slot& s = slots_[i];
         if (s.head == head && s.len == n &&
-            (n <= 8 || std::memcmp(arena_.data() + offset_[s.id] + 8, p + 8, n - 8) == 0))
+            (n <= 8 || same_after_head(arena_.data() + offset_[s.id], p, n)))
           return s.id;
       }
       i = (i + 1) & mask_;
