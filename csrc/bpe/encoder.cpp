@@ -136,10 +136,12 @@ void Encoder::merge_scan(const uint8_t* p, size_t n, size_t readable,
     return vocab_.find(p + start[first], start[end_part] - start[first], readable - start[first]);
   };
   for (;;) {
-    uint32_t best = kNoToken;
-    size_t i = 0;
-    for (size_t k = 0; k + 1 < m; ++k)
-      if (rank[k] < best) best = rank[k], i = k;
+    // The lowest rank, leftmost on ties, as the minimum of (rank << 32 | position): no branch
+    // per pair for the CPU to mispredict.
+    uint64_t lowest = ~uint64_t(0);
+    for (size_t k = 0; k + 1 < m; ++k) lowest = std::min(lowest, uint64_t(rank[k]) << 32 | k);
+    const uint32_t best = static_cast<uint32_t>(lowest >> 32);
+    const size_t i = static_cast<uint32_t>(lowest);
     if (best == kNoToken) break;
     // Join parts i and i+1; the pairs that change are (i-1, i) and (i, i+1).
     token[i] = best;

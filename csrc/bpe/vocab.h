@@ -79,7 +79,11 @@ class Vocab {
   // The hash-table lookup (find() answers 1- and 2-byte strings from a direct table).
   uint32_t find_long(const uint8_t* p, size_t n, size_t readable) const {
     uint64_t head = head8(p, n, readable);
-    return find_hashed(p, n, head, hash_bytes(head, p, n));
+    uint64_t h = hash_bytes(head, p, n);
+    // The slot's line starts loading with the tag's, not after it (when the tag matches);
+    // merging asks for strings it has just joined, rarely in cache.
+    __builtin_prefetch(&slots_[h >> shift_]);
+    return find_hashed(p, n, head, h);
   }
   // Starts loading the hash-table slot for hash h (see Encoder::encode_ordinary).
   void prefetch(uint64_t h) const {
