@@ -636,3 +636,26 @@ def test_merge_cache_many_distinct_pieces(cl100k):
     assert with_cache == want
     assert cl100k.encode_ordinary(text) == want
     assert cl100k.decode(want) == text
+
+
+def test_bench_side_by_side(cl100k, monkeypatch):
+    # benchmarks/bench_tokenizer.py times libraries in turn: each gets fresh tokenizers for
+    # the cold rounds and its ids of the first half come back for the equality check.
+    import importlib.util
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("bench_tokenizer", path)
+    bt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bt)
+    monkeypatch.setattr(bt, "pause", lambda: None)
+    made = []
+
+    def fresh():
+        made.append(1)
+        return cl100k.encode_ordinary
+    text = COOKIES * 20
+    got = bt.side_by_side({"a": fresh, "slow": lambda: cl100k.encode}, text, 2, slow=("slow",))
+    assert set(got) == {"a", "slow"}
+    assert len(made) == 3  # two cold rounds and the warm one
+    want = cl100k.encode_ordinary(text[:len(text) // 2])
+    for cold, warm, ids in got.values():
+        assert cold > 0 and warm > 0 and ids == want
