@@ -286,8 +286,17 @@ constexpr uint8_t o200k_ascii(uint8_t c) {
          : (c == ' ' || (c >= '\t' && c <= '\r')) ? kO200kS : 0;
 }
 
+// o200k_ascii as a table: one load instead of a chain of compares.
+struct O200kAsciiTable {
+  uint8_t cls[128];
+  constexpr O200kAsciiTable() : cls() {
+    for (int c = 0; c < 128; ++c) cls[c] = o200k_ascii(static_cast<uint8_t>(c));
+  }
+};
+inline constexpr O200kAsciiTable kO200kAscii{};
+
 KG_BPE_INLINE O200kChar o200k_char(const uint8_t* s, size_t i, size_t n) {
-  if (s[i] < 0x80) return {1, o200k_ascii(s[i])};
+  if (s[i] < 0x80) return {1, kO200kAscii.cls[s[i]]};
   Char c = char_at(s, i, n);
   uint8_t f = category_flags(c.cp);
   return {c.len, static_cast<uint8_t>(kO200kOfCategory[f & kCategoryMask] |
@@ -297,7 +306,7 @@ KG_BPE_INLINE O200kChar o200k_char(const uint8_t* s, size_t i, size_t n) {
 constexpr size_t kNoMatch = ~size_t(0);
 
 // End of "U* W+" starting at j, or kNoMatch.
-inline size_t o200k_word_end(const uint8_t* s, size_t j, size_t n) {
+KG_BPE_INLINE size_t o200k_word_end(const uint8_t* s, size_t j, size_t n) {
   size_t p = j, last_w_end = kNoMatch;
   while (p < n) {
     if (static_cast<uint8_t>(s[p] - 'A') <= 'Z' - 'A') {  // ASCII capitals (U, not W): in bulk
