@@ -59,6 +59,12 @@ namespace detail {
 // as a-z) that starts at j (kHi < 0x80, so no byte of a multi-byte character is in the run).
 // 16 bytes per step with SSE2 (every x86-64) or NEON: a word's end is found from a bit mask,
 // without the branch per byte whose exit a CPU mispredicts at nearly every word.
+// Whether byte c is in [kLo, kHi] (c | 0x20 when kFold); kHi < 0x80.
+template <uint8_t kLo, uint8_t kHi, bool kFold>
+KG_BPE_INLINE bool in_ascii_range(uint8_t c) {
+  return static_cast<uint8_t>((kFold ? (c | 0x20) : c) - kLo) <= kHi - kLo;
+}
+
 template <uint8_t kLo, uint8_t kHi, bool kFold>
 KG_BPE_INLINE size_t ascii_run_end(const uint8_t* s, size_t j, size_t n) {
   static_assert(kLo <= kHi && kHi < 0x80, "an ASCII range");
@@ -85,11 +91,7 @@ KG_BPE_INLINE size_t ascii_run_end(const uint8_t* s, size_t j, size_t n) {
     if (bits) return j + static_cast<size_t>(__builtin_ctzll(bits) >> 2);
   }
 #endif
-  while (j < n) {
-    uint8_t c = kFold ? (s[j] | 0x20) : s[j];
-    if (static_cast<uint8_t>(c - kLo) > kHi - kLo) break;
-    ++j;
-  }
+  while (j < n && in_ascii_range<kLo, kHi, kFold>(s[j])) ++j;
   return j;
 }
 
@@ -112,7 +114,7 @@ KG_BPE_INLINE size_t run_end(const uint8_t* s, size_t j, size_t n, uint8_t cls_m
 KG_BPE_INLINE size_t letters_end(const uint8_t* s, size_t j, size_t n) {
   while (j < n) {
     if (s[j] < 0x80) {
-      if (static_cast<uint8_t>((s[j] | 0x20) - 'a') > 'z' - 'a') return j;
+      if (!in_ascii_range<'a', 'z', true>(s[j])) return j;
       j = ascii_run_end<'a', 'z', true>(s, j + 1, n);
       if (j >= n || s[j] < 0x80) return j;
     }
@@ -309,7 +311,7 @@ constexpr size_t kNoMatch = ~size_t(0);
 KG_BPE_INLINE size_t o200k_word_end(const uint8_t* s, size_t j, size_t n) {
   size_t p = j, last_w_end = kNoMatch;
   while (p < n) {
-    if (static_cast<uint8_t>(s[p] - 'A') <= 'Z' - 'A') {  // ASCII capitals (U, not W): in bulk
+    if (in_ascii_range<'A', 'Z', false>(s[p])) {  // ASCII capitals (U, not W): in bulk
       p = ascii_run_end<'A', 'Z', false>(s, p + 1, n);
       continue;
     }
@@ -318,7 +320,7 @@ KG_BPE_INLINE size_t o200k_word_end(const uint8_t* s, size_t j, size_t n) {
       if (!(c.cls & kO200kW)) break;
       p += c.len;  // an Ll after the U run: W+ runs to the end of the W run
       while (p < n) {
-        if (static_cast<uint8_t>(s[p] - 'a') <= 'z' - 'a') {  // ASCII small letters (W): in bulk
+        if (in_ascii_range<'a', 'z', false>(s[p])) {  // ASCII small letters (W): in bulk
           p = ascii_run_end<'a', 'z', false>(s, p + 1, n);
           continue;
         }
