@@ -122,10 +122,10 @@ def main():
         "multilingual (22 languages)": fetch.cached("multilingual").read_text(encoding="utf-8"),
     }
     if args.vocabs_only:
-        vocabularies_section(enc, corpora, R)
+        vocabularies_section(corpora, R)
         return
     if args.peers_only:
-        peers_section(enc, tt, corpora, R, False)
+        peers_section(enc, corpora, R, False)
         return
     # ---- encode_ordinary, 1 thread ----
     for name, text in corpora.items():
@@ -197,10 +197,10 @@ def main():
     row("decode_bytes, same tokens", nbytes, t_ours, t_tt)
 
     # ---- issue 18: cold / warm / batch against fastokens and HF tokenizers ----
-    peers_section(enc, tt, corpora, R, args.quick)
+    peers_section(enc, corpora, R, args.quick)
 
     # ---- issue 24: o200k_base, GGUF vocabularies ----
-    vocabularies_section(enc, corpora, R)
+    vocabularies_section(corpora, R)
 
     # ---- training ----
     if not args.quick:
@@ -273,6 +273,8 @@ def side_by_side(makers, text, R, slow=()):
     the first half)}."""
     half = len(text) // 2
     first, second = text[:half], text[half:]
+    # The warm calls slice `text` anew each time: every library converts a str it has not seen
+    # (to UTF-8), as it would for a caller's text.
     cold = {name: [] for name in makers}
     for round_ in range(R):
         for name, make in makers.items():
@@ -290,7 +292,7 @@ def side_by_side(makers, text, R, slow=()):
     return {name: (statistics.median(cold[name]), warm[name], ids[name]) for name in makers}
 
 
-def peers_section(enc, tt, corpora, R, quick):
+def peers_section(enc, corpora, R, quick):
     """Cold (a first pass over text never seen) and warm (the same text again) encode, and
     batch encode on 2 threads, against fastokens (optional peer) and HF tokenizers."""
     from kernelgpt.tokenizer import registry
@@ -300,15 +302,12 @@ def peers_section(enc, tt, corpora, R, quick):
     try:
         import fastokens
 
-        def make_fastokens():
-            t = fastokens.Tokenizer.from_tiktoken(str(fetch.cached("cl100k_base")),
-                                                  pattern=tk.CL100K_PATTERN,
-                                                  special_tokens={"<|endoftext|>": 100257})
-            return lambda text: t.encode_ordinary(text).ids
-        makers["fastokens"] = make_fastokens
-        ft = fastokens.Tokenizer.from_tiktoken(str(fetch.cached("cl100k_base")),
-                                               pattern=tk.CL100K_PATTERN,
-                                               special_tokens={"<|endoftext|>": 100257})
+        def new_fastokens():
+            return fastokens.Tokenizer.from_tiktoken(str(fetch.cached("cl100k_base")),
+                                                     pattern=tk.CL100K_PATTERN,
+                                                     special_tokens={"<|endoftext|>": 100257})
+        makers["fastokens"] = lambda: (lambda text, t=new_fastokens(): t.encode_ordinary(text).ids)
+        ft = new_fastokens()  # the batch comparison below
     except ImportError:
         print("    (pip install fastokens to compare with it)")
     if Tokenizer is not None and not quick:
@@ -348,7 +347,7 @@ def peers_section(enc, tt, corpora, R, quick):
     row("  (kernelgpt lists of ids, same run)", nbytes, t_list)
 
 
-def vocabularies_section(cl100k, corpora, R):
+def vocabularies_section(corpora, R):
     """Issue 24: o200k_base (its scanner, checked equal to the general engine) against cl100k_base
     (a hand-written scanner) and against tiktoken and fastokens on the same .tiktoken file;
     GGUF vocabularies from llama.cpp's tests (Llama 3 and Qwen 2: scanners; DeepSeek LLM: a
